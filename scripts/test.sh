@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The README's second command: install what the tests need, then run every check and test.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+cd "$repo"
+scripts/setup.sh
+echo "== fmt";    cargo fmt --all -- --check
+echo "== clippy"; cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== tests";  cargo nextest run --workspace --locked --no-fail-fast
+echo "== doctests"; cargo test --workspace --doc --locked
