@@ -10,10 +10,19 @@
 
 pub mod amount;
 pub mod eip712;
+pub mod failure;
+pub mod forward;
 pub mod ids;
+pub mod msg;
+pub mod ops;
 pub mod sig;
 pub mod state;
+pub mod update;
 
 pub use amount::{Amount, AmountOverflow};
+pub use failure::FailureReason;
 pub use ids::{ChannelId, Expiry, Hashlock, HtlcId, Preimage, Side};
+pub use msg::{Message, RejectReason};
+pub use ops::{Limits, Op, OpError};
 pub use state::{ChannelParams, ChannelState, Guarantee, Lock};
+pub use update::{Channel, CommittedHtlc, Effect, Event, ProtocolError, SignedState, Snapshot};

@@ -1,0 +1,704 @@
+//! The two-party update protocol as a pure state machine (see [`crate::msg`] for the message
+//! sequence and ADR 0003 for concurrent proposals).
+//!
+//! A [`Channel`] holds the latest co-signed state and at most one proposal of ours in flight.
+//! Inputs are method calls (`offer_htlc`, `fulfill_htlc`, ..., `propose`, `handle`); outputs are
+//! [`Effect`]s, which the caller must carry out **in order**: a [`Effect::Persist`] comes before
+//! the [`Effect::Send`] that releases our signature (rule 2) and before the [`Effect::Event`]s
+//! that let the application act on the new state (rules 3 and 5).
+//!
+//! Safety invariant: **we never sign two different states with the same version.** Every
+//! proposal and countersignature is at a version above every version we signed before, so each
+//! co-signed state supersedes (on chain, rule 8) every half-signed state we ever released. An
+//! operation of a proposal the peer refused is therefore reported dead ([`Event::OpDropped`])
+//! only once a later co-signed state exists: until then the peer could still complete the refused
+//! state with its own signature (rule 4).
+
+use crate::eip712::DomainSeparator;
+use crate::ids::{ChannelId, Expiry, Hashlock, HtlcId, Preimage, Side};
+use crate::msg::{Message, RejectReason};
+use crate::ops::{Limits, NextIds, Op, OpError, apply_batch};
+use crate::sig::{Keys, SignatureError, verify};
+use crate::state::{ChannelParams, ChannelState, Guarantee, Lock};
+use crate::{Amount, failure::FailureReason};
+use alloy::primitives::{B256, Signature};
+use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
+
+/// How far above our highest signed version a proposal may jump. Versions skip only after
+/// refused proposals; a peer jumping further could exhaust the version space and freeze the
+/// channel, so larger jumps are refused.
+pub const MAX_VERSION_GAP: u64 = 1024;
+
+/// After this many refusals in a row the channel stops proposing and reports
+/// [`Event::PeerStuck`]: the application should close on chain.
+pub const MAX_CONSECUTIVE_REJECTS: u32 = 8;
+
+/// A state with both participants' signatures (index 0 = A, 1 = B).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedState {
+    /// The state.
+    pub state: ChannelState,
+    /// A's and B's signatures on its EIP-712 digest.
+    pub sigs: [Signature; 2],
+}
+
+/// Our proposal in flight.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposal {
+    /// The operations.
+    pub ops: Vec<QueuedOp>,
+    /// The state they produce.
+    pub state: ChannelState,
+    /// Lock ids after them.
+    pub ids: NextIds,
+    /// Our signature on `state`.
+    pub sig: Signature,
+}
+
+/// An operation waiting to be (re)proposed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueuedOp {
+    /// The operation.
+    pub op: Op,
+    /// The highest version of a state we signed that contained it, if any (it may still be
+    /// enforced by the peer until a co-signed state above that version exists).
+    pub signed_at: Option<u64>,
+}
+
+/// Everything needed to restore a channel after a restart (the persisted record).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Channel parameters.
+    pub params: ChannelParams,
+    /// Which side we are.
+    pub me: Side,
+    /// Bounds enforced on states.
+    pub limits: Limits,
+    /// The latest co-signed state.
+    pub latest: SignedState,
+    /// Lock ids as of `latest`.
+    pub next_ids: NextIds,
+    /// The highest version we ever signed.
+    pub max_signed: u64,
+    /// Our proposal in flight.
+    pub pending: Option<Proposal>,
+    /// Operations waiting for the next proposal.
+    pub queue: VecDeque<QueuedOp>,
+    /// Next id for a lock we offer.
+    pub alloc_id: u64,
+    /// Follower only: after a conflict, wait for the leader's proposal before proposing.
+    pub await_leader: bool,
+    /// Refused operations, reported dead once a co-signed state above `.0` exists.
+    pub doomed: Vec<(u64, Op, OpError)>,
+    /// Refusals in a row.
+    pub rejects_in_row: u32,
+}
+
+/// A lock the peer offered us, inside a co-signed state we have handed over for persistence.
+/// Only this crate creates it, so holding one proves rule 3's precondition for forwarding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CommittedHtlc {
+    channel_id: ChannelId,
+    version: u64,
+    lock: Lock,
+}
+
+impl CommittedHtlc {
+    /// The channel it arrived on.
+    pub fn channel_id(&self) -> ChannelId {
+        self.channel_id
+    }
+    /// The co-signed version that first contains it.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+    /// The lock.
+    pub fn lock(&self) -> &Lock {
+        &self.lock
+    }
+}
+
+/// Something the application learns from the channel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A state is co-signed: the operations of `proposer` are in force.
+    Committed {
+        /// Its version.
+        version: u64,
+        /// Who proposed the operations.
+        proposer: Side,
+        /// The operations.
+        ops: Vec<Op>,
+    },
+    /// The peer's lock is committed and persisted: it may be forwarded (rule 3).
+    HtlcReceived(CommittedHtlc),
+    /// The peer revealed the preimage of a lock we offered: use it upstream at once (rule 5).
+    /// Emitted as soon as a valid preimage arrives, even in a proposal we refuse.
+    PreimageLearned {
+        /// Our lock.
+        id: HtlcId,
+        /// Its preimage.
+        preimage: Preimage,
+    },
+    /// An operation we queued will never take effect.
+    OpDropped {
+        /// The operation.
+        op: Op,
+        /// Why.
+        error: OpError,
+    },
+    /// The final state is co-signed: the channel can be closed cooperatively on chain.
+    Closed(SignedState),
+    /// The peer refused [`MAX_CONSECUTIVE_REJECTS`] proposals in a row: close on chain.
+    PeerStuck,
+}
+
+/// An output of the machine, to be carried out in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Effect {
+    /// Write this snapshot durably (synced) before carrying out the next effects.
+    Persist(Box<Snapshot>),
+    /// Send this message to the peer.
+    Send(Message),
+    /// Tell the application.
+    Event(Event),
+}
+
+/// A message that does not fit the protocol; nothing changed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    /// The message is for another channel.
+    #[error("message for unknown channel {0}")]
+    UnknownChannel(ChannelId),
+    /// An accept or reject for a version we have not proposed.
+    #[error("unexpected reply for version {0}")]
+    UnexpectedReply(u64),
+    /// The peer's countersignature does not verify.
+    #[error("bad countersignature: {0}")]
+    BadSignature(SignatureError),
+    /// A state handed in does not belong to these parameters or is not co-signed.
+    #[error("invalid state: {0}")]
+    InvalidState(&'static str),
+    /// The channel is final.
+    #[error("channel is closed")]
+    Closed,
+    /// Amount arithmetic overflowed.
+    #[error("amount overflow")]
+    Overflow,
+    /// The peer keeps refusing our proposals.
+    #[error("peer refused {0} proposals in a row")]
+    PeerStuck(u32),
+}
+
+/// Sign a state of a channel with our keys (used for the opening state).
+pub fn sign_state(
+    params: &ChannelParams,
+    keys: &Keys,
+    state: &ChannelState,
+) -> Result<Signature, ProtocolError> {
+    let digest = DomainSeparator::new(params)
+        .digest(state)
+        .map_err(|_| ProtocolError::Overflow)?;
+    Ok(keys.sign_digest(digest))
+}
+
+/// One two-party channel's update protocol.
+#[derive(Clone, Debug)]
+pub struct Channel {
+    keys: Keys,
+    domain: DomainSeparator,
+    snap: Snapshot,
+}
+
+impl Channel {
+    /// A channel from a co-signed state (the funded opening state, version 0 usually).
+    /// Verifies both signatures and that the state belongs to `params`.
+    pub fn from_cosigned(
+        params: ChannelParams,
+        keys: Keys,
+        limits: Limits,
+        latest: SignedState,
+    ) -> Result<Self, ProtocolError> {
+        let me = params
+            .side_of(keys.address())
+            .ok_or(ProtocolError::InvalidState("our key is not a participant"))?;
+        if latest.state.channel_id != params.id() {
+            return Err(ProtocolError::InvalidState("state of another channel"));
+        }
+        if !latest.state.locks.is_empty() || !latest.state.guarantees.is_empty() {
+            return Err(ProtocolError::InvalidState("opening state must be empty"));
+        }
+        // Rule 1 needs a total that fits: every later sum is bounded by it.
+        latest.state.total().map_err(|_| ProtocolError::Overflow)?;
+        let domain = DomainSeparator::new(&params);
+        let digest = domain
+            .digest(&latest.state)
+            .map_err(|_| ProtocolError::Overflow)?;
+        for side in [Side::A, Side::B] {
+            verify(digest, &latest.sigs[side.index()], params.participant(side))
+                .map_err(ProtocolError::BadSignature)?;
+        }
+        let next_ids = NextIds::default();
+        let snap = Snapshot {
+            alloc_id: next_ids.next(me).0,
+            me,
+            limits,
+            max_signed: latest.state.version,
+            latest,
+            next_ids,
+            pending: None,
+            queue: VecDeque::new(),
+            await_leader: false,
+            doomed: Vec::new(),
+            rejects_in_row: 0,
+            params,
+        };
+        Ok(Channel { keys, domain, snap })
+    }
+
+    /// Restore a channel from its persisted snapshot.
+    pub fn restore(snap: Snapshot, keys: Keys) -> Result<Self, ProtocolError> {
+        if snap.params.participant(snap.me) != keys.address() {
+            return Err(ProtocolError::InvalidState(
+                "keys do not match the snapshot",
+            ));
+        }
+        Ok(Channel {
+            domain: DomainSeparator::new(&snap.params),
+            keys,
+            snap,
+        })
+    }
+
+    /// The persisted record of this channel.
+    pub fn snapshot(&self) -> &Snapshot {
+        &self.snap
+    }
+
+    /// The channel id.
+    pub fn id(&self) -> ChannelId {
+        self.snap.latest.state.channel_id
+    }
+
+    /// The latest co-signed state.
+    pub fn latest(&self) -> &SignedState {
+        &self.snap.latest
+    }
+
+    /// Which side we are.
+    pub fn me(&self) -> Side {
+        self.snap.me
+    }
+
+    /// Whether a proposal of ours is waiting for the peer's answer.
+    pub fn has_pending(&self) -> bool {
+        self.snap.pending.is_some()
+    }
+
+    /// The EIP-712 digest of a state of this channel.
+    pub fn digest(&self, state: &ChannelState) -> Result<B256, ProtocolError> {
+        self.domain
+            .digest(state)
+            .map_err(|_| ProtocolError::Overflow)
+    }
+
+    fn enqueue(&mut self, op: Op) {
+        self.snap.queue.push_back(QueuedOp {
+            op,
+            signed_at: None,
+        });
+    }
+
+    /// Queue an HTLC we pay; returns its id. It takes effect with the next [`Self::propose`].
+    pub fn offer_htlc(&mut self, amount: Amount, hashlock: Hashlock, expiry: Expiry) -> HtlcId {
+        let id = HtlcId(self.snap.alloc_id);
+        // Ids step by 2 from a u64; exhausting them would take 2^63 offers.
+        self.snap.alloc_id = self.snap.alloc_id.saturating_add(2);
+        self.enqueue(Op::AddHtlc {
+            id,
+            amount,
+            hashlock,
+            expiry,
+        });
+        id
+    }
+
+    /// Queue the claim of a lock the peer offered.
+    pub fn fulfill_htlc(&mut self, id: HtlcId, preimage: Preimage) {
+        self.enqueue(Op::FulfillHtlc { id, preimage });
+    }
+
+    /// Queue the failure of a lock the peer offered.
+    pub fn fail_htlc(&mut self, id: HtlcId, reason: FailureReason) {
+        self.enqueue(Op::FailHtlc { id, reason });
+    }
+
+    /// Queue the refund of our own expired lock.
+    pub fn expire_htlc(&mut self, id: HtlcId) {
+        self.enqueue(Op::ExpireHtlc { id });
+    }
+
+    /// Queue a guarantee for a virtual channel.
+    pub fn add_guarantee(&mut self, g: Guarantee) {
+        self.enqueue(Op::AddGuarantee(g));
+    }
+
+    /// Queue the release of a guarantee.
+    pub fn remove_guarantee(&mut self, virtual_channel: ChannelId, to_a: Amount, to_b: Amount) {
+        self.enqueue(Op::RemoveGuarantee {
+            virtual_channel,
+            to_a,
+            to_b,
+        });
+    }
+
+    /// Queue a direct payment to the peer.
+    pub fn transfer(&mut self, amount: Amount) {
+        self.enqueue(Op::Transfer { amount });
+    }
+
+    /// Queue the cooperative close.
+    pub fn close(&mut self) {
+        self.enqueue(Op::Close);
+    }
+
+    /// Number of operations waiting to be proposed.
+    pub fn queued(&self) -> usize {
+        self.snap.queue.len()
+    }
+
+    /// Propose every queued operation (up to the batch limit) as one signed update, if no
+    /// proposal is in flight. Invalid operations are dropped with [`Event::OpDropped`].
+    pub fn propose(&mut self, now: Expiry) -> Result<Vec<Effect>, ProtocolError> {
+        if self.snap.latest.state.is_final {
+            return Err(ProtocolError::Closed);
+        }
+        if self.snap.rejects_in_row >= MAX_CONSECUTIVE_REJECTS {
+            return Err(ProtocolError::PeerStuck(self.snap.rejects_in_row));
+        }
+        let mut effects = Vec::new();
+        self.propose_into(now, false, &mut effects)?;
+        Ok(effects)
+    }
+
+    fn base_version(&self) -> u64 {
+        self.snap.latest.state.version.max(self.snap.max_signed)
+    }
+
+    /// Build and sign a proposal. `force` proposes even with an empty queue (a version bump
+    /// that supersedes a refused state). Proposes nothing while a proposal is in flight, while
+    /// the follower waits for the leader, or once the peer is stuck.
+    fn propose_into(
+        &mut self,
+        now: Expiry,
+        force: bool,
+        effects: &mut Vec<Effect>,
+    ) -> Result<(), ProtocolError> {
+        if self.snap.pending.is_some()
+            || self.snap.await_leader
+            || self.snap.latest.state.is_final
+            || self.snap.rejects_in_row >= MAX_CONSECUTIVE_REJECTS
+            || (self.snap.queue.is_empty() && !force)
+        {
+            return Ok(());
+        }
+        // Every check that can fail comes before the first change.
+        let version = self
+            .base_version()
+            .checked_add(1)
+            .ok_or(ProtocolError::Overflow)?;
+        let me = self.snap.me;
+        let mut state = self.snap.latest.state.clone();
+        let mut ids = self.snap.next_ids;
+        let mut ops = Vec::new();
+        while ops.len() < self.snap.limits.max_ops_per_update {
+            let Some(q) = self.snap.queue.pop_front() else {
+                break;
+            };
+            // Validate one by one so one bad operation does not sink the batch.
+            match apply_batch(
+                &mut state,
+                &mut ids,
+                std::slice::from_ref(&q.op),
+                me,
+                now,
+                &self.snap.limits,
+            ) {
+                Ok(()) => ops.push(q),
+                Err((_, error)) => match q.signed_at {
+                    Some(v) => self.snap.doomed.push((v, q.op, error)),
+                    None => effects.push(Effect::Event(Event::OpDropped { op: q.op, error })),
+                },
+            }
+        }
+        if ops.is_empty() && !force {
+            return Ok(());
+        }
+        state.version = version;
+        // apply_batch checked every sum of this state, so its digest cannot overflow.
+        let digest = self.digest(&state)?;
+        let sig = self.keys.sign_digest(digest);
+        for q in &mut ops {
+            q.signed_at = Some(version);
+        }
+        let wire_ops = ops.iter().map(|q| q.op.clone()).collect();
+        self.snap.max_signed = version;
+        self.snap.pending = Some(Proposal {
+            ops,
+            state,
+            ids,
+            sig,
+        });
+        effects.push(Effect::Persist(Box::new(self.snap.clone())));
+        effects.push(Effect::Send(Message::Propose {
+            channel_id: self.id(),
+            version,
+            ops: wire_ops,
+            sig,
+        }));
+        Ok(())
+    }
+
+    /// Handle a message from the peer at time `now`.
+    ///
+    /// A proposal we refuse yields `Ok` with a [`Message::Reject`] to send and no state change.
+    /// A message that does not fit the protocol yields an error and changes nothing.
+    pub fn handle(&mut self, msg: Message, now: Expiry) -> Result<Vec<Effect>, ProtocolError> {
+        if msg.channel_id() != self.id() {
+            return Err(ProtocolError::UnknownChannel(msg.channel_id()));
+        }
+        match msg {
+            Message::Propose {
+                version, ops, sig, ..
+            } => self.on_propose(version, ops, sig, now),
+            Message::Accept { version, sig, .. } => self.on_accept(version, sig, now),
+            Message::Reject {
+                version, reason, ..
+            } => self.on_reject(version, reason, now),
+        }
+    }
+
+    fn reject(&self, version: u64, reason: RejectReason) -> Effect {
+        Effect::Send(Message::Reject {
+            channel_id: self.id(),
+            version,
+            reason,
+        })
+    }
+
+    fn on_propose(
+        &mut self,
+        version: u64,
+        ops: Vec<Op>,
+        sig: Signature,
+        now: Expiry,
+    ) -> Result<Vec<Effect>, ProtocolError> {
+        let them = self.snap.me.other();
+        let mut effects = Vec::new();
+        // Rule 5: a valid preimage for one of our locks is worth knowing even if we refuse.
+        for op in &ops {
+            if let Op::FulfillHtlc { id, preimage } = op
+                && let Some(lock) = self.snap.latest.state.lock(*id)
+                && lock.sender == self.snap.me
+                && lock.hashlock.is_opened_by(preimage)
+            {
+                effects.push(Effect::Event(Event::PreimageLearned {
+                    id: *id,
+                    preimage: *preimage,
+                }));
+            }
+        }
+        if self.snap.latest.state.is_final {
+            effects.push(self.reject(
+                version,
+                RejectReason::InvalidOp {
+                    index: 0,
+                    error: OpError::ChannelClosed,
+                },
+            ));
+            return Ok(effects);
+        }
+        if self.snap.pending.is_some() {
+            effects.push(self.reject(version, RejectReason::Conflict));
+            return Ok(effects);
+        }
+        let base = self.base_version();
+        if version <= base || version - base > MAX_VERSION_GAP {
+            effects.push(self.reject(version, RejectReason::BadVersion { min: base + 1 }));
+            return Ok(effects);
+        }
+        let mut state = self.snap.latest.state.clone();
+        let mut ids = self.snap.next_ids;
+        if let Err((index, error)) =
+            apply_batch(&mut state, &mut ids, &ops, them, now, &self.snap.limits)
+        {
+            effects.push(self.reject(version, RejectReason::InvalidOp { index, error }));
+            return Ok(effects);
+        }
+        state.version = version;
+        let digest = self.digest(&state)?;
+        if verify(digest, &sig, self.snap.params.participant(them)).is_err() {
+            effects.push(self.reject(version, RejectReason::BadSignature));
+            return Ok(effects);
+        }
+        let ours = self.keys.sign_digest(digest);
+        let mut sigs = [ours; 2];
+        sigs[them.index()] = sig;
+        let received: Vec<Lock> = ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::AddHtlc { id, .. } => state.lock(*id).copied(),
+                _ => None,
+            })
+            .collect();
+        self.snap.max_signed = version;
+        self.snap.latest = SignedState { state, sigs };
+        self.snap.next_ids = ids;
+        self.snap.await_leader = false;
+        effects.push(Effect::Persist(Box::new(self.snap.clone())));
+        effects.push(Effect::Send(Message::Accept {
+            channel_id: self.id(),
+            version,
+            sig: ours,
+        }));
+        for lock in received {
+            effects.push(Effect::Event(Event::HtlcReceived(CommittedHtlc {
+                channel_id: self.id(),
+                version,
+                lock,
+            })));
+        }
+        self.after_commit(them, ops, now, &mut effects)?;
+        Ok(effects)
+    }
+
+    /// Events common to every new co-signed state, then the next proposal if any is queued.
+    fn after_commit(
+        &mut self,
+        proposer: Side,
+        ops: Vec<Op>,
+        now: Expiry,
+        effects: &mut Vec<Effect>,
+    ) -> Result<(), ProtocolError> {
+        let version = self.snap.latest.state.version;
+        effects.push(Effect::Event(Event::Committed {
+            version,
+            proposer,
+            ops,
+        }));
+        let (dead, alive): (Vec<_>, Vec<_>) = std::mem::take(&mut self.snap.doomed)
+            .into_iter()
+            .partition(|(v, _, _)| *v < version);
+        self.snap.doomed = alive;
+        for (_, op, error) in dead {
+            effects.push(Effect::Event(Event::OpDropped { op, error }));
+        }
+        if self.snap.latest.state.is_final {
+            effects.push(Effect::Event(Event::Closed(self.snap.latest.clone())));
+            return Ok(());
+        }
+        // propose_into fails only before it changes anything (a version at u64::MAX): the queue
+        // then simply waits, and the co-signed state above must still reach the caller.
+        if self.propose_into(now, false, effects).is_err() {
+            return Ok(());
+        }
+        Ok(())
+    }
+
+    fn on_accept(
+        &mut self,
+        version: u64,
+        sig: Signature,
+        now: Expiry,
+    ) -> Result<Vec<Effect>, ProtocolError> {
+        let them = self.snap.me.other();
+        let Some(pending) = self
+            .snap
+            .pending
+            .as_ref()
+            .filter(|p| p.state.version == version)
+        else {
+            return Err(ProtocolError::UnexpectedReply(version));
+        };
+        let digest = self.digest(&pending.state)?;
+        verify(digest, &sig, self.snap.params.participant(them))
+            .map_err(ProtocolError::BadSignature)?;
+        let Some(pending) = self.snap.pending.take() else {
+            return Err(ProtocolError::UnexpectedReply(version));
+        };
+        let mut sigs = [pending.sig; 2];
+        sigs[them.index()] = sig;
+        self.snap.latest = SignedState {
+            state: pending.state,
+            sigs,
+        };
+        self.snap.next_ids = pending.ids;
+        self.snap.rejects_in_row = 0;
+        let mut effects = vec![Effect::Persist(Box::new(self.snap.clone()))];
+        let ops = pending.ops.into_iter().map(|q| q.op).collect();
+        self.after_commit(self.snap.me, ops, now, &mut effects)?;
+        Ok(effects)
+    }
+
+    fn on_reject(
+        &mut self,
+        version: u64,
+        reason: RejectReason,
+        now: Expiry,
+    ) -> Result<Vec<Effect>, ProtocolError> {
+        if !self
+            .snap
+            .pending
+            .as_ref()
+            .is_some_and(|p| p.state.version == version)
+        {
+            return Err(ProtocolError::UnexpectedReply(version));
+        }
+        let Some(pending) = self.snap.pending.take() else {
+            return Err(ProtocolError::UnexpectedReply(version));
+        };
+        let mut ops = pending.ops;
+        if let RejectReason::InvalidOp { index, error } = reason
+            && index < ops.len()
+        {
+            let bad = ops.remove(index);
+            self.snap.doomed.push((version, bad.op, error));
+        }
+        if let RejectReason::BadVersion { min } = reason {
+            let base = self.base_version();
+            if min > base.saturating_add(MAX_VERSION_GAP) {
+                self.snap.pending = Some(Proposal { ops, ..pending });
+                return Err(ProtocolError::InvalidState(
+                    "peer demands a version jump too large",
+                ));
+            }
+            self.snap.max_signed = self.snap.max_signed.max(min.saturating_sub(1));
+        }
+        // Re-queue in front, in order: they keep their ids and go out first next time.
+        for q in ops.into_iter().rev() {
+            self.snap.queue.push_front(q);
+        }
+        self.snap.rejects_in_row += 1;
+        let mut effects = Vec::new();
+        if self.snap.rejects_in_row >= MAX_CONSECUTIVE_REJECTS {
+            effects.push(Effect::Persist(Box::new(self.snap.clone())));
+            effects.push(Effect::Event(Event::PeerStuck));
+            return Ok(effects);
+        }
+        if reason == RejectReason::Conflict && self.snap.me == Side::B {
+            // ADR 0003: the follower yields and waits for the leader's proposal.
+            self.snap.await_leader = true;
+            effects.push(Effect::Persist(Box::new(self.snap.clone())));
+            return Ok(effects);
+        }
+        // Re-propose at once, even with nothing queued: the new co-signed state supersedes the
+        // refused one, which is what lets its dropped operations be reported dead.
+        let before = effects.len();
+        self.propose_into(now, true, &mut effects)?;
+        if effects.len() == before {
+            effects.push(Effect::Persist(Box::new(self.snap.clone())));
+        }
+        Ok(effects)
+    }
+}

@@ -1,0 +1,571 @@
+//! Unit tests of the update protocol: the happy path and every rejection path.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use alloy::primitives::B256;
+use common::*;
+use htlc::ids::{Expiry, HtlcId, Preimage};
+use htlc::msg::RejectReason;
+use htlc::ops::{Limits, OpError};
+use htlc::sig::malleate;
+use htlc::update::ProtocolError;
+use htlc::{Amount, Effect, Event, Message, Op};
+
+const NOW: Expiry = Expiry(1_000_000);
+
+fn deliver(to: &mut htlc::Channel, msgs: Vec<Message>) -> Vec<Effect> {
+    let mut out = Vec::new();
+    for m in msgs {
+        out.extend(to.handle(m, NOW).unwrap());
+    }
+    out
+}
+
+/// Run messages back and forth until both sides are quiet.
+fn settle(a: &mut htlc::Channel, b: &mut htlc::Channel, mut to_b: Vec<Message>) -> Vec<Effect> {
+    let mut all = Vec::new();
+    let mut to_a = Vec::new();
+    while !to_b.is_empty() || !to_a.is_empty() {
+        let eb = deliver(b, std::mem::take(&mut to_b));
+        to_a.extend(sent(&eb));
+        all.extend(eb);
+        let ea = deliver(a, std::mem::take(&mut to_a));
+        to_b.extend(sent(&ea));
+        all.extend(ea);
+    }
+    all
+}
+
+fn propose_ops(ops: Vec<Op>, version: u64, from: &htlc::Channel, sign_with: u8) -> Message {
+    // Build a proposal by hand (as a malicious or buggy peer would).
+    let mut state = from.latest().state.clone();
+    let mut ids = from.snapshot().next_ids;
+    htlc::ops::apply_batch(
+        &mut state,
+        &mut ids,
+        &ops,
+        from.me(),
+        NOW,
+        &Limits::default(),
+    )
+    .ok();
+    state.version = version;
+    let sig = keys(sign_with).sign_digest(from.digest(&state).unwrap());
+    Message::Propose {
+        channel_id: from.id(),
+        version,
+        ops,
+        sig,
+    }
+}
+
+fn reason_of(effects: &[Effect]) -> RejectReason {
+    match sent(effects).as_slice() {
+        [Message::Reject { reason, .. }] => *reason,
+        other => panic!("expected one reject, got {other:?}"),
+    }
+}
+
+#[test]
+fn htlc_round_trip_moves_exact_amounts() {
+    let (mut a, mut b) = pair([1_000, 500], Limits::default());
+    let pre = Preimage([7; 32]);
+    let id = a.offer_htlc(Amount(300), pre.hashlock(), Expiry(NOW.0 + 100));
+    let out = a.propose(NOW).unwrap();
+    // Rule 2: persist comes before our signature leaves.
+    assert!(matches!(out[0], Effect::Persist(_)));
+    assert!(matches!(out[1], Effect::Send(Message::Propose { .. })));
+    let ev = settle(&mut a, &mut b, sent(&out));
+    assert!(
+        events(&ev)
+            .iter()
+            .any(|e| matches!(e, Event::HtlcReceived(h) if h.lock().id == id))
+    );
+    assert_eq!(a.latest(), b.latest());
+    assert_eq!(a.latest().state.balances, [Amount(700), Amount(500)]);
+    assert_eq!(a.latest().state.version, 1);
+
+    b.fulfill_htlc(id, pre);
+    let out = b.propose(NOW).unwrap();
+    let ev = settle(&mut b, &mut a, sent(&out));
+    assert!(events(&ev).contains(&Event::PreimageLearned { id, preimage: pre }));
+    assert_eq!(a.latest(), b.latest());
+    assert_eq!(b.latest().state.balances, [Amount(700), Amount(800)]);
+    assert!(b.latest().state.locks.is_empty());
+}
+
+#[test]
+fn stale_version_is_rejected() {
+    let (mut a, mut b) = pair([1_000, 1_000], Limits::default());
+    a.transfer(Amount(1));
+    let out = a.propose(NOW).unwrap();
+    settle(&mut a, &mut b, sent(&out));
+    // A replays a proposal at version 1 (already used): B refuses.
+    let stale = propose_ops(vec![Op::Transfer { amount: Amount(5) }], 1, &a, 0xA1);
+    let before = b.latest().clone();
+    let r = reason_of(&b.handle(stale, NOW).unwrap());
+    assert_eq!(r, RejectReason::BadVersion { min: 2 });
+    assert_eq!(b.latest(), &before);
+    // A jump beyond the allowed gap is refused too.
+    let far = propose_ops(vec![], 1 + 1 + htlc::update::MAX_VERSION_GAP, &a, 0xA1);
+    assert!(matches!(
+        reason_of(&b.handle(far, NOW).unwrap()),
+        RejectReason::BadVersion { .. }
+    ));
+    assert_eq!(b.latest(), &before);
+}
+
+#[test]
+fn wrong_signer_and_high_s_are_rejected() {
+    let (a, mut b) = pair([1_000, 1_000], Limits::default());
+    let before = b.latest().clone();
+    let forged = propose_ops(vec![Op::Transfer { amount: Amount(5) }], 1, &a, 0x33);
+    assert_eq!(
+        reason_of(&b.handle(forged, NOW).unwrap()),
+        RejectReason::BadSignature
+    );
+    let Message::Propose {
+        channel_id,
+        version,
+        ops,
+        sig,
+    } = propose_ops(vec![Op::Transfer { amount: Amount(5) }], 1, &a, 0xA1)
+    else {
+        unreachable!()
+    };
+    let high_s = Message::Propose {
+        channel_id,
+        version,
+        ops,
+        sig: malleate(&sig),
+    };
+    assert_eq!(
+        reason_of(&b.handle(high_s, NOW).unwrap()),
+        RejectReason::BadSignature
+    );
+    assert_eq!(b.latest(), &before);
+}
+
+#[test]
+fn bad_countersignature_changes_nothing() {
+    let (mut a, mut b) = pair([1_000, 1_000], Limits::default());
+    a.transfer(Amount(5));
+    let out = a.propose(NOW).unwrap();
+    let accept = sent(&deliver(&mut b, sent(&out)));
+    let Message::Accept {
+        channel_id,
+        version,
+        sig,
+    } = accept[0].clone()
+    else {
+        panic!()
+    };
+    let snap = a.snapshot().clone();
+    let bad = Message::Accept {
+        channel_id,
+        version,
+        sig: malleate(&sig),
+    };
+    assert!(matches!(
+        a.handle(bad, NOW),
+        Err(ProtocolError::BadSignature(_))
+    ));
+    let other = Message::Accept {
+        channel_id,
+        version,
+        sig: keys(0x44).sign_digest(B256::ZERO),
+    };
+    assert!(matches!(
+        a.handle(other, NOW),
+        Err(ProtocolError::BadSignature(_))
+    ));
+    assert_eq!(a.snapshot(), &snap);
+    // The genuine one still works afterwards.
+    a.handle(
+        Message::Accept {
+            channel_id,
+            version,
+            sig,
+        },
+        NOW,
+    )
+    .unwrap();
+    assert_eq!(a.latest(), b.latest());
+}
+
+#[test]
+fn unknown_channel_and_unexpected_replies_are_errors() {
+    let (mut a, _b) = pair([1_000, 1_000], Limits::default());
+    let snap = a.snapshot().clone();
+    let m = Message::Accept {
+        channel_id: htlc::ChannelId(B256::repeat_byte(9)),
+        version: 1,
+        sig: keys(1).sign_digest(B256::ZERO),
+    };
+    assert!(matches!(
+        a.handle(m, NOW),
+        Err(ProtocolError::UnknownChannel(_))
+    ));
+    let m = Message::Reject {
+        channel_id: a.id(),
+        version: 1,
+        reason: RejectReason::Conflict,
+    };
+    assert!(matches!(
+        a.handle(m, NOW),
+        Err(ProtocolError::UnexpectedReply(1))
+    ));
+    assert_eq!(a.snapshot(), &snap);
+}
+
+fn invalid_op(
+    ops: Vec<Op>,
+    by_b: bool,
+    balances: [u128; 2],
+    limits: Limits,
+    setup: impl FnOnce(&mut htlc::Channel, &mut htlc::Channel),
+) -> OpError {
+    let (mut a, mut b) = pair(balances, limits);
+    setup(&mut a, &mut b);
+    let (from, to, k) = if by_b {
+        (&b, &mut a, 0xB2)
+    } else {
+        (&a, &mut b, 0xA1)
+    };
+    let version = to.latest().state.version + 1;
+    let msg = propose_ops(ops, version, from, k);
+    let before = to.snapshot().clone();
+    let eff = to.handle(msg, NOW).unwrap();
+    assert_eq!(to.snapshot(), &before, "a refused proposal changes nothing");
+    match reason_of(&eff) {
+        RejectReason::InvalidOp { error, .. } => error,
+        r => panic!("expected InvalidOp, got {r:?}"),
+    }
+}
+
+fn with_lock(a: &mut htlc::Channel, b: &mut htlc::Channel) {
+    a.offer_htlc(
+        Amount(100),
+        Preimage([1; 32]).hashlock(),
+        Expiry(NOW.0 + 50),
+    );
+    let out = a.propose(NOW).unwrap();
+    settle(a, b, sent(&out));
+}
+
+#[test]
+fn each_invalid_operation_is_rejected_with_its_reason() {
+    let l = Limits::default();
+    let h = Preimage([1; 32]).hashlock();
+    let exp = Expiry(NOW.0 + 50);
+    let add = |id, amount| Op::AddHtlc {
+        id: HtlcId(id),
+        amount: Amount(amount),
+        hashlock: h,
+        expiry: exp,
+    };
+    // unknown lock
+    assert_eq!(
+        invalid_op(
+            vec![Op::FulfillHtlc {
+                id: HtlcId(9),
+                preimage: Preimage([1; 32])
+            }],
+            true,
+            [100, 100],
+            l,
+            |_, _| {}
+        ),
+        OpError::UnknownLock(HtlcId(9))
+    );
+    // bad preimage
+    assert_eq!(
+        invalid_op(
+            vec![Op::FulfillHtlc {
+                id: HtlcId(0),
+                preimage: Preimage([2; 32])
+            }],
+            true,
+            [1000, 100],
+            l,
+            with_lock
+        ),
+        OpError::BadPreimage
+    );
+    // the sender cannot fulfill or fail its own lock
+    assert_eq!(
+        invalid_op(
+            vec![Op::FulfillHtlc {
+                id: HtlcId(0),
+                preimage: Preimage([1; 32])
+            }],
+            false,
+            [1000, 100],
+            l,
+            with_lock
+        ),
+        OpError::WrongSide
+    );
+    // expiring before expiry
+    assert_eq!(
+        invalid_op(
+            vec![Op::ExpireHtlc { id: HtlcId(0) }],
+            false,
+            [1000, 100],
+            l,
+            with_lock
+        ),
+        OpError::NotExpired
+    );
+    // over capacity
+    assert_eq!(
+        invalid_op(vec![add(0, 101)], false, [100, 100], l, |_, _| {}),
+        OpError::InsufficientBalance
+    );
+    assert_eq!(
+        invalid_op(
+            vec![Op::Transfer {
+                amount: Amount(101)
+            }],
+            false,
+            [100, 100],
+            l,
+            |_, _| {}
+        ),
+        OpError::InsufficientBalance
+    );
+    // oversized amounts: more than the payer holds, however large
+    assert_eq!(
+        invalid_op(
+            vec![Op::Transfer {
+                amount: Amount::MAX
+            }],
+            false,
+            [100, 100],
+            l,
+            |_, _| {}
+        ),
+        OpError::InsufficientBalance
+    );
+    // too many pending locks
+    let tight = Limits {
+        max_pending_locks: 1,
+        ..l
+    };
+    assert_eq!(
+        invalid_op(vec![add(2, 1)], false, [1000, 100], tight, with_lock),
+        OpError::TooManyLocks
+    );
+    // in-flight over limit
+    let cap = Limits {
+        max_in_flight: Amount(150),
+        ..l
+    };
+    assert_eq!(
+        invalid_op(vec![add(2, 51)], false, [1000, 100], cap, with_lock),
+        OpError::InFlightOverLimit
+    );
+    // reused or wrong-parity lock id
+    assert!(matches!(
+        invalid_op(vec![add(0, 1)], false, [1000, 100], l, with_lock),
+        OpError::BadLockId { .. }
+    ));
+    assert!(matches!(
+        invalid_op(vec![add(1, 1)], false, [1000, 100], l, |_, _| {}),
+        OpError::BadLockId { .. }
+    ));
+    // expiry in the past, zero amount
+    assert_eq!(
+        invalid_op(
+            vec![Op::AddHtlc {
+                id: HtlcId(0),
+                amount: Amount(1),
+                hashlock: h,
+                expiry: NOW
+            }],
+            false,
+            [100, 100],
+            l,
+            |_, _| {}
+        ),
+        OpError::ExpiryInPast
+    );
+    assert_eq!(
+        invalid_op(vec![add(0, 0)], false, [100, 100], l, |_, _| {}),
+        OpError::AmountBelowMinimum
+    );
+    // close with a pending lock; operation after close
+    assert_eq!(
+        invalid_op(vec![Op::Close], false, [1000, 100], l, with_lock),
+        OpError::CloseWithPending
+    );
+    assert_eq!(
+        invalid_op(
+            vec![Op::Close, Op::Transfer { amount: Amount(1) }],
+            false,
+            [100, 100],
+            l,
+            |_, _| {}
+        ),
+        OpError::ChannelClosed
+    );
+    // too many operations in one update
+    let few = Limits {
+        max_ops_per_update: 2,
+        ..l
+    };
+    assert_eq!(
+        invalid_op(
+            vec![Op::Transfer { amount: Amount(1) }; 3],
+            false,
+            [100, 100],
+            few,
+            |_, _| {}
+        ),
+        OpError::TooManyOps
+    );
+    // guarantee split that does not match
+    let vc = htlc::ChannelId(B256::repeat_byte(5));
+    let g = htlc::Guarantee {
+        virtual_channel: vc,
+        from_a: Amount(10),
+        from_b: Amount(10),
+    };
+    assert_eq!(
+        invalid_op(
+            vec![
+                Op::AddGuarantee(g),
+                Op::RemoveGuarantee {
+                    virtual_channel: vc,
+                    to_a: Amount(15),
+                    to_b: Amount(6)
+                }
+            ],
+            false,
+            [100, 100],
+            l,
+            |_, _| {}
+        ),
+        OpError::GuaranteeMismatch
+    );
+    assert_eq!(
+        invalid_op(
+            vec![Op::AddGuarantee(g), Op::AddGuarantee(g)],
+            false,
+            [100, 100],
+            l,
+            |_, _| {}
+        ),
+        OpError::DuplicateGuarantee
+    );
+}
+
+#[test]
+fn expired_lock_cannot_be_fulfilled_but_can_be_expired() {
+    let (mut a, mut b) = pair([1_000, 100], Limits::default());
+    with_lock(&mut a, &mut b);
+    let later = Expiry(NOW.0 + 50);
+    b.fulfill_htlc(HtlcId(0), Preimage([1; 32]));
+    let out = b.propose(later).unwrap();
+    // B's own validation drops the fulfill (never signed): reported at once.
+    assert!(events(&out).iter().any(|e| matches!(
+        e,
+        Event::OpDropped {
+            error: OpError::LockExpired,
+            ..
+        }
+    )));
+    a.expire_htlc(HtlcId(0));
+    let out = a.propose(later).unwrap();
+    let mut to_a = Vec::new();
+    for m in sent(&out) {
+        to_a.extend(sent(&b.handle(m, later).unwrap()));
+    }
+    for m in to_a {
+        a.handle(m, later).unwrap();
+    }
+    assert_eq!(a.latest(), b.latest());
+    assert_eq!(a.latest().state.balances, [Amount(1_000), Amount(100)]);
+}
+
+#[test]
+fn refused_offer_is_reported_dead_only_after_a_superseding_state() {
+    // B lowers its lock limit: A's offer passes A's validation but B refuses it.
+    let (mut a, _) = pair([1_000, 100], Limits::default());
+    let (_, mut b) = pair(
+        [1_000, 100],
+        Limits {
+            max_pending_locks: 0,
+            ..Limits::default()
+        },
+    );
+    a.offer_htlc(Amount(10), Preimage([3; 32]).hashlock(), Expiry(NOW.0 + 50));
+    let out = a.propose(NOW).unwrap();
+    let reject = sent(&deliver(&mut b, sent(&out)));
+    assert!(matches!(
+        reject[0],
+        Message::Reject {
+            reason: RejectReason::InvalidOp {
+                error: OpError::TooManyLocks,
+                ..
+            },
+            ..
+        }
+    ));
+    let out = deliver(&mut a, reject);
+    // B holds A's signature on the refused state: not dead yet, A bumps the version instead.
+    assert!(
+        !events(&out)
+            .iter()
+            .any(|e| matches!(e, Event::OpDropped { .. }))
+    );
+    let bump = sent(&out);
+    assert!(matches!(&bump[0], Message::Propose { version: 2, ops, .. } if ops.is_empty()));
+    let out = deliver(&mut a, sent(&deliver(&mut b, bump)));
+    assert!(events(&out).iter().any(|e| matches!(
+        e,
+        Event::OpDropped {
+            error: OpError::TooManyLocks,
+            ..
+        }
+    )));
+    assert_eq!(a.latest().state.version, 2);
+    assert_eq!(a.latest(), b.latest());
+}
+
+#[test]
+fn concurrent_proposals_resolve_with_leader_first_and_no_double_signing() {
+    let (mut a, mut b) = pair([1_000, 1_000], Limits::default());
+    a.transfer(Amount(10));
+    b.transfer(Amount(20));
+    let pa = sent(&a.propose(NOW).unwrap());
+    let pb = sent(&b.propose(NOW).unwrap());
+    // Both at version 1: each refuses the other's.
+    let ra = deliver(&mut a, pb);
+    let rb = deliver(&mut b, pa);
+    assert_eq!(reason_of(&ra), RejectReason::Conflict);
+    assert_eq!(reason_of(&rb), RejectReason::Conflict);
+    // The leader re-proposes at version 2; the follower waits, then goes after it.
+    let from_a = sent(&deliver(&mut a, sent(&rb)));
+    assert!(matches!(&from_a[0], Message::Propose { version: 2, .. }));
+    assert!(sent(&deliver(&mut b, sent(&ra))).is_empty());
+    settle(&mut a, &mut b, from_a);
+    assert_eq!(a.latest(), b.latest());
+    assert_eq!(a.latest().state.version, 3);
+    assert_eq!(a.latest().state.balances, [Amount(1_010), Amount(990)]);
+}
+
+#[test]
+fn an_opening_state_whose_total_overflows_is_refused() {
+    let (ka, kb) = (keys(0xA1), keys(0xB2));
+    let p = params(&ka, &kb);
+    let state = htlc::ChannelState::opening(p.id(), [Amount::MAX, Amount(1)]);
+    let sigs = [
+        htlc::update::sign_state(&p, &ka, &state).unwrap(),
+        htlc::update::sign_state(&p, &kb, &state).unwrap(),
+    ];
+    let r =
+        htlc::Channel::from_cosigned(p, ka, Limits::default(), htlc::SignedState { state, sigs });
+    assert!(matches!(r, Err(ProtocolError::Overflow)));
+}
