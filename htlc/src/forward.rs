@@ -184,3 +184,184 @@ pub fn decide(
         fee,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::{ChannelId, HtlcId, Preimage, Side};
+    use crate::state::Lock;
+    use alloy::primitives::B256;
+    use proptest::prelude::*;
+
+    const NOW: Expiry = Expiry(1_000_000);
+
+    fn incoming(amount: u128, expiry: u64) -> CommittedHtlc {
+        CommittedHtlc::new(
+            ChannelId(B256::ZERO),
+            1,
+            Lock {
+                id: HtlcId(0),
+                amount: Amount(amount),
+                hashlock: Preimage([1; 32]).hashlock(),
+                expiry: Expiry(expiry),
+                sender: Side::A,
+            },
+        )
+    }
+
+    fn channel(policy: ForwardPolicy) -> OutgoingChannel {
+        OutgoingChannel {
+            policy,
+            available: Amount(1_000_000),
+            pending_locks: 0,
+            max_pending_locks: 10,
+            in_flight: Amount(0),
+            max_in_flight: Amount(2_000_000),
+        }
+    }
+
+    fn policy() -> ForwardPolicy {
+        ForwardPolicy {
+            base_fee: Amount(10),
+            fee_ppm: 1_000,
+            expiry_delta: 3_600,
+            ..ForwardPolicy::default()
+        }
+    }
+
+    fn ok_case() -> (CommittedHtlc, NextHop) {
+        // fee = 10 + 100_000 * 1000 / 1e6 = 110
+        let out_expiry = NOW.0 + 7_200;
+        (
+            incoming(100_110, out_expiry + 3_600),
+            NextHop {
+                amount: Amount(100_000),
+                expiry: Expiry(out_expiry),
+            },
+        )
+    }
+
+    #[test]
+    fn forwards_with_exact_fee_and_delta() {
+        let (inc, next) = ok_case();
+        let f = decide(&inc, &next, Some(&channel(policy())), NOW).unwrap();
+        assert_eq!(f.fee, Amount(110));
+        assert_eq!(f.hashlock, inc.lock().hashlock);
+    }
+
+    #[test]
+    fn each_failure_reason() {
+        let (inc, next) = ok_case();
+        let ch = channel(policy());
+        let fail = |inc: &CommittedHtlc, next: &NextHop, ch: Option<&OutgoingChannel>| {
+            decide(inc, next, ch, NOW).unwrap_err()
+        };
+        assert_eq!(fail(&inc, &next, None), FailureReason::UnknownNextPeer);
+        // One unit short of the fee.
+        let short = incoming(100_109, inc.lock().expiry.0);
+        assert_eq!(
+            fail(&short, &next, Some(&ch)),
+            FailureReason::FeeInsufficient
+        );
+        // Negative fee.
+        let neg = incoming(99_999, inc.lock().expiry.0);
+        assert_eq!(fail(&neg, &next, Some(&ch)), FailureReason::FeeInsufficient);
+        // One second short of the delta.
+        let tight = incoming(100_110, inc.lock().expiry.0 - 1);
+        assert_eq!(
+            fail(&tight, &next, Some(&ch)),
+            FailureReason::IncorrectExpiryDelta
+        );
+        // Outgoing expiry too soon / too far.
+        let soon = NextHop {
+            expiry: Expiry(NOW.0 + MIN_OUTGOING_EXPIRY_SECS - 1),
+            ..next
+        };
+        let inc_soon = incoming(100_110, soon.expiry.0 + 3_600);
+        assert_eq!(
+            fail(&inc_soon, &soon, Some(&ch)),
+            FailureReason::ExpiryTooSoon
+        );
+        let far = NextHop {
+            expiry: Expiry(NOW.0 + DEFAULT_MAX_EXPIRY_HORIZON_SECS + 1),
+            ..next
+        };
+        let inc_far = incoming(100_110, far.expiry.0 + 3_600);
+        assert_eq!(fail(&inc_far, &far, Some(&ch)), FailureReason::ExpiryTooFar);
+        // Below minimum.
+        let min = channel(ForwardPolicy {
+            min_htlc: Amount(100_001),
+            ..policy()
+        });
+        assert_eq!(
+            fail(&inc, &next, Some(&min)),
+            FailureReason::AmountBelowMinimum
+        );
+        // Liquidity, lock slots, in-flight, disabled, above maximum: temporary failures.
+        for broken in [
+            OutgoingChannel {
+                available: Amount(99_999),
+                ..ch
+            },
+            OutgoingChannel {
+                pending_locks: 10,
+                ..ch
+            },
+            OutgoingChannel {
+                in_flight: Amount(1_900_001),
+                ..ch
+            },
+            channel(ForwardPolicy {
+                enabled: false,
+                ..policy()
+            }),
+            channel(ForwardPolicy {
+                max_htlc: Amount(99_999),
+                ..policy()
+            }),
+        ] {
+            assert_eq!(
+                fail(&inc, &next, Some(&broken)),
+                FailureReason::TemporaryChannelFailure
+            );
+        }
+    }
+
+    #[test]
+    fn configured_delta_below_the_safe_minimum_is_raised() {
+        let (_, next) = ok_case();
+        let ch = channel(ForwardPolicy {
+            expiry_delta: 10,
+            ..policy()
+        });
+        let inc = incoming(100_110, next.expiry.0 + 10);
+        assert_eq!(
+            decide(&inc, &next, Some(&ch), NOW).unwrap_err(),
+            FailureReason::IncorrectExpiryDelta
+        );
+    }
+
+    proptest! {
+        /// Whatever the inputs, a forward satisfies rules 6 and 7 exactly, and any input that
+        /// satisfies them (with room in the channel) is forwarded.
+        #[test]
+        fn forward_iff_rules_hold(
+            amount in 1u128..10_000_000, extra in 0u128..20_000, base in 0u128..5_000,
+            ppm in 0u32..50_000, delta in 0u64..10_000, out_ttl in 0u64..2_000_000, slack in 0u64..8_000,
+        ) {
+            let pol = ForwardPolicy { base_fee: Amount(base), fee_ppm: ppm, expiry_delta: delta, ..ForwardPolicy::default() };
+            let ch = OutgoingChannel { available: Amount::MAX, max_in_flight: Amount::MAX, ..channel(pol) };
+            let next = NextHop { amount: Amount(amount), expiry: Expiry(NOW.0 + out_ttl) };
+            let inc = incoming(amount + extra, NOW.0 + out_ttl + slack);
+            let fee_ok = extra >= base + amount * u128::from(ppm) / 1_000_000;
+            let delta_ok = slack >= delta.max(MIN_EXPIRY_DELTA_SECS);
+            let window_ok = (MIN_OUTGOING_EXPIRY_SECS..=DEFAULT_MAX_EXPIRY_HORIZON_SECS).contains(&out_ttl);
+            let r = decide(&inc, &next, Some(&ch), NOW);
+            prop_assert_eq!(r.is_ok(), fee_ok && delta_ok && window_ok);
+            if let Ok(f) = r {
+                prop_assert_eq!(f.fee, Amount(extra));
+                prop_assert!(inc.lock().expiry.0 >= f.expiry.0 + delta);
+            }
+        }
+    }
+}

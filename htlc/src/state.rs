@@ -240,7 +240,11 @@ mod tests {
             amount: Amount(id as u128 + 1),
             hashlock: Hashlock(B256::repeat_byte(id as u8)),
             expiry: Expiry(1000 + id),
-            sender: if id % 2 == 0 { Side::A } else { Side::B },
+            sender: if id.is_multiple_of(2) {
+                Side::A
+            } else {
+                Side::B
+            },
         }
     }
 

@@ -105,6 +105,15 @@ pub struct CommittedHtlc {
 }
 
 impl CommittedHtlc {
+    /// Only the machine (and this crate's tests) may vouch that a lock is committed.
+    pub(crate) fn new(channel_id: ChannelId, version: u64, lock: Lock) -> Self {
+        CommittedHtlc {
+            channel_id,
+            version,
+            lock,
+        }
+    }
+
     /// The channel it arrived on.
     pub fn channel_id(&self) -> ChannelId {
         self.channel_id
@@ -563,11 +572,11 @@ impl Channel {
             sig: ours,
         }));
         for lock in received {
-            effects.push(Effect::Event(Event::HtlcReceived(CommittedHtlc {
-                channel_id: self.id(),
+            effects.push(Effect::Event(Event::HtlcReceived(CommittedHtlc::new(
+                self.id(),
                 version,
                 lock,
-            })));
+            ))));
         }
         self.after_commit(them, ops, now, &mut effects)?;
         Ok(effects)
@@ -647,11 +656,11 @@ impl Channel {
         reason: RejectReason,
         now: Expiry,
     ) -> Result<Vec<Effect>, ProtocolError> {
-        if !self
+        if self
             .snap
             .pending
             .as_ref()
-            .is_some_and(|p| p.state.version == version)
+            .is_none_or(|p| p.state.version != version)
         {
             return Err(ProtocolError::UnexpectedReply(version));
         }

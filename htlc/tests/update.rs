@@ -1,5 +1,5 @@
 //! Unit tests of the update protocol: the happy path and every rejection path.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
