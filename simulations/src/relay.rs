@@ -1,0 +1,298 @@
+//! Payer → hub → payee HTLC payments through the real protocol machines, in process.
+//!
+//! Two ledger channels, payer–hub and hub–payee. A payment locks an HTLC from the payer to the
+//! hub; once it is co-signed the hub runs its forwarding decision and locks one toward the
+//! payee; the payee reveals the preimage; the hub learns it and claims upstream. Every state is
+//! signed and verified exactly as between real parties; only the transport is a queue.
+
+use alloy::primitives::{Address, U256};
+use htlc::forward::{ForwardPolicy, NextHop, OutgoingChannel, decide};
+use htlc::ids::{Expiry, Hashlock, HtlcId, Preimage};
+use htlc::ops::Limits;
+use htlc::sig::Keys;
+use htlc::update::sign_state;
+use htlc::{
+    Amount, Channel, ChannelParams, ChannelState, Effect, Event, FailureReason, Message,
+    SignedState,
+};
+use std::collections::{HashMap, VecDeque};
+
+/// Who is who in the relay.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Node {
+    /// Pays.
+    Payer,
+    /// Forwards and earns fees.
+    Hub,
+    /// Gets paid.
+    Payee,
+}
+
+/// Outcome counters of a run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tally {
+    /// Payments whose preimage reached the payer's channel (settled on both hops).
+    pub succeeded: u64,
+    /// Payments failed back to the payer.
+    pub failed: u64,
+    /// Co-signed updates on both channels (each is two signatures and two verifications).
+    pub updates: u64,
+}
+
+/// The three parties and their two channels.
+pub struct Relay {
+    /// Payer's side of payer–hub (payer is A).
+    payer_up: Channel,
+    /// Hub's side of payer–hub.
+    hub_in: Channel,
+    /// Hub's side of hub–payee (hub is A).
+    hub_out: Channel,
+    /// Payee's side of hub–payee.
+    payee_down: Channel,
+    queue: VecDeque<(Node, bool, Message)>,
+    policy: ForwardPolicy,
+    /// Hashlock → next hop the payer asked for (in the hub this travels with the HTLC).
+    instructions: HashMap<Hashlock, NextHop>,
+    /// Hashlock → preimage, the payee's invoices.
+    invoices: HashMap<Hashlock, Preimage>,
+    /// Outgoing lock id → incoming lock id at the hub.
+    links: HashMap<HtlcId, HtlcId>,
+    now: Expiry,
+    /// What happened so far.
+    pub tally: Tally,
+}
+
+fn open(a: &Keys, b: &Keys, balances: [u128; 2], nonce: u64) -> anyhow::Result<(Channel, Channel)> {
+    let params = ChannelParams {
+        chain_id: 31337,
+        adjudicator: Address::repeat_byte(0xAD),
+        participants: [a.address(), b.address()],
+        asset: Address::ZERO,
+        challenge_duration: 3600,
+        nonce: U256::from(nonce),
+    };
+    let state = ChannelState::opening(params.id(), [Amount(balances[0]), Amount(balances[1])]);
+    let sigs = [
+        sign_state(&params, a, &state)?,
+        sign_state(&params, b, &state)?,
+    ];
+    let signed = SignedState { state, sigs };
+    let limits = Limits::default();
+    Ok((
+        Channel::from_cosigned(params.clone(), a.clone(), limits, signed.clone())?,
+        Channel::from_cosigned(params, b.clone(), limits, signed)?,
+    ))
+}
+
+impl Relay {
+    /// Open both channels: the payer funds `payer_funds`, the hub `hub_funds` toward the payee.
+    pub fn new(payer_funds: u128, hub_funds: u128, policy: ForwardPolicy) -> anyhow::Result<Self> {
+        let key = |b: u8| Keys::from_bytes([b; 32]).ok_or_else(|| anyhow::anyhow!("bad key"));
+        let (payer, hub, payee) = (key(0x01)?, key(0x02)?, key(0x03)?);
+        let (payer_up, hub_in) = open(&payer, &hub, [payer_funds, 0], 1)?;
+        let (hub_out, payee_down) = open(&hub, &payee, [hub_funds, 0], 2)?;
+        Ok(Relay {
+            payer_up,
+            hub_in,
+            hub_out,
+            payee_down,
+            queue: VecDeque::new(),
+            policy,
+            instructions: HashMap::new(),
+            invoices: HashMap::new(),
+            links: HashMap::new(),
+            now: Expiry(1_700_000_000),
+            tally: Tally::default(),
+        })
+    }
+
+    /// Free balances: payer, hub (both channels), payee.
+    pub fn balances(&self) -> [Amount; 4] {
+        let up = &self.hub_in.latest().state.balances;
+        let down = &self.hub_out.latest().state.balances;
+        [up[0], up[1], down[0], down[1]]
+    }
+
+    /// Queue a payment of `amount` to the payee: the payee makes an invoice, the payer locks
+    /// `amount + fee` toward the hub with an expiry leaving the hub its delta.
+    pub fn pay(&mut self, amount: Amount, secret: [u8; 32]) -> anyhow::Result<()> {
+        let preimage = Preimage(secret);
+        let hashlock = preimage.hashlock();
+        self.invoices.insert(hashlock, preimage);
+        let fee = self.policy.fee(amount)?;
+        let out_expiry = Expiry(self.now.0 + 2 * 3600);
+        let in_expiry = Expiry(out_expiry.0 + self.policy.expiry_delta);
+        self.instructions.insert(
+            hashlock,
+            NextHop {
+                amount,
+                expiry: out_expiry,
+            },
+        );
+        self.payer_up
+            .offer_htlc(amount.checked_add(fee)?, hashlock, in_expiry);
+        Ok(())
+    }
+
+    fn channel(&mut self, node: Node, upstream: bool) -> &mut Channel {
+        match (node, upstream) {
+            (Node::Payer, _) => &mut self.payer_up,
+            (Node::Hub, true) => &mut self.hub_in,
+            (Node::Hub, false) => &mut self.hub_out,
+            (Node::Payee, _) => &mut self.payee_down,
+        }
+    }
+
+    /// Where a message sent by `node` on its `upstream` (payer–hub) or downstream channel goes.
+    fn peer(node: Node, upstream: bool) -> Node {
+        match (node, upstream) {
+            (Node::Payer, _) => Node::Hub,
+            (Node::Hub, true) => Node::Payer,
+            (Node::Hub, false) => Node::Payee,
+            (Node::Payee, _) => Node::Hub,
+        }
+    }
+
+    fn carry(&mut self, node: Node, upstream: bool, effects: Vec<Effect>) -> anyhow::Result<()> {
+        for e in effects {
+            match e {
+                // In process there is no disk: persisting is the snapshot the machine keeps.
+                Effect::Persist(_) => {}
+                Effect::Send(m) => {
+                    self.queue
+                        .push_back((Self::peer(node, upstream), upstream, m));
+                }
+                Effect::Event(ev) => self.on_event(node, upstream, ev)?,
+            }
+        }
+        Ok(())
+    }
+
+    fn on_event(&mut self, node: Node, upstream: bool, ev: Event) -> anyhow::Result<()> {
+        match (node, upstream, ev) {
+            (Node::Hub, true, Event::HtlcReceived(h)) => {
+                let lock = *h.lock();
+                let next = self.instructions.get(&lock.hashlock).copied();
+                let out = &self.hub_out;
+                let st = &out.latest().state;
+                let outgoing = OutgoingChannel {
+                    policy: self.policy,
+                    available: st.balances[out.me().index()],
+                    pending_locks: st.locks.len(),
+                    max_pending_locks: out.snapshot().limits.max_pending_locks,
+                    in_flight: st.locks_total()?,
+                    max_in_flight: out.snapshot().limits.max_in_flight,
+                };
+                let decision = match next {
+                    Some(next) => decide(&h, &next, Some(&outgoing), self.now),
+                    None => Err(FailureReason::UnknownNextPeer),
+                };
+                match decision {
+                    Ok(fwd) => {
+                        let out_id = self
+                            .hub_out
+                            .offer_htlc(fwd.amount, fwd.hashlock, fwd.expiry);
+                        self.links.insert(out_id, lock.id);
+                    }
+                    Err(reason) => {
+                        self.hub_in.fail_htlc(lock.id, reason);
+                        self.tally.failed += 1;
+                    }
+                }
+            }
+            (Node::Payee, _, Event::HtlcReceived(h)) => {
+                let lock = *h.lock();
+                match self.invoices.get(&lock.hashlock) {
+                    Some(p) => self.payee_down.fulfill_htlc(lock.id, *p),
+                    None => self
+                        .payee_down
+                        .fail_htlc(lock.id, FailureReason::IncorrectPaymentDetails),
+                }
+            }
+            (Node::Hub, false, Event::PreimageLearned { id, preimage }) => {
+                // Rule 5: claim upstream at once.
+                if let Some(in_id) = self.links.remove(&id) {
+                    self.hub_in.fulfill_htlc(in_id, preimage);
+                }
+            }
+            // Both sides see every commitment; count each channel's once, at the payer and at
+            // the hub's downstream side.
+            (Node::Payer, _, Event::Committed { ops, .. }) => {
+                self.tally.updates += 1;
+                let settled = ops
+                    .iter()
+                    .filter(|op| matches!(op, htlc::Op::FulfillHtlc { .. }))
+                    .count();
+                self.tally.succeeded += settled as u64;
+            }
+            (Node::Hub, false, Event::Committed { .. }) => self.tally.updates += 1,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Propose what every machine has queued and deliver messages until all are quiet.
+    pub fn run(&mut self) -> anyhow::Result<()> {
+        loop {
+            for (node, up) in [
+                (Node::Payer, true),
+                (Node::Hub, true),
+                (Node::Hub, false),
+                (Node::Payee, false),
+            ] {
+                let now = self.now;
+                let effects = self.channel(node, up).propose(now)?;
+                self.carry(node, up, effects)?;
+            }
+            if self.queue.is_empty() {
+                return Ok(());
+            }
+            while let Some((to, up, msg)) = self.queue.pop_front() {
+                let now = self.now;
+                let effects = self.channel(to, up).handle(msg, now)?;
+                self.carry(to, up, effects)?;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payments_settle_on_both_hops_with_the_policy_fee() {
+        let policy = ForwardPolicy {
+            base_fee: Amount(10),
+            fee_ppm: 1_000,
+            ..ForwardPolicy::default()
+        };
+        let mut r = Relay::new(1_000_000, 1_000_000, policy).unwrap();
+        for i in 0..25u8 {
+            r.pay(Amount(10_000), [i; 32]).unwrap();
+        }
+        r.run().unwrap();
+        // fee = 10 + 10_000 * 1000 / 1e6 = 20 per payment.
+        let [payer, hub_up, hub_down, payee] = r.balances();
+        assert_eq!(payer, Amount(1_000_000 - 25 * 10_020));
+        assert_eq!(hub_up, Amount(25 * 10_020));
+        assert_eq!(hub_down, Amount(1_000_000 - 25 * 10_000));
+        assert_eq!(payee, Amount(25 * 10_000));
+        assert_eq!(r.tally.succeeded, 25);
+        // Hub earned exactly the fee: (up + down) - initial hub funds.
+        assert_eq!(hub_up.0 + hub_down.0 - 1_000_000, 25 * 20);
+    }
+
+    #[test]
+    fn a_payment_the_hub_cannot_carry_fails_back_and_refunds() {
+        let mut r = Relay::new(1_000_000, 5_000, ForwardPolicy::default()).unwrap();
+        r.pay(Amount(10_000), [9; 32]).unwrap();
+        r.run().unwrap();
+        assert_eq!(r.tally.failed, 1);
+        assert_eq!(r.tally.succeeded, 0);
+        assert_eq!(
+            r.balances(),
+            [Amount(1_000_000), Amount(0), Amount(5_000), Amount(0)]
+        );
+    }
+}
