@@ -19,7 +19,7 @@ struct Args {
     #[arg(long, default_value_t = 2_000)]
     payments: u64,
     /// Payments per wave (they share signed updates).
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..))]
     wave: u64,
     /// Amount of each payment, in wei.
     #[arg(long, default_value_t = 1_000_000)]
@@ -60,7 +60,7 @@ fn main() -> Result<()> {
         }
         relay.run()?;
         sent += n;
-        if sent % (args.wave * 10).max(1) == 0 || sent == args.payments {
+        if sent.is_multiple_of(args.wave.saturating_mul(10)) || sent == args.payments {
             let [payer, hub_up, hub_down, payee] = relay.balances();
             let fees = hub_up.0 + hub_down.0 - funds;
             println!(
