@@ -1,9 +1,14 @@
 //! # hub — the vhub service
 //!
-//! Will hold the QUIC transport (quinn), the wire protocol, peer sessions, the channel and
+//! The QUIC transport (quinn) with Ethereum-key authentication bound to each connection, the
+//! versioned wire protocol, and (growing with issues 5 and 6) peer sessions, the channel and
 //! forwarding engine that drives the `htlc` machines, RocksDB storage, the chain watcher, the
-//! operator API, the `hub` binary and the client library (issues 5 and 6). Today it holds
-//! nothing but this description.
+//! operator API, the `hub` binary and the client library.
 //!
 //! It must never sign a state before persisting it, never forward an HTLC that is not
-//! committed, and never implement a protocol rule itself: those live in `htlc`.
+//! committed, never act on a frame from a peer that has not proven its key, and never
+//! implement a protocol rule itself: those live in `htlc`.
+
+pub mod auth;
+pub mod transport;
+pub mod wire;
