@@ -10,5 +10,9 @@
 //! implement a protocol rule itself: those live in `htlc`.
 
 pub mod auth;
+pub mod config;
+pub mod engine;
+pub mod failpoint;
+pub mod store;
 pub mod transport;
 pub mod wire;

@@ -60,6 +60,32 @@ pub enum Body {
     Channel(htlc::Message),
     /// Liveness probe; answered by an ack like any message.
     Ping,
+    /// Ask to open a ledger channel: the parameters, the opening balances, and the opener's
+    /// signature on the opening state (version 0).
+    OpenChannel {
+        /// Channel parameters (participants: opener, then the receiver).
+        params: htlc::ChannelParams,
+        /// Opening balances of A and B.
+        balances: [htlc::Amount; 2],
+        /// The opener's signature on the opening state.
+        sig: Signature,
+    },
+    /// The receiver's signature on the opening state: the channel exists (funding follows).
+    ChannelAccepted {
+        /// The channel.
+        channel_id: htlc::ChannelId,
+        /// The receiver's signature on the opening state.
+        sig: Signature,
+    },
+    /// A message was well-formed and in sequence but refused; nothing changed.
+    Refused {
+        /// Sequence number of the refused message.
+        seq: u64,
+        /// Why.
+        code: ErrorCode,
+        /// Detail for logs.
+        detail: String,
+    },
 }
 
 /// Error codes sent back in [`Frame::Error`].

@@ -1,0 +1,960 @@
+//! The node engine: channels, sessions and reliable delivery. Hubs and peers run the same code;
+//! a hub also listens.
+//!
+//! * **Reliable delivery.** Every [`Body`] we send is numbered per peer and written to the
+//!   durable outbox in the same synced batch as the state change that produced it (rule 2).
+//!   It is sent when a session is up and re-sent, in order, on every reconnect until the peer
+//!   acknowledges it. The receiver processes sequence numbers in order, ignores (and re-acks)
+//!   duplicates, refuses gaps, and persists its receive counter in the same batch as the
+//!   message's effects, so a crash at any point neither loses nor repeats a message.
+//! * **Concurrency.** One task per session reads and processes that peer's frames in order.
+//!   Each channel has its own lock, so different peers' channels progress in parallel; the
+//!   store's group commit shares fsyncs among them. There is no global loop.
+//! * **Isolation.** A peer may only touch channels whose counterparty it has proven to be.
+//!   Frames that are malformed, oversized, out of sequence or refused by a channel's machine
+//!   get a typed error back and change nothing. Reading is rate limited per peer (back pressure).
+
+use crate::store::{Batch, Cf, Store, StoreError};
+use crate::transport::{self, Session};
+use crate::wire::{self, Body, ErrorCode, Frame};
+use alloy::primitives::{Address, U256};
+use htlc::ops::Limits;
+use htlc::sig::Keys;
+use htlc::update::sign_state;
+use htlc::{Amount, Channel, ChannelId, ChannelParams, ChannelState, Effect, Event, SignedState};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+use tokio::sync::{Mutex, broadcast, mpsc};
+use tracing::{Instrument, debug, info, info_span, warn};
+
+/// Engine settings.
+#[derive(Clone, Debug)]
+pub struct NodeOptions {
+    /// Chain id channels must be on.
+    pub chain_id: u64,
+    /// Adjudicator channels must use.
+    pub adjudicator: Address,
+    /// Bounds of every channel's states.
+    pub limits: Limits,
+    /// Largest frame accepted.
+    pub max_frame: usize,
+    /// Frames per second read from one peer.
+    pub frames_per_second: u32,
+    /// Ledger channels one peer may hold with us.
+    pub max_channels_per_peer: usize,
+    /// Challenge window of the channels we open, seconds.
+    pub challenge_duration: u64,
+}
+
+impl Default for NodeOptions {
+    fn default() -> Self {
+        NodeOptions {
+            chain_id: 31337,
+            adjudicator: Address::ZERO,
+            limits: Limits::default(),
+            max_frame: wire::DEFAULT_MAX_FRAME,
+            frames_per_second: 2000,
+            max_channels_per_peer: 16,
+            challenge_duration: 3600,
+        }
+    }
+}
+
+/// Engine errors.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// Storage failed: the node must stop, nothing was sent.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// No such channel.
+    #[error("unknown channel {0}")]
+    UnknownChannel(ChannelId),
+    /// The channel's machine refused.
+    #[error("protocol: {0}")]
+    Protocol(#[from] htlc::ProtocolError),
+    /// A transport failure.
+    #[error("transport: {0}")]
+    Transport(#[from] transport::TransportError),
+    /// The request is invalid.
+    #[error("invalid request: {0}")]
+    Invalid(String),
+}
+
+/// What the node tells its application.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NodeEvent {
+    /// A channel exists (both signatures on its opening state).
+    ChannelOpened {
+        /// The channel.
+        channel_id: ChannelId,
+        /// The counterparty.
+        peer: Address,
+    },
+    /// A new co-signed state of a channel.
+    Committed {
+        /// The channel.
+        channel_id: ChannelId,
+        /// Its version.
+        version: u64,
+    },
+    /// A channel's final state is co-signed.
+    Closed {
+        /// The channel.
+        channel_id: ChannelId,
+    },
+    /// A peer's frame was refused (logged too).
+    Refused {
+        /// The peer.
+        peer: Address,
+        /// Why.
+        code: ErrorCode,
+    },
+    /// A session with a peer is up.
+    Connected {
+        /// The peer.
+        peer: Address,
+    },
+}
+
+/// The persisted record of one channel.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ChannelRecord {
+    /// The counterparty.
+    pub peer: Address,
+    /// The machine.
+    pub snapshot: htlc::Snapshot,
+}
+
+fn now() -> htlc::Expiry {
+    htlc::Expiry(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+    )
+}
+
+fn outbox_key(peer: Address, seq: u64) -> Vec<u8> {
+    let mut k = peer.to_vec();
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn meta_key(kind: &str, peer: Address) -> Vec<u8> {
+    let mut k = kind.as_bytes().to_vec();
+    k.extend_from_slice(peer.as_slice());
+    k
+}
+
+/// The outbound side of one peer: sequence numbers and the live session's writer, if any.
+#[derive(Default)]
+struct Link {
+    next_send: u64,
+    writer: Option<(u64, mpsc::UnboundedSender<Vec<u8>>)>,
+}
+
+struct Inner {
+    keys: Keys,
+    store: Store,
+    opts: NodeOptions,
+    channels: std::sync::Mutex<HashMap<ChannelId, Arc<Mutex<ChannelRecord>>>>,
+    /// Channels per counterparty (rule 10).
+    per_peer: std::sync::Mutex<HashMap<Address, usize>>,
+    links: std::sync::Mutex<HashMap<Address, Arc<Mutex<Link>>>>,
+    /// Last processed inbound sequence number per peer.
+    recv: std::sync::Mutex<HashMap<Address, u64>>,
+    events: broadcast::Sender<NodeEvent>,
+    generation: std::sync::atomic::AtomicU64,
+    /// Every endpoint we listen or dial on, closed by [`Node::shutdown`].
+    endpoints: std::sync::Mutex<Vec<quinn::Endpoint>>,
+}
+
+/// A hub or a peer: channels, sessions, storage.
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<Inner>,
+}
+
+impl Node {
+    /// Start a node on an opened store, restoring every channel it holds.
+    pub fn start(keys: Keys, store: Store, opts: NodeOptions) -> Result<Node, NodeError> {
+        let (events, _) = broadcast::channel(4096);
+        let mut channels = HashMap::new();
+        let mut per_peer = HashMap::new();
+        for (_, rec) in store.scan::<ChannelRecord>(Cf::Channels, &[])? {
+            let id = rec.snapshot.latest.state.channel_id;
+            *per_peer.entry(rec.peer).or_insert(0) += 1;
+            channels.insert(id, Arc::new(Mutex::new(rec)));
+        }
+        info!(channels = channels.len(), address = %keys.address(), "node started");
+        Ok(Node {
+            inner: Arc::new(Inner {
+                keys,
+                store,
+                opts,
+                channels: std::sync::Mutex::new(channels),
+                per_peer: std::sync::Mutex::new(per_peer),
+                links: std::sync::Mutex::new(HashMap::new()),
+                recv: std::sync::Mutex::new(HashMap::new()),
+                events,
+                generation: std::sync::atomic::AtomicU64::new(0),
+                endpoints: std::sync::Mutex::new(Vec::new()),
+            }),
+        })
+    }
+
+    /// Our address.
+    pub fn address(&self) -> Address {
+        self.inner.keys.address()
+    }
+
+    /// Subscribe to events.
+    pub fn subscribe(&self) -> broadcast::Receiver<NodeEvent> {
+        self.inner.events.subscribe()
+    }
+
+    /// The latest co-signed state of a channel.
+    pub async fn channel(&self, id: ChannelId) -> Option<SignedState> {
+        let rec = self.inner.channel(id)?;
+        let rec = rec.lock().await;
+        Some(rec.snapshot.latest.clone())
+    }
+
+    /// Ids of every channel.
+    pub fn channel_ids(&self) -> Vec<ChannelId> {
+        let map = self
+            .inner
+            .channels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        map.keys().copied().collect()
+    }
+
+    /// Listen for peers on `addr`; returns the bound address. Sessions run until the process
+    /// ends.
+    pub fn listen(&self, addr: SocketAddr) -> Result<SocketAddr, NodeError> {
+        let endpoint = transport::server(addr)?;
+        let local = endpoint
+            .local_addr()
+            .map_err(|e| NodeError::Invalid(e.to_string()))?;
+        self.keep_endpoint(&endpoint);
+        let node = self.clone();
+        tokio::spawn(async move {
+            while let Some(incoming) = endpoint.accept().await {
+                let node = node.clone();
+                tokio::spawn(async move {
+                    match transport::accept(incoming, &node.inner.keys, node.inner.opts.max_frame)
+                        .await
+                    {
+                        Ok(session) => node.run_session(session).await,
+                        Err(e) => warn!(error = %e, "handshake refused"),
+                    }
+                });
+            }
+        });
+        info!(%local, "listening");
+        Ok(local)
+    }
+
+    /// Connect to a peer (a hub) and keep the session in the background. Returns once the
+    /// session is authenticated and the outbox has been re-sent.
+    pub async fn connect(
+        &self,
+        addr: SocketAddr,
+        expect: Option<Address>,
+    ) -> Result<Address, NodeError> {
+        let bind: SocketAddr = if addr.is_ipv4() {
+            SocketAddr::from(([127, 0, 0, 1], 0))
+        } else {
+            SocketAddr::from(([0u16; 8], 0))
+        };
+        let endpoint = transport::client(bind)?;
+        self.keep_endpoint(&endpoint);
+        let session = transport::connect(
+            &endpoint,
+            addr,
+            &self.inner.keys,
+            expect,
+            self.inner.opts.max_frame,
+        )
+        .await?;
+        let peer = session.peer;
+        let node = self.clone();
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let _endpoint = endpoint;
+            node.run_session_notify(session, Some(ready_tx)).await;
+        });
+        let _ = ready_rx.await;
+        Ok(peer)
+    }
+
+    fn keep_endpoint(&self, endpoint: &quinn::Endpoint) {
+        let mut eps = self
+            .inner
+            .endpoints
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        eps.push(endpoint.clone());
+    }
+
+    /// Close every connection and endpoint; session tasks end and release the node.
+    pub fn shutdown(&self) {
+        let eps = std::mem::take(
+            &mut *self
+                .inner
+                .endpoints
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        for ep in eps {
+            ep.close(0u32.into(), b"shutdown");
+        }
+    }
+
+    async fn run_session(&self, session: Session) {
+        self.run_session_notify(session, None).await
+    }
+
+    async fn run_session_notify(
+        &self,
+        session: Session,
+        ready: Option<tokio::sync::oneshot::Sender<()>>,
+    ) {
+        let peer = session.peer;
+        let span = info_span!("peer", %peer);
+        async move {
+            let Session {
+                conn,
+                mut send,
+                mut recv,
+                ..
+            } = session;
+            let generation = self
+                .inner
+                .generation
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+            let writer = tokio::spawn(async move {
+                while let Some(bytes) = rx.recv().await {
+                    if send.write_all(&bytes).await.is_err() {
+                        break;
+                    }
+                }
+                let _ = send.finish();
+            });
+            if let Err(e) = self.install_link(peer, generation, tx.clone()).await {
+                warn!(error = %e, "cannot resume session");
+                conn.close(2u32.into(), b"store");
+                return;
+            }
+            let _ = self.inner.events.send(NodeEvent::Connected { peer });
+            if let Some(r) = ready {
+                let _ = r.send(());
+            }
+            info!("session up");
+            let rate =
+                NonZeroU32::new(self.inner.opts.frames_per_second).unwrap_or(NonZeroU32::MIN);
+            let limiter = governor::RateLimiter::direct(governor::Quota::per_second(rate));
+            loop {
+                // Back pressure: a peer that sends too fast is read more slowly.
+                limiter.until_ready().await;
+                match wire::read_frame(&mut recv, self.inner.opts.max_frame).await {
+                    Ok(None) => break,
+                    Ok(Some(frame)) => {
+                        if let Err(e) = self.on_frame(peer, frame, &tx).await {
+                            warn!(error = %e, "stopping session");
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "bad frame");
+                        let _ = self.inner.events.send(NodeEvent::Refused {
+                            peer,
+                            code: e.code(),
+                        });
+                        let reply = Frame::Error {
+                            code: e.code(),
+                            detail: e.to_string(),
+                        };
+                        if let Ok(bytes) = wire::encode(&reply) {
+                            let _ = tx.send(bytes);
+                        }
+                        if !e.recoverable() {
+                            break;
+                        }
+                    }
+                }
+            }
+            self.remove_link(peer, generation).await;
+            drop(tx);
+            let _ = writer.await;
+            conn.close(0u32.into(), b"bye");
+            info!("session down");
+        }
+        .instrument(span)
+        .await
+    }
+
+    fn link(&self, peer: Address) -> Result<Arc<Mutex<Link>>, NodeError> {
+        let mut links = self.inner.links.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(l) = links.get(&peer) {
+            return Ok(l.clone());
+        }
+        let next_send = self
+            .inner
+            .store
+            .get::<u64>(Cf::Meta, &meta_key("send", peer))?
+            .unwrap_or(1);
+        let l = Arc::new(Mutex::new(Link {
+            next_send,
+            writer: None,
+        }));
+        links.insert(peer, l.clone());
+        Ok(l)
+    }
+
+    /// Attach a session's writer, re-sending the outbox first, under the link's lock so no new
+    /// frame can overtake the re-sent ones.
+    async fn install_link(
+        &self,
+        peer: Address,
+        generation: u64,
+        tx: mpsc::UnboundedSender<Vec<u8>>,
+    ) -> Result<(), NodeError> {
+        let link = self.link(peer)?;
+        let mut link = link.lock().await;
+        let pending = self.inner.store.scan_raw(Cf::Outbox, peer.as_slice())?;
+        debug!(frames = pending.len(), "re-sending outbox");
+        for (_, bytes) in pending {
+            let _ = tx.send(bytes);
+        }
+        link.writer = Some((generation, tx));
+        Ok(())
+    }
+
+    async fn remove_link(&self, peer: Address, generation: u64) {
+        if let Ok(link) = self.link(peer) {
+            let mut link = link.lock().await;
+            if link.writer.as_ref().is_some_and(|(g, _)| *g == generation) {
+                link.writer = None;
+            }
+        }
+    }
+
+    /// Number the bodies, add them to the outbox in `batch`, commit it durably, then hand them
+    /// to the live session if any. The link stays locked throughout so frames go out in order.
+    async fn commit_and_send(
+        &self,
+        peer: Address,
+        mut batch: Batch,
+        bodies: Vec<Body>,
+    ) -> Result<(), NodeError> {
+        let link = self.link(peer)?;
+        let mut link = link.lock().await;
+        let mut frames = Vec::with_capacity(bodies.len());
+        let mut next = link.next_send;
+        for body in bodies {
+            let bytes = wire::encode(&Frame::Msg { seq: next, body })
+                .map_err(|e| NodeError::Invalid(e.to_string()))?;
+            batch.put_raw(Cf::Outbox, &outbox_key(peer, next), bytes.clone());
+            frames.push(bytes);
+            next += 1;
+        }
+        if next != link.next_send {
+            batch.put(Cf::Meta, &meta_key("send", peer), &next)?;
+        }
+        crate::failpoint::point("before_commit");
+        self.inner.store.commit(batch).await?;
+        crate::failpoint::point("after_commit");
+        link.next_send = next;
+        if let Some((_, tx)) = &link.writer {
+            for f in frames {
+                let _ = tx.send(f);
+            }
+        }
+        crate::failpoint::point("after_send");
+        Ok(())
+    }
+
+    fn last_recv(&self, peer: Address) -> Result<u64, NodeError> {
+        let mut recv = self.inner.recv.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(v) = recv.get(&peer) {
+            return Ok(*v);
+        }
+        let v = self
+            .inner
+            .store
+            .get::<u64>(Cf::Meta, &meta_key("recv", peer))?
+            .unwrap_or(0);
+        recv.insert(peer, v);
+        Ok(v)
+    }
+
+    fn send_now(tx: &mpsc::UnboundedSender<Vec<u8>>, frame: &Frame) {
+        if let Ok(bytes) = wire::encode(frame) {
+            let _ = tx.send(bytes);
+        }
+    }
+
+    async fn on_frame(
+        &self,
+        peer: Address,
+        frame: Frame,
+        tx: &mpsc::UnboundedSender<Vec<u8>>,
+    ) -> Result<(), NodeError> {
+        match frame {
+            Frame::Ack { seq } => {
+                let mut batch = Batch::new();
+                for (k, _) in self.inner.store.scan_raw(Cf::Outbox, peer.as_slice())? {
+                    let s = k
+                        .get(20..28)
+                        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                        .map(u64::from_be_bytes);
+                    match s {
+                        Some(s) if s <= seq => batch.delete(Cf::Outbox, &k),
+                        _ => break,
+                    }
+                }
+                self.inner.store.commit(batch).await?;
+                Ok(())
+            }
+            Frame::Msg { seq, body } => {
+                let last = self.last_recv(peer)?;
+                if seq <= last {
+                    debug!(seq, "duplicate ignored");
+                    Self::send_now(tx, &Frame::Ack { seq: last });
+                    return Ok(());
+                }
+                if seq != last + 1 {
+                    warn!(seq, expected = last + 1, "out of order");
+                    let _ = self.inner.events.send(NodeEvent::Refused {
+                        peer,
+                        code: ErrorCode::OutOfOrder,
+                    });
+                    Self::send_now(
+                        tx,
+                        &Frame::Error {
+                            code: ErrorCode::OutOfOrder,
+                            detail: format!("expected {}, got {seq}", last + 1),
+                        },
+                    );
+                    return Ok(());
+                }
+                crate::failpoint::point("before_process");
+                self.on_message(peer, seq, body).await?;
+                {
+                    let mut recv = self.inner.recv.lock().unwrap_or_else(|p| p.into_inner());
+                    recv.insert(peer, seq);
+                }
+                Self::send_now(tx, &Frame::Ack { seq });
+                Ok(())
+            }
+            Frame::Error { code, detail } => {
+                warn!(?code, %detail, "peer reported an error");
+                Ok(())
+            }
+            Frame::Auth { .. } => {
+                Self::send_now(
+                    tx,
+                    &Frame::Error {
+                        code: ErrorCode::Protocol,
+                        detail: "already authenticated".into(),
+                    },
+                );
+                Ok(())
+            }
+        }
+    }
+
+    /// Process message `seq` from `peer`: its effects, the outbox entries of our replies and the
+    /// new receive counter land in one batch.
+    async fn on_message(&self, peer: Address, seq: u64, body: Body) -> Result<(), NodeError> {
+        let mut batch = Batch::new();
+        batch.put(Cf::Meta, &meta_key("recv", peer), &seq)?;
+        let refuse = |code: ErrorCode, detail: String| Body::Refused { seq, code, detail };
+        match body {
+            Body::Ping | Body::Refused { .. } => {
+                if let Body::Refused { code, detail, .. } = &body {
+                    warn!(?code, %detail, "peer refused our message");
+                }
+                self.commit_and_send(peer, batch, vec![]).await
+            }
+            Body::Channel(msg) => {
+                let id = msg.channel_id();
+                let Some(rec) = self.inner.channel(id).filter(|_| true) else {
+                    return self
+                        .refuse(
+                            peer,
+                            batch,
+                            refuse(ErrorCode::UnknownChannel, format!("no channel {id}")),
+                        )
+                        .await;
+                };
+                let mut rec = rec.lock().await;
+                if rec.peer != peer || awaiting_acceptance(&rec) {
+                    // Another peer's channel: same answer as an unknown one, nothing revealed.
+                    return self
+                        .refuse(
+                            peer,
+                            batch,
+                            refuse(ErrorCode::UnknownChannel, format!("no channel {id}")),
+                        )
+                        .await;
+                }
+                let mut machine = Channel::restore(rec.snapshot.clone(), self.inner.keys.clone())?;
+                match machine.handle(msg, now()) {
+                    Ok(effects) => self.carry(peer, &mut rec, machine, effects, batch).await,
+                    Err(e) => {
+                        warn!(channel = %id, error = %e, "message refused by the channel");
+                        self.refuse(peer, batch, refuse(ErrorCode::Protocol, e.to_string()))
+                            .await
+                    }
+                }
+            }
+            Body::OpenChannel {
+                params,
+                balances,
+                sig,
+            } => match self.accept_open(peer, &params, balances, sig) {
+                Ok((rec, our_sig)) => {
+                    let id = params.id();
+                    batch.put(Cf::Channels, id.0.as_slice(), &rec)?;
+                    self.commit_and_send(
+                        peer,
+                        batch,
+                        vec![Body::ChannelAccepted {
+                            channel_id: id,
+                            sig: our_sig,
+                        }],
+                    )
+                    .await?;
+                    self.insert_channel(id, rec);
+                    info!(channel = %id, "channel opened by peer");
+                    let _ = self.inner.events.send(NodeEvent::ChannelOpened {
+                        channel_id: id,
+                        peer,
+                    });
+                    Ok(())
+                }
+                Err(e) => {
+                    warn!(error = %e, "open refused");
+                    self.refuse(peer, batch, refuse(ErrorCode::Protocol, e.to_string()))
+                        .await
+                }
+            },
+            Body::ChannelAccepted { channel_id, sig } => {
+                let Some(rec) = self.inner.channel(channel_id) else {
+                    return self
+                        .refuse(
+                            peer,
+                            batch,
+                            refuse(
+                                ErrorCode::UnknownChannel,
+                                format!("no channel {channel_id}"),
+                            ),
+                        )
+                        .await;
+                };
+                let mut rec = rec.lock().await;
+                if rec.peer != peer || !awaiting_acceptance(&rec) {
+                    return self
+                        .refuse(
+                            peer,
+                            batch,
+                            refuse(ErrorCode::UnknownChannel, "not awaiting acceptance".into()),
+                        )
+                        .await;
+                }
+                let mut signed = rec.snapshot.latest.clone();
+                signed.sigs[rec.snapshot.me.other().index()] = sig;
+                match Channel::from_cosigned(
+                    rec.snapshot.params.clone(),
+                    self.inner.keys.clone(),
+                    rec.snapshot.limits,
+                    signed,
+                ) {
+                    Ok(machine) => {
+                        let new = ChannelRecord {
+                            peer,
+                            snapshot: machine.snapshot().clone(),
+                        };
+                        batch.put(Cf::Channels, channel_id.0.as_slice(), &new)?;
+                        self.commit_and_send(peer, batch, vec![]).await?;
+                        *rec = new;
+                        let _ = self
+                            .inner
+                            .events
+                            .send(NodeEvent::ChannelOpened { channel_id, peer });
+                        Ok(())
+                    }
+                    Err(e) => {
+                        self.refuse(peer, batch, refuse(ErrorCode::Protocol, e.to_string()))
+                            .await
+                    }
+                }
+            }
+        }
+    }
+
+    async fn refuse(&self, peer: Address, batch: Batch, body: Body) -> Result<(), NodeError> {
+        if let Body::Refused { code, .. } = &body {
+            let _ = self
+                .inner
+                .events
+                .send(NodeEvent::Refused { peer, code: *code });
+        }
+        self.commit_and_send(peer, batch, vec![body]).await
+    }
+
+    fn insert_channel(&self, id: ChannelId, rec: ChannelRecord) {
+        {
+            let mut counts = self
+                .inner
+                .per_peer
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            *counts.entry(rec.peer).or_insert(0) += 1;
+        }
+        let mut map = self
+            .inner
+            .channels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        map.insert(id, Arc::new(Mutex::new(rec)));
+    }
+
+    fn accept_open(
+        &self,
+        peer: Address,
+        params: &ChannelParams,
+        balances: [Amount; 2],
+        sig: alloy::primitives::Signature,
+    ) -> Result<(ChannelRecord, alloy::primitives::Signature), NodeError> {
+        let o = &self.inner.opts;
+        let me = self.address();
+        if params.participants != [peer, me] {
+            return Err(NodeError::Invalid(
+                "participants must be [opener, us]".into(),
+            ));
+        }
+        if params.chain_id != o.chain_id || params.adjudicator != o.adjudicator {
+            return Err(NodeError::Invalid("wrong chain or adjudicator".into()));
+        }
+        if params.challenge_duration < 60 || params.challenge_duration > 30 * 24 * 3600 {
+            return Err(NodeError::Invalid("challenge duration out of range".into()));
+        }
+        let id = params.id();
+        if self.inner.channel(id).is_some() {
+            return Err(NodeError::Invalid("channel exists".into()));
+        }
+        let count = {
+            let counts = self
+                .inner
+                .per_peer
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            counts.get(&peer).copied().unwrap_or(0)
+        };
+        if count >= o.max_channels_per_peer {
+            return Err(NodeError::Invalid(format!(
+                "peer already has {count} channels"
+            )));
+        }
+        if !balances[1].is_zero() {
+            // We only fund our side when we choose to (collateral is added by a later top-up).
+            return Err(NodeError::Invalid(
+                "the opener cannot assign us a deposit".into(),
+            ));
+        }
+        let state = ChannelState::opening(id, balances);
+        let ours = sign_state(params, &self.inner.keys, &state)?;
+        let signed = SignedState {
+            state,
+            sigs: [sig, ours],
+        };
+        let machine =
+            Channel::from_cosigned(params.clone(), self.inner.keys.clone(), o.limits, signed)?;
+        Ok((
+            ChannelRecord {
+                peer,
+                snapshot: machine.snapshot().clone(),
+            },
+            ours,
+        ))
+    }
+
+    /// Open a channel with a connected peer: we are A and fund `deposit`; the peer starts at 0.
+    /// Returns once the peer has countersigned the opening state.
+    pub async fn open_channel(
+        &self,
+        peer: Address,
+        deposit: Amount,
+    ) -> Result<ChannelId, NodeError> {
+        let o = &self.inner.opts;
+        let params = ChannelParams {
+            chain_id: o.chain_id,
+            adjudicator: o.adjudicator,
+            participants: [self.address(), peer],
+            asset: Address::ZERO,
+            challenge_duration: o.challenge_duration,
+            nonce: U256::from(rand::random::<u64>()),
+        };
+        let id = params.id();
+        let balances = [deposit, Amount::ZERO];
+        let state = ChannelState::opening(id, balances);
+        state
+            .total()
+            .map_err(|_| NodeError::Invalid("deposit overflows".into()))?;
+        let sig = sign_state(&params, &self.inner.keys, &state)?;
+        // Until the peer countersigns, the record holds a placeholder for its signature.
+        let snapshot = htlc::Snapshot {
+            params: params.clone(),
+            me: htlc::Side::A,
+            limits: o.limits,
+            latest: SignedState {
+                state,
+                sigs: [sig, sig_placeholder()],
+            },
+            next_ids: htlc::ops::NextIds::default(),
+            max_signed: 0,
+            pending: None,
+            queue: Default::default(),
+            alloc_id: 0,
+            await_leader: false,
+            doomed: Vec::new(),
+            rejects_in_row: 0,
+        };
+        let rec = ChannelRecord { peer, snapshot };
+        let mut events = self.subscribe();
+        let mut batch = Batch::new();
+        batch.put(Cf::Channels, id.0.as_slice(), &rec)?;
+        self.insert_channel(id, rec);
+        self.commit_and_send(
+            peer,
+            batch,
+            vec![Body::OpenChannel {
+                params,
+                balances,
+                sig,
+            }],
+        )
+        .await?;
+        loop {
+            match events.recv().await {
+                Ok(NodeEvent::ChannelOpened { channel_id, .. }) if channel_id == id => {
+                    return Ok(id);
+                }
+                Ok(NodeEvent::Refused { peer: p, code }) if p == peer => {
+                    return Err(NodeError::Invalid(format!("peer refused: {code:?}")));
+                }
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => {
+                    return Err(NodeError::Invalid("node stopped".into()));
+                }
+            }
+        }
+    }
+
+    /// Pay `amount` directly to the counterparty of `id` (one signed update).
+    pub async fn transfer(&self, id: ChannelId, amount: Amount) -> Result<(), NodeError> {
+        self.with_channel(id, |m| m.transfer(amount)).await
+    }
+
+    /// Queue the cooperative close of `id`.
+    pub async fn close(&self, id: ChannelId) -> Result<(), NodeError> {
+        self.with_channel(id, |m| m.close()).await
+    }
+
+    /// Queue operations on a channel and propose them.
+    pub async fn with_channel(
+        &self,
+        id: ChannelId,
+        f: impl FnOnce(&mut Channel),
+    ) -> Result<(), NodeError> {
+        let rec = self
+            .inner
+            .channel(id)
+            .ok_or(NodeError::UnknownChannel(id))?;
+        let mut rec = rec.lock().await;
+        if awaiting_acceptance(&rec) {
+            return Err(NodeError::Invalid(
+                "the peer has not countersigned the opening yet".into(),
+            ));
+        }
+        let mut machine = Channel::restore(rec.snapshot.clone(), self.inner.keys.clone())?;
+        f(&mut machine);
+        let effects = machine.propose(now())?;
+        let peer = rec.peer;
+        self.carry(peer, &mut rec, machine, effects, Batch::new())
+            .await
+    }
+
+    /// Carry out a machine's effects: one batch with the snapshot and the outbox entries of
+    /// every message, committed before anything is sent; then the events.
+    async fn carry(
+        &self,
+        peer: Address,
+        rec: &mut ChannelRecord,
+        machine: Channel,
+        effects: Vec<Effect>,
+        mut batch: Batch,
+    ) -> Result<(), NodeError> {
+        let id = machine.id();
+        let mut bodies = Vec::new();
+        let mut events = Vec::new();
+        for e in effects {
+            match e {
+                // The machine's current snapshot supersedes every earlier one in this list.
+                Effect::Persist(_) => {}
+                Effect::Send(m) => bodies.push(Body::Channel(m)),
+                Effect::Event(ev) => events.push(ev),
+            }
+        }
+        let new = ChannelRecord {
+            peer,
+            snapshot: machine.snapshot().clone(),
+        };
+        batch.put(Cf::Channels, id.0.as_slice(), &new)?;
+        // If this fails nothing was sent and the in-memory record is unchanged.
+        self.commit_and_send(peer, batch, bodies).await?;
+        *rec = new;
+        for ev in events {
+            match ev {
+                Event::Committed { version, .. } => {
+                    let _ = self.inner.events.send(NodeEvent::Committed {
+                        channel_id: id,
+                        version,
+                    });
+                }
+                Event::Closed(_) => {
+                    let _ = self.inner.events.send(NodeEvent::Closed { channel_id: id });
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Inner {
+    fn channel(&self, id: ChannelId) -> Option<Arc<Mutex<ChannelRecord>>> {
+        let map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(&id).cloned()
+    }
+}
+
+/// Stands for the counterparty's signature while an opening awaits it (r = s = 0 never
+/// verifies, so it can never be mistaken for a real one).
+fn sig_placeholder() -> alloy::primitives::Signature {
+    alloy::primitives::Signature::new(U256::ZERO, U256::ZERO, false)
+}
+
+/// Whether a channel we opened still waits for the peer's signature on its opening state.
+fn awaiting_acceptance(rec: &ChannelRecord) -> bool {
+    rec.snapshot.latest.sigs[rec.snapshot.me.other().index()] == sig_placeholder()
+}

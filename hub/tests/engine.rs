@@ -1,0 +1,332 @@
+//! The node engine over real QUIC and real RocksDB: open, update, close; isolation between
+//! peers; bad frames; restart with the outbox re-sent.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use htlc::sig::Keys;
+use htlc::{Amount, ChannelId, Message, Op};
+use hub::engine::{Node, NodeEvent, NodeOptions};
+use hub::store::Store;
+use hub::transport;
+use hub::wire::{self, Body, DEFAULT_MAX_FRAME, ErrorCode, Frame};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::sync::broadcast;
+
+struct TempDir(PathBuf);
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        let d = std::env::temp_dir().join(format!(
+            "vhub-{tag}-{}-{}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        std::fs::create_dir_all(&d).unwrap();
+        TempDir(d)
+    }
+}
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        std::fs::remove_dir_all(&self.0).ok();
+    }
+}
+
+fn node(byte: u8, dir: &TempDir) -> Node {
+    let keys = Keys::from_bytes([byte; 32]).unwrap();
+    Node::start(keys, Store::open(&dir.0).unwrap(), NodeOptions::default()).unwrap()
+}
+
+fn loopback() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+async fn wait_for(
+    rx: &mut broadcast::Receiver<NodeEvent>,
+    f: impl Fn(&NodeEvent) -> bool,
+) -> NodeEvent {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match rx.recv().await {
+                Ok(ev) if f(&ev) => return ev,
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+    })
+    .await
+    .expect("event in time")
+}
+
+async fn wait_version(n: &Node, id: ChannelId, version: u64) {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if n.channel(id)
+                .await
+                .is_some_and(|s| s.state.version >= version)
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("version reached in time")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_update_close_over_quic_and_rocksdb() {
+    let (dh, dp) = (TempDir::new("hub"), TempDir::new("peer"));
+    let hub = node(1, &dh);
+    let peer = node(2, &dp);
+    let addr = hub.listen(loopback()).unwrap();
+    assert_eq!(
+        peer.connect(addr, Some(hub.address())).await.unwrap(),
+        hub.address()
+    );
+    let id = peer
+        .open_channel(hub.address(), Amount(1_000))
+        .await
+        .unwrap();
+    for _ in 0..10 {
+        peer.transfer(id, Amount(7)).await.unwrap();
+    }
+    let mut ev = peer.subscribe();
+    peer.close(id).await.unwrap();
+    wait_for(
+        &mut ev,
+        |e| matches!(e, NodeEvent::Closed { channel_id } if *channel_id == id),
+    )
+    .await;
+    let ps = peer.channel(id).await.unwrap();
+    wait_version(&hub, id, ps.state.version).await;
+    let hs = hub.channel(id).await.unwrap();
+    assert_eq!(ps, hs, "both sides hold the same co-signed final state");
+    assert!(hs.state.is_final);
+    assert_eq!(hs.state.balances, [Amount(930), Amount(70)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_cannot_touch_another_peers_channel() {
+    let (dh, d1) = (TempDir::new("hub"), TempDir::new("p1"));
+    let hub = node(1, &dh);
+    let p1 = node(2, &d1);
+    let addr = hub.listen(loopback()).unwrap();
+    p1.connect(addr, None).await.unwrap();
+    let id = p1.open_channel(hub.address(), Amount(1_000)).await.unwrap();
+    let before = hub.channel(id).await.unwrap();
+
+    // Peer 3 authenticates as itself and sends a proposal for peer 1's channel.
+    let k3 = Keys::from_bytes([3; 32]).unwrap();
+    let ep = transport::client(loopback()).unwrap();
+    let mut s = transport::connect(&ep, addr, &k3, None, DEFAULT_MAX_FRAME)
+        .await
+        .unwrap();
+    let sig = k3.sign_digest(alloy::primitives::B256::ZERO);
+    let msg = Message::Propose {
+        channel_id: id,
+        version: 1,
+        ops: vec![Op::Transfer { amount: Amount(1) }],
+        sig,
+    };
+    wire::write_frame(
+        &mut s.send,
+        &Frame::Msg {
+            seq: 1,
+            body: Body::Channel(msg),
+        },
+    )
+    .await
+    .unwrap();
+    let mut refused = false;
+    for _ in 0..3 {
+        match wire::read_frame(&mut s.recv, DEFAULT_MAX_FRAME)
+            .await
+            .unwrap()
+        {
+            Some(Frame::Msg {
+                body: Body::Refused { code, .. },
+                ..
+            }) => {
+                assert_eq!(code, ErrorCode::UnknownChannel);
+                refused = true;
+                break;
+            }
+            Some(_) => {}
+            None => break,
+        }
+    }
+    assert!(refused, "the hub must refuse with UnknownChannel");
+    assert_eq!(hub.channel(id).await.unwrap(), before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_oversized_and_out_of_order_frames_change_nothing() {
+    let (dh, d1) = (TempDir::new("hub"), TempDir::new("p1"));
+    let hub = node(1, &dh);
+    let p1 = node(2, &d1);
+    let addr = hub.listen(loopback()).unwrap();
+    p1.connect(addr, None).await.unwrap();
+    let id = p1.open_channel(hub.address(), Amount(1_000)).await.unwrap();
+    p1.transfer(id, Amount(5)).await.unwrap();
+    wait_version(&hub, id, 1).await;
+    let before = hub.channel(id).await.unwrap();
+    let mut events = hub.subscribe();
+
+    let k9 = Keys::from_bytes([9; 32]).unwrap();
+    let ep = transport::client(loopback()).unwrap();
+    let mut s = transport::connect(&ep, addr, &k9, None, DEFAULT_MAX_FRAME)
+        .await
+        .unwrap();
+    // Malformed body (valid length and version): typed error, stream stays usable.
+    s.send
+        .write_all(&[0, 0, 0, 4, wire::WIRE_VERSION, 0xff, 0xff, 0xff])
+        .await
+        .unwrap();
+    match wire::read_frame(&mut s.recv, DEFAULT_MAX_FRAME)
+        .await
+        .unwrap()
+    {
+        Some(Frame::Error { code, .. }) => assert_eq!(code, ErrorCode::Malformed),
+        other => panic!("{other:?}"),
+    }
+    // Unknown version.
+    s.send.write_all(&[0, 0, 0, 2, 77, 0]).await.unwrap();
+    match wire::read_frame(&mut s.recv, DEFAULT_MAX_FRAME)
+        .await
+        .unwrap()
+    {
+        Some(Frame::Error { code, .. }) => assert_eq!(code, ErrorCode::UnsupportedVersion),
+        other => panic!("{other:?}"),
+    }
+    // Out of order: seq 5 before 1.
+    wire::write_frame(
+        &mut s.send,
+        &Frame::Msg {
+            seq: 5,
+            body: Body::Ping,
+        },
+    )
+    .await
+    .unwrap();
+    match wire::read_frame(&mut s.recv, DEFAULT_MAX_FRAME)
+        .await
+        .unwrap()
+    {
+        Some(Frame::Error { code, .. }) => assert_eq!(code, ErrorCode::OutOfOrder),
+        other => panic!("{other:?}"),
+    }
+    // In order works; a duplicate is ignored and re-acked.
+    wire::write_frame(
+        &mut s.send,
+        &Frame::Msg {
+            seq: 1,
+            body: Body::Ping,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        wire::read_frame(&mut s.recv, DEFAULT_MAX_FRAME)
+            .await
+            .unwrap(),
+        Some(Frame::Ack { seq: 1 })
+    );
+    wire::write_frame(
+        &mut s.send,
+        &Frame::Msg {
+            seq: 1,
+            body: Body::Ping,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        wire::read_frame(&mut s.recv, DEFAULT_MAX_FRAME)
+            .await
+            .unwrap(),
+        Some(Frame::Ack { seq: 1 })
+    );
+    // Oversized: typed error, then the session is closed.
+    let huge = (DEFAULT_MAX_FRAME as u32 + 1).to_be_bytes();
+    s.send.write_all(&huge).await.unwrap();
+    match wire::read_frame(&mut s.recv, DEFAULT_MAX_FRAME)
+        .await
+        .unwrap()
+    {
+        Some(Frame::Error { code, .. }) => assert_eq!(code, ErrorCode::TooLarge),
+        other => panic!("{other:?}"),
+    }
+    wait_for(&mut events, |e| {
+        matches!(
+            e,
+            NodeEvent::Refused {
+                code: ErrorCode::TooLarge,
+                ..
+            }
+        )
+    })
+    .await;
+    assert_eq!(hub.channel(id).await.unwrap(), before);
+    // The honest peer is unaffected.
+    p1.transfer(id, Amount(5)).await.unwrap();
+    wait_version(&hub, id, 2).await;
+    assert_eq!(
+        hub.channel(id).await.unwrap().state.balances,
+        [Amount(990), Amount(10)]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn updates_made_while_the_hub_is_down_are_delivered_after_restart() {
+    let (dh, dp) = (TempDir::new("hub"), TempDir::new("peer"));
+    let peer = node(2, &dp);
+    let id;
+    let addr;
+    {
+        let hub = node(1, &dh);
+        addr = hub.listen(loopback()).unwrap();
+        peer.connect(addr, None).await.unwrap();
+        id = peer
+            .open_channel(hub.address(), Amount(1_000))
+            .await
+            .unwrap();
+        peer.transfer(id, Amount(1)).await.unwrap();
+        wait_version(&hub, id, 1).await;
+        hub.shutdown();
+    }
+    // The hub is gone. The peer proposes anyway: the proposal waits in its durable outbox.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    peer.transfer(id, Amount(2)).await.unwrap();
+    let hub = loop {
+        // Reopen the same database (the old writer thread may take a moment to release it).
+        match Store::open(&dh.0) {
+            Ok(store) => {
+                break Node::start(
+                    Keys::from_bytes([1; 32]).unwrap(),
+                    store,
+                    NodeOptions::default(),
+                )
+                .unwrap();
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    assert_eq!(
+        hub.channel(id).await.unwrap().state.version,
+        1,
+        "restored from disk"
+    );
+    let addr2 = hub.listen(loopback()).unwrap();
+    let _ = addr;
+    peer.connect(addr2, Some(hub.address())).await.unwrap();
+    wait_version(&hub, id, 2).await;
+    wait_version(&peer, id, 2).await;
+    assert_eq!(
+        hub.channel(id).await.unwrap(),
+        peer.channel(id).await.unwrap()
+    );
+    assert_eq!(
+        hub.channel(id).await.unwrap().state.balances,
+        [Amount(997), Amount(3)]
+    );
+}
