@@ -170,7 +170,14 @@ impl World {
                     }
                     self.inbox[1 - i].push_back(m);
                 }
-                Effect::Event(Event::Committed { version, ops, .. }) => {
+                Effect::Event(Event::Committed {
+                    version,
+                    ops,
+                    proposer,
+                }) => {
+                    // Side i validated the operations just now only if the peer proposed them
+                    // (its own proposals were validated by the peer, earlier).
+                    let validated_now = proposer.index() != i;
                     prop_assert!(version > self.last_committed[i], "versions only increase");
                     self.last_committed[i] = version;
                     for op in &ops {
@@ -179,14 +186,16 @@ impl World {
                                 prop_assert!(self.added[i].insert(*id), "lock {:?} added twice", id)
                             }
                             Op::FulfillHtlc { id, preimage } => {
-                                let lock = prev.lock(*id).copied();
-                                // `prev` is the state before this commit only for the first
-                                // commit in a batch of effects; look the lock up in either.
-                                if let Some(l) = lock {
-                                    prop_assert!(
-                                        l.hashlock.is_opened_by(preimage),
-                                        "fulfilled with a wrong preimage"
-                                    );
+                                // One handled input commits at most one state, so `prev` is the
+                                // state this commit replaced.
+                                let l = prev.lock(*id).copied();
+                                prop_assert!(l.is_some(), "fulfilled a lock that was not pending");
+                                let l = l.unwrap();
+                                prop_assert!(
+                                    l.hashlock.is_opened_by(preimage),
+                                    "fulfilled with a wrong preimage"
+                                );
+                                if validated_now {
                                     prop_assert!(self.now < l.expiry, "expired lock fulfilled");
                                 }
                                 prop_assert!(self.removed[i].insert(*id), "lock removed twice");

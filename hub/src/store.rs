@@ -147,12 +147,32 @@ struct Job {
 /// Most batches merged into one synced write.
 const MAX_GROUP: usize = 4096;
 
-/// The hub's database. Cheap to clone; the writer thread stops when the last clone is dropped.
+/// The hub's database. Cheap to clone. When the last clone is dropped the writer thread is
+/// stopped and joined, so the database is closed (and its lock released) by then.
 #[derive(Clone)]
 pub struct Store {
     db: Arc<rocksdb::DB>,
     writer: mpsc::Sender<Job>,
     stats: Arc<StoreStats>,
+    _closer: Arc<Closer>,
+}
+
+/// Joins the writer thread once every sender is gone.
+struct Closer {
+    thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The last sender, dropped before joining so the writer's `recv` ends.
+    writer: std::sync::Mutex<Option<mpsc::Sender<Job>>>,
+}
+
+impl Drop for Closer {
+    fn drop(&mut self) {
+        drop(self.writer.lock().map(|mut w| w.take()));
+        if let Ok(mut t) = self.thread.lock()
+            && let Some(handle) = t.take()
+        {
+            let _ = handle.join();
+        }
+    }
 }
 
 impl Store {
@@ -169,14 +189,18 @@ impl Store {
         let stats = Arc::new(StoreStats::default());
         let (tx, rx) = mpsc::channel::<Job>();
         let (wdb, wstats) = (db.clone(), stats.clone());
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || writer_loop(&wdb, &rx, &wstats))
+            .spawn(move || writer_loop(wdb, &rx, &wstats))
             .map_err(|e| StoreError::Write(e.to_string()))?;
         Ok(Store {
             db,
-            writer: tx,
+            writer: tx.clone(),
             stats,
+            _closer: Arc::new(Closer {
+                thread: std::sync::Mutex::new(Some(thread)),
+                writer: std::sync::Mutex::new(Some(tx)),
+            }),
         })
     }
 
@@ -273,7 +297,7 @@ impl Store {
     }
 }
 
-fn writer_loop(db: &rocksdb::DB, rx: &mpsc::Receiver<Job>, stats: &StoreStats) {
+fn writer_loop(db: Arc<rocksdb::DB>, rx: &mpsc::Receiver<Job>, stats: &StoreStats) {
     let mut wo = rocksdb::WriteOptions::default();
     wo.set_sync(true);
     while let Ok(first) = rx.recv() {
