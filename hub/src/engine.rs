@@ -608,7 +608,11 @@ impl Node {
                 }
                 let mut machine = Channel::restore(rec.snapshot.clone(), self.inner.keys.clone())?;
                 match machine.handle(msg, now()) {
-                    Ok(effects) => self.carry(peer, &mut rec, machine, effects, batch).await,
+                    Ok(effects) => {
+                        self.carry(peer, &mut rec, machine, effects, batch)
+                            .instrument(info_span!("channel", %id))
+                            .await
+                    }
                     Err(e) => {
                         warn!(channel = %id, error = %e, "message refused by the channel");
                         self.refuse(peer, batch, refuse(ErrorCode::Protocol, e.to_string()))
@@ -891,6 +895,7 @@ impl Node {
         let effects = machine.propose(now())?;
         let peer = rec.peer;
         self.carry(peer, &mut rec, machine, effects, Batch::new())
+            .instrument(info_span!("channel", %id))
             .await
     }
 
@@ -926,6 +931,7 @@ impl Node {
         for ev in events {
             match ev {
                 Event::Committed { version, .. } => {
+                    debug!(version, "state co-signed");
                     let _ = self.inner.events.send(NodeEvent::Committed {
                         channel_id: id,
                         version,
