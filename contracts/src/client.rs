@@ -1,0 +1,487 @@
+//! The chain client the hub uses: deposit, close, dispute, conclude, settle locks and
+//! guarantees, read the adjudicator's view of a channel.
+//!
+//! Every method that sends a transaction first has the node simulate it (gas estimation), so a
+//! call the adjudicator would refuse comes back as [`ChainError::Reverted`] with the decoded
+//! custom error and nothing is broadcast. Channel parameters are checked against the client's
+//! chain and adjudicator before anything is sent.
+
+use crate::bindings::{Adjudicator, IERC20, SecretRegistry};
+use crate::convert;
+use crate::deploy::Deployment;
+use crate::error::ChainError;
+use crate::events::EventWatcher;
+use alloy::contract::SolCallBuilder;
+use alloy::network::EthereumWallet;
+use alloy::primitives::{Address, B256, Signature, TxHash, U256};
+use alloy::providers::{DynProvider, Provider, ProviderBuilder};
+use alloy::rpc::types::TransactionReceipt;
+use alloy::signers::local::PrivateKeySigner;
+use alloy::sol_types::SolCall;
+use alloy::transports::http::reqwest::Url;
+use htlc::{Amount, ChannelId, ChannelParams, ChannelState, Hashlock, HtlcId, Preimage};
+use std::time::Duration;
+
+/// What a mined, successful transaction cost and where it landed.
+#[derive(Clone, Debug)]
+pub struct TxOutcome {
+    /// The transaction's hash.
+    pub tx_hash: TxHash,
+    /// The block it was mined in.
+    pub block_number: Option<u64>,
+    /// Gas it used.
+    pub gas_used: u64,
+    /// The full receipt (logs included).
+    pub receipt: TransactionReceipt,
+}
+
+/// The adjudicator's record of one channel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OnChainChannel {
+    /// What the channel still holds.
+    pub holdings: Amount,
+    /// Version of the disputed (or cooperatively closed) state.
+    pub version: u64,
+    /// 0 while open; end of the challenge window once disputed.
+    pub finalizes_at: u64,
+    /// Balances have been paid out.
+    pub concluded: bool,
+    /// EIP-712 struct hash of the disputed state (or of a concluded state with residual locks or
+    /// guarantees); zero otherwise.
+    pub fingerprint: B256,
+}
+
+/// Where a channel is in its on-chain life, at a given time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// No dispute: deposits accepted, off-chain updates in force.
+    Open,
+    /// A dispute is running: a higher version may still be registered until `finalizes_at`.
+    Disputed {
+        /// End of the challenge window (unix seconds).
+        finalizes_at: u64,
+    },
+    /// The window is over; `conclude` will pay the disputed state.
+    Finalized,
+    /// Balances are paid; only locks and guarantees may remain to resolve.
+    Concluded,
+}
+
+impl OnChainChannel {
+    /// The phase at unix time `now` (use the latest block's timestamp).
+    pub fn phase(&self, now: u64) -> Phase {
+        if self.concluded {
+            Phase::Concluded
+        } else if self.finalizes_at == 0 {
+            Phase::Open
+        } else if now < self.finalizes_at {
+            Phase::Disputed {
+                finalizes_at: self.finalizes_at,
+            }
+        } else {
+            Phase::Finalized
+        }
+    }
+}
+
+/// An HTTP provider signing with `signer`: EIP-1559 gas estimation, chain id from the node and
+/// *simple* nonce management (the nonce is read from the node for every transaction).
+///
+/// alloy's default cached nonce manager hands out a nonce before the gas estimate runs; when the
+/// estimate fails because the call would revert, that nonce is never used and every later
+/// transaction waits forever behind the gap. A refused call must change nothing, so this
+/// client pays one extra RPC per transaction instead.
+pub fn http_provider(url: Url, signer: PrivateKeySigner) -> DynProvider {
+    ProviderBuilder::new()
+        .disable_recommended_fillers()
+        .with_gas_estimation()
+        .with_simple_nonce_management()
+        .fetch_chain_id()
+        .wallet(EthereumWallet::from(signer))
+        .connect_http(url)
+        .erased()
+}
+
+/// A connection to one chain and one deployment of the contracts, sending as one account.
+#[derive(Clone, Debug)]
+pub struct ChainClient {
+    provider: DynProvider,
+    sender: Address,
+    chain_id: u64,
+    deployment: Deployment,
+}
+
+impl ChainClient {
+    /// Connect over HTTP, signing transactions with `signer`.
+    pub async fn connect_http(
+        url: Url,
+        signer: PrivateKeySigner,
+        deployment: Deployment,
+    ) -> Result<Self, ChainError> {
+        let sender = signer.address();
+        Self::new(http_provider(url, signer), sender, deployment).await
+    }
+
+    /// Use an existing provider; it must be able to sign for `sender`.
+    pub async fn new(
+        provider: DynProvider,
+        sender: Address,
+        deployment: Deployment,
+    ) -> Result<Self, ChainError> {
+        let chain_id = provider.get_chain_id().await?;
+        Ok(ChainClient {
+            provider,
+            sender,
+            chain_id,
+            deployment,
+        })
+    }
+
+    /// Set how often receipts (and similar) are polled for; the default is 250 ms for a local
+    /// node and 7 s for a remote one.
+    pub fn set_poll_interval(&self, interval: Duration) {
+        self.provider.client().set_poll_interval(interval);
+    }
+
+    /// The account transactions are sent from.
+    pub fn sender(&self) -> Address {
+        self.sender
+    }
+
+    /// The chain id of the node.
+    pub fn chain_id(&self) -> u64 {
+        self.chain_id
+    }
+
+    /// The contracts this client talks to.
+    pub fn deployment(&self) -> Deployment {
+        self.deployment
+    }
+
+    /// The underlying provider.
+    pub fn provider(&self) -> &DynProvider {
+        &self.provider
+    }
+
+    /// Binding of the adjudicator, for calls this client does not wrap.
+    pub fn adjudicator(&self) -> Adjudicator::AdjudicatorInstance<DynProvider> {
+        Adjudicator::new(self.deployment.adjudicator, self.provider.clone())
+    }
+
+    /// Binding of the secret registry.
+    pub fn registry(&self) -> SecretRegistry::SecretRegistryInstance<DynProvider> {
+        SecretRegistry::new(self.deployment.registry, self.provider.clone())
+    }
+
+    /// Parameters for channels of this client's chain and adjudicator, with a fresh `nonce`.
+    pub fn channel_params(
+        &self,
+        participants: [Address; 2],
+        asset: Address,
+        challenge_duration: u64,
+        nonce: U256,
+    ) -> ChannelParams {
+        ChannelParams {
+            chain_id: self.chain_id,
+            adjudicator: self.deployment.adjudicator,
+            participants,
+            asset,
+            challenge_duration,
+            nonce,
+        }
+    }
+
+    /// Send any call built from the bindings, wait for its receipt, decode a revert.
+    pub async fn send<P: Provider, C: SolCall>(
+        &self,
+        call: SolCallBuilder<P, C>,
+    ) -> Result<TxOutcome, ChainError> {
+        let pending = call.send().await?;
+        let receipt = pending.get_receipt().await?;
+        if !receipt.status() {
+            return Err(ChainError::Failed(receipt.transaction_hash));
+        }
+        Ok(TxOutcome {
+            tx_hash: receipt.transaction_hash,
+            block_number: receipt.block_number,
+            gas_used: receipt.gas_used,
+            receipt,
+        })
+    }
+
+    fn onchain_params(&self, params: &ChannelParams) -> Result<Adjudicator::Params, ChainError> {
+        if params.chain_id != self.chain_id {
+            return Err(ChainError::WrongChain {
+                params: params.chain_id,
+                node: self.chain_id,
+            });
+        }
+        if params.adjudicator != self.deployment.adjudicator {
+            return Err(ChainError::WrongAdjudicator {
+                params: params.adjudicator,
+                client: self.deployment.adjudicator,
+            });
+        }
+        Ok(convert::params(params))
+    }
+
+    fn onchain_state(
+        &self,
+        params: &ChannelParams,
+        state: &ChannelState,
+    ) -> Result<(Adjudicator::Params, Adjudicator::State), ChainError> {
+        let p = self.onchain_params(params)?;
+        let id = params.id();
+        if state.channel_id != id {
+            return Err(ChainError::WrongChannel {
+                state: state.channel_id,
+                params: id,
+            });
+        }
+        Ok((p, convert::state(state)?))
+    }
+
+    // --- deposits ------------------------------------------------------------------------------
+
+    /// Deposit `amount` into the channel, provided it holds exactly `expected_held` now (the
+    /// ordering guard: A deposits with 0 expected, B with A's deposit). For an ERC-20 channel
+    /// the adjudicator is approved for `amount` first if its allowance is short.
+    pub async fn deposit(
+        &self,
+        params: &ChannelParams,
+        expected_held: Amount,
+        amount: Amount,
+    ) -> Result<TxOutcome, ChainError> {
+        let p = self.onchain_params(params)?;
+        let expected = U256::from(expected_held.0);
+        let value = U256::from(amount.0);
+        let adjudicator = self.adjudicator();
+        if params.asset == Address::ZERO {
+            self.send(adjudicator.deposit(p, expected, value).value(value))
+                .await
+        } else {
+            self.ensure_allowance(params.asset, value).await?;
+            self.send(adjudicator.deposit(p, expected, value)).await
+        }
+    }
+
+    /// Approve the adjudicator for `amount` of `token` unless the allowance already covers it.
+    pub async fn ensure_allowance(
+        &self,
+        token: Address,
+        amount: U256,
+    ) -> Result<Option<TxOutcome>, ChainError> {
+        let erc20 = IERC20::new(token, self.provider.clone());
+        let allowance = erc20
+            .allowance(self.sender, self.deployment.adjudicator)
+            .call()
+            .await?;
+        if allowance >= amount {
+            return Ok(None);
+        }
+        self.send(erc20.approve(self.deployment.adjudicator, amount))
+            .await
+            .map(Some)
+    }
+
+    /// Balance of `owner` in `token`, or in ETH if `token` is zero.
+    pub async fn balance(&self, token: Address, owner: Address) -> Result<U256, ChainError> {
+        if token == Address::ZERO {
+            Ok(self.provider.get_balance(owner).await?)
+        } else {
+            Ok(IERC20::new(token, self.provider.clone())
+                .balanceOf(owner)
+                .call()
+                .await?)
+        }
+    }
+
+    // --- closing -------------------------------------------------------------------------------
+
+    /// Close at once with a final state both participants signed (`sigs` = [A's, B's]).
+    pub async fn cooperative_close(
+        &self,
+        params: &ChannelParams,
+        state: &ChannelState,
+        sigs: &[Signature; 2],
+    ) -> Result<TxOutcome, ChainError> {
+        let (p, s) = self.onchain_state(params, state)?;
+        let [a, b] = sigs.each_ref().map(convert::sig);
+        self.send(self.adjudicator().cooperativeClose(p, s, a, b))
+            .await
+    }
+
+    /// Start a dispute with a co-signed state; the challenge window opens.
+    pub async fn close(
+        &self,
+        params: &ChannelParams,
+        state: &ChannelState,
+        sigs: &[Signature; 2],
+    ) -> Result<TxOutcome, ChainError> {
+        let (p, s) = self.onchain_state(params, state)?;
+        let [a, b] = sigs.each_ref().map(convert::sig);
+        self.send(self.adjudicator().close(p, s, a, b)).await
+    }
+
+    /// Answer a dispute with a co-signed state of a higher version; the window restarts.
+    pub async fn challenge(
+        &self,
+        params: &ChannelParams,
+        state: &ChannelState,
+        sigs: &[Signature; 2],
+    ) -> Result<TxOutcome, ChainError> {
+        let (p, s) = self.onchain_state(params, state)?;
+        let [a, b] = sigs.each_ref().map(convert::sig);
+        self.send(self.adjudicator().challenge(p, s, a, b)).await
+    }
+
+    /// After the window, pay the disputed state's balances (`state` must be the disputed one).
+    pub async fn conclude(
+        &self,
+        params: &ChannelParams,
+        state: &ChannelState,
+    ) -> Result<TxOutcome, ChainError> {
+        let (p, s) = self.onchain_state(params, state)?;
+        self.send(self.adjudicator().conclude(p, s)).await
+    }
+
+    // --- locks and guarantees ------------------------------------------------------------------
+
+    /// Publish a preimage in the secret registry (a no-op transaction if already known).
+    pub async fn register_secret(&self, preimage: &Preimage) -> Result<TxOutcome, ChainError> {
+        self.send(self.registry().registerSecret(B256::from(preimage.0)))
+            .await
+    }
+
+    /// When the preimage of `hashlock` was registered (unix seconds), if it was.
+    pub async fn revealed_at(&self, hashlock: Hashlock) -> Result<Option<u64>, ChainError> {
+        let t = self.registry().revealedAt(hashlock.0).call().await?;
+        if t.is_zero() {
+            Ok(None)
+        } else {
+            u64::try_from(t)
+                .map(Some)
+                .map_err(|_| ChainError::AmountTooLarge(t))
+        }
+    }
+
+    /// Settle the pending lock `lock_id` of the concluded `state`, with its Merkle proof.
+    pub async fn unlock(
+        &self,
+        params: &ChannelParams,
+        state: &ChannelState,
+        lock_id: HtlcId,
+    ) -> Result<TxOutcome, ChainError> {
+        let (p, s) = self.onchain_state(params, state)?;
+        let index = state
+            .locks
+            .iter()
+            .position(|l| l.id == lock_id)
+            .ok_or(ChainError::NoSuchLock(lock_id))?;
+        let lock = state
+            .locks
+            .get(index)
+            .ok_or(ChainError::NoSuchLock(lock_id))?;
+        let proof = state
+            .lock_proof(index)
+            .ok_or(ChainError::NoSuchLock(lock_id))?;
+        self.send(self.adjudicator().unlock(p, s, convert::lock(lock), proof))
+            .await
+    }
+
+    /// Split the guarantee the concluded `ledger_state` holds for the virtual channel
+    /// `virt_params`, by the virtual channel's final state (ADR 0011): the state of its finalized
+    /// on-chain dispute (`virt_sigs` may be `None`), or else a final state signed by both its
+    /// participants (`virt_sigs` = [A's, B's]). The first resolution records that state; every
+    /// other ledger guaranteeing the same virtual channel must then use it. All the virtual
+    /// state's locks must be settleable (revealed in time, or expired).
+    pub async fn resolve_guarantee(
+        &self,
+        ledger_params: &ChannelParams,
+        ledger_state: &ChannelState,
+        virt_params: &ChannelParams,
+        virt_state: &ChannelState,
+        virt_sigs: Option<&[Signature; 2]>,
+    ) -> Result<TxOutcome, ChainError> {
+        let (lp, ls) = self.onchain_state(ledger_params, ledger_state)?;
+        let (vp, vs) = self.onchain_state(virt_params, virt_state)?;
+        let vid = virt_params.id();
+        let index = ledger_state
+            .guarantees
+            .iter()
+            .position(|g| g.virtual_channel == vid)
+            .ok_or(ChainError::NoSuchGuarantee(vid))?;
+        let sigs = virt_sigs
+            .map(|s| s.iter().map(convert::sig).collect())
+            .unwrap_or_default();
+        let locks = virt_state.locks.iter().map(convert::lock).collect();
+        self.send(self.adjudicator().resolveGuarantee(
+            lp,
+            ls,
+            U256::from(index),
+            vp,
+            vs,
+            sigs,
+            locks,
+        ))
+        .await
+    }
+
+    /// Withdraw payouts the adjudicator could not deliver to this account, sending them to `to`.
+    pub async fn claim(&self, asset: Address, to: Address) -> Result<TxOutcome, ChainError> {
+        self.send(self.adjudicator().claim(asset, to)).await
+    }
+
+    // --- views ---------------------------------------------------------------------------------
+
+    /// The adjudicator's record of a channel.
+    pub async fn channel(&self, id: ChannelId) -> Result<OnChainChannel, ChainError> {
+        let adjudicator = self.adjudicator();
+        let c = adjudicator.channels(id.0).call().await?;
+        let fingerprint = adjudicator.fingerprints(id.0).call().await?;
+        Ok(OnChainChannel {
+            holdings: Amount(c.holdings),
+            version: c.version,
+            finalizes_at: c.finalizesAt.to::<u64>(),
+            concluded: c.concluded,
+            fingerprint,
+        })
+    }
+
+    /// What the channel holds.
+    pub async fn holdings(&self, id: ChannelId) -> Result<Amount, ChainError> {
+        Ok(self.channel(id).await?.holdings)
+    }
+
+    /// Payouts owed to `owner` in `asset` that could not be delivered (see `claim`).
+    pub async fn unclaimed(&self, asset: Address, owner: Address) -> Result<U256, ChainError> {
+        Ok(self.adjudicator().unclaimed(asset, owner).call().await?)
+    }
+
+    /// The channel id as the contract computes it (must equal [`ChannelParams::id`]).
+    pub async fn onchain_channel_id(&self, params: &ChannelParams) -> Result<B256, ChainError> {
+        let p = self.onchain_params(params)?;
+        Ok(self.adjudicator().channelId(p).call().await?)
+    }
+
+    /// The EIP-712 digest of a state as the contract computes it (must equal
+    /// `htlc::eip712::DomainSeparator::digest`).
+    pub async fn onchain_state_digest(&self, state: &ChannelState) -> Result<B256, ChainError> {
+        let s = convert::state(state)?;
+        Ok(self.adjudicator().stateDigest(s).call().await?)
+    }
+
+    /// The timestamp of the latest block, the contract's notion of "now".
+    pub async fn latest_timestamp(&self) -> Result<u64, ChainError> {
+        let block = self
+            .provider
+            .get_block_by_number(alloy::rpc::types::BlockNumberOrTag::Latest)
+            .await?;
+        Ok(block.map(|b| b.header.timestamp).unwrap_or_default())
+    }
+
+    /// A watcher of the adjudicator's and registry's events from `from_block` on.
+    pub fn events(&self, from_block: u64) -> EventWatcher {
+        EventWatcher::new(self.provider.clone(), self.deployment, from_block)
+    }
+}
