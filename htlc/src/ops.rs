@@ -11,10 +11,13 @@
 //! | `AddGuarantee`     | either             | both balances fund a virtual channel                 |
 //! | `RemoveGuarantee`  | either             | guarantee split back to the balances, sum exact      |
 //! | `Transfer`         | the payer          | balance[by] -= amount; balance[other] += amount      |
+//! | `Deposit`          | the depositor      | balance[by] += amount, only if the chain holds it    |
 //! | `Close`            | either, last op    | final flag; requires no locks and no guarantees      |
 //!
-//! Every operation moves value between buckets of the same state and never creates or destroys
-//! any, so conservation (rule 1) holds by construction; [`apply`] re-checks it anyway.
+//! Every operation but `Deposit` moves value between buckets of the same state and never creates
+//! or destroys any, so conservation (rule 1) holds by construction; `Deposit` (a top-up) raises
+//! the total by exactly its amount and only up to what the adjudicator is seen to hold for the
+//! channel. [`apply_batch`] re-checks both.
 
 use crate::amount::Amount;
 use crate::failure::FailureReason;
@@ -73,6 +76,11 @@ pub enum Op {
     },
     /// Make this the final state (cooperative close).
     Close,
+    /// Credit the proposer with an amount it deposited on chain (a top-up).
+    Deposit {
+        /// Amount deposited.
+        amount: Amount,
+    },
 }
 
 /// Bounds a channel enforces on its states (rule 10).
@@ -171,6 +179,9 @@ pub enum OpError {
     /// Conservation would break (never expected: every operation preserves it).
     #[error("conservation violated")]
     Conservation,
+    /// A top-up the adjudicator is not (yet) seen to hold.
+    #[error("deposit not held on chain")]
+    DepositNotOnChain,
 }
 
 impl From<crate::amount::AmountOverflow> for OpError {
@@ -347,6 +358,12 @@ fn apply_one(
             debit(state, by, amount)?;
             credit(state, by.other(), amount)?;
         }
+        Op::Deposit { amount } => {
+            if amount.is_zero() {
+                return Err(OpError::AmountBelowMinimum);
+            }
+            credit(state, by, amount)?;
+        }
         Op::Close => {
             if !state.locks.is_empty() || !state.guarantees.is_empty() {
                 return Err(OpError::CloseWithPending);
@@ -358,7 +375,8 @@ fn apply_one(
 }
 
 /// Apply a whole batch proposed by `by`; on the first invalid operation returns its index and
-/// reason and leaves `state` and `ids` untouched.
+/// reason and leaves `state` and `ids` untouched. `holdings` is what the adjudicator is known to
+/// hold for the channel: the total may grow (by deposits) up to it, never beyond.
 pub fn apply_batch(
     state: &mut ChannelState,
     ids: &mut NextIds,
@@ -366,6 +384,7 @@ pub fn apply_batch(
     by: Side,
     now: Expiry,
     limits: &Limits,
+    holdings: Amount,
 ) -> Result<(), (usize, OpError)> {
     if ops.len() > limits.max_ops_per_update {
         return Err((limits.max_ops_per_update, OpError::TooManyOps));
@@ -380,8 +399,24 @@ pub fn apply_batch(
         }
         apply_one(&mut next, &mut next_ids, op, by, now, limits).map_err(|e| (i, e))?;
     }
-    if next.total().map_err(|e| (ops.len(), e.into()))? != before {
+    let deposited = Amount::checked_sum(ops.iter().map(|op| match op {
+        Op::Deposit { amount } => *amount,
+        _ => Amount::ZERO,
+    }))
+    .map_err(|e| (ops.len(), e.into()))?;
+    let after = next.total().map_err(|e| (ops.len(), e.into()))?;
+    let expected = before
+        .checked_add(deposited)
+        .map_err(|e| (ops.len(), e.into()))?;
+    if after != expected {
         return Err((ops.len(), OpError::Conservation));
+    }
+    if !deposited.is_zero() && after > holdings {
+        let index = ops
+            .iter()
+            .rposition(|op| matches!(op, Op::Deposit { .. }))
+            .unwrap_or(ops.len());
+        return Err((index, OpError::DepositNotOnChain));
     }
     *state = next;
     *ids = next_ids;

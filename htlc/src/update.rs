@@ -93,6 +93,9 @@ pub struct Snapshot {
     pub doomed: Vec<(u64, Op, OpError)>,
     /// Refusals in a row.
     pub rejects_in_row: u32,
+    /// What the adjudicator is known to hold for the channel (at least the opening total):
+    /// top-ups are accepted up to it.
+    pub holdings: Amount,
 }
 
 /// A lock the peer offered us, inside a co-signed state we have handed over for persistence.
@@ -249,6 +252,7 @@ impl Channel {
                 .map_err(ProtocolError::BadSignature)?;
         }
         let next_ids = NextIds::default();
+        let holdings = latest.state.total().map_err(|_| ProtocolError::Overflow)?;
         let snap = Snapshot {
             alloc_id: next_ids.next(me).0,
             me,
@@ -261,6 +265,7 @@ impl Channel {
             await_leader: false,
             doomed: Vec::new(),
             rejects_in_row: 0,
+            holdings,
             params,
         };
         Ok(Channel { keys, domain, snap })
@@ -372,6 +377,18 @@ impl Channel {
         self.enqueue(Op::Close);
     }
 
+    /// Queue a top-up: credit us with `amount` we deposited on chain. The peer accepts it only
+    /// once it sees the adjudicator hold it.
+    pub fn deposit(&mut self, amount: Amount) {
+        self.enqueue(Op::Deposit { amount });
+    }
+
+    /// Record what the adjudicator is seen to hold for the channel (it never decreases while
+    /// the channel is open).
+    pub fn observe_holdings(&mut self, holdings: Amount) {
+        self.snap.holdings = self.snap.holdings.max(holdings);
+    }
+
     /// Number of operations waiting to be proposed.
     pub fn queued(&self) -> usize {
         self.snap.queue.len()
@@ -433,6 +450,7 @@ impl Channel {
                 me,
                 now,
                 &self.snap.limits,
+                self.snap.holdings,
             ) {
                 Ok(()) => ops.push(q),
                 Err((_, error)) => match q.signed_at {
@@ -539,9 +557,15 @@ impl Channel {
         }
         let mut state = self.snap.latest.state.clone();
         let mut ids = self.snap.next_ids;
-        if let Err((index, error)) =
-            apply_batch(&mut state, &mut ids, &ops, them, now, &self.snap.limits)
-        {
+        if let Err((index, error)) = apply_batch(
+            &mut state,
+            &mut ids,
+            &ops,
+            them,
+            now,
+            &self.snap.limits,
+            self.snap.holdings,
+        ) {
             effects.push(self.reject(version, RejectReason::InvalidOp { index, error }));
             return Ok(effects);
         }

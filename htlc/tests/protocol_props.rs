@@ -66,6 +66,21 @@ enum Action {
     Tick {
         secs: u64,
     },
+    /// `by` deposits on chain and queues the top-up; the other side may not see it yet.
+    ChainDeposit {
+        by: bool,
+        amount: u128,
+        seen_by_other: bool,
+    },
+    /// `to` catches up with the chain's holdings.
+    Observe {
+        to: bool,
+    },
+    /// `by` claims a top-up it never deposited.
+    FakeDeposit {
+        by: bool,
+        amount: u128,
+    },
 }
 
 fn action() -> impl Strategy<Value = Action> {
@@ -82,6 +97,9 @@ fn action() -> impl Strategy<Value = Action> {
         1 => (any::<bool>(), any::<usize>()).prop_map(|(to, pick)| Action::Replay { to, pick }),
         1 => (any::<bool>(), any::<usize>()).prop_map(|(by, pick)| Action::ForgeFulfill { by, pick }),
         2 => (1u64..60).prop_map(|secs| Action::Tick { secs }),
+        1 => (any::<bool>(), 1u128..500, any::<bool>()).prop_map(|(by, amount, seen_by_other)| Action::ChainDeposit { by, amount, seen_by_other }),
+        1 => any::<bool>().prop_map(|to| Action::Observe { to }),
+        1 => (any::<bool>(), 1u128..500).prop_map(|(by, amount)| Action::FakeDeposit { by, amount }),
     ]
 }
 
@@ -95,7 +113,11 @@ struct World {
     inbox: [VecDeque<Message>; 2],
     delivered: [Vec<Message>; 2],
     now: Expiry,
-    total: Amount,
+    /// What each side's latest co-signed state must total: the opening total plus the
+    /// deposits it committed (rule 1 with top-ups).
+    totals: [Amount; 2],
+    /// What the adjudicator holds.
+    chain: Amount,
     /// (signer, version) -> digest of what it signed: never two digests for one version.
     signed: HashMap<(usize, u64), alloy::primitives::B256>,
     last_committed: [u64; 2],
@@ -113,7 +135,8 @@ impl World {
             },
         );
         World {
-            total: a.latest().state.total().unwrap(),
+            totals: [a.latest().state.total().unwrap(); 2],
+            chain: a.latest().state.total().unwrap(),
             ch: [a, b],
             inbox: [VecDeque::new(), VecDeque::new()],
             delivered: [Vec::new(), Vec::new()],
@@ -136,10 +159,9 @@ impl World {
         for e in effects {
             match e {
                 Effect::Persist(snap) => {
-                    prop_assert_eq!(
-                        snap.latest.state.total().unwrap(),
-                        self.total,
-                        "conservation"
+                    prop_assert!(
+                        snap.latest.state.total().unwrap() <= self.chain,
+                        "more than the chain holds"
                     );
                 }
                 Effect::Send(m) => {
@@ -178,6 +200,11 @@ impl World {
                     // Side i validated the operations just now only if the peer proposed them
                     // (its own proposals were validated by the peer, earlier).
                     let validated_now = proposer.index() != i;
+                    for op in &ops {
+                        if let Op::Deposit { amount } = op {
+                            self.totals[i] = self.totals[i].checked_add(*amount).unwrap();
+                        }
+                    }
                     prop_assert!(version > self.last_committed[i], "versions only increase");
                     self.last_committed[i] = version;
                     for op in &ops {
@@ -223,7 +250,12 @@ impl World {
                 .is_ok()
             );
         }
-        prop_assert_eq!(latest.state.total().unwrap(), self.total);
+        prop_assert_eq!(
+            latest.state.total().unwrap(),
+            self.totals[i],
+            "conservation"
+        );
+        prop_assert!(latest.state.total().unwrap() <= self.chain);
         Ok(())
     }
 
@@ -409,6 +441,26 @@ impl World {
                 }
             }
             Action::Tick { secs } => self.now = Expiry(self.now.0 + secs),
+            Action::ChainDeposit {
+                by,
+                amount,
+                seen_by_other,
+            } => {
+                self.chain = self.chain.checked_add(Amount(amount)).unwrap();
+                let i = side(by).index();
+                self.ch[i].observe_holdings(self.chain);
+                if seen_by_other {
+                    self.ch[1 - i].observe_holdings(self.chain);
+                }
+                self.ch[i].deposit(Amount(amount));
+            }
+            Action::FakeDeposit { by, amount } => {
+                self.ch[side(by).index()].deposit(Amount(amount));
+            }
+            Action::Observe { to } => {
+                let chain = self.chain;
+                self.ch[side(to).index()].observe_holdings(chain);
+            }
         }
         Ok(())
     }
@@ -445,5 +497,6 @@ proptest! {
         }
         // Both sides agree on the latest co-signed state.
         prop_assert_eq!(w.ch[0].latest(), w.ch[1].latest());
+        prop_assert_eq!(w.totals[0], w.totals[1]);
     }
 }

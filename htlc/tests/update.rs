@@ -48,6 +48,7 @@ fn propose_ops(ops: Vec<Op>, version: u64, from: &htlc::Channel, sign_with: u8) 
         from.me(),
         NOW,
         &Limits::default(),
+        Amount::MAX,
     )
     .ok();
     state.version = version;
@@ -568,4 +569,43 @@ fn an_opening_state_whose_total_overflows_is_refused() {
     let r =
         htlc::Channel::from_cosigned(p, ka, Limits::default(), htlc::SignedState { state, sigs });
     assert!(matches!(r, Err(ProtocolError::Overflow)));
+}
+
+#[test]
+fn a_top_up_is_accepted_only_once_the_chain_holds_it() {
+    let (mut a, mut b) = pair([1_000, 0], Limits::default());
+    // B deposited 500 on chain and proposes the top-up before A has seen it.
+    b.observe_holdings(Amount(1_500));
+    b.deposit(Amount(500));
+    let out = b.propose(NOW).unwrap();
+    let reject = sent(&deliver(&mut a, sent(&out)));
+    assert!(matches!(
+        reject[0],
+        Message::Reject {
+            reason: RejectReason::InvalidOp {
+                error: OpError::DepositNotOnChain,
+                ..
+            },
+            ..
+        }
+    ));
+    assert_eq!(a.latest().state.total().unwrap(), Amount(1_000));
+    // Settle B's version bump, then A sees the deposit and B tries again.
+    settle(&mut a, &mut b, reject);
+    a.observe_holdings(Amount(1_500));
+    b.deposit(Amount(500));
+    let out = b.propose(NOW).unwrap();
+    settle(&mut b, &mut a, sent(&out));
+    assert_eq!(a.latest(), b.latest());
+    assert_eq!(a.latest().state.balances, [Amount(1_000), Amount(500)]);
+    // Nothing beyond what the chain holds.
+    b.deposit(Amount(1));
+    let out = b.propose(NOW).unwrap();
+    assert!(events(&out).iter().any(|e| matches!(
+        e,
+        Event::OpDropped {
+            error: OpError::DepositNotOnChain,
+            ..
+        }
+    )));
 }

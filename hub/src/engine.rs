@@ -832,6 +832,7 @@ impl Node {
             await_leader: false,
             doomed: Vec::new(),
             rejects_in_row: 0,
+            holdings: balances[0],
         };
         let rec = ChannelRecord { peer, snapshot };
         let mut events = self.subscribe();
