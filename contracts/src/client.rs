@@ -122,6 +122,26 @@ impl ChainClient {
         Self::new(http_provider(url, signer), sender, deployment).await
     }
 
+    /// Connect over HTTP to the adjudicator at `adjudicator`, reading its secret registry's
+    /// address from the contract. Fails if no adjudicator answers there.
+    pub async fn connect_adjudicator(
+        url: Url,
+        signer: PrivateKeySigner,
+        adjudicator: Address,
+    ) -> Result<Self, ChainError> {
+        let sender = signer.address();
+        let provider = http_provider(url, signer);
+        let registry = Adjudicator::new(adjudicator, provider.clone())
+            .registry()
+            .call()
+            .await?;
+        let deployment = Deployment {
+            registry,
+            adjudicator,
+        };
+        Self::new(provider, sender, deployment).await
+    }
+
     /// Use an existing provider; it must be able to sign for `sender`.
     pub async fn new(
         provider: DynProvider,

@@ -27,6 +27,12 @@
 //! fee_ppm = 100                  # proportional fee, millionths (default 100)
 //! expiry_delta = 3600            # seconds, at least htlc::forward::MIN_EXPIRY_DELTA_SECS
 //! min_htlc = 1                   # smallest HTLC forwarded, wei (default 1)
+//!
+//! [funding]
+//! collateral = 0                 # wei the hub deposits into each channel a peer opens (default 0)
+//! auto_settle = true             # pay out co-signed final states on chain at once (default true)
+//! chain_poll_ms = 500            # how often the adjudicator's events are polled (default 500)
+//! chain_retry_secs = 5           # how often failed transactions are sent again (default 5)
 //! ```
 
 use alloy::primitives::Address;
@@ -111,6 +117,31 @@ impl Default for PolicyConfig {
     }
 }
 
+/// What the hub does on chain by itself.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FundingConfig {
+    /// Wei the hub deposits into each channel a peer opens, once the peer's deposit is seen.
+    pub collateral: u128,
+    /// Whether co-signed final states are paid out on chain at once.
+    pub auto_settle: bool,
+    /// Milliseconds between polls of the adjudicator's events.
+    pub chain_poll_ms: u64,
+    /// Seconds between attempts to send transactions that failed.
+    pub chain_retry_secs: u64,
+}
+
+impl Default for FundingConfig {
+    fn default() -> Self {
+        FundingConfig {
+            collateral: 0,
+            auto_settle: true,
+            chain_poll_ms: 500,
+            chain_retry_secs: 5,
+        }
+    }
+}
+
 /// The whole configuration.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -138,6 +169,9 @@ pub struct Config {
     /// Forwarding policy.
     #[serde(default)]
     pub policy: PolicyConfig,
+    /// On-chain behaviour.
+    #[serde(default)]
+    pub funding: FundingConfig,
 }
 
 fn default_listen() -> SocketAddr {
@@ -213,6 +247,23 @@ impl Config {
         if self.chain_rpc.is_empty() {
             return bad("chain_rpc", "must not be empty");
         }
+        if self
+            .chain_rpc
+            .parse::<alloy::transports::http::reqwest::Url>()
+            .is_err()
+        {
+            return bad("chain_rpc", "must be a URL such as http://127.0.0.1:8545");
+        }
+        let f = &self.funding;
+        if !(10..=600_000).contains(&f.chain_poll_ms) {
+            return bad("funding.chain_poll_ms", "must be between 10 and 600000");
+        }
+        if !(1..=3600).contains(&f.chain_retry_secs) {
+            return bad("funding.chain_retry_secs", "must be between 1 and 3600");
+        }
+        if self.adjudicator == Some(Address::ZERO) {
+            return bad("adjudicator", "must not be the zero address");
+        }
         Ok(())
     }
 
@@ -226,6 +277,19 @@ impl Config {
             ..htlc::forward::ForwardPolicy::default()
         }
     }
+}
+
+/// Read a hex private key file as a transaction signer (the same key signs states).
+pub fn load_signer(path: &Path) -> anyhow::Result<alloy::signers::local::PrivateKeySigner> {
+    let keys = load_key(path)?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("cannot read key file {}: {e}", path.display()))?;
+    let signer: alloy::signers::local::PrivateKeySigner = text
+        .trim()
+        .parse()
+        .map_err(|e| anyhow::anyhow!("key file {}: {e}", path.display()))?;
+    debug_assert_eq!(signer.address(), keys.address());
+    Ok(signer)
 }
 
 /// Read a hex private key file into keys.

@@ -48,6 +48,19 @@ pub struct NodeOptions {
     pub max_channels_per_peer: usize,
     /// Challenge window of the channels we open, seconds.
     pub challenge_duration: u64,
+    /// The chain, for deposits and payouts. Without it channels are off-chain only and count
+    /// as funded from the start (tests and simulations).
+    pub chain: Option<contracts::ChainClient>,
+    /// Collateral we add on chain to every channel a peer opens with us, once the peer's
+    /// deposit is seen (inbound liquidity for the peer; 0: none).
+    pub collateral: Amount,
+    /// Whether we submit the cooperative close ourselves as soon as a final state is co-signed
+    /// (the peer may do it too; the second submission is recognised as done).
+    pub auto_settle: bool,
+    /// How often stored chain intents that failed are sent again.
+    pub chain_retry: std::time::Duration,
+    /// How often the chain is polled for the adjudicator's events.
+    pub chain_poll: std::time::Duration,
 }
 
 impl Default for NodeOptions {
@@ -60,6 +73,11 @@ impl Default for NodeOptions {
             frames_per_second: 2000,
             max_channels_per_peer: 16,
             challenge_duration: 3600,
+            chain: None,
+            collateral: Amount::ZERO,
+            auto_settle: true,
+            chain_retry: std::time::Duration::from_secs(5),
+            chain_poll: std::time::Duration::from_millis(500),
         }
     }
 }
@@ -79,6 +97,9 @@ pub enum NodeError {
     /// A transport failure.
     #[error("transport: {0}")]
     Transport(#[from] transport::TransportError),
+    /// A chain transaction failed.
+    #[error("chain: {0}")]
+    Tx(#[from] crate::chain::TxError),
     /// The request is invalid.
     #[error("invalid request: {0}")]
     Invalid(String),
@@ -113,6 +134,43 @@ pub enum NodeEvent {
         /// Why.
         code: ErrorCode,
     },
+    /// A channel's deposits are on chain: it may be used.
+    Funded {
+        /// The channel.
+        channel_id: ChannelId,
+    },
+    /// A top-up we deposited on chain is credited to us by a co-signed update (proposed).
+    ToppedUp {
+        /// The channel.
+        channel_id: ChannelId,
+        /// What was deposited.
+        amount: Amount,
+    },
+    /// A channel was paid out on chain.
+    Concluded {
+        /// The channel.
+        channel_id: ChannelId,
+        /// Paid to A.
+        to_a: Amount,
+        /// Paid to B.
+        to_b: Amount,
+    },
+    /// Someone registered an older state on chain; we answered with our latest (rule 8).
+    Challenged {
+        /// The channel.
+        channel_id: ChannelId,
+        /// Version they registered.
+        disputed: u64,
+        /// Version we answered with.
+        ours: u64,
+    },
+    /// A chain intent can never take effect and was dropped (operator attention needed).
+    IntentDropped {
+        /// The channel.
+        channel_id: ChannelId,
+        /// Why.
+        reason: String,
+    },
     /// A session with a peer is up.
     Connected {
         /// The peer.
@@ -125,11 +183,16 @@ pub enum NodeEvent {
 pub struct ChannelRecord {
     /// The counterparty.
     pub peer: Address,
+    /// Whether the opening deposits are seen on chain (always true without a chain).
+    pub funded: bool,
+    /// Whether the channel was paid out on chain.
+    #[serde(default)]
+    pub concluded: bool,
     /// The machine.
     pub snapshot: htlc::Snapshot,
 }
 
-fn now() -> htlc::Expiry {
+pub(crate) fn now() -> htlc::Expiry {
     htlc::Expiry(
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -157,18 +220,26 @@ struct Link {
     writer: Option<(u64, mpsc::UnboundedSender<Vec<u8>>)>,
 }
 
-struct Inner {
-    keys: Keys,
-    store: Store,
-    opts: NodeOptions,
-    channels: std::sync::Mutex<HashMap<ChannelId, Arc<Mutex<ChannelRecord>>>>,
+pub(crate) struct Inner {
+    pub(crate) keys: Keys,
+    pub(crate) store: Store,
+    pub(crate) opts: NodeOptions,
+    pub(crate) channels: std::sync::Mutex<HashMap<ChannelId, Arc<Mutex<ChannelRecord>>>>,
     /// Channels per counterparty (rule 10).
     per_peer: std::sync::Mutex<HashMap<Address, usize>>,
     links: std::sync::Mutex<HashMap<Address, Arc<Mutex<Link>>>>,
     /// Last processed inbound sequence number per peer.
     recv: std::sync::Mutex<HashMap<Address, u64>>,
-    events: broadcast::Sender<NodeEvent>,
+    pub(crate) events: broadcast::Sender<NodeEvent>,
     generation: std::sync::atomic::AtomicU64,
+    /// Sends chain intents one at a time (with a chain only).
+    pub(crate) submitter: Option<crate::chain::Submitter>,
+    /// Wakes the chain task: an intent was stored.
+    pub(crate) chain_kick: tokio::sync::Notify,
+    /// Serialises top-up credits (check and queue under one lock).
+    pub(crate) credit_lock: Mutex<()>,
+    /// Set by [`Node::shutdown`]: background tasks end.
+    pub(crate) stopping: tokio::sync::watch::Sender<bool>,
     /// Every endpoint we listen or dial on, closed by [`Node::shutdown`].
     endpoints: std::sync::Mutex<Vec<quinn::Endpoint>>,
 }
@@ -176,7 +247,7 @@ struct Inner {
 /// A hub or a peer: channels, sessions, storage.
 #[derive(Clone)]
 pub struct Node {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 impl Node {
@@ -191,7 +262,11 @@ impl Node {
             channels.insert(id, Arc::new(Mutex::new(rec)));
         }
         info!(channels = channels.len(), address = %keys.address(), "node started");
-        Ok(Node {
+        let submitter = opts
+            .chain
+            .clone()
+            .map(|c| crate::chain::Submitter::new(store.clone(), c));
+        let node = Node {
             inner: Arc::new(Inner {
                 keys,
                 store,
@@ -203,8 +278,23 @@ impl Node {
                 events,
                 generation: std::sync::atomic::AtomicU64::new(0),
                 endpoints: std::sync::Mutex::new(Vec::new()),
+                submitter,
+                chain_kick: tokio::sync::Notify::new(),
+                credit_lock: Mutex::new(()),
+                stopping: tokio::sync::watch::Sender::new(false),
             }),
-        })
+        };
+        if node.inner.submitter.is_some() {
+            node.spawn_chain_tasks()?;
+        }
+        Ok(node)
+    }
+
+    /// The parameters of a channel (chain, adjudicator, participants, nonce).
+    pub async fn channel_params(&self, id: ChannelId) -> Option<ChannelParams> {
+        let rec = self.inner.channel(id)?;
+        let rec = rec.lock().await;
+        Some(rec.snapshot.params.clone())
     }
 
     /// Our address.
@@ -314,6 +404,7 @@ impl Node {
         for ep in eps {
             ep.close(0u32.into(), b"shutdown");
         }
+        self.inner.stopping.send_replace(true);
     }
 
     async fn run_session(&self, session: Session) {
@@ -448,7 +539,7 @@ impl Node {
 
     /// Number the bodies, add them to the outbox in `batch`, commit it durably, then hand them
     /// to the live session if any. The link stays locked throughout so frames go out in order.
-    async fn commit_and_send(
+    pub(crate) async fn commit_and_send(
         &self,
         peer: Address,
         mut batch: Batch,
@@ -578,6 +669,31 @@ impl Node {
         batch.put(Cf::Meta, &meta_key("recv", peer), &seq)?;
         let refuse = |code: ErrorCode, detail: String| Body::Refused { seq, code, detail };
         match body {
+            Body::Funded { channel_id } => {
+                let owned = match self.inner.channel(channel_id) {
+                    Some(rec) => rec.lock().await.peer == peer,
+                    None => false,
+                };
+                if !owned {
+                    return self
+                        .refuse(
+                            peer,
+                            batch,
+                            refuse(
+                                ErrorCode::UnknownChannel,
+                                format!("no channel {channel_id}"),
+                            ),
+                        )
+                        .await;
+                }
+                // The holdings are read from the chain, never taken from the peer's word. The
+                // receive counter moves only after the check, so a crash repeats it.
+                if let Err(e) = self.check_funding(channel_id).await {
+                    warn!(error = %e, channel = %channel_id, "cannot check funding; the watcher will");
+                }
+                self.inner.store.commit(batch).await?;
+                Ok(())
+            }
             Body::Ping | Body::Refused { .. } => {
                 if let Body::Refused { code, detail, .. } = &body {
                     warn!(?code, %detail, "peer refused our message");
@@ -586,7 +702,7 @@ impl Node {
             }
             Body::Channel(msg) => {
                 let id = msg.channel_id();
-                let Some(rec) = self.inner.channel(id).filter(|_| true) else {
+                let Some(rec) = self.inner.channel(id) else {
                     return self
                         .refuse(
                             peer,
@@ -606,7 +722,28 @@ impl Node {
                         )
                         .await;
                 }
+                if !rec.funded {
+                    return self
+                        .refuse(
+                            peer,
+                            batch,
+                            refuse(ErrorCode::Protocol, format!("channel {id} is not funded")),
+                        )
+                        .await;
+                }
                 let mut machine = Channel::restore(rec.snapshot.clone(), self.inner.keys.clone())?;
+                // A top-up is credited only up to what the adjudicator holds: look it up.
+                if let htlc::Message::Propose { ops, .. } = &msg
+                    && ops.iter().any(|op| matches!(op, htlc::Op::Deposit { .. }))
+                    && let Some(chain) = &self.inner.opts.chain
+                {
+                    match chain.holdings(id).await {
+                        Ok(h) => machine.observe_holdings(h),
+                        Err(e) => {
+                            warn!(error = %e, "cannot read holdings; the top-up will be refused")
+                        }
+                    }
+                }
                 match machine.handle(msg, now()) {
                     Ok(effects) => {
                         self.carry(peer, &mut rec, machine, effects, batch)
@@ -685,6 +822,8 @@ impl Node {
                     Ok(machine) => {
                         let new = ChannelRecord {
                             peer,
+                            funded: rec.funded,
+                            concluded: rec.concluded,
                             snapshot: machine.snapshot().clone(),
                         };
                         batch.put(Cf::Channels, channel_id.0.as_slice(), &new)?;
@@ -786,6 +925,8 @@ impl Node {
         Ok((
             ChannelRecord {
                 peer,
+                funded: o.chain.is_none(),
+                concluded: false,
                 snapshot: machine.snapshot().clone(),
             },
             ours,
@@ -834,7 +975,12 @@ impl Node {
             rejects_in_row: 0,
             holdings: balances[0],
         };
-        let rec = ChannelRecord { peer, snapshot };
+        let rec = ChannelRecord {
+            peer,
+            funded: o.chain.is_none(),
+            concluded: false,
+            snapshot,
+        };
         let mut events = self.subscribe();
         let mut batch = Batch::new();
         batch.put(Cf::Channels, id.0.as_slice(), &rec)?;
@@ -881,6 +1027,16 @@ impl Node {
         id: ChannelId,
         f: impl FnOnce(&mut Channel),
     ) -> Result<(), NodeError> {
+        self.with_channel_in(id, f, Batch::new()).await
+    }
+
+    /// As [`Node::with_channel`], adding the writes of `batch` to the same atomic commit.
+    pub(crate) async fn with_channel_in(
+        &self,
+        id: ChannelId,
+        f: impl FnOnce(&mut Channel),
+        batch: Batch,
+    ) -> Result<(), NodeError> {
         let rec = self
             .inner
             .channel(id)
@@ -891,11 +1047,14 @@ impl Node {
                 "the peer has not countersigned the opening yet".into(),
             ));
         }
+        if !rec.funded {
+            return Err(NodeError::Invalid("the channel is not funded yet".into()));
+        }
         let mut machine = Channel::restore(rec.snapshot.clone(), self.inner.keys.clone())?;
         f(&mut machine);
         let effects = machine.propose(now())?;
         let peer = rec.peer;
-        self.carry(peer, &mut rec, machine, effects, Batch::new())
+        self.carry(peer, &mut rec, machine, effects, batch)
             .instrument(info_span!("channel", %id))
             .await
     }
@@ -923,9 +1082,21 @@ impl Node {
         }
         let new = ChannelRecord {
             peer,
+            funded: rec.funded,
+            concluded: rec.concluded,
             snapshot: machine.snapshot().clone(),
         };
         batch.put(Cf::Channels, id.0.as_slice(), &new)?;
+        // A co-signed final state: pay it out on chain, durably decided in the same batch.
+        let closed = events.iter().any(|e| matches!(e, Event::Closed(_)));
+        let settle = closed && self.inner.opts.auto_settle && self.inner.submitter.is_some();
+        if settle {
+            let intent = crate::chain::Intent::CooperativeClose {
+                params: new.snapshot.params.clone(),
+                state: new.snapshot.latest.clone(),
+            };
+            batch.put(Cf::Chain, &intent.key(), &intent)?;
+        }
         // If this fails nothing was sent and the in-memory record is unchanged.
         self.commit_and_send(peer, batch, bodies).await?;
         *rec = new;
@@ -940,6 +1111,9 @@ impl Node {
                 }
                 Event::Closed(_) => {
                     let _ = self.inner.events.send(NodeEvent::Closed { channel_id: id });
+                    if settle {
+                        self.inner.chain_kick.notify_one();
+                    }
                 }
                 _ => {}
             }
@@ -949,7 +1123,7 @@ impl Node {
 }
 
 impl Inner {
-    fn channel(&self, id: ChannelId) -> Option<Arc<Mutex<ChannelRecord>>> {
+    pub(crate) fn channel(&self, id: ChannelId) -> Option<Arc<Mutex<ChannelRecord>>> {
         let map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         map.get(&id).cloned()
     }
@@ -962,6 +1136,6 @@ fn sig_placeholder() -> alloy::primitives::Signature {
 }
 
 /// Whether a channel we opened still waits for the peer's signature on its opening state.
-fn awaiting_acceptance(rec: &ChannelRecord) -> bool {
+pub(crate) fn awaiting_acceptance(rec: &ChannelRecord) -> bool {
     rec.snapshot.latest.sigs[rec.snapshot.me.other().index()] == sig_placeholder()
 }

@@ -10,9 +10,11 @@
 //! implement a protocol rule itself: those live in `htlc`.
 
 pub mod auth;
+pub mod chain;
 pub mod config;
 pub mod engine;
 pub mod failpoint;
+pub mod onchain;
 pub mod store;
 pub mod transport;
 pub mod wire;

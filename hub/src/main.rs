@@ -7,7 +7,7 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use hub::config::{Config, load_key};
+use hub::config::{Config, load_key, load_signer};
 use hub::engine::{Node, NodeOptions};
 use hub::store::Store;
 use std::path::PathBuf;
@@ -71,6 +71,10 @@ fn keygen(out: &PathBuf) -> Result<()> {
 async fn serve(path: PathBuf) -> Result<()> {
     let config = Config::load(&path).with_context(|| format!("loading {}", path.display()))?;
     let keys = load_key(&config.key_file)?;
+    let chain = match config.adjudicator {
+        None => None,
+        Some(adjudicator) => Some(connect_chain(&config, adjudicator).await?),
+    };
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating {}", config.data_dir.display()))?;
     let store = Store::open(&config.data_dir)
@@ -86,6 +90,11 @@ async fn serve(path: PathBuf) -> Result<()> {
         max_frame: config.limits.max_frame_bytes,
         frames_per_second: config.limits.max_frames_per_second,
         max_channels_per_peer: config.limits.max_channels_per_peer,
+        collateral: htlc::Amount(config.funding.collateral),
+        auto_settle: config.funding.auto_settle,
+        chain_poll: std::time::Duration::from_millis(config.funding.chain_poll_ms),
+        chain_retry: std::time::Duration::from_secs(config.funding.chain_retry_secs),
+        chain,
         ..NodeOptions::default()
     };
     let node = Node::start(keys, store, opts)?;
@@ -99,4 +108,37 @@ async fn serve(path: PathBuf) -> Result<()> {
     }
     node.shutdown();
     Ok(())
+}
+
+/// Connect to the chain and the adjudicator the configuration names, and check that they are
+/// what it says (a wrong RPC URL or chain id is a clear error, not a hub on the wrong chain).
+async fn connect_chain(
+    config: &Config,
+    adjudicator: alloy::primitives::Address,
+) -> Result<contracts::ChainClient> {
+    let url = config
+        .chain_rpc
+        .parse()
+        .with_context(|| format!("chain_rpc {:?} is not a URL", config.chain_rpc))?;
+    let signer = load_signer(&config.key_file)?;
+    let client = contracts::ChainClient::connect_adjudicator(url, signer, adjudicator)
+        .await
+        .with_context(|| {
+            format!(
+                "no adjudicator answers at {adjudicator} on {} (check chain_rpc and adjudicator)",
+                config.chain_rpc
+            )
+        })?;
+    if client.chain_id() != config.chain_id {
+        anyhow::bail!(
+            "chain_rpc {} is chain {}, but the configuration says chain_id = {}",
+            config.chain_rpc,
+            client.chain_id(),
+            config.chain_id
+        );
+    }
+    client.set_poll_interval(std::time::Duration::from_millis(
+        config.funding.chain_poll_ms.min(250),
+    ));
+    Ok(client)
 }

@@ -77,6 +77,12 @@ pub enum Body {
         /// The receiver's signature on the opening state.
         sig: Signature,
     },
+    /// We deposited our share of a channel's opening balances on chain: check and start using
+    /// it.
+    Funded {
+        /// The channel.
+        channel_id: htlc::ChannelId,
+    },
     /// A message was well-formed and in sequence but refused; nothing changed.
     Refused {
         /// Sequence number of the refused message.

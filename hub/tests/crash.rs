@@ -5,45 +5,16 @@
 
 use htlc::sig::Keys;
 use htlc::{Amount, ChannelId};
-use hub::engine::{ChannelRecord, Node, NodeOptions};
-use hub::store::{Cf, Store};
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
+use hub::engine::{Node, NodeOptions};
+use hub::store::Store;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
+mod common;
+use common::{HubProc, TempDir, hub_record, start_hub};
+
 const HUB_KEY: [u8; 32] = [0x42; 32];
-
-struct TempDir(PathBuf);
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let d = std::env::temp_dir().join(format!(
-            "vhub-crash-{tag}-{}-{}",
-            std::process::id(),
-            rand::random::<u64>()
-        ));
-        std::fs::create_dir_all(&d).unwrap();
-        TempDir(d)
-    }
-}
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        std::fs::remove_dir_all(&self.0).ok();
-    }
-}
-
-/// The hub process; killed on drop so no test leaves one behind.
-struct HubProc {
-    child: Child,
-    addr: SocketAddr,
-}
-impl Drop for HubProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn write_config(dir: &Path) -> PathBuf {
     std::fs::write(dir.join("hub.key"), alloy::primitives::hex::encode(HUB_KEY)).unwrap();
@@ -56,39 +27,12 @@ fn write_config(dir: &Path) -> PathBuf {
     cfg
 }
 
-fn start_hub(cfg: &Path, crash_at: Option<&str>) -> HubProc {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hub"));
-    cmd.args(["serve", "--config"])
-        .arg(cfg)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    cmd.env("RUST_LOG", "warn");
-    match crash_at {
-        Some(spec) => cmd.env("VHUB_CRASH_AT", spec),
-        None => cmd.env_remove("VHUB_CRASH_AT"),
-    };
-    let mut child = cmd.spawn().expect("hub binary starts");
-    let stdout = child.stdout.take().unwrap();
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).unwrap();
-    let addr = line
-        .trim()
-        .rsplit(' ')
-        .next()
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("unexpected hub banner {line:?}"));
-    HubProc { child, addr }
-}
-
-/// Read the hub's view of a channel from its database (after it stopped).
 fn hub_view(data: &Path, id: ChannelId) -> Option<htlc::SignedState> {
-    let store = Store::open(data).unwrap();
-    let rec: Option<ChannelRecord> = store.get(Cf::Channels, id.0.as_slice()).unwrap();
-    rec.map(|r| r.snapshot.latest)
+    hub_record(data, id).map(|r| r.snapshot.latest)
 }
 
 fn exited(p: &mut HubProc) -> bool {
-    matches!(p.child.try_wait(), Ok(Some(_)))
+    p.exited()
 }
 
 /// Drive a channel through open, `n` transfers and close, surviving hub crashes: whenever the

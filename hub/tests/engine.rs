@@ -8,53 +8,14 @@ use hub::engine::{Node, NodeEvent, NodeOptions};
 use hub::store::Store;
 use hub::transport;
 use hub::wire::{self, Body, DEFAULT_MAX_FRAME, ErrorCode, Frame};
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
-use tokio::sync::broadcast;
 
-struct TempDir(PathBuf);
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let d = std::env::temp_dir().join(format!(
-            "vhub-{tag}-{}-{}",
-            std::process::id(),
-            rand::random::<u64>()
-        ));
-        std::fs::create_dir_all(&d).unwrap();
-        TempDir(d)
-    }
-}
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        std::fs::remove_dir_all(&self.0).ok();
-    }
-}
+mod common;
+use common::{TempDir, loopback, reopen, wait_for};
 
 fn node(byte: u8, dir: &TempDir) -> Node {
     let keys = Keys::from_bytes([byte; 32]).unwrap();
     Node::start(keys, Store::open(&dir.0).unwrap(), NodeOptions::default()).unwrap()
-}
-
-fn loopback() -> SocketAddr {
-    "127.0.0.1:0".parse().unwrap()
-}
-
-async fn wait_for(
-    rx: &mut broadcast::Receiver<NodeEvent>,
-    f: impl Fn(&NodeEvent) -> bool,
-) -> NodeEvent {
-    tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match rx.recv().await {
-                Ok(ev) if f(&ev) => return ev,
-                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-                Err(e) => panic!("{e}"),
-            }
-        }
-    })
-    .await
-    .expect("event in time")
 }
 
 async fn wait_version(n: &Node, id: ChannelId, version: u64) {
@@ -297,20 +258,12 @@ async fn updates_made_while_the_hub_is_down_are_delivered_after_restart() {
     // The hub is gone. The peer proposes anyway: the proposal waits in its durable outbox.
     tokio::time::sleep(Duration::from_millis(100)).await;
     peer.transfer(id, Amount(2)).await.unwrap();
-    let hub = loop {
-        // Reopen the same database (the old writer thread may take a moment to release it).
-        match Store::open(&dh.0) {
-            Ok(store) => {
-                break Node::start(
-                    Keys::from_bytes([1; 32]).unwrap(),
-                    store,
-                    NodeOptions::default(),
-                )
-                .unwrap();
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    };
+    let hub = Node::start(
+        Keys::from_bytes([1; 32]).unwrap(),
+        reopen(&dh.0).await,
+        NodeOptions::default(),
+    )
+    .unwrap();
     assert_eq!(
         hub.channel(id).await.unwrap().state.version,
         1,

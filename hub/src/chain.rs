@@ -1,0 +1,255 @@
+//! Chain transactions submitted idempotently.
+//!
+//! Every transaction starts as an [`Intent`] written durably to the `chain` column family
+//! *before* it is sent, and is deleted only once its effect is visible on chain. On start, and
+//! then periodically, the node re-examines every intent left behind: if its effect is already on
+//! chain (the node crashed after sending), it is dropped; otherwise it is sent again (the node
+//! crashed before sending, or the transaction was dropped or failed). Sending twice can never pay
+//! twice: a deposit carries the holdings it expects (the adjudicator refuses it once another
+//! deposit landed), a channel concludes only once, and a challenge needs a strictly higher
+//! version than the one registered.
+//!
+//! One node sends one transaction at a time ([`Submitter`] holds a lock): the account's nonces
+//! stay in order and an intent is never examined by two tasks at once.
+
+use crate::store::{Batch, Cf, Store, StoreError};
+use contracts::bindings::Adjudicator;
+use contracts::{ChainClient, ChainError};
+use htlc::{Amount, ChannelParams, SignedState};
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+/// Key prefix of intents in the `chain` column family.
+const INTENT_PREFIX: &[u8] = b"intent/";
+
+/// A transaction the node has decided to send.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Intent {
+    /// Deposit `amount` into a channel that holds `expected_held`.
+    Deposit {
+        /// The channel.
+        params: ChannelParams,
+        /// Holdings before this deposit.
+        expected_held: Amount,
+        /// Amount deposited.
+        amount: Amount,
+        /// Whether the deposit is a top-up to be credited to us by a co-signed update once it
+        /// is on chain (the opening deposit is already in the opening state).
+        credit: bool,
+    },
+    /// Pay out a co-signed final state.
+    CooperativeClose {
+        /// The channel.
+        params: ChannelParams,
+        /// The final state with both signatures.
+        state: SignedState,
+    },
+    /// Answer a dispute registered with an older state: register our later co-signed one
+    /// (rule 8: newer state wins).
+    Challenge {
+        /// The channel.
+        params: ChannelParams,
+        /// Our latest co-signed state.
+        state: SignedState,
+    },
+}
+
+impl Intent {
+    /// The key of this intent in the `chain` column family: one per channel, purpose and
+    /// distinguishing number (expected holdings for deposits, version for challenges).
+    pub fn key(&self) -> Vec<u8> {
+        let (tag, params, n): (&str, &ChannelParams, u128) = match self {
+            Intent::Deposit {
+                params,
+                expected_held,
+                ..
+            } => ("deposit/", params, expected_held.0),
+            Intent::CooperativeClose { params, .. } => ("close/", params, 0),
+            Intent::Challenge { params, state } => {
+                ("challenge/", params, u128::from(state.state.version))
+            }
+        };
+        let mut k = INTENT_PREFIX.to_vec();
+        k.extend_from_slice(tag.as_bytes());
+        k.extend_from_slice(params.id().0.as_slice());
+        k.extend_from_slice(&n.to_be_bytes());
+        k
+    }
+
+    /// The channel the intent is about.
+    pub fn params(&self) -> &ChannelParams {
+        match self {
+            Intent::Deposit { params, .. }
+            | Intent::CooperativeClose { params, .. }
+            | Intent::Challenge { params, .. } => params,
+        }
+    }
+}
+
+/// Chain errors of the node.
+#[derive(Debug, thiserror::Error)]
+pub enum TxError {
+    /// The node has no chain client configured.
+    #[error("no chain configured")]
+    NoChain,
+    /// The chain refused or failed.
+    #[error("chain: {0}")]
+    Chain(#[from] ChainError),
+    /// Storage failed.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// The intent cannot take effect any more (for example another deposit changed the
+    /// holdings it expected); it was dropped and needs the operator's attention.
+    #[error("intent can no longer apply: {0}")]
+    Stale(String),
+}
+
+/// What became of an intent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Settled {
+    /// Its effect is on chain (sent now, or found done).
+    Done(Intent),
+    /// It can never take effect and was dropped.
+    Dropped(Intent, String),
+}
+
+/// Sends intents one at a time, durably (see the module documentation).
+#[derive(Clone)]
+pub struct Submitter {
+    store: Store,
+    client: ChainClient,
+    lock: std::sync::Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Submitter {
+    /// A submitter writing intents to `store` and sending them with `client`.
+    pub fn new(store: Store, client: ChainClient) -> Self {
+        Submitter {
+            store,
+            client,
+            lock: Default::default(),
+        }
+    }
+
+    /// The chain client.
+    pub fn client(&self) -> &ChainClient {
+        &self.client
+    }
+
+    /// Persist `intent`, send it, and forget it once its effect is on chain. On a chain error
+    /// the intent stays stored and is sent again by [`Submitter::resume`].
+    pub async fn execute(&self, intent: Intent) -> Result<Settled, TxError> {
+        let _one = self.lock.lock().await;
+        let key = intent.key();
+        let mut b = Batch::new();
+        b.put(Cf::Chain, &key, &intent)?;
+        self.store.commit(b).await?;
+        crate::failpoint::point("intent_persisted");
+        self.settle(&key, intent).await
+    }
+
+    /// Re-examine every stored intent: drop those already in effect, send the others again.
+    /// Returns what became of each one that settled; those that failed again stay stored.
+    pub async fn resume(&self) -> Result<Vec<Settled>, TxError> {
+        let _one = self.lock.lock().await;
+        let mut settled = Vec::new();
+        for (key, intent) in self.store.scan::<Intent>(Cf::Chain, INTENT_PREFIX)? {
+            match self.settle(&key, intent).await {
+                Ok(s) => settled.push(s),
+                Err(e) => warn!(error = %e, "stored intent still not in effect; will retry"),
+            }
+        }
+        Ok(settled)
+    }
+
+    /// How many intents are stored (sent or not, not yet seen in effect).
+    pub fn pending(&self) -> Result<usize, TxError> {
+        Ok(self.store.scan_raw(Cf::Chain, INTENT_PREFIX)?.len())
+    }
+
+    async fn settle(&self, key: &[u8], intent: Intent) -> Result<Settled, TxError> {
+        let client = &self.client;
+        if !done(client, &intent).await? {
+            crate::failpoint::point("before_tx");
+            if let Err(e) = send(client, &intent).await
+                && !done(client, &intent).await?
+            {
+                if let Some(reason) = hopeless(&e) {
+                    warn!(?intent, %reason, "intent can never take effect: dropped");
+                    self.forget(key).await?;
+                    return Ok(Settled::Dropped(intent, reason));
+                }
+                return Err(e.into());
+            }
+            crate::failpoint::point("after_tx");
+        }
+        // A top-up's intent is deleted by the batch that queues its credit (module
+        // [`crate::onchain`]), never before.
+        if !matches!(intent, Intent::Deposit { credit: true, .. }) {
+            self.forget(key).await?;
+        }
+        Ok(Settled::Done(intent))
+    }
+
+    async fn forget(&self, key: &[u8]) -> Result<(), TxError> {
+        let mut b = Batch::new();
+        b.delete(Cf::Chain, key);
+        self.store.commit(b).await?;
+        Ok(())
+    }
+}
+
+/// Whether the intent's effect is on chain.
+async fn done(client: &ChainClient, intent: &Intent) -> Result<bool, ChainError> {
+    match intent {
+        Intent::Deposit {
+            params,
+            expected_held,
+            amount,
+            ..
+        } => {
+            let held = client.holdings(params.id()).await?;
+            Ok(held >= expected_held.checked_add(*amount)?)
+        }
+        Intent::CooperativeClose { params, .. } => Ok(client.channel(params.id()).await?.concluded),
+        Intent::Challenge { params, state } => {
+            let on_chain = client.channel(params.id()).await?;
+            Ok(on_chain.concluded || on_chain.version >= state.state.version)
+        }
+    }
+}
+
+/// A revert that no retry can cure, as a reason to log.
+fn hopeless(e: &ChainError) -> Option<String> {
+    let cured_never = e.is::<Adjudicator::UnexpectedHoldings>()
+        || e.is::<Adjudicator::AlreadyConcluded>()
+        || e.is::<Adjudicator::ChallengeWindowClosed>()
+        || e.is::<Adjudicator::StaleVersion>()
+        || e.is::<Adjudicator::NotDisputed>()
+        || e.is::<Adjudicator::ChannelNotOpen>()
+        || e.is::<Adjudicator::WrongSigner>()
+        || e.is::<Adjudicator::InvalidSignature>();
+    cured_never.then(|| e.to_string())
+}
+
+async fn send(client: &ChainClient, intent: &Intent) -> Result<(), ChainError> {
+    let r = match intent {
+        Intent::Deposit {
+            params,
+            expected_held,
+            amount,
+            ..
+        } => client.deposit(params, *expected_held, *amount).await,
+        Intent::CooperativeClose { params, state } => {
+            client
+                .cooperative_close(params, &state.state, &state.sigs)
+                .await
+        }
+        Intent::Challenge { params, state } => {
+            client.challenge(params, &state.state, &state.sigs).await
+        }
+    };
+    let outcome = r?;
+    info!(tx = %outcome.tx_hash, gas = outcome.gas_used, "transaction mined");
+    Ok(())
+}

@@ -1,0 +1,131 @@
+//! Shared fixtures of the hub's integration tests: temporary directories, the real `hub`
+//! binary as a child process (killed on drop), waiting helpers.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code)]
+
+use htlc::ChannelId;
+use hub::engine::{ChannelRecord, Node, NodeEvent};
+use hub::store::{Cf, Store};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use tokio::sync::broadcast;
+
+/// A directory removed on drop.
+pub struct TempDir(pub PathBuf);
+impl TempDir {
+    /// A fresh directory tagged `tag`.
+    pub fn new(tag: &str) -> Self {
+        let d = std::env::temp_dir().join(format!(
+            "vhub-{tag}-{}-{}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        std::fs::create_dir_all(&d).unwrap();
+        TempDir(d)
+    }
+}
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        std::fs::remove_dir_all(&self.0).ok();
+    }
+}
+
+/// A loopback address with an OS-assigned port.
+pub fn loopback() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+/// The hub process; killed on drop so no test leaves one behind.
+pub struct HubProc {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+impl Drop for HubProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+impl HubProc {
+    /// Whether the process has exited.
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+}
+
+/// Start the real `hub serve` on `cfg`, optionally armed to abort at a crash point, and wait for
+/// its banner.
+pub fn start_hub(cfg: &Path, crash_at: Option<&str>) -> HubProc {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hub"));
+    cmd.args(["serve", "--config"])
+        .arg(cfg)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    cmd.env("RUST_LOG", "warn");
+    match crash_at {
+        Some(spec) => cmd.env("VHUB_CRASH_AT", spec),
+        None => cmd.env_remove("VHUB_CRASH_AT"),
+    };
+    let mut child = cmd.spawn().expect("hub binary starts");
+    let stdout = child.stdout.take().unwrap();
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
+    let addr = line
+        .trim()
+        .rsplit(' ')
+        .next()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected hub banner {line:?}"));
+    HubProc { child, addr }
+}
+
+/// Read the hub's record of a channel from its database (after it stopped).
+pub fn hub_record(data: &Path, id: ChannelId) -> Option<ChannelRecord> {
+    let store = Store::open(data).unwrap();
+    store.get(Cf::Channels, id.0.as_slice()).unwrap()
+}
+
+/// Wait (up to 30 s) for an event matching `f`.
+pub async fn wait_for(
+    rx: &mut broadcast::Receiver<NodeEvent>,
+    f: impl Fn(&NodeEvent) -> bool,
+) -> NodeEvent {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match rx.recv().await {
+                Ok(ev) if f(&ev) => return ev,
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+    })
+    .await
+    .expect("event in time")
+}
+
+/// Wait (up to 30 s) until `f` holds for the node's latest co-signed state of `id`.
+pub async fn wait_state(n: &Node, id: ChannelId, f: impl Fn(&htlc::SignedState) -> bool) {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            if n.channel(id).await.is_some_and(|s| f(&s)) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("state reached in time")
+}
+
+/// Reopen a store whose previous node is shutting down (its writer may take a moment).
+pub async fn reopen(dir: &Path) -> Store {
+    for _ in 0..200 {
+        if let Ok(s) = Store::open(dir) {
+            return s;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("store did not reopen");
+}
