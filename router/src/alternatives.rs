@@ -78,9 +78,7 @@ impl PathFinder {
                     }
                 }
                 for (_, path) in &accepted {
-                    if path.len() > suffix.len()
-                        && path[path.len() - suffix.len()..] == *suffix
-                    {
+                    if path.len() > suffix.len() && path[path.len() - suffix.len()..] == *suffix {
                         self.ws.block_edge(path[path.len() - suffix.len() - 1]);
                     }
                 }
