@@ -305,6 +305,19 @@ impl Channel {
         self.snap.me
     }
 
+    /// The peer's locks in the latest co-signed state, as committed HTLCs: after a restart,
+    /// what may still be forwarded, fulfilled or failed (rule 3 holds: the state is co-signed,
+    /// and the machine was restored from its persisted snapshot).
+    pub fn received_htlcs(&self) -> Vec<CommittedHtlc> {
+        let state = &self.snap.latest.state;
+        state
+            .locks
+            .iter()
+            .filter(|l| l.sender != self.snap.me)
+            .map(|l| CommittedHtlc::new(self.id(), state.version, *l))
+            .collect()
+    }
+
     /// Whether a proposal of ours is waiting for the peer's answer.
     pub fn has_pending(&self) -> bool {
         self.snap.pending.is_some()

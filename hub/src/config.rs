@@ -14,6 +14,8 @@
 //! adjudicator = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
 //! # Directory of the RocksDB database. Default "./hub-data".
 //! data_dir = "./hub-data"
+//! # HTTP/JSON API and Prometheus /metrics, loopback only. Default: none (no API).
+//! api = "127.0.0.1:9736"
 //!
 //! [limits]
 //! max_frame_bytes = 1048576      # largest frame accepted (default 1 MiB)
@@ -33,6 +35,11 @@
 //! auto_settle = true             # pay out co-signed final states on chain at once (default true)
 //! chain_poll_ms = 500            # how often the adjudicator's events are polled (default 500)
 //! chain_retry_secs = 5           # how often failed transactions are sent again (default 5)
+//!
+//! # Hubs to connect to at start (a peer lists its hub). Default: none.
+//! [[connect]]
+//! addr = "127.0.0.1:9735"
+//! address = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
 //! ```
 
 use alloy::primitives::Address;
@@ -172,6 +179,23 @@ pub struct Config {
     /// On-chain behaviour.
     #[serde(default)]
     pub funding: FundingConfig,
+    /// HTTP/JSON API and Prometheus `/metrics` address (loopback). Default: none (no API).
+    #[serde(default)]
+    pub api: Option<SocketAddr>,
+    /// Hubs this node connects to at start (a peer's configuration; a hub may list other
+    /// hubs). Sessions are re-dialled when they drop.
+    #[serde(default)]
+    pub connect: Vec<ConnectConfig>,
+}
+
+/// A hub to connect to.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectConfig {
+    /// Its QUIC address.
+    pub addr: SocketAddr,
+    /// Its Ethereum address (the session is refused if it proves another key).
+    pub address: Address,
 }
 
 fn default_listen() -> SocketAddr {
@@ -263,6 +287,14 @@ impl Config {
         }
         if self.adjudicator == Some(Address::ZERO) {
             return bad("adjudicator", "must not be the zero address");
+        }
+        if let Some(api) = self.api
+            && !api.ip().is_loopback()
+        {
+            return bad(
+                "api",
+                "must be a loopback address: the API has no authentication of its own",
+            );
         }
         Ok(())
     }

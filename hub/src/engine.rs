@@ -27,7 +27,6 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::{Mutex, broadcast, mpsc};
 use tracing::{Instrument, debug, info, info_span, warn};
 
@@ -61,6 +60,15 @@ pub struct NodeOptions {
     pub chain_retry: std::time::Duration,
     /// How often the chain is polled for the adjudicator's events.
     pub chain_poll: std::time::Duration,
+    /// Our forwarding policy (a hub announces it to the peers whose channels it accepts).
+    pub policy: htlc::forward::ForwardPolicy,
+    /// Whether we reveal preimages for our invoices (false only to test a payee that never
+    /// does).
+    pub reveal_preimages: bool,
+    /// How often our expired HTLC locks are looked for and taken back.
+    pub expiry_check: std::time::Duration,
+    /// The clock HTLC expiries are measured with.
+    pub clock: crate::clock::Clock,
 }
 
 impl Default for NodeOptions {
@@ -78,6 +86,10 @@ impl Default for NodeOptions {
             auto_settle: true,
             chain_retry: std::time::Duration::from_secs(5),
             chain_poll: std::time::Duration::from_millis(500),
+            policy: htlc::forward::ForwardPolicy::default(),
+            reveal_preimages: true,
+            expiry_check: std::time::Duration::from_secs(1),
+            clock: crate::clock::Clock::system(),
         }
     }
 }
@@ -164,6 +176,37 @@ pub enum NodeEvent {
         /// Version we answered with.
         ours: u64,
     },
+    /// A payment of ours was paid: the payee revealed the preimage.
+    PaymentSucceeded {
+        /// The payment id.
+        id: alloy::primitives::B256,
+        /// Fee paid to the hub.
+        fee: Amount,
+    },
+    /// A payment of ours failed back (`reason` as the failing node gave it) or expired
+    /// (`None`). Nothing was paid.
+    PaymentFailed {
+        /// The payment id.
+        id: alloy::primitives::B256,
+        /// Why, if a node said.
+        reason: Option<htlc::FailureReason>,
+    },
+    /// An invoice of ours was paid.
+    PaymentReceived {
+        /// Its hashlock.
+        hashlock: htlc::Hashlock,
+        /// Amount received.
+        amount: Amount,
+    },
+    /// We (a hub) settled a forwarded payment on both sides and earned `fee`.
+    Forwarded {
+        /// Where it came in.
+        in_channel: ChannelId,
+        /// Where it went out.
+        out_channel: ChannelId,
+        /// Fee earned.
+        fee: Amount,
+    },
     /// A chain intent can never take effect and was dropped (operator attention needed).
     IntentDropped {
         /// The channel.
@@ -192,22 +235,13 @@ pub struct ChannelRecord {
     pub snapshot: htlc::Snapshot,
 }
 
-pub(crate) fn now() -> htlc::Expiry {
-    htlc::Expiry(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
-    )
-}
-
 fn outbox_key(peer: Address, seq: u64) -> Vec<u8> {
     let mut k = peer.to_vec();
     k.extend_from_slice(&seq.to_be_bytes());
     k
 }
 
-fn meta_key(kind: &str, peer: Address) -> Vec<u8> {
+pub(crate) fn meta_key(kind: &str, peer: Address) -> Vec<u8> {
     let mut k = kind.as_bytes().to_vec();
     k.extend_from_slice(peer.as_slice());
     k
@@ -238,10 +272,14 @@ pub(crate) struct Inner {
     pub(crate) chain_kick: tokio::sync::Notify,
     /// Serialises top-up credits (check and queue under one lock).
     pub(crate) credit_lock: Mutex<()>,
+    /// Serialises payments (the check for a repeated payment id and its HTLC).
+    pub(crate) pay_lock: Mutex<()>,
     /// Set by [`Node::shutdown`]: background tasks end.
     pub(crate) stopping: tokio::sync::watch::Sender<bool>,
     /// Every endpoint we listen or dial on, closed by [`Node::shutdown`].
     endpoints: std::sync::Mutex<Vec<quinn::Endpoint>>,
+    /// Prometheus metrics.
+    pub(crate) metrics: crate::metrics::Metrics,
 }
 
 /// A hub or a peer: channels, sessions, storage.
@@ -266,8 +304,11 @@ impl Node {
             .chain
             .clone()
             .map(|c| crate::chain::Submitter::new(store.clone(), c));
+        let metrics = crate::metrics::Metrics::new(&store.stats().sync_seconds)
+            .map_err(|e| NodeError::Invalid(e.to_string()))?;
         let node = Node {
             inner: Arc::new(Inner {
+                metrics,
                 keys,
                 store,
                 opts,
@@ -281,12 +322,14 @@ impl Node {
                 submitter,
                 chain_kick: tokio::sync::Notify::new(),
                 credit_lock: Mutex::new(()),
+                pay_lock: Mutex::new(()),
                 stopping: tokio::sync::watch::Sender::new(false),
             }),
         };
         if node.inner.submitter.is_some() {
             node.spawn_chain_tasks()?;
         }
+        node.spawn_payment_tasks();
         Ok(node)
     }
 
@@ -295,6 +338,16 @@ impl Node {
         let rec = self.inner.channel(id)?;
         let rec = rec.lock().await;
         Some(rec.snapshot.params.clone())
+    }
+
+    /// Now, by the node's clock.
+    pub fn now(&self) -> htlc::Expiry {
+        self.inner.opts.clock.now()
+    }
+
+    /// The node's metrics.
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.inner.metrics
     }
 
     /// Our address.
@@ -383,6 +436,46 @@ impl Node {
         Ok(peer)
     }
 
+    /// Whether a session with `peer` is up.
+    pub async fn is_connected(&self, peer: Address) -> bool {
+        let link = {
+            let links = self.inner.links.lock().unwrap_or_else(|p| p.into_inner());
+            links.get(&peer).cloned()
+        };
+        match link {
+            Some(l) => l
+                .lock()
+                .await
+                .writer
+                .as_ref()
+                .is_some_and(|(_, tx)| !tx.is_closed()),
+            None => false,
+        }
+    }
+
+    /// Keep a session with the hub `address` at `addr` up until shutdown: dial now, and again
+    /// (every `retry`) whenever it is down. Failures are logged, never fatal.
+    pub fn keep_connected(&self, addr: SocketAddr, address: Address, retry: std::time::Duration) {
+        let node = self.clone();
+        let mut stop = self.inner.stopping.subscribe();
+        tokio::spawn(async move {
+            loop {
+                if !node.is_connected(address).await {
+                    match node.connect(addr, Some(address)).await {
+                        Ok(_) => info!(%addr, hub = %address, "connected"),
+                        Err(e) => {
+                            warn!(%addr, hub = %address, error = %e, "cannot connect; will retry")
+                        }
+                    }
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(retry) => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+            }
+        });
+    }
+
     fn keep_endpoint(&self, endpoint: &quinn::Endpoint) {
         let mut eps = self
             .inner
@@ -443,7 +536,7 @@ impl Node {
                 conn.close(2u32.into(), b"store");
                 return;
             }
-            let _ = self.inner.events.send(NodeEvent::Connected { peer });
+            self.inner.emit(NodeEvent::Connected { peer });
             if let Some(r) = ready {
                 let _ = r.send(());
             }
@@ -464,7 +557,7 @@ impl Node {
                     }
                     Err(e) => {
                         warn!(error = %e, "bad frame");
-                        let _ = self.inner.events.send(NodeEvent::Refused {
+                        self.inner.emit(NodeEvent::Refused {
                             peer,
                             code: e.code(),
                         });
@@ -623,7 +716,7 @@ impl Node {
                 }
                 if seq != last + 1 {
                     warn!(seq, expected = last + 1, "out of order");
-                    let _ = self.inner.events.send(NodeEvent::Refused {
+                    self.inner.emit(NodeEvent::Refused {
                         peer,
                         code: ErrorCode::OutOfOrder,
                     });
@@ -694,6 +787,36 @@ impl Node {
                 self.inner.store.commit(batch).await?;
                 Ok(())
             }
+            Body::HubPolicy { policy } => {
+                batch.put(Cf::Meta, &meta_key("policy", peer), &policy)?;
+                self.inner.store.commit(batch).await?;
+                Ok(())
+            }
+            Body::Route {
+                channel_id,
+                hashlock,
+                next_peer,
+                next,
+            } => {
+                let owned = match self.inner.channel(channel_id) {
+                    Some(rec) => rec.lock().await.peer == peer,
+                    None => false,
+                };
+                if !owned || next_peer == peer || next.amount.is_zero() {
+                    let detail = format!("no route instruction for channel {channel_id} accepted");
+                    return self
+                        .refuse(peer, batch, refuse(ErrorCode::UnknownChannel, detail))
+                        .await;
+                }
+                let instr = crate::payments::RouteInstr { next_peer, next };
+                batch.put(
+                    Cf::Locks,
+                    &crate::payments::route_key(channel_id, hashlock),
+                    &instr,
+                )?;
+                self.inner.store.commit(batch).await?;
+                Ok(())
+            }
             Body::Ping | Body::Refused { .. } => {
                 if let Body::Refused { code, detail, .. } = &body {
                     warn!(?code, %detail, "peer refused our message");
@@ -744,7 +867,7 @@ impl Node {
                         }
                     }
                 }
-                match machine.handle(msg, now()) {
+                match machine.handle(msg, self.now()) {
                     Ok(effects) => {
                         self.carry(peer, &mut rec, machine, effects, batch)
                             .instrument(info_span!("channel", %id))
@@ -768,15 +891,20 @@ impl Node {
                     self.commit_and_send(
                         peer,
                         batch,
-                        vec![Body::ChannelAccepted {
-                            channel_id: id,
-                            sig: our_sig,
-                        }],
+                        vec![
+                            Body::HubPolicy {
+                                policy: self.inner.opts.policy,
+                            },
+                            Body::ChannelAccepted {
+                                channel_id: id,
+                                sig: our_sig,
+                            },
+                        ],
                     )
                     .await?;
                     self.insert_channel(id, rec);
                     info!(channel = %id, "channel opened by peer");
-                    let _ = self.inner.events.send(NodeEvent::ChannelOpened {
+                    self.inner.emit(NodeEvent::ChannelOpened {
                         channel_id: id,
                         peer,
                     });
@@ -1037,6 +1165,22 @@ impl Node {
         f: impl FnOnce(&mut Channel),
         batch: Batch,
     ) -> Result<(), NodeError> {
+        self.with_channel_do(id, batch, |m, _| {
+            f(m);
+            Ok(())
+        })
+        .await
+    }
+
+    /// Queue operations on a channel with `f`, which may also add writes to the batch that
+    /// persists the result (atomically with the new snapshot), and propose them. Returns what `f`
+    /// returned; nothing is written if `f` fails.
+    pub(crate) async fn with_channel_do<R>(
+        &self,
+        id: ChannelId,
+        mut batch: Batch,
+        f: impl FnOnce(&mut Channel, &mut Batch) -> Result<R, NodeError>,
+    ) -> Result<R, NodeError> {
         let rec = self
             .inner
             .channel(id)
@@ -1051,12 +1195,13 @@ impl Node {
             return Err(NodeError::Invalid("the channel is not funded yet".into()));
         }
         let mut machine = Channel::restore(rec.snapshot.clone(), self.inner.keys.clone())?;
-        f(&mut machine);
-        let effects = machine.propose(now())?;
+        let out = f(&mut machine, &mut batch)?;
+        let effects = machine.propose(self.now())?;
         let peer = rec.peer;
         self.carry(peer, &mut rec, machine, effects, batch)
             .instrument(info_span!("channel", %id))
-            .await
+            .await?;
+        Ok(out)
     }
 
     /// Carry out a machine's effects: one batch with the snapshot and the outbox entries of
@@ -1087,6 +1232,8 @@ impl Node {
             snapshot: machine.snapshot().clone(),
         };
         batch.put(Cf::Channels, id.0.as_slice(), &new)?;
+        // Rule 5: preimages learned here are persisted with the state that taught them.
+        self.persist_payment_facts(id, &events, &mut batch)?;
         // A co-signed final state: pay it out on chain, durably decided in the same batch.
         let closed = events.iter().any(|e| matches!(e, Event::Closed(_)));
         let settle = closed && self.inner.opts.auto_settle && self.inner.submitter.is_some();
@@ -1100,17 +1247,22 @@ impl Node {
         // If this fails nothing was sent and the in-memory record is unchanged.
         self.commit_and_send(peer, batch, bodies).await?;
         *rec = new;
+        let htlc_events: Vec<Event> = events
+            .iter()
+            .filter(|e| crate::payments::concerns_payments(e))
+            .cloned()
+            .collect();
         for ev in events {
             match ev {
                 Event::Committed { version, .. } => {
                     debug!(version, "state co-signed");
-                    let _ = self.inner.events.send(NodeEvent::Committed {
+                    self.inner.emit(NodeEvent::Committed {
                         channel_id: id,
                         version,
                     });
                 }
                 Event::Closed(_) => {
-                    let _ = self.inner.events.send(NodeEvent::Closed { channel_id: id });
+                    self.inner.emit(NodeEvent::Closed { channel_id: id });
                     if settle {
                         self.inner.chain_kick.notify_one();
                     }
@@ -1118,11 +1270,22 @@ impl Node {
                 _ => {}
             }
         }
+        if !htlc_events.is_empty() {
+            // Other channels are locked by what follows: never while holding this one.
+            tokio::spawn(self.on_htlc_events(id, htlc_events));
+        }
         Ok(())
     }
 }
 
 impl Inner {
+    /// Tell the application (and the metrics) what happened.
+    pub(crate) fn emit(&self, ev: NodeEvent) {
+        self.metrics.on_event(&ev);
+        // No subscriber is not an error: events are also in the store and the logs.
+        let _ = self.events.send(ev);
+    }
+
     pub(crate) fn channel(&self, id: ChannelId) -> Option<Arc<Mutex<ChannelRecord>>> {
         let map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         map.get(&id).cloned()

@@ -9,12 +9,17 @@
 //! committed, never act on a frame from a peer that has not proven its key, and never
 //! implement a protocol rule itself: those live in `htlc`.
 
+pub mod api;
 pub mod auth;
 pub mod chain;
+pub mod clock;
 pub mod config;
 pub mod engine;
 pub mod failpoint;
+pub mod localnet;
+pub mod metrics;
 pub mod onchain;
+pub mod payments;
 pub mod store;
 pub mod transport;
 pub mod wire;

@@ -2,7 +2,10 @@
 //!
 //! ```text
 //! hub keygen --out hub.key          # write a fresh private key (hex) and print its address
-//! hub serve --config hub.toml       # run the hub until Ctrl-C / SIGTERM
+//! hub serve --config hub.toml       # run a hub (or a peer) until Ctrl-C / SIGTERM
+//! hub demo                          # a local network with a chain, streaming payments
+//! hub bench                         # payments per second through one hub
+//! hub invoice | pay | balance | channels | history | open | close   # client commands
 //! ```
 
 use anyhow::{Context, Result};
@@ -12,17 +15,47 @@ use hub::engine::{Node, NodeOptions};
 use hub::store::Store;
 use std::path::PathBuf;
 
+mod cli;
+use cli::{client, demo};
+
 /// A multi-hop virtual-channel routing hub for Ethereum state channels.
+///
+/// Operators run `hub serve`. Peers run `hub serve` too (with a `[[connect]]` entry naming
+/// their hub and an `api` address), then drive their node with the client commands, which talk
+/// to that node's HTTP API (`--api`, default 127.0.0.1:9736).
+///
+/// Try it all on one machine: `hub demo` starts a local chain, a hub and four peers and streams
+/// payments between them; `hub bench` measures payments per second through one hub.
 #[derive(Parser, Debug)]
-#[command(version, about, long_about = None)]
+#[command(version, about, long_about, after_help = EXAMPLES)]
 struct Cli {
+    /// Address of the node's HTTP API, for the client commands.
+    #[arg(
+        long,
+        global = true,
+        env = "VHUB_API",
+        default_value = "127.0.0.1:9736"
+    )]
+    api: std::net::SocketAddr,
     #[command(subcommand)]
     command: Command,
 }
 
+const EXAMPLES: &str = "\
+Examples:
+  hub keygen --out peer.key                      a key for a new node
+  hub serve --config peer.toml                   run it (api = \"127.0.0.1:9736\", [[connect]] its hub)
+  hub open --hub 0xHUB --deposit 1000000000000000000
+  hub invoice --hub 0xHUB --amount 5000000       prints vhub1...; give it to the payer
+  hub pay vhub1...                               waits for the outcome, prints the fee paid
+  hub balance; hub channels; hub history
+  hub close 0xCHANNEL
+  hub demo                                       a whole local network, payments streaming
+  hub bench --payers 2,16,128                    payments per second through one hub";
+
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run the hub: listen for peers over QUIC, keep channels in RocksDB.
+    /// Run a node (a hub, or a peer): QUIC for channels, RocksDB for state, optional HTTP API.
     ///
     /// The configuration is a TOML file; see the README for every field and its default.
     Serve {
@@ -36,23 +69,127 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Start a local network (anvil, contracts, one hub, peers with funded channels) and stream
+    /// payments between the peers, printing balances, fees and payments per second; on Ctrl-C
+    /// (or at --payments / --seconds) close every channel and check the on-chain payouts.
+    Demo(DemoArgs),
+    /// Measure A → hub → B payments: throughput and p50/p99 latency for each number of
+    /// concurrent payers, durable storage on, real QUIC on loopback (no chain).
+    Bench {
+        /// Numbers of concurrent payers, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "2,16,128")]
+        payers: Vec<usize>,
+        /// Seconds measured per run.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Seconds of warm-up before measuring.
+        #[arg(long, default_value_t = 2)]
+        warmup: u64,
+        /// Amount of each payment, wei.
+        #[arg(long, default_value_t = 1_000_000)]
+        amount: u128,
+    },
+    /// Show the node: address, channels, payments, fees earned.
+    Info,
+    /// List the node's channels with balances and pending HTLCs.
+    Channels,
+    /// Show what the node can send and receive, and what is locked in flight.
+    Balance,
+    /// List pending HTLC locks.
+    Htlcs,
+    /// List the payments the node made, with their outcomes.
+    History,
+    /// Make an invoice to be paid through `--hub`; prints the string to hand to the payer.
+    Invoice {
+        /// The hub the node has its channel with.
+        #[arg(long)]
+        hub: alloy::primitives::Address,
+        /// Amount to receive, wei.
+        #[arg(long)]
+        amount: u128,
+        /// Seconds the invoice stays valid.
+        #[arg(long, default_value_t = 3600)]
+        valid_secs: u64,
+    },
+    /// Pay an invoice and wait for the outcome (a repeated id never pays twice).
+    Pay {
+        /// The invoice string (vhub1...).
+        invoice: String,
+        /// Payment id (default: the invoice's hashlock, so an invoice is paid once).
+        #[arg(long)]
+        id: Option<alloy::primitives::B256>,
+        /// Return at once instead of waiting for the outcome.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Open a ledger channel with a connected hub and deposit on chain.
+    Open {
+        /// The hub.
+        #[arg(long)]
+        hub: alloy::primitives::Address,
+        /// Our deposit, wei.
+        #[arg(long)]
+        deposit: u128,
+    },
+    /// Close a channel cooperatively; the payout follows on chain.
+    Close {
+        /// The channel id.
+        channel: alloy::primitives::B256,
+    },
+}
+
+/// Options of `hub demo`.
+#[derive(clap::Args, Debug)]
+struct DemoArgs {
+    /// Peers (at most 8: the local chain's funded accounts).
+    #[arg(long, default_value_t = 4)]
+    peers: usize,
+    /// Each peer's deposit and the hub's collateral per channel, wei (default 10 ETH).
+    #[arg(long, default_value_t = 10_000_000_000_000_000_000)]
+    deposit: u128,
+    /// Largest payment, wei (amounts are drawn uniformly up to it; default 0.01 ETH).
+    #[arg(long, default_value_t = 10_000_000_000_000_000)]
+    max_amount: u128,
+    /// Stop after this many payments (default: run until Ctrl-C).
+    #[arg(long)]
+    payments: Option<u64>,
+    /// Stop after this many seconds (default: run until Ctrl-C).
+    #[arg(long)]
+    seconds: Option<u64>,
+    /// Where the hub's HTTP API and /metrics listen while the demo runs.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    hub_api: std::net::SocketAddr,
 }
 
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new(
+                    if std::env::args().nth(1).is_some_and(|c| c == "serve") {
+                        "info"
+                    } else {
+                        "warn"
+                    },
+                )
+            }),
         )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let api = cli.api;
     match cli.command {
         Command::Keygen { out } => keygen(&out),
-        Command::Serve { config } => {
-            let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-            rt.block_on(serve(config))
-        }
+        Command::Serve { config } => rt.block_on(serve(config)),
+        Command::Demo(args) => rt.block_on(demo::run(args)),
+        Command::Bench {
+            payers,
+            seconds,
+            warmup,
+            amount,
+        } => rt.block_on(demo::bench(payers, seconds, warmup, amount)),
+        cmd => rt.block_on(client::run(api, cmd)),
     }
 }
 
@@ -95,10 +232,18 @@ async fn serve(path: PathBuf) -> Result<()> {
         chain_poll: std::time::Duration::from_millis(config.funding.chain_poll_ms),
         chain_retry: std::time::Duration::from_secs(config.funding.chain_retry_secs),
         chain,
+        policy: config.forward_policy(),
         ..NodeOptions::default()
     };
     let node = Node::start(keys, store, opts)?;
     let local = node.listen(config.listen)?;
+    if let Some(api) = config.api {
+        let bound = node.serve_api(api).await?;
+        eprintln!("API and /metrics on http://{bound}");
+    }
+    for c in &config.connect {
+        node.keep_connected(c.addr, c.address, std::time::Duration::from_secs(2));
+    }
     // One line on stdout that scripts and tests can wait for.
     println!("hub {} listening on {local}", node.address());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -163,7 +163,7 @@ impl Node {
         *r = new;
         if newly_funded {
             info!(channel = %id, holdings = %held, "channel funded");
-            let _ = self.inner.events.send(NodeEvent::Funded { channel_id: id });
+            self.inner.emit(NodeEvent::Funded { channel_id: id });
         }
         if collateral {
             self.inner.chain_kick.notify_one();
@@ -261,7 +261,7 @@ impl Node {
         .instrument(info_span!("channel", %id))
         .await?;
         info!(channel = %id, %amount, "top-up credit proposed");
-        let _ = self.inner.events.send(NodeEvent::ToppedUp {
+        self.inner.emit(NodeEvent::ToppedUp {
             channel_id: id,
             amount,
         });
@@ -326,7 +326,7 @@ impl Node {
             r.snapshot.latest.state.balances[1],
         ));
         info!(channel = %id, %to_a, %to_b, "channel paid out on chain");
-        let _ = self.inner.events.send(NodeEvent::Concluded {
+        self.inner.emit(NodeEvent::Concluded {
             channel_id: id,
             to_a,
             to_b,
@@ -354,7 +354,7 @@ impl Node {
         let mut batch = Batch::new();
         batch.put(Cf::Chain, &intent.key(), &intent)?;
         self.inner.store.commit(batch).await?;
-        let _ = self.inner.events.send(NodeEvent::Challenged {
+        self.inner.emit(NodeEvent::Challenged {
             channel_id: id,
             disputed: version,
             ours: latest.state.version,
@@ -401,7 +401,7 @@ impl Node {
             }
             Settled::Done(_) => {}
             Settled::Dropped(intent, reason) => {
-                let _ = self.inner.events.send(NodeEvent::IntentDropped {
+                self.inner.emit(NodeEvent::IntentDropped {
                     channel_id: intent.params().id(),
                     reason,
                 });

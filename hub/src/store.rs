@@ -124,7 +124,7 @@ impl Batch {
 }
 
 /// Counters of the writer, for metrics.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct StoreStats {
     /// Batches committed by callers.
     pub batches: AtomicU64,
@@ -132,6 +132,27 @@ pub struct StoreStats {
     pub syncs: AtomicU64,
     /// Total time spent in synced writes, microseconds.
     pub sync_micros: AtomicU64,
+    /// Latency of each synced write (registered by the node's metrics).
+    pub sync_seconds: prometheus::Histogram,
+}
+
+impl StoreStats {
+    fn new() -> Result<StoreStats, StoreError> {
+        let sync_seconds = prometheus::Histogram::with_opts(
+            prometheus::HistogramOpts::new(
+                "store_write_seconds",
+                "Latency of one synced RocksDB write (a group of batches)",
+            )
+            .buckets(crate::metrics::STORE_BUCKETS.to_vec()),
+        )
+        .map_err(|e| StoreError::Write(e.to_string()))?;
+        Ok(StoreStats {
+            batches: AtomicU64::new(0),
+            syncs: AtomicU64::new(0),
+            sync_micros: AtomicU64::new(0),
+            sync_seconds,
+        })
+    }
 }
 
 /// A raw key and value.
@@ -186,7 +207,7 @@ impl Store {
             .iter()
             .map(|cf| rocksdb::ColumnFamilyDescriptor::new(cf.name(), rocksdb::Options::default()));
         let db = Arc::new(rocksdb::DB::open_cf_descriptors(&opts, dir, cfs)?);
-        let stats = Arc::new(StoreStats::default());
+        let stats = Arc::new(StoreStats::new()?);
         let (tx, rx) = mpsc::channel::<Job>();
         let (wdb, wstats) = (db.clone(), stats.clone());
         let thread = std::thread::Builder::new()
@@ -327,9 +348,11 @@ fn writer_loop(db: Arc<rocksdb::DB>, rx: &mpsc::Receiver<Job>, stats: &StoreStat
             Some(name) => Err(format!("no column family {name}")),
             None => db.write_opt(wb, &wo).map_err(|e| e.to_string()),
         };
+        let took = start.elapsed();
         stats
             .sync_micros
-            .fetch_add(start.elapsed().as_micros() as u64, Ordering::Relaxed);
+            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+        stats.sync_seconds.observe(took.as_secs_f64());
         stats.syncs.fetch_add(1, Ordering::Relaxed);
         stats
             .batches

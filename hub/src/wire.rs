@@ -92,6 +92,24 @@ pub enum Body {
         /// Detail for logs.
         detail: String,
     },
+    /// The hub's forwarding policy, sent to a peer whose channel it accepted (the peer routes
+    /// with it, as with a BOLT 11 route hint).
+    HubPolicy {
+        /// Fees, expiry delta and HTLC limits of the hub's outgoing channels.
+        policy: htlc::forward::ForwardPolicy,
+    },
+    /// Forward the HTLC with `hashlock` that the sender offers on `channel_id` to `next_peer`,
+    /// as `next`. Sent before the HTLC itself; the hub acts on it once the HTLC is committed.
+    Route {
+        /// The channel the incoming HTLC arrives on.
+        channel_id: htlc::ChannelId,
+        /// The HTLC's hashlock.
+        hashlock: htlc::Hashlock,
+        /// Who to offer the outgoing HTLC to.
+        next_peer: alloy::primitives::Address,
+        /// Amount and expiry of the outgoing HTLC.
+        next: htlc::forward::NextHop,
+    },
 }
 
 /// Error codes sent back in [`Frame::Error`].

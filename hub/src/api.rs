@@ -1,0 +1,476 @@
+//! The node's HTTP/JSON API (axum), for operators and for the `hub` CLI's client commands.
+//!
+//! ```text
+//! GET  /info                 address, channels, payments, fees earned
+//! GET  /channels             every channel: peer, balances, version, pending HTLCs, flags
+//! GET  /balance              our totals: spendable, receivable, locked in flight
+//! GET  /htlcs                every pending HTLC lock of every channel
+//! GET  /payments             every payment we made (history), oldest id first
+//! GET  /payments/{id}        one payment
+//! POST /invoice              {"amount": "1000", "hub": "0x…", "valid_secs": 3600} → {"invoice": "vhub1…"}
+//! POST /pay                  {"invoice": "vhub1…", "id": "0x…" (optional)} → the payment
+//! POST /open                 {"hub": "0x…", "deposit": "1000"} → the channel, deposited and funded
+//! POST /close                {"channel": "0x…"} → 202; the payout follows on chain
+//! GET  /metrics              Prometheus text exposition
+//! ```
+//!
+//! Amounts are decimal strings of wei (JSON numbers cannot hold every `u128`). Errors are
+//! `{"error": "…"}` with 400 for a bad request, 404 for an unknown item, 500 for a store fault.
+//! The API listens on loopback unless the operator configures otherwise; it has no
+//! authentication of its own and must never be exposed beyond the operator's machine.
+
+use crate::engine::{Node, NodeError};
+use crate::payments::{Invoice, PaymentRecord, PaymentStatus};
+use alloy::primitives::{Address, B256};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use htlc::{Amount, ChannelId};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+
+/// A wei amount in JSON: a decimal string.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub struct Wei(pub u128);
+
+impl From<Wei> for String {
+    fn from(w: Wei) -> String {
+        w.0.to_string()
+    }
+}
+
+impl TryFrom<String> for Wei {
+    type Error = String;
+    fn try_from(s: String) -> Result<Wei, String> {
+        s.trim()
+            .parse::<u128>()
+            .map(Wei)
+            .map_err(|_| format!("{s:?} is not a wei amount (a decimal integer below 2^128)"))
+    }
+}
+
+impl From<Amount> for Wei {
+    fn from(a: Amount) -> Wei {
+        Wei(a.0)
+    }
+}
+
+/// One pending HTLC lock.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HtlcInfo {
+    /// Its channel.
+    pub channel: ChannelId,
+    /// Its id in the channel.
+    pub id: u64,
+    /// Amount locked.
+    pub amount: Wei,
+    /// Its hashlock.
+    pub hashlock: B256,
+    /// Unix time it expires.
+    pub expiry: u64,
+    /// Whether we offered it (else we receive it).
+    pub offered: bool,
+}
+
+/// One channel as the API shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelInfo {
+    /// Its id.
+    pub id: ChannelId,
+    /// The counterparty.
+    pub peer: Address,
+    /// Version of the latest co-signed state.
+    pub version: u64,
+    /// Our balance.
+    pub ours: Wei,
+    /// Theirs.
+    pub theirs: Wei,
+    /// Pending HTLC locks.
+    pub htlcs: Vec<HtlcInfo>,
+    /// Whether its deposits are on chain.
+    pub funded: bool,
+    /// Whether its final state is co-signed.
+    pub closed: bool,
+    /// Whether it was paid out on chain.
+    pub concluded: bool,
+}
+
+/// Our totals over every open channel.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Balance {
+    /// What we can send (sum of our balances).
+    pub spendable: Wei,
+    /// What we can receive (sum of theirs).
+    pub receivable: Wei,
+    /// Locked in HTLCs we offered.
+    pub offered_in_flight: Wei,
+    /// Locked in HTLCs offered to us.
+    pub received_in_flight: Wei,
+    /// Open channels counted.
+    pub channels: usize,
+}
+
+/// A payment as the API shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentInfo {
+    /// Its id.
+    pub id: B256,
+    /// Who is paid.
+    pub payee: Address,
+    /// Through which hub.
+    pub hub: Address,
+    /// What the payee receives.
+    pub amount: Wei,
+    /// The hub's fee.
+    pub fee: Wei,
+    /// `pending`, `succeeded`, `failed` or `expired`.
+    pub status: String,
+    /// Why it failed, if a node said.
+    pub reason: Option<String>,
+    /// The preimage, once paid (proof of payment).
+    pub preimage: Option<B256>,
+}
+
+impl From<&PaymentRecord> for PaymentInfo {
+    fn from(p: &PaymentRecord) -> PaymentInfo {
+        let (status, reason, preimage) = match &p.status {
+            PaymentStatus::Pending => ("pending", None, None),
+            PaymentStatus::Succeeded { preimage } => {
+                ("succeeded", None, Some(B256::from(preimage.0)))
+            }
+            PaymentStatus::Failed { reason } => ("failed", Some(format!("{reason:?}")), None),
+            PaymentStatus::Expired => ("expired", None, None),
+        };
+        PaymentInfo {
+            id: p.id,
+            payee: p.invoice.payee,
+            hub: p.invoice.hub,
+            amount: p.invoice.amount.into(),
+            fee: p.fee().into(),
+            status: status.into(),
+            reason,
+            preimage,
+        }
+    }
+}
+
+/// What a node says of itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// Its address.
+    pub address: Address,
+    /// Channels it holds.
+    pub channels: usize,
+    /// Payments it made.
+    pub payments: usize,
+    /// Forwarding fees it earned.
+    pub fees_earned: Wei,
+    /// Payments it forwarded and settled.
+    pub forwards: usize,
+}
+
+impl Node {
+    /// Every channel, in id order.
+    pub async fn channels_info(&self) -> Vec<ChannelInfo> {
+        let mut ids = self.channel_ids();
+        ids.sort();
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let Some(rec) = self.inner.channel(id) else {
+                continue;
+            };
+            let r = rec.lock().await;
+            let st = &r.snapshot.latest.state;
+            let me = r.snapshot.me;
+            out.push(ChannelInfo {
+                id,
+                peer: r.peer,
+                version: st.version,
+                ours: st.balances[me.index()].into(),
+                theirs: st.balances[1 - me.index()].into(),
+                htlcs: st
+                    .locks
+                    .iter()
+                    .map(|l| HtlcInfo {
+                        channel: id,
+                        id: l.id.0,
+                        amount: l.amount.into(),
+                        hashlock: B256::from(l.hashlock.0),
+                        expiry: l.expiry.0,
+                        offered: l.sender == me,
+                    })
+                    .collect(),
+                funded: r.funded,
+                closed: st.is_final,
+                concluded: r.concluded,
+            });
+        }
+        out
+    }
+
+    /// Our totals over the open channels (funded, not closed).
+    pub async fn balance(&self) -> Balance {
+        let mut b = Balance::default();
+        for c in self.channels_info().await {
+            if !c.funded || c.closed {
+                continue;
+            }
+            b.channels += 1;
+            b.spendable.0 = b.spendable.0.saturating_add(c.ours.0);
+            b.receivable.0 = b.receivable.0.saturating_add(c.theirs.0);
+            for h in &c.htlcs {
+                let slot = if h.offered {
+                    &mut b.offered_in_flight
+                } else {
+                    &mut b.received_in_flight
+                };
+                slot.0 = slot.0.saturating_add(h.amount.0);
+            }
+        }
+        b
+    }
+
+    /// What the node says of itself.
+    pub async fn info(&self) -> Result<NodeInfo, NodeError> {
+        let (fees, forwards) = self.fees_earned()?;
+        Ok(NodeInfo {
+            address: self.address(),
+            channels: self.channel_ids().len(),
+            payments: self.payments()?.len(),
+            fees_earned: fees.into(),
+            forwards,
+        })
+    }
+
+    /// The Prometheus exposition, with per-channel gauges read now.
+    pub async fn metrics_text(&self) -> String {
+        let m = &self.inner.metrics;
+        m.balance.reset();
+        m.pending.reset();
+        for c in self.channels_info().await {
+            let ch = c.id.to_string();
+            m.balance
+                .with_label_values(&[ch.as_str(), "ours"])
+                .set(crate::metrics::gauge_wei(Amount(c.ours.0)));
+            m.balance
+                .with_label_values(&[ch.as_str(), "theirs"])
+                .set(crate::metrics::gauge_wei(Amount(c.theirs.0)));
+            m.pending
+                .with_label_values(&[ch.as_str()])
+                .set(i64::try_from(c.htlcs.len()).unwrap_or(i64::MAX));
+        }
+        let st = self.inner.store.stats();
+        m.sync_store(
+            st.batches.load(std::sync::atomic::Ordering::Relaxed),
+            st.syncs.load(std::sync::atomic::Ordering::Relaxed),
+        );
+        m.render()
+    }
+
+    /// Serve the API on `addr` until the node shuts down; returns the bound address.
+    pub async fn serve_api(&self, addr: SocketAddr) -> Result<SocketAddr, NodeError> {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| NodeError::Invalid(format!("cannot listen on {addr}: {e}")))?;
+        let local = listener
+            .local_addr()
+            .map_err(|e| NodeError::Invalid(e.to_string()))?;
+        let app = router(self.clone());
+        let mut stop = self.inner.stopping.subscribe();
+        tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            if let Err(e) = axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+            {
+                tracing::error!(error = %e, "API server stopped");
+            }
+        });
+        tracing::info!(%local, "API listening");
+        Ok(local)
+    }
+}
+
+/// An API error: a status and a message.
+#[derive(Debug)]
+pub struct ApiError(StatusCode, String);
+
+impl From<NodeError> for ApiError {
+    fn from(e: NodeError) -> ApiError {
+        let status = match &e {
+            NodeError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            NodeError::UnknownChannel(_) => StatusCode::NOT_FOUND,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        tracing::warn!(error = %e, "API request refused");
+        ApiError(status, e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
+    }
+}
+
+fn bad(msg: impl Into<String>) -> ApiError {
+    let msg = msg.into();
+    tracing::warn!(error = %msg, "API request refused");
+    ApiError(StatusCode::BAD_REQUEST, msg)
+}
+
+/// `POST /invoice`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InvoiceRequest {
+    /// What the payee is to receive.
+    pub amount: Wei,
+    /// The hub to be paid through.
+    pub hub: Address,
+    /// Seconds the invoice stays valid (default one hour).
+    #[serde(default)]
+    pub valid_secs: Option<u64>,
+}
+
+/// `POST /pay`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PayRequest {
+    /// The invoice string.
+    pub invoice: String,
+    /// The payment id (default: the invoice's hashlock, so one invoice is paid once).
+    #[serde(default)]
+    pub id: Option<B256>,
+}
+
+/// `POST /open`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenRequest {
+    /// The hub (already connected) to open with.
+    pub hub: Address,
+    /// Our deposit.
+    pub deposit: Wei,
+}
+
+/// `POST /close`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CloseRequest {
+    /// The channel.
+    pub channel: ChannelId,
+}
+
+/// Default validity of an invoice made through the API, seconds.
+pub const DEFAULT_INVOICE_SECS: u64 = 3600;
+
+/// The API's routes over `node`.
+pub fn router(node: Node) -> Router {
+    Router::new()
+        .route("/info", get(info))
+        .route("/channels", get(channels))
+        .route("/balance", get(balance))
+        .route("/htlcs", get(htlcs))
+        .route("/payments", get(payments))
+        .route("/payments/{id}", get(payment))
+        .route("/invoice", post(invoice))
+        .route("/pay", post(pay))
+        .route("/open", post(open))
+        .route("/close", post(close))
+        .route("/metrics", get(metrics))
+        .with_state(node)
+}
+
+async fn info(State(n): State<Node>) -> Result<Json<NodeInfo>, ApiError> {
+    Ok(Json(n.info().await?))
+}
+
+async fn channels(State(n): State<Node>) -> Json<Vec<ChannelInfo>> {
+    Json(n.channels_info().await)
+}
+
+async fn balance(State(n): State<Node>) -> Json<Balance> {
+    Json(n.balance().await)
+}
+
+async fn htlcs(State(n): State<Node>) -> Json<Vec<HtlcInfo>> {
+    Json(
+        n.channels_info()
+            .await
+            .into_iter()
+            .flat_map(|c| c.htlcs)
+            .collect(),
+    )
+}
+
+async fn payments(State(n): State<Node>) -> Result<Json<Vec<PaymentInfo>>, ApiError> {
+    Ok(Json(n.payments()?.iter().map(PaymentInfo::from).collect()))
+}
+
+async fn payment(
+    State(n): State<Node>,
+    Path(id): Path<String>,
+) -> Result<Json<PaymentInfo>, ApiError> {
+    let id: B256 = id
+        .parse()
+        .map_err(|_| bad(format!("{id:?} is not a payment id (32 bytes of hex)")))?;
+    match n.payment(id)? {
+        Some(p) => Ok(Json(PaymentInfo::from(&p))),
+        None => Err(ApiError(StatusCode::NOT_FOUND, format!("no payment {id}"))),
+    }
+}
+
+async fn invoice(
+    State(n): State<Node>,
+    Json(r): Json<InvoiceRequest>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let inv = n
+        .create_invoice(
+            Amount(r.amount.0),
+            r.valid_secs.unwrap_or(DEFAULT_INVOICE_SECS),
+            r.hub,
+        )
+        .await?;
+    Ok(Json(
+        serde_json::json!({ "invoice": inv.encode(), "hashlock": B256::from(inv.hashlock.0) }),
+    ))
+}
+
+async fn pay(
+    State(n): State<Node>,
+    Json(r): Json<PayRequest>,
+) -> Result<Json<PaymentInfo>, ApiError> {
+    let inv = Invoice::decode(&r.invoice).map_err(|e| bad(e.to_string()))?;
+    let id = r.id.unwrap_or(B256::from(inv.hashlock.0));
+    let rec = n.pay(&inv, id).await?;
+    Ok(Json(PaymentInfo::from(&rec)))
+}
+
+async fn open(
+    State(n): State<Node>,
+    Json(r): Json<OpenRequest>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let id = n.open_channel(r.hub, Amount(r.deposit.0)).await?;
+    n.fund(id).await?;
+    Ok(Json(serde_json::json!({ "channel": id })))
+}
+
+async fn close(State(n): State<Node>, Json(r): Json<CloseRequest>) -> Result<StatusCode, ApiError> {
+    n.close(r.channel).await?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+async fn metrics(State(n): State<Node>) -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        n.metrics_text().await,
+    )
+}

@@ -1,0 +1,232 @@
+//! Client commands: each is one request to a running node's HTTP API (see `hub::api`).
+
+use crate::Command;
+use anyhow::{Context, Result, bail};
+use hub::api::{Balance, ChannelInfo, HtlcInfo, NodeInfo, PaymentInfo, Wei};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::de::DeserializeOwned;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+struct Api {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Api {
+    fn new(addr: SocketAddr) -> Result<Api> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(120))
+            .build()
+            .context("building the HTTP client")?;
+        Ok(Api {
+            base: format!("http://{addr}"),
+            http,
+        })
+    }
+
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        let r = self.http.get(format!("{}{path}", self.base)).send().await;
+        self.read(path, r).await
+    }
+
+    async fn post<T: DeserializeOwned>(&self, path: &str, body: serde_json::Value) -> Result<T> {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .json(&body)
+            .send()
+            .await;
+        self.read(path, r).await
+    }
+
+    async fn read<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        r: reqwest::Result<reqwest::Response>,
+    ) -> Result<T> {
+        let r = r.with_context(|| {
+            format!(
+                "no node answers at {} (is `hub serve` running with api = ... in its config? \
+                 set --api or VHUB_API)",
+                self.base
+            )
+        })?;
+        let status = r.status();
+        let text = r.text().await.context("reading the reply")?;
+        if !status.is_success() {
+            let msg = serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(String::from))
+                .unwrap_or(text);
+            bail!("{path}: {status}: {msg}");
+        }
+        if text.is_empty() {
+            // 202 Accepted carries no body.
+            return serde_json::from_str("null").context("empty reply");
+        }
+        serde_json::from_str(&text).with_context(|| format!("{path}: unexpected reply {text}"))
+    }
+}
+
+/// Ether with six decimals, for people.
+pub fn eth(w: Wei) -> String {
+    let whole = w.0 / 1_000_000_000_000_000_000;
+    let frac = (w.0 % 1_000_000_000_000_000_000) / 1_000_000_000_000;
+    format!("{whole}.{frac:06} ETH")
+}
+
+/// Run one client command against the node at `addr`.
+pub async fn run(addr: SocketAddr, cmd: Command) -> Result<()> {
+    let api = Api::new(addr)?;
+    match cmd {
+        Command::Info => {
+            let i: NodeInfo = api.get("/info").await?;
+            println!("address      {}", i.address);
+            println!("channels     {}", i.channels);
+            println!("payments     {}", i.payments);
+            println!("forwards     {}", i.forwards);
+            println!(
+                "fees earned  {} ({} wei)",
+                eth(i.fees_earned),
+                i.fees_earned.0
+            );
+        }
+        Command::Channels => {
+            let cs: Vec<ChannelInfo> = api.get("/channels").await?;
+            if cs.is_empty() {
+                println!("no channels (open one with `hub open --hub 0x... --deposit WEI`)");
+            }
+            for c in cs {
+                let flags = [
+                    (!c.funded).then_some("unfunded"),
+                    c.closed.then_some("closed"),
+                    c.concluded.then_some("paid out"),
+                ];
+                let flags: Vec<_> = flags.into_iter().flatten().collect();
+                println!(
+                    "{}  peer {}  v{}  ours {}  theirs {}  htlcs {}  {}",
+                    c.id,
+                    c.peer,
+                    c.version,
+                    eth(c.ours),
+                    eth(c.theirs),
+                    c.htlcs.len(),
+                    flags.join(" ")
+                );
+            }
+        }
+        Command::Balance => {
+            let b: Balance = api.get("/balance").await?;
+            println!("spendable          {}", eth(b.spendable));
+            println!("receivable         {}", eth(b.receivable));
+            println!("offered in flight  {}", eth(b.offered_in_flight));
+            println!("received in flight {}", eth(b.received_in_flight));
+            println!("open channels      {}", b.channels);
+        }
+        Command::Htlcs => {
+            let hs: Vec<HtlcInfo> = api.get("/htlcs").await?;
+            for h in hs {
+                println!(
+                    "{} #{} {} {} expires {} hash {}",
+                    h.channel,
+                    h.id,
+                    if h.offered { "offered" } else { "received" },
+                    h.amount.0,
+                    h.expiry,
+                    h.hashlock
+                );
+            }
+        }
+        Command::History => {
+            let ps: Vec<PaymentInfo> = api.get("/payments").await?;
+            for p in ps {
+                print_payment(&p);
+            }
+        }
+        Command::Invoice {
+            hub,
+            amount,
+            valid_secs,
+        } => {
+            let v: serde_json::Value = api
+                .post(
+                    "/invoice",
+                    serde_json::json!({"amount": amount.to_string(), "hub": hub, "valid_secs": valid_secs}),
+                )
+                .await?;
+            let inv = v
+                .get("invoice")
+                .and_then(|i| i.as_str())
+                .context("the node's reply has no invoice")?;
+            println!("{inv}");
+        }
+        Command::Pay {
+            invoice,
+            id,
+            no_wait,
+        } => {
+            let mut p: PaymentInfo = api
+                .post("/pay", serde_json::json!({"invoice": invoice, "id": id}))
+                .await?;
+            if !no_wait && p.status == "pending" {
+                let bar = ProgressBar::new_spinner()
+                    .with_message(format!("waiting for {} to reveal the preimage", p.payee));
+                if let Ok(style) = ProgressStyle::with_template("{spinner} {msg} ({elapsed})") {
+                    bar.set_style(style);
+                }
+                bar.enable_steady_tick(Duration::from_millis(100));
+                while p.status == "pending" {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    p = api.get(&format!("/payments/{}", p.id)).await?;
+                }
+                bar.finish_and_clear();
+            }
+            print_payment(&p);
+            if p.status == "failed" || p.status == "expired" {
+                bail!("payment {} {}", p.id, p.status);
+            }
+        }
+        Command::Open { hub, deposit } => {
+            let bar = ProgressBar::new_spinner()
+                .with_message("opening: countersignature, deposit on chain, hub collateral");
+            bar.enable_steady_tick(Duration::from_millis(100));
+            let v: serde_json::Value = api
+                .post(
+                    "/open",
+                    serde_json::json!({"hub": hub, "deposit": deposit.to_string()}),
+                )
+                .await?;
+            bar.finish_and_clear();
+            println!(
+                "channel {}",
+                v.get("channel").and_then(|c| c.as_str()).unwrap_or("?")
+            );
+        }
+        Command::Close { channel } => {
+            let _: serde_json::Value = api
+                .post("/close", serde_json::json!({"channel": channel}))
+                .await?;
+            println!("close proposed; the payout follows on chain (see `hub channels`)");
+        }
+        Command::Serve { .. }
+        | Command::Keygen { .. }
+        | Command::Demo(_)
+        | Command::Bench { .. } => {
+            bail!("not a client command")
+        }
+    }
+    Ok(())
+}
+
+fn print_payment(p: &PaymentInfo) {
+    let detail = match (&p.reason, &p.preimage) {
+        (Some(r), _) => format!(" reason {r}"),
+        (None, Some(pre)) => format!(" preimage {pre}"),
+        _ => String::new(),
+    };
+    println!(
+        "{} {} to {} amount {} fee {} wei{}",
+        p.id, p.status, p.payee, p.amount.0, p.fee.0, detail
+    );
+}

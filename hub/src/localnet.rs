@@ -1,0 +1,442 @@
+//! A local network in one process: one hub and `n` peers, each a full [`Node`] with its own
+//! RocksDB, talking real QUIC over loopback; optionally on a real chain (anvil with the
+//! contracts deployed, deposits and collateral on chain). The `hub demo` and `hub bench`
+//! commands and their tests run on it.
+//!
+//! Without a chain, channels count as funded from the start and the hub's side is given its
+//! liquidity by the peer's first co-signed transfer (the peer opens with twice its deposit and
+//! transfers half), so payments can flow both ways at once.
+
+use crate::api::Wei;
+use crate::clock::Clock;
+use crate::engine::{Node, NodeError, NodeEvent, NodeOptions};
+use crate::payments::PaymentStatus;
+use crate::store::Store;
+use alloy::primitives::B256;
+use htlc::forward::ForwardPolicy;
+use htlc::sig::Keys;
+use htlc::{Amount, ChannelId, FailureReason};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use tokio::sync::broadcast;
+
+/// Dev accounts of the devnet used by a local network on chain: 1 is the hub, 2.. the peers.
+const DEV_ACCOUNTS: usize = 10;
+
+/// How long a payment may take before the local network calls it stuck.
+pub const PAYMENT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How to build a local network.
+#[derive(Clone, Debug)]
+pub struct LocalNetOptions {
+    /// Number of peers.
+    pub peers: usize,
+    /// Each peer's spendable balance in its channel, and the hub's on the other side.
+    pub deposit: Amount,
+    /// Whether to run a real chain (anvil): deposits, collateral and payouts on chain. At most
+    /// eight peers (the devnet's funded accounts).
+    pub chain: bool,
+    /// The hub's forwarding policy.
+    pub policy: ForwardPolicy,
+    /// Folder for the nodes' databases (created; removed when the network is dropped).
+    pub dir: PathBuf,
+    /// Where the hub's HTTP API listens, if anywhere.
+    pub api: Option<SocketAddr>,
+}
+
+/// Why a local network could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalNetError {
+    /// A node failed.
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    /// The chain failed.
+    #[error("chain: {0}")]
+    Chain(#[from] contracts::ChainError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// The options are impossible.
+    #[error("invalid local network: {0}")]
+    Invalid(String),
+    /// Something did not happen in time.
+    #[error("timed out waiting for {0}")]
+    Timeout(&'static str),
+}
+
+/// A running local network. Dropping it stops the nodes and removes their databases.
+pub struct LocalNet {
+    /// The hub.
+    pub hub: Node,
+    /// Where the hub listens.
+    pub hub_addr: SocketAddr,
+    /// Where the hub's API listens.
+    pub api: Option<SocketAddr>,
+    /// The peers.
+    pub peers: Vec<Node>,
+    /// Peer `i`'s channel with the hub.
+    pub channels: Vec<ChannelId>,
+    /// The chain, when on one.
+    pub devnet: Option<contracts::Devnet>,
+    dir: PathBuf,
+}
+
+/// How one payment ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PayOutcome {
+    /// Paid; the hub's fee.
+    Paid {
+        /// The fee.
+        fee: Amount,
+    },
+    /// Failed with this reason (`None`: expired).
+    Failed(Option<FailureReason>),
+}
+
+impl LocalNet {
+    /// Build the network: start the hub and the peers, connect them, open and fund one channel
+    /// per peer, and wait until the hub holds liquidity on each.
+    pub async fn start(o: LocalNetOptions) -> Result<LocalNet, LocalNetError> {
+        if o.peers < 2 {
+            return Err(LocalNetError::Invalid("at least two peers".into()));
+        }
+        if o.chain && o.peers > DEV_ACCOUNTS - 2 {
+            return Err(LocalNetError::Invalid(format!(
+                "at most {} peers on chain (the devnet's funded accounts)",
+                DEV_ACCOUNTS - 2
+            )));
+        }
+        if o.deposit.is_zero() {
+            return Err(LocalNetError::Invalid("a positive deposit".into()));
+        }
+        std::fs::create_dir_all(&o.dir)
+            .map_err(|e| LocalNetError::Invalid(format!("{}: {e}", o.dir.display())))?;
+        let devnet = if o.chain {
+            Some(contracts::Devnet::start().await?)
+        } else {
+            None
+        };
+        let clock = Clock::system();
+        let node_opts = |chain: Option<contracts::ChainClient>| {
+            let mut n = NodeOptions {
+                clock: clock.clone(),
+                chain_poll: Duration::from_millis(50),
+                chain_retry: Duration::from_millis(500),
+                ..NodeOptions::default()
+            };
+            if let (Some(d), Some(c)) = (&devnet, chain) {
+                c.set_poll_interval(Duration::from_millis(10));
+                n.chain_id = d.chain_id();
+                n.adjudicator = d.deployment().adjudicator;
+                n.chain = Some(c);
+            }
+            n
+        };
+        let keys_for = |i: usize| -> Result<Keys, LocalNetError> {
+            match &devnet {
+                Some(d) => d
+                    .signer(i)
+                    .map(Keys::from_signer)
+                    .ok_or(LocalNetError::Invalid("no such dev account".into())),
+                None => Ok(Keys::from_signer(
+                    &alloy::signers::local::PrivateKeySigner::random(),
+                )),
+            }
+        };
+        let client_for = async |i: usize| -> Result<Option<contracts::ChainClient>, LocalNetError> {
+            match &devnet {
+                Some(d) => Ok(Some(d.client(i).await?)),
+                None => Ok(None),
+            }
+        };
+        let mut ho = node_opts(client_for(1).await?);
+        ho.policy = o.policy;
+        if o.chain {
+            ho.collateral = o.deposit;
+        }
+        let hub = Node::start(keys_for(1)?, Store::open(&o.dir.join("hub"))?, ho)?;
+        let hub_addr = hub.listen(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+        let api = match o.api {
+            Some(a) => Some(hub.serve_api(a).await?),
+            None => None,
+        };
+        let mut peers = Vec::with_capacity(o.peers);
+        let mut channels = Vec::with_capacity(o.peers);
+        for i in 0..o.peers {
+            let po = node_opts(client_for(i + 2).await?);
+            let store = Store::open(&o.dir.join(format!("peer-{i}")))?;
+            let peer = Node::start(keys_for(i + 2)?, store, po)?;
+            peer.connect(hub_addr, Some(hub.address())).await?;
+            let id = if o.chain {
+                let id = peer.open_channel(hub.address(), o.deposit).await?;
+                peer.fund(id).await?;
+                id
+            } else {
+                let twice = o
+                    .deposit
+                    .checked_add(o.deposit)
+                    .map_err(|_| LocalNetError::Invalid("deposit overflows".into()))?;
+                let id = peer.open_channel(hub.address(), twice).await?;
+                peer.transfer(id, o.deposit).await?;
+                id
+            };
+            peers.push(peer);
+            channels.push(id);
+        }
+        let net = LocalNet {
+            hub,
+            hub_addr,
+            api,
+            peers,
+            channels,
+            devnet,
+            dir: o.dir,
+        };
+        // Ready when the hub's side of every channel holds the deposit (collateral credited on
+        // chain, or the transfer co-signed) and the peer knows the hub's policy.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        for (peer, id) in net.peers.iter().zip(&net.channels) {
+            loop {
+                let hub_side = peer.channel(*id).await.map(|s| s.state.balances[1]);
+                let policy = peer.hub_policy(net.hub.address())?;
+                if hub_side == Some(o.deposit) && policy.is_some() {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err(LocalNetError::Timeout("the channels to be funded"));
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        Ok(net)
+    }
+
+    /// Peer `from` pays `amount` to peer `to` through the hub and waits for the outcome.
+    pub async fn pay(
+        &self,
+        from: usize,
+        to: usize,
+        amount: Amount,
+    ) -> Result<PayOutcome, LocalNetError> {
+        let (payer, payee) = match (self.peers.get(from), self.peers.get(to)) {
+            (Some(a), Some(b)) => (a, b),
+            _ => return Err(LocalNetError::Invalid("no such peer".into())),
+        };
+        let mut events = payer.subscribe();
+        let invoice = payee
+            .create_invoice(amount, 3600, self.hub.address())
+            .await?;
+        let id = B256::from(invoice.hashlock.0);
+        payer.pay(&invoice, id).await?;
+        wait_payment(payer, &mut events, id, PAYMENT_TIMEOUT).await
+    }
+
+    /// Total of every balance and lock on the peers' side of their channels plus the hub's
+    /// side: what conservation keeps constant while payments flow.
+    pub async fn total_held(&self) -> u128 {
+        let mut sum = 0u128;
+        for (peer, id) in self.peers.iter().zip(&self.channels) {
+            if let Some(s) = peer.channel(*id).await {
+                sum = sum.saturating_add(s.state.total().map_or(u128::MAX, |a| a.0));
+            }
+        }
+        sum
+    }
+
+    /// The peers' spendable balances and the hub's fees earned so far.
+    pub async fn snapshot(&self) -> Result<(Vec<Wei>, Wei), LocalNetError> {
+        let mut out = Vec::with_capacity(self.peers.len());
+        for p in &self.peers {
+            out.push(p.balance().await.spendable);
+        }
+        let (fees, _) = self.hub.fees_earned()?;
+        Ok((out, fees.into()))
+    }
+
+    /// Stop every node.
+    pub fn shutdown(&self) {
+        self.hub.shutdown();
+        for p in &self.peers {
+            p.shutdown();
+        }
+    }
+}
+
+impl Drop for LocalNet {
+    fn drop(&mut self) {
+        self.shutdown();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Wait for payment `id` of `payer` to end, from its events (or its record, should the event
+/// stream lag behind).
+pub async fn wait_payment(
+    payer: &Node,
+    events: &mut broadcast::Receiver<NodeEvent>,
+    id: B256,
+    timeout: Duration,
+) -> Result<PayOutcome, LocalNetError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let ev = tokio::time::timeout_at(deadline, events.recv()).await;
+        match ev {
+            Err(_) => return Err(LocalNetError::Timeout("a payment")),
+            Ok(Ok(NodeEvent::PaymentSucceeded { id: p, fee })) if p == id => {
+                return Ok(PayOutcome::Paid { fee });
+            }
+            Ok(Ok(NodeEvent::PaymentFailed { id: p, reason })) if p == id => {
+                return Ok(PayOutcome::Failed(reason));
+            }
+            Ok(Err(broadcast::error::RecvError::Lagged(_))) => {
+                if let Some(rec) = payer.payment(id)? {
+                    match rec.status {
+                        PaymentStatus::Pending => {}
+                        PaymentStatus::Succeeded { .. } => {
+                            return Ok(PayOutcome::Paid { fee: rec.fee() });
+                        }
+                        PaymentStatus::Failed { reason } => {
+                            return Ok(PayOutcome::Failed(Some(reason)));
+                        }
+                        PaymentStatus::Expired => return Ok(PayOutcome::Failed(None)),
+                    }
+                }
+            }
+            Ok(Err(broadcast::error::RecvError::Closed)) => {
+                return Err(LocalNetError::Invalid("the payer stopped".into()));
+            }
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// What one benchmark run measured.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BenchReport {
+    /// Concurrent payers.
+    pub payers: usize,
+    /// Payments that succeeded.
+    pub paid: u64,
+    /// Payments that failed.
+    pub failed: u64,
+    /// Wall time of the measured part, seconds.
+    pub secs: f64,
+    /// Latency percentiles of a payment, milliseconds: p50, p99.
+    pub p50_ms: f64,
+    /// See `p50_ms`.
+    pub p99_ms: f64,
+    /// Co-signed states the hub committed per payment (each payment is four HTLC operations
+    /// at the hub: two adds, two settles; under one update each that is 4.0).
+    pub updates_per_payment: f64,
+    /// Store batches the hub committed per synced write (group commit).
+    pub batches_per_sync: f64,
+}
+
+impl BenchReport {
+    /// Successful payments per second.
+    pub fn per_sec(&self) -> f64 {
+        if self.secs > 0.0 {
+            self.paid as f64 / self.secs
+        } else {
+            0.0
+        }
+    }
+}
+
+/// Run `payers` peers on a local network without a chain, each paying the next one in a ring
+/// (so no channel depletes) one payment at a time, for `duration` after a warm-up of
+/// `warmup`; report throughput and latency. Storage is durable (every batch synced).
+pub async fn bench(
+    payers: usize,
+    duration: Duration,
+    warmup: Duration,
+    amount: Amount,
+    dir: PathBuf,
+) -> Result<BenchReport, LocalNetError> {
+    let net = std::sync::Arc::new(
+        LocalNet::start(LocalNetOptions {
+            peers: payers,
+            deposit: Amount(amount.0.saturating_mul(1_000_000_000)),
+            chain: false,
+            policy: ForwardPolicy::default(),
+            dir,
+            api: None,
+        })
+        .await?,
+    );
+    let start = Instant::now();
+    let measure_from = start + warmup;
+    let end = measure_from + duration;
+    let mut tasks = Vec::with_capacity(payers);
+    for i in 0..payers {
+        let net = net.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut failed = 0u64;
+            while Instant::now() < end {
+                let t0 = Instant::now();
+                let r = net.pay(i, (i + 1) % net.peers.len(), amount).await;
+                let counted = t0 >= measure_from;
+                match r {
+                    Ok(PayOutcome::Paid { .. }) if counted => lat.push(t0.elapsed()),
+                    Ok(PayOutcome::Paid { .. }) => {}
+                    Ok(PayOutcome::Failed(_)) | Err(_) if counted => failed += 1,
+                    Ok(PayOutcome::Failed(_)) | Err(_) => {}
+                }
+            }
+            (lat, failed)
+        }));
+    }
+    // Counters at the start of the measured window.
+    tokio::time::sleep_until(measure_from.into()).await;
+    let stats = net.hub.inner.store.stats();
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    let (u0, b0, s0) = (
+        net.hub.metrics().updates(),
+        load(&stats.batches),
+        load(&stats.syncs),
+    );
+    let mut lat = Vec::new();
+    let mut failed = 0;
+    for t in tasks {
+        let (l, f) = t
+            .await
+            .map_err(|e| LocalNetError::Invalid(format!("a payer task failed: {e}")))?;
+        lat.extend(l);
+        failed += f;
+    }
+    let secs = measure_from.elapsed().as_secs_f64();
+    let (u1, b1, s1) = (
+        net.hub.metrics().updates(),
+        load(&stats.batches),
+        load(&stats.syncs),
+    );
+    lat.sort();
+    let pct = |p: f64| -> f64 {
+        if lat.is_empty() {
+            return 0.0;
+        }
+        let i = ((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1;
+        lat[i].as_secs_f64() * 1000.0
+    };
+    let paid = lat.len() as u64;
+    Ok(BenchReport {
+        payers,
+        paid,
+        failed,
+        secs,
+        p50_ms: pct(0.50),
+        p99_ms: pct(0.99),
+        updates_per_payment: if paid > 0 {
+            (u1 - u0) as f64 / paid as f64
+        } else {
+            0.0
+        },
+        batches_per_sync: if s1 > s0 {
+            (b1 - b0) as f64 / (s1 - s0) as f64
+        } else {
+            0.0
+        },
+    })
+}

@@ -1,0 +1,181 @@
+//! Prometheus metrics of a node: payments attempted / succeeded / failed by reason, payment
+//! latency, forwards and fees earned, liquidity and pending HTLCs per channel, store writes.
+//!
+//! Counters are updated where the node emits its events ([`crate::engine::Inner::emit`]), so
+//! they never miss one (a broadcast subscriber could lag and drop some). Per-channel gauges are
+//! read from the channels when `/metrics` is scraped.
+
+use crate::engine::NodeEvent;
+use alloy::primitives::B256;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+use std::collections::HashMap;
+use std::time::Instant;
+
+/// Latency buckets of a payment, seconds (1 ms … 60 s).
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0,
+];
+
+/// Latency buckets of one synced store write, seconds (50 µs … 1 s).
+pub const STORE_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0,
+];
+
+/// The node's metrics and their registry.
+pub struct Metrics {
+    registry: Registry,
+    attempted: IntCounter,
+    succeeded: IntCounter,
+    failed: IntCounterVec,
+    latency: Histogram,
+    received: IntCounter,
+    forwarded: IntCounter,
+    /// Fees earned, wei (a counter of integer wei; 2^63 wei is 9.2 ETH per scrape interval).
+    fees: IntCounter,
+    pub(crate) balance: IntGaugeVec,
+    pub(crate) pending: IntGaugeVec,
+    store_batches: IntCounter,
+    store_syncs: IntCounter,
+    updates: IntCounter,
+    started: std::sync::Mutex<HashMap<B256, Instant>>,
+}
+
+/// A metric could not be created or registered (a programming error, reported, not hidden).
+#[derive(Debug, thiserror::Error)]
+#[error("metrics: {0}")]
+pub struct MetricsError(#[from] prometheus::Error);
+
+fn counter(r: &Registry, name: &str, help: &str) -> Result<IntCounter, MetricsError> {
+    let c = IntCounter::new(name, help)?;
+    r.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+impl Metrics {
+    /// Create the metrics; `store_sync` is the store's own write-latency histogram.
+    pub fn new(store_sync: &Histogram) -> Result<Metrics, MetricsError> {
+        let registry = Registry::new_custom(Some("vhub".into()), None)?;
+        let r = &registry;
+        let failed = IntCounterVec::new(
+            Opts::new(
+                "payments_failed_total",
+                "Payments of ours that failed, by reason",
+            ),
+            &["reason"],
+        )?;
+        r.register(Box::new(failed.clone()))?;
+        let latency = Histogram::with_opts(
+            HistogramOpts::new(
+                "payment_latency_seconds",
+                "From sending a payment's HTLC to its outcome",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        )?;
+        r.register(Box::new(latency.clone()))?;
+        let balance = IntGaugeVec::new(
+            Opts::new(
+                "channel_balance_wei",
+                "Balance per channel and side (ours / theirs), wei, saturated at 2^63",
+            ),
+            &["channel", "side"],
+        )?;
+        r.register(Box::new(balance.clone()))?;
+        let pending = IntGaugeVec::new(
+            Opts::new("channel_pending_htlcs", "Pending HTLC locks per channel"),
+            &["channel"],
+        )?;
+        r.register(Box::new(pending.clone()))?;
+        r.register(Box::new(store_sync.clone()))?;
+        Ok(Metrics {
+            attempted: counter(r, "payments_attempted_total", "Payments of ours sent")?,
+            succeeded: counter(r, "payments_succeeded_total", "Payments of ours paid")?,
+            received: counter(r, "payments_received_total", "Invoices of ours paid")?,
+            forwarded: counter(r, "forwards_settled_total", "Forwarded payments settled")?,
+            fees: counter(r, "fees_earned_wei_total", "Forwarding fees earned, wei")?,
+            store_batches: counter(r, "store_batches_total", "Batches committed to the store")?,
+            store_syncs: counter(r, "store_syncs_total", "Synced writes (group commits)")?,
+            updates: counter(
+                r,
+                "updates_committed_total",
+                "Co-signed channel states (one signature pair may carry many HTLC operations)",
+            )?,
+            failed,
+            latency,
+            balance,
+            pending,
+            started: std::sync::Mutex::new(HashMap::new()),
+            registry,
+        })
+    }
+
+    /// A payment's HTLC was sent.
+    pub fn payment_sent(&self, id: B256) {
+        self.attempted.inc();
+        let mut s = self.started.lock().unwrap_or_else(|p| p.into_inner());
+        s.insert(id, Instant::now());
+    }
+
+    fn payment_ended(&self, id: &B256) {
+        let mut s = self.started.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(t) = s.remove(id) {
+            self.latency.observe(t.elapsed().as_secs_f64());
+        }
+    }
+
+    /// Account for an event the node emits.
+    pub fn on_event(&self, ev: &NodeEvent) {
+        match ev {
+            NodeEvent::PaymentSucceeded { id, .. } => {
+                self.succeeded.inc();
+                self.payment_ended(id);
+            }
+            NodeEvent::PaymentFailed { id, reason } => {
+                let label = reason.map_or_else(|| "Expired".to_string(), |r| format!("{r:?}"));
+                self.failed.with_label_values(&[label.as_str()]).inc();
+                self.payment_ended(id);
+            }
+            NodeEvent::PaymentReceived { .. } => self.received.inc(),
+            NodeEvent::Committed { .. } => self.updates.inc(),
+            NodeEvent::Forwarded { fee, .. } => {
+                self.forwarded.inc();
+                self.fees.inc_by(u64::try_from(fee.0).unwrap_or(u64::MAX));
+            }
+            _ => {}
+        }
+    }
+
+    /// Co-signed states committed so far.
+    pub fn updates(&self) -> u64 {
+        self.updates.get()
+    }
+
+    /// Bring the store counters up to the store's own figures.
+    pub fn sync_store(&self, batches: u64, syncs: u64) {
+        self.store_batches
+            .inc_by(batches.saturating_sub(self.store_batches.get()));
+        self.store_syncs
+            .inc_by(syncs.saturating_sub(self.store_syncs.get()));
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        // Encoding into a Vec only fails on a metric family without a name or type, which
+        // the registry refuses at registration; an empty reply would show up at once.
+        if TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .is_err()
+        {
+            return String::new();
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// A wei amount as a gauge value, saturated at `i64::MAX`.
+pub fn gauge_wei(a: htlc::Amount) -> i64 {
+    i64::try_from(a.0).unwrap_or(i64::MAX)
+}

@@ -1,0 +1,926 @@
+//! Payments through a hub: invoices, paying, forwarding, settling, failing and expiring HTLCs.
+//!
+//! ```text
+//!  payer                         hub                           payee
+//!    | Route{hashlock, next}       |                               |   (stored by the hub)
+//!    |---------------------------->|                               |
+//!    | Propose[AddHtlc] / Accept   |                               |
+//!    |<--------------------------->|  HtlcReceived (committed):    |
+//!    |                             |  decide() with its policy     |
+//!    |                             | Propose[AddHtlc] / Accept     |
+//!    |                             |<----------------------------->|  invoice known:
+//!    |                             | Propose[FulfillHtlc(preimage)]|  reveal
+//!    |                             |<------------------------------|
+//!    |                             |  PreimageLearned: persisted   |
+//!    | Propose[FulfillHtlc]        |  with the state, used at once |
+//!    |<----------------------------|                               |
+//! ```
+//!
+//! Every step is driven by an event of a channel's machine and writes its record in the same
+//! batch as the channel change it causes, so a crash between two steps is resumed on restart
+//! ([`Node::resume_payments`]): rule 3 (forward only what is committed: `decide` takes a
+//! `CommittedHtlc`), rule 4 (fail back only once the outgoing lock is removed by a co-signed
+//! state: on the peer's `FailHtlc`, our `ExpireHtlc`, or an offer that never took effect),
+//! rule 5 (a learned preimage is persisted with the state that taught it, then used upstream).
+//!
+//! Keys in the `locks` column family: `route/‹channel›‹hashlock›` (hub: where to forward),
+//! `fwd/‹out channel›‹out id›` and `in/‹in channel›‹in id›` (hub: the two sides of a
+//! forward), `invoice/‹hashlock›` (payee), `pay/‹payment id›` and `paylock/‹channel›‹id›`
+//! (payer).
+
+use crate::engine::{Node, NodeError, NodeEvent, awaiting_acceptance};
+use crate::store::{Batch, Cf};
+use alloy::primitives::{Address, B256};
+use htlc::forward::{ForwardPolicy, NextHop, OutgoingChannel, decide};
+use htlc::{
+    Amount, ChannelId, CommittedHtlc, Event, Expiry, FailureReason, Hashlock, HtlcId, Op, Preimage,
+};
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+/// Default seconds the payee's HTLC must leave before expiring: two hours (above the smallest
+/// delta a hub must keep, `htlc::forward::MIN_OUTGOING_EXPIRY_SECS`).
+pub const DEFAULT_FINAL_EXPIRY_DELTA: u64 = 7200;
+const _: () = assert!(DEFAULT_FINAL_EXPIRY_DELTA > htlc::forward::MIN_OUTGOING_EXPIRY_SECS);
+
+/// Prefix of encoded invoices.
+const INVOICE_PREFIX: &str = "vhub1";
+
+/// A request to be paid, made by the payee and handed to the payer (as [`Invoice::encode`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Invoice {
+    /// Who is paid.
+    pub payee: Address,
+    /// The hub the payee has its channel with.
+    pub hub: Address,
+    /// Amount the payee receives.
+    pub amount: Amount,
+    /// `sha256(preimage)`; only the payee knows the preimage.
+    pub hashlock: Hashlock,
+    /// Unix time after which the payee refuses the payment.
+    pub expires_at: u64,
+    /// Seconds the payee's HTLC must leave before it expires.
+    pub final_expiry_delta: u64,
+}
+
+/// An invoice string could not be read.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum InvoiceError {
+    /// It does not start with `vhub1`.
+    #[error("not a vhub invoice (it must start with {INVOICE_PREFIX})")]
+    Prefix,
+    /// It is not hex, or does not decode, or its checksum is wrong.
+    #[error("corrupt invoice: {0}")]
+    Corrupt(&'static str),
+}
+
+impl Invoice {
+    /// The invoice as a string a person can copy: `vhub1` + hex(postcard(invoice) ‖ 4-byte
+    /// checksum), the checksum being the first bytes of its sha256.
+    pub fn encode(&self) -> String {
+        use sha2::Digest;
+        // Postcard serialisation of plain fields cannot fail.
+        let mut bytes = postcard::to_allocvec(self).unwrap_or_default();
+        let sum = sha2::Sha256::digest(&bytes);
+        bytes.extend_from_slice(&sum[..4]);
+        format!("{INVOICE_PREFIX}{}", alloy::primitives::hex::encode(bytes))
+    }
+
+    /// Read an invoice string.
+    pub fn decode(s: &str) -> Result<Invoice, InvoiceError> {
+        use sha2::Digest;
+        let hex = s
+            .trim()
+            .strip_prefix(INVOICE_PREFIX)
+            .ok_or(InvoiceError::Prefix)?;
+        let bytes =
+            alloy::primitives::hex::decode(hex).map_err(|_| InvoiceError::Corrupt("not hex"))?;
+        if bytes.len() < 5 {
+            return Err(InvoiceError::Corrupt("too short"));
+        }
+        let (body, sum) = bytes.split_at(bytes.len() - 4);
+        if sha2::Sha256::digest(body)[..4] != *sum {
+            return Err(InvoiceError::Corrupt("checksum mismatch"));
+        }
+        postcard::from_bytes(body).map_err(|_| InvoiceError::Corrupt("bad encoding"))
+    }
+}
+
+/// Where a payment stands.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PaymentStatus {
+    /// The HTLC is offered or locked; no answer yet.
+    Pending,
+    /// The payee revealed the preimage: paid.
+    Succeeded {
+        /// Proof of payment.
+        preimage: Preimage,
+    },
+    /// Failed back, with the reason the failing node gave.
+    Failed {
+        /// Why.
+        reason: FailureReason,
+    },
+    /// Nobody answered before the HTLC expired; it was taken back.
+    Expired,
+}
+
+/// The payer's record of one payment.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentRecord {
+    /// The payment id (paying the same id twice pays once).
+    pub id: B256,
+    /// The invoice paid.
+    pub invoice: Invoice,
+    /// What we locked: amount plus the hub's fee.
+    pub sent: Amount,
+    /// The channel it left on.
+    pub channel: ChannelId,
+    /// Our HTLC's id in it.
+    pub htlc: HtlcId,
+    /// Where it stands.
+    pub status: PaymentStatus,
+}
+
+impl PaymentRecord {
+    /// The fee paid (or to be paid) to the hub.
+    pub fn fee(&self) -> Amount {
+        Amount(self.sent.0.saturating_sub(self.invoice.amount.0))
+    }
+}
+
+/// The HTLC a payment locks toward the hub and what it asks the hub to forward.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HtlcPlan {
+    /// Amount locked toward the hub (the payee's amount plus the hub's fee).
+    pub sent: Amount,
+    /// Expiry of our HTLC.
+    pub expiry: Expiry,
+    /// What the hub is to offer the payee.
+    pub next: NextHop,
+}
+
+/// What the payer asked the hub to do with an HTLC (stored by the hub).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteInstr {
+    /// Who to forward to.
+    pub next_peer: Address,
+    /// Amount and expiry of the outgoing HTLC.
+    pub next: NextHop,
+}
+
+/// The hub's record of one forward: incoming and outgoing HTLC, and the preimage once known.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Forwarded {
+    /// Incoming channel.
+    pub in_channel: ChannelId,
+    /// Incoming HTLC id.
+    pub in_id: HtlcId,
+    /// Outgoing channel.
+    pub out_channel: ChannelId,
+    /// Outgoing HTLC id.
+    pub out_id: HtlcId,
+    /// Fee earned if it settles.
+    pub fee: Amount,
+    /// The preimage, learned downstream (rule 5: persisted before it is used upstream).
+    pub preimage: Option<Preimage>,
+    /// Why the outgoing HTLC ended without the preimage, once a co-signed state removed it
+    /// (rule 4: only then is the incoming one failed).
+    pub failure: Option<FailureReason>,
+    /// Settled or failed on both sides.
+    pub done: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct InvoiceRecord {
+    invoice: Invoice,
+    preimage: Preimage,
+    paid: bool,
+}
+
+fn key2(tag: &str, a: &[u8], b: &[u8]) -> Vec<u8> {
+    let mut k = tag.as_bytes().to_vec();
+    k.extend_from_slice(a);
+    k.extend_from_slice(b);
+    k
+}
+
+/// Key of a route instruction.
+pub fn route_key(channel: ChannelId, hashlock: Hashlock) -> Vec<u8> {
+    key2("route/", channel.0.as_slice(), hashlock.0.as_slice())
+}
+fn fwd_key(channel: ChannelId, id: HtlcId) -> Vec<u8> {
+    key2("fwd/", channel.0.as_slice(), &id.0.to_be_bytes())
+}
+fn in_key(channel: ChannelId, id: HtlcId) -> Vec<u8> {
+    key2("in/", channel.0.as_slice(), &id.0.to_be_bytes())
+}
+fn invoice_key(hashlock: Hashlock) -> Vec<u8> {
+    key2("invoice/", hashlock.0.as_slice(), &[])
+}
+fn pay_key(id: B256) -> Vec<u8> {
+    key2("pay/", id.as_slice(), &[])
+}
+fn paylock_key(channel: ChannelId, id: HtlcId) -> Vec<u8> {
+    key2("paylock/", channel.0.as_slice(), &id.0.to_be_bytes())
+}
+
+/// Whether a machine event moves a payment (those are handed to [`Node::on_htlc_events`]).
+pub(crate) fn concerns_payments(e: &Event) -> bool {
+    match e {
+        Event::HtlcReceived(_) | Event::PreimageLearned { .. } => true,
+        Event::OpDropped { op, .. } => matches!(op, Op::AddHtlc { .. }),
+        Event::Committed { ops, .. } => ops
+            .iter()
+            .any(|op| matches!(op, Op::FailHtlc { .. } | Op::ExpireHtlc { .. })),
+        _ => false,
+    }
+}
+
+/// How an HTLC we offered ended, as seen from the channel it left on.
+#[derive(Clone, Copy)]
+enum Outcome {
+    Fulfilled(Preimage),
+    Failed(FailureReason),
+    Expired,
+}
+
+/// The outcomes of our HTLCs that one machine event reports.
+fn outcomes(ev: &Event) -> Vec<(HtlcId, Outcome)> {
+    match ev {
+        Event::PreimageLearned { id, preimage } => vec![(*id, Outcome::Fulfilled(*preimage))],
+        Event::OpDropped {
+            op: Op::AddHtlc { id, .. },
+            ..
+        } => vec![(*id, Outcome::Failed(FailureReason::TemporaryChannelFailure))],
+        Event::Committed { ops, .. } => ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::FailHtlc { id, reason } => Some((*id, Outcome::Failed(*reason))),
+                Op::ExpireHtlc { id } => Some((*id, Outcome::Expired)),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+impl Node {
+    /// Make an invoice for `amount`, valid `valid_secs` from now, to be paid through `hub`.
+    pub async fn create_invoice(
+        &self,
+        amount: Amount,
+        valid_secs: u64,
+        hub: Address,
+    ) -> Result<Invoice, NodeError> {
+        if amount.is_zero() {
+            return Err(NodeError::Invalid(
+                "an invoice needs a positive amount".into(),
+            ));
+        }
+        let preimage = Preimage(rand::random());
+        let invoice = Invoice {
+            payee: self.address(),
+            hub,
+            amount,
+            hashlock: preimage.hashlock(),
+            expires_at: self.now().0.saturating_add(valid_secs),
+            final_expiry_delta: DEFAULT_FINAL_EXPIRY_DELTA,
+        };
+        let rec = InvoiceRecord {
+            invoice: invoice.clone(),
+            preimage,
+            paid: false,
+        };
+        let mut b = Batch::new();
+        b.put(Cf::Locks, &invoice_key(invoice.hashlock), &rec)?;
+        self.inner.store.commit(b).await?;
+        Ok(invoice)
+    }
+
+    /// The record of payment `id`, if we made it.
+    pub fn payment(&self, id: B256) -> Result<Option<PaymentRecord>, NodeError> {
+        Ok(self.inner.store.get(Cf::Locks, &pay_key(id))?)
+    }
+
+    /// Every payment we made, in id order.
+    pub fn payments(&self) -> Result<Vec<PaymentRecord>, NodeError> {
+        Ok(self
+            .inner
+            .store
+            .scan::<PaymentRecord>(Cf::Locks, b"pay/")?
+            .into_iter()
+            .map(|(_, p)| p)
+            .collect())
+    }
+
+    /// Fees we earned as a hub (forwards settled on both sides) and how many forwards.
+    pub fn fees_earned(&self) -> Result<(Amount, usize), NodeError> {
+        let mut fees = Amount::ZERO;
+        let mut n = 0;
+        for (_, f) in self.inner.store.scan::<Forwarded>(Cf::Locks, b"fwd/")? {
+            if f.done && f.preimage.is_some() {
+                fees = Amount(fees.0.saturating_add(f.fee.0));
+                n += 1;
+            }
+        }
+        Ok((fees, n))
+    }
+
+    /// The hub policy `hub` announced to us, if any.
+    pub fn hub_policy(&self, hub: Address) -> Result<Option<ForwardPolicy>, NodeError> {
+        Ok(self
+            .inner
+            .store
+            .get(Cf::Meta, &crate::engine::meta_key("policy", hub))?)
+    }
+
+    /// Pay `invoice` through its hub, as payment `id`. Returns once the HTLC is offered; the
+    /// outcome arrives as [`NodeEvent::PaymentSucceeded`] / [`NodeEvent::PaymentFailed`] and in
+    /// [`Node::payment`]. Paying an id again never pays twice: it returns the existing record.
+    pub async fn pay(&self, invoice: &Invoice, id: B256) -> Result<PaymentRecord, NodeError> {
+        let _one = self.inner.pay_lock.lock().await;
+        if let Some(existing) = self.payment(id)? {
+            return Ok(existing);
+        }
+        let now = self.now().0;
+        if invoice.expires_at <= now {
+            return Err(NodeError::Invalid("the invoice has expired".into()));
+        }
+        if invoice.payee == self.address() {
+            return Err(NodeError::Invalid("cannot pay our own invoice".into()));
+        }
+        let policy = self.hub_policy(invoice.hub)?.ok_or_else(|| {
+            NodeError::Invalid(format!(
+                "no channel with hub {} (no policy known)",
+                invoice.hub
+            ))
+        })?;
+        let (channel, available) = self.best_channel_to(invoice.hub).await.ok_or_else(|| {
+            NodeError::Invalid(format!("no open channel with hub {}", invoice.hub))
+        })?;
+        let route = route_through_hub(self.address(), invoice, &policy, channel, available)?;
+        let [first, last] = [&route.hops[0], &route.hops[1]];
+        let plan = HtlcPlan {
+            sent: first.amount,
+            expiry: Expiry(now.saturating_add(first.expiry_delta)),
+            next: NextHop {
+                amount: last.amount,
+                expiry: Expiry(now.saturating_add(last.expiry_delta)),
+            },
+        };
+        self.pay_with_plan(invoice, id, channel, plan).await
+    }
+
+    /// Pay `invoice` as payment `id` with amounts and expiries chosen by the caller instead of
+    /// the router (tests of the hub's checks; advanced callers). Same idempotence as
+    /// [`Node::pay`]; the hub and the payee apply their checks as always.
+    pub async fn pay_planned(
+        &self,
+        invoice: &Invoice,
+        id: B256,
+        plan: HtlcPlan,
+    ) -> Result<PaymentRecord, NodeError> {
+        let _one = self.inner.pay_lock.lock().await;
+        if let Some(existing) = self.payment(id)? {
+            return Ok(existing);
+        }
+        let (channel, _) = self.best_channel_to(invoice.hub).await.ok_or_else(|| {
+            NodeError::Invalid(format!("no open channel with hub {}", invoice.hub))
+        })?;
+        self.pay_with_plan(invoice, id, channel, plan).await
+    }
+
+    async fn pay_with_plan(
+        &self,
+        invoice: &Invoice,
+        id: B256,
+        channel: ChannelId,
+        plan: HtlcPlan,
+    ) -> Result<PaymentRecord, NodeError> {
+        // First the instruction (the hub keeps it until the HTLC commits), then the HTLC with
+        // the payment record in the same batch.
+        self.commit_and_send(
+            invoice.hub,
+            Batch::new(),
+            vec![crate::wire::Body::Route {
+                channel_id: channel,
+                hashlock: invoice.hashlock,
+                next_peer: invoice.payee,
+                next: plan.next,
+            }],
+        )
+        .await?;
+        let invoice = invoice.clone();
+        let record = self
+            .with_channel_do(channel, Batch::new(), |m, b| {
+                let htlc = m.offer_htlc(plan.sent, invoice.hashlock, plan.expiry);
+                let record = PaymentRecord {
+                    id,
+                    invoice,
+                    sent: plan.sent,
+                    channel,
+                    htlc,
+                    status: PaymentStatus::Pending,
+                };
+                b.put(Cf::Locks, &pay_key(id), &record)?;
+                b.put(Cf::Locks, &paylock_key(channel, htlc), &id)?;
+                Ok(record)
+            })
+            .await?;
+        self.inner.metrics.payment_sent(id);
+        info!(payment = %id, amount = %record.invoice.amount, fee = %record.fee(), "payment sent");
+        Ok(record)
+    }
+
+    /// Our open, funded channel with `peer` with the most free balance on our side.
+    async fn best_channel_to(&self, peer: Address) -> Option<(ChannelId, Amount)> {
+        let recs: Vec<_> = {
+            let map = self
+                .inner
+                .channels
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            map.iter().map(|(id, r)| (*id, r.clone())).collect()
+        };
+        let mut best: Option<(ChannelId, Amount)> = None;
+        for (id, rec) in recs {
+            let r = rec.lock().await;
+            if r.peer != peer || !r.funded || r.concluded || awaiting_acceptance(&r) {
+                continue;
+            }
+            let st = &r.snapshot.latest.state;
+            if st.is_final {
+                continue;
+            }
+            let free = st.balances[r.snapshot.me.index()];
+            if best.is_none_or(|(_, b)| free > b) {
+                best = Some((id, free));
+            }
+        }
+        best
+    }
+
+    /// Rules 4 and 5: before the state that reports how our HTLCs ended is committed, add to
+    /// its batch what it taught: a preimage or a failure, on the forward's record (the hub) or
+    /// the payment's (the payer). Acting on it upstream comes after, and is resumed from these
+    /// records after a crash.
+    pub(crate) fn persist_payment_facts(
+        &self,
+        channel: ChannelId,
+        events: &[Event],
+        batch: &mut Batch,
+    ) -> Result<(), NodeError> {
+        let store = &self.inner.store;
+        for (id, outcome) in events.iter().flat_map(outcomes) {
+            if let Some(mut f) = store.get::<Forwarded>(Cf::Locks, &fwd_key(channel, id))?
+                && f.preimage.is_none()
+                && f.failure.is_none()
+            {
+                match outcome {
+                    Outcome::Fulfilled(p) => f.preimage = Some(p),
+                    Outcome::Failed(r) => f.failure = Some(r),
+                    Outcome::Expired => f.failure = Some(FailureReason::TemporaryChannelFailure),
+                }
+                batch.put(Cf::Locks, &fwd_key(channel, id), &f)?;
+            }
+            if let Some(pid) = store.get::<B256>(Cf::Locks, &paylock_key(channel, id))?
+                && let Some(mut p) = store.get::<PaymentRecord>(Cf::Locks, &pay_key(pid))?
+                && p.status == PaymentStatus::Pending
+            {
+                p.status = match outcome {
+                    Outcome::Fulfilled(preimage) => PaymentStatus::Succeeded { preimage },
+                    Outcome::Failed(reason) => PaymentStatus::Failed { reason },
+                    Outcome::Expired => PaymentStatus::Expired,
+                };
+                batch.put(Cf::Locks, &pay_key(pid), &p)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// React to the payment events of one channel's new state (spawned by the engine after the
+    /// state is committed; never while that channel is locked).
+    ///
+    /// Returns a boxed future: handling an event changes channels, whose new states raise
+    /// events again, and the box is where that recursion is cut.
+    pub(crate) fn on_htlc_events(
+        &self,
+        channel: ChannelId,
+        events: Vec<Event>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'static>> {
+        let node = self.clone();
+        Box::pin(async move {
+            for ev in events {
+                let r = match ev {
+                    Event::HtlcReceived(h) => node.on_received(h).await,
+                    ev => {
+                        let mut r = Ok(());
+                        for (id, _) in outcomes(&ev) {
+                            r = r.and(node.after_outcome(channel, id).await);
+                        }
+                        r
+                    }
+                };
+                if let Err(e) = r {
+                    warn!(channel = %channel, error = %e, "payment step failed; resumed on restart");
+                }
+            }
+        })
+    }
+
+    /// A peer's HTLC is committed on `h.channel_id()`: claim it (our invoice), forward it (a
+    /// route instruction), or fail it.
+    async fn on_received(&self, h: CommittedHtlc) -> Result<(), NodeError> {
+        let channel = h.channel_id();
+        let lock = *h.lock();
+        let store = &self.inner.store;
+        if store
+            .get_raw(Cf::Locks, &in_key(channel, lock.id))?
+            .is_some()
+        {
+            return Ok(()); // forwarded already (a repeat after restart)
+        }
+        if let Some(inv) = store.get::<InvoiceRecord>(Cf::Locks, &invoice_key(lock.hashlock))? {
+            return self.claim(channel, lock, inv).await;
+        }
+        let Some(instr) = store.get::<RouteInstr>(Cf::Locks, &route_key(channel, lock.hashlock))?
+        else {
+            // No invoice and no instruction. On a channel we opened, the sender is our hub and
+            // we are the payee of a payment we do not know; on one a peer opened with us we are
+            // the hub and were not told where to forward.
+            let ours = self
+                .channel_params(channel)
+                .await
+                .is_some_and(|p| p.participants[0] == self.address());
+            let reason = if ours {
+                FailureReason::IncorrectPaymentDetails
+            } else {
+                FailureReason::UnknownNextPeer
+            };
+            return self.fail_incoming(channel, lock.id, reason).await;
+        };
+        self.forward(h, instr).await
+    }
+
+    /// We are the payee: reveal the preimage if the HTLC pays the invoice, else fail it.
+    async fn claim(
+        &self,
+        channel: ChannelId,
+        lock: htlc::Lock,
+        inv: InvoiceRecord,
+    ) -> Result<(), NodeError> {
+        let now = self.now().0;
+        let reason = if inv.paid || lock.amount < inv.invoice.amount {
+            Some(FailureReason::IncorrectPaymentDetails)
+        } else if inv.invoice.expires_at <= now
+            || lock.expiry.0 < now.saturating_add(htlc::forward::MIN_OUTGOING_EXPIRY_SECS)
+        {
+            Some(FailureReason::FinalExpiryTooSoon)
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            return self.fail_incoming(channel, lock.id, reason).await;
+        }
+        if !self.inner.opts.reveal_preimages {
+            warn!(channel = %channel, "holding an HTLC without revealing (test setting)");
+            return Ok(());
+        }
+        let preimage = inv.preimage;
+        let paid = InvoiceRecord { paid: true, ..inv };
+        let amount = lock.amount;
+        self.with_channel_do(channel, Batch::new(), |m, b| {
+            m.fulfill_htlc(lock.id, preimage);
+            b.put(Cf::Locks, &invoice_key(lock.hashlock), &paid)?;
+            Ok(())
+        })
+        .await?;
+        info!(channel = %channel, %amount, "payment received");
+        self.inner.emit(NodeEvent::PaymentReceived {
+            hashlock: lock.hashlock,
+            amount,
+        });
+        Ok(())
+    }
+
+    /// We are the hub: decide, and offer the outgoing HTLC with the forward's records.
+    async fn forward(&self, h: CommittedHtlc, instr: RouteInstr) -> Result<(), NodeError> {
+        let in_channel = h.channel_id();
+        let in_id = h.lock().id;
+        let out = self.outgoing_to(instr.next_peer).await;
+        let decision = decide(&h, &instr.next, out.as_ref().map(|(_, o)| o), self.now());
+        let (fwd, out_channel) = match (decision, out) {
+            (Ok(f), Some((c, _))) => (f, c),
+            (Err(reason), _) => return self.fail_incoming(in_channel, in_id, reason).await,
+            (Ok(_), None) => {
+                return self
+                    .fail_incoming(in_channel, in_id, FailureReason::UnknownNextPeer)
+                    .await;
+            }
+        };
+        let r = self
+            .with_channel_do(out_channel, Batch::new(), |m, b| {
+                let out_id = m.offer_htlc(fwd.amount, fwd.hashlock, fwd.expiry);
+                let rec = Forwarded {
+                    in_channel,
+                    in_id,
+                    out_channel,
+                    out_id,
+                    fee: fwd.fee,
+                    preimage: None,
+                    failure: None,
+                    done: false,
+                };
+                b.put(Cf::Locks, &fwd_key(out_channel, out_id), &rec)?;
+                b.put(
+                    Cf::Locks,
+                    &in_key(in_channel, in_id),
+                    &(out_channel, out_id),
+                )?;
+                Ok(())
+            })
+            .await;
+        if let Err(e) = r {
+            warn!(error = %e, "outgoing channel refused the HTLC");
+            return self
+                .fail_incoming(in_channel, in_id, FailureReason::TemporaryChannelFailure)
+                .await;
+        }
+        Ok(())
+    }
+
+    /// Our best outgoing channel to `peer`, described for the forwarding decision.
+    async fn outgoing_to(&self, peer: Address) -> Option<(ChannelId, OutgoingChannel)> {
+        let (id, _) = self.best_channel_to(peer).await?;
+        let rec = self.inner.channel(id)?;
+        let r = rec.lock().await;
+        let st = &r.snapshot.latest.state;
+        let ours = |l: &&htlc::Lock| l.sender == r.snapshot.me;
+        Some((
+            id,
+            OutgoingChannel {
+                policy: self.inner.opts.policy,
+                available: st.balances[r.snapshot.me.index()],
+                pending_locks: st.locks.len(),
+                max_pending_locks: r.snapshot.limits.max_pending_locks,
+                in_flight: htlc::Amount::checked_sum(
+                    st.locks.iter().filter(ours).map(|l| l.amount),
+                )
+                .unwrap_or(Amount::MAX),
+                max_in_flight: r.snapshot.limits.max_in_flight,
+            },
+        ))
+    }
+
+    async fn fail_incoming(
+        &self,
+        channel: ChannelId,
+        id: HtlcId,
+        reason: FailureReason,
+    ) -> Result<(), NodeError> {
+        info!(channel = %channel, htlc = id.0, %reason, "failing HTLC back");
+        self.with_channel(channel, |m| m.fail_htlc(id, reason))
+            .await
+    }
+
+    /// An HTLC we offered on `channel` ended (its record says how): settle or fail the
+    /// incoming HTLC it was forwarded for, or report our payment's outcome.
+    async fn after_outcome(&self, channel: ChannelId, id: HtlcId) -> Result<(), NodeError> {
+        let store = &self.inner.store;
+        if let Some(f) = store.get::<Forwarded>(Cf::Locks, &fwd_key(channel, id))?
+            && !f.done
+        {
+            let (preimage, failure) = (f.preimage, f.failure);
+            if preimage.is_none() && failure.is_none() {
+                return Ok(());
+            }
+            let mut b = Batch::new();
+            let done = Forwarded {
+                done: true,
+                ..f.clone()
+            };
+            b.put(Cf::Locks, &fwd_key(channel, id), &done)?;
+            self.with_channel_do(f.in_channel, b, |m, _| {
+                match (preimage, failure) {
+                    (Some(p), _) => m.fulfill_htlc(f.in_id, p),
+                    (None, Some(reason)) => m.fail_htlc(f.in_id, reason),
+                    (None, None) => {}
+                }
+                Ok(())
+            })
+            .await?;
+            if preimage.is_some() {
+                info!(fee = %f.fee, "forward settled");
+                self.inner.emit(NodeEvent::Forwarded {
+                    in_channel: f.in_channel,
+                    out_channel: f.out_channel,
+                    fee: f.fee,
+                });
+            } else {
+                info!(reason = ?failure, "forward failed back");
+            }
+            return Ok(());
+        }
+        if let Some(pid) = store.get::<B256>(Cf::Locks, &paylock_key(channel, id))?
+            && let Some(p) = store.get::<PaymentRecord>(Cf::Locks, &pay_key(pid))?
+        {
+            let event = match p.status {
+                PaymentStatus::Pending => None,
+                PaymentStatus::Succeeded { .. } => Some(NodeEvent::PaymentSucceeded {
+                    id: pid,
+                    fee: p.fee(),
+                }),
+                PaymentStatus::Failed { reason } => Some(NodeEvent::PaymentFailed {
+                    id: pid,
+                    reason: Some(reason),
+                }),
+                PaymentStatus::Expired => Some(NodeEvent::PaymentFailed {
+                    id: pid,
+                    reason: None,
+                }),
+            };
+            if let Some(ev) = event {
+                self.inner.emit(ev);
+            }
+        }
+        Ok(())
+    }
+
+    /// After a restart: finish what the crash interrupted. Incoming HTLCs not yet forwarded
+    /// are decided again; forwards whose preimage is known are settled upstream.
+    pub async fn resume_payments(&self) -> Result<(), NodeError> {
+        let ids = self.channel_ids();
+        for id in ids {
+            let Some(rec) = self.inner.channel(id) else {
+                continue;
+            };
+            let received = {
+                let r = rec.lock().await;
+                if !r.funded || awaiting_acceptance(&r) || r.snapshot.latest.state.is_final {
+                    continue;
+                }
+                htlc::Channel::restore(r.snapshot.clone(), self.inner.keys.clone())?
+                    .received_htlcs()
+            };
+            for h in received {
+                let lock = *h.lock();
+                let link: Option<(ChannelId, HtlcId)> =
+                    self.inner.store.get(Cf::Locks, &in_key(id, lock.id))?;
+                match link {
+                    None => self.on_received(h).await?,
+                    // Forwarded: settle or fail upstream if the crash came in between.
+                    Some((out_c, out_id)) => self.after_outcome(out_c, out_id).await?,
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Take back every HTLC we offered whose expiry has passed (the peer co-signs the removal
+    /// once its own clock agrees).
+    pub(crate) async fn expire_htlcs(&self) -> Result<(), NodeError> {
+        let now = self.now();
+        for id in self.channel_ids() {
+            let Some(rec) = self.inner.channel(id) else {
+                continue;
+            };
+            let due: Vec<HtlcId> = {
+                let r = rec.lock().await;
+                if !r.funded || r.snapshot.latest.state.is_final {
+                    continue;
+                }
+                let queued = |hid: HtlcId| {
+                    r.snapshot
+                        .queue
+                        .iter()
+                        .map(|q| &q.op)
+                        .chain(
+                            r.snapshot
+                                .pending
+                                .iter()
+                                .flat_map(|p| p.ops.iter().map(|q| &q.op)),
+                        )
+                        .any(|op| matches!(op, Op::ExpireHtlc { id } if *id == hid))
+                };
+                r.snapshot
+                    .latest
+                    .state
+                    .locks
+                    .iter()
+                    .filter(|l| l.sender == r.snapshot.me && l.expiry <= now && !queued(l.id))
+                    .map(|l| l.id)
+                    .collect()
+            };
+            if due.is_empty() {
+                continue;
+            }
+            info!(channel = %id, count = due.len(), "taking back expired HTLCs");
+            self.with_channel(id, |m| {
+                for hid in due {
+                    m.expire_htlc(hid);
+                }
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Start the payment tasks: resume after a restart, then look for expired HTLCs every
+    /// `expiry_check`. Ends on [`Node::shutdown`].
+    pub(crate) fn spawn_payment_tasks(&self) {
+        let node = self.clone();
+        let mut stop = self.inner.stopping.subscribe();
+        tokio::spawn(async move {
+            if let Err(e) = node.resume_payments().await {
+                warn!(error = %e, "resuming payments failed");
+            }
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(node.inner.opts.expiry_check) => {}
+                    _ = stop.changed() => break,
+                }
+                if *stop.borrow() {
+                    break;
+                }
+                if let Err(e) = node.expire_htlcs().await {
+                    warn!(error = %e, "expiring HTLCs failed");
+                }
+            }
+        });
+    }
+}
+
+/// The route payer → hub → payee priced by the router, from the hub's announced policy.
+fn route_through_hub(
+    payer: Address,
+    invoice: &Invoice,
+    policy: &ForwardPolicy,
+    channel: ChannelId,
+    available: Amount,
+) -> Result<router::Route, NodeError> {
+    use router::{Channel, ChannelGraph, ChannelKind, LiquidityBounds, Policy, RouteQuery};
+    let mut g = ChannelGraph::new();
+    let ours = Policy::free(available.max(Amount(1)));
+    let hub_out = Policy {
+        base_fee: policy.base_fee,
+        fee_ppm: policy.fee_ppm,
+        expiry_delta: policy.expiry_delta,
+        htlc_min: policy.min_htlc.max(Amount(1)),
+        htlc_max: policy.max_htlc,
+        enabled: policy.enabled,
+    };
+    let bad = |e: router::GraphError| NodeError::Invalid(format!("routing: {e}"));
+    g.add_channel(Channel {
+        id: channel,
+        kind: ChannelKind::Ledger,
+        node_a: payer,
+        node_b: invoice.hub,
+        capacity: available,
+        policy_a: ours,
+        policy_b: Policy::free(available.max(Amount(1))),
+    })
+    .map_err(bad)?;
+    g.set_liquidity(
+        &channel,
+        htlc::Side::A,
+        LiquidityBounds {
+            lower: available,
+            upper: available,
+        },
+        0,
+    )
+    .map_err(bad)?;
+    // The hub's channel to the payee, as the invoice hints it (its liquidity is unknown).
+    let hint = ChannelId(alloy::primitives::keccak256(invoice.hashlock.0));
+    g.add_channel(Channel {
+        id: hint,
+        kind: ChannelKind::Ledger,
+        node_a: invoice.hub,
+        node_b: invoice.payee,
+        capacity: Amount::MAX,
+        policy_a: hub_out,
+        policy_b: Policy::free(Amount(1)),
+    })
+    .map_err(bad)?;
+    let q = RouteQuery::new(
+        payer,
+        invoice.payee,
+        invoice.amount,
+        invoice.final_expiry_delta,
+    );
+    let mut pf = router::PathFinder::new(router::ScoringParams::fees_only());
+    let route = pf.find_route(&g, &q).map_err(|e| match e {
+        router::RouteError::NoRoute { .. } => NodeError::Invalid(format!(
+            "cannot pay {} through the hub: {e}",
+            invoice.amount
+        )),
+        e => NodeError::Invalid(format!("routing: {e}")),
+    })?;
+    if route.hops.len() != 2 {
+        return Err(NodeError::Invalid(
+            "route is not payer → hub → payee".into(),
+        ));
+    }
+    Ok(route)
+}
