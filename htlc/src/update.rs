@@ -602,6 +602,12 @@ impl Channel {
         self.snap.latest = SignedState { state, sigs };
         self.snap.next_ids = ids;
         self.snap.await_leader = false;
+        // A co-signed state ends a run of refusals, whoever proposed it. Otherwise a follower
+        // whose proposals keep crossing a busy leader's (each a `Conflict`, each resolved by
+        // accepting the leader's next proposal, ADR 0003) counted them as "in a row" and, after
+        // `MAX_CONSECUTIVE_REJECTS`, stopped proposing for good on a live channel: a hub then
+        // never sent the fulfils it owed upstream (found by hub/tests/crash_payments.rs).
+        self.snap.rejects_in_row = 0;
         effects.push(Effect::Persist(Box::new(self.snap.clone())));
         effects.push(Effect::Send(Message::Accept {
             channel_id: self.id(),

@@ -558,6 +558,35 @@ fn concurrent_proposals_resolve_with_leader_first_and_no_double_signing() {
 }
 
 #[test]
+fn a_follower_crossing_a_busy_leader_is_not_declared_stuck() {
+    // A (leader) queues a new operation before every message it handles, as a busy peer
+    // does; B's proposal keeps crossing A's next one (`Conflict`), and B keeps co-signing A's.
+    // That is progress, not a peer refusing everything: B must not stop proposing.
+    let (mut a, mut b) = pair([1_000_000, 1_000_000], Limits::default());
+    b.transfer(Amount(7));
+    let mut to_a = sent(&b.propose(NOW).unwrap());
+    a.transfer(Amount(2));
+    let mut to_b = sent(&a.propose(NOW).unwrap());
+    for _ in 0..4 * htlc::update::MAX_CONSECUTIVE_REJECTS {
+        let mut next_b = Vec::new();
+        for m in std::mem::take(&mut to_a) {
+            a.transfer(Amount(2));
+            next_b.extend(sent(&a.handle(m, NOW).unwrap()));
+            next_b.extend(sent(&a.propose(NOW).unwrap()));
+        }
+        to_a = sent(&deliver(&mut b, std::mem::take(&mut to_b)));
+        to_b = next_b;
+        assert!(b.snapshot().rejects_in_row < htlc::update::MAX_CONSECUTIVE_REJECTS);
+    }
+    // Once A pauses, B's transfer goes through (A only ever sent even amounts).
+    to_b.extend(sent(&deliver(&mut a, to_a)));
+    settle(&mut a, &mut b, to_b);
+    assert_eq!(a.latest(), b.latest());
+    assert_eq!(b.latest().state.balances[0].0 % 2, 1, "B's transfer landed");
+    assert!(b.snapshot().queue.is_empty() && b.snapshot().pending.is_none());
+}
+
+#[test]
 fn an_opening_state_whose_total_overflows_is_refused() {
     let (ka, kb) = (keys(0xA1), keys(0xB2));
     let p = params(&ka, &kb);

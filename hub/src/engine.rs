@@ -214,6 +214,12 @@ pub enum NodeEvent {
         /// Why.
         reason: String,
     },
+    /// We hold an HTLC paying our invoice without revealing (only with
+    /// `NodeOptions::reveal_preimages` off, to test a payee that never reveals).
+    Holding {
+        /// Its hashlock.
+        hashlock: htlc::Hashlock,
+    },
     /// A session with a peer is up.
     Connected {
         /// The peer.
@@ -241,10 +247,25 @@ fn outbox_key(peer: Address, seq: u64) -> Vec<u8> {
     k
 }
 
+/// The sequence number in an outbox key.
+fn outbox_seq(key: &[u8]) -> Option<u64> {
+    key.get(20..28)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(u64::from_be_bytes)
+}
+
 pub(crate) fn meta_key(kind: &str, peer: Address) -> Vec<u8> {
     let mut k = kind.as_bytes().to_vec();
     k.extend_from_slice(peer.as_slice());
     k
+}
+
+/// What we know of a peer's outbox without reading it: every frame up to `acked` is
+/// acknowledged and deleted; `last_sent` is the last sequence number committed to it.
+#[derive(Clone, Copy, Debug, Default)]
+struct OutboxCursor {
+    acked: u64,
+    last_sent: u64,
 }
 
 /// The outbound side of one peer: sequence numbers and the live session's writer, if any.
@@ -259,11 +280,15 @@ pub(crate) struct Inner {
     pub(crate) store: Store,
     pub(crate) opts: NodeOptions,
     pub(crate) channels: std::sync::Mutex<HashMap<ChannelId, Arc<Mutex<ChannelRecord>>>>,
-    /// Channels per counterparty (rule 10).
-    per_peer: std::sync::Mutex<HashMap<Address, usize>>,
+    /// Channels per counterparty: bounds them (rule 10) and finds a peer's channels without
+    /// locking every other channel.
+    pub(crate) per_peer: std::sync::Mutex<HashMap<Address, Vec<ChannelId>>>,
     links: std::sync::Mutex<HashMap<Address, Arc<Mutex<Link>>>>,
     /// Last processed inbound sequence number per peer.
     recv: std::sync::Mutex<HashMap<Address, u64>>,
+    /// Outbox cursors per peer: acknowledgements delete exactly the frames they cover, by key,
+    /// without scanning the outbox (whose deleted entries RocksDB would walk again each time).
+    outbox: std::sync::Mutex<HashMap<Address, OutboxCursor>>,
     pub(crate) events: broadcast::Sender<NodeEvent>,
     generation: std::sync::atomic::AtomicU64,
     /// Sends chain intents one at a time (with a chain only).
@@ -296,7 +321,7 @@ impl Node {
         let mut per_peer = HashMap::new();
         for (_, rec) in store.scan::<ChannelRecord>(Cf::Channels, &[])? {
             let id = rec.snapshot.latest.state.channel_id;
-            *per_peer.entry(rec.peer).or_insert(0) += 1;
+            per_peer.entry(rec.peer).or_insert_with(Vec::new).push(id);
             channels.insert(id, Arc::new(Mutex::new(rec)));
         }
         info!(channels = channels.len(), address = %keys.address(), "node started");
@@ -316,6 +341,7 @@ impl Node {
                 per_peer: std::sync::Mutex::new(per_peer),
                 links: std::sync::Mutex::new(HashMap::new()),
                 recv: std::sync::Mutex::new(HashMap::new()),
+                outbox: std::sync::Mutex::new(HashMap::new()),
                 events,
                 generation: std::sync::atomic::AtomicU64::new(0),
                 endpoints: std::sync::Mutex::new(Vec::new()),
@@ -594,6 +620,24 @@ impl Node {
             .store
             .get::<u64>(Cf::Meta, &meta_key("send", peer))?
             .unwrap_or(1);
+        // The first frame still in the outbox (or the next one to send) bounds what is acked.
+        let first = self
+            .inner
+            .store
+            .scan_raw(Cf::Outbox, peer.as_slice())?
+            .first()
+            .and_then(|(k, _)| outbox_seq(k))
+            .unwrap_or(next_send);
+        {
+            let mut cursors = self.inner.outbox.lock().unwrap_or_else(|p| p.into_inner());
+            cursors.insert(
+                peer,
+                OutboxCursor {
+                    acked: first.saturating_sub(1),
+                    last_sent: next_send.saturating_sub(1),
+                },
+            );
+        }
         let l = Arc::new(Mutex::new(Link {
             next_send,
             writer: None,
@@ -656,6 +700,11 @@ impl Node {
         self.inner.store.commit(batch).await?;
         crate::failpoint::point("after_commit");
         link.next_send = next;
+        {
+            let mut cursors = self.inner.outbox.lock().unwrap_or_else(|p| p.into_inner());
+            let c = cursors.entry(peer).or_default();
+            c.last_sent = c.last_sent.max(next.saturating_sub(1));
+        }
         if let Some((_, tx)) = &link.writer {
             for f in frames {
                 let _ = tx.send(f);
@@ -693,18 +742,25 @@ impl Node {
     ) -> Result<(), NodeError> {
         match frame {
             Frame::Ack { seq } => {
-                let mut batch = Batch::new();
-                for (k, _) in self.inner.store.scan_raw(Cf::Outbox, peer.as_slice())? {
-                    let s = k
-                        .get(20..28)
-                        .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                        .map(u64::from_be_bytes);
-                    match s {
-                        Some(s) if s <= seq => batch.delete(Cf::Outbox, &k),
-                        _ => break,
+                self.link(peer)?; // sets up the peer's outbox cursor
+                let (from, to) = {
+                    let mut cursors = self.inner.outbox.lock().unwrap_or_else(|p| p.into_inner());
+                    let c = cursors.entry(peer).or_default();
+                    // Never past what we sent: a bogus ack costs nothing.
+                    let to = seq.min(c.last_sent);
+                    if to <= c.acked {
+                        return Ok(());
                     }
+                    let from = c.acked;
+                    c.acked = to;
+                    (from, to)
+                };
+                let mut batch = Batch::new();
+                for s in from.saturating_add(1)..=to {
+                    batch.delete(Cf::Outbox, &outbox_key(peer, s));
                 }
-                self.inner.store.commit(batch).await?;
+                // A lost delete only re-sends a frame the peer ignores as a duplicate.
+                self.inner.store.write_unsynced(batch)?;
                 Ok(())
             }
             Frame::Msg { seq, body } => {
@@ -989,7 +1045,7 @@ impl Node {
                 .per_peer
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
-            *counts.entry(rec.peer).or_insert(0) += 1;
+            counts.entry(rec.peer).or_default().push(id);
         }
         let mut map = self
             .inner
@@ -1029,7 +1085,7 @@ impl Node {
                 .per_peer
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
-            counts.get(&peer).copied().unwrap_or(0)
+            counts.get(&peer).map_or(0, Vec::len)
         };
         if count >= o.max_channels_per_peer {
             return Err(NodeError::Invalid(format!(

@@ -433,16 +433,21 @@ impl Node {
         Ok(record)
     }
 
-    /// Our open, funded channel with `peer` with the most free balance on our side.
+    /// Our open, funded channel with `peer` with the most free balance on our side. Only that
+    /// peer's channels are looked at (and locked), never every channel of the node.
     async fn best_channel_to(&self, peer: Address) -> Option<(ChannelId, Amount)> {
-        let recs: Vec<_> = {
+        let ids: Vec<ChannelId> = {
             let map = self
                 .inner
-                .channels
+                .per_peer
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
-            map.iter().map(|(id, r)| (*id, r.clone())).collect()
+            map.get(&peer).cloned().unwrap_or_default()
         };
+        let recs: Vec<_> = ids
+            .into_iter()
+            .filter_map(|id| Some((id, self.inner.channel(id)?)))
+            .collect();
         let mut best: Option<(ChannelId, Amount)> = None;
         for (id, rec) in recs {
             let r = rec.lock().await;
@@ -585,6 +590,9 @@ impl Node {
         }
         if !self.inner.opts.reveal_preimages {
             warn!(channel = %channel, "holding an HTLC without revealing (test setting)");
+            self.inner.emit(NodeEvent::Holding {
+                hashlock: lock.hashlock,
+            });
             return Ok(());
         }
         let preimage = inv.preimage;

@@ -267,6 +267,22 @@ impl Store {
         }
     }
 
+    /// Write a batch atomically but without waiting for a sync: only for writes whose loss in
+    /// a crash is harmless, such as deleting outbox frames the peer acknowledged (a lost delete
+    /// re-sends a frame the peer recognises as a duplicate). Never for anything rule 2 covers.
+    pub fn write_unsynced(&self, batch: Batch) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut wb = rocksdb::WriteBatch::default();
+        if let Some(name) = fill(&self.db, &mut wb, &batch) {
+            return Err(StoreError::Write(format!("no column family {name}")));
+        }
+        let mut wo = rocksdb::WriteOptions::default();
+        wo.set_sync(false);
+        Ok(self.db.write_opt(wb, &wo)?)
+    }
+
     fn cf(&self, cf: Cf) -> Result<&rocksdb::ColumnFamily, StoreError> {
         self.db
             .cf_handle(cf.name())
@@ -318,6 +334,22 @@ impl Store {
     }
 }
 
+/// Add a batch's writes to a RocksDB write batch; returns the name of a missing column family.
+fn fill(db: &rocksdb::DB, wb: &mut rocksdb::WriteBatch, batch: &Batch) -> Option<&'static str> {
+    let mut missing = None;
+    for (cf, k, v) in &batch.items {
+        let Some(handle) = db.cf_handle(cf.name()) else {
+            missing = Some(cf.name());
+            continue;
+        };
+        match v {
+            Some(v) => wb.put_cf(handle, k, v),
+            None => wb.delete_cf(handle, k),
+        }
+    }
+    missing
+}
+
 fn writer_loop(db: Arc<rocksdb::DB>, rx: &mpsc::Receiver<Job>, stats: &StoreStats) {
     let mut wo = rocksdb::WriteOptions::default();
     wo.set_sync(true);
@@ -332,16 +364,7 @@ fn writer_loop(db: Arc<rocksdb::DB>, rx: &mpsc::Receiver<Job>, stats: &StoreStat
         let mut wb = rocksdb::WriteBatch::default();
         let mut missing = None;
         for job in &jobs {
-            for (cf, k, v) in &job.batch.items {
-                let Some(handle) = db.cf_handle(cf.name()) else {
-                    missing = Some(cf.name());
-                    continue;
-                };
-                match v {
-                    Some(v) => wb.put_cf(handle, k, v),
-                    None => wb.delete_cf(handle, k),
-                }
-            }
+            missing = missing.or(fill(&db, &mut wb, &job.batch));
         }
         let start = Instant::now();
         let result = match missing {

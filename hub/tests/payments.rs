@@ -395,9 +395,22 @@ async fn an_htlc_the_payee_never_reveals_expires_and_is_refunded_on_both_sides()
         .await
         .unwrap();
     let id = B256::repeat_byte(0x44);
+    let mut bob_ev = n.bob.subscribe();
     n.alice.pay(&inv, id).await.unwrap();
-    // The HTLC reaches bob, who holds it.
+    // The HTLC reaches bob, who decides to hold it (before the clock moves: later, he would
+    // rightly refuse it as too close to its expiry).
     wait_state(&n.bob, n.ch[1], |s| s.state.locks.len() == 1).await;
+    let held = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        loop {
+            match bob_ev.recv().await {
+                Ok(NodeEvent::Holding { hashlock }) if hashlock == inv.hashlock => break,
+                Ok(_) => {}
+                Err(e) => panic!("bob's events: {e}"),
+            }
+        }
+    })
+    .await;
+    assert!(held.is_ok(), "bob never held the HTLC");
     assert_eq!(n.alice.channel(n.ch[0]).await.unwrap().state.locks.len(), 1);
     // Past the hub's outgoing expiry (final delta 7200 s): the hub takes its lock back, bob
     // co-signs, and the hub fails the incoming one back.

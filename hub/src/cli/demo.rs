@@ -154,8 +154,8 @@ pub async fn run(a: DemoArgs) -> Result<()> {
         p as f64 / secs,
         failed.load(Ordering::Relaxed),
         eth(fees),
-        if total0 == total1 { "held" } else { "BROKEN" },
         eth(Wei(total1)),
+        if total0 == total1 { "held" } else { "BROKEN" },
     );
     close_all(&net).await?;
     if total0 != total1 {
