@@ -318,6 +318,26 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// A JSON request body. Unlike axum's `Json`, a body it cannot read (malformed JSON, a missing
+/// content type, a field of the wrong type) is answered like every other refusal: a 4xx with a
+/// JSON `{"error": ...}`, and a log line.
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(JsonBody(v)),
+            Err(rejection) => {
+                let msg = rejection.body_text();
+                tracing::warn!(error = %msg, "API request refused");
+                Err(ApiError(rejection.status(), msg))
+            }
+        }
+    }
+}
+
 fn bad(msg: impl Into<String>) -> ApiError {
     let msg = msg.into();
     tracing::warn!(error = %msg, "API request refused");
@@ -427,7 +447,7 @@ async fn payment(
 
 async fn invoice(
     State(n): State<Node>,
-    Json(r): Json<InvoiceRequest>,
+    JsonBody(r): JsonBody<InvoiceRequest>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let inv = n
         .create_invoice(
@@ -443,7 +463,7 @@ async fn invoice(
 
 async fn pay(
     State(n): State<Node>,
-    Json(r): Json<PayRequest>,
+    JsonBody(r): JsonBody<PayRequest>,
 ) -> Result<Json<PaymentInfo>, ApiError> {
     let inv = Invoice::decode(&r.invoice).map_err(|e| bad(e.to_string()))?;
     let id = r.id.unwrap_or(B256::from(inv.hashlock.0));
@@ -453,14 +473,17 @@ async fn pay(
 
 async fn open(
     State(n): State<Node>,
-    Json(r): Json<OpenRequest>,
+    JsonBody(r): JsonBody<OpenRequest>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let id = n.open_channel(r.hub, Amount(r.deposit.0)).await?;
     n.fund(id).await?;
     Ok(Json(serde_json::json!({ "channel": id })))
 }
 
-async fn close(State(n): State<Node>, Json(r): Json<CloseRequest>) -> Result<StatusCode, ApiError> {
+async fn close(
+    State(n): State<Node>,
+    JsonBody(r): JsonBody<CloseRequest>,
+) -> Result<StatusCode, ApiError> {
     n.close(r.channel).await?;
     Ok(StatusCode::ACCEPTED)
 }
