@@ -96,6 +96,8 @@ mod tests {
     }
 
     proptest! {
+        #![proptest_config(testkit::config(256))]
+
         #[test]
         fn ppm_matches_wide_arithmetic(a in any::<u64>(), ppm in any::<u32>()) {
             let exact = u128::from(a) * u128::from(ppm) / 1_000_000;

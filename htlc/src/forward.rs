@@ -342,6 +342,8 @@ mod tests {
     }
 
     proptest! {
+        #![proptest_config(testkit::config(256))]
+
         /// Whatever the inputs, a forward satisfies rules 6 and 7 exactly, and any input that
         /// satisfies them (with room in the channel) is forwarded.
         #[test]

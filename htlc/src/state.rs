@@ -249,6 +249,8 @@ mod tests {
     }
 
     proptest! {
+        #![proptest_config(testkit::config(256))]
+
         #[test]
         fn every_lock_proves_against_the_root_and_no_other_does(n in 1usize..40, other in 1000u64..2000) {
             let state = ChannelState {

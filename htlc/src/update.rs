@@ -9,7 +9,13 @@
 //!
 //! Safety invariant: **we never sign two different states with the same version.** Every
 //! proposal and countersignature is at a version above every version we signed before, so each
-//! co-signed state supersedes (on chain, rule 8) every half-signed state we ever released. An
+//! co-signed state supersedes (on chain, rule 8) every half-signed state we ever released.
+//!
+//! Second invariant: **a proposal we refused is dead for good.** Refusing the peer's proposal at
+//! version `v` raises our version floor to `v` (persisted before the refusal leaves), so the
+//! same proposal delivered again later, when it might validate, is refused as stale: the
+//! proposer, who was told "no" and moved on, never finds it co-signed behind its back (ADR 0021).
+//! An
 //! operation of a proposal the peer refused is therefore reported dead ([`Event::OpDropped`])
 //! only once a later co-signed state exists: until then the peer could still complete the refused
 //! state with its own signature (rule 4).
@@ -79,8 +85,10 @@ pub struct Snapshot {
     pub latest: SignedState,
     /// Lock ids as of `latest`.
     pub next_ids: NextIds,
-    /// The highest version we ever signed.
-    pub max_signed: u64,
+    /// No state at or below this version will ever get our signature: we signed a state at
+    /// it, refused the peer's proposal at it, or the peer asked us to skip past it. Every
+    /// proposal we make and every proposal we accept is above it (ADR 0003, ADR 0021).
+    pub version_floor: u64,
     /// Our proposal in flight.
     pub pending: Option<Proposal>,
     /// Operations waiting for the next proposal.
@@ -257,7 +265,7 @@ impl Channel {
             alloc_id: next_ids.next(me).0,
             me,
             limits,
-            max_signed: latest.state.version,
+            version_floor: latest.state.version,
             latest,
             next_ids,
             pending: None,
@@ -422,7 +430,7 @@ impl Channel {
     }
 
     fn base_version(&self) -> u64 {
-        self.snap.latest.state.version.max(self.snap.max_signed)
+        self.snap.latest.state.version.max(self.snap.version_floor)
     }
 
     /// Build and sign a proposal. `force` proposes even with an empty queue (a version bump
@@ -483,7 +491,7 @@ impl Channel {
             q.signed_at = Some(version);
         }
         let wire_ops = ops.iter().map(|q| q.op.clone()).collect();
-        self.snap.max_signed = version;
+        self.snap.version_floor = version;
         self.snap.pending = Some(Proposal {
             ops,
             state,
@@ -527,6 +535,19 @@ impl Channel {
         })
     }
 
+    /// Refuse the peer's proposal at `version`. If it is within reach (above our floor, at most
+    /// [`MAX_VERSION_GAP`] above it) the floor rises to it first, and the raised floor is
+    /// persisted before the refusal leaves, so this proposal can never be countersigned later,
+    /// not even after a restart (ADR 0021).
+    fn refuse(&mut self, version: u64, reason: RejectReason, effects: &mut Vec<Effect>) {
+        let base = self.base_version();
+        if version > base && version - base <= MAX_VERSION_GAP {
+            self.snap.version_floor = version;
+            effects.push(Effect::Persist(Box::new(self.snap.clone())));
+        }
+        effects.push(self.reject(version, reason));
+    }
+
     fn on_propose(
         &mut self,
         version: u64,
@@ -560,7 +581,9 @@ impl Channel {
             return Ok(effects);
         }
         if self.snap.pending.is_some() {
-            effects.push(self.reject(version, RejectReason::Conflict));
+            // Crossing proposals (ADR 0003): checked before the version, since both sides
+            // proposed at the same version and the follower must learn it was a conflict.
+            self.refuse(version, RejectReason::Conflict, &mut effects);
             return Ok(effects);
         }
         let base = self.base_version();
@@ -579,13 +602,13 @@ impl Channel {
             &self.snap.limits,
             self.snap.holdings,
         ) {
-            effects.push(self.reject(version, RejectReason::InvalidOp { index, error }));
+            self.refuse(version, RejectReason::InvalidOp { index, error }, &mut effects);
             return Ok(effects);
         }
         state.version = version;
         let digest = self.digest(&state)?;
         if verify(digest, &sig, self.snap.params.participant(them)).is_err() {
-            effects.push(self.reject(version, RejectReason::BadSignature));
+            self.refuse(version, RejectReason::BadSignature, &mut effects);
             return Ok(effects);
         }
         let ours = self.keys.sign_digest(digest);
@@ -598,7 +621,7 @@ impl Channel {
                 _ => None,
             })
             .collect();
-        self.snap.max_signed = version;
+        self.snap.version_floor = version;
         self.snap.latest = SignedState { state, sigs };
         self.snap.next_ids = ids;
         self.snap.await_leader = false;
@@ -725,7 +748,7 @@ impl Channel {
                     "peer demands a version jump too large",
                 ));
             }
-            self.snap.max_signed = self.snap.max_signed.max(min.saturating_sub(1));
+            self.snap.version_floor = self.snap.version_floor.max(min.saturating_sub(1));
         }
         // Re-queue in front, in order: they keep their ids and go out first next time.
         for q in ops.into_iter().rev() {

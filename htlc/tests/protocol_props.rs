@@ -417,7 +417,7 @@ impl World {
                         .latest()
                         .state
                         .version
-                        .max(target.snapshot().max_signed);
+                        .max(target.snapshot().version_floor);
                     state.version = base + 1;
                     let k = if by { keys(0xB2) } else { keys(0xA1) };
                     let sig = k.sign_digest(target.digest(&state).unwrap());
@@ -471,7 +471,7 @@ fn htlc_sent(effects: &[Effect]) -> Vec<Message> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+    #![proptest_config(testkit::config(256))]
 
     #[test]
     fn protocol_invariants_hold_under_random_schedules(actions in prop::collection::vec(action(), 1..80)) {

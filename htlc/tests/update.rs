@@ -638,3 +638,83 @@ fn a_top_up_is_accepted_only_once_the_chain_holds_it() {
         }
     )));
 }
+
+/// Issue 19's shrunk sequence: B proposes a top-up A cannot see on chain yet, A refuses it; A
+/// then sees the holdings; the same proposal delivered to A again must still be refused, and
+/// the refusal must be durable (persisted before the reject leaves).
+#[test]
+fn a_refused_proposal_replayed_after_it_became_valid_never_commits() {
+    let (mut a, mut b) = pair([1_000, 1_000], Limits::default());
+    b.observe_holdings(Amount(2_001));
+    b.deposit(Amount(1));
+    let proposal = sent(&b.propose(NOW).unwrap());
+    let refusal = deliver(&mut a, proposal.clone());
+    assert!(matches!(
+        reason_of(&refusal),
+        RejectReason::InvalidOp {
+            error: OpError::DepositNotOnChain,
+            ..
+        }
+    ));
+    // The raised floor is written before the refusal is sent.
+    let persist = refusal
+        .iter()
+        .position(|e| matches!(e, Effect::Persist(s) if s.version_floor == 1));
+    let send = refusal.iter().position(|e| matches!(e, Effect::Send(_)));
+    assert!(
+        persist.is_some() && persist < send,
+        "floor persisted first: {refusal:?}"
+    );
+    // A queues an offer of its own meanwhile (as in the shrunk case) and then sees the chain.
+    a.offer_htlc(Amount(1), Preimage([0; 32]).hashlock(), Expiry(NOW.0 + 1));
+    a.observe_holdings(Amount(2_001));
+    let before = a.snapshot().clone();
+    let replay = deliver(&mut a, proposal);
+    assert!(matches!(
+        reason_of(&replay),
+        RejectReason::BadVersion { min: 2 }
+    ));
+    assert!(
+        !events(&replay)
+            .iter()
+            .any(|e| matches!(e, Event::Committed { .. })),
+        "a refused proposal committed when replayed"
+    );
+    assert_eq!(a.snapshot(), &before, "the replay changed nothing");
+    // The refusal reaches B: B re-proposes above the refused version and the two agree.
+    let all = settle(&mut a, &mut b, sent(&refusal));
+    assert!(!all.iter().any(|e| matches!(e, Effect::Event(Event::PeerStuck))));
+    let out = a.propose(NOW).unwrap();
+    settle(&mut a, &mut b, sent(&out));
+    assert_eq!(a.latest(), b.latest());
+    assert!(a.latest().state.version >= 2);
+    assert_eq!(a.latest().state.total().unwrap(), Amount(2_001));
+}
+
+/// A refusal because a proposal crossed ours (ADR 0003) also kills the peer's version for good.
+#[test]
+fn a_proposal_refused_as_a_conflict_is_never_countersigned_later() {
+    let (mut a, mut b) = pair([1_000, 1_000], Limits::default());
+    a.transfer(Amount(5));
+    b.transfer(Amount(7));
+    let from_a = sent(&a.propose(NOW).unwrap());
+    let from_b = sent(&b.propose(NOW).unwrap());
+    // A (leader) refuses B's crossing proposal; then everything settles.
+    let a_refuses = deliver(&mut a, from_b.clone());
+    assert_eq!(reason_of(&a_refuses), RejectReason::Conflict);
+    let b_refuses = deliver(&mut b, from_a);
+    assert_eq!(reason_of(&b_refuses), RejectReason::Conflict);
+    let mut to_b = sent(&a_refuses);
+    to_b.extend(sent(&deliver(&mut a, sent(&b_refuses))));
+    settle(&mut a, &mut b, to_b);
+    assert_eq!(a.latest(), b.latest());
+    // B's crossing proposal, replayed now that A has nothing pending, is refused.
+    let before = a.snapshot().clone();
+    let replay = deliver(&mut a, from_b);
+    assert!(matches!(reason_of(&replay), RejectReason::BadVersion { .. }));
+    assert_eq!(a.snapshot(), &before);
+    assert_eq!(
+        a.latest().state.balances,
+        [Amount(1_000 - 5 + 7), Amount(1_000 + 5 - 7)]
+    );
+}

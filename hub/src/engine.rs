@@ -1150,7 +1150,7 @@ impl Node {
                 sigs: [sig, sig_placeholder()],
             },
             next_ids: htlc::ops::NextIds::default(),
-            max_signed: 0,
+            version_floor: 0,
             pending: None,
             queue: Default::default(),
             alloc_id: 0,

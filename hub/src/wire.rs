@@ -297,6 +297,8 @@ mod tests {
     }
 
     proptest! {
+        #![proptest_config(testkit::config(256))]
+
         /// The decoder never panics, whatever the bytes.
         #[test]
         fn decoder_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..512)) {

@@ -464,6 +464,8 @@ mod tests {
     use proptest::prelude::*;
 
     proptest! {
+        #![proptest_config(testkit::config(256))]
+
         #[test]
         fn fast_ppm_is_amount_ppm(a in any::<u128>(), small in any::<u64>(), rate in any::<u32>()) {
             prop_assert_eq!(ppm(a, rate), Amount(a).ppm(rate).0);

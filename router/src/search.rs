@@ -797,6 +797,8 @@ mod tests {
     use proptest::prelude::*;
 
     proptest! {
+        #![proptest_config(testkit::config(256))]
+
         #[test]
         fn quad_heap_pops_in_order(items in prop::collection::vec((0u128..50, any::<u32>()), 0..200)) {
             let mut h = QuadHeap::default();

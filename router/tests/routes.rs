@@ -137,7 +137,7 @@ fn check_multipath(case: &Case, max_parts: usize, tuning: usize) -> Result<(), T
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+    #![proptest_config(testkit::config(1000))]
 
     /// Payments above every HTLC minimum: the search's fast rule.
     #[test]
@@ -168,7 +168,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    #![proptest_config(testkit::config(24))]
 
     /// On generated scale-free networks: whatever is returned is feasible and exact.
     #[test]

@@ -105,7 +105,7 @@ fn check(s: &Scenario) -> Collect {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #![proptest_config(testkit::config(48))]
 
     #[test]
     fn balances_and_locks_sum_to_the_same_total_at_every_event(case in arb_case()) {
