@@ -473,6 +473,30 @@ impl ChainClient {
         Ok(self.channel(id).await?.holdings)
     }
 
+    /// What each participant of `params` deposited into the channel in total, from the
+    /// adjudicator's `Deposited` events (rule 11: a top-up is credited only to its depositor).
+    /// Deposits by anyone else are not counted for either side.
+    pub async fn deposits(&self, params: &ChannelParams) -> Result<[Amount; 2], ChainError> {
+        use alloy::sol_types::SolEvent;
+        let id = params.id();
+        let filter = alloy::rpc::types::Filter::new()
+            .address(self.deployment.adjudicator)
+            .event_signature(Adjudicator::Deposited::SIGNATURE_HASH)
+            .topic1(id.0)
+            .from_block(0);
+        let mut out = [Amount::ZERO; 2];
+        for log in self.provider.get_logs(&filter).await? {
+            let d = Adjudicator::Deposited::decode_log(&log.inner)?.data;
+            if let Some(side) = params.side_of(d.depositor) {
+                let amount =
+                    u128::try_from(d.amount).map_err(|_| ChainError::AmountTooLarge(d.amount))?;
+                let slot = &mut out[side.index()];
+                *slot = slot.checked_add(Amount(amount))?;
+            }
+        }
+        Ok(out)
+    }
+
     /// Payouts owed to `owner` in `asset` that could not be delivered (see `claim`).
     pub async fn unclaimed(&self, asset: Address, owner: Address) -> Result<U256, ChainError> {
         Ok(self.adjudicator().unclaimed(asset, owner).call().await?)

@@ -37,6 +37,20 @@ const _: () = assert!(MIN_EXPIRY_DELTA_SECS == 1668);
 /// be the payee) can itself claim on chain: the same derivation as [`MIN_EXPIRY_DELTA_SECS`].
 pub const MIN_OUTGOING_EXPIRY_SECS: u64 = MIN_EXPIRY_DELTA_SECS;
 
+/// Shortest challenge window a node accepts for a channel (rule 12).
+///
+/// Derivation: the peer may register a stale state at any moment; from then the node must
+/// notice it (grace), get its challenge included (inclusion) and final (finality) before the
+/// window ends, the same race as a preimage registration. `12 * (25 + 64) + 600 = 1668` s.
+pub const MIN_CHALLENGE_DURATION_SECS: u64 =
+    BLOCK_TIME_SECS * (INCLUSION_BLOCKS + FINALITY_BLOCKS) + REACTION_GRACE_SECS;
+const _: () = assert!(MIN_CHALLENGE_DURATION_SECS == MIN_EXPIRY_DELTA_SECS);
+
+/// Longest challenge window a node accepts: a longer one locks the funds for longer after a
+/// close than anyone expects (the adjudicator's own bound is higher).
+pub const MAX_CHALLENGE_DURATION_SECS: u64 = 30 * 24 * 3600;
+const _: () = assert!(MAX_CHALLENGE_DURATION_SECS > 100 * MIN_CHALLENGE_DURATION_SECS);
+
 /// Default horizon: funds are not locked longer than two weeks.
 pub const DEFAULT_MAX_EXPIRY_HORIZON_SECS: u64 = 14 * 24 * 3600;
 const _: () = assert!(DEFAULT_MAX_EXPIRY_HORIZON_SECS > 20 * MIN_EXPIRY_DELTA_SECS);

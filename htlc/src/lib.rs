@@ -23,6 +23,6 @@ pub use amount::{Amount, AmountOverflow};
 pub use failure::FailureReason;
 pub use ids::{ChannelId, Expiry, Hashlock, HtlcId, Preimage, Side};
 pub use msg::{Message, RejectReason};
-pub use ops::{Limits, Op, OpError};
+pub use ops::{Deposits, Limits, Op, OpError};
 pub use state::{ChannelParams, ChannelState, Guarantee, Lock};
 pub use update::{Channel, CommittedHtlc, Effect, Event, ProtocolError, SignedState, Snapshot};

@@ -1,23 +1,28 @@
 //! Operations a party proposes on a channel state, and the validation both sides run on them.
 //!
-//! Who may propose what (the proposer is `by`):
+//! Who may propose what (the proposer is `by`), and what the counterparty must have agreed to
+//! first (rule 11: only I move my money):
 //!
-//! | operation          | proposer           | effect on the state                                  |
-//! |--------------------|--------------------|------------------------------------------------------|
-//! | `AddHtlc`          | the payer (sender) | balance[by] -= amount; lock added                    |
-//! | `FulfillHtlc`      | the lock's receiver| lock removed; balance[receiver] += amount            |
-//! | `FailHtlc`         | the lock's receiver| lock removed; balance[sender] += amount              |
-//! | `ExpireHtlc`       | the lock's sender  | after expiry only: lock removed; refunded to sender  |
-//! | `AddGuarantee`     | either             | both balances fund a virtual channel                 |
-//! | `RemoveGuarantee`  | either             | guarantee split back to the balances, sum exact      |
-//! | `Transfer`         | the payer          | balance[by] -= amount; balance[other] += amount      |
-//! | `Deposit`          | the depositor      | balance[by] += amount, only if the chain holds it    |
-//! | `Close`            | either, last op    | final flag; requires no locks and no guarantees      |
+//! | operation          | proposer           | effect on the state                                  | the counterparty signs it only if |
+//! |--------------------|--------------------|------------------------------------------------------|-----------------------------------|
+//! | `AddHtlc`          | the payer (sender) | balance[by] -= amount; lock added                    | valid (it moves only the payer's money) |
+//! | `FulfillHtlc`      | the lock's receiver| lock removed; balance[receiver] += amount            | the preimage opens it before expiry (the agreed outcome of a lock it offered) |
+//! | `FailHtlc`         | the lock's receiver| lock removed; balance[sender] += amount              | valid |
+//! | `ExpireHtlc`       | the lock's sender  | after expiry only: lock removed; refunded to sender  | it does not know the preimage (else it claims, on chain if need be) |
+//! | `AddGuarantee`     | either             | both balances fund a virtual channel                 | it agreed to this exact guarantee (`Channel::agree`) |
+//! | `RemoveGuarantee`  | either             | guarantee split back to the balances, sum exact      | it agreed to this exact split (`Channel::agree`) |
+//! | `Transfer`         | the payer          | balance[by] -= amount; balance[other] += amount      | valid |
+//! | `Deposit`          | the depositor      | balance[by] += amount                                | the chain shows `by` deposited it and it is not credited yet ([`Deposits`]) |
+//! | `Close`            | either, last op    | final flag; requires no locks and no guarantees      | valid |
+//!
+//! The arithmetic validity of every row is checked here ([`apply_batch`]); the agreement
+//! column that needs the counterparty's own knowledge (agreements, known preimages) is checked
+//! by the update machine before it calls [`apply_batch`] (`htlc::update`).
 //!
 //! Every operation but `Deposit` moves value between buckets of the same state and never creates
 //! or destroys any, so conservation (rule 1) holds by construction; `Deposit` (a top-up) raises
-//! the total by exactly its amount and only up to what the adjudicator is seen to hold for the
-//! channel. [`apply_batch`] re-checks both.
+//! the total by exactly its amount, only for what its proposer deposited and was not yet
+//! credited for, and never above what the adjudicator holds. [`apply_batch`] re-checks both.
 
 use crate::amount::Amount;
 use crate::failure::FailureReason;
@@ -96,6 +101,9 @@ pub struct Limits {
     pub max_ops_per_update: usize,
     /// Maximum number of guarantees in a state.
     pub max_guarantees: usize,
+    /// Longest time ahead (seconds from now) a new lock may expire: bounds how long a lock can
+    /// hold the channel's slots and value (rule 10, jamming).
+    pub max_expiry_secs: u64,
 }
 
 impl Default for Limits {
@@ -106,6 +114,7 @@ impl Default for Limits {
             min_htlc: Amount(1),
             max_ops_per_update: 1024,
             max_guarantees: 64,
+            max_expiry_secs: u64::MAX,
         }
     }
 }
@@ -179,9 +188,22 @@ pub enum OpError {
     /// Conservation would break (never expected: every operation preserves it).
     #[error("conservation violated")]
     Conservation,
-    /// A top-up the adjudicator is not (yet) seen to hold.
-    #[error("deposit not held on chain")]
+    /// A top-up the chain does not (yet) show the proposer deposited, or already credited.
+    #[error("deposit not held on chain for the proposer")]
     DepositNotOnChain,
+    /// A new lock expiring further ahead than the channel's limit.
+    #[error("expiry too far in the future")]
+    ExpiryTooFar,
+    /// A guarantee operation the counterparty did not agree to (rule 11).
+    #[error("operation not agreed by the counterparty")]
+    NotAgreed,
+    /// The counterparty knows the preimage of the lock: it claims it, so it may not expire.
+    #[error("the receiver knows the preimage and claims the lock")]
+    ClaimPending,
+    /// The channel is disputed or concluded on chain: it takes no new lock, guarantee or
+    /// deposit (rule 12).
+    #[error("channel is disputed or concluded on chain")]
+    ChannelFrozen,
 }
 
 impl From<crate::amount::AmountOverflow> for OpError {
@@ -221,6 +243,26 @@ impl NextIds {
     }
 }
 
+/// What deposits a co-signed update may credit: the chain's view of the channel as the validating
+/// side has seen it (rule 11: a credit goes only to whoever the chain says deposited it).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deposits {
+    /// What the adjudicator holds for the channel: the state's total never exceeds it.
+    pub holdings: Amount,
+    /// Per participant (A, B): what it deposited on chain and no co-signed state credits yet.
+    pub uncredited: [Amount; 2],
+}
+
+impl Deposits {
+    /// No deposit can be credited (the total may still stay as it is, up to `holdings`).
+    pub fn none(holdings: Amount) -> Self {
+        Deposits {
+            holdings,
+            uncredited: [Amount::ZERO; 2],
+        }
+    }
+}
+
 fn remove_lock(state: &mut ChannelState, id: HtlcId) -> Result<Lock, OpError> {
     let pos = state
         .locks
@@ -251,6 +293,7 @@ fn apply_one(
     by: Side,
     now: Expiry,
     limits: &Limits,
+    room: &mut [Amount; 2],
 ) -> Result<(), OpError> {
     match *op {
         Op::AddHtlc {
@@ -265,6 +308,9 @@ fn apply_one(
             }
             if expiry <= now {
                 return Err(OpError::ExpiryInPast);
+            }
+            if expiry.0 > now.0.saturating_add(limits.max_expiry_secs) {
+                return Err(OpError::ExpiryTooFar);
             }
             if state.locks.len() >= limits.max_pending_locks {
                 return Err(OpError::TooManyLocks);
@@ -362,6 +408,10 @@ fn apply_one(
             if amount.is_zero() {
                 return Err(OpError::AmountBelowMinimum);
             }
+            let left = &mut room[by.index()];
+            *left = left
+                .checked_sub(amount)
+                .map_err(|_| OpError::DepositNotOnChain)?;
             credit(state, by, amount)?;
         }
         Op::Close => {
@@ -375,8 +425,9 @@ fn apply_one(
 }
 
 /// Apply a whole batch proposed by `by`; on the first invalid operation returns its index and
-/// reason and leaves `state` and `ids` untouched. `holdings` is what the adjudicator is known to
-/// hold for the channel: the total may grow (by deposits) up to it, never beyond.
+/// reason and leaves `state` and `ids` untouched. `deposits` is what the chain is seen to hold:
+/// a `Deposit` credits `by` only from what `by` deposited and was not credited for, and the
+/// total never grows beyond the holdings.
 pub fn apply_batch(
     state: &mut ChannelState,
     ids: &mut NextIds,
@@ -384,8 +435,10 @@ pub fn apply_batch(
     by: Side,
     now: Expiry,
     limits: &Limits,
-    holdings: Amount,
+    deposits: Deposits,
 ) -> Result<(), (usize, OpError)> {
+    let holdings = deposits.holdings;
+    let mut room = deposits.uncredited;
     if ops.len() > limits.max_ops_per_update {
         return Err((limits.max_ops_per_update, OpError::TooManyOps));
     }
@@ -397,7 +450,7 @@ pub fn apply_batch(
         if next.is_final {
             return Err((i, OpError::ChannelClosed));
         }
-        apply_one(&mut next, &mut next_ids, op, by, now, limits).map_err(|e| (i, e))?;
+        apply_one(&mut next, &mut next_ids, op, by, now, limits, &mut room).map_err(|e| (i, e))?;
     }
     let deposited = Amount::checked_sum(ops.iter().map(|op| match op {
         Op::Deposit { amount } => *amount,

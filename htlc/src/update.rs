@@ -23,7 +23,7 @@
 use crate::eip712::DomainSeparator;
 use crate::ids::{ChannelId, Expiry, Hashlock, HtlcId, Preimage, Side};
 use crate::msg::{Message, RejectReason};
-use crate::ops::{Limits, NextIds, Op, OpError, apply_batch};
+use crate::ops::{Deposits, Limits, NextIds, Op, OpError, apply_batch};
 use crate::sig::{Keys, SignatureError, verify};
 use crate::state::{ChannelParams, ChannelState, Guarantee, Lock};
 use crate::{Amount, failure::FailureReason};
@@ -102,8 +102,38 @@ pub struct Snapshot {
     /// Refusals in a row.
     pub rejects_in_row: u32,
     /// What the adjudicator is known to hold for the channel (at least the opening total):
-    /// top-ups are accepted up to it.
+    /// the state's total never exceeds it.
     pub holdings: Amount,
+    /// Per participant (A, B): what the chain shows it deposited (from the adjudicator's
+    /// `Deposited` events), opening deposits included.
+    pub deposited: [Amount; 2],
+    /// Per participant: what co-signed states credit it for, its opening balance included. A
+    /// top-up by `s` is accepted only up to `deposited[s] - credited[s]` (rule 11).
+    pub credited: [Amount; 2],
+    /// Guarantee operations we agreed to sign when the peer proposes them, each exactly once
+    /// (rule 11: guarantees move both sides' money, so the peer alone may never propose one).
+    pub agreed: Vec<Op>,
+    /// Preimages we know for the peer's locks: we claim those locks (off chain, or on chain if
+    /// the peer does not co-sign), so we never co-sign their expiry.
+    pub claims: Vec<(HtlcId, Preimage)>,
+    /// The channel is disputed or concluded on chain: no new lock, guarantee or deposit
+    /// (rule 12). Settling operations still go on.
+    pub frozen: bool,
+}
+
+impl Snapshot {
+    /// What deposits the next update may credit, as this side has seen the chain.
+    pub fn deposits(&self) -> Deposits {
+        let room = |s: usize| {
+            self.deposited[s]
+                .checked_sub(self.credited[s])
+                .unwrap_or(Amount::ZERO)
+        };
+        Deposits {
+            holdings: self.holdings,
+            uncredited: [room(0), room(1)],
+        }
+    }
 }
 
 /// A lock the peer offered us, inside a co-signed state we have handed over for persistence.
@@ -261,6 +291,7 @@ impl Channel {
         }
         let next_ids = NextIds::default();
         let holdings = latest.state.total().map_err(|_| ProtocolError::Overflow)?;
+        let credited = latest.state.balances;
         let snap = Snapshot {
             alloc_id: next_ids.next(me).0,
             me,
@@ -274,6 +305,11 @@ impl Channel {
             doomed: Vec::new(),
             rejects_in_row: 0,
             holdings,
+            deposited: [Amount::ZERO; 2],
+            credited,
+            agreed: Vec::new(),
+            claims: Vec::new(),
+            frozen: false,
             params,
         };
         Ok(Channel { keys, domain, snap })
@@ -359,9 +395,32 @@ impl Channel {
         id
     }
 
-    /// Queue the claim of a lock the peer offered.
+    /// Queue the claim of a lock the peer offered. From now on we never co-sign the lock's
+    /// expiry: we know its preimage (the claim is kept until the lock leaves the state).
     pub fn fulfill_htlc(&mut self, id: HtlcId, preimage: Preimage) {
+        let ours = self
+            .snap
+            .latest
+            .state
+            .lock(id)
+            .is_some_and(|l| l.sender != self.snap.me && l.hashlock.is_opened_by(&preimage));
+        if ours && !self.snap.claims.iter().any(|(c, _)| *c == id) {
+            self.snap.claims.push((id, preimage));
+        }
         self.enqueue(Op::FulfillHtlc { id, preimage });
+    }
+
+    /// Preimages we know for the peer's pending locks (what we must claim on chain if the peer
+    /// does not settle them off chain).
+    pub fn claims(&self) -> &[(HtlcId, Preimage)] {
+        &self.snap.claims
+    }
+
+    /// Give up the claim of the peer's lock `id`: we can no longer win it (we learned its
+    /// preimage after its expiry and did not register it on chain before), so its expiry may be
+    /// co-signed again. Only the application knows this; the machine never gives up by itself.
+    pub fn release_claim(&mut self, id: HtlcId) {
+        self.snap.claims.retain(|(c, _)| *c != id);
     }
 
     /// Queue the failure of a lock the peer offered.
@@ -374,9 +433,32 @@ impl Channel {
         self.enqueue(Op::ExpireHtlc { id });
     }
 
-    /// Queue a guarantee for a virtual channel.
+    /// Queue a guarantee for a virtual channel (our own decision to fund it).
     pub fn add_guarantee(&mut self, g: Guarantee) {
         self.enqueue(Op::AddGuarantee(g));
+    }
+
+    /// Agree to sign this guarantee operation (an `AddGuarantee` or `RemoveGuarantee` with
+    /// these exact amounts) once, when the peer proposes it: the virtual-channel open or close
+    /// this node decided to take part in. Without an agreement the peer's guarantee operations
+    /// are refused with [`OpError::NotAgreed`] (rule 11).
+    pub fn agree(&mut self, op: Op) -> Result<(), ProtocolError> {
+        if !matches!(op, Op::AddGuarantee(_) | Op::RemoveGuarantee { .. }) {
+            return Err(ProtocolError::InvalidState(
+                "only guarantee operations need an agreement",
+            ));
+        }
+        if self.snap.agreed.len() >= self.snap.limits.max_guarantees.saturating_mul(2) {
+            return Err(ProtocolError::InvalidState("too many agreements pending"));
+        }
+        self.snap.agreed.push(op);
+        Ok(())
+    }
+
+    /// Mark the channel disputed or concluded on chain: from now on it takes no new lock,
+    /// guarantee or deposit, from either side (rule 12). It cannot be undone.
+    pub fn freeze(&mut self) {
+        self.snap.frozen = true;
     }
 
     /// Queue the release of a guarantee.
@@ -408,6 +490,13 @@ impl Channel {
     /// the channel is open).
     pub fn observe_holdings(&mut self, holdings: Amount) {
         self.snap.holdings = self.snap.holdings.max(holdings);
+    }
+
+    /// Record what the chain shows `side` deposited for the channel in total (the sum of its
+    /// `Deposited` events; it never decreases). Top-ups by `side` are credited up to it.
+    pub fn observe_deposits(&mut self, side: Side, total: Amount) {
+        let d = &mut self.snap.deposited[side.index()];
+        *d = (*d).max(total);
     }
 
     /// Number of operations waiting to be proposed.
@@ -463,16 +552,28 @@ impl Channel {
             let Some(q) = self.snap.queue.pop_front() else {
                 break;
             };
-            // Validate one by one so one bad operation does not sink the batch.
-            match apply_batch(
-                &mut state,
-                &mut ids,
-                std::slice::from_ref(&q.op),
-                me,
-                now,
-                &self.snap.limits,
-                self.snap.holdings,
-            ) {
+            // Validate one by one so one bad operation does not sink the batch. A deposit of
+            // an earlier operation of this batch is already credited in `state`, not in the
+            // snapshot: count it against our room.
+            let mut deposits = self.snap.deposits();
+            deposits.uncredited[me.index()] = deposits.uncredited[me.index()]
+                .checked_sub(batch_deposits(ops.iter().map(|q: &QueuedOp| &q.op)))
+                .unwrap_or(Amount::ZERO);
+            let frozen = self.snap.frozen && opens_value(&q.op);
+            let checked = if frozen {
+                Err((0, OpError::ChannelFrozen))
+            } else {
+                apply_batch(
+                    &mut state,
+                    &mut ids,
+                    std::slice::from_ref(&q.op),
+                    me,
+                    now,
+                    &self.snap.limits,
+                    deposits,
+                )
+            };
+            match checked {
                 Ok(()) => ops.push(q),
                 Err((_, error)) => match q.signed_at {
                     Some(v) => self.snap.doomed.push((v, q.op, error)),
@@ -535,6 +636,46 @@ impl Channel {
         })
     }
 
+    /// Rule 11 for a batch the peer proposes, beyond its arithmetic: every guarantee operation
+    /// must match one of our agreements (each used once; returns the indices used, ascending),
+    /// no lock we hold a preimage for may be expired, and a frozen channel takes nothing new.
+    fn authorize(&self, ops: &[Op]) -> Result<Vec<usize>, (usize, OpError)> {
+        let mut used: Vec<usize> = Vec::new();
+        for (index, op) in ops.iter().enumerate() {
+            if self.snap.frozen && opens_value(op) {
+                return Err((index, OpError::ChannelFrozen));
+            }
+            match op {
+                Op::AddGuarantee(_) | Op::RemoveGuarantee { .. } => {
+                    let found = self
+                        .snap
+                        .agreed
+                        .iter()
+                        .enumerate()
+                        .position(|(i, a)| a == op && !used.contains(&i));
+                    match found {
+                        Some(i) => used.push(i),
+                        None => return Err((index, OpError::NotAgreed)),
+                    }
+                }
+                Op::ExpireHtlc { id } if self.snap.claims.iter().any(|(c, _)| c == id) => {
+                    return Err((index, OpError::ClaimPending));
+                }
+                _ => {}
+            }
+        }
+        used.sort_unstable();
+        Ok(used)
+    }
+
+    /// A co-signed state with `ops` by `proposer` credits its deposits.
+    fn credit_deposits(&mut self, proposer: Side, ops: &[Op]) {
+        let amount = batch_deposits(ops.iter());
+        let c = &mut self.snap.credited[proposer.index()];
+        // Bounded by the channel's total, which apply_batch checked fits.
+        *c = c.checked_add(amount).unwrap_or(Amount::MAX);
+    }
+
     /// Refuse the peer's proposal at `version`. If it is within reach (above our floor, at most
     /// [`MAX_VERSION_GAP`] above it) the floor rises to it first, and the raised floor is
     /// persisted before the refusal leaves, so this proposal can never be countersigned later,
@@ -591,6 +732,17 @@ impl Channel {
             effects.push(self.reject(version, RejectReason::BadVersion { min: base + 1 }));
             return Ok(effects);
         }
+        let used = match self.authorize(&ops) {
+            Ok(used) => used,
+            Err((index, error)) => {
+                self.refuse(
+                    version,
+                    RejectReason::InvalidOp { index, error },
+                    &mut effects,
+                );
+                return Ok(effects);
+            }
+        };
         let mut state = self.snap.latest.state.clone();
         let mut ids = self.snap.next_ids;
         if let Err((index, error)) = apply_batch(
@@ -600,9 +752,13 @@ impl Channel {
             them,
             now,
             &self.snap.limits,
-            self.snap.holdings,
+            self.snap.deposits(),
         ) {
-            self.refuse(version, RejectReason::InvalidOp { index, error }, &mut effects);
+            self.refuse(
+                version,
+                RejectReason::InvalidOp { index, error },
+                &mut effects,
+            );
             return Ok(effects);
         }
         state.version = version;
@@ -625,6 +781,11 @@ impl Channel {
         self.snap.latest = SignedState { state, sigs };
         self.snap.next_ids = ids;
         self.snap.await_leader = false;
+        // Each agreement is used once: remove the ones this state used (highest index first).
+        for i in used.into_iter().rev() {
+            self.snap.agreed.remove(i);
+        }
+        self.credit_deposits(them, &ops);
         // A co-signed state ends a run of refusals, whoever proposed it. Otherwise a follower
         // whose proposals keep crossing a busy leader's (each a `Conflict`, each resolved by
         // accepting the leader's next proposal, ADR 0003) counted them as "in a row" and, after
@@ -657,6 +818,8 @@ impl Channel {
         effects: &mut Vec<Effect>,
     ) -> Result<(), ProtocolError> {
         let version = self.snap.latest.state.version;
+        let state = &self.snap.latest.state;
+        self.snap.claims.retain(|(id, _)| state.lock(*id).is_some());
         effects.push(Effect::Event(Event::Committed {
             version,
             proposer,
@@ -710,8 +873,9 @@ impl Channel {
         };
         self.snap.next_ids = pending.ids;
         self.snap.rejects_in_row = 0;
+        let ops: Vec<Op> = pending.ops.into_iter().map(|q| q.op).collect();
+        self.credit_deposits(self.snap.me, &ops);
         let mut effects = vec![Effect::Persist(Box::new(self.snap.clone()))];
-        let ops = pending.ops.into_iter().map(|q| q.op).collect();
         self.after_commit(self.snap.me, ops, now, &mut effects)?;
         Ok(effects)
     }
@@ -776,4 +940,22 @@ impl Channel {
         }
         Ok(effects)
     }
+}
+
+/// Whether an operation adds value at stake in the channel (a new lock, a guarantee, a
+/// deposit): what a channel disputed on chain no longer takes.
+fn opens_value(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::AddHtlc { .. } | Op::AddGuarantee(_) | Op::Deposit { .. }
+    )
+}
+
+/// The sum of the deposits among `ops` (saturating: a sum that large is refused anyway).
+fn batch_deposits<'a>(ops: impl Iterator<Item = &'a Op>) -> Amount {
+    ops.filter_map(|op| match op {
+        Op::Deposit { amount } => Some(*amount),
+        _ => None,
+    })
+    .fold(Amount::ZERO, |a, b| a.checked_add(b).unwrap_or(Amount::MAX))
 }

@@ -1,6 +1,9 @@
 //! Property tests of the update protocol: two honest machines driven by random operations,
 //! random proposal timing from both sides (so proposals cross), replayed messages, forged
-//! proposals and a moving clock. After every step the money-safety invariants must hold.
+//! proposals and a moving clock. After every step the money-safety invariants must hold, among
+//! them rule 11: a party's balance never falls by a state the peer proposed unless it agreed to
+//! the guarantee that moves it, a guarantee operation is co-signed only as agreed, and a deposit
+//! is credited only to whoever the chain says deposited it.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -38,16 +41,31 @@ enum Action {
         from: bool,
         amount: u128,
     },
+    /// `by` proposes a guarantee; the other side agreed to it first if `agreed`.
     Guarantee {
         by: bool,
         vc: u8,
         a: u128,
         b: u128,
+        agreed: bool,
     },
+    /// `by` proposes a guarantee's release; the other side agreed to the split if `agreed`.
     Release {
         by: bool,
         pick: usize,
         split: u128,
+        agreed: bool,
+    },
+    /// `by`, outside its machine, proposes `[AddGuarantee{from other: take}, RemoveGuarantee{all
+    /// to by}]`: the theft of issue 12.
+    ForgeGuarantee {
+        by: bool,
+        take: u128,
+    },
+    /// `by`, outside its machine, claims a top-up of `amount` whatever the chain shows.
+    ForgeDeposit {
+        by: bool,
+        amount: u128,
     },
     Propose {
         by: bool,
@@ -90,8 +108,10 @@ fn action() -> impl Strategy<Value = Action> {
         2 => (any::<bool>(), any::<usize>()).prop_map(|(by, pick)| Action::Fail { by, pick }),
         1 => (any::<bool>(), any::<usize>()).prop_map(|(by, pick)| Action::Expire { by, pick }),
         2 => (any::<bool>(), 1u128..300).prop_map(|(from, amount)| Action::Transfer { from, amount }),
-        1 => (any::<bool>(), 0u8..4, 0u128..100, 0u128..100).prop_map(|(by, vc, a, b)| Action::Guarantee { by, vc, a, b }),
-        1 => (any::<bool>(), any::<usize>(), any::<u128>()).prop_map(|(by, pick, split)| Action::Release { by, pick, split }),
+        1 => (any::<bool>(), 0u8..4, 0u128..100, 0u128..100, prop::bool::weighted(0.8)).prop_map(|(by, vc, a, b, agreed)| Action::Guarantee { by, vc, a, b, agreed }),
+        1 => (any::<bool>(), any::<usize>(), any::<u128>(), prop::bool::weighted(0.8)).prop_map(|(by, pick, split, agreed)| Action::Release { by, pick, split, agreed }),
+        1 => (any::<bool>(), 1u128..6_000).prop_map(|(by, take)| Action::ForgeGuarantee { by, take }),
+        1 => (any::<bool>(), 1u128..600).prop_map(|(by, amount)| Action::ForgeDeposit { by, amount }),
         6 => any::<bool>().prop_map(|by| Action::Propose { by }),
         10 => any::<bool>().prop_map(|to| Action::Deliver { to }),
         1 => (any::<bool>(), any::<usize>()).prop_map(|(to, pick)| Action::Replay { to, pick }),
@@ -118,6 +138,12 @@ struct World {
     totals: [Amount; 2],
     /// What the adjudicator holds.
     chain: Amount,
+    /// What each participant deposited on chain after the opening (ground truth).
+    deposited: [Amount; 2],
+    /// As side i's co-signed states say: top-ups credited to each participant.
+    credited: [[Amount; 2]; 2],
+    /// Guarantee operations side i agreed to and has not yet seen co-signed.
+    agreed: [Vec<Op>; 2],
     /// (signer, version) -> digest of what it signed: never two digests for one version.
     signed: HashMap<(usize, u64), alloy::primitives::B256>,
     last_committed: [u64; 2],
@@ -137,6 +163,9 @@ impl World {
         World {
             totals: [a.latest().state.total().unwrap(); 2],
             chain: a.latest().state.total().unwrap(),
+            deposited: [Amount::ZERO; 2],
+            credited: [[Amount::ZERO; 2]; 2],
+            agreed: [Vec::new(), Vec::new()],
             ch: [a, b],
             inbox: [VecDeque::new(), VecDeque::new()],
             delivered: [Vec::new(), Vec::new()],
@@ -200,10 +229,43 @@ impl World {
                     // Side i validated the operations just now only if the peer proposed them
                     // (its own proposals were validated by the peer, earlier).
                     let validated_now = proposer.index() != i;
+                    let p = proposer.index();
                     for op in &ops {
                         if let Op::Deposit { amount } = op {
                             self.totals[i] = self.totals[i].checked_add(*amount).unwrap();
+                            self.credited[i][p] = self.credited[i][p].checked_add(*amount).unwrap();
+                            prop_assert!(
+                                self.credited[i][p] <= self.deposited[p],
+                                "a deposit credited to a party that did not make it"
+                            );
                         }
+                    }
+                    if validated_now {
+                        // Rule 11: the peer's guarantee operations were agreed, each once, and
+                        // our balance fell by at most what the agreed guarantees take from us.
+                        let mut may_fall = Amount::ZERO;
+                        for op in &ops {
+                            if matches!(op, Op::AddGuarantee(_) | Op::RemoveGuarantee { .. }) {
+                                let pos = self.agreed[i].iter().position(|a| a == op);
+                                prop_assert!(
+                                    pos.is_some(),
+                                    "signed a guarantee operation nobody agreed to: {:?}",
+                                    op
+                                );
+                                self.agreed[i].remove(pos.unwrap());
+                            }
+                            if let Op::AddGuarantee(g) = op {
+                                let mine = if i == 0 { g.from_a } else { g.from_b };
+                                may_fall = may_fall.checked_add(mine).unwrap();
+                            }
+                        }
+                        let after = ch.latest().state.balances[i];
+                        prop_assert!(
+                            after.checked_add(may_fall).unwrap() >= prev.balances[i],
+                            "the peer's proposal lowered our balance from {} to {}",
+                            prev.balances[i],
+                            after
+                        );
                     }
                     prop_assert!(version > self.last_committed[i], "versions only increase");
                     self.last_committed[i] = version;
@@ -333,24 +395,82 @@ impl World {
             Action::Transfer { from, amount } => {
                 self.ch[side(from).index()].transfer(Amount(amount))
             }
-            Action::Guarantee { by, vc, a, b } => {
-                self.ch[side(by).index()].add_guarantee(htlc::Guarantee {
+            Action::Guarantee {
+                by,
+                vc,
+                a,
+                b,
+                agreed,
+            } => {
+                let g = htlc::Guarantee {
                     virtual_channel: htlc::ChannelId(alloy::primitives::B256::repeat_byte(vc)),
                     from_a: Amount(a),
                     from_b: Amount(b),
-                })
+                };
+                let other = 1 - side(by).index();
+                if agreed && self.ch[other].agree(Op::AddGuarantee(g)).is_ok() {
+                    self.agreed[other].push(Op::AddGuarantee(g));
+                }
+                self.ch[side(by).index()].add_guarantee(g)
             }
-            Action::Release { by, pick, split } => {
+            Action::Release {
+                by,
+                pick,
+                split,
+                agreed,
+            } => {
                 let i = side(by).index();
                 let gs = self.ch[i].latest().state.guarantees.clone();
                 if let Some(g) = gs.get(pick % gs.len().max(1)) {
                     let sum = g.from_a.0 + g.from_b.0;
                     let to_a = split % (sum + 1);
+                    let op = Op::RemoveGuarantee {
+                        virtual_channel: g.virtual_channel,
+                        to_a: Amount(to_a),
+                        to_b: Amount(sum - to_a),
+                    };
+                    if agreed && self.ch[1 - i].agree(op.clone()).is_ok() {
+                        self.agreed[1 - i].push(op);
+                    }
                     self.ch[i].remove_guarantee(
                         g.virtual_channel,
                         Amount(to_a),
                         Amount(sum - to_a),
                     );
+                }
+            }
+            Action::ForgeGuarantee { by, take } => {
+                let me = side(by);
+                let vc = htlc::ChannelId(alloy::primitives::B256::repeat_byte(0xEE));
+                let (mut from, mut to) = ([Amount::ZERO; 2], [Amount::ZERO; 2]);
+                from[me.other().index()] = Amount(take);
+                to[me.index()] = Amount(take);
+                let ops = vec![
+                    Op::AddGuarantee(htlc::Guarantee {
+                        virtual_channel: vc,
+                        from_a: from[0],
+                        from_b: from[1],
+                    }),
+                    Op::RemoveGuarantee {
+                        virtual_channel: vc,
+                        to_a: to[0],
+                        to_b: to[1],
+                    },
+                ];
+                self.forge(by, ops, "a guarantee nobody agreed to")?;
+            }
+            Action::ForgeDeposit { by, amount } => {
+                let p = side(by).index();
+                let honest = self.credited[1 - p][p].checked_add(Amount(amount)).unwrap()
+                    <= self.deposited[p];
+                if !honest {
+                    self.forge(
+                        by,
+                        vec![Op::Deposit {
+                            amount: Amount(amount),
+                        }],
+                        "a deposit the proposer did not make",
+                    )?;
                 }
             }
             Action::Propose { by } => {
@@ -427,8 +547,10 @@ impl World {
                         ops,
                         sig,
                     };
-                    let snap = self.ch[them.index()].snapshot().clone();
+                    let mut snap = self.ch[them.index()].snapshot().clone();
                     let eff = self.ch[them.index()].handle(msg, self.now).unwrap();
+                    // Nothing changes but the floor, which rises to the refused version.
+                    snap.version_floor = self.ch[them.index()].snapshot().version_floor;
                     prop_assert!(
                         matches!(htlc_sent(&eff).as_slice(), [Message::Reject { .. }]),
                         "a forged fulfill must be refused"
@@ -436,7 +558,7 @@ impl World {
                     prop_assert_eq!(
                         self.ch[them.index()].snapshot(),
                         &snap,
-                        "a forged fulfill changed state"
+                        "a forged fulfill changed more than the floor"
                     );
                 }
             }
@@ -448,20 +570,94 @@ impl World {
             } => {
                 self.chain = self.chain.checked_add(Amount(amount)).unwrap();
                 let i = side(by).index();
-                self.ch[i].observe_holdings(self.chain);
+                self.deposited[i] = self.deposited[i].checked_add(Amount(amount)).unwrap();
+                self.observe(i);
                 if seen_by_other {
-                    self.ch[1 - i].observe_holdings(self.chain);
+                    self.observe(1 - i);
                 }
                 self.ch[i].deposit(Amount(amount));
             }
             Action::FakeDeposit { by, amount } => {
                 self.ch[side(by).index()].deposit(Amount(amount));
             }
-            Action::Observe { to } => {
-                let chain = self.chain;
-                self.ch[side(to).index()].observe_holdings(chain);
-            }
+            Action::Observe { to } => self.observe(side(to).index()),
         }
+        Ok(())
+    }
+}
+
+impl World {
+    /// Side `i` catches up with the chain: holdings and each participant's deposits (the
+    /// opening balances were deposited by their owners).
+    fn observe(&mut self, i: usize) {
+        let opening = [Amount(5_000), Amount(5_000)];
+        self.ch[i].observe_holdings(self.chain);
+        for s in [Side::A, Side::B] {
+            let total = opening[s.index()]
+                .checked_add(self.deposited[s.index()])
+                .unwrap();
+            self.ch[i].observe_deposits(s, total);
+        }
+    }
+
+    /// `by` sends, outside its machine, a correctly signed proposal of `ops` on the other
+    /// side's latest state: it must be refused and change nothing but the refuser's floor.
+    fn forge(&mut self, by: bool, ops: Vec<Op>, what: &str) -> Result<(), TestCaseError> {
+        let (me, them) = (side(by), side(by).other());
+        let target = &self.ch[them.index()];
+        let mut state = target.latest().state.clone();
+        let mut ids = target.snapshot().next_ids;
+        // Apply without the agreement and deposit checks, as a cheat would.
+        let lax = htlc::Deposits {
+            holdings: Amount::MAX,
+            uncredited: [Amount::MAX; 2],
+        };
+        if htlc::ops::apply_batch(
+            &mut state,
+            &mut ids,
+            &ops,
+            me,
+            self.now,
+            &Limits::default(),
+            lax,
+        )
+        .is_err()
+        {
+            return Ok(());
+        }
+        state.version = target
+            .latest()
+            .state
+            .version
+            .max(target.snapshot().version_floor)
+            + 1;
+        let k = if by { keys(0xB2) } else { keys(0xA1) };
+        let sig = k.sign_digest(target.digest(&state).unwrap());
+        let msg = Message::Propose {
+            channel_id: target.id(),
+            version: state.version,
+            ops,
+            sig,
+        };
+        let before = target.latest().clone();
+        let eff = self.ch[them.index()].handle(msg, self.now).unwrap();
+        prop_assert!(
+            matches!(htlc_sent(&eff).as_slice(), [Message::Reject { .. }]),
+            "{} must be refused",
+            what
+        );
+        prop_assert!(
+            !eff.iter()
+                .any(|e| matches!(e, Effect::Event(Event::Committed { .. }))),
+            "{} committed",
+            what
+        );
+        prop_assert_eq!(
+            self.ch[them.index()].latest(),
+            &before,
+            "{} changed the state",
+            what
+        );
         Ok(())
     }
 }

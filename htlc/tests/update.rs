@@ -48,7 +48,10 @@ fn propose_ops(ops: Vec<Op>, version: u64, from: &htlc::Channel, sign_with: u8) 
         from.me(),
         NOW,
         &Limits::default(),
-        Amount::MAX,
+        htlc::Deposits {
+            holdings: Amount::MAX,
+            uncredited: [Amount::MAX; 2],
+        },
     )
     .ok();
     state.version = version;
@@ -131,7 +134,7 @@ fn wrong_signer_and_high_s_are_rejected() {
         version,
         ops,
         sig,
-    } = propose_ops(vec![Op::Transfer { amount: Amount(5) }], 1, &a, 0xA1)
+    } = propose_ops(vec![Op::Transfer { amount: Amount(5) }], 2, &a, 0xA1)
     else {
         unreachable!()
     };
@@ -236,9 +239,15 @@ fn invalid_op(
     };
     let version = to.latest().state.version + 1;
     let msg = propose_ops(ops, version, from, k);
-    let before = to.snapshot().clone();
+    let mut before = to.snapshot().clone();
     let eff = to.handle(msg, NOW).unwrap();
-    assert_eq!(to.snapshot(), &before, "a refused proposal changes nothing");
+    // A refusal changes nothing but the floor: the refused version is dead (ADR 0021).
+    before.version_floor = version;
+    assert_eq!(
+        to.snapshot(),
+        &before,
+        "a refused proposal changes nothing else"
+    );
     match reason_of(&eff) {
         RejectReason::InvalidOp { error, .. } => error,
         r => panic!("expected InvalidOp, got {r:?}"),
@@ -446,7 +455,15 @@ fn each_invalid_operation_is_rejected_with_its_reason() {
             false,
             [100, 100],
             l,
-            |_, _| {}
+            |_, b| {
+                b.agree(Op::AddGuarantee(g)).unwrap();
+                b.agree(Op::RemoveGuarantee {
+                    virtual_channel: vc,
+                    to_a: Amount(15),
+                    to_b: Amount(6),
+                })
+                .unwrap();
+            }
         ),
         OpError::GuaranteeMismatch
     );
@@ -456,9 +473,95 @@ fn each_invalid_operation_is_rejected_with_its_reason() {
             false,
             [100, 100],
             l,
-            |_, _| {}
+            |_, b| {
+                b.agree(Op::AddGuarantee(g)).unwrap();
+                b.agree(Op::AddGuarantee(g)).unwrap();
+            }
         ),
         OpError::DuplicateGuarantee
+    );
+    // Issue 12, attack 1: guarantees the counterparty never agreed to (the theft: lock the
+    // victim's balance in a guarantee and release it all to the proposer in one update).
+    let steal = vec![
+        Op::AddGuarantee(htlc::Guarantee {
+            virtual_channel: vc,
+            from_a: Amount(0),
+            from_b: Amount(100),
+        }),
+        Op::RemoveGuarantee {
+            virtual_channel: vc,
+            to_a: Amount(100),
+            to_b: Amount(0),
+        },
+    ];
+    assert_eq!(
+        invalid_op(steal.clone(), false, [100, 100], l, |_, _| {}),
+        OpError::NotAgreed
+    );
+    // An agreement covers that exact operation only: agreeing to the guarantee does not
+    // authorise a release to the proposer.
+    assert_eq!(
+        invalid_op(steal, false, [100, 100], l, |_, b| {
+            b.agree(Op::AddGuarantee(htlc::Guarantee {
+                virtual_channel: vc,
+                from_a: Amount(0),
+                from_b: Amount(100),
+            }))
+            .unwrap();
+        }),
+        OpError::NotAgreed
+    );
+    // A lock expiring beyond the channel's horizon (jamming).
+    let short = Limits {
+        max_expiry_secs: 3600,
+        ..l
+    };
+    assert_eq!(
+        invalid_op(
+            vec![Op::AddHtlc {
+                id: HtlcId(0),
+                amount: Amount(1),
+                hashlock: h,
+                expiry: Expiry(NOW.0 + 3601),
+            }],
+            false,
+            [100, 100],
+            short,
+            |_, _| {}
+        ),
+        OpError::ExpiryTooFar
+    );
+    // A top-up credited to the side that did not deposit (issue 12, attack 2): B deposited,
+    // A claims it.
+    assert_eq!(
+        invalid_op(
+            vec![Op::Deposit { amount: Amount(50) }],
+            false,
+            [100, 100],
+            l,
+            |_, b| {
+                b.observe_holdings(Amount(250));
+                b.observe_deposits(htlc::Side::A, Amount(100));
+                b.observe_deposits(htlc::Side::B, Amount(150));
+            }
+        ),
+        OpError::DepositNotOnChain
+    );
+    // A frozen channel (disputed on chain) takes no new lock.
+    assert_eq!(
+        invalid_op(
+            vec![Op::AddHtlc {
+                id: HtlcId(0),
+                amount: Amount(1),
+                hashlock: h,
+                expiry: exp,
+            }],
+            false,
+            [100, 100],
+            l,
+            |_, b| b.freeze()
+        ),
+        OpError::ChannelFrozen
     );
 }
 
@@ -477,6 +580,10 @@ fn expired_lock_cannot_be_fulfilled_but_can_be_expired() {
             ..
         }
     )));
+    // B knows the preimage but learned it too late to win the lock on chain: it gives up its
+    // claim (until then it refuses the expiry, issue 12 attack 5).
+    assert_eq!(b.claims().len(), 1);
+    b.release_claim(HtlcId(0));
     a.expire_htlc(HtlcId(0));
     let out = a.propose(later).unwrap();
     let mut to_a = Vec::new();
@@ -605,6 +712,7 @@ fn a_top_up_is_accepted_only_once_the_chain_holds_it() {
     let (mut a, mut b) = pair([1_000, 0], Limits::default());
     // B deposited 500 on chain and proposes the top-up before A has seen it.
     b.observe_holdings(Amount(1_500));
+    b.observe_deposits(htlc::Side::B, Amount(500));
     b.deposit(Amount(500));
     let out = b.propose(NOW).unwrap();
     let reject = sent(&deliver(&mut a, sent(&out)));
@@ -622,12 +730,13 @@ fn a_top_up_is_accepted_only_once_the_chain_holds_it() {
     // Settle B's version bump, then A sees the deposit and B tries again.
     settle(&mut a, &mut b, reject);
     a.observe_holdings(Amount(1_500));
+    a.observe_deposits(htlc::Side::B, Amount(500));
     b.deposit(Amount(500));
     let out = b.propose(NOW).unwrap();
     settle(&mut b, &mut a, sent(&out));
     assert_eq!(a.latest(), b.latest());
     assert_eq!(a.latest().state.balances, [Amount(1_000), Amount(500)]);
-    // Nothing beyond what the chain holds.
+    // Nothing beyond what the chain holds, and no deposit credited twice.
     b.deposit(Amount(1));
     let out = b.propose(NOW).unwrap();
     assert!(events(&out).iter().any(|e| matches!(
@@ -637,6 +746,106 @@ fn a_top_up_is_accepted_only_once_the_chain_holds_it() {
             ..
         }
     )));
+    let twice = propose_ops(
+        vec![Op::Deposit {
+            amount: Amount(500),
+        }],
+        a.latest().state.version + 1,
+        &b,
+        0xB2,
+    );
+    assert!(matches!(
+        reason_of(&deliver(&mut a, vec![twice])),
+        RejectReason::InvalidOp {
+            error: OpError::DepositNotOnChain,
+            ..
+        }
+    ));
+}
+
+/// Issue 12, attack 2: a peer that deposited nothing cannot be credited with what the other
+/// side deposited, even when the adjudicator holds it.
+#[test]
+fn a_top_up_is_credited_only_to_its_depositor() {
+    let (mut a, mut b) = pair([1_000, 0], Limits::default());
+    // B (the hub) deposited 5,000 of collateral; A saw it on chain.
+    for m in [&mut a, &mut b] {
+        m.observe_holdings(Amount(6_000));
+        m.observe_deposits(htlc::Side::A, Amount(1_000));
+        m.observe_deposits(htlc::Side::B, Amount(5_000));
+    }
+    // A claims it: its own machine drops the operation ...
+    a.deposit(Amount(5_000));
+    let out = a.propose(NOW).unwrap();
+    assert!(events(&out).iter().any(|e| matches!(
+        e,
+        Event::OpDropped {
+            error: OpError::DepositNotOnChain,
+            ..
+        }
+    )));
+    // ... and a hand-made proposal is refused by B.
+    let steal = propose_ops(
+        vec![Op::Deposit {
+            amount: Amount(5_000),
+        }],
+        1,
+        &a,
+        0xA1,
+    );
+    assert!(matches!(
+        reason_of(&deliver(&mut b, vec![steal])),
+        RejectReason::InvalidOp {
+            error: OpError::DepositNotOnChain,
+            ..
+        }
+    ));
+    // B's own credit goes through.
+    b.deposit(Amount(5_000));
+    let out = b.propose(NOW).unwrap();
+    settle(&mut b, &mut a, sent(&out));
+    assert_eq!(a.latest(), b.latest());
+    assert_eq!(a.latest().state.balances, [Amount(1_000), Amount(5_000)]);
+}
+
+/// Issue 12, attack 5: once we know the preimage of the peer's lock (we claim it), we never
+/// co-sign its expiry, even after the expiry time.
+#[test]
+fn a_lock_whose_preimage_we_know_is_never_expired_by_the_peer() {
+    let (mut a, mut b) = pair([1_000, 1_000], Limits::default());
+    with_lock(&mut a, &mut b);
+    let id = a.latest().state.locks[0].id;
+    // B learns the preimage (downstream) and queues the claim, but the expiry passes first.
+    b.fulfill_htlc(id, Preimage([1; 32]));
+    assert_eq!(b.claims(), &[(id, Preimage([1; 32]))]);
+    let late = Expiry(NOW.0 + 60);
+    a.expire_htlc(id);
+    let out = a.propose(late).unwrap();
+    let eff = b.handle(sent(&out)[0].clone(), late).unwrap();
+    assert!(matches!(
+        reason_of(&eff),
+        RejectReason::InvalidOp {
+            error: OpError::ClaimPending,
+            ..
+        } | RejectReason::Conflict
+    ));
+    assert_eq!(b.latest().state.locks.len(), 1, "the lock is still there");
+    // A lock B knows nothing about can be expired as usual.
+    let (mut a, mut b) = pair([1_000, 1_000], Limits::default());
+    with_lock(&mut a, &mut b);
+    let id = a.latest().state.locks[0].id;
+    a.expire_htlc(id);
+    let out = a.propose(late).unwrap();
+    let all = {
+        let eb = b.handle(sent(&out)[0].clone(), late).unwrap();
+        let ea = deliver(&mut a, sent(&eb));
+        [eb, ea].concat()
+    };
+    assert!(
+        !all.iter()
+            .any(|e| matches!(e, Effect::Send(Message::Reject { .. })))
+    );
+    assert!(b.latest().state.locks.is_empty());
 }
 
 /// Issue 19's shrunk sequence: B proposes a top-up A cannot see on chain yet, A refuses it; A
@@ -646,6 +855,7 @@ fn a_top_up_is_accepted_only_once_the_chain_holds_it() {
 fn a_refused_proposal_replayed_after_it_became_valid_never_commits() {
     let (mut a, mut b) = pair([1_000, 1_000], Limits::default());
     b.observe_holdings(Amount(2_001));
+    b.observe_deposits(htlc::Side::B, Amount(1_001));
     b.deposit(Amount(1));
     let proposal = sent(&b.propose(NOW).unwrap());
     let refusal = deliver(&mut a, proposal.clone());
@@ -668,6 +878,7 @@ fn a_refused_proposal_replayed_after_it_became_valid_never_commits() {
     // A queues an offer of its own meanwhile (as in the shrunk case) and then sees the chain.
     a.offer_htlc(Amount(1), Preimage([0; 32]).hashlock(), Expiry(NOW.0 + 1));
     a.observe_holdings(Amount(2_001));
+    a.observe_deposits(htlc::Side::B, Amount(1_001));
     let before = a.snapshot().clone();
     let replay = deliver(&mut a, proposal);
     assert!(matches!(
@@ -683,11 +894,20 @@ fn a_refused_proposal_replayed_after_it_became_valid_never_commits() {
     assert_eq!(a.snapshot(), &before, "the replay changed nothing");
     // The refusal reaches B: B re-proposes above the refused version and the two agree.
     let all = settle(&mut a, &mut b, sent(&refusal));
-    assert!(!all.iter().any(|e| matches!(e, Effect::Event(Event::PeerStuck))));
+    assert!(
+        !all.iter()
+            .any(|e| matches!(e, Effect::Event(Event::PeerStuck)))
+    );
     let out = a.propose(NOW).unwrap();
     settle(&mut a, &mut b, sent(&out));
     assert_eq!(a.latest(), b.latest());
     assert!(a.latest().state.version >= 2);
+    // The refused top-up was reported dead to B, which asks again, now that A sees it.
+    assert_eq!(a.latest().state.total().unwrap(), Amount(2_000));
+    b.deposit(Amount(1));
+    let out = b.propose(NOW).unwrap();
+    settle(&mut b, &mut a, sent(&out));
+    assert_eq!(a.latest(), b.latest());
     assert_eq!(a.latest().state.total().unwrap(), Amount(2_001));
 }
 
@@ -711,7 +931,10 @@ fn a_proposal_refused_as_a_conflict_is_never_countersigned_later() {
     // B's crossing proposal, replayed now that A has nothing pending, is refused.
     let before = a.snapshot().clone();
     let replay = deliver(&mut a, from_b);
-    assert!(matches!(reason_of(&replay), RejectReason::BadVersion { .. }));
+    assert!(matches!(
+        reason_of(&replay),
+        RejectReason::BadVersion { .. }
+    ));
     assert_eq!(a.snapshot(), &before);
     assert_eq!(
         a.latest().state.balances,

@@ -16,8 +16,15 @@
 //!
 //! Amounts are decimal strings of wei (JSON numbers cannot hold every `u128`). Errors are
 //! `{"error": "…"}` with 400 for a bad request, 404 for an unknown item, 500 for a store fault.
-//! The API listens on loopback unless the operator configures otherwise; it has no
-//! authentication of its own and must never be exposed beyond the operator's machine.
+//!
+//! **Authentication** (issue 12, attack 9). The API can pay and close channels, so every
+//! endpoint but `/metrics` requires `Authorization: Bearer <token>`, the node's API token
+//! ([`Node::api_token`]; `hub serve` keeps it in `<data_dir>/api.token`, readable by the
+//! operator only, and the CLI reads it from there). Every request, `/metrics` included, must
+//! name a loopback host in its `Host` header (`127.0.0.1`, `[::1]` or `localhost`): a web page
+//! the operator visits cannot reach the API by DNS rebinding, whose requests carry the
+//! attacker's host name. Refusals are 401 (token) and 403 (host), as JSON errors, logged. The
+//! API listens on loopback only.
 
 use crate::engine::{Node, NodeError};
 use crate::payments::{Invoice, PaymentRecord, PaymentStatus};
@@ -96,6 +103,9 @@ pub struct ChannelInfo {
     pub closed: bool,
     /// Whether it was paid out on chain.
     pub concluded: bool,
+    /// Whether it is disputed or concluded on chain (it takes no new HTLC).
+    #[serde(default)]
+    pub frozen: bool,
 }
 
 /// Our totals over every open channel.
@@ -206,6 +216,7 @@ impl Node {
                 funded: r.funded,
                 closed: st.is_final,
                 concluded: r.concluded,
+                frozen: r.snapshot.frozen,
             });
         }
         out
@@ -270,6 +281,11 @@ impl Node {
         m.render()
     }
 
+    /// The token the API requires (see the module documentation).
+    pub fn api_token(&self) -> &str {
+        &self.inner.opts.api_token
+    }
+
     /// Serve the API on `addr` until the node shuts down; returns the bound address.
     pub async fn serve_api(&self, addr: SocketAddr) -> Result<SocketAddr, NodeError> {
         let listener = tokio::net::TcpListener::bind(addr)
@@ -299,6 +315,43 @@ impl Node {
 /// An API error: a status and a message.
 #[derive(Debug)]
 pub struct ApiError(StatusCode, String);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_hosts_only() {
+        for h in [
+            "127.0.0.1:9736",
+            "127.0.0.1",
+            "localhost:1",
+            "LOCALHOST",
+            "[::1]:80",
+            "[::1]",
+        ] {
+            assert!(host_is_loopback(h), "{h}");
+        }
+        for h in [
+            "",
+            "evil.example:9736",
+            "10.0.0.1:9736",
+            "127.0.0.1.evil.example",
+            "[::2]:1",
+            "localhost.evil:1",
+        ] {
+            assert!(!host_is_loopback(h), "{h}");
+        }
+    }
+
+    #[test]
+    fn tokens_compare_exactly() {
+        assert!(same_token(b"abc", b"abc"));
+        assert!(!same_token(b"abc", b"abd"));
+        assert!(!same_token(b"abc", b"abcd"));
+        assert!(!same_token(b"", b"a"));
+    }
+}
 
 impl From<NodeError> for ApiError {
     fn from(e: NodeError) -> ApiError {
@@ -389,7 +442,65 @@ pub struct CloseRequest {
 /// Default validity of an invoice made through the API, seconds.
 pub const DEFAULT_INVOICE_SECS: u64 = 3600;
 
-/// The API's routes over `node`.
+/// Whether a `Host` header names this machine's loopback (with or without a port).
+pub fn host_is_loopback(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        // "[::1]:9736" or "[::1]"
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Compare two tokens in time independent of where they differ.
+fn same_token(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The API's gate: a loopback `Host` on every request, the bearer token on every one but
+/// `/metrics`.
+async fn guard(
+    State(n): State<Node>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let headers = req.headers();
+    let host = headers
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    if !host_is_loopback(host) {
+        tracing::warn!(%host, path = %req.uri().path(), "API request refused: not a loopback host");
+        return ApiError(
+            StatusCode::FORBIDDEN,
+            format!("host {host:?} refused: the API answers loopback hosts only"),
+        )
+        .into_response();
+    }
+    if req.uri().path() != "/metrics" {
+        let presented = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !same_token(presented.trim().as_bytes(), n.api_token().as_bytes()) {
+            tracing::warn!(path = %req.uri().path(), "API request refused: missing or wrong token");
+            return ApiError(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong API token (Authorization: Bearer <token>; `hub serve` writes \
+                 it to <data_dir>/api.token)"
+                    .into(),
+            )
+            .into_response();
+        }
+    }
+    next.run(req).await
+}
+
+/// The API's routes over `node`, behind the token and host check.
 pub fn router(node: Node) -> Router {
     Router::new()
         .route("/info", get(info))
@@ -403,6 +514,7 @@ pub fn router(node: Node) -> Router {
         .route("/open", post(open))
         .route("/close", post(close))
         .route("/metrics", get(metrics))
+        .layer(axum::middleware::from_fn_with_state(node.clone(), guard))
         .with_state(node)
 }
 

@@ -17,12 +17,19 @@
 //! # HTTP/JSON API and Prometheus /metrics, loopback only. Default: none (no API).
 //! api = "127.0.0.1:9736"
 //!
+//! # Assets channels may hold; opens in any other are refused. Default: ETH only.
+//! assets = ["0x0000000000000000000000000000000000000000"]
+//!
 //! [limits]
 //! max_frame_bytes = 1048576      # largest frame accepted (default 1 MiB)
-//! max_pending_htlcs = 483        # pending HTLC locks per channel (default 483)
+//! max_pending_htlcs = 100        # pending HTLC locks per channel (default 100)
+//! max_in_flight = "100000000000000000000" # wei locked in HTLCs per channel (default 100 ETH)
+//! min_htlc = 1000000000          # smallest HTLC a channel accepts, wei (default 1 gwei)
+//! max_htlc_expiry_secs = 1296000 # furthest expiry of a new HTLC, seconds ahead (default 15 days)
 //! max_ops_per_update = 1024      # operations per signed update (default 1024)
 //! max_channels_per_peer = 16     # ledger channels one peer may hold (default 16)
 //! max_frames_per_second = 2000   # per peer, beyond it frames are refused (default 2000)
+//! max_connections = 10000        # QUIC connections served at once (default 10000)
 //!
 //! [policy]
 //! base_fee = 1000                # flat fee per forwarded HTLC, wei (default 1000)
@@ -32,6 +39,7 @@
 //!
 //! [funding]
 //! collateral = 0                 # wei the hub deposits into each channel a peer opens (default 0)
+//! min_peer_deposit = "10000000000000000" # smallest opening deposit of a peer, wei (default 0.01 ETH)
 //! auto_settle = true             # pay out co-signed final states on chain at once (default true)
 //! chain_poll_ms = 500            # how often the adjudicator's events are polled (default 500)
 //! chain_retry_secs = 5           # how often failed transactions are sent again (default 5)
@@ -85,16 +93,73 @@ pub struct LimitsConfig {
     pub max_channels_per_peer: usize,
     /// Frames per second per peer.
     pub max_frames_per_second: u32,
+    /// Wei locked in pending HTLCs per channel, at most.
+    #[serde(with = "wei")]
+    pub max_in_flight: u128,
+    /// Smallest HTLC a channel accepts, wei.
+    #[serde(with = "wei")]
+    pub min_htlc: u128,
+    /// Furthest expiry of a new HTLC, seconds ahead of now.
+    pub max_htlc_expiry_secs: u64,
+    /// QUIC connections served at once, handshakes included.
+    pub max_connections: usize,
 }
 
 impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
             max_frame_bytes: crate::wire::DEFAULT_MAX_FRAME,
-            max_pending_htlcs: 483,
+            max_pending_htlcs: 100,
             max_ops_per_update: 1024,
             max_channels_per_peer: 16,
             max_frames_per_second: 2000,
+            max_in_flight: 100 * ETH,
+            min_htlc: 1_000_000_000,
+            max_htlc_expiry_secs: DEFAULT_MAX_HTLC_EXPIRY_SECS,
+            max_connections: 10_000,
+        }
+    }
+}
+
+const ETH: u128 = 1_000_000_000_000_000_000;
+
+/// Default furthest HTLC expiry: the longest outgoing horizon a hub forwards
+/// (`htlc::forward::DEFAULT_MAX_EXPIRY_HORIZON_SECS`, two weeks) plus a day of expiry deltas.
+pub const DEFAULT_MAX_HTLC_EXPIRY_SECS: u64 =
+    htlc::forward::DEFAULT_MAX_EXPIRY_HORIZON_SECS + 24 * 3600;
+
+impl LimitsConfig {
+    /// The bounds every channel's states get (rule 10).
+    pub fn channel_limits(&self) -> htlc::ops::Limits {
+        htlc::ops::Limits {
+            max_pending_locks: self.max_pending_htlcs,
+            max_ops_per_update: self.max_ops_per_update,
+            max_in_flight: htlc::Amount(self.max_in_flight),
+            min_htlc: htlc::Amount(self.min_htlc),
+            max_expiry_secs: self.max_htlc_expiry_secs,
+            ..htlc::ops::Limits::default()
+        }
+    }
+}
+
+/// Wei amounts in TOML: an integer, or a decimal string for values beyond TOML's 64-bit
+/// integers (10 ETH is already more than `i64::MAX` wei).
+mod wei {
+    use serde::{Deserialize, Deserializer};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Wei {
+        Int(u64),
+        Text(String),
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u128, D::Error> {
+        match Wei::deserialize(d)? {
+            Wei::Int(v) => Ok(u128::from(v)),
+            Wei::Text(t) => t
+                .parse()
+                .map_err(|_| serde::de::Error::custom(format!("{t:?} is not an amount in wei"))),
         }
     }
 }
@@ -129,7 +194,12 @@ impl Default for PolicyConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct FundingConfig {
     /// Wei the hub deposits into each channel a peer opens, once the peer's deposit is seen.
+    #[serde(with = "wei")]
     pub collateral: u128,
+    /// Smallest opening deposit a peer must bring, wei (an empty channel is refused, and the
+    /// hub's collateral follows only a deposit the chain shows).
+    #[serde(with = "wei")]
+    pub min_peer_deposit: u128,
     /// Whether co-signed final states are paid out on chain at once.
     pub auto_settle: bool,
     /// Milliseconds between polls of the adjudicator's events.
@@ -142,6 +212,7 @@ impl Default for FundingConfig {
     fn default() -> Self {
         FundingConfig {
             collateral: 0,
+            min_peer_deposit: ETH / 100,
             auto_settle: true,
             chain_poll_ms: 500,
             chain_retry_secs: 5,
@@ -186,6 +257,13 @@ pub struct Config {
     /// hubs). Sessions are re-dialled when they drop.
     #[serde(default)]
     pub connect: Vec<ConnectConfig>,
+    /// Assets channels may hold (`0x0…0` is ETH). Default: ETH only.
+    #[serde(default = "default_assets")]
+    pub assets: Vec<Address>,
+}
+
+fn default_assets() -> Vec<Address> {
+    vec![Address::ZERO]
 }
 
 /// A hub to connect to.
@@ -258,6 +336,36 @@ impl Config {
         }
         if l.max_frames_per_second == 0 {
             return bad("limits.max_frames_per_second", "must be at least 1");
+        }
+        if l.max_in_flight == 0 {
+            return bad("limits.max_in_flight", "must be at least 1 wei");
+        }
+        if l.min_htlc == 0 || l.min_htlc > l.max_in_flight {
+            return bad(
+                "limits.min_htlc",
+                "must be at least 1 wei and at most limits.max_in_flight",
+            );
+        }
+        let needed = htlc::forward::MIN_OUTGOING_EXPIRY_SECS + self.policy.expiry_delta;
+        if l.max_htlc_expiry_secs < needed {
+            return Err(ConfigError::Invalid {
+                field: "limits.max_htlc_expiry_secs",
+                why: format!(
+                    "must be at least {needed} s (the shortest outgoing expiry plus policy.expiry_delta)"
+                ),
+            });
+        }
+        if l.max_connections == 0 {
+            return bad("limits.max_connections", "must be at least 1");
+        }
+        if self.assets.is_empty() {
+            return bad("assets", "must list at least one asset");
+        }
+        if self.funding.min_peer_deposit == 0 {
+            return bad(
+                "funding.min_peer_deposit",
+                "must be at least 1 wei: an empty channel costs the hub and earns nothing",
+            );
         }
         if self.policy.expiry_delta < htlc::forward::MIN_EXPIRY_DELTA_SECS {
             return Err(ConfigError::Invalid {
@@ -381,6 +489,20 @@ mod tests {
                 "expiry_delta",
             ),
             ("key_file = \"k\"\nadjudicator = \"0x12\"", "adjudicator"),
+            ("key_file = \"k\"\nassets = []", "assets"),
+            ("key_file = \"k\"\n[limits]\nmin_htlc = 0", "min_htlc"),
+            (
+                "key_file = \"k\"\n[limits]\nmax_htlc_expiry_secs = 60",
+                "max_htlc_expiry_secs",
+            ),
+            (
+                "key_file = \"k\"\n[funding]\nmin_peer_deposit = 0",
+                "min_peer_deposit",
+            ),
+            (
+                "key_file = \"k\"\n[funding]\ncollateral = \"lots\"",
+                "collateral",
+            ),
         ] {
             let e = Config::parse(text).unwrap_err().to_string();
             assert!(e.contains(needle), "{text:?} gave {e:?}");

@@ -69,6 +69,17 @@ pub struct NodeOptions {
     pub expiry_check: std::time::Duration,
     /// The clock HTLC expiries are measured with.
     pub clock: crate::clock::Clock,
+    /// Assets a channel may hold (`Address::ZERO` is ETH): opens in any other asset are refused
+    /// and payments are forwarded only within one asset (issue 12, attack 4).
+    pub assets: Vec<Address>,
+    /// Smallest opening deposit a peer must bring to a channel it opens with us (at least 1
+    /// wei: an empty channel is refused, and our collateral follows only a real deposit).
+    pub min_peer_deposit: Amount,
+    /// Most QUIC connections served at once, handshakes included; more are refused.
+    pub max_connections: usize,
+    /// The bearer token the HTTP API requires (random unless set; `hub serve` keeps it in a
+    /// file only the operator can read).
+    pub api_token: String,
 }
 
 impl Default for NodeOptions {
@@ -90,6 +101,10 @@ impl Default for NodeOptions {
             reveal_preimages: true,
             expiry_check: std::time::Duration::from_secs(1),
             clock: crate::clock::Clock::system(),
+            assets: vec![Address::ZERO],
+            min_peer_deposit: Amount(1),
+            max_connections: 10_000,
+            api_token: new_api_token(),
         }
     }
 }
@@ -225,6 +240,15 @@ pub enum NodeEvent {
         /// The peer.
         peer: Address,
     },
+    /// The peer refused a message of ours (an open, a route instruction, ...).
+    RefusedByPeer {
+        /// The peer.
+        peer: Address,
+        /// Its reason code.
+        code: ErrorCode,
+        /// Its explanation.
+        detail: String,
+    },
 }
 
 /// The persisted record of one channel.
@@ -268,11 +292,13 @@ struct OutboxCursor {
     last_sent: u64,
 }
 
-/// The outbound side of one peer: sequence numbers and the live session's writer, if any.
+/// The outbound side of one peer: sequence numbers and the live session's writer (and its
+/// connection, closed when a newer session of the same key replaces it), if any.
 #[derive(Default)]
 struct Link {
     next_send: u64,
     writer: Option<(u64, mpsc::UnboundedSender<Vec<u8>>)>,
+    conn: Option<quinn::Connection>,
 }
 
 pub(crate) struct Inner {
@@ -412,10 +438,21 @@ impl Node {
             .map_err(|e| NodeError::Invalid(e.to_string()))?;
         self.keep_endpoint(&endpoint);
         let node = self.clone();
+        // Rule 10: at most `max_connections` connections at once, handshakes included (each
+        // holds a permit until its session ends); more are refused before any work is done.
+        let permits = Arc::new(tokio::sync::Semaphore::new(
+            self.inner.opts.max_connections.max(1),
+        ));
         tokio::spawn(async move {
             while let Some(incoming) = endpoint.accept().await {
+                let Ok(permit) = permits.clone().try_acquire_owned() else {
+                    warn!(remote = %incoming.remote_address(), "connection refused: at the limit");
+                    incoming.refuse();
+                    continue;
+                };
                 let node = node.clone();
                 tokio::spawn(async move {
+                    let _permit = permit;
                     match transport::accept(incoming, &node.inner.keys, node.inner.opts.max_frame)
                         .await
                     {
@@ -557,7 +594,10 @@ impl Node {
                 }
                 let _ = send.finish();
             });
-            if let Err(e) = self.install_link(peer, generation, tx.clone()).await {
+            if let Err(e) = self
+                .install_link(peer, generation, tx.clone(), conn.clone())
+                .await
+            {
                 warn!(error = %e, "cannot resume session");
                 conn.close(2u32.into(), b"store");
                 return;
@@ -641,21 +681,29 @@ impl Node {
         let l = Arc::new(Mutex::new(Link {
             next_send,
             writer: None,
+            conn: None,
         }));
         links.insert(peer, l.clone());
         Ok(l)
     }
 
     /// Attach a session's writer, re-sending the outbox first, under the link's lock so no new
-    /// frame can overtake the re-sent ones.
+    /// frame can overtake the re-sent ones. One session per key (rule 10): an older session of
+    /// the same peer is closed, so a key never holds two sessions and two rate limits.
     async fn install_link(
         &self,
         peer: Address,
         generation: u64,
         tx: mpsc::UnboundedSender<Vec<u8>>,
+        conn: quinn::Connection,
     ) -> Result<(), NodeError> {
         let link = self.link(peer)?;
         let mut link = link.lock().await;
+        if let Some(old) = link.conn.take() {
+            info!("a newer session of this peer replaces the old one");
+            old.close(3u32.into(), b"replaced by a newer session");
+        }
+        link.conn = Some(conn);
         let pending = self.inner.store.scan_raw(Cf::Outbox, peer.as_slice())?;
         debug!(frames = pending.len(), "re-sending outbox");
         for (_, bytes) in pending {
@@ -670,6 +718,25 @@ impl Node {
             let mut link = link.lock().await;
             if link.writer.as_ref().is_some_and(|(g, _)| *g == generation) {
                 link.writer = None;
+                link.conn = None;
+                // A stranger leaves nothing behind in memory either (issue 12, attack 8).
+                if !self.has_channel(peer) {
+                    self.inner
+                        .links
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&peer);
+                    self.inner
+                        .recv
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&peer);
+                    self.inner
+                        .outbox
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&peer);
+                }
             }
         }
     }
@@ -796,6 +863,8 @@ impl Node {
             }
             Frame::Error { code, detail } => {
                 warn!(?code, %detail, "peer reported an error");
+                self.inner
+                    .emit(NodeEvent::RefusedByPeer { peer, code, detail });
                 Ok(())
             }
             Frame::Auth { .. } => {
@@ -817,6 +886,20 @@ impl Node {
         let mut batch = Batch::new();
         batch.put(Cf::Meta, &meta_key("recv", peer), &seq)?;
         let refuse = |code: ErrorCode, detail: String| Body::Refused { seq, code, detail };
+        // A stranger (no channel with us) may only open one: anything else is refused without
+        // a write (issue 12, attack 8).
+        if !self.has_channel(peer) && !matches!(body, Body::OpenChannel { .. }) {
+            return self
+                .refuse(
+                    peer,
+                    batch,
+                    refuse(
+                        ErrorCode::UnknownChannel,
+                        "no channel with this peer".into(),
+                    ),
+                )
+                .await;
+        }
         match body {
             Body::Funded { channel_id } => {
                 let owned = match self.inner.channel(channel_id) {
@@ -864,6 +947,15 @@ impl Node {
                         .refuse(peer, batch, refuse(ErrorCode::UnknownChannel, detail))
                         .await;
                 }
+                // Rule 10: no more instructions waiting than the channel has lock slots (each
+                // is deleted when its HTLC is forwarded or failed).
+                if self.route_instructions(channel_id)? >= self.inner.opts.limits.max_pending_locks
+                {
+                    let detail = "too many route instructions waiting for their HTLCs".into();
+                    return self
+                        .refuse(peer, batch, refuse(ErrorCode::RateLimited, detail))
+                        .await;
+                }
                 let instr = crate::payments::RouteInstr { next_peer, next };
                 batch.put(
                     Cf::Locks,
@@ -874,10 +966,13 @@ impl Node {
                 Ok(())
             }
             Body::Ping | Body::Refused { .. } => {
-                if let Body::Refused { code, detail, .. } = &body {
+                self.commit_and_send(peer, batch, vec![]).await?;
+                if let Body::Refused { code, detail, .. } = body {
                     warn!(?code, %detail, "peer refused our message");
+                    self.inner
+                        .emit(NodeEvent::RefusedByPeer { peer, code, detail });
                 }
-                self.commit_and_send(peer, batch, vec![]).await
+                Ok(())
             }
             Body::Channel(msg) => {
                 let id = msg.channel_id();
@@ -911,15 +1006,22 @@ impl Node {
                         .await;
                 }
                 let mut machine = Channel::restore(rec.snapshot.clone(), self.inner.keys.clone())?;
-                // A top-up is credited only up to what the adjudicator holds: look it up.
+                // A top-up is credited only to its depositor, up to what the chain shows it
+                // deposited (rule 11): look it up, never take the peer's word.
                 if let htlc::Message::Propose { ops, .. } = &msg
                     && ops.iter().any(|op| matches!(op, htlc::Op::Deposit { .. }))
                     && let Some(chain) = &self.inner.opts.chain
                 {
-                    match chain.holdings(id).await {
-                        Ok(h) => machine.observe_holdings(h),
-                        Err(e) => {
-                            warn!(error = %e, "cannot read holdings; the top-up will be refused")
+                    let params = rec.snapshot.params.clone();
+                    match (chain.holdings(id).await, chain.deposits(&params).await) {
+                        (Ok(h), Ok(d)) => {
+                            machine.observe_holdings(h);
+                            for side in [htlc::Side::A, htlc::Side::B] {
+                                machine.observe_deposits(side, d[side.index()]);
+                            }
+                        }
+                        (Err(e), _) | (_, Err(e)) => {
+                            warn!(error = %e, "cannot read the deposits; the top-up will be refused")
                         }
                     }
                 }
@@ -1028,14 +1130,63 @@ impl Node {
         }
     }
 
+    /// Refuse a peer's message. For a peer with a funded channel the refusal is sequenced and
+    /// durable like every message; for a stranger (no funded channel) nothing is written: the
+    /// refusal goes out as an unsequenced error frame, so a fresh key cannot make us write to
+    /// disk (issue 12, attack 8).
     async fn refuse(&self, peer: Address, batch: Batch, body: Body) -> Result<(), NodeError> {
         if let Body::Refused { code, .. } = &body {
-            let _ = self
-                .inner
-                .events
-                .send(NodeEvent::Refused { peer, code: *code });
+            self.inner.emit(NodeEvent::Refused { peer, code: *code });
+        }
+        if !self.has_funded_channel(peer).await {
+            if let Body::Refused { code, detail, .. } = body {
+                self.send_unsequenced(peer, &Frame::Error { code, detail })
+                    .await;
+            }
+            return Ok(());
         }
         self.commit_and_send(peer, batch, vec![body]).await
+    }
+
+    /// Whether `peer` holds any channel record with us (even one not yet funded).
+    fn has_channel(&self, peer: Address) -> bool {
+        self.inner
+            .per_peer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&peer)
+            .is_some_and(|ids| !ids.is_empty())
+    }
+
+    /// Whether `peer` has a channel with us whose deposits are on chain.
+    async fn has_funded_channel(&self, peer: Address) -> bool {
+        let ids: Vec<ChannelId> = self
+            .inner
+            .per_peer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&peer)
+            .cloned()
+            .unwrap_or_default();
+        for id in ids {
+            if let Some(rec) = self.inner.channel(id)
+                && rec.lock().await.funded
+            {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Send a frame outside the sequenced, durable stream (lost if no session is up).
+    async fn send_unsequenced(&self, peer: Address, frame: &Frame) {
+        let Ok(link) = self.link(peer) else {
+            return;
+        };
+        let link = link.lock().await;
+        if let Some((_, tx)) = &link.writer {
+            Self::send_now(tx, frame);
+        }
     }
 
     fn insert_channel(&self, id: ChannelId, rec: ChannelRecord) {
@@ -1072,8 +1223,27 @@ impl Node {
         if params.chain_id != o.chain_id || params.adjudicator != o.adjudicator {
             return Err(NodeError::Invalid("wrong chain or adjudicator".into()));
         }
-        if params.challenge_duration < 60 || params.challenge_duration > 30 * 24 * 3600 {
-            return Err(NodeError::Invalid("challenge duration out of range".into()));
+        if !o.assets.contains(&params.asset) {
+            return Err(NodeError::Invalid(format!(
+                "asset {} is not accepted here (accepted: {:?})",
+                params.asset, o.assets
+            )));
+        }
+        // Rule 12: a window too short to get a challenge in would let a stale close win.
+        use htlc::forward::{MAX_CHALLENGE_DURATION_SECS, MIN_CHALLENGE_DURATION_SECS};
+        if !(MIN_CHALLENGE_DURATION_SECS..=MAX_CHALLENGE_DURATION_SECS)
+            .contains(&params.challenge_duration)
+        {
+            return Err(NodeError::Invalid(format!(
+                "challenge window of {} s out of range ({MIN_CHALLENGE_DURATION_SECS}..={MAX_CHALLENGE_DURATION_SECS} s)",
+                params.challenge_duration
+            )));
+        }
+        if balances[0] < o.min_peer_deposit.max(Amount(1)) {
+            return Err(NodeError::Invalid(format!(
+                "an opening deposit of at least {} wei is required",
+                o.min_peer_deposit.max(Amount(1))
+            )));
         }
         let id = params.id();
         if self.inner.channel(id).is_some() {
@@ -1117,11 +1287,22 @@ impl Node {
         ))
     }
 
-    /// Open a channel with a connected peer: we are A and fund `deposit`; the peer starts at 0.
-    /// Returns once the peer has countersigned the opening state.
+    /// Open an ETH channel with a connected peer: we are A and fund `deposit`; the peer starts
+    /// at 0. Returns once the peer has countersigned the opening state.
     pub async fn open_channel(
         &self,
         peer: Address,
+        deposit: Amount,
+    ) -> Result<ChannelId, NodeError> {
+        self.open_channel_in(peer, Address::ZERO, deposit).await
+    }
+
+    /// As [`Node::open_channel`], in `asset` (`Address::ZERO` is ETH, else an ERC-20 token). If
+    /// the peer refuses, the channel is forgotten and the peer's reason returned.
+    pub async fn open_channel_in(
+        &self,
+        peer: Address,
+        asset: Address,
         deposit: Amount,
     ) -> Result<ChannelId, NodeError> {
         let o = &self.inner.opts;
@@ -1129,7 +1310,7 @@ impl Node {
             chain_id: o.chain_id,
             adjudicator: o.adjudicator,
             participants: [self.address(), peer],
-            asset: Address::ZERO,
+            asset,
             challenge_duration: o.challenge_duration,
             nonce: U256::from(rand::random::<u64>()),
         };
@@ -1158,6 +1339,11 @@ impl Node {
             doomed: Vec::new(),
             rejects_in_row: 0,
             holdings: balances[0],
+            deposited: [Amount::ZERO; 2],
+            credited: balances,
+            agreed: Vec::new(),
+            claims: Vec::new(),
+            frozen: false,
         };
         let rec = ChannelRecord {
             peer,
@@ -1184,8 +1370,15 @@ impl Node {
                 Ok(NodeEvent::ChannelOpened { channel_id, .. }) if channel_id == id => {
                     return Ok(id);
                 }
-                Ok(NodeEvent::Refused { peer: p, code }) if p == peer => {
-                    return Err(NodeError::Invalid(format!("peer refused: {code:?}")));
+                Ok(NodeEvent::RefusedByPeer {
+                    peer: p,
+                    code,
+                    detail,
+                }) if p == peer => {
+                    self.forget_unopened(id).await?;
+                    return Err(NodeError::Invalid(format!(
+                        "the peer refused the channel ({code:?}): {detail}"
+                    )));
                 }
                 Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
                 Err(broadcast::error::RecvError::Closed) => {
@@ -1193,6 +1386,37 @@ impl Node {
                 }
             }
         }
+    }
+
+    /// Delete a channel we proposed that the peer never countersigned (nothing of it exists on
+    /// chain or at the peer).
+    async fn forget_unopened(&self, id: ChannelId) -> Result<(), NodeError> {
+        let Some(rec) = self.inner.channel(id) else {
+            return Ok(());
+        };
+        let r = rec.lock().await;
+        if !awaiting_acceptance(&r) {
+            return Ok(());
+        }
+        let mut batch = Batch::new();
+        batch.delete(Cf::Channels, id.0.as_slice());
+        self.inner.store.commit(batch).await?;
+        self.inner
+            .channels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+        if let Some(ids) = self
+            .inner
+            .per_peer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(&r.peer)
+        {
+            ids.retain(|c| *c != id);
+        }
+        info!(channel = %id, "unopened channel forgotten");
+        Ok(())
     }
 
     /// Pay `amount` directly to the counterparty of `id` (one signed update).
@@ -1346,6 +1570,11 @@ impl Inner {
         let map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         map.get(&id).cloned()
     }
+}
+
+/// A fresh random API token: 32 bytes as hex.
+pub fn new_api_token() -> String {
+    alloy::primitives::hex::encode(rand::random::<[u8; 32]>())
 }
 
 /// Stands for the counterparty's signature while an opening awaits it (r = s = 0 never

@@ -37,6 +37,15 @@ struct Cli {
         default_value = "127.0.0.1:9736"
     )]
     api: std::net::SocketAddr,
+    /// File holding the node's API token (written by `hub serve` as <data_dir>/api.token). The
+    /// token itself may be given in VHUB_API_TOKEN instead.
+    #[arg(
+        long,
+        global = true,
+        env = "VHUB_API_TOKEN_FILE",
+        default_value = "hub-data/api.token"
+    )]
+    api_token_file: PathBuf,
     #[command(subcommand)]
     command: Command,
 }
@@ -179,6 +188,7 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let api = cli.api;
+    let token_file = cli.api_token_file;
     match cli.command {
         Command::Keygen { out } => keygen(&out),
         Command::Serve { config } => rt.block_on(serve(config)),
@@ -189,8 +199,36 @@ fn main() -> Result<()> {
             warmup,
             amount,
         } => rt.block_on(demo::bench(payers, seconds, warmup, amount)),
-        cmd => rt.block_on(client::run(api, cmd)),
+        cmd => {
+            let token = client::read_token(&token_file)?;
+            rt.block_on(client::run(api, &token, cmd))
+        }
     }
+}
+
+/// The API token of the node whose data is in `data_dir`: read from `api.token`, or created
+/// there on first start (random, readable and writable by the owner only).
+fn api_token(data_dir: &std::path::Path) -> Result<String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = data_dir.join("api.token");
+    match std::fs::read_to_string(&path) {
+        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_string()),
+        Ok(_) => anyhow::bail!("{} is empty; delete it to make a new token", path.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+    let token = hub::engine::new_api_token();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    writeln!(f, "{token}").with_context(|| format!("writing {}", path.display()))?;
+    f.sync_all()
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(token)
 }
 
 fn keygen(out: &PathBuf) -> Result<()> {
@@ -216,14 +254,15 @@ async fn serve(path: PathBuf) -> Result<()> {
         .with_context(|| format!("creating {}", config.data_dir.display()))?;
     let store = Store::open(&config.data_dir)
         .with_context(|| format!("opening the database in {}", config.data_dir.display()))?;
+    let api_token = api_token(&config.data_dir)?;
     let opts = NodeOptions {
+        api_token,
         chain_id: config.chain_id,
         adjudicator: config.adjudicator.unwrap_or_default(),
-        limits: htlc::ops::Limits {
-            max_pending_locks: config.limits.max_pending_htlcs,
-            max_ops_per_update: config.limits.max_ops_per_update,
-            ..htlc::ops::Limits::default()
-        },
+        limits: config.limits.channel_limits(),
+        assets: config.assets.clone(),
+        min_peer_deposit: htlc::Amount(config.funding.min_peer_deposit),
+        max_connections: config.limits.max_connections,
         max_frame: config.limits.max_frame_bytes,
         frames_per_second: config.limits.max_frames_per_second,
         max_channels_per_peer: config.limits.max_channels_per_peer,

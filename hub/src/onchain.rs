@@ -27,28 +27,23 @@ use tracing::{Instrument, info, info_span, warn};
 /// Key of the watcher's cursor in the `chain` column family.
 const CURSOR_KEY: &[u8] = b"cursor";
 
-/// What the co-signed state, our proposal in flight and our queue credit in total: the
-/// deposits already accounted for.
-fn credited_total(snap: &Snapshot) -> Amount {
-    let deposits = |ops: &mut dyn Iterator<Item = &Op>| {
-        ops.filter_map(|op| match op {
-            Op::Deposit { amount } => Some(*amount),
+/// The deposits of ours that the co-signed state does not credit yet and that no proposal of
+/// ours in flight or queued already claims: what a new top-up credit may ask for.
+fn uncredited_own(snap: &Snapshot) -> Amount {
+    let me = snap.me.index();
+    let in_flight = snap
+        .pending
+        .iter()
+        .flat_map(|p| p.ops.iter())
+        .chain(snap.queue.iter())
+        .filter_map(|q| match q.op {
+            Op::Deposit { amount } => Some(amount),
             _ => None,
         })
-        .fold(Amount::ZERO, |a, b| a.checked_add(b).unwrap_or(Amount::MAX))
-    };
-    let pending = snap
-        .pending
-        .as_ref()
-        .map_or(Amount::ZERO, |p| deposits(&mut p.ops.iter().map(|q| &q.op)));
-    let queued = deposits(&mut snap.queue.iter().map(|q| &q.op));
-    snap.latest
-        .state
-        .total()
-        .unwrap_or(Amount::MAX)
-        .checked_add(pending)
-        .and_then(|t| t.checked_add(queued))
-        .unwrap_or(Amount::MAX)
+        .fold(Amount::ZERO, |a, b| a.checked_add(b).unwrap_or(Amount::MAX));
+    snap.deposits().uncredited[me]
+        .checked_sub(in_flight)
+        .unwrap_or(Amount::ZERO)
 }
 
 impl Node {
@@ -116,40 +111,64 @@ impl Node {
         }
     }
 
-    /// Read what the adjudicator holds for a channel and mark it funded once that covers the
-    /// opening state. With a configured collateral and the peer's deposit seen, store the
-    /// intent to add our collateral in the same batch.
+    /// Read what the adjudicator holds for a channel, and what each participant deposited,
+    /// and mark it funded once that covers the opening state. With a configured collateral and
+    /// the peer's deposit seen, store the intent to add our collateral in the same batch.
     pub(crate) async fn check_funding(&self, id: ChannelId) -> Result<(), NodeError> {
         let Some(submitter) = &self.inner.submitter else {
             return Ok(());
         };
-        let held = submitter
-            .client()
-            .holdings(id)
-            .await
-            .map_err(TxError::from)?;
-        self.observe_holdings(id, held).await
+        let Some(params) = self.channel_params(id).await else {
+            return Ok(());
+        };
+        let client = submitter.client();
+        let held = client.holdings(id).await.map_err(TxError::from)?;
+        let deposited = client.deposits(&params).await.map_err(TxError::from)?;
+        self.observe_chain(id, held, deposited).await
     }
 
-    /// Record holdings seen on chain (from a read or a `Deposited` event).
-    async fn observe_holdings(&self, id: ChannelId, held: Amount) -> Result<(), NodeError> {
+    /// Record what the chain shows for a channel: its holdings and each participant's
+    /// deposits (read after a `Deposited` event, or when the peer says it funded).
+    async fn observe_chain(
+        &self,
+        id: ChannelId,
+        held: Amount,
+        deposited: [Amount; 2],
+    ) -> Result<(), NodeError> {
         let Some(rec) = self.inner.channel(id) else {
             return Ok(());
         };
         let mut r = rec.lock().await;
-        if r.concluded || awaiting_acceptance(&r) || held <= r.snapshot.holdings && r.funded {
+        let s = &r.snapshot;
+        let news =
+            held > s.holdings || deposited[0] > s.deposited[0] || deposited[1] > s.deposited[1];
+        if r.concluded || awaiting_acceptance(&r) || !news && r.funded {
             return Ok(());
         }
         let total = r.snapshot.latest.state.total().unwrap_or(Amount::MAX);
+        let mut machine = htlc::Channel::restore(r.snapshot.clone(), self.inner.keys.clone())?;
+        machine.observe_holdings(held);
+        for side in [htlc::Side::A, htlc::Side::B] {
+            machine.observe_deposits(side, deposited[side.index()]);
+        }
         let mut new = r.clone();
-        new.snapshot.holdings = new.snapshot.holdings.max(held);
+        new.snapshot = machine.snapshot().clone();
         let newly_funded = !r.funded && held >= total;
         new.funded |= newly_funded;
         let mut batch = Batch::new();
         batch.put(Cf::Channels, id.0.as_slice(), &new)?;
         let o = &self.inner.opts;
-        let collateral =
-            newly_funded && !o.collateral.is_zero() && new.snapshot.me == htlc::Side::B;
+        // Collateral follows only a real deposit of the peer's (issue 12, attack 2): the
+        // opening must credit the peer at least the minimum, and the chain must show the peer
+        // deposited it.
+        let peer_side = new.snapshot.me.other().index();
+        let peer_paid = new.snapshot.latest.state.balances[peer_side] >= o.min_peer_deposit
+            && deposited[peer_side] >= o.min_peer_deposit
+            && !o.min_peer_deposit.is_zero();
+        let collateral = newly_funded
+            && !o.collateral.is_zero()
+            && new.snapshot.me == htlc::Side::B
+            && peer_paid;
         if collateral {
             let intent = Intent::Deposit {
                 params: new.snapshot.params.clone(),
@@ -207,65 +226,72 @@ impl Node {
         }
     }
 
-    /// Queue the co-signed credit of a top-up whose deposit is on chain, deleting its intent in
-    /// the same batch; if it is credited already, only delete the intent.
+    /// A deposit intent of ours is mined: delete it and claim the credit of every deposit of
+    /// ours the channel does not credit yet (from the chain's `Deposited` events).
     async fn credit(&self, intent: &Intent) -> Result<(), NodeError> {
-        let Intent::Deposit {
-            params,
-            expected_held,
-            amount,
-            credit: true,
-        } = intent
-        else {
+        let Intent::Deposit { params, .. } = intent else {
             return Ok(());
         };
         let id = params.id();
+        self.check_funding(id).await?;
         let mut batch = Batch::new();
         batch.delete(Cf::Chain, &intent.key());
-        // One credit at a time, so the check below and the queueing are atomic.
+        if !self.claim_deposits(id, batch).await? {
+            let mut batch = Batch::new();
+            batch.delete(Cf::Chain, &intent.key());
+            self.inner.store.commit(batch).await?;
+        }
+        Ok(())
+    }
+
+    /// Propose the credit of whatever we deposited into `id` that no co-signed state, proposal
+    /// or queued operation credits yet, with the writes of `batch` in the same commit. Returns
+    /// whether a credit was queued (`batch` is committed only then). The peer co-signs it once
+    /// it sees our deposit on chain; if it refuses (it has not seen it yet), the chain task
+    /// asks again later: collateral is never left uncredited (issue 12, attack 2).
+    async fn claim_deposits(&self, id: ChannelId, batch: Batch) -> Result<bool, NodeError> {
+        // One claim at a time, so the check below and the queueing are atomic.
         let _one = self.inner.credit_lock.lock().await;
         let Some(rec) = self.inner.channel(id) else {
-            self.inner.store.commit(batch).await?;
-            return Ok(());
+            return Ok(false);
         };
-        let (done, closed) = {
+        let amount = {
             let r = rec.lock().await;
-            let target = expected_held.checked_add(*amount).unwrap_or(Amount::MAX);
-            (
-                credited_total(&r.snapshot) >= target,
-                r.concluded || r.snapshot.latest.state.is_final,
-            )
-        };
-        if done || closed {
-            if closed && !done {
-                warn!(channel = %id, %amount, "top-up landed after the channel closed");
+            let s = &r.snapshot;
+            if r.concluded || s.latest.state.is_final || s.frozen || !r.funded {
+                return Ok(false);
             }
-            self.inner.store.commit(batch).await?;
-            return Ok(());
+            uncredited_own(s)
+        };
+        if amount.is_zero() {
+            return Ok(false);
         }
-        let held = self
-            .submitter()?
-            .client()
-            .holdings(id)
-            .await
-            .map_err(TxError::from)?;
-        let amount = *amount;
-        self.with_channel_in(
-            id,
-            |m| {
-                m.observe_holdings(held);
-                m.deposit(amount);
-            },
-            batch,
-        )
-        .instrument(info_span!("channel", %id))
-        .await?;
+        self.with_channel_in(id, |m| m.deposit(amount), batch)
+            .instrument(info_span!("channel", %id))
+            .await?;
         info!(channel = %id, %amount, "top-up credit proposed");
         self.inner.emit(NodeEvent::ToppedUp {
             channel_id: id,
             amount,
         });
-        Ok(())
+        Ok(true)
+    }
+
+    /// Ask again for the credit of our deposits that the peer has not co-signed yet (it may
+    /// have refused while it had not seen them on chain).
+    pub(crate) async fn reclaim_deposits(&self) {
+        for id in self.channel_ids() {
+            let Some(rec) = self.inner.channel(id) else {
+                continue;
+            };
+            let owed = {
+                let r = rec.lock().await;
+                !uncredited_own(&r.snapshot).is_zero() && r.snapshot.pending.is_none()
+            };
+            if owed && let Err(e) = self.claim_deposits(id, Batch::new()).await {
+                warn!(channel = %id, error = %e, "claiming a deposit's credit failed; will retry");
+            }
+        }
     }
 
     /// Pay out a channel whose final state is co-signed, on chain (either side may do it; the
@@ -334,9 +360,30 @@ impl Node {
         Ok(())
     }
 
-    /// A dispute was registered with `version`: if we hold a later co-signed state, store the
-    /// intent to challenge with it and wake the sender.
+    /// Mark a channel disputed or concluded on chain: its machine takes no new lock, guarantee
+    /// or deposit from now on (issue 12, attack 3; rule 12).
+    async fn freeze(&self, id: ChannelId) -> Result<(), NodeError> {
+        let Some(rec) = self.inner.channel(id) else {
+            return Ok(());
+        };
+        let mut r = rec.lock().await;
+        if r.snapshot.frozen {
+            return Ok(());
+        }
+        let mut new = r.clone();
+        new.snapshot.frozen = true;
+        let mut batch = Batch::new();
+        batch.put(Cf::Channels, id.0.as_slice(), &new)?;
+        self.inner.store.commit(batch).await?;
+        *r = new;
+        warn!(channel = %id, "channel is on chain: it takes no new lock");
+        Ok(())
+    }
+
+    /// A dispute was registered with `version`: freeze the channel, and if we hold a later
+    /// co-signed state, store the intent to challenge with it and wake the sender.
     async fn on_dispute(&self, id: ChannelId, version: u64) -> Result<(), NodeError> {
+        self.freeze(id).await?;
         let Some(rec) = self.inner.channel(id) else {
             return Ok(());
         };
@@ -368,9 +415,14 @@ impl Node {
             return Ok(());
         };
         match ev {
+            // Read back from the chain (idempotent): the holdings and who deposited what. A read
+            // that fails is retried when the peer or the chain task looks again.
             AdjudicatorEvents::Deposited(d) => {
-                let held = Amount(u128::try_from(d.holdings).unwrap_or(u128::MAX));
-                self.observe_holdings(ChannelId(d.channelId), held).await
+                let id = ChannelId(d.channelId);
+                if let Err(e) = self.check_funding(id).await {
+                    warn!(channel = %id, error = %e, "cannot read the channel's deposits");
+                }
+                Ok(())
             }
             AdjudicatorEvents::Disputed(d) => {
                 self.on_dispute(ChannelId(d.channelId), d.version).await
@@ -380,6 +432,7 @@ impl Node {
                     Amount(u128::try_from(c.toA).unwrap_or(u128::MAX)),
                     Amount(u128::try_from(c.toB).unwrap_or(u128::MAX)),
                 );
+                self.freeze(ChannelId(c.channelId)).await?;
                 self.mark_concluded(ChannelId(c.channelId), Some(paid))
                     .await
             }
@@ -428,6 +481,7 @@ impl Node {
                         }
                         Err(e) => warn!(error = %e, "chain intents: store failed"),
                     }
+                    node.reclaim_deposits().await;
                     tokio::select! {
                         _ = node.inner.chain_kick.notified() => {}
                         _ = tokio::time::sleep(node.inner.opts.chain_retry) => {}

@@ -356,9 +356,12 @@ impl Node {
                 invoice.hub
             ))
         })?;
-        let (channel, available) = self.best_channel_to(invoice.hub).await.ok_or_else(|| {
-            NodeError::Invalid(format!("no open channel with hub {}", invoice.hub))
-        })?;
+        let (channel, available) =
+            self.best_channel_to(invoice.hub, None)
+                .await
+                .ok_or_else(|| {
+                    NodeError::Invalid(format!("no open channel with hub {}", invoice.hub))
+                })?;
         let route = route_through_hub(self.address(), invoice, &policy, channel, available)?;
         let [first, last] = [&route.hops[0], &route.hops[1]];
         let plan = HtlcPlan {
@@ -385,9 +388,12 @@ impl Node {
         if let Some(existing) = self.payment(id)? {
             return Ok(existing);
         }
-        let (channel, _) = self.best_channel_to(invoice.hub).await.ok_or_else(|| {
-            NodeError::Invalid(format!("no open channel with hub {}", invoice.hub))
-        })?;
+        let (channel, _) = self
+            .best_channel_to(invoice.hub, None)
+            .await
+            .ok_or_else(|| {
+                NodeError::Invalid(format!("no open channel with hub {}", invoice.hub))
+            })?;
         self.pay_with_plan(invoice, id, channel, plan).await
     }
 
@@ -433,9 +439,14 @@ impl Node {
         Ok(record)
     }
 
-    /// Our open, funded channel with `peer` with the most free balance on our side. Only that
-    /// peer's channels are looked at (and locked), never every channel of the node.
-    async fn best_channel_to(&self, peer: Address) -> Option<(ChannelId, Amount)> {
+    /// Our open, funded channel with `peer` with the most free balance on our side, in `asset`
+    /// if given. Only that peer's channels are looked at (and locked), never every channel of
+    /// the node; channels disputed or concluded on chain are skipped.
+    async fn best_channel_to(
+        &self,
+        peer: Address,
+        asset: Option<Address>,
+    ) -> Option<(ChannelId, Amount)> {
         let ids: Vec<ChannelId> = {
             let map = self
                 .inner
@@ -451,7 +462,13 @@ impl Node {
         let mut best: Option<(ChannelId, Amount)> = None;
         for (id, rec) in recs {
             let r = rec.lock().await;
-            if r.peer != peer || !r.funded || r.concluded || awaiting_acceptance(&r) {
+            if r.peer != peer
+                || !r.funded
+                || r.concluded
+                || r.snapshot.frozen
+                || awaiting_acceptance(&r)
+                || asset.is_some_and(|a| a != r.snapshot.params.asset)
+            {
                 continue;
             }
             let st = &r.snapshot.latest.state;
@@ -612,23 +629,34 @@ impl Node {
         Ok(())
     }
 
-    /// We are the hub: decide, and offer the outgoing HTLC with the forward's records.
+    /// We are the hub: decide, and offer the outgoing HTLC with the forward's records. Only a
+    /// channel in the incoming channel's asset can carry it (a payment received in one token is
+    /// never paid out in another: issue 12, attack 4).
     async fn forward(&self, h: CommittedHtlc, instr: RouteInstr) -> Result<(), NodeError> {
         let in_channel = h.channel_id();
         let in_id = h.lock().id;
-        let out = self.outgoing_to(instr.next_peer).await;
+        let asset = self.channel_params(in_channel).await.map(|p| p.asset);
+        let Some(asset) = asset else {
+            return Err(NodeError::UnknownChannel(in_channel));
+        };
+        let out = self.outgoing_to(instr.next_peer, asset).await;
         let decision = decide(&h, &instr.next, out.as_ref().map(|(_, o)| o), self.now());
+        // The instruction is used up by this decision: deleted with its outcome.
+        let mut used = Batch::new();
+        used.delete(Cf::Locks, &route_key(in_channel, h.lock().hashlock));
         let (fwd, out_channel) = match (decision, out) {
             (Ok(f), Some((c, _))) => (f, c),
-            (Err(reason), _) => return self.fail_incoming(in_channel, in_id, reason).await,
+            (Err(reason), _) => {
+                return self.fail_incoming_in(in_channel, in_id, reason, used).await;
+            }
             (Ok(_), None) => {
                 return self
-                    .fail_incoming(in_channel, in_id, FailureReason::UnknownNextPeer)
+                    .fail_incoming_in(in_channel, in_id, FailureReason::UnknownNextPeer, used)
                     .await;
             }
         };
         let r = self
-            .with_channel_do(out_channel, Batch::new(), |m, b| {
+            .with_channel_do(out_channel, used, |m, b| {
                 let out_id = m.offer_htlc(fwd.amount, fwd.hashlock, fwd.expiry);
                 let rec = Forwarded {
                     in_channel,
@@ -658,13 +686,16 @@ impl Node {
         Ok(())
     }
 
-    /// Our best outgoing channel to `peer`, described for the forwarding decision.
-    async fn outgoing_to(&self, peer: Address) -> Option<(ChannelId, OutgoingChannel)> {
-        let (id, _) = self.best_channel_to(peer).await?;
+    /// Our best outgoing channel to `peer` in `asset`, described for the forwarding decision.
+    async fn outgoing_to(
+        &self,
+        peer: Address,
+        asset: Address,
+    ) -> Option<(ChannelId, OutgoingChannel)> {
+        let (id, _) = self.best_channel_to(peer, Some(asset)).await?;
         let rec = self.inner.channel(id)?;
         let r = rec.lock().await;
         let st = &r.snapshot.latest.state;
-        let ours = |l: &&htlc::Lock| l.sender == r.snapshot.me;
         Some((
             id,
             OutgoingChannel {
@@ -672,10 +703,8 @@ impl Node {
                 available: st.balances[r.snapshot.me.index()],
                 pending_locks: st.locks.len(),
                 max_pending_locks: r.snapshot.limits.max_pending_locks,
-                in_flight: htlc::Amount::checked_sum(
-                    st.locks.iter().filter(ours).map(|l| l.amount),
-                )
-                .unwrap_or(Amount::MAX),
+                // Every lock counts toward the limit, as `htlc::ops::apply_batch` counts them.
+                in_flight: st.locks_total().unwrap_or(Amount::MAX),
                 max_in_flight: r.snapshot.limits.max_in_flight,
             },
         ))
@@ -687,9 +716,30 @@ impl Node {
         id: HtlcId,
         reason: FailureReason,
     ) -> Result<(), NodeError> {
-        info!(channel = %channel, htlc = id.0, %reason, "failing HTLC back");
-        self.with_channel(channel, |m| m.fail_htlc(id, reason))
+        self.fail_incoming_in(channel, id, reason, Batch::new())
             .await
+    }
+
+    /// As [`Self::fail_incoming`], with the writes of `batch` in the same commit.
+    async fn fail_incoming_in(
+        &self,
+        channel: ChannelId,
+        id: HtlcId,
+        reason: FailureReason,
+        batch: Batch,
+    ) -> Result<(), NodeError> {
+        info!(channel = %channel, htlc = id.0, %reason, "failing HTLC back");
+        self.with_channel_in(channel, |m| m.fail_htlc(id, reason), batch)
+            .await
+    }
+
+    /// How many route instructions a peer left for `channel` that no HTLC used yet.
+    pub(crate) fn route_instructions(&self, channel: ChannelId) -> Result<usize, NodeError> {
+        Ok(self
+            .inner
+            .store
+            .scan_raw(Cf::Locks, &key2("route/", channel.0.as_slice(), &[]))?
+            .len())
     }
 
     /// An HTLC we offered on `channel` ended (its record says how): settle or fail the

@@ -93,12 +93,18 @@ struct Api {
 }
 
 impl Api {
-    fn new(addr: SocketAddr) -> Api {
+    fn new(addr: SocketAddr, token: &str) -> Api {
         assert!(addr.ip().is_loopback(), "APIs listen on loopback only");
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {token}").parse().unwrap(),
+        );
         Api {
             base: format!("http://{addr}"),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(60))
+                .default_headers(headers)
                 .build()
                 .unwrap(),
         }
@@ -266,16 +272,20 @@ fn settled_channel(id: ChannelId, peer: Address, version: u64, ours: u128) -> Ch
         funded: true,
         closed: false,
         concluded: false,
+        frozen: false,
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_endpoint_reports_exactly_what_the_payments_did() {
     let net = start_net(3).await;
-    let hub = Api::new(net.api.unwrap());
+    let hub = Api::new(net.api.unwrap(), net.hub.api_token());
     let mut peers = Vec::new();
     for p in &net.peers {
-        peers.push(Api::new(p.serve_api(loopback()).await.unwrap()));
+        peers.push(Api::new(
+            p.serve_api(loopback()).await.unwrap(),
+            p.api_token(),
+        ));
     }
     let hub_addr = net.hub.address();
 
@@ -563,8 +573,11 @@ async fn every_endpoint_reports_exactly_what_the_payments_did() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_payment_held_by_its_payee_shows_on_both_sides_of_the_hub() {
     let net = start_net(2).await;
-    let hub = Api::new(net.api.unwrap());
-    let payer = Api::new(net.peers[0].serve_api(loopback()).await.unwrap());
+    let hub = Api::new(net.api.unwrap(), net.hub.api_token());
+    let payer = Api::new(
+        net.peers[0].serve_api(loopback()).await.unwrap(),
+        net.peers[0].api_token(),
+    );
     let hub_addr = net.hub.address();
 
     // A third peer that never reveals its preimages, funded like the local network's peers.
@@ -578,7 +591,10 @@ async fn a_payment_held_by_its_payee_shows_on_both_sides_of_the_hub() {
         },
     )
     .unwrap();
-    let holder_api = Api::new(holder.serve_api(loopback()).await.unwrap());
+    let holder_api = Api::new(
+        holder.serve_api(loopback()).await.unwrap(),
+        holder.api_token(),
+    );
     holder.connect(net.hub_addr, Some(hub_addr)).await.unwrap();
     let hch = holder
         .open_channel(hub_addr, Amount(2 * DEPOSIT))
@@ -743,9 +759,15 @@ async fn a_payment_held_by_its_payee_shows_on_both_sides_of_the_hub() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invoice_made_through_one_api_is_paid_through_another_once() {
     let net = start_net(2).await;
-    let hub = Api::new(net.api.unwrap());
-    let payer = Api::new(net.peers[0].serve_api(loopback()).await.unwrap());
-    let payee = Api::new(net.peers[1].serve_api(loopback()).await.unwrap());
+    let hub = Api::new(net.api.unwrap(), net.hub.api_token());
+    let payer = Api::new(
+        net.peers[0].serve_api(loopback()).await.unwrap(),
+        net.peers[0].api_token(),
+    );
+    let payee = Api::new(
+        net.peers[1].serve_api(loopback()).await.unwrap(),
+        net.peers[1].api_token(),
+    );
     let hub_addr = net.hub.address();
 
     let amount = 123_456_789u128;
@@ -888,9 +910,15 @@ async fn state_of(api: &Api) -> Vec<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_a_4xx_with_a_json_error_and_change_nothing() {
     let net = start_net(2).await;
-    let hub = Api::new(net.api.unwrap());
-    let payer = Api::new(net.peers[0].serve_api(loopback()).await.unwrap());
-    let payee = Api::new(net.peers[1].serve_api(loopback()).await.unwrap());
+    let hub = Api::new(net.api.unwrap(), net.hub.api_token());
+    let payer = Api::new(
+        net.peers[0].serve_api(loopback()).await.unwrap(),
+        net.peers[0].api_token(),
+    );
+    let payee = Api::new(
+        net.peers[1].serve_api(loopback()).await.unwrap(),
+        net.peers[1].api_token(),
+    );
     let hub_addr = net.hub.address();
     // One payment first, so there is history to keep.
     let (_, out) = pay(&net, 0, 1, 1_000_000, B256::repeat_byte(1)).await;
@@ -1092,4 +1120,68 @@ async fn bad_requests_get_a_4xx_with_a_json_error_and_change_nothing() {
     // And the nodes still work: the good invoice pays.
     let sent: PaymentInfo = payer.post("/pay", json!({ "invoice": good })).await;
     wait_paid(&payer, sent.id).await;
+}
+
+/// Issue 12, attack 9: the API pays and closes channels, so every endpoint but `/metrics`
+/// needs the node's token, and every request must name a loopback host (a web page the
+/// operator visits reaches it, by DNS rebinding, only under the attacker's host name).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_requires_its_token_and_a_loopback_host() {
+    let net = start_net(2).await;
+    let addr = net.api.unwrap();
+    let token = net.hub.api_token().to_string();
+    let http = reqwest::Client::new();
+    let before: Vec<ChannelInfo> = Api::new(addr, &token).get("/channels").await;
+    let url = |path: &str| format!("http://{addr}{path}");
+    let invoice_body = json!({ "amount": "1000", "hub": net.hub.address() });
+    // No token, a wrong token, a token of the right length but wrong: 401, for reads and
+    // for writes alike.
+    let wrong = "0".repeat(token.len());
+    for auth in [
+        None,
+        Some("Bearer nope"),
+        Some(&*format!("Bearer {wrong}")),
+        Some(&*token),
+    ] {
+        for (method, path) in [("GET", "/channels"), ("GET", "/info"), ("POST", "/invoice")] {
+            let mut req = match method {
+                "GET" => http.get(url(path)),
+                _ => http.post(url(path)).json(&invoice_body),
+            };
+            if let Some(a) = auth {
+                req = req.header(reqwest::header::AUTHORIZATION, a);
+            }
+            let r = req.send().await.unwrap();
+            assert_eq!(
+                r.status(),
+                StatusCode::UNAUTHORIZED,
+                "{method} {path} with {auth:?}"
+            );
+            let v: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+            assert!(v["error"].as_str().unwrap().contains("token"), "{v}");
+        }
+    }
+    // The right token under a foreign host name (DNS rebinding): 403, even for /metrics.
+    for path in ["/channels", "/metrics"] {
+        let r = http
+            .get(url(path))
+            .header(reqwest::header::AUTHORIZATION, format!("Bearer {token}"))
+            .header(reqwest::header::HOST, "evil.example:80")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "{path}");
+    }
+    // /metrics needs no token; everything else works with it.
+    let r = http.get(url("/metrics")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let after: Vec<ChannelInfo> = Api::new(addr, &token).get("/channels").await;
+    assert_eq!(before, after, "refused requests changed nothing");
+    let r = http
+        .get(url("/channels"))
+        .header(reqwest::header::AUTHORIZATION, format!("Bearer {token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
 }

@@ -21,7 +21,9 @@ fn write_config(dir: &Path) -> PathBuf {
     let cfg = dir.join("hub.toml");
     std::fs::write(
         &cfg,
-        "listen = \"127.0.0.1:0\"\nkey_file = \"hub.key\"\ndata_dir = \"data\"\n",
+        // Amounts here are a few wei: the test's limits allow them (the defaults would not).
+        "listen = \"127.0.0.1:0\"\nkey_file = \"hub.key\"\ndata_dir = \"data\"\n\
+         [limits]\nmin_htlc = 1\n[funding]\nmin_peer_deposit = 1\n",
     )
     .unwrap();
     cfg

@@ -50,7 +50,7 @@ async fn peer_node(net: &Devnet, dir: &TempDir) -> Node {
         auto_settle: false,
         chain_poll: Duration::from_millis(50),
         chain_retry: Duration::from_millis(500),
-        challenge_duration: 600,
+        challenge_duration: htlc::forward::MIN_CHALLENGE_DURATION_SECS,
         ..NodeOptions::default()
     };
     Node::start(

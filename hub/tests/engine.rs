@@ -104,7 +104,9 @@ async fn a_peer_cannot_touch_another_peers_channel() {
             .await
             .unwrap()
         {
-            Some(Frame::Msg {
+            // A stranger's refusal is unsequenced (nothing written for it).
+            Some(Frame::Error { code, .. })
+            | Some(Frame::Msg {
                 body: Body::Refused { code, .. },
                 ..
             }) => {
@@ -176,7 +178,8 @@ async fn malformed_oversized_and_out_of_order_frames_change_nothing() {
         Some(Frame::Error { code, .. }) => assert_eq!(code, ErrorCode::OutOfOrder),
         other => panic!("{other:?}"),
     }
-    // In order works; a duplicate is ignored and re-acked.
+    // In order is processed (a stranger's ping is refused, unsequenced: issue 12 attack 8)
+    // and acknowledged; a duplicate is ignored and re-acked.
     wire::write_frame(
         &mut s.send,
         &Frame::Msg {
@@ -186,6 +189,13 @@ async fn malformed_oversized_and_out_of_order_frames_change_nothing() {
     )
     .await
     .unwrap();
+    match wire::read_frame(&mut s.recv, DEFAULT_MAX_FRAME)
+        .await
+        .unwrap()
+    {
+        Some(Frame::Error { code, .. }) => assert_eq!(code, ErrorCode::UnknownChannel),
+        other => panic!("{other:?}"),
+    }
     assert_eq!(
         wire::read_frame(&mut s.recv, DEFAULT_MAX_FRAME)
             .await

@@ -29,7 +29,7 @@ async fn chain_opts(net: &Devnet, i: usize, collateral: u128, auto_settle: bool)
         auto_settle,
         chain_poll: Duration::from_millis(50),
         chain_retry: Duration::from_millis(500),
-        challenge_duration: 600,
+        challenge_duration: htlc::forward::MIN_CHALLENGE_DURATION_SECS,
         ..NodeOptions::default()
     }
 }

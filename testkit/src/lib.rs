@@ -18,7 +18,7 @@
 //! It must never weaken a test: it only chooses seeds and counts; an unreadable variable is a
 //! test failure (a panic in the test process), never a silent fallback.
 
-use proptest::test_runner::{Config, RngSeed};
+use proptest::test_runner::{Config, FileFailurePersistence, RngSeed};
 use std::hash::{BuildHasher, RandomState};
 
 /// The seed every property test runs with in CI (when `VHUB_PROPTEST_SEED` is unset).
@@ -65,6 +65,10 @@ pub fn config(ci_cases: u32) -> Config {
     Config {
         cases,
         rng_seed: RngSeed::Fixed(seed),
+        // `<test file>.proptest-regressions` beside the test's source file.
+        failure_persistence: Some(Box::new(FileFailurePersistence::WithSource(
+            "proptest-regressions",
+        ))),
         ..Config::default()
     }
 }

@@ -13,10 +13,33 @@ struct Api {
     http: reqwest::Client,
 }
 
+/// The API token: `VHUB_API_TOKEN`, else the first line of `file`.
+pub fn read_token(file: &std::path::Path) -> Result<String> {
+    if let Ok(t) = std::env::var("VHUB_API_TOKEN")
+        && !t.trim().is_empty()
+    {
+        return Ok(t.trim().to_string());
+    }
+    let text = std::fs::read_to_string(file).with_context(|| {
+        format!(
+            "cannot read the API token at {} (`hub serve` writes it to <data_dir>/api.token; \
+             pass --api-token-file or set VHUB_API_TOKEN)",
+            file.display()
+        )
+    })?;
+    Ok(text.trim().to_string())
+}
+
 impl Api {
-    fn new(addr: SocketAddr) -> Result<Api> {
+    fn new(addr: SocketAddr, token: &str) -> Result<Api> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        let mut auth = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+            .context("the API token holds characters a header cannot carry")?;
+        auth.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, auth);
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(120))
+            .default_headers(headers)
             .build()
             .context("building the HTTP client")?;
         Ok(Api {
@@ -77,8 +100,8 @@ pub fn eth(w: Wei) -> String {
 }
 
 /// Run one client command against the node at `addr`.
-pub async fn run(addr: SocketAddr, cmd: Command) -> Result<()> {
-    let api = Api::new(addr)?;
+pub async fn run(addr: SocketAddr, token: &str, cmd: Command) -> Result<()> {
+    let api = Api::new(addr, token)?;
     match cmd {
         Command::Info => {
             let i: NodeInfo = api.get("/info").await?;

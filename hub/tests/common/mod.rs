@@ -129,3 +129,14 @@ pub async fn reopen(dir: &Path) -> Store {
     }
     panic!("store did not reopen");
 }
+
+pub mod adversary;
+
+/// Number of entries in each column family of a store (what a test compares before and after
+/// an attack: a stranger must not make the node write).
+pub fn store_entries(store: &Store) -> Vec<(Cf, usize)> {
+    [Cf::Meta, Cf::Outbox, Cf::Channels, Cf::Locks, Cf::Chain]
+        .into_iter()
+        .map(|cf| (cf, store.scan_raw(cf, &[]).unwrap().len()))
+        .collect()
+}

@@ -142,7 +142,7 @@ impl FastLedger {
             by,
             now,
             &c.limits,
-            c.holdings,
+            htlc::Deposits::none(c.holdings),
         )
         .map_err(|(_, e)| e)?;
         // The real protocol co-signs each update at the next version.

@@ -196,6 +196,8 @@ impl Ledger for SignedLedger {
             updates: 0,
         };
         for (ch, g) in &world.guarantees {
+            // B agrees to the guarantee first (rule 11), then A proposes it.
+            ledger.pair(*ch)?[1].agree(htlc::Op::AddGuarantee(*g))?;
             ledger.pair(*ch)?[0].add_guarantee(*g);
             let out = ledger.exchange(*ch, Side::A, Expiry(0))?;
             if let Some(e) = out.dropped {

@@ -1,0 +1,244 @@
+//! Issue 12, the attacks that need the chain (real anvil, real RocksDB, real QUIC): a peer that
+//! claims the hub's collateral as its own top-up, and a peer that keeps sending locks on a
+//! channel it took to the chain.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use alloy::primitives::U256;
+use contracts::Devnet;
+use htlc::forward::MIN_CHALLENGE_DURATION_SECS;
+use htlc::sig::Keys;
+use htlc::{Amount, ChannelParams, Expiry, HtlcId, Message, Op, OpError, Preimage, RejectReason};
+use hub::engine::{Node, NodeOptions};
+use hub::store::Store;
+use hub::wire::Body;
+use std::time::Duration;
+
+mod common;
+use common::adversary::{Adversary, Answer};
+use common::{TempDir, loopback};
+
+const ETH: u128 = 1_000_000_000_000_000_000;
+
+async fn hub_on(net: &Devnet, dir: &TempDir, collateral: u128) -> Node {
+    let client = net.client(1).await.unwrap();
+    client.set_poll_interval(Duration::from_millis(10));
+    let opts = NodeOptions {
+        chain_id: net.chain_id(),
+        adjudicator: net.deployment().adjudicator,
+        chain: Some(client),
+        collateral: Amount(collateral),
+        min_peer_deposit: Amount(ETH / 100),
+        chain_poll: Duration::from_millis(50),
+        chain_retry: Duration::from_millis(300),
+        ..NodeOptions::default()
+    };
+    Node::start(
+        Keys::from_signer(net.signer(1).unwrap()),
+        Store::open(&dir.0).unwrap(),
+        opts,
+    )
+    .unwrap()
+}
+
+fn params_for(net: &Devnet, evil: &Adversary, hub: &Node) -> ChannelParams {
+    ChannelParams {
+        chain_id: net.chain_id(),
+        adjudicator: net.deployment().adjudicator,
+        participants: [evil.address(), hub.address()],
+        asset: alloy::primitives::Address::ZERO,
+        challenge_duration: MIN_CHALLENGE_DURATION_SECS,
+        nonce: U256::from(rand::random::<u64>()),
+    }
+}
+
+/// Attack 2: the peer refuses the hub's credit of its collateral and claims the deposit as its
+/// own top-up. The hub refuses the claim, asks again for its own credit, and ends with exactly
+/// its collateral; a channel whose opener never deposits gets no collateral at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_cannot_claim_the_hubs_collateral() {
+    let net = Devnet::start().await.unwrap();
+    let dir = TempDir::new("advc-dep");
+    let hub = hub_on(&net, &dir, ETH / 2).await;
+    let addr = hub.listen(loopback()).unwrap();
+    let mut evil = Adversary::connect(addr, Keys::from_signer(net.signer(2).unwrap())).await;
+    let chain = net.client(2).await.unwrap();
+    let client = net.client(0).await.unwrap();
+
+    // An opener that never deposits: no collateral follows.
+    let idle = params_for(&net, &evil, &hub);
+    let idle_id = evil
+        .open_params(idle, [Amount(ETH), Amount::ZERO])
+        .await
+        .unwrap();
+    evil.send(Body::Funded {
+        channel_id: idle_id,
+    })
+    .await;
+
+    // The real channel: the attacker deposits its 1 ETH, the hub adds 0.5 ETH.
+    let params = params_for(&net, &evil, &hub);
+    let id = evil
+        .open_params(params.clone(), [Amount(ETH), Amount::ZERO])
+        .await
+        .unwrap();
+    chain
+        .deposit(&params, Amount::ZERO, Amount(ETH))
+        .await
+        .unwrap();
+    evil.send(Body::Funded { channel_id: id }).await;
+    // The hub's credit arrives: refuse it.
+    let credit = loop {
+        match evil.next(Duration::from_secs(30)).await {
+            Some(Body::Channel(Message::Propose { version, ops, .. }))
+                if ops.iter().any(|o| matches!(o, Op::Deposit { .. })) =>
+            {
+                break version;
+            }
+            Some(other) => evil.handle(other).await,
+            None => panic!("the hub never proposed its credit"),
+        }
+    };
+    assert_eq!(client.holdings(id).await.unwrap(), Amount(ETH + ETH / 2));
+    evil.send(Body::Channel(Message::Reject {
+        channel_id: id,
+        version: credit,
+        reason: RejectReason::InvalidOp {
+            index: 0,
+            error: OpError::DepositNotOnChain,
+        },
+    }))
+    .await;
+    // Claim the hub's deposit as our own top-up (while the hub is between proposals; our
+    // machine, which has not looked at the chain, keeps refusing the hub's credit).
+    let answer = evil
+        .forge_when_idle(
+            id,
+            vec![Op::Deposit {
+                amount: Amount(ETH / 2),
+            }],
+        )
+        .await;
+    assert!(
+        matches!(
+            answer,
+            Answer::Rejected(RejectReason::InvalidOp {
+                error: OpError::DepositNotOnChain,
+                ..
+            })
+        ),
+        "the hub must refuse crediting its collateral to the peer: {answer:?}"
+    );
+    // Now behave: our machine sees the chain, and the hub's retried credit goes through.
+    {
+        let d = chain.deposits(&params).await.unwrap();
+        let ch = evil.channels.get_mut(&id).unwrap();
+        ch.observe_holdings(Amount(ETH + ETH / 2));
+        ch.observe_deposits(htlc::Side::A, d[0]);
+        ch.observe_deposits(htlc::Side::B, d[1]);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while hub.channel(id).await.unwrap().state.balances[1] != Amount(ETH / 2) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the hub's credit never landed"
+        );
+        if let Some(b) = evil.next(Duration::from_millis(500)).await {
+            evil.handle(b).await;
+        }
+    }
+    let s = hub.channel(id).await.unwrap().state;
+    assert_eq!(s.balances, [Amount(ETH), Amount(ETH / 2)]);
+    assert_eq!(s.total().unwrap(), client.holdings(id).await.unwrap());
+    // The idle channel: nothing on chain, not from the hub either.
+    assert_eq!(client.holdings(idle_id).await.unwrap(), Amount::ZERO);
+}
+
+/// Attack 3: once the peer takes the channel to the chain, the hub takes no new lock on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_disputed_on_chain_takes_no_new_lock() {
+    let net = Devnet::start().await.unwrap();
+    let dir = TempDir::new("advc-dispute");
+    let hub = hub_on(&net, &dir, 0).await;
+    let addr = hub.listen(loopback()).unwrap();
+    let mut evil = Adversary::connect(addr, Keys::from_signer(net.signer(2).unwrap())).await;
+    let chain = net.client(2).await.unwrap();
+    let params = params_for(&net, &evil, &hub);
+    let id = evil
+        .open_params(params.clone(), [Amount(ETH), Amount::ZERO])
+        .await
+        .unwrap();
+    chain
+        .deposit(&params, Amount::ZERO, Amount(ETH))
+        .await
+        .unwrap();
+    evil.send(Body::Funded { channel_id: id }).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while hub.is_funded(id).await != Some(true) {
+        assert!(std::time::Instant::now() < deadline, "never funded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A lock before the dispute is fine (control).
+    let now = evil.now.0;
+    let lock = |n: u64| Op::AddHtlc {
+        id: HtlcId(2 * n),
+        amount: Amount(ETH / 100),
+        hashlock: Preimage([n as u8; 32]).hashlock(),
+        expiry: Expiry(now + 7200),
+    };
+    assert_eq!(evil.forge(id, vec![lock(0)]).await, Answer::Accepted);
+    // The hub fails it back (no route instruction); get in step.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !hub.channel(id).await.unwrap().state.locks.is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the hub never failed the lock back"
+        );
+        if let Some(b) = evil.next(Duration::from_millis(100)).await {
+            evil.handle(b).await;
+        }
+    }
+    let h = hub.clone();
+    evil.sync(id, || {
+        let h = h.clone();
+        async move { h.channel(id).await.unwrap() }
+    })
+    .await;
+    assert!(hub.channel(id).await.unwrap().state.locks.is_empty());
+    // The attacker registers the opening state on chain (stale, but its own choice).
+    let opening = evil.openings[&id].clone();
+    chain
+        .close(&params, &opening.state, &opening.sigs)
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let frozen = hub
+            .channels_info()
+            .await
+            .iter()
+            .any(|c| c.id == id && c.frozen);
+        if frozen {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the hub never saw the dispute"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let before = hub.channel(id).await.unwrap();
+    let answer = evil.forge_when_idle(id, vec![lock(1)]).await;
+    assert!(
+        matches!(
+            answer,
+            Answer::Rejected(RejectReason::InvalidOp {
+                error: OpError::ChannelFrozen,
+                ..
+            })
+        ),
+        "a disputed channel must take no new lock: {answer:?}"
+    );
+    let after = hub.channel(id).await.unwrap();
+    assert_eq!(after.state.locks, before.state.locks);
+    assert!(after.state.locks.is_empty());
+}
