@@ -292,12 +292,42 @@ struct OutboxCursor {
     last_sent: u64,
 }
 
+/// Unacknowledged frames in a peer's outbox beyond which its refusals are no longer written
+/// (rule 10: a peer that never acknowledges cannot grow our disk with them).
+const MAX_DURABLE_BACKLOG: u64 = 1024;
+
+/// Frames queued for one session's stream, at most (rule 10).
+const WRITE_QUEUE: usize = 4096;
+
+/// The queue of encoded frames to one session's QUIC stream. It is bounded: a peer that does
+/// not read what we send fills it and is disconnected (everything sequenced is in the durable
+/// outbox and is re-sent when it comes back), so it cannot make us buffer without limit.
+#[derive(Clone)]
+struct Writer {
+    tx: mpsc::Sender<Vec<u8>>,
+    conn: quinn::Connection,
+}
+
+impl Writer {
+    /// Queue a frame; a full queue disconnects the peer.
+    fn push(&self, bytes: Vec<u8>) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(bytes) {
+            warn!("the peer does not read what we send: disconnecting it");
+            self.conn.close(4u32.into(), b"not reading");
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+}
+
 /// The outbound side of one peer: sequence numbers and the live session's writer (and its
 /// connection, closed when a newer session of the same key replaces it), if any.
 #[derive(Default)]
 struct Link {
     next_send: u64,
-    writer: Option<(u64, mpsc::UnboundedSender<Vec<u8>>)>,
+    writer: Option<(u64, Writer)>,
     conn: Option<quinn::Connection>,
 }
 
@@ -585,7 +615,11 @@ impl Node {
                 .inner
                 .generation
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+            let (sender, mut rx) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
+            let tx = Writer {
+                tx: sender,
+                conn: conn.clone(),
+            };
             let writer = tokio::spawn(async move {
                 while let Some(bytes) = rx.recv().await {
                     if send.write_all(&bytes).await.is_err() {
@@ -632,7 +666,7 @@ impl Node {
                             detail: e.to_string(),
                         };
                         if let Ok(bytes) = wire::encode(&reply) {
-                            let _ = tx.send(bytes);
+                            tx.push(bytes);
                         }
                         if !e.recoverable() {
                             break;
@@ -694,7 +728,7 @@ impl Node {
         &self,
         peer: Address,
         generation: u64,
-        tx: mpsc::UnboundedSender<Vec<u8>>,
+        tx: Writer,
         conn: quinn::Connection,
     ) -> Result<(), NodeError> {
         let link = self.link(peer)?;
@@ -706,8 +740,11 @@ impl Node {
         link.conn = Some(conn);
         let pending = self.inner.store.scan_raw(Cf::Outbox, peer.as_slice())?;
         debug!(frames = pending.len(), "re-sending outbox");
+        // The backlog may exceed the queue: wait for room (the peer reads it as it comes).
         for (_, bytes) in pending {
-            let _ = tx.send(bytes);
+            if tx.tx.send(bytes).await.is_err() {
+                break;
+            }
         }
         link.writer = Some((generation, tx));
         Ok(())
@@ -774,7 +811,7 @@ impl Node {
         }
         if let Some((_, tx)) = &link.writer {
             for f in frames {
-                let _ = tx.send(f);
+                tx.push(f);
             }
         }
         crate::failpoint::point("after_send");
@@ -795,18 +832,13 @@ impl Node {
         Ok(v)
     }
 
-    fn send_now(tx: &mpsc::UnboundedSender<Vec<u8>>, frame: &Frame) {
+    fn send_now(tx: &Writer, frame: &Frame) {
         if let Ok(bytes) = wire::encode(frame) {
-            let _ = tx.send(bytes);
+            tx.push(bytes);
         }
     }
 
-    async fn on_frame(
-        &self,
-        peer: Address,
-        frame: Frame,
-        tx: &mpsc::UnboundedSender<Vec<u8>>,
-    ) -> Result<(), NodeError> {
+    async fn on_frame(&self, peer: Address, frame: Frame, tx: &Writer) -> Result<(), NodeError> {
         match frame {
             Frame::Ack { seq } => {
                 self.link(peer)?; // sets up the peer's outbox cursor
@@ -1138,7 +1170,9 @@ impl Node {
         if let Body::Refused { code, .. } = &body {
             self.inner.emit(NodeEvent::Refused { peer, code: *code });
         }
-        if !self.has_funded_channel(peer).await {
+        // A peer that does not acknowledge what we send cannot grow our outbox with refusals
+        // either: beyond a backlog they go out unsequenced too.
+        if !self.has_funded_channel(peer).await || self.backlog(peer) >= MAX_DURABLE_BACKLOG {
             if let Body::Refused { code, detail, .. } = body {
                 self.send_unsequenced(peer, &Frame::Error { code, detail })
                     .await;
@@ -1146,6 +1180,14 @@ impl Node {
             return Ok(());
         }
         self.commit_and_send(peer, batch, vec![body]).await
+    }
+
+    /// Frames in the peer's outbox it has not acknowledged.
+    fn backlog(&self, peer: Address) -> u64 {
+        let cursors = self.inner.outbox.lock().unwrap_or_else(|p| p.into_inner());
+        cursors
+            .get(&peer)
+            .map_or(0, |c| c.last_sent.saturating_sub(c.acked))
     }
 
     /// Whether `peer` holds any channel record with us (even one not yet funded).

@@ -331,6 +331,13 @@ pub struct BenchReport {
     pub updates_per_payment: f64,
     /// Store batches the hub committed per synced write (group commit).
     pub batches_per_sync: f64,
+    /// Frames the flooding strangers sent during the measured part (0 without a flood).
+    pub flood_frames: u64,
+    /// Entries the hub's store gained during the measured part (payments write some; a
+    /// stranger's frames must write none).
+    pub store_growth: i64,
+    /// Growth of the process's resident memory during the measured part, KiB.
+    pub rss_growth_kib: i64,
 }
 
 impl BenchReport {
@@ -353,6 +360,7 @@ pub async fn bench(
     warmup: Duration,
     amount: Amount,
     dir: PathBuf,
+    flood: usize,
 ) -> Result<BenchReport, LocalNetError> {
     let net = std::sync::Arc::new(
         LocalNet::start(LocalNetOptions {
@@ -388,8 +396,22 @@ pub async fn bench(
             (lat, failed)
         }));
     }
+    // Strangers flooding the hub with frames it must refuse (issue 12): each a fresh key per
+    // connection, sending as fast as the hub reads.
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut flooders = Vec::with_capacity(flood);
+    for _ in 0..flood {
+        let (addr, sent) = (net.hub_addr, sent.clone());
+        flooders.push(tokio::spawn(async move {
+            while Instant::now() < end {
+                let _ = flood_once(addr, end, measure_from, &sent).await;
+            }
+        }));
+    }
     // Counters at the start of the measured window.
     tokio::time::sleep_until(measure_from.into()).await;
+    let entries0 = store_entries(&net.hub.inner.store);
+    let rss0 = rss_kib();
     let stats = net.hub.inner.store.stats();
     let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
     let (u0, b0, s0) = (
@@ -407,6 +429,11 @@ pub async fn bench(
         failed += f;
     }
     let secs = measure_from.elapsed().as_secs_f64();
+    for f in flooders {
+        let _ = f.await;
+    }
+    let store_growth = store_entries(&net.hub.inner.store) as i64 - entries0 as i64;
+    let rss_growth_kib = rss_kib() as i64 - rss0 as i64;
     let (u1, b1, s1) = (
         net.hub.metrics().updates(),
         load(&stats.batches),
@@ -438,5 +465,90 @@ pub async fn bench(
         } else {
             0.0
         },
+        flood_frames: sent.load(std::sync::atomic::Ordering::Relaxed),
+        store_growth,
+        rss_growth_kib,
     })
+}
+
+/// One flooding connection: a fresh key, frames the hub must refuse (pings, instructions and
+/// proposals for channels it does not have), a reader draining the refusals. Counts the frames
+/// sent inside the measured window.
+async fn flood_once(
+    addr: SocketAddr,
+    end: Instant,
+    measure_from: Instant,
+    sent: &std::sync::atomic::AtomicU64,
+) -> Result<(), LocalNetError> {
+    use crate::wire::{Body, Frame};
+    let keys = htlc::sig::Keys::from_bytes(rand::random())
+        .ok_or_else(|| LocalNetError::Invalid("random key".into()))?;
+    let endpoint =
+        crate::transport::client(SocketAddr::from(([127, 0, 0, 1], 0))).map_err(NodeError::from)?;
+    let mut s =
+        crate::transport::connect(&endpoint, addr, &keys, None, crate::wire::DEFAULT_MAX_FRAME)
+            .await
+            .map_err(NodeError::from)?;
+    let mut recv = s.recv;
+    let reader = tokio::spawn(async move {
+        while let Ok(Some(_)) =
+            crate::wire::read_frame(&mut recv, crate::wire::DEFAULT_MAX_FRAME).await
+        {}
+    });
+    let ghost = htlc::ChannelId(alloy::primitives::B256::repeat_byte(0x42));
+    for seq in 1..=10_000u64 {
+        if Instant::now() >= end {
+            break;
+        }
+        let body = match seq % 3 {
+            0 => Body::Ping,
+            1 => Body::Funded { channel_id: ghost },
+            _ => Body::Channel(htlc::Message::Reject {
+                channel_id: ghost,
+                version: seq,
+                reason: htlc::RejectReason::Conflict,
+            }),
+        };
+        if crate::wire::write_frame(&mut s.send, &Frame::Msg { seq, body })
+            .await
+            .is_err()
+        {
+            break;
+        }
+        if Instant::now() >= measure_from {
+            sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    s.conn.close(0u32.into(), b"done");
+    reader.abort();
+    Ok(())
+}
+
+/// Entries in the store's column families (what a flood must not grow).
+fn store_entries(store: &Store) -> usize {
+    use crate::store::Cf;
+    [
+        Cf::Meta,
+        Cf::Outbox,
+        Cf::Channels,
+        Cf::Locks,
+        Cf::Chain,
+        Cf::States,
+    ]
+    .into_iter()
+    .map(|cf| store.scan_raw(cf, &[]).map_or(0, |v| v.len()))
+    .sum()
+}
+
+/// This process's resident memory, KiB (0 where /proc is not available).
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
 }

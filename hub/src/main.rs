@@ -97,6 +97,10 @@ enum Command {
         /// Amount of each payment, wei.
         #[arg(long, default_value_t = 1_000_000)]
         amount: u128,
+        /// Strangers flooding the hub with frames it must refuse during each run (issue 12):
+        /// compare the honest payers' latency with and without.
+        #[arg(long, default_value_t = 0)]
+        flood: usize,
     },
     /// Show the node: address, channels, payments, fees earned.
     Info,
@@ -198,7 +202,8 @@ fn main() -> Result<()> {
             seconds,
             warmup,
             amount,
-        } => rt.block_on(demo::bench(payers, seconds, warmup, amount)),
+            flood,
+        } => rt.block_on(demo::bench(payers, seconds, warmup, amount, flood)),
         cmd => {
             let token = client::read_token(&token_file)?;
             rt.block_on(client::run(api, &token, cmd))

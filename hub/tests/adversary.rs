@@ -371,3 +371,110 @@ async fn strangers_write_nothing_and_instructions_are_bounded() {
     assert_eq!(routes, 5, "no more instructions than lock slots");
     let _ = Frame::Ack { seq: 0 };
 }
+
+/// Attack 5: the upstream peer refuses the hub's fulfil, waits for the lock's expiry, and asks
+/// the hub to co-sign the refund, after the hub has already paid downstream. The hub knows the
+/// preimage and refuses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hub_never_co_signs_the_expiry_of_a_lock_it_can_claim() {
+    let clock = hub::clock::Clock::system();
+    let opts = || NodeOptions {
+        clock: clock.clone(),
+        ..NodeOptions::default()
+    };
+    let (dh, dq) = (TempDir::new("adv-exp-hub"), TempDir::new("adv-exp-payee"));
+    let (hub, _) = hub_with(&dh, opts());
+    let payee = Node::start(evil_keys(0xB2), Store::open(&dq.0).unwrap(), opts()).unwrap();
+    let addr = hub.listen(loopback()).unwrap();
+    payee.connect(addr, Some(hub.address())).await.unwrap();
+    let out_ch = payee
+        .open_channel(hub.address(), Amount(2_000_000))
+        .await
+        .unwrap();
+    payee.transfer(out_ch, Amount(1_000_000)).await.unwrap();
+    wait_state(&hub, out_ch, |s| s.state.balances[1] == Amount(1_000_000)).await;
+
+    let mut evil = Adversary::connect(addr, evil_keys(0xE6)).await;
+    let in_ch = evil
+        .open(hub.address(), Amount(1_000_000), Address::ZERO, WINDOW)
+        .await
+        .unwrap();
+    let amount = 100_000u128;
+    let invoice = payee
+        .create_invoice(Amount(amount), 3600, hub.address())
+        .await
+        .unwrap();
+    let policy = htlc::forward::ForwardPolicy::default();
+    let now = hub.now().0;
+    evil.now = hub.now();
+    let next = htlc::forward::NextHop {
+        amount: Amount(amount),
+        expiry: Expiry(now + invoice.final_expiry_delta),
+    };
+    let expiry = Expiry(next.expiry.0 + policy.expiry_delta);
+    let sent = Amount(amount + policy.fee(Amount(amount)).unwrap().0);
+    evil.send(Body::Route {
+        channel_id: in_ch,
+        hashlock: invoice.hashlock,
+        next_peer: payee.address(),
+        next,
+    })
+    .await;
+    let mut payee_ev = payee.subscribe();
+    evil.honest(in_ch, |m| {
+        m.offer_htlc(sent, invoice.hashlock, expiry);
+    })
+    .await;
+    // The hub forwards, the payee reveals, the hub proposes its fulfil: refuse it.
+    wait_for(&mut payee_ev, |e| {
+        matches!(e, NodeEvent::PaymentReceived { .. })
+    })
+    .await;
+    loop {
+        match evil.next(Duration::from_secs(30)).await {
+            Some(Body::Channel(Message::Propose { version, ops, .. }))
+                if ops.iter().any(|o| matches!(o, Op::FulfillHtlc { .. })) =>
+            {
+                evil.send(Body::Channel(Message::Reject {
+                    channel_id: in_ch,
+                    version,
+                    reason: RejectReason::InvalidOp {
+                        index: 0,
+                        error: OpError::LockExpired,
+                    },
+                }))
+                .await;
+                break;
+            }
+            Some(other) => evil.handle(other).await,
+            None => panic!("the hub never claimed upstream"),
+        }
+    }
+    // The downstream lock is settled: the hub paid the payee.
+    wait_state(&hub, out_ch, |s| {
+        s.state.locks.is_empty() && s.state.balances[0] == Amount(1_000_000 + amount)
+    })
+    .await;
+    // Time passes beyond the upstream lock's expiry; the attacker asks for its refund.
+    clock.advance(expiry.0 - now + 60);
+    evil.now = hub.now();
+    let id = evil.channels[&in_ch].latest().state.locks[0].id;
+    let answer = evil
+        .forge_when_idle(in_ch, vec![Op::ExpireHtlc { id }])
+        .await;
+    assert_eq!(
+        answer,
+        Answer::Rejected(RejectReason::InvalidOp {
+            index: 0,
+            error: OpError::ClaimPending
+        }),
+        "the hub must not co-sign the refund of a lock it can claim"
+    );
+    let s = hub.channel(in_ch).await.unwrap().state;
+    assert_eq!(
+        s.locks.len(),
+        1,
+        "the lock stays until it is claimed (on chain if need be)"
+    );
+    assert_eq!(s.balances[0], Amount(1_000_000 - sent.0));
+}

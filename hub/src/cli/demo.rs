@@ -212,7 +212,13 @@ async fn close_all(net: &LocalNet) -> Result<()> {
 }
 
 /// Run the benchmark and print its table.
-pub async fn bench(payers: Vec<usize>, seconds: u64, warmup: u64, amount: u128) -> Result<()> {
+pub async fn bench(
+    payers: Vec<usize>,
+    seconds: u64,
+    warmup: u64,
+    amount: u128,
+    flood: usize,
+) -> Result<()> {
     if payers.iter().any(|p| *p < 2) {
         bail!("--payers: each run needs at least 2 payers");
     }
@@ -220,9 +226,24 @@ pub async fn bench(payers: Vec<usize>, seconds: u64, warmup: u64, amount: u128) 
         "A → hub → B payments, durable RocksDB (synced group commits), QUIC on loopback, {} cores",
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
+    if flood > 0 {
+        println!(
+            "with {flood} strangers flooding the hub with frames it must refuse (a fresh key per connection)"
+        );
+    }
     println!(
-        "{:>7} {:>9} {:>7} {:>10} {:>9} {:>9} {:>14} {:>15}",
-        "payers", "paid", "failed", "pay/s", "p50 ms", "p99 ms", "updates/pay", "batches/fsync"
+        "{:>7} {:>9} {:>7} {:>10} {:>9} {:>9} {:>14} {:>15} {:>12} {:>12} {:>12}",
+        "payers",
+        "paid",
+        "failed",
+        "pay/s",
+        "p50 ms",
+        "p99 ms",
+        "updates/pay",
+        "batches/fsync",
+        "flood frames",
+        "store +keys",
+        "RSS +KiB"
     );
     for n in payers {
         let bar = ProgressBar::new_spinner()
@@ -234,11 +255,12 @@ pub async fn bench(payers: Vec<usize>, seconds: u64, warmup: u64, amount: u128) 
             Duration::from_secs(warmup),
             Amount(amount),
             scratch(&format!("bench-{n}")),
+            flood,
         )
         .await?;
         bar.finish_and_clear();
         println!(
-            "{:>7} {:>9} {:>7} {:>10.0} {:>9.2} {:>9.2} {:>14.2} {:>15.1}",
+            "{:>7} {:>9} {:>7} {:>10.0} {:>9.2} {:>9.2} {:>14.2} {:>15.1} {:>12} {:>12} {:>12}",
             r.payers,
             r.paid,
             r.failed,
@@ -246,7 +268,10 @@ pub async fn bench(payers: Vec<usize>, seconds: u64, warmup: u64, amount: u128) 
             r.p50_ms,
             r.p99_ms,
             r.updates_per_payment,
-            r.batches_per_sync
+            r.batches_per_sync,
+            r.flood_frames,
+            r.store_growth,
+            r.rss_growth_kib
         );
     }
     Ok(())
