@@ -8,6 +8,7 @@
 # Defaults: 60 minutes, 2 parallel workers (one per core), PROPTEST_CASES=2000 per test per run.
 # On a failure it stops and prints the seed: replay it with
 #   VHUB_PROPTEST_SEED=<seed> PROPTEST_CASES=<cases> cargo test --release -p <pkg> <target>
+# (the test binaries run with the package as working directory, as cargo runs them)
 # and proptest records the shrunk case in the test's *.proptest-regressions file: commit it.
 # The summary line gives the wall and CPU time and how many generated cases ran clean.
 set -euo pipefail
@@ -36,9 +37,15 @@ targets=(
   "simulations --test conservation"
 )
 echo "campaign: building the property tests in release"
+# The test binaries themselves are run below (not `cargo test`), so the campaign never waits
+# for cargo's build lock while another build runs.
+bins=()
 for t in "${targets[@]}"; do
   read -r pkg sel name <<<"$t"
-  cargo test --release --locked -q -p "$pkg" $sel ${name:-} --no-run 2>&1 | grep -v '^ *Executable' || true
+  exe=$(cargo test --release --locked -p "$pkg" $sel ${name:-} --no-run 2>&1 \
+        | grep -o 'Executable .*(\(.*\))' | sed 's/.*(\(.*\))/\1/' | tail -1)
+  [ -x "$exe" ] || { echo "campaign: no test binary for $t" >&2; exit 1; }
+  bins+=("$exe")
 done
 
 out="$(mktemp -d)"
@@ -49,12 +56,13 @@ start=$(date +%s)
 worker() {
   local w="$1" runs=0 generated=0
   while (( $(date +%s) < deadline )); do
-    for t in "${targets[@]}"; do
-      read -r pkg sel name <<<"$t"
+    for i in "${!targets[@]}"; do
+      t="${targets[$i]}"
       log="$out/w$w.log"
-      if ! VHUB_PROPTEST_SEED=random PROPTEST_CASES="$cases" \
-           cargo test --release --locked -q -p "$pkg" $sel ${name:-} -- --nocapture >"$log" 2>&1; then
-        echo "campaign: FAILED in $pkg $sel ${name:-} (worker $w); its seeds and output:" >&2
+      read -r pkg _ <<<"$t"
+      if ! (cd "$repo/$pkg" && VHUB_PROPTEST_SEED=random PROPTEST_CASES="$cases" \
+            CARGO_MANIFEST_DIR="$repo/$pkg" "${bins[$i]}" --nocapture) >"$log" 2>&1; then
+        echo "campaign: FAILED in $t (worker $w); its seeds and output:" >&2
         grep -E 'VHUB_PROPTEST_SEED=|panicked|minimal failing|Test failed' "$log" >&2 || true
         cp "$log" "campaign-failure-$w.log"
         echo "campaign: full log in campaign-failure-$w.log" >&2
