@@ -80,6 +80,9 @@ pub struct NodeOptions {
     /// The bearer token the HTTP API requires (random unless set; `hub serve` keeps it in a
     /// file only the operator can read).
     pub api_token: String,
+    /// Seconds after which a channel a peer opened but never funded (or that we proposed and
+    /// the peer never countersigned) is deleted (rule 10: abandoned openings cost nothing).
+    pub abandon_after_secs: u64,
 }
 
 impl Default for NodeOptions {
@@ -105,6 +108,7 @@ impl Default for NodeOptions {
             min_peer_deposit: Amount(1),
             max_connections: 10_000,
             api_token: new_api_token(),
+            abandon_after_secs: 24 * 3600,
         }
     }
 }
@@ -261,6 +265,10 @@ pub struct ChannelRecord {
     /// Whether the channel was paid out on chain.
     #[serde(default)]
     pub concluded: bool,
+    /// When the channel was proposed (unix seconds, node clock): an opening left unfunded or
+    /// uncountersigned for `NodeOptions::abandon_after_secs` is collected.
+    #[serde(default)]
+    pub opened_at: u64,
     /// The machine.
     pub snapshot: htlc::Snapshot,
 }
@@ -1142,6 +1150,7 @@ impl Node {
                             peer,
                             funded: rec.funded,
                             concluded: rec.concluded,
+                            opened_at: rec.opened_at,
                             snapshot: machine.snapshot().clone(),
                         };
                         batch.put(Cf::Channels, channel_id.0.as_slice(), &new)?;
@@ -1323,6 +1332,7 @@ impl Node {
                 peer,
                 funded: o.chain.is_none(),
                 concluded: false,
+                opened_at: self.now().0,
                 snapshot: machine.snapshot().clone(),
             },
             ours,
@@ -1391,6 +1401,7 @@ impl Node {
             peer,
             funded: o.chain.is_none(),
             concluded: false,
+            opened_at: self.now().0,
             snapshot,
         };
         let mut events = self.subscribe();
@@ -1433,11 +1444,20 @@ impl Node {
     /// Delete a channel we proposed that the peer never countersigned (nothing of it exists on
     /// chain or at the peer).
     async fn forget_unopened(&self, id: ChannelId) -> Result<(), NodeError> {
+        self.forget_if(id, awaiting_acceptance).await
+    }
+
+    /// Delete channel `id` if `abandoned` holds for its record (checked under its lock).
+    pub(crate) async fn forget_if(
+        &self,
+        id: ChannelId,
+        abandoned: impl Fn(&ChannelRecord) -> bool,
+    ) -> Result<(), NodeError> {
         let Some(rec) = self.inner.channel(id) else {
             return Ok(());
         };
         let r = rec.lock().await;
-        if !awaiting_acceptance(&r) {
+        if !abandoned(&r) {
             return Ok(());
         }
         let mut batch = Batch::new();
@@ -1457,7 +1477,44 @@ impl Node {
         {
             ids.retain(|c| *c != id);
         }
-        info!(channel = %id, "unopened channel forgotten");
+        info!(channel = %id, "abandoned opening forgotten");
+        Ok(())
+    }
+
+    /// Delete openings left too long: channels a peer opened with us and never funded (once
+    /// the chain confirms it holds nothing for them), and channels we proposed that the peer
+    /// never countersigned.
+    pub(crate) async fn collect_abandoned(&self) -> Result<(), NodeError> {
+        let cutoff = self
+            .now()
+            .0
+            .saturating_sub(self.inner.opts.abandon_after_secs);
+        for id in self.channel_ids() {
+            let Some(rec) = self.inner.channel(id) else {
+                continue;
+            };
+            let (stale, unfunded_theirs) = {
+                let r = rec.lock().await;
+                let old = r.opened_at < cutoff;
+                (
+                    old && awaiting_acceptance(&r),
+                    old && !r.funded && r.snapshot.me == htlc::Side::B,
+                )
+            };
+            if stale {
+                self.forget_unopened(id).await?;
+            } else if unfunded_theirs {
+                // The chain has the last word: a deposit seen now makes the channel funded.
+                if let Err(e) = self.check_funding(id).await {
+                    warn!(channel = %id, error = %e, "cannot read the chain; not collecting");
+                    continue;
+                }
+                self.forget_if(id, |r| {
+                    !r.funded && r.snapshot.deposited.iter().all(|d| d.is_zero())
+                })
+                .await?;
+            }
+        }
         Ok(())
     }
 
@@ -1551,6 +1608,7 @@ impl Node {
             peer,
             funded: rec.funded,
             concluded: rec.concluded,
+            opened_at: rec.opened_at,
             snapshot: machine.snapshot().clone(),
         };
         batch.put(Cf::Channels, id.0.as_slice(), &new)?;

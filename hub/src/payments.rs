@@ -904,6 +904,9 @@ impl Node {
                 if let Err(e) = node.expire_htlcs().await {
                     warn!(error = %e, "expiring HTLCs failed");
                 }
+                if let Err(e) = node.collect_abandoned().await {
+                    warn!(error = %e, "collecting abandoned openings failed");
+                }
             }
         });
     }

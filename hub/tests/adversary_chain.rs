@@ -242,3 +242,70 @@ async fn a_channel_disputed_on_chain_takes_no_new_lock() {
     assert_eq!(after.state.locks, before.state.locks);
     assert!(after.state.locks.is_empty());
 }
+
+/// Attack 8: openings a peer never funds are collected once they are old (the chain is asked
+/// first); a funded channel never is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openings_never_funded_are_collected() {
+    let net = Devnet::start().await.unwrap();
+    let dir = TempDir::new("advc-abandon");
+    let clock = hub::clock::Clock::system();
+    let client = net.client(1).await.unwrap();
+    client.set_poll_interval(Duration::from_millis(10));
+    let hub = Node::start(
+        Keys::from_signer(net.signer(1).unwrap()),
+        Store::open(&dir.0).unwrap(),
+        NodeOptions {
+            chain_id: net.chain_id(),
+            adjudicator: net.deployment().adjudicator,
+            chain: Some(client),
+            chain_poll: Duration::from_millis(50),
+            expiry_check: Duration::from_millis(100),
+            abandon_after_secs: 3600,
+            clock: clock.clone(),
+            ..NodeOptions::default()
+        },
+    )
+    .unwrap();
+    let addr = hub.listen(loopback()).unwrap();
+    let mut evil = Adversary::connect(addr, Keys::from_signer(net.signer(2).unwrap())).await;
+    let chain = net.client(2).await.unwrap();
+    let idle = params_for(&net, &evil, &hub);
+    let idle_id = evil
+        .open_params(idle, [Amount(ETH), Amount::ZERO])
+        .await
+        .unwrap();
+    let real = params_for(&net, &evil, &hub);
+    let real_id = evil
+        .open_params(real.clone(), [Amount(ETH), Amount::ZERO])
+        .await
+        .unwrap();
+    chain
+        .deposit(&real, Amount::ZERO, Amount(ETH))
+        .await
+        .unwrap();
+    evil.send(Body::Funded {
+        channel_id: real_id,
+    })
+    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while hub.is_funded(real_id).await != Some(true) {
+        assert!(std::time::Instant::now() < deadline, "never funded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Young: nothing is collected.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(hub.channel_ids().len(), 2);
+    // An hour later the idle opening goes; the funded channel stays.
+    clock.advance(3601);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while hub.channel_ids().len() != 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the idle opening was never collected"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(hub.channel_ids(), vec![real_id]);
+    assert!(hub.channel(idle_id).await.is_none());
+}
