@@ -83,6 +83,11 @@ pub struct NodeOptions {
     /// Seconds after which a channel a peer opened but never funded (or that we proposed and
     /// the peer never countersigned) is deleted (rule 10: abandoned openings cost nothing).
     pub abandon_after_secs: u64,
+    /// New connections accepted per second, in all; more are refused before any TLS work.
+    pub handshakes_per_second: u32,
+    /// Frames per second read from all strangers (keys without a channel) together: fresh
+    /// keys cannot buy themselves more of the node than this.
+    pub stranger_frames_per_second: u32,
 }
 
 impl Default for NodeOptions {
@@ -109,6 +114,8 @@ impl Default for NodeOptions {
             max_connections: 10_000,
             api_token: new_api_token(),
             abandon_after_secs: 24 * 3600,
+            handshakes_per_second: 100,
+            stranger_frames_per_second: 1000,
         }
     }
 }
@@ -363,6 +370,8 @@ pub(crate) struct Inner {
     pub(crate) credit_lock: Mutex<()>,
     /// Serialises payments (the check for a repeated payment id and its HTLC).
     pub(crate) pay_lock: Mutex<()>,
+    /// Frames read from strangers, all together (`NodeOptions::stranger_frames_per_second`).
+    strangers: governor::DefaultDirectRateLimiter,
     /// Set by [`Node::shutdown`]: background tasks end.
     pub(crate) stopping: tokio::sync::watch::Sender<bool>,
     /// Every endpoint we listen or dial on, closed by [`Node::shutdown`].
@@ -395,6 +404,7 @@ impl Node {
             .map(|c| crate::chain::Submitter::new(store.clone(), c));
         let metrics = crate::metrics::Metrics::new(&store.stats().sync_seconds)
             .map_err(|e| NodeError::Invalid(e.to_string()))?;
+        let node_stranger_rate = opts.stranger_frames_per_second;
         let node = Node {
             inner: Arc::new(Inner {
                 metrics,
@@ -413,6 +423,9 @@ impl Node {
                 chain_kick: tokio::sync::Notify::new(),
                 credit_lock: Mutex::new(()),
                 pay_lock: Mutex::new(()),
+                strangers: governor::RateLimiter::direct(governor::Quota::per_second(
+                    NonZeroU32::new(node_stranger_rate).unwrap_or(NonZeroU32::MIN),
+                )),
                 stopping: tokio::sync::watch::Sender::new(false),
             }),
         };
@@ -481,8 +494,16 @@ impl Node {
         let permits = Arc::new(tokio::sync::Semaphore::new(
             self.inner.opts.max_connections.max(1),
         ));
+        let handshakes = governor::RateLimiter::direct(governor::Quota::per_second(
+            NonZeroU32::new(self.inner.opts.handshakes_per_second).unwrap_or(NonZeroU32::MIN),
+        ));
         tokio::spawn(async move {
             while let Some(incoming) = endpoint.accept().await {
+                if handshakes.check().is_err() {
+                    debug!(remote = %incoming.remote_address(), "connection refused: handshake rate");
+                    incoming.refuse();
+                    continue;
+                }
                 let Ok(permit) = permits.clone().try_acquire_owned() else {
                     warn!(remote = %incoming.remote_address(), "connection refused: at the limit");
                     incoming.refuse();
@@ -653,8 +674,12 @@ impl Node {
                 NonZeroU32::new(self.inner.opts.frames_per_second).unwrap_or(NonZeroU32::MIN);
             let limiter = governor::RateLimiter::direct(governor::Quota::per_second(rate));
             loop {
-                // Back pressure: a peer that sends too fast is read more slowly.
+                // Back pressure: a peer that sends too fast is read more slowly, and strangers
+                // share one budget, however many keys they make.
                 limiter.until_ready().await;
+                if !self.has_channel(peer) {
+                    self.inner.strangers.until_ready().await;
+                }
                 match wire::read_frame(&mut recv, self.inner.opts.max_frame).await {
                     Ok(None) => break,
                     Ok(Some(frame)) => {
