@@ -30,6 +30,8 @@
 //! max_channels_per_peer = 16     # ledger channels one peer may hold (default 16)
 //! max_frames_per_second = 2000   # per peer, beyond it frames are refused (default 2000)
 //! max_connections = 10000        # QUIC connections served at once (default 10000)
+//! max_handshakes_per_second = 100 # new connections accepted per second (default 100)
+//! stranger_frames_per_second = 1000 # frames read from all keys without a channel, together
 //!
 //! [policy]
 //! base_fee = 1000                # flat fee per forwarded HTLC, wei (default 1000)
@@ -103,6 +105,10 @@ pub struct LimitsConfig {
     pub max_htlc_expiry_secs: u64,
     /// QUIC connections served at once, handshakes included.
     pub max_connections: usize,
+    /// New connections accepted per second, in all.
+    pub max_handshakes_per_second: u32,
+    /// Frames per second read from all strangers (keys without a channel) together.
+    pub stranger_frames_per_second: u32,
 }
 
 impl Default for LimitsConfig {
@@ -117,6 +123,8 @@ impl Default for LimitsConfig {
             min_htlc: 1_000_000_000,
             max_htlc_expiry_secs: DEFAULT_MAX_HTLC_EXPIRY_SECS,
             max_connections: 10_000,
+            max_handshakes_per_second: 100,
+            stranger_frames_per_second: 1000,
         }
     }
 }
@@ -357,6 +365,12 @@ impl Config {
         }
         if l.max_connections == 0 {
             return bad("limits.max_connections", "must be at least 1");
+        }
+        if l.max_handshakes_per_second == 0 {
+            return bad("limits.max_handshakes_per_second", "must be at least 1");
+        }
+        if l.stranger_frames_per_second == 0 {
+            return bad("limits.stranger_frames_per_second", "must be at least 1");
         }
         if self.assets.is_empty() {
             return bad("assets", "must list at least one asset");

@@ -268,6 +268,8 @@ async fn serve(path: PathBuf) -> Result<()> {
         assets: config.assets.clone(),
         min_peer_deposit: htlc::Amount(config.funding.min_peer_deposit),
         max_connections: config.limits.max_connections,
+        handshakes_per_second: config.limits.max_handshakes_per_second,
+        stranger_frames_per_second: config.limits.stranger_frames_per_second,
         max_frame: config.limits.max_frame_bytes,
         frames_per_second: config.limits.max_frames_per_second,
         max_channels_per_peer: config.limits.max_channels_per_peer,
