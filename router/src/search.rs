@@ -513,16 +513,17 @@ impl Workspace {
         let start_node = start.node.index() as u32;
         let params = spec.params;
         // The lower bound of what is left to pay from a node to the payer: the larger of the
-        // hop-distance bound and the forward bound (both consistent, so is their maximum).
+        // hop-distance bound and the forward bound (both consistent, so is their maximum). A node
+        // the ball settled has its exact forward distance `lb`; any other node is at least the
+        // radius away, and no more can be claimed: anything above `r` (say `2r`) overestimates
+        // nodes just outside the ball, and the first completed route popped may not be the
+        // cheapest. With `r` the bound stays consistent: a settled node is at most `r` away, and
+        // a node just outside is at most one hop's (lower-bound) cost beyond a settled one.
         let h = |s: &NodeState| {
             let hops = c_min.saturating_mul(u128::from(s.dist));
             match radius {
                 None => hops,
-                Some(r) => hops.max(if s.lb == u128::MAX {
-                    r.saturating_mul(2)
-                } else {
-                    s.lb
-                }),
+                Some(r) => hops.max(if s.lb == u128::MAX { r } else { s.lb }),
             }
         };
 
