@@ -577,7 +577,17 @@ impl Channel {
                 Ok(()) => ops.push(q),
                 Err((_, error)) => match q.signed_at {
                     Some(v) => self.snap.doomed.push((v, q.op, error)),
-                    None => effects.push(Effect::Event(Event::OpDropped { op: q.op, error })),
+                    None => {
+                        // Our own clock says the peer's lock expired before we could claim it
+                        // off chain: stop refusing its expiry (a claim on chain needs the
+                        // preimage registered before the expiry, which the application
+                        // tracks). A peer's *word* that it expired never releases a claim.
+                        if let (Op::FulfillHtlc { id, .. }, OpError::LockExpired) = (&q.op, error) {
+                            let id = *id;
+                            self.snap.claims.retain(|(c, _)| *c != id);
+                        }
+                        effects.push(Effect::Event(Event::OpDropped { op: q.op, error }))
+                    }
                 },
             }
         }

@@ -311,6 +311,13 @@ struct OutboxCursor {
 /// (rule 10: a peer that never acknowledges cannot grow our disk with them).
 const MAX_DURABLE_BACKLOG: u64 = 1024;
 
+/// Longest a reconnecting peer may take to accept its backlog before it is disconnected.
+const RESEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Seconds a stranger's session may last without opening a channel (rule 10: connection
+/// slots are for peers, not for idle keys).
+const STRANGER_SESSION: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Frames queued for one session's stream, at most (rule 10).
 const WRITE_QUEUE: usize = 4096;
 
@@ -372,6 +379,9 @@ pub(crate) struct Inner {
     pub(crate) pay_lock: Mutex<()>,
     /// Frames read from strangers, all together (`NodeOptions::stranger_frames_per_second`).
     strangers: governor::DefaultDirectRateLimiter,
+    /// Peers that have (or had) a funded channel with us: known without locking any channel
+    /// record, so a refusal can be decided while a record is held.
+    pub(crate) funded_peers: std::sync::Mutex<std::collections::HashSet<Address>>,
     /// Set by [`Node::shutdown`]: background tasks end.
     pub(crate) stopping: tokio::sync::watch::Sender<bool>,
     /// Every endpoint we listen or dial on, closed by [`Node::shutdown`].
@@ -392,8 +402,12 @@ impl Node {
         let (events, _) = broadcast::channel(4096);
         let mut channels = HashMap::new();
         let mut per_peer = HashMap::new();
+        let mut funded_peers = std::collections::HashSet::new();
         for (_, rec) in store.scan::<ChannelRecord>(Cf::Channels, &[])? {
             let id = rec.snapshot.latest.state.channel_id;
+            if rec.funded {
+                funded_peers.insert(rec.peer);
+            }
             per_peer.entry(rec.peer).or_insert_with(Vec::new).push(id);
             channels.insert(id, Arc::new(Mutex::new(rec)));
         }
@@ -423,6 +437,7 @@ impl Node {
                 chain_kick: tokio::sync::Notify::new(),
                 credit_lock: Mutex::new(()),
                 pay_lock: Mutex::new(()),
+                funded_peers: std::sync::Mutex::new(funded_peers),
                 strangers: governor::RateLimiter::direct(governor::Quota::per_second(
                     NonZeroU32::new(node_stranger_rate).unwrap_or(NonZeroU32::MIN),
                 )),
@@ -673,14 +688,28 @@ impl Node {
             let rate =
                 NonZeroU32::new(self.inner.opts.frames_per_second).unwrap_or(NonZeroU32::MIN);
             let limiter = governor::RateLimiter::direct(governor::Quota::per_second(rate));
+            let stranger_until = tokio::time::Instant::now() + STRANGER_SESSION;
             loop {
                 // Back pressure: a peer that sends too fast is read more slowly, and strangers
                 // share one budget, however many keys they make.
                 limiter.until_ready().await;
-                if !self.has_channel(peer) {
+                let stranger = !self.has_channel(peer);
+                if stranger {
                     self.inner.strangers.until_ready().await;
                 }
-                match wire::read_frame(&mut recv, self.inner.opts.max_frame).await {
+                let read = wire::read_frame(&mut recv, self.inner.opts.max_frame);
+                let next = if stranger {
+                    match tokio::time::timeout_at(stranger_until, read).await {
+                        Ok(r) => r,
+                        Err(_) => {
+                            info!("a stranger's session ends: no channel opened in time");
+                            break;
+                        }
+                    }
+                } else {
+                    read.await
+                };
+                match next {
                     Ok(None) => break,
                     Ok(Some(frame)) => {
                         if let Err(e) = self.on_frame(peer, frame, &tx).await {
@@ -773,11 +802,18 @@ impl Node {
         link.conn = Some(conn);
         let pending = self.inner.store.scan_raw(Cf::Outbox, peer.as_slice())?;
         debug!(frames = pending.len(), "re-sending outbox");
-        // The backlog may exceed the queue: wait for room (the peer reads it as it comes).
-        for (_, bytes) in pending {
-            if tx.tx.send(bytes).await.is_err() {
-                break;
+        // The backlog may exceed the queue: wait for room (the peer reads it as it comes), but
+        // not for ever with the link locked: a peer that does not read is disconnected.
+        let resend = async {
+            for (_, bytes) in pending {
+                if tx.tx.send(bytes).await.is_err() {
+                    break;
+                }
             }
+        };
+        if tokio::time::timeout(RESEND_TIMEOUT, resend).await.is_err() {
+            warn!("the peer does not read its backlog: disconnecting it");
+            tx.conn.close(4u32.into(), b"not reading");
         }
         link.writer = Some((generation, tx));
         Ok(())
@@ -902,7 +938,9 @@ impl Node {
                     Self::send_now(tx, &Frame::Ack { seq: last });
                     return Ok(());
                 }
-                if seq != last + 1 {
+                // A stranger's refused messages leave no durable counter (nothing is written
+                // for it), so it may legitimately skip ahead after a reconnect.
+                if seq != last + 1 && self.has_channel(peer) {
                     warn!(seq, expected = last + 1, "out of order");
                     self.inner.emit(NodeEvent::Refused {
                         peer,
@@ -1021,7 +1059,11 @@ impl Node {
                         .refuse(peer, batch, refuse(ErrorCode::RateLimited, detail))
                         .await;
                 }
-                let instr = crate::payments::RouteInstr { next_peer, next };
+                let instr = crate::payments::RouteInstr {
+                    next_peer,
+                    next,
+                    stored_at: self.now().0,
+                };
                 batch.put(
                     Cf::Locks,
                     &crate::payments::route_key(channel_id, hashlock),
@@ -1234,24 +1276,14 @@ impl Node {
             .is_some_and(|ids| !ids.is_empty())
     }
 
-    /// Whether `peer` has a channel with us whose deposits are on chain.
+    /// Whether `peer` has (or had) a channel with us whose deposits are on chain. Locks no
+    /// channel record: callers may hold one.
     async fn has_funded_channel(&self, peer: Address) -> bool {
-        let ids: Vec<ChannelId> = self
-            .inner
-            .per_peer
+        self.inner
+            .funded_peers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(&peer)
-            .cloned()
-            .unwrap_or_default();
-        for id in ids {
-            if let Some(rec) = self.inner.channel(id)
-                && rec.lock().await.funded
-            {
-                return true;
-            }
-        }
-        false
+            .contains(&peer)
     }
 
     /// Send a frame outside the sequenced, durable stream (lost if no session is up).
@@ -1266,6 +1298,9 @@ impl Node {
     }
 
     fn insert_channel(&self, id: ChannelId, rec: ChannelRecord) {
+        if rec.funded {
+            self.inner.mark_funded(rec.peer);
+        }
         {
             let mut counts = self
                 .inner
@@ -1684,6 +1719,14 @@ impl Node {
 }
 
 impl Inner {
+    /// Remember that `peer` has a funded channel with us.
+    pub(crate) fn mark_funded(&self, peer: Address) {
+        self.funded_peers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(peer);
+    }
+
     /// Tell the application (and the metrics) what happened.
     pub(crate) fn emit(&self, ev: NodeEvent) {
         self.metrics.on_event(&ev);

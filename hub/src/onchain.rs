@@ -181,6 +181,7 @@ impl Node {
         self.inner.store.commit(batch).await?;
         *r = new;
         if newly_funded {
+            self.inner.mark_funded(r.peer);
             info!(channel = %id, holdings = %held, "channel funded");
             self.inner.emit(NodeEvent::Funded { channel_id: id });
         }

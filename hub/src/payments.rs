@@ -167,7 +167,14 @@ pub struct RouteInstr {
     pub next_peer: Address,
     /// Amount and expiry of the outgoing HTLC.
     pub next: NextHop,
+    /// When it was stored (node clock): an instruction whose HTLC never comes is collected
+    /// after [`ROUTE_INSTRUCTION_TTL_SECS`].
+    pub stored_at: u64,
 }
+
+/// Seconds a route instruction waits for its HTLC before it is deleted (the payer sends the
+/// HTLC right after it; rule 10: a peer cannot pile them up).
+pub const ROUTE_INSTRUCTION_TTL_SECS: u64 = 600;
 
 /// The hub's record of one forward: incoming and outgoing HTLC, and the preimage once known.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -635,10 +642,19 @@ impl Node {
     async fn forward(&self, h: CommittedHtlc, instr: RouteInstr) -> Result<(), NodeError> {
         let in_channel = h.channel_id();
         let in_id = h.lock().id;
-        let asset = self.channel_params(in_channel).await.map(|p| p.asset);
-        let Some(asset) = asset else {
-            return Err(NodeError::UnknownChannel(in_channel));
+        let (asset, frozen) = match self.inner.channel(in_channel) {
+            Some(rec) => {
+                let r = rec.lock().await;
+                (r.snapshot.params.asset, r.snapshot.frozen)
+            }
+            None => return Err(NodeError::UnknownChannel(in_channel)),
         };
+        // A channel on chain can be collected from only on chain: forward nothing from it.
+        if frozen {
+            return self
+                .fail_incoming(in_channel, in_id, FailureReason::TemporaryChannelFailure)
+                .await;
+        }
         let out = self.outgoing_to(instr.next_peer, asset).await;
         let decision = decide(&h, &instr.next, out.as_ref().map(|(_, o)| o), self.now());
         // The instruction is used up by this decision: deleted with its outcome.
@@ -731,6 +747,24 @@ impl Node {
         info!(channel = %channel, htlc = id.0, %reason, "failing HTLC back");
         self.with_channel_in(channel, |m| m.fail_htlc(id, reason), batch)
             .await
+    }
+
+    /// Delete route instructions whose HTLC never came within [`ROUTE_INSTRUCTION_TTL_SECS`].
+    pub(crate) async fn collect_route_instructions(&self) -> Result<(), NodeError> {
+        let cutoff = self.now().0.saturating_sub(ROUTE_INSTRUCTION_TTL_SECS);
+        let mut batch = Batch::new();
+        let mut n = 0usize;
+        for (key, instr) in self.inner.store.scan::<RouteInstr>(Cf::Locks, b"route/")? {
+            if instr.stored_at < cutoff {
+                batch.delete(Cf::Locks, &key);
+                n += 1;
+            }
+        }
+        if n > 0 {
+            self.inner.store.write_unsynced(batch)?;
+            info!(count = n, "stale route instructions collected");
+        }
+        Ok(())
     }
 
     /// How many route instructions a peer left for `channel` that no HTLC used yet.
@@ -893,6 +927,8 @@ impl Node {
             if let Err(e) = node.resume_payments().await {
                 warn!(error = %e, "resuming payments failed");
             }
+            // Collections run every 60th tick.
+            let mut tick: u64 = 59;
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep(node.inner.opts.expiry_check) => {}
@@ -904,8 +940,14 @@ impl Node {
                 if let Err(e) = node.expire_htlcs().await {
                     warn!(error = %e, "expiring HTLCs failed");
                 }
-                if let Err(e) = node.collect_abandoned().await {
-                    warn!(error = %e, "collecting abandoned openings failed");
+                tick = tick.wrapping_add(1);
+                if tick.is_multiple_of(60) {
+                    if let Err(e) = node.collect_abandoned().await {
+                        warn!(error = %e, "collecting abandoned openings failed");
+                    }
+                    if let Err(e) = node.collect_route_instructions().await {
+                        warn!(error = %e, "collecting route instructions failed");
+                    }
                 }
             }
         });

@@ -367,9 +367,17 @@ async fn strangers_write_nothing_and_instructions_are_bounded() {
     }
     let (code, _) = peer.refusal().await;
     assert_eq!(code, ErrorCode::RateLimited);
+    // A peer with a channel keeps its sequence: a gap is refused.
+    let skip = peer.seq + 5;
+    peer.send_frame(&Frame::Msg {
+        seq: skip,
+        body: Body::Ping,
+    })
+    .await;
+    let (code, _) = peer.refusal().await;
+    assert_eq!(code, ErrorCode::OutOfOrder);
     let routes = store.scan_raw(Cf::Locks, b"route/").unwrap().len();
     assert_eq!(routes, 5, "no more instructions than lock slots");
-    let _ = Frame::Ack { seq: 0 };
 }
 
 /// Attack 5: the upstream peer refuses the hub's fulfil, waits for the lock's expiry, and asks

@@ -161,29 +161,41 @@ async fn malformed_oversized_and_out_of_order_frames_change_nothing() {
         Some(Frame::Error { code, .. }) => assert_eq!(code, ErrorCode::UnsupportedVersion),
         other => panic!("{other:?}"),
     }
-    // Out of order: seq 5 before 1.
+    // In order is processed (a stranger's ping is refused, unsequenced: issue 12 attack 8)
+    // and acknowledged; a duplicate is ignored and re-acked.
+    let refused_then_acked = |seq: u64| (ErrorCode::UnknownChannel, Frame::Ack { seq });
+    for (seq, expect) in [(1, Some(refused_then_acked(1))), (1, None)] {
+        wire::write_frame(
+            &mut s.send,
+            &Frame::Msg {
+                seq,
+                body: Body::Ping,
+            },
+        )
+        .await
+        .unwrap();
+        if let Some((code, _)) = &expect {
+            match wire::read_frame(&mut s.recv, DEFAULT_MAX_FRAME)
+                .await
+                .unwrap()
+            {
+                Some(Frame::Error { code: c, .. }) => assert_eq!(c, *code),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(
+            wire::read_frame(&mut s.recv, DEFAULT_MAX_FRAME)
+                .await
+                .unwrap(),
+            Some(Frame::Ack { seq: 1 })
+        );
+    }
+    // A stranger's counter is not durable (nothing is written for it), so it may skip ahead;
+    // out-of-order messages of a peer with a channel are refused (adversary.rs).
     wire::write_frame(
         &mut s.send,
         &Frame::Msg {
             seq: 5,
-            body: Body::Ping,
-        },
-    )
-    .await
-    .unwrap();
-    match wire::read_frame(&mut s.recv, DEFAULT_MAX_FRAME)
-        .await
-        .unwrap()
-    {
-        Some(Frame::Error { code, .. }) => assert_eq!(code, ErrorCode::OutOfOrder),
-        other => panic!("{other:?}"),
-    }
-    // In order is processed (a stranger's ping is refused, unsequenced: issue 12 attack 8)
-    // and acknowledged; a duplicate is ignored and re-acked.
-    wire::write_frame(
-        &mut s.send,
-        &Frame::Msg {
-            seq: 1,
             body: Body::Ping,
         },
     )
@@ -200,22 +212,7 @@ async fn malformed_oversized_and_out_of_order_frames_change_nothing() {
         wire::read_frame(&mut s.recv, DEFAULT_MAX_FRAME)
             .await
             .unwrap(),
-        Some(Frame::Ack { seq: 1 })
-    );
-    wire::write_frame(
-        &mut s.send,
-        &Frame::Msg {
-            seq: 1,
-            body: Body::Ping,
-        },
-    )
-    .await
-    .unwrap();
-    assert_eq!(
-        wire::read_frame(&mut s.recv, DEFAULT_MAX_FRAME)
-            .await
-            .unwrap(),
-        Some(Frame::Ack { seq: 1 })
+        Some(Frame::Ack { seq: 5 })
     );
     // Oversized: typed error, then the session is closed.
     let huge = (DEFAULT_MAX_FRAME as u32 + 1).to_be_bytes();
