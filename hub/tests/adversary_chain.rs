@@ -275,6 +275,16 @@ async fn openings_never_funded_are_collected() {
         .open_params(idle, [Amount(ETH), Amount::ZERO])
         .await
         .unwrap();
+    // A message on the unfunded channel is refused, and refusing it must not hold its record
+    // (the collection below locks it).
+    evil.send(Body::Channel(Message::Reject {
+        channel_id: idle_id,
+        version: 1,
+        reason: RejectReason::Conflict,
+    }))
+    .await;
+    let (_, detail) = evil.refusal().await;
+    assert!(detail.contains("not funded"), "{detail}");
     let real = params_for(&net, &evil, &hub);
     let real_id = evil
         .open_params(real.clone(), [Amount(ETH), Amount::ZERO])
