@@ -97,7 +97,10 @@ for f in "$out"/w*.result; do
   read -r _ r g <"$f"; runs=$((runs + r)); generated=$((generated + g))
 done
 wall=$(( $(date +%s) - start ))
-cpu=$(times | tail -1 | awk '{
+# `times` must run in this shell (a pipeline or $(...) would run it in a subshell without
+# children): its second line is the CPU time of every process this script waited for.
+times >"$out/times"
+cpu=$(tail -1 "$out/times" | awk '{
   split($1, u, /[ms]/); split($2, s, /[ms]/); printf "%d", u[1]*60 + u[2] + s[1]*60 + s[2] }')
 verdict=$([ $status -eq 0 ] && echo clean || echo FAILED)
 echo "campaign: $verdict: $runs test-binary runs, $generated generated cases, wall ${wall}s, CPU ${cpu}s ($(date -u +%Y-%m-%d))"
