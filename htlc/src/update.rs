@@ -122,6 +122,21 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// What we deposited that no co-signed state, proposal of ours in flight or queued
+    /// operation credits yet: what a new top-up credit of ours may ask for.
+    pub fn uncredited_own(&self) -> Amount {
+        let in_flight = batch_deposits(
+            self.pending
+                .iter()
+                .flat_map(|p| p.ops.iter())
+                .chain(self.queue.iter())
+                .map(|q| &q.op),
+        );
+        self.deposits().uncredited[self.me.index()]
+            .checked_sub(in_flight)
+            .unwrap_or(Amount::ZERO)
+    }
+
     /// What deposits the next update may credit, as this side has seen the chain.
     pub fn deposits(&self) -> Deposits {
         let room = |s: usize| {

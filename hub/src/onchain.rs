@@ -21,30 +21,11 @@ use crate::engine::{ChannelRecord, Node, NodeError, NodeEvent, awaiting_acceptan
 use crate::store::{Batch, Cf};
 use contracts::bindings::Adjudicator::AdjudicatorEvents;
 use contracts::{ChainEvent, EventKind, EventWatcher};
-use htlc::{Amount, ChannelId, Op, Snapshot};
+use htlc::{Amount, ChannelId};
 use tracing::{Instrument, info, info_span, warn};
 
 /// Key of the watcher's cursor in the `chain` column family.
 const CURSOR_KEY: &[u8] = b"cursor";
-
-/// The deposits of ours that the co-signed state does not credit yet and that no proposal of
-/// ours in flight or queued already claims: what a new top-up credit may ask for.
-fn uncredited_own(snap: &Snapshot) -> Amount {
-    let me = snap.me.index();
-    let in_flight = snap
-        .pending
-        .iter()
-        .flat_map(|p| p.ops.iter())
-        .chain(snap.queue.iter())
-        .filter_map(|q| match q.op {
-            Op::Deposit { amount } => Some(amount),
-            _ => None,
-        })
-        .fold(Amount::ZERO, |a, b| a.checked_add(b).unwrap_or(Amount::MAX));
-    snap.deposits().uncredited[me]
-        .checked_sub(in_flight)
-        .unwrap_or(Amount::ZERO)
-}
 
 impl Node {
     fn submitter(&self) -> Result<&crate::chain::Submitter, NodeError> {
@@ -262,7 +243,7 @@ impl Node {
             if r.concluded || s.latest.state.is_final || s.frozen || !r.funded {
                 return Ok(false);
             }
-            uncredited_own(s)
+            s.uncredited_own()
         };
         if amount.is_zero() {
             return Ok(false);
@@ -287,7 +268,7 @@ impl Node {
             };
             let owed = {
                 let r = rec.lock().await;
-                !uncredited_own(&r.snapshot).is_zero() && r.snapshot.pending.is_none()
+                !r.snapshot.uncredited_own().is_zero() && r.snapshot.pending.is_none()
             };
             if owed && let Err(e) = self.claim_deposits(id, Batch::new()).await {
                 warn!(channel = %id, error = %e, "claiming a deposit's credit failed; will retry");

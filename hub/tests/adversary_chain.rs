@@ -51,6 +51,35 @@ fn params_for(net: &Devnet, evil: &Adversary, hub: &Node) -> ChannelParams {
     }
 }
 
+/// Open a channel as `evil` with 1 ETH of its own, deposit it on chain and tell the hub.
+async fn open_and_deposit(
+    net: &Devnet,
+    evil: &mut Adversary,
+    hub: &Node,
+    chain: &contracts::ChainClient,
+) -> (ChannelParams, htlc::ChannelId) {
+    let params = params_for(net, evil, hub);
+    let id = evil
+        .open_params(params.clone(), [Amount(ETH), Amount::ZERO])
+        .await
+        .unwrap();
+    chain
+        .deposit(&params, Amount::ZERO, Amount(ETH))
+        .await
+        .unwrap();
+    evil.send(Body::Funded { channel_id: id }).await;
+    (params, id)
+}
+
+/// Wait (up to 30 s) until the hub sees channel `id` funded.
+async fn wait_funded(hub: &Node, id: htlc::ChannelId) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while hub.is_funded(id).await != Some(true) {
+        assert!(std::time::Instant::now() < deadline, "never funded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Attack 2: the peer refuses the hub's credit of its collateral and claims the deposit as its
 /// own top-up. The hub refuses the claim, asks again for its own credit, and ends with exactly
 /// its collateral; a channel whose opener never deposits gets no collateral at all.
@@ -76,16 +105,7 @@ async fn a_peer_cannot_claim_the_hubs_collateral() {
     .await;
 
     // The real channel: the attacker deposits its 1 ETH, the hub adds 0.5 ETH.
-    let params = params_for(&net, &evil, &hub);
-    let id = evil
-        .open_params(params.clone(), [Amount(ETH), Amount::ZERO])
-        .await
-        .unwrap();
-    chain
-        .deposit(&params, Amount::ZERO, Amount(ETH))
-        .await
-        .unwrap();
-    evil.send(Body::Funded { channel_id: id }).await;
+    let (params, id) = open_and_deposit(&net, &mut evil, &hub, &chain).await;
     // The hub's credit arrives: refuse it.
     let credit = loop {
         match evil.next(Duration::from_secs(30)).await {
@@ -162,21 +182,8 @@ async fn a_channel_disputed_on_chain_takes_no_new_lock() {
     let addr = hub.listen(loopback()).unwrap();
     let mut evil = Adversary::connect(addr, Keys::from_signer(net.signer(2).unwrap())).await;
     let chain = net.client(2).await.unwrap();
-    let params = params_for(&net, &evil, &hub);
-    let id = evil
-        .open_params(params.clone(), [Amount(ETH), Amount::ZERO])
-        .await
-        .unwrap();
-    chain
-        .deposit(&params, Amount::ZERO, Amount(ETH))
-        .await
-        .unwrap();
-    evil.send(Body::Funded { channel_id: id }).await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while hub.is_funded(id).await != Some(true) {
-        assert!(std::time::Instant::now() < deadline, "never funded");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (params, id) = open_and_deposit(&net, &mut evil, &hub, &chain).await;
+    wait_funded(&hub, id).await;
     // A lock before the dispute is fine (control).
     let now = evil.now.0;
     let lock = |n: u64| Op::AddHtlc {
@@ -285,24 +292,8 @@ async fn openings_never_funded_are_collected() {
     .await;
     let (_, detail) = evil.refusal().await;
     assert!(detail.contains("not funded"), "{detail}");
-    let real = params_for(&net, &evil, &hub);
-    let real_id = evil
-        .open_params(real.clone(), [Amount(ETH), Amount::ZERO])
-        .await
-        .unwrap();
-    chain
-        .deposit(&real, Amount::ZERO, Amount(ETH))
-        .await
-        .unwrap();
-    evil.send(Body::Funded {
-        channel_id: real_id,
-    })
-    .await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while hub.is_funded(real_id).await != Some(true) {
-        assert!(std::time::Instant::now() < deadline, "never funded");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (_, real_id) = open_and_deposit(&net, &mut evil, &hub, &chain).await;
+    wait_funded(&hub, real_id).await;
     // Young: nothing is collected.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(hub.channel_ids().len(), 2);
