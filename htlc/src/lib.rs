@@ -14,6 +14,7 @@ pub mod failure;
 pub mod forward;
 pub mod ids;
 pub mod msg;
+pub mod node;
 pub mod ops;
 pub mod sig;
 pub mod state;

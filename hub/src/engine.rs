@@ -138,6 +138,9 @@ pub enum NodeError {
     /// A chain transaction failed.
     #[error("chain: {0}")]
     Tx(#[from] crate::chain::TxError),
+    /// A payment cannot be made through the hub as asked.
+    #[error(transparent)]
+    Plan(#[from] htlc::node::payment::PlanError),
     /// The request is invalid.
     #[error("invalid request: {0}")]
     Invalid(String),
@@ -1689,7 +1692,7 @@ impl Node {
         *rec = new;
         let htlc_events: Vec<Event> = events
             .iter()
-            .filter(|e| crate::payments::concerns_payments(e))
+            .filter(|e| htlc::node::payment::concerns_payments(e))
             .cloned()
             .collect();
         for ev in events {

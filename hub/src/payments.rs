@@ -31,9 +31,12 @@
 use crate::engine::{Node, NodeError, NodeEvent, awaiting_acceptance};
 use crate::store::{Batch, Cf};
 use alloy::primitives::{Address, B256};
-use htlc::forward::{ForwardPolicy, NextHop, OutgoingChannel, decide};
+use htlc::forward::{ForwardPolicy, NextHop, OutgoingChannel};
+pub use htlc::node::payment::{ForwardRecord, HtlcPlan, PaymentStatus};
+use htlc::node::payment::{InvoiceTerms, Known, Step, Upstream, on_committed, outcomes};
 use htlc::{
-    Amount, ChannelId, CommittedHtlc, Event, Expiry, FailureReason, Hashlock, HtlcId, Op, Preimage,
+    Amount, ChannelId, CommittedHtlc, Event, Expiry, FailureReason, Hashlock, HtlcId, Preimage,
+    Side,
 };
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
@@ -106,25 +109,6 @@ impl Invoice {
     }
 }
 
-/// Where a payment stands.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum PaymentStatus {
-    /// The HTLC is offered or locked; no answer yet.
-    Pending,
-    /// The payee revealed the preimage: paid.
-    Succeeded {
-        /// Proof of payment.
-        preimage: Preimage,
-    },
-    /// Failed back, with the reason the failing node gave.
-    Failed {
-        /// Why.
-        reason: FailureReason,
-    },
-    /// Nobody answered before the HTLC expired; it was taken back.
-    Expired,
-}
-
 /// The payer's record of one payment.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PaymentRecord {
@@ -149,17 +133,6 @@ impl PaymentRecord {
     }
 }
 
-/// The HTLC a payment locks toward the hub and what it asks the hub to forward.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct HtlcPlan {
-    /// Amount locked toward the hub (the payee's amount plus the hub's fee).
-    pub sent: Amount,
-    /// Expiry of our HTLC.
-    pub expiry: Expiry,
-    /// What the hub is to offer the payee.
-    pub next: NextHop,
-}
-
 /// What the payer asked the hub to do with an HTLC (stored by the hub).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RouteInstr {
@@ -175,28 +148,6 @@ pub struct RouteInstr {
 /// Seconds a route instruction waits for its HTLC before it is deleted (the payer sends the
 /// HTLC right after it; rule 10: a peer cannot pile them up).
 pub const ROUTE_INSTRUCTION_TTL_SECS: u64 = 600;
-
-/// The hub's record of one forward: incoming and outgoing HTLC, and the preimage once known.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Forwarded {
-    /// Incoming channel.
-    pub in_channel: ChannelId,
-    /// Incoming HTLC id.
-    pub in_id: HtlcId,
-    /// Outgoing channel.
-    pub out_channel: ChannelId,
-    /// Outgoing HTLC id.
-    pub out_id: HtlcId,
-    /// Fee earned if it settles.
-    pub fee: Amount,
-    /// The preimage, learned downstream (rule 5: persisted before it is used upstream).
-    pub preimage: Option<Preimage>,
-    /// Why the outgoing HTLC ended without the preimage, once a co-signed state removed it
-    /// (rule 4: only then is the incoming one failed).
-    pub failure: Option<FailureReason>,
-    /// Settled or failed on both sides.
-    pub done: bool,
-}
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct InvoiceRecord {
@@ -230,46 +181,6 @@ fn pay_key(id: B256) -> Vec<u8> {
 }
 fn paylock_key(channel: ChannelId, id: HtlcId) -> Vec<u8> {
     key2("paylock/", channel.0.as_slice(), &id.0.to_be_bytes())
-}
-
-/// Whether a machine event moves a payment (those are handed to [`Node::on_htlc_events`]).
-pub(crate) fn concerns_payments(e: &Event) -> bool {
-    match e {
-        Event::HtlcReceived(_) | Event::PreimageLearned { .. } => true,
-        Event::OpDropped { op, .. } => matches!(op, Op::AddHtlc { .. }),
-        Event::Committed { ops, .. } => ops
-            .iter()
-            .any(|op| matches!(op, Op::FailHtlc { .. } | Op::ExpireHtlc { .. })),
-        _ => false,
-    }
-}
-
-/// How an HTLC we offered ended, as seen from the channel it left on.
-#[derive(Clone, Copy)]
-enum Outcome {
-    Fulfilled(Preimage),
-    Failed(FailureReason),
-    Expired,
-}
-
-/// The outcomes of our HTLCs that one machine event reports.
-fn outcomes(ev: &Event) -> Vec<(HtlcId, Outcome)> {
-    match ev {
-        Event::PreimageLearned { id, preimage } => vec![(*id, Outcome::Fulfilled(*preimage))],
-        Event::OpDropped {
-            op: Op::AddHtlc { id, .. },
-            ..
-        } => vec![(*id, Outcome::Failed(FailureReason::TemporaryChannelFailure))],
-        Event::Committed { ops, .. } => ops
-            .iter()
-            .filter_map(|op| match op {
-                Op::FailHtlc { id, reason } => Some((*id, Outcome::Failed(*reason))),
-                Op::ExpireHtlc { id } => Some((*id, Outcome::Expired)),
-                _ => None,
-            })
-            .collect(),
-        _ => Vec::new(),
-    }
 }
 
 impl Node {
@@ -325,7 +236,7 @@ impl Node {
     pub fn fees_earned(&self) -> Result<(Amount, usize), NodeError> {
         let mut fees = Amount::ZERO;
         let mut n = 0;
-        for (_, f) in self.inner.store.scan::<Forwarded>(Cf::Locks, b"fwd/")? {
+        for (_, f) in self.inner.store.scan::<ForwardRecord>(Cf::Locks, b"fwd/")? {
             if f.done && f.preimage.is_some() {
                 fees = Amount(fees.0.saturating_add(f.fee.0));
                 n += 1;
@@ -369,16 +280,13 @@ impl Node {
                 .ok_or_else(|| {
                     NodeError::Invalid(format!("no open channel with hub {}", invoice.hub))
                 })?;
-        let route = route_through_hub(self.address(), invoice, &policy, channel, available)?;
-        let [first, last] = [&route.hops[0], &route.hops[1]];
-        let plan = HtlcPlan {
-            sent: first.amount,
-            expiry: Expiry(now.saturating_add(first.expiry_delta)),
-            next: NextHop {
-                amount: last.amount,
-                expiry: Expiry(now.saturating_add(last.expiry_delta)),
-            },
-        };
+        let plan = htlc::node::payment::plan(
+            invoice.amount,
+            invoice.final_expiry_delta,
+            &policy,
+            available,
+            Expiry(now),
+        )?;
         self.pay_with_plan(invoice, id, channel, plan).await
     }
 
@@ -472,17 +380,13 @@ impl Node {
             if r.peer != peer
                 || !r.funded
                 || r.concluded
-                || r.snapshot.frozen
+                || !r.snapshot.can_offer()
                 || awaiting_acceptance(&r)
                 || asset.is_some_and(|a| a != r.snapshot.params.asset)
             {
                 continue;
             }
-            let st = &r.snapshot.latest.state;
-            if st.is_final {
-                continue;
-            }
-            let free = st.balances[r.snapshot.me.index()];
+            let free = r.snapshot.free_balance();
             if best.is_none_or(|(_, b)| free > b) {
                 best = Some((id, free));
             }
@@ -502,26 +406,16 @@ impl Node {
     ) -> Result<(), NodeError> {
         let store = &self.inner.store;
         for (id, outcome) in events.iter().flat_map(outcomes) {
-            if let Some(mut f) = store.get::<Forwarded>(Cf::Locks, &fwd_key(channel, id))?
-                && f.preimage.is_none()
-                && f.failure.is_none()
+            if let Some(mut f) = store.get::<ForwardRecord>(Cf::Locks, &fwd_key(channel, id))?
+                && f.learn(outcome)
             {
-                match outcome {
-                    Outcome::Fulfilled(p) => f.preimage = Some(p),
-                    Outcome::Failed(r) => f.failure = Some(r),
-                    Outcome::Expired => f.failure = Some(FailureReason::TemporaryChannelFailure),
-                }
                 batch.put(Cf::Locks, &fwd_key(channel, id), &f)?;
             }
             if let Some(pid) = store.get::<B256>(Cf::Locks, &paylock_key(channel, id))?
                 && let Some(mut p) = store.get::<PaymentRecord>(Cf::Locks, &pay_key(pid))?
-                && p.status == PaymentStatus::Pending
+                && let Some(status) = p.status.after(outcome)
             {
-                p.status = match outcome {
-                    Outcome::Fulfilled(preimage) => PaymentStatus::Succeeded { preimage },
-                    Outcome::Failed(reason) => PaymentStatus::Failed { reason },
-                    Outcome::Expired => PaymentStatus::Expired,
-                };
+                p.status = status;
                 batch.put(Cf::Locks, &pay_key(pid), &p)?;
             }
         }
@@ -558,8 +452,8 @@ impl Node {
         })
     }
 
-    /// A peer's HTLC is committed on `h.channel_id()`: claim it (our invoice), forward it (a
-    /// route instruction), or fail it.
+    /// A peer's HTLC is committed on `h.channel_id()`: gather what we know of its hashlock,
+    /// let [`on_committed`] decide, and carry out the step (claim, forward or fail).
     async fn on_received(&self, h: CommittedHtlc) -> Result<(), NodeError> {
         let channel = h.channel_id();
         let lock = *h.lock();
@@ -570,48 +464,77 @@ impl Node {
         {
             return Ok(()); // forwarded already (a repeat after restart)
         }
-        if let Some(inv) = store.get::<InvoiceRecord>(Cf::Locks, &invoice_key(lock.hashlock))? {
-            return self.claim(channel, lock, inv).await;
-        }
-        let Some(instr) = store.get::<RouteInstr>(Cf::Locks, &route_key(channel, lock.hashlock))?
-        else {
-            // No invoice and no instruction. On a channel we opened, the sender is our hub and
-            // we are the payee of a payment we do not know; on one a peer opened with us we are
-            // the hub and were not told where to forward.
-            let ours = self
-                .channel_params(channel)
-                .await
-                .is_some_and(|p| p.participants[0] == self.address());
-            let reason = if ours {
-                FailureReason::IncorrectPaymentDetails
-            } else {
-                FailureReason::UnknownNextPeer
-            };
-            return self.fail_incoming(channel, lock.id, reason).await;
+        let invoice = store.get::<InvoiceRecord>(Cf::Locks, &invoice_key(lock.hashlock))?;
+        let route = route_key(channel, lock.hashlock);
+        let instr = match invoice {
+            Some(_) => None,
+            None => store.get::<RouteInstr>(Cf::Locks, &route)?,
         };
-        self.forward(h, instr).await
+        let (asset, frozen, we_opened) = match self.inner.channel(channel) {
+            Some(rec) => {
+                let r = rec.lock().await;
+                let s = &r.snapshot;
+                (s.params.asset, s.frozen, s.me == Side::A)
+            }
+            None => return Err(NodeError::UnknownChannel(channel)),
+        };
+        // Only a channel in the incoming channel's asset can carry it (a payment received in
+        // one token is never paid out in another: issue 12, attack 4).
+        let out = match &instr {
+            Some(i) if !frozen => self.outgoing_to(i.next_peer, asset).await,
+            _ => None,
+        };
+        let terms = invoice.as_ref().map(|inv| InvoiceTerms {
+            amount: inv.invoice.amount,
+            expires_at: Expiry(inv.invoice.expires_at),
+            preimage: inv.preimage,
+            paid: inv.paid,
+        });
+        let known = match (&terms, &instr) {
+            (Some(t), _) => Known::Invoice(t),
+            (None, Some(i)) => Known::Route {
+                next: &i.next,
+                outgoing: out.as_ref().map(|(_, o)| o),
+                incoming_frozen: frozen,
+            },
+            (None, None) => Known::Nothing { we_opened },
+        };
+        let step = on_committed(&h, known, self.now());
+        // The instruction is used up by this decision: deleted with its outcome.
+        let mut used = Batch::new();
+        if instr.is_some() {
+            used.delete(Cf::Locks, &route);
+        }
+        match (step, invoice, out) {
+            (Step::Claim(_), Some(inv), _) => self.claim(channel, lock, inv).await,
+            (Step::Forward(fwd), _, Some((out_channel, _))) => {
+                self.forward((channel, lock.id), out_channel, fwd, used)
+                    .await
+            }
+            (Step::Fail(reason), _, _) => {
+                self.fail_incoming_in(channel, lock.id, reason, used).await
+            }
+            // `on_committed` claims only with an invoice and forwards only with a channel.
+            (Step::Claim(_) | Step::Forward(_), _, _) => {
+                self.fail_incoming_in(
+                    channel,
+                    lock.id,
+                    FailureReason::TemporaryChannelFailure,
+                    used,
+                )
+                .await
+            }
+        }
     }
 
-    /// We are the payee: reveal the preimage if the HTLC pays the invoice, else fail it.
+    /// We are the payee and accept the HTLC: reveal the preimage, marking the invoice paid in
+    /// the same batch.
     async fn claim(
         &self,
         channel: ChannelId,
         lock: htlc::Lock,
         inv: InvoiceRecord,
     ) -> Result<(), NodeError> {
-        let now = self.now().0;
-        let reason = if inv.paid || lock.amount < inv.invoice.amount {
-            Some(FailureReason::IncorrectPaymentDetails)
-        } else if inv.invoice.expires_at <= now
-            || lock.expiry.0 < now.saturating_add(htlc::forward::MIN_OUTGOING_EXPIRY_SECS)
-        {
-            Some(FailureReason::FinalExpiryTooSoon)
-        } else {
-            None
-        };
-        if let Some(reason) = reason {
-            return self.fail_incoming(channel, lock.id, reason).await;
-        }
         if !self.inner.opts.reveal_preimages {
             warn!(channel = %channel, "holding an HTLC without revealing (test setting)");
             self.inner.emit(NodeEvent::Holding {
@@ -636,54 +559,20 @@ impl Node {
         Ok(())
     }
 
-    /// We are the hub: decide, and offer the outgoing HTLC with the forward's records. Only a
-    /// channel in the incoming channel's asset can carry it (a payment received in one token is
-    /// never paid out in another: issue 12, attack 4).
-    async fn forward(&self, h: CommittedHtlc, instr: RouteInstr) -> Result<(), NodeError> {
-        let in_channel = h.channel_id();
-        let in_id = h.lock().id;
-        let (asset, frozen) = match self.inner.channel(in_channel) {
-            Some(rec) => {
-                let r = rec.lock().await;
-                (r.snapshot.params.asset, r.snapshot.frozen)
-            }
-            None => return Err(NodeError::UnknownChannel(in_channel)),
-        };
-        // A channel on chain can be collected from only on chain: forward nothing from it.
-        if frozen {
-            return self
-                .fail_incoming(in_channel, in_id, FailureReason::TemporaryChannelFailure)
-                .await;
-        }
-        let out = self.outgoing_to(instr.next_peer, asset).await;
-        let decision = decide(&h, &instr.next, out.as_ref().map(|(_, o)| o), self.now());
-        // The instruction is used up by this decision: deleted with its outcome.
-        let mut used = Batch::new();
-        used.delete(Cf::Locks, &route_key(in_channel, h.lock().hashlock));
-        let (fwd, out_channel) = match (decision, out) {
-            (Ok(f), Some((c, _))) => (f, c),
-            (Err(reason), _) => {
-                return self.fail_incoming_in(in_channel, in_id, reason, used).await;
-            }
-            (Ok(_), None) => {
-                return self
-                    .fail_incoming_in(in_channel, in_id, FailureReason::UnknownNextPeer, used)
-                    .await;
-            }
-        };
+    /// We are the hub and forward: offer the outgoing HTLC with the forward's records, in one
+    /// batch with `used` (the instruction's deletion).
+    async fn forward(
+        &self,
+        incoming: (ChannelId, HtlcId),
+        out_channel: ChannelId,
+        fwd: htlc::forward::Forward,
+        used: Batch,
+    ) -> Result<(), NodeError> {
+        let (in_channel, in_id) = incoming;
         let r = self
             .with_channel_do(out_channel, used, |m, b| {
                 let out_id = m.offer_htlc(fwd.amount, fwd.hashlock, fwd.expiry);
-                let rec = Forwarded {
-                    in_channel,
-                    in_id,
-                    out_channel,
-                    out_id,
-                    fee: fwd.fee,
-                    preimage: None,
-                    failure: None,
-                    done: false,
-                };
+                let rec = ForwardRecord::new(incoming, (out_channel, out_id), &fwd);
                 b.put(Cf::Locks, &fwd_key(out_channel, out_id), &rec)?;
                 b.put(
                     Cf::Locks,
@@ -711,19 +600,7 @@ impl Node {
         let (id, _) = self.best_channel_to(peer, Some(asset)).await?;
         let rec = self.inner.channel(id)?;
         let r = rec.lock().await;
-        let st = &r.snapshot.latest.state;
-        Some((
-            id,
-            OutgoingChannel {
-                policy: self.inner.opts.policy,
-                available: st.balances[r.snapshot.me.index()],
-                pending_locks: st.locks.len(),
-                max_pending_locks: r.snapshot.limits.max_pending_locks,
-                // Every lock counts toward the limit, as `htlc::ops::apply_batch` counts them.
-                in_flight: st.locks_total().unwrap_or(Amount::MAX),
-                max_in_flight: r.snapshot.limits.max_in_flight,
-            },
-        ))
+        Some((id, r.snapshot.outgoing(self.inner.opts.policy)))
     }
 
     async fn fail_incoming(
@@ -780,29 +657,24 @@ impl Node {
     /// incoming HTLC it was forwarded for, or report our payment's outcome.
     async fn after_outcome(&self, channel: ChannelId, id: HtlcId) -> Result<(), NodeError> {
         let store = &self.inner.store;
-        if let Some(f) = store.get::<Forwarded>(Cf::Locks, &fwd_key(channel, id))?
-            && !f.done
+        if let Some(f) = store.get::<ForwardRecord>(Cf::Locks, &fwd_key(channel, id))?
+            && let Some(up) = f.upstream()
         {
-            let (preimage, failure) = (f.preimage, f.failure);
-            if preimage.is_none() && failure.is_none() {
-                return Ok(());
-            }
             let mut b = Batch::new();
-            let done = Forwarded {
+            let done = ForwardRecord {
                 done: true,
                 ..f.clone()
             };
             b.put(Cf::Locks, &fwd_key(channel, id), &done)?;
             self.with_channel_do(f.in_channel, b, |m, _| {
-                match (preimage, failure) {
-                    (Some(p), _) => m.fulfill_htlc(f.in_id, p),
-                    (None, Some(reason)) => m.fail_htlc(f.in_id, reason),
-                    (None, None) => {}
+                match up {
+                    Upstream::Fulfill(p) => m.fulfill_htlc(f.in_id, p),
+                    Upstream::Fail(reason) => m.fail_htlc(f.in_id, reason),
                 }
                 Ok(())
             })
             .await?;
-            if preimage.is_some() {
+            if let Upstream::Fulfill(_) = up {
                 info!(fee = %f.fee, "forward settled");
                 self.inner.emit(NodeEvent::Forwarded {
                     in_channel: f.in_channel,
@@ -810,7 +682,7 @@ impl Node {
                     fee: f.fee,
                 });
             } else {
-                info!(reason = ?failure, "forward failed back");
+                info!(reason = ?f.failure, "forward failed back");
             }
             return Ok(());
         }
@@ -879,30 +751,10 @@ impl Node {
             };
             let due: Vec<HtlcId> = {
                 let r = rec.lock().await;
-                if !r.funded || r.snapshot.latest.state.is_final {
+                if !r.funded {
                     continue;
                 }
-                let queued = |hid: HtlcId| {
-                    r.snapshot
-                        .queue
-                        .iter()
-                        .map(|q| &q.op)
-                        .chain(
-                            r.snapshot
-                                .pending
-                                .iter()
-                                .flat_map(|p| p.ops.iter().map(|q| &q.op)),
-                        )
-                        .any(|op| matches!(op, Op::ExpireHtlc { id } if *id == hid))
-                };
-                r.snapshot
-                    .latest
-                    .state
-                    .locks
-                    .iter()
-                    .filter(|l| l.sender == r.snapshot.me && l.expiry <= now && !queued(l.id))
-                    .map(|l| l.id)
-                    .collect()
+                r.snapshot.expired_offers(now)
             };
             if due.is_empty() {
                 continue;
@@ -952,78 +804,4 @@ impl Node {
             }
         });
     }
-}
-
-/// The route payer → hub → payee priced by the router, from the hub's announced policy.
-fn route_through_hub(
-    payer: Address,
-    invoice: &Invoice,
-    policy: &ForwardPolicy,
-    channel: ChannelId,
-    available: Amount,
-) -> Result<router::Route, NodeError> {
-    use router::{Channel, ChannelGraph, ChannelKind, LiquidityBounds, Policy, RouteQuery};
-    let mut g = ChannelGraph::new();
-    let ours = Policy::free(available.max(Amount(1)));
-    let hub_out = Policy {
-        base_fee: policy.base_fee,
-        fee_ppm: policy.fee_ppm,
-        expiry_delta: policy.expiry_delta,
-        htlc_min: policy.min_htlc.max(Amount(1)),
-        htlc_max: policy.max_htlc,
-        enabled: policy.enabled,
-    };
-    let bad = |e: router::GraphError| NodeError::Invalid(format!("routing: {e}"));
-    g.add_channel(Channel {
-        id: channel,
-        kind: ChannelKind::Ledger,
-        node_a: payer,
-        node_b: invoice.hub,
-        capacity: available,
-        policy_a: ours,
-        policy_b: Policy::free(available.max(Amount(1))),
-    })
-    .map_err(bad)?;
-    g.set_liquidity(
-        &channel,
-        htlc::Side::A,
-        LiquidityBounds {
-            lower: available,
-            upper: available,
-        },
-        0,
-    )
-    .map_err(bad)?;
-    // The hub's channel to the payee, as the invoice hints it (its liquidity is unknown).
-    let hint = ChannelId(alloy::primitives::keccak256(invoice.hashlock.0));
-    g.add_channel(Channel {
-        id: hint,
-        kind: ChannelKind::Ledger,
-        node_a: invoice.hub,
-        node_b: invoice.payee,
-        capacity: Amount::MAX,
-        policy_a: hub_out,
-        policy_b: Policy::free(Amount(1)),
-    })
-    .map_err(bad)?;
-    let q = RouteQuery::new(
-        payer,
-        invoice.payee,
-        invoice.amount,
-        invoice.final_expiry_delta,
-    );
-    let mut pf = router::PathFinder::new(router::ScoringParams::fees_only());
-    let route = pf.find_route(&g, &q).map_err(|e| match e {
-        router::RouteError::NoRoute { .. } => NodeError::Invalid(format!(
-            "cannot pay {} through the hub: {e}",
-            invoice.amount
-        )),
-        e => NodeError::Invalid(format!("routing: {e}")),
-    })?;
-    if route.hops.len() != 2 {
-        return Err(NodeError::Invalid(
-            "route is not payer → hub → payee".into(),
-        ));
-    }
-    Ok(route)
 }

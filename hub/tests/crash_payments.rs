@@ -25,7 +25,7 @@ use htlc::sig::Keys;
 use htlc::{Amount, ChannelId, Expiry, FailureReason, Hashlock};
 use hub::engine::{Node, NodeEvent, NodeOptions};
 use hub::payments::{
-    DEFAULT_FINAL_EXPIRY_DELTA, Forwarded, HtlcPlan, Invoice, PaymentRecord, PaymentStatus,
+    DEFAULT_FINAL_EXPIRY_DELTA, ForwardRecord, HtlcPlan, Invoice, PaymentRecord, PaymentStatus,
 };
 use hub::store::{Cf, Store};
 use rand::rngs::StdRng;
@@ -394,8 +394,8 @@ async fn hub_sigkilled_while_payments_are_in_flight_loses_nothing() {
             agree &= rec.snapshot.latest == p.node.channel(p.ch).await.unwrap();
             states.push(rec.snapshot.latest);
         }
-        let forwards: Vec<Forwarded> = store
-            .scan::<Forwarded>(Cf::Locks, b"fwd/")
+        let forwards: Vec<ForwardRecord> = store
+            .scan::<ForwardRecord>(Cf::Locks, b"fwd/")
             .unwrap()
             .into_iter()
             .map(|(_, f)| f)

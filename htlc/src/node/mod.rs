@@ -1,0 +1,30 @@
+//! What a node decides, beside the channel machine: the ordered link to each peer, what to do
+//! with a committed HTLC and with the outcome of one it offered, what a channel can carry out,
+//! and when a lock it offered must be taken back.
+//!
+//! These are the protocol rules the hub, the in-process relay and the simulator share: each of
+//! them drives [`crate::Channel`] machines and calls these functions, and none of them decides
+//! a payment step on its own. Like the channel machine they do no I/O: they take state and
+//! return what to do, and the caller persists, sends and schedules it (rule 2: persisted
+//! before anything leaves).
+//!
+//! ```text
+//!  peer frame ──► link::Inbound ──► Channel::handle ──► Effect::Event(HtlcReceived)
+//!                                                           │
+//!                      payment::on_committed (invoice? instruction? nothing?)
+//!                       │ Claim(preimage)    │ Forward(out)          │ Fail(reason)
+//!                       ▼                    ▼                       ▼
+//!            Channel::fulfill_htlc   out Channel::offer_htlc   Channel::fail_htlc
+//!
+//!  out Channel events ──► payment::outcomes ──► ForwardRecord::learn ──► upstream step
+//! ```
+//!
+//! | module | holds |
+//! |---|---|
+//! | [`link`] | sequence numbers, acknowledgements, duplicates and what to re-send on one peer link |
+//! | [`payment`] | the payee's acceptance rule, the forwarding step, failure reasons, outcomes |
+//! | [`capacity`] | what a channel can carry out under a policy, and its next lock expiry |
+
+pub mod capacity;
+pub mod link;
+pub mod payment;
