@@ -18,6 +18,7 @@ use crate::store::{Batch, Cf, Store, StoreError};
 use crate::transport::{self, Session};
 use crate::wire::{self, Body, ErrorCode, Frame};
 use alloy::primitives::{Address, U256};
+use htlc::node::link::{Inbound, Inbox, Outbox};
 use htlc::ops::Limits;
 use htlc::sig::Keys;
 use htlc::update::sign_state;
@@ -302,14 +303,6 @@ pub(crate) fn meta_key(kind: &str, peer: Address) -> Vec<u8> {
     k
 }
 
-/// What we know of a peer's outbox without reading it: every frame up to `acked` is
-/// acknowledged and deleted; `last_sent` is the last sequence number committed to it.
-#[derive(Clone, Copy, Debug, Default)]
-struct OutboxCursor {
-    acked: u64,
-    last_sent: u64,
-}
-
 /// Unacknowledged frames in a peer's outbox beyond which its refusals are no longer written
 /// (rule 10: a peer that never acknowledges cannot grow our disk with them).
 const MAX_DURABLE_BACKLOG: u64 = 1024;
@@ -347,11 +340,9 @@ impl Writer {
     }
 }
 
-/// The outbound side of one peer: sequence numbers and the live session's writer (and its
-/// connection, closed when a newer session of the same key replaces it), if any.
+/// The outbound side of one peer: the live session's writer (and its connection, closed when a newer session of the same key replaces it), if any.
 #[derive(Default)]
 struct Link {
-    next_send: u64,
     writer: Option<(u64, Writer)>,
     conn: Option<quinn::Connection>,
 }
@@ -365,11 +356,12 @@ pub(crate) struct Inner {
     /// locking every other channel.
     pub(crate) per_peer: std::sync::Mutex<HashMap<Address, Vec<ChannelId>>>,
     links: std::sync::Mutex<HashMap<Address, Arc<Mutex<Link>>>>,
-    /// Last processed inbound sequence number per peer.
-    recv: std::sync::Mutex<HashMap<Address, u64>>,
-    /// Outbox cursors per peer: acknowledgements delete exactly the frames they cover, by key,
+    /// Per peer, the last inbound sequence number processed.
+    recv: std::sync::Mutex<HashMap<Address, Inbox>>,
+    /// Per peer, the outbox counters: the next sequence number, and how far the peer
+    /// acknowledged, so an acknowledgement deletes exactly the frames it covers, by key,
     /// without scanning the outbox (whose deleted entries RocksDB would walk again each time).
-    outbox: std::sync::Mutex<HashMap<Address, OutboxCursor>>,
+    outbox: std::sync::Mutex<HashMap<Address, Outbox>>,
     pub(crate) events: broadcast::Sender<NodeEvent>,
     generation: std::sync::atomic::AtomicU64,
     /// Sends chain intents one at a time (with a chain only).
@@ -754,36 +746,38 @@ impl Node {
         if let Some(l) = links.get(&peer) {
             return Ok(l.clone());
         }
+        self.outbox(peer)?;
+        let l = Arc::new(Mutex::new(Link::default()));
+        links.insert(peer, l.clone());
+        Ok(l)
+    }
+
+    /// The peer's outbox counters, restored from the store the first time.
+    fn outbox(&self, peer: Address) -> Result<Outbox, NodeError> {
+        if let Some(o) = self
+            .inner
+            .outbox
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&peer)
+        {
+            return Ok(*o);
+        }
         let next_send = self
             .inner
             .store
             .get::<u64>(Cf::Meta, &meta_key("send", peer))?
             .unwrap_or(1);
-        // The first frame still in the outbox (or the next one to send) bounds what is acked.
-        let first = self
+        let first_stored = self
             .inner
             .store
             .scan_raw(Cf::Outbox, peer.as_slice())?
             .first()
-            .and_then(|(k, _)| outbox_seq(k))
-            .unwrap_or(next_send);
-        {
-            let mut cursors = self.inner.outbox.lock().unwrap_or_else(|p| p.into_inner());
-            cursors.insert(
-                peer,
-                OutboxCursor {
-                    acked: first.saturating_sub(1),
-                    last_sent: next_send.saturating_sub(1),
-                },
-            );
-        }
-        let l = Arc::new(Mutex::new(Link {
-            next_send,
-            writer: None,
-            conn: None,
-        }));
-        links.insert(peer, l.clone());
-        Ok(l)
+            .and_then(|(k, _)| outbox_seq(k));
+        let mut map = self.inner.outbox.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(*map
+            .entry(peer)
+            .or_insert_with(|| Outbox::restore(next_send, first_stored)))
     }
 
     /// Attach a session's writer, re-sending the outbox first, under the link's lock so no new
@@ -859,28 +853,30 @@ impl Node {
         bodies: Vec<Body>,
     ) -> Result<(), NodeError> {
         let link = self.link(peer)?;
-        let mut link = link.lock().await;
+        let link = link.lock().await;
+        // Only this function gives sequence numbers, under the link's lock: the numbers read
+        // here are still the next ones when the batch is committed.
+        let seqs = self.outbox(peer)?.numbers(bodies.len());
         let mut frames = Vec::with_capacity(bodies.len());
-        let mut next = link.next_send;
-        for body in bodies {
-            let bytes = wire::encode(&Frame::Msg { seq: next, body })
+        for (seq, body) in seqs.clone().zip(bodies) {
+            let bytes = wire::encode(&Frame::Msg { seq, body })
                 .map_err(|e| NodeError::Invalid(e.to_string()))?;
-            batch.put_raw(Cf::Outbox, &outbox_key(peer, next), bytes.clone());
+            batch.put_raw(Cf::Outbox, &outbox_key(peer, seq), bytes.clone());
             frames.push(bytes);
-            next += 1;
         }
-        if next != link.next_send {
-            batch.put(Cf::Meta, &meta_key("send", peer), &next)?;
+        if !seqs.is_empty() {
+            batch.put(Cf::Meta, &meta_key("send", peer), &seqs.end)?;
         }
         crate::failpoint::point("before_commit");
         self.inner.store.commit(batch).await?;
         crate::failpoint::point("after_commit");
-        link.next_send = next;
-        {
-            let mut cursors = self.inner.outbox.lock().unwrap_or_else(|p| p.into_inner());
-            let c = cursors.entry(peer).or_default();
-            c.last_sent = c.last_sent.max(next.saturating_sub(1));
-        }
+        self.inner
+            .outbox
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(peer)
+            .or_insert_with(|| Outbox::restore(seqs.end, None))
+            .sent(seqs.end);
         if let Some((_, tx)) = &link.writer {
             for f in frames {
                 tx.push(f);
@@ -890,18 +886,18 @@ impl Node {
         Ok(())
     }
 
-    fn last_recv(&self, peer: Address) -> Result<u64, NodeError> {
+    /// The peer's inbox counter, restored from the store the first time.
+    fn inbox(&self, peer: Address) -> Result<Inbox, NodeError> {
         let mut recv = self.inner.recv.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(v) = recv.get(&peer) {
-            return Ok(*v);
+        if let Some(i) = recv.get(&peer) {
+            return Ok(*i);
         }
-        let v = self
+        let last = self
             .inner
             .store
             .get::<u64>(Cf::Meta, &meta_key("recv", peer))?
             .unwrap_or(0);
-        recv.insert(peer, v);
-        Ok(v)
+        Ok(*recv.entry(peer).or_insert(Inbox::new(last)))
     }
 
     fn send_now(tx: &Writer, frame: &Frame) {
@@ -913,21 +909,19 @@ impl Node {
     async fn on_frame(&self, peer: Address, frame: Frame, tx: &Writer) -> Result<(), NodeError> {
         match frame {
             Frame::Ack { seq } => {
-                self.link(peer)?; // sets up the peer's outbox cursor
-                let (from, to) = {
-                    let mut cursors = self.inner.outbox.lock().unwrap_or_else(|p| p.into_inner());
-                    let c = cursors.entry(peer).or_default();
-                    // Never past what we sent: a bogus ack costs nothing.
-                    let to = seq.min(c.last_sent);
-                    if to <= c.acked {
-                        return Ok(());
-                    }
-                    let from = c.acked;
-                    c.acked = to;
-                    (from, to)
+                self.link(peer)?; // sets up the peer's outbox counters
+                let Some(done) = self
+                    .inner
+                    .outbox
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get_mut(&peer)
+                    .and_then(|o| o.on_ack(seq))
+                else {
+                    return Ok(());
                 };
                 let mut batch = Batch::new();
-                for s in from.saturating_add(1)..=to {
+                for s in done {
                     batch.delete(Cf::Outbox, &outbox_key(peer, s));
                 }
                 // A lost delete only re-sends a frame the peer ignores as a duplicate.
@@ -935,35 +929,40 @@ impl Node {
                 Ok(())
             }
             Frame::Msg { seq, body } => {
-                let last = self.last_recv(peer)?;
-                if seq <= last {
-                    debug!(seq, "duplicate ignored");
-                    Self::send_now(tx, &Frame::Ack { seq: last });
-                    return Ok(());
-                }
                 // A stranger's refused messages leave no durable counter (nothing is written
                 // for it), so it may legitimately skip ahead after a reconnect.
-                if seq != last + 1 && self.has_channel(peer) {
-                    warn!(seq, expected = last + 1, "out of order");
-                    self.inner.emit(NodeEvent::Refused {
-                        peer,
-                        code: ErrorCode::OutOfOrder,
-                    });
-                    Self::send_now(
-                        tx,
-                        &Frame::Error {
+                match self.inbox(peer)?.classify(seq, !self.has_channel(peer)) {
+                    Inbound::Process => {}
+                    Inbound::Duplicate { ack } => {
+                        debug!(seq, "duplicate ignored");
+                        Self::send_now(tx, &Frame::Ack { seq: ack });
+                        return Ok(());
+                    }
+                    Inbound::Gap { expected } => {
+                        warn!(seq, expected, "out of order");
+                        self.inner.emit(NodeEvent::Refused {
+                            peer,
                             code: ErrorCode::OutOfOrder,
-                            detail: format!("expected {}, got {seq}", last + 1),
-                        },
-                    );
-                    return Ok(());
+                        });
+                        Self::send_now(
+                            tx,
+                            &Frame::Error {
+                                code: ErrorCode::OutOfOrder,
+                                detail: format!("expected {expected}, got {seq}"),
+                            },
+                        );
+                        return Ok(());
+                    }
                 }
                 crate::failpoint::point("before_process");
                 self.on_message(peer, seq, body).await?;
-                {
-                    let mut recv = self.inner.recv.lock().unwrap_or_else(|p| p.into_inner());
-                    recv.insert(peer, seq);
-                }
+                self.inner
+                    .recv
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry(peer)
+                    .or_default()
+                    .received(seq);
                 Self::send_now(tx, &Frame::Ack { seq });
                 Ok(())
             }
@@ -1263,10 +1262,8 @@ impl Node {
 
     /// Frames in the peer's outbox it has not acknowledged.
     fn backlog(&self, peer: Address) -> u64 {
-        let cursors = self.inner.outbox.lock().unwrap_or_else(|p| p.into_inner());
-        cursors
-            .get(&peer)
-            .map_or(0, |c| c.last_sent.saturating_sub(c.acked))
+        let outbox = self.inner.outbox.lock().unwrap_or_else(|p| p.into_inner());
+        outbox.get(&peer).map_or(0, Outbox::backlog)
     }
 
     /// Whether `peer` holds any channel record with us (even one not yet funded).

@@ -6,15 +6,16 @@
 //! signed and verified exactly as between real parties; only the transport is a queue.
 
 use alloy::primitives::{Address, U256};
-use htlc::forward::{ForwardPolicy, NextHop, OutgoingChannel, decide};
+use htlc::forward::{ForwardPolicy, NextHop};
 use htlc::ids::{Expiry, Hashlock, HtlcId, Preimage};
+use htlc::node::payment::{
+    ForwardRecord, InvoiceTerms, Known, Step, Upstream, concerns_payments, on_committed, outcomes,
+    plan,
+};
 use htlc::ops::Limits;
 use htlc::sig::Keys;
 use htlc::update::sign_state;
-use htlc::{
-    Amount, Channel, ChannelParams, ChannelState, Effect, Event, FailureReason, Message,
-    SignedState,
-};
+use htlc::{Amount, Channel, ChannelParams, ChannelState, Effect, Event, Message, SignedState};
 use std::collections::{HashMap, VecDeque};
 
 /// Who is who in the relay.
@@ -53,10 +54,10 @@ pub struct Relay {
     policy: ForwardPolicy,
     /// Hashlock → next hop the payer asked for (in the hub this travels with the HTLC).
     instructions: HashMap<Hashlock, NextHop>,
-    /// Hashlock → preimage, the payee's invoices.
-    invoices: HashMap<Hashlock, Preimage>,
-    /// Outgoing lock id → incoming lock id at the hub.
-    links: HashMap<HtlcId, HtlcId>,
+    /// Hashlock → the payee's invoice.
+    invoices: HashMap<Hashlock, InvoiceTerms>,
+    /// Outgoing lock id → the hub's record of the forward.
+    forwards: HashMap<HtlcId, ForwardRecord>,
     now: Expiry,
     /// What happened so far.
     pub tally: Tally,
@@ -100,7 +101,7 @@ impl Relay {
             policy,
             instructions: HashMap::new(),
             invoices: HashMap::new(),
-            links: HashMap::new(),
+            forwards: HashMap::new(),
             now: Expiry(1_700_000_000),
             tally: Tally::default(),
         })
@@ -118,19 +119,20 @@ impl Relay {
     pub fn pay(&mut self, amount: Amount, secret: [u8; 32]) -> anyhow::Result<()> {
         let preimage = Preimage(secret);
         let hashlock = preimage.hashlock();
-        self.invoices.insert(hashlock, preimage);
-        let fee = self.policy.fee(amount)?;
-        let out_expiry = Expiry(self.now.0 + 2 * 3600);
-        let in_expiry = Expiry(out_expiry.0 + self.policy.expiry_delta);
-        self.instructions.insert(
+        self.invoices.insert(
             hashlock,
-            NextHop {
+            InvoiceTerms {
                 amount,
-                expiry: out_expiry,
+                expires_at: Expiry(self.now.0 + 3600),
+                preimage,
+                paid: false,
             },
         );
-        self.payer_up
-            .offer_htlc(amount.checked_add(fee)?, hashlock, in_expiry);
+        // Priced as the hub binary's payers price it.
+        let available = self.payer_up.snapshot().free_balance();
+        let plan = plan(amount, 2 * 3600, &self.policy, available, self.now)?;
+        self.instructions.insert(hashlock, plan.next);
+        self.payer_up.offer_htlc(plan.sent, hashlock, plan.expiry);
         Ok(())
     }
 
@@ -171,48 +173,75 @@ impl Relay {
     fn on_event(&mut self, node: Node, upstream: bool, ev: Event) -> anyhow::Result<()> {
         match (node, upstream, ev) {
             (Node::Hub, true, Event::HtlcReceived(h)) => {
+                // The hub's step, exactly as the hub binary takes it (`htlc::node::payment`).
                 let lock = *h.lock();
                 let next = self.instructions.get(&lock.hashlock).copied();
-                let out = &self.hub_out;
-                let st = &out.latest().state;
-                let outgoing = OutgoingChannel {
-                    policy: self.policy,
-                    available: st.balances[out.me().index()],
-                    pending_locks: st.locks.len(),
-                    max_pending_locks: out.snapshot().limits.max_pending_locks,
-                    in_flight: st.locks_total()?,
-                    max_in_flight: out.snapshot().limits.max_in_flight,
+                let outgoing = self.hub_out.outgoing(self.policy);
+                let known = match &next {
+                    Some(next) => Known::Route {
+                        next,
+                        outgoing: Some(&outgoing),
+                        incoming_frozen: false,
+                    },
+                    None => Known::Nothing { we_opened: false },
                 };
-                let decision = match next {
-                    Some(next) => decide(&h, &next, Some(&outgoing), self.now),
-                    None => Err(FailureReason::UnknownNextPeer),
-                };
-                match decision {
-                    Ok(fwd) => {
+                match on_committed(&h, known, self.now) {
+                    Step::Forward(fwd) => {
                         let out_id = self
                             .hub_out
                             .offer_htlc(fwd.amount, fwd.hashlock, fwd.expiry);
-                        self.links.insert(out_id, lock.id);
+                        self.forwards.insert(
+                            out_id,
+                            ForwardRecord::new(
+                                (h.channel_id(), lock.id),
+                                (self.hub_out.id(), out_id),
+                                &fwd,
+                            ),
+                        );
                     }
-                    Err(reason) => {
+                    Step::Fail(reason) => {
                         self.hub_in.fail_htlc(lock.id, reason);
                         self.tally.failed += 1;
                     }
+                    Step::Claim(_) => return Err(anyhow::anyhow!("the hub holds no invoice")),
                 }
             }
             (Node::Payee, _, Event::HtlcReceived(h)) => {
                 let lock = *h.lock();
-                match self.invoices.get(&lock.hashlock) {
-                    Some(p) => self.payee_down.fulfill_htlc(lock.id, *p),
-                    None => self
-                        .payee_down
-                        .fail_htlc(lock.id, FailureReason::IncorrectPaymentDetails),
+                let known = match self.invoices.get(&lock.hashlock) {
+                    Some(terms) => Known::Invoice(terms),
+                    None => Known::Nothing { we_opened: false },
+                };
+                match on_committed(&h, known, self.now) {
+                    Step::Claim(preimage) => {
+                        self.payee_down.fulfill_htlc(lock.id, preimage);
+                        if let Some(t) = self.invoices.get_mut(&lock.hashlock) {
+                            t.paid = true;
+                        }
+                    }
+                    Step::Fail(reason) => self.payee_down.fail_htlc(lock.id, reason),
+                    Step::Forward(_) => return Err(anyhow::anyhow!("the payee forwards nothing")),
                 }
             }
-            (Node::Hub, false, Event::PreimageLearned { id, preimage }) => {
-                // Rule 5: claim upstream at once.
-                if let Some(in_id) = self.links.remove(&id) {
-                    self.hub_in.fulfill_htlc(in_id, preimage);
+            (Node::Hub, false, ev) if concerns_payments(&ev) => {
+                // Rules 4 and 5: learn how the outgoing HTLC ended, then settle upstream.
+                for (id, outcome) in outcomes(&ev) {
+                    let Some(f) = self.forwards.get_mut(&id) else {
+                        continue;
+                    };
+                    f.learn(outcome);
+                    match f.upstream() {
+                        Some(Upstream::Fulfill(p)) => self.hub_in.fulfill_htlc(f.in_id, p),
+                        Some(Upstream::Fail(r)) => {
+                            self.hub_in.fail_htlc(f.in_id, r);
+                            self.tally.failed += 1;
+                        }
+                        None => continue,
+                    }
+                    self.forwards.remove(&id);
+                }
+                if let Event::Committed { .. } = ev {
+                    self.tally.updates += 1;
                 }
             }
             // Both sides see every commitment; count each channel's once, at the payer and at

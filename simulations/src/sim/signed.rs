@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 
 use alloy::primitives::{Address, U256};
-use htlc::forward::{ForwardPolicy, NextHop, OutgoingChannel, decide};
+use htlc::forward::{ForwardPolicy, NextHop, decide};
 use htlc::ids::{Expiry, Hashlock, HtlcId, Preimage};
 use htlc::sig::Keys;
 use htlc::update::sign_state;
@@ -231,17 +231,7 @@ impl Ledger for SignedLedger {
         let committed = *self.committed.get(&incoming).ok_or(SimError::Internal(
             "forwarding a lock no machine vouched for",
         ))?;
-        let m = &self.pair(out)?[by.index()];
-        let st = &m.latest().state;
-        let limits = m.snapshot().limits;
-        let channel = OutgoingChannel {
-            policy: *policy,
-            available: st.balances[by.index()],
-            pending_locks: st.locks.len(),
-            max_pending_locks: limits.max_pending_locks,
-            in_flight: st.locks_total()?,
-            max_in_flight: limits.max_in_flight,
-        };
+        let channel = self.pair(out)?[by.index()].outgoing(*policy);
         match decide(&committed, &next, Some(&channel), now) {
             Ok(fwd) => self.add(out, by, fwd.amount, fwd.hashlock, fwd.expiry, now),
             Err(reason) => Ok(Err(reason)),
