@@ -45,6 +45,15 @@ impl Amount {
     /// The proportional part `self * ppm / 1_000_000`, rounded down, computed without overflow
     /// for every `u128` amount and `u32` rate.
     pub fn ppm(self, ppm: u32) -> Amount {
+        // Amounts that fit u64 (nearly all): the divisions by the constant compile to
+        // multiplications. r < 1e6 and ppm < 2^32, so r * ppm < 2^52 fits u64, and
+        // q * ppm < 2^96 fits u128. The router prices every edge with this.
+        if let Ok(a) = u64::try_from(self.0) {
+            let (q, r) = (a / 1_000_000, a % 1_000_000);
+            return Amount(
+                u128::from(q) * u128::from(ppm) + u128::from(r * u64::from(ppm) / 1_000_000),
+            );
+        }
         // (q * 1e6 + r) * ppm / 1e6 = q * ppm + r * ppm / 1e6; q * ppm <= u128::MAX / 1e6 * 2^32
         // can still overflow for amounts near u128::MAX, so saturate: a saturated fee makes the
         // forwarding check fail closed rather than pass.
@@ -102,6 +111,16 @@ mod tests {
         fn ppm_matches_wide_arithmetic(a in any::<u64>(), ppm in any::<u32>()) {
             let exact = u128::from(a) * u128::from(ppm) / 1_000_000;
             prop_assert_eq!(Amount::from(a).ppm(ppm), Amount(exact));
+        }
+
+        /// Every amount: exact, or `u128::MAX` where the exact value does not fit (never a
+        /// wrapped, small fee).
+        #[test]
+        fn ppm_above_u64_is_exact_or_saturates(a in any::<u128>(), ppm in any::<u32>()) {
+            use alloy::primitives::U256;
+            let exact = U256::from(a) * U256::from(ppm) / U256::from(1_000_000u64);
+            let want = u128::try_from(exact).unwrap_or(u128::MAX);
+            prop_assert_eq!(Amount(a).ppm(ppm), Amount(want));
         }
     }
 }

@@ -15,6 +15,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use alloy::primitives::Address;
+use htlc::forward::{DEFAULT_MAX_EXPIRY_HORIZON_SECS, ForwardPolicy, MIN_EXPIRY_DELTA_SECS};
 use htlc::{Amount, AmountOverflow, ChannelId, Side};
 use petgraph::Direction;
 use petgraph::stable_graph::{EdgeIndex, NodeIndex, StableGraph};
@@ -59,11 +60,43 @@ pub struct Policy {
     pub enabled: bool,
 }
 
+/// A hub's forwarding policy as the router prices it: the same fee, the delta the hub
+/// actually requires (raised to the protocol minimum, as `htlc::forward::decide` raises it),
+/// HTLCs from at least 1.
+impl From<ForwardPolicy> for Policy {
+    fn from(p: ForwardPolicy) -> Policy {
+        Policy {
+            base_fee: p.base_fee,
+            fee_ppm: p.fee_ppm,
+            expiry_delta: p.expiry_delta.max(MIN_EXPIRY_DELTA_SECS),
+            htlc_min: p.min_htlc.max(Amount(1)),
+            htlc_max: p.max_htlc,
+            enabled: p.enabled,
+        }
+    }
+}
+
+/// A direction's policy as the protocol core's forwarding decision takes it, with the default
+/// expiry horizon.
+impl From<Policy> for ForwardPolicy {
+    fn from(p: Policy) -> ForwardPolicy {
+        ForwardPolicy {
+            base_fee: p.base_fee,
+            fee_ppm: p.fee_ppm,
+            expiry_delta: p.expiry_delta,
+            min_htlc: p.htlc_min,
+            max_htlc: p.htlc_max,
+            max_expiry_horizon: DEFAULT_MAX_EXPIRY_HORIZON_SECS,
+            enabled: p.enabled,
+        }
+    }
+}
+
 impl Policy {
     /// The fee for forwarding `forwarded` in this direction: `base_fee + fee_ppm * forwarded /
     /// 1e6` rounded down. Never negative; errors only if the sum overflows `u128`.
     pub fn fee(&self, forwarded: Amount) -> Result<Amount, AmountOverflow> {
-        self.base_fee.checked_add(forwarded.ppm(self.fee_ppm))
+        ForwardPolicy::from(*self).fee(forwarded)
     }
 
     /// A policy with no fees, no expiry delta, HTLCs from 1 up to `htlc_max`, enabled.
@@ -792,7 +825,7 @@ impl EdgeData {
     pub(crate) fn set_bounds(&mut self, lower: u128, upper: u128) {
         self.liq_lower = lower;
         self.liq_upper = upper;
-        self.log_width = crate::scoring::log2_fixed(upper.saturating_sub(lower).saturating_add(1));
+        self.log_width = crate::fixed::log2_fixed(upper.saturating_sub(lower).saturating_add(1));
     }
 
     /// Copies a policy's fields (HTLC maximum capped by the capacity).

@@ -34,9 +34,11 @@ pub mod graph;
 pub mod io;
 pub mod multipath;
 pub mod pathfind;
+pub mod route;
 pub mod scoring;
 
 mod alternatives;
+mod fixed;
 mod search;
 
 pub use generate::{GeneratorConfig, generate};

@@ -29,7 +29,6 @@ use serde::{Deserialize, Serialize};
 use crate::alternatives::edges_of;
 use crate::graph::ChannelGraph;
 use crate::pathfind::{PathFinder, Prepared, Route, RouteError, RouteQuery, price_edges};
-use crate::scoring::ppm;
 
 /// Labels a probe search may create before the probe is taken as too large.
 const PROBE_MAX_LABELS: usize = 16_384;
@@ -234,7 +233,8 @@ impl PathFinder {
                     let spare_lower = w.liq_lower.saturating_sub(used);
                     let spare_upper = w.liq_upper.saturating_sub(used);
                     let uncertain = spare_upper.saturating_sub(spare_lower);
-                    used + spare_lower + ppm(uncertain, params.max_share_ppm.min(1_000_000))
+                    used + spare_lower
+                        + Amount(uncertain).ppm(params.max_share_ppm.min(1_000_000)).0
                 });
                 share.max(used.saturating_add(hop.amount.0))
             })

@@ -25,8 +25,9 @@
 use htlc::{Amount, ChannelId, Side};
 use serde::{Deserialize, Serialize};
 
+use crate::fixed::log2_fixed;
 use crate::graph::{ChannelGraph, GraphError, Knowledge, LiquidityBounds};
-use crate::pathfind::Route;
+use crate::route::Route;
 
 /// Fixed-point scale of `-log2 p`: 16 fractional bits.
 const LOG_ONE: u32 = 1 << 16;
@@ -131,11 +132,11 @@ impl ScoringParams {
             base: self
                 .base_penalty
                 .0
-                .saturating_add(ppm(amount, self.base_penalty_ppm)),
+                .saturating_add(Amount(amount).ppm(self.base_penalty_ppm).0),
             per_bit: self
                 .liquidity_penalty
                 .0
-                .saturating_add(ppm(amount, self.liquidity_penalty_ppm)),
+                .saturating_add(Amount(amount).ppm(self.liquidity_penalty_ppm).0),
         }
     }
 
@@ -175,37 +176,6 @@ pub(crate) struct PenaltyParts {
     pub(crate) base: u128,
     /// `liquidity_penalty + liquidity_penalty_ppm * amount`, per bit (16.16 fixed point).
     pub(crate) per_bit: u128,
-}
-
-/// `a * rate / 1_000_000` rounded down: exactly [`Amount::ppm`], with a fast path for amounts
-/// that fit `u64` (where the divisions by the constant compile to multiplications).
-#[inline]
-pub(crate) fn ppm(a: u128, rate: u32) -> u128 {
-    if let Ok(a64) = u64::try_from(a) {
-        let q = a64 / 1_000_000;
-        let r = a64 % 1_000_000;
-        // r < 1e6 and rate < 2^32, so r * rate < 2^52 fits u64; q * rate < 2^96 fits u128.
-        u128::from(q) * u128::from(rate) + u128::from(r * u64::from(rate) / 1_000_000)
-    } else {
-        Amount(a).ppm(rate).0
-    }
-}
-
-/// `log2(x)` in fixed point with 16 fractional bits, for `x >= 1`, by linear interpolation
-/// between powers of two (Mitchell's approximation, error below 0.09 bit). Non-decreasing in `x`.
-#[inline]
-pub(crate) fn log2_fixed(x: u128) -> u32 {
-    if x == 0 {
-        return 0;
-    }
-    let k = 127 - x.leading_zeros();
-    // The 16 bits after the leading one: the linear part of the mantissa.
-    let frac = if k >= 16 {
-        (x >> (k - 16)) as u32 & 0xFFFF
-    } else {
-        (x << (16 - k)) as u32 & 0xFFFF
-    };
-    (k << 16) | frac
 }
 
 /// `x · 2^(-elapsed/half_life)`, rounded down and never above `x`.
@@ -465,21 +435,6 @@ mod tests {
 
     proptest! {
         #![proptest_config(testkit::config(256))]
-
-        #[test]
-        fn fast_ppm_is_amount_ppm(a in any::<u128>(), small in any::<u64>(), rate in any::<u32>()) {
-            prop_assert_eq!(ppm(a, rate), Amount(a).ppm(rate).0);
-            prop_assert_eq!(ppm(u128::from(small), rate), Amount(u128::from(small)).ppm(rate).0);
-        }
-
-        #[test]
-        fn log2_is_monotone_and_close(x in 1u128.., y in 1u128..) {
-            let (lo, hi) = if x <= y { (x, y) } else { (y, x) };
-            prop_assert!(log2_fixed(lo) <= log2_fixed(hi));
-            let exact = (x as f64).log2();
-            let approx = f64::from(log2_fixed(x)) / 65536.0;
-            prop_assert!((exact - approx).abs() < 0.1, "{exact} vs {approx}");
-        }
 
         #[test]
         fn penalty_is_monotone_in_amount(

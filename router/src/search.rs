@@ -10,7 +10,8 @@ use petgraph::stable_graph::{EdgeIndex, NodeIndex};
 use petgraph::visit::{EdgeIndexable, NodeIndexable};
 
 use crate::graph::{ChannelGraph, EdgeData};
-use crate::scoring::{ScoringParams, ppm};
+use crate::scoring::ScoringParams;
+use htlc::Amount;
 
 /// "No label / no edge".
 pub(crate) const NONE: u32 = u32::MAX;
@@ -394,7 +395,7 @@ impl Workspace {
                 let fee = if x == payer {
                     0
                 } else {
-                    w.base_fee.saturating_add(ppm(amount, w.fee_ppm))
+                    w.base_fee.saturating_add(Amount(amount).ppm(w.fee_ppm).0)
                 };
                 let penalty =
                     params.penalty_with(parts, total, w.liq_lower, w.liq_upper, w.log_width);
@@ -644,7 +645,7 @@ impl Workspace {
                     limit_hit = true;
                     continue;
                 }
-                let fee = w.base_fee.saturating_add(ppm(amount, w.fee_ppm));
+                let fee = w.base_fee.saturating_add(Amount(amount).ppm(w.fee_ppm).0);
                 let Some(new_amount) = amount.checked_add(fee) else {
                     continue;
                 };

@@ -206,12 +206,10 @@ mod tests {
             for n in sends {
                 let r = o.numbers(n);
                 o.sent(r.end);
-                if let Some(a) = acks.next() {
-                    if let Some(range) = o.on_ack(a) {
-                        for s in range {
-                            prop_assert!(s < o.next_send());
-                            prop_assert!(deleted.insert(s), "frame {} deleted twice", s);
-                        }
+                if let Some(range) = acks.next().and_then(|a| o.on_ack(a)) {
+                    for s in range {
+                        prop_assert!(s < o.next_send());
+                        prop_assert!(deleted.insert(s), "frame {} deleted twice", s);
                     }
                 }
             }

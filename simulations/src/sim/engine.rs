@@ -893,16 +893,7 @@ impl<'a, L: Ledger> Engine<'a, L> {
             .graph
             .channel(channel)
             .ok_or(SimError::Internal("route over a channel not in the graph"))?;
-        let p = c.policy(side);
-        Ok(ForwardPolicy {
-            base_fee: p.base_fee,
-            fee_ppm: p.fee_ppm,
-            expiry_delta: p.expiry_delta,
-            min_htlc: p.htlc_min,
-            max_htlc: p.htlc_max,
-            max_expiry_horizon: DEFAULT_MAX_EXPIRY_HORIZON_SECS,
-            enabled: p.enabled,
-        })
+        Ok(ForwardPolicy::from(*c.policy(side)))
     }
 
     /// Removes the lock of `hop` from the accounting of locked liquidity.
