@@ -26,7 +26,8 @@
 //! attacker's host name. Refusals are 401 (token) and 403 (host), as JSON errors, logged. The
 //! API listens on loopback only.
 
-use crate::engine::{Node, NodeError};
+use crate::error::NodeError;
+use crate::node::Node;
 use crate::payments::{Invoice, PaymentRecord, PaymentStatus};
 use alloy::primitives::{Address, B256};
 use axum::extract::{Path, State};

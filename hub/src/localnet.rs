@@ -9,7 +9,9 @@
 
 use crate::api::Wei;
 use crate::clock::Clock;
-use crate::engine::{Node, NodeError, NodeEvent, NodeOptions};
+use crate::error::NodeError;
+use crate::events::NodeEvent;
+use crate::node::{Node, NodeOptions};
 use crate::payments::PaymentStatus;
 use crate::store::Store;
 use alloy::primitives::B256;

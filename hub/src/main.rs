@@ -11,7 +11,7 @@
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use hub::config::{Config, load_key, load_signer};
-use hub::engine::{Node, NodeOptions};
+use hub::node::{Node, NodeOptions};
 use hub::store::Store;
 use std::path::PathBuf;
 
@@ -223,7 +223,7 @@ fn api_token(data_dir: &std::path::Path) -> Result<String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     }
-    let token = hub::engine::new_api_token();
+    let token = hub::node::new_api_token();
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)

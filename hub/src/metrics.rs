@@ -1,11 +1,11 @@
 //! Prometheus metrics of a node: payments attempted / succeeded / failed by reason, payment
 //! latency, forwards and fees earned, liquidity and pending HTLCs per channel, store writes.
 //!
-//! Counters are updated where the node emits its events ([`crate::engine::Inner::emit`]), so
+//! Counters are updated where the node emits its events ([`crate::node::Inner::emit`]), so
 //! they never miss one (a broadcast subscriber could lag and drop some). Per-channel gauges are
 //! read from the channels when `/metrics` is scraped.
 
-use crate::engine::NodeEvent;
+use crate::events::NodeEvent;
 use alloy::primitives::B256;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,

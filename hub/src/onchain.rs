@@ -17,7 +17,9 @@
 //! with a version older than our latest co-signed state is answered by a challenge.
 
 use crate::chain::{Intent, Settled, TxError};
-use crate::engine::{ChannelRecord, Node, NodeError, NodeEvent, awaiting_acceptance};
+use crate::error::NodeError;
+use crate::events::NodeEvent;
+use crate::node::{ChannelRecord, Node, awaiting_acceptance};
 use crate::store::{Batch, Cf};
 use contracts::bindings::Adjudicator::AdjudicatorEvents;
 use contracts::{ChainEvent, EventKind, EventWatcher};

@@ -28,7 +28,9 @@
 //! forward), `invoice/‹hashlock›` (payee), `pay/‹payment id›` and `paylock/‹channel›‹id›`
 //! (payer).
 
-use crate::engine::{Node, NodeError, NodeEvent, awaiting_acceptance};
+use crate::error::NodeError;
+use crate::events::NodeEvent;
+use crate::node::{Node, awaiting_acceptance};
 use crate::store::{Batch, Cf};
 use alloy::primitives::{Address, B256};
 use htlc::forward::{ForwardPolicy, NextHop, OutgoingChannel};
@@ -250,7 +252,7 @@ impl Node {
         Ok(self
             .inner
             .store
-            .get(Cf::Meta, &crate::engine::meta_key("policy", hub))?)
+            .get(Cf::Meta, &crate::session::meta_key("policy", hub))?)
     }
 
     /// Pay `invoice` through its hub, as payment `id`. Returns once the HTLC is offered; the

@@ -8,7 +8,7 @@ use contracts::Devnet;
 use htlc::forward::MIN_CHALLENGE_DURATION_SECS;
 use htlc::sig::Keys;
 use htlc::{Amount, ChannelParams, Expiry, HtlcId, Message, Op, OpError, Preimage, RejectReason};
-use hub::engine::{Node, NodeOptions};
+use hub::node::{Node, NodeOptions};
 use hub::store::Store;
 use hub::wire::Body;
 use std::time::Duration;

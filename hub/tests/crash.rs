@@ -5,7 +5,7 @@
 
 use htlc::sig::Keys;
 use htlc::{Amount, ChannelId};
-use hub::engine::{Node, NodeOptions};
+use hub::node::{Node, NodeOptions};
 use hub::store::Store;
 use std::path::{Path, PathBuf};
 use std::process::Command;

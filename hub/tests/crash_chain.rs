@@ -10,7 +10,7 @@ use contracts::bindings::Adjudicator::AdjudicatorEvents;
 use contracts::{Devnet, EventKind, EventWatcher};
 use htlc::sig::Keys;
 use htlc::{Amount, ChannelId};
-use hub::engine::{Node, NodeOptions};
+use hub::node::{Node, NodeOptions};
 use hub::store::Store;
 use std::path::{Path, PathBuf};
 use std::process::Command;

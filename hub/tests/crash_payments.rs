@@ -23,7 +23,8 @@ use alloy::primitives::B256;
 use htlc::forward::{ForwardPolicy, NextHop};
 use htlc::sig::Keys;
 use htlc::{Amount, ChannelId, Expiry, FailureReason, Hashlock};
-use hub::engine::{Node, NodeEvent, NodeOptions};
+use hub::events::NodeEvent;
+use hub::node::{Node, NodeOptions};
 use hub::payments::{
     DEFAULT_FINAL_EXPIRY_DELTA, ForwardRecord, HtlcPlan, Invoice, PaymentRecord, PaymentStatus,
 };
@@ -355,7 +356,7 @@ async fn hub_sigkilled_while_payments_are_in_flight_loses_nothing() {
             sigkill(hub);
             let store = Store::open(&data).unwrap();
             for (i, p) in peers.iter().enumerate() {
-                let rec: hub::engine::ChannelRecord =
+                let rec: hub::node::ChannelRecord =
                     store.get(Cf::Channels, p.ch.0.as_slice()).unwrap().unwrap();
                 let sn = &rec.snapshot;
                 report += &format!(
@@ -387,7 +388,7 @@ async fn hub_sigkilled_while_payments_are_in_flight_loses_nothing() {
         let mut states = Vec::new();
         let mut agree = true;
         for p in peers.iter() {
-            let rec: hub::engine::ChannelRecord = store
+            let rec: hub::node::ChannelRecord = store
                 .get(Cf::Channels, p.ch.0.as_slice())
                 .unwrap()
                 .expect("the hub knows the channel");

@@ -4,7 +4,8 @@
 
 use htlc::sig::Keys;
 use htlc::{Amount, ChannelId, Message, Op};
-use hub::engine::{Node, NodeEvent, NodeOptions};
+use hub::events::NodeEvent;
+use hub::node::{Node, NodeOptions};
 use hub::store::Store;
 use hub::transport;
 use hub::wire::{self, Body, DEFAULT_MAX_FRAME, ErrorCode, Frame};

@@ -8,7 +8,8 @@ use alloy::primitives::{Address, U256};
 use contracts::Devnet;
 use htlc::Amount;
 use htlc::sig::Keys;
-use hub::engine::{Node, NodeEvent, NodeOptions};
+use hub::events::NodeEvent;
+use hub::node::{Node, NodeOptions};
 use hub::store::Store;
 use std::time::Duration;
 

@@ -3,7 +3,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code)]
 
 use htlc::ChannelId;
-use hub::engine::{ChannelRecord, Node, NodeEvent};
+use hub::events::NodeEvent;
+use hub::node::{ChannelRecord, Node};
 use hub::store::{Cf, Store};
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

@@ -1,0 +1,125 @@
+//! What the node tells its application (and its metrics): a leaf module, so anything may
+//! listen without depending on the node.
+
+use crate::wire::ErrorCode;
+use alloy::primitives::Address;
+use htlc::{Amount, ChannelId};
+
+/// What the node tells its application.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NodeEvent {
+    /// A channel exists (both signatures on its opening state).
+    ChannelOpened {
+        /// The channel.
+        channel_id: ChannelId,
+        /// The counterparty.
+        peer: Address,
+    },
+    /// A new co-signed state of a channel.
+    Committed {
+        /// The channel.
+        channel_id: ChannelId,
+        /// Its version.
+        version: u64,
+    },
+    /// A channel's final state is co-signed.
+    Closed {
+        /// The channel.
+        channel_id: ChannelId,
+    },
+    /// A peer's frame was refused (logged too).
+    Refused {
+        /// The peer.
+        peer: Address,
+        /// Why.
+        code: ErrorCode,
+    },
+    /// A channel's deposits are on chain: it may be used.
+    Funded {
+        /// The channel.
+        channel_id: ChannelId,
+    },
+    /// A top-up we deposited on chain is credited to us by a co-signed update (proposed).
+    ToppedUp {
+        /// The channel.
+        channel_id: ChannelId,
+        /// What was deposited.
+        amount: Amount,
+    },
+    /// A channel was paid out on chain.
+    Concluded {
+        /// The channel.
+        channel_id: ChannelId,
+        /// Paid to A.
+        to_a: Amount,
+        /// Paid to B.
+        to_b: Amount,
+    },
+    /// Someone registered an older state on chain; we answered with our latest (rule 8).
+    Challenged {
+        /// The channel.
+        channel_id: ChannelId,
+        /// Version they registered.
+        disputed: u64,
+        /// Version we answered with.
+        ours: u64,
+    },
+    /// A payment of ours was paid: the payee revealed the preimage.
+    PaymentSucceeded {
+        /// The payment id.
+        id: alloy::primitives::B256,
+        /// Fee paid to the hub.
+        fee: Amount,
+    },
+    /// A payment of ours failed back (`reason` as the failing node gave it) or expired
+    /// (`None`). Nothing was paid.
+    PaymentFailed {
+        /// The payment id.
+        id: alloy::primitives::B256,
+        /// Why, if a node said.
+        reason: Option<htlc::FailureReason>,
+    },
+    /// An invoice of ours was paid.
+    PaymentReceived {
+        /// Its hashlock.
+        hashlock: htlc::Hashlock,
+        /// Amount received.
+        amount: Amount,
+    },
+    /// We (a hub) settled a forwarded payment on both sides and earned `fee`.
+    Forwarded {
+        /// Where it came in.
+        in_channel: ChannelId,
+        /// Where it went out.
+        out_channel: ChannelId,
+        /// Fee earned.
+        fee: Amount,
+    },
+    /// A chain intent can never take effect and was dropped (operator attention needed).
+    IntentDropped {
+        /// The channel.
+        channel_id: ChannelId,
+        /// Why.
+        reason: String,
+    },
+    /// We hold an HTLC paying our invoice without revealing (only with
+    /// `NodeOptions::reveal_preimages` off, to test a payee that never reveals).
+    Holding {
+        /// Its hashlock.
+        hashlock: htlc::Hashlock,
+    },
+    /// A session with a peer is up.
+    Connected {
+        /// The peer.
+        peer: Address,
+    },
+    /// The peer refused a message of ours (an open, a route instruction, ...).
+    RefusedByPeer {
+        /// The peer.
+        peer: Address,
+        /// Its reason code.
+        code: ErrorCode,
+        /// Its explanation.
+        detail: String,
+    },
+}

@@ -1,0 +1,343 @@
+//! The node: its state (channels, sessions, store, options) and how it starts and stops.
+//!
+//! Hubs and peers run the same code; a hub also listens. What the node does is split by what
+//! it touches: [`crate::engine`] pumps sessions and channel machines, [`crate::payments`] and
+//! [`crate::onchain`] carry out the payment steps and chain reactions that `htlc::node` decides,
+//! and [`crate::session`] keeps each peer's link. This module imports none of them.
+//!
+//! * **Concurrency.** One task per session reads and processes that peer's frames in order.
+//!   Each channel has its own lock, so different peers' channels progress in parallel; the
+//!   store's group commit shares fsyncs among them. There is no global loop.
+//! * **Isolation.** A peer may only touch channels whose counterparty it has proven to be.
+
+use crate::error::NodeError;
+use crate::events::NodeEvent;
+use crate::session::Sessions;
+use crate::store::{Cf, Store};
+use crate::wire;
+use alloy::primitives::{Address, U256};
+use htlc::ops::Limits;
+use htlc::sig::Keys;
+use htlc::{Amount, ChannelId, ChannelParams, SignedState};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use tokio::sync::{Mutex, broadcast};
+use tracing::info;
+
+/// Engine settings.
+#[derive(Clone, Debug)]
+pub struct NodeOptions {
+    /// Chain id channels must be on.
+    pub chain_id: u64,
+    /// Adjudicator channels must use.
+    pub adjudicator: Address,
+    /// Bounds of every channel's states.
+    pub limits: Limits,
+    /// Largest frame accepted.
+    pub max_frame: usize,
+    /// Frames per second read from one peer.
+    pub frames_per_second: u32,
+    /// Ledger channels one peer may hold with us.
+    pub max_channels_per_peer: usize,
+    /// Challenge window of the channels we open, seconds.
+    pub challenge_duration: u64,
+    /// The chain, for deposits and payouts. Without it channels are off-chain only and count
+    /// as funded from the start (tests and simulations).
+    pub chain: Option<contracts::ChainClient>,
+    /// Collateral we add on chain to every channel a peer opens with us, once the peer's
+    /// deposit is seen (inbound liquidity for the peer; 0: none).
+    pub collateral: Amount,
+    /// Whether we submit the cooperative close ourselves as soon as a final state is co-signed
+    /// (the peer may do it too; the second submission is recognised as done).
+    pub auto_settle: bool,
+    /// How often stored chain intents that failed are sent again.
+    pub chain_retry: std::time::Duration,
+    /// How often the chain is polled for the adjudicator's events.
+    pub chain_poll: std::time::Duration,
+    /// Our forwarding policy (a hub announces it to the peers whose channels it accepts).
+    pub policy: htlc::forward::ForwardPolicy,
+    /// Whether we reveal preimages for our invoices (false only to test a payee that never
+    /// does).
+    pub reveal_preimages: bool,
+    /// How often our expired HTLC locks are looked for and taken back.
+    pub expiry_check: std::time::Duration,
+    /// The clock HTLC expiries are measured with.
+    pub clock: crate::clock::Clock,
+    /// Assets a channel may hold (`Address::ZERO` is ETH): opens in any other asset are refused
+    /// and payments are forwarded only within one asset (issue 12, attack 4).
+    pub assets: Vec<Address>,
+    /// Smallest opening deposit a peer must bring to a channel it opens with us (at least 1
+    /// wei: an empty channel is refused, and our collateral follows only a real deposit).
+    pub min_peer_deposit: Amount,
+    /// Most QUIC connections served at once, handshakes included; more are refused.
+    pub max_connections: usize,
+    /// The bearer token the HTTP API requires (random unless set; `hub serve` keeps it in a
+    /// file only the operator can read).
+    pub api_token: String,
+    /// Seconds after which a channel a peer opened but never funded (or that we proposed and
+    /// the peer never countersigned) is deleted (rule 10: abandoned openings cost nothing).
+    pub abandon_after_secs: u64,
+    /// New connections accepted per second, in all; more are refused before any TLS work.
+    pub handshakes_per_second: u32,
+    /// Frames per second read from all strangers (keys without a channel) together: fresh
+    /// keys cannot buy themselves more of the node than this.
+    pub stranger_frames_per_second: u32,
+}
+
+impl Default for NodeOptions {
+    fn default() -> Self {
+        NodeOptions {
+            chain_id: 31337,
+            adjudicator: Address::ZERO,
+            limits: Limits::default(),
+            max_frame: wire::DEFAULT_MAX_FRAME,
+            frames_per_second: 2000,
+            max_channels_per_peer: 16,
+            challenge_duration: 3600,
+            chain: None,
+            collateral: Amount::ZERO,
+            auto_settle: true,
+            chain_retry: std::time::Duration::from_secs(5),
+            chain_poll: std::time::Duration::from_millis(500),
+            policy: htlc::forward::ForwardPolicy::default(),
+            reveal_preimages: true,
+            expiry_check: std::time::Duration::from_secs(1),
+            clock: crate::clock::Clock::system(),
+            assets: vec![Address::ZERO],
+            min_peer_deposit: Amount(1),
+            max_connections: 10_000,
+            api_token: new_api_token(),
+            abandon_after_secs: 24 * 3600,
+            handshakes_per_second: 100,
+            stranger_frames_per_second: 1000,
+        }
+    }
+}
+
+/// The persisted record of one channel.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ChannelRecord {
+    /// The counterparty.
+    pub peer: Address,
+    /// Whether the opening deposits are seen on chain (always true without a chain).
+    pub funded: bool,
+    /// Whether the channel was paid out on chain.
+    #[serde(default)]
+    pub concluded: bool,
+    /// When the channel was proposed (unix seconds, node clock): an opening left unfunded or
+    /// uncountersigned for `NodeOptions::abandon_after_secs` is collected.
+    #[serde(default)]
+    pub opened_at: u64,
+    /// The machine.
+    pub snapshot: htlc::Snapshot,
+}
+
+pub(crate) struct Inner {
+    pub(crate) keys: Keys,
+    pub(crate) store: Store,
+    pub(crate) opts: NodeOptions,
+    pub(crate) channels: std::sync::Mutex<HashMap<ChannelId, Arc<Mutex<ChannelRecord>>>>,
+    /// Channels per counterparty: bounds them (rule 10) and finds a peer's channels without
+    /// locking every other channel.
+    pub(crate) per_peer: std::sync::Mutex<HashMap<Address, Vec<ChannelId>>>,
+    /// Every peer's link: session writers, sequence counters, the outbox.
+    pub(crate) sessions: Sessions,
+    pub(crate) events: broadcast::Sender<NodeEvent>,
+    /// Sends chain intents one at a time (with a chain only).
+    pub(crate) submitter: Option<crate::chain::Submitter>,
+    /// Wakes the chain task: an intent was stored.
+    pub(crate) chain_kick: tokio::sync::Notify,
+    /// Serialises top-up credits (check and queue under one lock).
+    pub(crate) credit_lock: Mutex<()>,
+    /// Serialises payments (the check for a repeated payment id and its HTLC).
+    pub(crate) pay_lock: Mutex<()>,
+    /// Frames read from strangers, all together (`NodeOptions::stranger_frames_per_second`).
+    pub(crate) strangers: governor::DefaultDirectRateLimiter,
+    /// Peers that have (or had) a funded channel with us: known without locking any channel
+    /// record, so a refusal can be decided while a record is held.
+    pub(crate) funded_peers: std::sync::Mutex<std::collections::HashSet<Address>>,
+    /// Set by [`Node::shutdown`]: background tasks end.
+    pub(crate) stopping: tokio::sync::watch::Sender<bool>,
+    /// Every endpoint we listen or dial on, closed by [`Node::shutdown`].
+    pub(crate) endpoints: std::sync::Mutex<Vec<quinn::Endpoint>>,
+    /// Prometheus metrics.
+    pub(crate) metrics: crate::metrics::Metrics,
+}
+
+/// A hub or a peer: channels, sessions, storage.
+#[derive(Clone)]
+pub struct Node {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl Node {
+    /// Start a node on an opened store, restoring every channel it holds.
+    pub fn start(keys: Keys, store: Store, opts: NodeOptions) -> Result<Node, NodeError> {
+        let (events, _) = broadcast::channel(4096);
+        let mut channels = HashMap::new();
+        let mut per_peer = HashMap::new();
+        let mut funded_peers = std::collections::HashSet::new();
+        for (_, rec) in store.scan::<ChannelRecord>(Cf::Channels, &[])? {
+            let id = rec.snapshot.latest.state.channel_id;
+            if rec.funded {
+                funded_peers.insert(rec.peer);
+            }
+            per_peer.entry(rec.peer).or_insert_with(Vec::new).push(id);
+            channels.insert(id, Arc::new(Mutex::new(rec)));
+        }
+        info!(channels = channels.len(), address = %keys.address(), "node started");
+        let submitter = opts
+            .chain
+            .clone()
+            .map(|c| crate::chain::Submitter::new(store.clone(), c));
+        let metrics = crate::metrics::Metrics::new(&store.stats().sync_seconds)
+            .map_err(|e| NodeError::Invalid(e.to_string()))?;
+        let node_stranger_rate = opts.stranger_frames_per_second;
+        let node = Node {
+            inner: Arc::new(Inner {
+                metrics,
+                keys,
+                store,
+                opts,
+                channels: std::sync::Mutex::new(channels),
+                per_peer: std::sync::Mutex::new(per_peer),
+                sessions: Sessions::default(),
+                events,
+                endpoints: std::sync::Mutex::new(Vec::new()),
+                submitter,
+                chain_kick: tokio::sync::Notify::new(),
+                credit_lock: Mutex::new(()),
+                pay_lock: Mutex::new(()),
+                funded_peers: std::sync::Mutex::new(funded_peers),
+                strangers: governor::RateLimiter::direct(governor::Quota::per_second(
+                    NonZeroU32::new(node_stranger_rate).unwrap_or(NonZeroU32::MIN),
+                )),
+                stopping: tokio::sync::watch::Sender::new(false),
+            }),
+        };
+        if node.inner.submitter.is_some() {
+            node.spawn_chain_tasks()?;
+        }
+        node.spawn_payment_tasks();
+        Ok(node)
+    }
+
+    /// The parameters of a channel (chain, adjudicator, participants, nonce).
+    pub async fn channel_params(&self, id: ChannelId) -> Option<ChannelParams> {
+        let rec = self.inner.channel(id)?;
+        let rec = rec.lock().await;
+        Some(rec.snapshot.params.clone())
+    }
+
+    /// Now, by the node's clock.
+    pub fn now(&self) -> htlc::Expiry {
+        self.inner.opts.clock.now()
+    }
+
+    /// The node's metrics.
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.inner.metrics
+    }
+
+    /// Our address.
+    pub fn address(&self) -> Address {
+        self.inner.keys.address()
+    }
+
+    /// Subscribe to events.
+    pub fn subscribe(&self) -> broadcast::Receiver<NodeEvent> {
+        self.inner.events.subscribe()
+    }
+
+    /// The latest co-signed state of a channel.
+    pub async fn channel(&self, id: ChannelId) -> Option<SignedState> {
+        let rec = self.inner.channel(id)?;
+        let rec = rec.lock().await;
+        Some(rec.snapshot.latest.clone())
+    }
+
+    /// Ids of every channel.
+    pub fn channel_ids(&self) -> Vec<ChannelId> {
+        let map = self
+            .inner
+            .channels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        map.keys().copied().collect()
+    }
+
+    /// Close every connection and endpoint; session tasks end and release the node.
+    pub fn shutdown(&self) {
+        let eps = std::mem::take(
+            &mut *self
+                .inner
+                .endpoints
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        for ep in eps {
+            ep.close(0u32.into(), b"shutdown");
+        }
+        self.inner.stopping.send_replace(true);
+    }
+
+    /// Whether `peer` holds any channel record with us (even one not yet funded).
+    pub(crate) fn has_channel(&self, peer: Address) -> bool {
+        self.inner
+            .per_peer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&peer)
+            .is_some_and(|ids| !ids.is_empty())
+    }
+
+    /// Whether `peer` has (or had) a channel with us whose deposits are on chain. Locks no
+    /// channel record: callers may hold one.
+    pub(crate) fn has_funded_channel(&self, peer: Address) -> bool {
+        self.inner
+            .funded_peers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&peer)
+    }
+}
+
+impl Inner {
+    /// Remember that `peer` has a funded channel with us.
+    pub(crate) fn mark_funded(&self, peer: Address) {
+        self.funded_peers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(peer);
+    }
+
+    /// Tell the application (and the metrics) what happened.
+    pub(crate) fn emit(&self, ev: NodeEvent) {
+        self.metrics.on_event(&ev);
+        // No subscriber is not an error: events are also in the store and the logs.
+        let _ = self.events.send(ev);
+    }
+
+    pub(crate) fn channel(&self, id: ChannelId) -> Option<Arc<Mutex<ChannelRecord>>> {
+        let map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(&id).cloned()
+    }
+}
+
+/// A fresh random API token: 32 bytes as hex.
+pub fn new_api_token() -> String {
+    alloy::primitives::hex::encode(rand::random::<[u8; 32]>())
+}
+
+/// Stands for the counterparty's signature while an opening awaits it (r = s = 0 never
+/// verifies, so it can never be mistaken for a real one).
+pub(crate) fn sig_placeholder() -> alloy::primitives::Signature {
+    alloy::primitives::Signature::new(U256::ZERO, U256::ZERO, false)
+}
+
+/// Whether a channel we opened still waits for the peer's signature on its opening state.
+pub(crate) fn awaiting_acceptance(rec: &ChannelRecord) -> bool {
+    rec.snapshot.latest.sigs[rec.snapshot.me.other().index()] == sig_placeholder()
+}
