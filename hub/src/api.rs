@@ -291,10 +291,10 @@ impl Node {
     pub async fn serve_api(&self, addr: SocketAddr) -> Result<SocketAddr, NodeError> {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
-            .map_err(|e| NodeError::Invalid(format!("cannot listen on {addr}: {e}")))?;
+            .map_err(|source| NodeError::Listen { addr, source })?;
         let local = listener
             .local_addr()
-            .map_err(|e| NodeError::Invalid(e.to_string()))?;
+            .map_err(|source| NodeError::Listen { addr, source })?;
         let app = router(self.clone());
         let mut stop = self.inner.stopping.subscribe();
         tokio::spawn(async move {
@@ -357,8 +357,12 @@ mod tests {
 impl From<NodeError> for ApiError {
     fn from(e: NodeError) -> ApiError {
         let status = match &e {
-            NodeError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            NodeError::Store(_)
+            | NodeError::Wire(_)
+            | NodeError::Metrics(_)
+            | NodeError::Listen { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             NodeError::UnknownChannel(_) => StatusCode::NOT_FOUND,
+            NodeError::Stopped => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::BAD_REQUEST,
         };
         tracing::warn!(error = %e, "API request refused");

@@ -10,7 +10,7 @@
 //!   Frames that are malformed, oversized, out of sequence or refused by a channel's machine
 //!   get a typed error back and change nothing. Reading is rate limited per peer (back pressure).
 
-use crate::error::NodeError;
+use crate::error::{NodeError, Stage};
 use crate::events::NodeEvent;
 use crate::node::{ChannelRecord, Node, awaiting_acceptance, sig_placeholder};
 use crate::session::{WRITE_QUEUE, Writer, meta_key};
@@ -18,6 +18,7 @@ use crate::store::{Batch, Cf};
 use crate::transport::{self, Session};
 use crate::wire::{self, Body, ErrorCode, Frame};
 use alloy::primitives::{Address, U256};
+use htlc::node::admission::{RouteRefusal, admit_open, admit_route};
 use htlc::node::link::Inbound;
 use htlc::update::sign_state;
 use htlc::{Amount, Channel, ChannelId, ChannelParams, ChannelState, Effect, Event, SignedState};
@@ -42,7 +43,7 @@ impl Node {
         let endpoint = transport::server(addr)?;
         let local = endpoint
             .local_addr()
-            .map_err(|e| NodeError::Invalid(e.to_string()))?;
+            .map_err(|source| NodeError::Listen { addr, source })?;
         self.keep_endpoint(&endpoint);
         let node = self.clone();
         // Rule 10: at most `max_connections` connections at once, handshakes included (each
@@ -388,20 +389,17 @@ impl Node {
                     Some(rec) => rec.lock().await.peer == peer,
                     None => false,
                 };
-                if !owned || next_peer == peer || next.amount.is_zero() {
-                    let detail = format!("no route instruction for channel {channel_id} accepted");
-                    return self
-                        .refuse(peer, batch, refuse(ErrorCode::UnknownChannel, detail))
-                        .await;
-                }
-                // Rule 10: no more instructions waiting than the channel has lock slots (each
-                // is deleted when its HTLC is forwarded or failed).
-                if self.route_instructions(channel_id)? >= self.inner.opts.limits.max_pending_locks
-                {
-                    let detail = "too many route instructions waiting for their HTLCs".into();
-                    return self
-                        .refuse(peer, batch, refuse(ErrorCode::RateLimited, detail))
-                        .await;
+                let waiting = (
+                    self.route_instructions(channel_id)?,
+                    self.inner.opts.limits.max_pending_locks,
+                );
+                if let Err(e) = admit_route(peer, owned, next_peer, &next, waiting) {
+                    let code = match e {
+                        RouteRefusal::Invalid => ErrorCode::UnknownChannel,
+                        RouteRefusal::TooMany => ErrorCode::RateLimited,
+                    };
+                    let detail = format!("channel {channel_id}: {e}");
+                    return self.refuse(peer, batch, refuse(code, detail)).await;
                 }
                 let instr = crate::payments::RouteInstr {
                     next_peer,
@@ -634,60 +632,21 @@ impl Node {
         sig: alloy::primitives::Signature,
     ) -> Result<(ChannelRecord, alloy::primitives::Signature), NodeError> {
         let o = &self.inner.opts;
-        let me = self.address();
-        if params.participants != [peer, me] {
-            return Err(NodeError::Invalid(
-                "participants must be [opener, us]".into(),
-            ));
-        }
-        if params.chain_id != o.chain_id || params.adjudicator != o.adjudicator {
-            return Err(NodeError::Invalid("wrong chain or adjudicator".into()));
-        }
-        if !o.assets.contains(&params.asset) {
-            return Err(NodeError::Invalid(format!(
-                "asset {} is not accepted here (accepted: {:?})",
-                params.asset, o.assets
-            )));
-        }
-        // Rule 12: a window too short to get a challenge in would let a stale close win.
-        use htlc::forward::{MAX_CHALLENGE_DURATION_SECS, MIN_CHALLENGE_DURATION_SECS};
-        if !(MIN_CHALLENGE_DURATION_SECS..=MAX_CHALLENGE_DURATION_SECS)
-            .contains(&params.challenge_duration)
-        {
-            return Err(NodeError::Invalid(format!(
-                "challenge window of {} s out of range ({MIN_CHALLENGE_DURATION_SECS}..={MAX_CHALLENGE_DURATION_SECS} s)",
-                params.challenge_duration
-            )));
-        }
-        if balances[0] < o.min_peer_deposit.max(Amount(1)) {
-            return Err(NodeError::Invalid(format!(
-                "an opening deposit of at least {} wei is required",
-                o.min_peer_deposit.max(Amount(1))
-            )));
-        }
         let id = params.id();
-        if self.inner.channel(id).is_some() {
-            return Err(NodeError::Invalid("channel exists".into()));
-        }
-        let count = {
-            let counts = self
-                .inner
-                .per_peer
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            counts.get(&peer).map_or(0, Vec::len)
-        };
-        if count >= o.max_channels_per_peer {
-            return Err(NodeError::Invalid(format!(
-                "peer already has {count} channels"
-            )));
-        }
-        if !balances[1].is_zero() {
-            // We only fund our side when we choose to (collateral is added by a later top-up).
-            return Err(NodeError::Invalid(
-                "the opener cannot assign us a deposit".into(),
-            ));
-        }
+        let peer_channels = self
+            .inner
+            .per_peer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&peer)
+            .map_or(0, Vec::len);
+        admit_open(
+            &o.open_policy(),
+            (peer, self.address()),
+            params,
+            balances,
+            (self.inner.channel(id).is_some(), peer_channels),
+        )?;
         let state = ChannelState::opening(id, balances);
         let ours = sign_state(params, &self.inner.keys, &state)?;
         let signed = SignedState {
@@ -738,9 +697,7 @@ impl Node {
         let id = params.id();
         let balances = [deposit, Amount::ZERO];
         let state = ChannelState::opening(id, balances);
-        state
-            .total()
-            .map_err(|_| NodeError::Invalid("deposit overflows".into()))?;
+        state.total().map_err(|_| NodeError::Overflow)?;
         let sig = sign_state(&params, &self.inner.keys, &state)?;
         // Until the peer countersigns, the record holds a placeholder for its signature.
         let snapshot = htlc::Snapshot {
@@ -798,13 +755,11 @@ impl Node {
                     detail,
                 }) if p == peer => {
                     self.forget_unopened(id).await?;
-                    return Err(NodeError::Invalid(format!(
-                        "the peer refused the channel ({code:?}): {detail}"
-                    )));
+                    return Err(NodeError::RefusedByPeer { code, detail });
                 }
                 Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => {
-                    return Err(NodeError::Invalid("node stopped".into()));
+                    return Err(NodeError::Stopped);
                 }
             }
         }
@@ -935,12 +890,16 @@ impl Node {
             .ok_or(NodeError::UnknownChannel(id))?;
         let mut rec = rec.lock().await;
         if awaiting_acceptance(&rec) {
-            return Err(NodeError::Invalid(
-                "the peer has not countersigned the opening yet".into(),
-            ));
+            return Err(NodeError::NotReady {
+                channel: id,
+                stage: Stage::AwaitingCountersignature,
+            });
         }
         if !rec.funded {
-            return Err(NodeError::Invalid("the channel is not funded yet".into()));
+            return Err(NodeError::NotReady {
+                channel: id,
+                stage: Stage::NotFunded,
+            });
         }
         let mut machine = Channel::restore(rec.snapshot.clone(), self.inner.keys.clone())?;
         let out = f(&mut machine, &mut batch)?;

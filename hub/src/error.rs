@@ -22,13 +22,86 @@ pub enum NodeError {
     /// A chain transaction failed.
     #[error("chain: {0}")]
     Tx(#[from] crate::chain::TxError),
+    /// A peer's channel opening is refused.
+    #[error("open refused: {0}")]
+    Open(#[from] htlc::node::admission::OpenRefusal),
     /// A payment cannot be made through the hub as asked.
     #[error(transparent)]
     Plan(#[from] htlc::node::payment::PlanError),
     /// A frame could not be encoded.
     #[error("wire: {0}")]
     Wire(#[from] crate::wire::WireError),
-    /// The request is invalid.
-    #[error("invalid request: {0}")]
-    Invalid(String),
+    /// A payment or invoice request that cannot be carried out.
+    #[error("{0}")]
+    Pay(#[from] PayError),
+    /// The channel is not at the stage the request needs.
+    #[error("channel {channel}: {stage}")]
+    NotReady {
+        /// The channel.
+        channel: ChannelId,
+        /// What it still lacks.
+        stage: Stage,
+    },
+    /// An amount of zero where a positive one is needed.
+    #[error("a positive amount is needed")]
+    ZeroAmount,
+    /// An amount overflows.
+    #[error("amount overflows")]
+    Overflow,
+    /// The peer refused what we asked of it.
+    #[error("the peer refused ({code:?}): {detail}")]
+    RefusedByPeer {
+        /// Its error code.
+        code: crate::wire::ErrorCode,
+        /// Its explanation.
+        detail: String,
+    },
+    /// The node is stopping.
+    #[error("node stopped")]
+    Stopped,
+    /// A socket could not be bound or read.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The node's metrics could not be registered.
+    #[error("metrics: {0}")]
+    Metrics(#[from] crate::metrics::MetricsError),
+}
+
+/// What a channel still lacks for a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Stage {
+    /// We opened it and the peer has not countersigned the opening state.
+    #[error("the peer has not countersigned the opening yet")]
+    AwaitingCountersignature,
+    /// Its opening deposits are not seen on chain yet.
+    #[error("the channel is not funded yet")]
+    NotFunded,
+    /// The adjudicator does not hold the opening deposits.
+    #[error("the adjudicator does not hold the opening deposits")]
+    DepositsMissing,
+    /// Its final state is not co-signed yet.
+    #[error("the channel's final state is not co-signed yet")]
+    NotFinal,
+}
+
+/// Why a payment or an invoice cannot be made.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PayError {
+    /// The invoice expired.
+    #[error("the invoice has expired")]
+    Expired,
+    /// Paying ourselves.
+    #[error("cannot pay our own invoice")]
+    OwnInvoice,
+    /// No policy known from the invoice's hub: we have never had a channel with it.
+    #[error("no channel with hub {0} (no policy known)")]
+    NoPolicy(alloy::primitives::Address),
+    /// No open, funded channel with the invoice's hub.
+    #[error("no open channel with hub {0}")]
+    NoChannel(alloy::primitives::Address),
 }

@@ -86,6 +86,19 @@ pub struct NodeOptions {
     pub stranger_frames_per_second: u32,
 }
 
+impl NodeOptions {
+    /// What this node accepts in a channel a peer opens with it.
+    pub fn open_policy(&self) -> htlc::node::admission::OpenPolicy {
+        htlc::node::admission::OpenPolicy {
+            chain_id: self.chain_id,
+            adjudicator: self.adjudicator,
+            assets: self.assets.clone(),
+            min_peer_deposit: self.min_peer_deposit,
+            max_channels_per_peer: self.max_channels_per_peer,
+        }
+    }
+}
+
 impl Default for NodeOptions {
     fn default() -> Self {
         NodeOptions {
@@ -192,8 +205,7 @@ impl Node {
             .chain
             .clone()
             .map(|c| crate::chain::Submitter::new(store.clone(), c));
-        let metrics = crate::metrics::Metrics::new(&store.stats().sync_seconds)
-            .map_err(|e| NodeError::Invalid(e.to_string()))?;
+        let metrics = crate::metrics::Metrics::new(&store.stats().sync_seconds)?;
         let node_stranger_rate = opts.stranger_frames_per_second;
         let node = Node {
             inner: Arc::new(Inner {

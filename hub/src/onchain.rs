@@ -17,7 +17,7 @@
 //! with a version older than our latest co-signed state is answered by a challenge.
 
 use crate::chain::{Intent, Settled, TxError};
-use crate::error::NodeError;
+use crate::error::{NodeError, Stage};
 use crate::events::NodeEvent;
 use crate::node::{ChannelRecord, Node, awaiting_acceptance};
 use crate::store::{Batch, Cf};
@@ -53,9 +53,10 @@ impl Node {
         let (params, amount, peer) = {
             let r = rec.lock().await;
             if awaiting_acceptance(&r) {
-                return Err(NodeError::Invalid(
-                    "the peer has not countersigned the opening yet".into(),
-                ));
+                return Err(NodeError::NotReady {
+                    channel: id,
+                    stage: Stage::AwaitingCountersignature,
+                });
             }
             let me = r.snapshot.me.index();
             (
@@ -88,9 +89,10 @@ impl Node {
         if funded {
             Ok(())
         } else {
-            Err(NodeError::Invalid(
-                "the adjudicator does not hold the opening deposits".into(),
-            ))
+            Err(NodeError::NotReady {
+                channel: id,
+                stage: Stage::DepositsMissing,
+            })
         }
     }
 
@@ -178,18 +180,17 @@ impl Node {
     /// the top-up co-signed. Returns once the deposit is mined and its credit proposed.
     pub async fn top_up(&self, id: ChannelId, amount: Amount) -> Result<(), NodeError> {
         if amount.is_zero() {
-            return Err(NodeError::Invalid(
-                "a top-up needs a positive amount".into(),
-            ));
+            return Err(NodeError::ZeroAmount);
         }
         let submitter = self.submitter()?;
         let rec = self.record(id)?;
         let params = {
             let r = rec.lock().await;
             if !r.funded || r.concluded || r.snapshot.latest.state.is_final {
-                return Err(NodeError::Invalid(
-                    "the channel is not open and funded".into(),
-                ));
+                return Err(NodeError::NotReady {
+                    channel: id,
+                    stage: Stage::NotFunded,
+                });
             }
             r.snapshot.params.clone()
         };
@@ -288,9 +289,10 @@ impl Node {
             (r.snapshot.params.clone(), r.snapshot.latest.clone())
         };
         if !state.state.is_final {
-            return Err(NodeError::Invalid(
-                "the channel's final state is not co-signed yet".into(),
-            ));
+            return Err(NodeError::NotReady {
+                channel: id,
+                stage: Stage::NotFinal,
+            });
         }
         let intent = Intent::CooperativeClose { params, state };
         if let Settled::Dropped(_, reason) = submitter.execute(intent).await? {

@@ -28,7 +28,7 @@
 //! forward), `invoice/‹hashlock›` (payee), `pay/‹payment id›` and `paylock/‹channel›‹id›`
 //! (payer).
 
-use crate::error::NodeError;
+use crate::error::{NodeError, PayError};
 use crate::events::NodeEvent;
 use crate::node::{Node, awaiting_acceptance};
 use crate::store::{Batch, Cf};
@@ -194,9 +194,7 @@ impl Node {
         hub: Address,
     ) -> Result<Invoice, NodeError> {
         if amount.is_zero() {
-            return Err(NodeError::Invalid(
-                "an invoice needs a positive amount".into(),
-            ));
+            return Err(NodeError::ZeroAmount);
         }
         let preimage = Preimage(rand::random());
         let invoice = Invoice {
@@ -265,23 +263,18 @@ impl Node {
         }
         let now = self.now().0;
         if invoice.expires_at <= now {
-            return Err(NodeError::Invalid("the invoice has expired".into()));
+            return Err(PayError::Expired.into());
         }
         if invoice.payee == self.address() {
-            return Err(NodeError::Invalid("cannot pay our own invoice".into()));
+            return Err(PayError::OwnInvoice.into());
         }
-        let policy = self.hub_policy(invoice.hub)?.ok_or_else(|| {
-            NodeError::Invalid(format!(
-                "no channel with hub {} (no policy known)",
-                invoice.hub
-            ))
-        })?;
-        let (channel, available) =
-            self.best_channel_to(invoice.hub, None)
-                .await
-                .ok_or_else(|| {
-                    NodeError::Invalid(format!("no open channel with hub {}", invoice.hub))
-                })?;
+        let policy = self
+            .hub_policy(invoice.hub)?
+            .ok_or(PayError::NoPolicy(invoice.hub))?;
+        let (channel, available) = self
+            .best_channel_to(invoice.hub, None)
+            .await
+            .ok_or(PayError::NoChannel(invoice.hub))?;
         let plan = htlc::node::payment::plan(
             invoice.amount,
             invoice.final_expiry_delta,
@@ -308,9 +301,7 @@ impl Node {
         let (channel, _) = self
             .best_channel_to(invoice.hub, None)
             .await
-            .ok_or_else(|| {
-                NodeError::Invalid(format!("no open channel with hub {}", invoice.hub))
-            })?;
+            .ok_or(PayError::NoChannel(invoice.hub))?;
         self.pay_with_plan(invoice, id, channel, plan).await
     }
 
