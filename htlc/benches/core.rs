@@ -73,7 +73,7 @@ fn proposal(n: usize) -> (Channel, Message) {
 fn bench(c: &mut Criterion) {
     let (a, _) = setup();
     let state = a.latest().state.clone();
-    let params = a.snapshot().params.clone();
+    let params = a.snapshot().params().clone();
     let domain = DomainSeparator::new(&params);
     let keys = Keys::from_bytes([0xA1; 32]).unwrap();
     let signer = PrivateKeySigner::from_bytes(&B256::repeat_byte(0xA1)).unwrap();

@@ -76,52 +76,122 @@ pub struct QueuedOp {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Snapshot {
     /// Channel parameters.
-    pub params: ChannelParams,
+    pub(crate) params: ChannelParams,
     /// Which side we are.
-    pub me: Side,
+    pub(crate) me: Side,
     /// Bounds enforced on states.
-    pub limits: Limits,
+    pub(crate) limits: Limits,
     /// The latest co-signed state.
-    pub latest: SignedState,
+    pub(crate) latest: SignedState,
     /// Lock ids as of `latest`.
-    pub next_ids: NextIds,
+    pub(crate) next_ids: NextIds,
     /// No state at or below this version will ever get our signature: we signed a state at
     /// it, refused the peer's proposal at it, or the peer asked us to skip past it. Every
     /// proposal we make and every proposal we accept is above it (ADR 0003, ADR 0021).
-    pub version_floor: u64,
+    pub(crate) version_floor: u64,
     /// Our proposal in flight.
-    pub pending: Option<Proposal>,
+    pub(crate) pending: Option<Proposal>,
     /// Operations waiting for the next proposal.
-    pub queue: VecDeque<QueuedOp>,
+    pub(crate) queue: VecDeque<QueuedOp>,
     /// Next id for a lock we offer.
-    pub alloc_id: u64,
+    pub(crate) alloc_id: u64,
     /// Follower only: after a conflict, wait for the leader's proposal before proposing.
-    pub await_leader: bool,
+    pub(crate) await_leader: bool,
     /// Refused operations, reported dead once a co-signed state above `.0` exists.
-    pub doomed: Vec<(u64, Op, OpError)>,
+    pub(crate) doomed: Vec<(u64, Op, OpError)>,
     /// Refusals in a row.
-    pub rejects_in_row: u32,
+    pub(crate) rejects_in_row: u32,
     /// What the adjudicator is known to hold for the channel (at least the opening total):
     /// the state's total never exceeds it.
-    pub holdings: Amount,
+    pub(crate) holdings: Amount,
     /// Per participant (A, B): what the chain shows it deposited (from the adjudicator's
     /// `Deposited` events), opening deposits included.
-    pub deposited: [Amount; 2],
+    pub(crate) deposited: [Amount; 2],
     /// Per participant: what co-signed states credit it for, its opening balance included. A
     /// top-up by `s` is accepted only up to `deposited[s] - credited[s]` (rule 11).
-    pub credited: [Amount; 2],
+    pub(crate) credited: [Amount; 2],
     /// Guarantee operations we agreed to sign when the peer proposes them, each exactly once
     /// (rule 11: guarantees move both sides' money, so the peer alone may never propose one).
-    pub agreed: Vec<Op>,
+    pub(crate) agreed: Vec<Op>,
     /// Preimages we know for the peer's locks: we claim those locks (off chain, or on chain if
     /// the peer does not co-sign), so we never co-sign their expiry.
-    pub claims: Vec<(HtlcId, Preimage)>,
+    pub(crate) claims: Vec<(HtlcId, Preimage)>,
     /// The channel is disputed or concluded on chain: no new lock, guarantee or deposit
     /// (rule 12). Settling operations still go on.
-    pub frozen: bool,
+    pub(crate) frozen: bool,
 }
 
 impl Snapshot {
+    /// Channel parameters.
+    pub fn params(&self) -> &ChannelParams {
+        &self.params
+    }
+
+    /// Which side we are.
+    pub fn me(&self) -> Side {
+        self.me
+    }
+
+    /// Bounds enforced on states.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// The latest co-signed state.
+    pub fn latest(&self) -> &SignedState {
+        &self.latest
+    }
+
+    /// Lock ids as of the latest co-signed state.
+    pub fn next_ids(&self) -> NextIds {
+        self.next_ids
+    }
+
+    /// No state at or below this version will ever get our signature (ADR 0003, ADR 0021).
+    pub fn version_floor(&self) -> u64 {
+        self.version_floor
+    }
+
+    /// Our proposal in flight.
+    pub fn pending(&self) -> Option<&Proposal> {
+        self.pending.as_ref()
+    }
+
+    /// Operations waiting for the next proposal.
+    pub fn queue(&self) -> &VecDeque<QueuedOp> {
+        &self.queue
+    }
+
+    /// Follower only: after a conflict, whether we wait for the leader's proposal.
+    pub fn await_leader(&self) -> bool {
+        self.await_leader
+    }
+
+    /// Refusals in a row.
+    pub fn rejects_in_row(&self) -> u32 {
+        self.rejects_in_row
+    }
+
+    /// What the adjudicator is known to hold for the channel.
+    pub fn holdings(&self) -> Amount {
+        self.holdings
+    }
+
+    /// Per participant, what the chain shows it deposited.
+    pub fn deposited(&self) -> [Amount; 2] {
+        self.deposited
+    }
+
+    /// Whether the channel is disputed or concluded on chain (rule 12).
+    pub fn frozen(&self) -> bool {
+        self.frozen
+    }
+
+    /// Mark the channel as on chain: no new lock, guarantee or deposit (rule 12).
+    pub fn freeze(&mut self) {
+        self.frozen = true;
+    }
+
     /// What we deposited that no co-signed state, proposal of ours in flight or queued
     /// operation credits yet: what a new top-up credit of ours may ask for.
     pub fn uncredited_own(&self) -> Amount {
@@ -222,8 +292,10 @@ pub enum Event {
 /// An output of the machine, to be carried out in order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Effect {
-    /// Write this snapshot durably (synced) before carrying out the next effects.
-    Persist(Box<Snapshot>),
+    /// Write the machine's snapshot ([`Channel::snapshot`]) durably (synced) before carrying
+    /// out the next effects. The snapshot at the end of the call supersedes the one at this
+    /// point, so writing it once, before the first effect that follows, is enough.
+    Persist,
     /// Send this message to the peer.
     Send(Message),
     /// Tell the application.
@@ -473,7 +545,7 @@ impl Channel {
     /// Mark the channel disputed or concluded on chain: from now on it takes no new lock,
     /// guarantee or deposit, from either side (rule 12). It cannot be undone.
     pub fn freeze(&mut self) {
-        self.snap.frozen = true;
+        self.snap.freeze();
     }
 
     /// Queue the release of a guarantee.
@@ -624,7 +696,7 @@ impl Channel {
             ids,
             sig,
         });
-        effects.push(Effect::Persist(Box::new(self.snap.clone())));
+        effects.push(Effect::Persist);
         effects.push(Effect::Send(Message::Propose {
             channel_id: self.id(),
             version,
@@ -709,7 +781,7 @@ impl Channel {
         let base = self.base_version();
         if version > base && version - base <= MAX_VERSION_GAP {
             self.snap.version_floor = version;
-            effects.push(Effect::Persist(Box::new(self.snap.clone())));
+            effects.push(Effect::Persist);
         }
         effects.push(self.reject(version, reason));
     }
@@ -817,7 +889,7 @@ impl Channel {
         // `MAX_CONSECUTIVE_REJECTS`, stopped proposing for good on a live channel: a hub then
         // never sent the fulfils it owed upstream (found by hub/tests/crash_payments.rs).
         self.snap.rejects_in_row = 0;
-        effects.push(Effect::Persist(Box::new(self.snap.clone())));
+        effects.push(Effect::Persist);
         effects.push(Effect::Send(Message::Accept {
             channel_id: self.id(),
             version,
@@ -900,7 +972,7 @@ impl Channel {
         self.snap.rejects_in_row = 0;
         let ops: Vec<Op> = pending.ops.into_iter().map(|q| q.op).collect();
         self.credit_deposits(self.snap.me, &ops);
-        let mut effects = vec![Effect::Persist(Box::new(self.snap.clone()))];
+        let mut effects = vec![Effect::Persist];
         self.after_commit(self.snap.me, ops, now, &mut effects)?;
         Ok(effects)
     }
@@ -946,14 +1018,14 @@ impl Channel {
         self.snap.rejects_in_row += 1;
         let mut effects = Vec::new();
         if self.snap.rejects_in_row >= MAX_CONSECUTIVE_REJECTS {
-            effects.push(Effect::Persist(Box::new(self.snap.clone())));
+            effects.push(Effect::Persist);
             effects.push(Effect::Event(Event::PeerStuck));
             return Ok(effects);
         }
         if reason == RejectReason::Conflict && self.snap.me == Side::B {
             // ADR 0003: the follower yields and waits for the leader's proposal.
             self.snap.await_leader = true;
-            effects.push(Effect::Persist(Box::new(self.snap.clone())));
+            effects.push(Effect::Persist);
             return Ok(effects);
         }
         // Re-propose at once, even with nothing queued: the new co-signed state supersedes the
@@ -961,7 +1033,7 @@ impl Channel {
         let before = effects.len();
         self.propose_into(now, true, &mut effects)?;
         if effects.len() == before {
-            effects.push(Effect::Persist(Box::new(self.snap.clone())));
+            effects.push(Effect::Persist);
         }
         Ok(effects)
     }

@@ -194,8 +194,8 @@ impl Node {
                 continue;
             };
             let r = rec.lock().await;
-            let st = &r.snapshot.latest.state;
-            let me = r.snapshot.me;
+            let st = &r.snapshot.latest().state;
+            let me = r.snapshot.me();
             out.push(ChannelInfo {
                 id,
                 peer: r.peer,
@@ -217,7 +217,7 @@ impl Node {
                 funded: r.funded,
                 closed: st.is_final,
                 concluded: r.concluded,
-                frozen: r.snapshot.frozen,
+                frozen: r.snapshot.frozen(),
             });
         }
         out

@@ -12,7 +12,7 @@
 
 use crate::error::{NodeError, Stage};
 use crate::events::NodeEvent;
-use crate::node::{ChannelRecord, Node, awaiting_acceptance, sig_placeholder};
+use crate::node::{ChannelRecord, Node, awaiting_acceptance};
 use crate::session::{WRITE_QUEUE, Writer, meta_key};
 use crate::store::{Batch, Cf};
 use crate::transport::{self, Session};
@@ -20,8 +20,7 @@ use crate::wire::{self, Body, ErrorCode, Frame};
 use alloy::primitives::{Address, U256};
 use htlc::node::admission::{RouteRefusal, admit_open, admit_route};
 use htlc::node::link::Inbound;
-use htlc::update::sign_state;
-use htlc::{Amount, Channel, ChannelId, ChannelParams, ChannelState, Effect, Event, SignedState};
+use htlc::{Amount, Channel, ChannelId, ChannelParams, Effect, Event};
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -461,7 +460,7 @@ impl Node {
                     && ops.iter().any(|op| matches!(op, htlc::Op::Deposit { .. }))
                     && let Some(chain) = &self.inner.opts.chain
                 {
-                    let params = rec.snapshot.params.clone();
+                    let params = rec.snapshot.params().clone();
                     match (chain.holdings(id).await, chain.deposits(&params).await) {
                         (Ok(h), Ok(d)) => {
                             machine.observe_holdings(h);
@@ -546,14 +545,7 @@ impl Node {
                         )
                         .await;
                 }
-                let mut signed = rec.snapshot.latest.clone();
-                signed.sigs[rec.snapshot.me.other().index()] = sig;
-                match Channel::from_cosigned(
-                    rec.snapshot.params.clone(),
-                    self.inner.keys.clone(),
-                    rec.snapshot.limits,
-                    signed,
-                ) {
+                match rec.snapshot.countersigned(self.inner.keys.clone(), sig) {
                     Ok(machine) => {
                         let new = ChannelRecord {
                             peer,
@@ -647,14 +639,13 @@ impl Node {
             balances,
             (self.inner.channel(id).is_some(), peer_channels),
         )?;
-        let state = ChannelState::opening(id, balances);
-        let ours = sign_state(params, &self.inner.keys, &state)?;
-        let signed = SignedState {
-            state,
-            sigs: [sig, ours],
-        };
-        let machine =
-            Channel::from_cosigned(params.clone(), self.inner.keys.clone(), o.limits, signed)?;
+        let (machine, ours) = htlc::node::opening::accept(
+            params.clone(),
+            self.inner.keys.clone(),
+            o.limits,
+            balances,
+            sig,
+        )?;
         Ok((
             ChannelRecord {
                 peer,
@@ -695,34 +686,12 @@ impl Node {
             nonce: U256::from(rand::random::<u64>()),
         };
         let id = params.id();
-        let balances = [deposit, Amount::ZERO];
-        let state = ChannelState::opening(id, balances);
-        state.total().map_err(|_| NodeError::Overflow)?;
-        let sig = sign_state(&params, &self.inner.keys, &state)?;
-        // Until the peer countersigns, the record holds a placeholder for its signature.
-        let snapshot = htlc::Snapshot {
-            params: params.clone(),
-            me: htlc::Side::A,
-            limits: o.limits,
-            latest: SignedState {
-                state,
-                sigs: [sig, sig_placeholder()],
-            },
-            next_ids: htlc::ops::NextIds::default(),
-            version_floor: 0,
-            pending: None,
-            queue: Default::default(),
-            alloc_id: 0,
-            await_leader: false,
-            doomed: Vec::new(),
-            rejects_in_row: 0,
-            holdings: balances[0],
-            deposited: [Amount::ZERO; 2],
-            credited: balances,
-            agreed: Vec::new(),
-            claims: Vec::new(),
-            frozen: false,
-        };
+        let (snapshot, sig) =
+            htlc::node::opening::propose(params.clone(), &self.inner.keys, o.limits, deposit)
+                .map_err(|e| match e {
+                    htlc::ProtocolError::Overflow => NodeError::Overflow,
+                    e => NodeError::Protocol(e),
+                })?;
         let rec = ChannelRecord {
             peer,
             funded: o.chain.is_none(),
@@ -739,7 +708,7 @@ impl Node {
             batch,
             vec![Body::OpenChannel {
                 params,
-                balances,
+                balances: [deposit, Amount::ZERO],
                 sig,
             }],
         )
@@ -822,7 +791,7 @@ impl Node {
                 let old = r.opened_at < cutoff;
                 (
                     old && awaiting_acceptance(&r),
-                    old && !r.funded && r.snapshot.me == htlc::Side::B,
+                    old && !r.funded && r.snapshot.me() == htlc::Side::B,
                 )
             };
             if stale {
@@ -834,7 +803,7 @@ impl Node {
                     continue;
                 }
                 self.forget_if(id, |r| {
-                    !r.funded && r.snapshot.deposited.iter().all(|d| d.is_zero())
+                    !r.funded && r.snapshot.deposited().iter().all(|d| d.is_zero())
                 })
                 .await?;
             }
@@ -927,7 +896,7 @@ impl Node {
         for e in effects {
             match e {
                 // The machine's current snapshot supersedes every earlier one in this list.
-                Effect::Persist(_) => {}
+                Effect::Persist => {}
                 Effect::Send(m) => bodies.push(Body::Channel(m)),
                 Effect::Event(ev) => events.push(ev),
             }
@@ -947,8 +916,8 @@ impl Node {
         let settle = closed && self.inner.opts.auto_settle && self.inner.submitter.is_some();
         if settle {
             let intent = crate::chain::Intent::CooperativeClose {
-                params: new.snapshot.params.clone(),
-                state: new.snapshot.latest.clone(),
+                params: new.snapshot.params().clone(),
+                state: new.snapshot.latest().clone(),
             };
             batch.put(Cf::Chain, &intent.key(), &intent)?;
         }

@@ -15,7 +15,7 @@ use crate::events::NodeEvent;
 use crate::session::Sessions;
 use crate::store::{Cf, Store};
 use crate::wire;
-use alloy::primitives::{Address, U256};
+use alloy::primitives::Address;
 use htlc::ops::Limits;
 use htlc::sig::Keys;
 use htlc::{Amount, ChannelId, ChannelParams, SignedState};
@@ -193,7 +193,7 @@ impl Node {
         let mut per_peer = HashMap::new();
         let mut funded_peers = std::collections::HashSet::new();
         for (_, rec) in store.scan::<ChannelRecord>(Cf::Channels, &[])? {
-            let id = rec.snapshot.latest.state.channel_id;
+            let id = rec.snapshot.latest().state.channel_id;
             if rec.funded {
                 funded_peers.insert(rec.peer);
             }
@@ -240,7 +240,7 @@ impl Node {
     pub async fn channel_params(&self, id: ChannelId) -> Option<ChannelParams> {
         let rec = self.inner.channel(id)?;
         let rec = rec.lock().await;
-        Some(rec.snapshot.params.clone())
+        Some(rec.snapshot.params().clone())
     }
 
     /// Now, by the node's clock.
@@ -267,7 +267,7 @@ impl Node {
     pub async fn channel(&self, id: ChannelId) -> Option<SignedState> {
         let rec = self.inner.channel(id)?;
         let rec = rec.lock().await;
-        Some(rec.snapshot.latest.clone())
+        Some(rec.snapshot.latest().clone())
     }
 
     /// Ids of every channel.
@@ -343,13 +343,7 @@ pub fn new_api_token() -> String {
     alloy::primitives::hex::encode(rand::random::<[u8; 32]>())
 }
 
-/// Stands for the counterparty's signature while an opening awaits it (r = s = 0 never
-/// verifies, so it can never be mistaken for a real one).
-pub(crate) fn sig_placeholder() -> alloy::primitives::Signature {
-    alloy::primitives::Signature::new(U256::ZERO, U256::ZERO, false)
-}
-
 /// Whether a channel we opened still waits for the peer's signature on its opening state.
 pub(crate) fn awaiting_acceptance(rec: &ChannelRecord) -> bool {
-    rec.snapshot.latest.sigs[rec.snapshot.me.other().index()] == sig_placeholder()
+    rec.snapshot.awaiting_countersignature()
 }

@@ -58,10 +58,10 @@ impl Node {
                     stage: Stage::AwaitingCountersignature,
                 });
             }
-            let me = r.snapshot.me.index();
+            let me = r.snapshot.me().index();
             (
-                r.snapshot.params.clone(),
-                r.snapshot.latest.state.balances[me],
+                r.snapshot.params().clone(),
+                r.snapshot.latest().state.balances[me],
                 r.peer,
             )
         };
@@ -125,12 +125,13 @@ impl Node {
         };
         let mut r = rec.lock().await;
         let s = &r.snapshot;
-        let news =
-            held > s.holdings || deposited[0] > s.deposited[0] || deposited[1] > s.deposited[1];
+        let news = held > s.holdings()
+            || deposited[0] > s.deposited()[0]
+            || deposited[1] > s.deposited()[1];
         if r.concluded || awaiting_acceptance(&r) || !news && r.funded {
             return Ok(());
         }
-        let total = r.snapshot.latest.state.total().unwrap_or(Amount::MAX);
+        let total = r.snapshot.latest().state.total().unwrap_or(Amount::MAX);
         let mut machine = htlc::Channel::restore(r.snapshot.clone(), self.inner.keys.clone())?;
         machine.observe_holdings(held);
         for side in [htlc::Side::A, htlc::Side::B] {
@@ -146,17 +147,17 @@ impl Node {
         // Collateral follows only a real deposit of the peer's (issue 12, attack 2): the
         // opening must credit the peer at least the minimum, and the chain must show the peer
         // deposited it.
-        let peer_side = new.snapshot.me.other().index();
-        let peer_paid = new.snapshot.latest.state.balances[peer_side] >= o.min_peer_deposit
+        let peer_side = new.snapshot.me().other().index();
+        let peer_paid = new.snapshot.latest().state.balances[peer_side] >= o.min_peer_deposit
             && deposited[peer_side] >= o.min_peer_deposit
             && !o.min_peer_deposit.is_zero();
         let collateral = newly_funded
             && !o.collateral.is_zero()
-            && new.snapshot.me == htlc::Side::B
+            && new.snapshot.me() == htlc::Side::B
             && peer_paid;
         if collateral {
             let intent = Intent::Deposit {
-                params: new.snapshot.params.clone(),
+                params: new.snapshot.params().clone(),
                 expected_held: held,
                 amount: o.collateral,
                 credit: true,
@@ -186,13 +187,13 @@ impl Node {
         let rec = self.record(id)?;
         let params = {
             let r = rec.lock().await;
-            if !r.funded || r.concluded || r.snapshot.latest.state.is_final {
+            if !r.funded || r.concluded || r.snapshot.latest().state.is_final {
                 return Err(NodeError::NotReady {
                     channel: id,
                     stage: Stage::NotFunded,
                 });
             }
-            r.snapshot.params.clone()
+            r.snapshot.params().clone()
         };
         let held = submitter
             .client()
@@ -243,7 +244,7 @@ impl Node {
         let amount = {
             let r = rec.lock().await;
             let s = &r.snapshot;
-            if r.concluded || s.latest.state.is_final || s.frozen || !r.funded {
+            if r.concluded || s.latest().state.is_final || s.frozen() || !r.funded {
                 return Ok(false);
             }
             s.uncredited_own()
@@ -271,7 +272,7 @@ impl Node {
             };
             let owed = {
                 let r = rec.lock().await;
-                !r.snapshot.uncredited_own().is_zero() && r.snapshot.pending.is_none()
+                !r.snapshot.uncredited_own().is_zero() && r.snapshot.pending().is_none()
             };
             if owed && let Err(e) = self.claim_deposits(id, Batch::new()).await {
                 warn!(channel = %id, error = %e, "claiming a deposit's credit failed; will retry");
@@ -286,7 +287,7 @@ impl Node {
         let rec = self.record(id)?;
         let (params, state) = {
             let r = rec.lock().await;
-            (r.snapshot.params.clone(), r.snapshot.latest.clone())
+            (r.snapshot.params().clone(), r.snapshot.latest().clone())
         };
         if !state.state.is_final {
             return Err(NodeError::NotReady {
@@ -334,8 +335,8 @@ impl Node {
         self.inner.store.commit(batch).await?;
         *r = new;
         let (to_a, to_b) = paid.unwrap_or((
-            r.snapshot.latest.state.balances[0],
-            r.snapshot.latest.state.balances[1],
+            r.snapshot.latest().state.balances[0],
+            r.snapshot.latest().state.balances[1],
         ));
         info!(channel = %id, %to_a, %to_b, "channel paid out on chain");
         self.inner.emit(NodeEvent::Concluded {
@@ -353,11 +354,11 @@ impl Node {
             return Ok(());
         };
         let mut r = rec.lock().await;
-        if r.snapshot.frozen {
+        if r.snapshot.frozen() {
             return Ok(());
         }
         let mut new = r.clone();
-        new.snapshot.frozen = true;
+        new.snapshot.freeze();
         let mut batch = Batch::new();
         batch.put(Cf::Channels, id.0.as_slice(), &new)?;
         self.inner.store.commit(batch).await?;
@@ -374,14 +375,14 @@ impl Node {
             return Ok(());
         };
         let r = rec.lock().await;
-        let latest = &r.snapshot.latest;
+        let latest = r.snapshot.latest();
         if latest.state.version <= version || awaiting_acceptance(&r) {
             return Ok(());
         }
         warn!(channel = %id, disputed = version, ours = latest.state.version,
             "stale state registered on chain: challenging");
         let intent = Intent::Challenge {
-            params: r.snapshot.params.clone(),
+            params: r.snapshot.params().clone(),
             state: latest.clone(),
         };
         let mut batch = Batch::new();

@@ -375,7 +375,7 @@ impl Node {
                 || r.concluded
                 || !r.snapshot.can_offer()
                 || awaiting_acceptance(&r)
-                || asset.is_some_and(|a| a != r.snapshot.params.asset)
+                || asset.is_some_and(|a| a != r.snapshot.params().asset)
             {
                 continue;
             }
@@ -467,7 +467,7 @@ impl Node {
             Some(rec) => {
                 let r = rec.lock().await;
                 let s = &r.snapshot;
-                (s.params.asset, s.frozen, s.me == Side::A)
+                (s.params().asset, s.frozen(), s.me() == Side::A)
             }
             None => return Err(NodeError::UnknownChannel(channel)),
         };
@@ -714,7 +714,7 @@ impl Node {
             };
             let received = {
                 let r = rec.lock().await;
-                if !r.funded || awaiting_acceptance(&r) || r.snapshot.latest.state.is_final {
+                if !r.funded || awaiting_acceptance(&r) || r.snapshot.latest().state.is_final {
                     continue;
                 }
                 htlc::Channel::restore(r.snapshot.clone(), self.inner.keys.clone())?

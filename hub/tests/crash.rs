@@ -30,7 +30,7 @@ fn write_config(dir: &Path) -> PathBuf {
 }
 
 fn hub_view(data: &Path, id: ChannelId) -> Option<htlc::SignedState> {
-    hub_record(data, id).map(|r| r.snapshot.latest)
+    hub_record(data, id).map(|r| r.snapshot.latest().clone())
 }
 
 fn exited(p: &mut HubProc) -> bool {

@@ -178,7 +178,11 @@ async fn run_case(crash_at: Option<&str>, kill_after_ms: Option<u64>) -> u32 {
 
     let ours = peer.channel(id).await.unwrap();
     let theirs = hub_record(&dir.0.join("data"), id).expect("hub knows the channel");
-    assert_eq!(ours, theirs.snapshot.latest, "hub and peer agree ({case})");
+    assert_eq!(
+        &ours,
+        theirs.snapshot.latest(),
+        "hub and peer agree ({case})"
+    );
     assert!(theirs.concluded, "the hub recorded the payout ({case})");
     let a = ETH - TRANSFERS * STEP;
     let b = COLLATERAL + TRANSFERS * STEP;

@@ -362,12 +362,12 @@ async fn hub_sigkilled_while_payments_are_in_flight_loses_nothing() {
                 report += &format!(
                     "hub, channel of peer {i}: version {}, {} locks, proposal in flight {}, \
                      {} ops queued, awaiting leader {}, refusals in a row {}\n",
-                    sn.latest.state.version,
-                    sn.latest.state.locks.len(),
-                    sn.pending.is_some(),
-                    sn.queue.len(),
-                    sn.await_leader,
-                    sn.rejects_in_row
+                    sn.latest().state.version,
+                    sn.latest().state.locks.len(),
+                    sn.pending().is_some(),
+                    sn.queue().len(),
+                    sn.await_leader(),
+                    sn.rejects_in_row()
                 );
             }
             panic!("payments never ended (seed {seed}):\n{report}");
@@ -392,8 +392,8 @@ async fn hub_sigkilled_while_payments_are_in_flight_loses_nothing() {
                 .get(Cf::Channels, p.ch.0.as_slice())
                 .unwrap()
                 .expect("the hub knows the channel");
-            agree &= rec.snapshot.latest == p.node.channel(p.ch).await.unwrap();
-            states.push(rec.snapshot.latest);
+            agree &= *rec.snapshot.latest() == p.node.channel(p.ch).await.unwrap();
+            states.push(rec.snapshot.latest().clone());
         }
         let forwards: Vec<ForwardRecord> = store
             .scan::<ForwardRecord>(Cf::Locks, b"fwd/")

@@ -159,7 +159,7 @@ impl Relay {
         for e in effects {
             match e {
                 // In process there is no disk: persisting is the snapshot the machine keeps.
-                Effect::Persist(_) => {}
+                Effect::Persist => {}
                 Effect::Send(m) => {
                     self.queue
                         .push_back((Self::peer(node, upstream), upstream, m));

@@ -22,6 +22,7 @@
 //! | module | holds |
 //! |---|---|
 //! | [`admission`] | what a peer may open with the node, and which route instructions it may leave |
+//! | [`opening`] | the opening handshake: propose, accept, countersign |
 //! | [`link`] | sequence numbers, acknowledgements, duplicates and what to re-send on one peer link |
 //! | [`payment`] | the payee's acceptance rule, the forwarding step, failure reasons, outcomes |
 //! | [`capacity`] | what a channel can carry out under a policy, and its next lock expiry |
@@ -29,4 +30,5 @@
 pub mod admission;
 pub mod capacity;
 pub mod link;
+pub mod opening;
 pub mod payment;

@@ -303,7 +303,7 @@ impl Adversary {
         let (msg, version) = {
             let ch = &self.channels[&id];
             let mut state = ch.latest().state.clone();
-            let mut ids: NextIds = ch.snapshot().next_ids;
+            let mut ids: NextIds = ch.snapshot().next_ids();
             let lax = Deposits {
                 holdings: Amount::MAX,
                 uncredited: [Amount::MAX; 2],
@@ -314,7 +314,7 @@ impl Adversary {
             };
             htlc::ops::apply_batch(&mut state, &mut ids, &ops, ch.me(), self.now, &limits, lax)
                 .unwrap_or_else(|e| panic!("the forged batch does not even apply: {e:?}"));
-            let version = ch.latest().state.version.max(ch.snapshot().version_floor) + 1;
+            let version = ch.latest().state.version.max(ch.snapshot().version_floor()) + 1;
             state.version = version;
             let sig = self.keys.sign_digest(ch.digest(&state).unwrap());
             (
@@ -337,13 +337,13 @@ impl Adversary {
                 })) if v == version => {
                     // Keep our machine in step with the state the hub co-signed.
                     let ch = self.channels.remove(&id).unwrap();
-                    let mut snap = ch.snapshot().clone();
-                    let me = snap.me.index();
                     let mut sigs = [sig; 2];
-                    sigs[me] = ours;
-                    snap.latest = SignedState { state, sigs };
-                    snap.next_ids = ids;
-                    snap.version_floor = version;
+                    sigs[ch.me().index()] = ours;
+                    let snap = edit(ch.snapshot(), |r| {
+                        r.latest = SignedState { state, sigs };
+                        r.next_ids = ids;
+                        r.version_floor = version;
+                    });
                     self.channels
                         .insert(id, Channel::restore(snap, self.keys.clone()).unwrap());
                     return Answer::Accepted;
@@ -366,9 +366,48 @@ impl Adversary {
     /// restoring it from an edited snapshot (the hub's floor rose to it).
     fn bump(&mut self, id: ChannelId, version: u64) {
         let ch = self.channels.remove(&id).unwrap();
-        let mut snap = ch.snapshot().clone();
-        snap.version_floor = snap.version_floor.max(version);
+        let floor = ch.snapshot().version_floor().max(version);
+        let snap = edit(ch.snapshot(), |r| r.version_floor = floor);
         self.channels
             .insert(id, Channel::restore(snap, self.keys.clone()).unwrap());
     }
+}
+
+/// The fields of `htlc::Snapshot`, in its order: an attacker edits its own record as it likes
+/// (from outside the protocol core, a snapshot's fields change only through its record). A
+/// change of the snapshot's layout makes the round trip below fail loudly.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct RawSnapshot {
+    params: htlc::ChannelParams,
+    me: htlc::Side,
+    limits: Limits,
+    latest: SignedState,
+    next_ids: NextIds,
+    version_floor: u64,
+    pending: Option<htlc::update::Proposal>,
+    queue: std::collections::VecDeque<htlc::update::QueuedOp>,
+    alloc_id: u64,
+    await_leader: bool,
+    doomed: Vec<(u64, Op, htlc::OpError)>,
+    rejects_in_row: u32,
+    holdings: Amount,
+    deposited: [Amount; 2],
+    credited: [Amount; 2],
+    agreed: Vec<Op>,
+    claims: Vec<(htlc::HtlcId, htlc::Preimage)>,
+    frozen: bool,
+}
+
+/// Our own machine's record, edited as an attacker may edit its own data.
+fn edit(snap: &htlc::Snapshot, f: impl FnOnce(&mut RawSnapshot)) -> htlc::Snapshot {
+    let mut raw: RawSnapshot = postcard::from_bytes(&postcard::to_allocvec(snap).unwrap()).unwrap();
+    f(&mut raw);
+    let edited: htlc::Snapshot =
+        postcard::from_bytes(&postcard::to_allocvec(&raw).unwrap()).unwrap();
+    assert_eq!(
+        postcard::to_allocvec(&edited).unwrap(),
+        postcard::to_allocvec(&raw).unwrap(),
+        "RawSnapshot mirrors htlc::Snapshot"
+    );
+    edited
 }

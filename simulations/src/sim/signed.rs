@@ -67,7 +67,7 @@ impl SignedLedger {
             for e in effects {
                 match e {
                     // In process the machine's own snapshot is the persisted record.
-                    Effect::Persist(_) => {}
+                    Effect::Persist => {}
                     Effect::Send(msg) => {
                         let to = side.other();
                         let reply = self.deliver(ch, to, msg, now)?;
