@@ -32,6 +32,7 @@ done
 # (package, cargo target selector) pairs holding property tests.
 targets=(
   "htlc --test protocol_props"
+  "htlc --test node_network"
   "htlc --lib"
   "router --test routes"
   "router --lib"
