@@ -5,7 +5,6 @@
 //! payee; the payee reveals the preimage; the hub learns it and claims upstream. Every state is
 //! signed and verified exactly as between real parties; only the transport is a queue.
 
-use alloy::primitives::{Address, U256};
 use htlc::forward::{ForwardPolicy, NextHop};
 use htlc::ids::{Expiry, Hashlock, HtlcId, Preimage};
 use htlc::node::payment::{
@@ -14,9 +13,10 @@ use htlc::node::payment::{
 };
 use htlc::ops::Limits;
 use htlc::sig::Keys;
-use htlc::update::sign_state;
-use htlc::{Amount, Channel, ChannelParams, ChannelState, Effect, Event, Message, SignedState};
+use htlc::{Amount, Channel, Effect, Event, Message};
 use std::collections::{HashMap, VecDeque};
+
+use crate::sim::signed::open_pair;
 
 /// Who is who in the relay.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -63,35 +63,16 @@ pub struct Relay {
     pub tally: Tally,
 }
 
-fn open(a: &Keys, b: &Keys, balances: [u128; 2], nonce: u64) -> anyhow::Result<(Channel, Channel)> {
-    let params = ChannelParams {
-        chain_id: 31337,
-        adjudicator: Address::repeat_byte(0xAD),
-        participants: [a.address(), b.address()],
-        asset: Address::ZERO,
-        challenge_duration: 3600,
-        nonce: U256::from(nonce),
-    };
-    let state = ChannelState::opening(params.id(), [Amount(balances[0]), Amount(balances[1])]);
-    let sigs = [
-        sign_state(&params, a, &state)?,
-        sign_state(&params, b, &state)?,
-    ];
-    let signed = SignedState { state, sigs };
-    let limits = Limits::default();
-    Ok((
-        Channel::from_cosigned(params.clone(), a.clone(), limits, signed.clone())?,
-        Channel::from_cosigned(params, b.clone(), limits, signed)?,
-    ))
-}
-
 impl Relay {
     /// Open both channels: the payer funds `payer_funds`, the hub `hub_funds` toward the payee.
     pub fn new(payer_funds: u128, hub_funds: u128, policy: ForwardPolicy) -> anyhow::Result<Self> {
         let key = |b: u8| Keys::from_bytes([b; 32]).ok_or_else(|| anyhow::anyhow!("bad key"));
         let (payer, hub, payee) = (key(0x01)?, key(0x02)?, key(0x03)?);
-        let (payer_up, hub_in) = open(&payer, &hub, [payer_funds, 0], 1)?;
-        let (hub_out, payee_down) = open(&hub, &payee, [hub_funds, 0], 2)?;
+        let limits = Limits::default();
+        let [payer_up, hub_in] =
+            open_pair([&payer, &hub], [Amount(payer_funds), Amount(0)], limits, 1)?;
+        let [hub_out, payee_down] =
+            open_pair([&hub, &payee], [Amount(hub_funds), Amount(0)], limits, 2)?;
         Ok(Relay {
             payer_up,
             hub_in,

@@ -1,8 +1,9 @@
 //! The truth of the simulation: every channel's state, changed only by the protocol core.
 //!
 //! [`Ledger`] is what the engine asks of the channels: offer an HTLC (the payer's first hop),
-//! forward one (a node's decision between an incoming and an outgoing HTLC), fulfill, fail.
-//! Two implementations:
+//! forward one (a node's decision between an incoming and an outgoing HTLC), settle one
+//! (fulfill or fail it, [`Settle`]); what both ledgers do alike (which lock, who receives it,
+//! fulfill and fail, the network's total) is the trait's own. Two implementations:
 //!
 //! - [`FastLedger`] (the default): one `htlc::ChannelState` per channel, changed only by
 //!   `htlc::ops::apply_batch`, which validates every operation (balances, lock limits, in-flight
@@ -15,13 +16,32 @@
 use htlc::forward::{ForwardPolicy, NextHop};
 use htlc::ids::{Expiry, Hashlock, HtlcId, Preimage};
 use htlc::ops::{Limits, NextIds, Op, OpError, apply_batch};
-use htlc::{Amount, ChannelState, FailureReason, Side};
+use htlc::{Amount, ChannelState, FailureReason, Lock, Side};
 
 use crate::sim::error::SimError;
 use crate::sim::world::World;
 
 /// A forwarding outcome: the new lock's id, or why the node refused.
 pub type Offered = Result<HtlcId, FailureReason>;
+
+/// How the receiver of a lock settles it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Settle {
+    /// It claims the lock with its preimage.
+    Fulfill(Preimage),
+    /// It fails the lock back to its sender, for this reason.
+    Fail(FailureReason),
+}
+
+impl Settle {
+    /// The operation that settles lock `id` so.
+    fn op(self, id: HtlcId) -> Op {
+        match self {
+            Settle::Fulfill(preimage) => Op::FulfillHtlc { id, preimage },
+            Settle::Fail(reason) => Op::FailHtlc { id, reason },
+        }
+    }
+}
 
 /// What the engine asks of the channels (see the module documentation). Channel arguments are
 /// indices into [`World::chans`].
@@ -52,6 +72,9 @@ pub trait Ledger: Sized {
         now: Expiry,
     ) -> Result<Offered, SimError>;
 
+    /// The receiver of lock `id` on `ch` settles it: claims it or fails it back, as `how` says.
+    fn settle(&mut self, ch: u32, id: HtlcId, how: Settle, now: Expiry) -> Result<(), SimError>;
+
     /// The receiver of lock `id` on `ch` claims it with its preimage.
     fn fulfill(
         &mut self,
@@ -59,7 +82,9 @@ pub trait Ledger: Sized {
         id: HtlcId,
         preimage: Preimage,
         now: Expiry,
-    ) -> Result<(), SimError>;
+    ) -> Result<(), SimError> {
+        self.settle(ch, id, Settle::Fulfill(preimage), now)
+    }
 
     /// The receiver of lock `id` on `ch` fails it back to its sender.
     fn fail(
@@ -68,7 +93,9 @@ pub trait Ledger: Sized {
         id: HtlcId,
         reason: FailureReason,
         now: Expiry,
-    ) -> Result<(), SimError>;
+    ) -> Result<(), SimError> {
+        self.settle(ch, id, Settle::Fail(reason), now)
+    }
 
     /// The current state of channel `ch`.
     fn state(&self, ch: u32) -> Option<&ChannelState>;
@@ -83,6 +110,18 @@ pub trait Ledger: Sized {
 
     /// Committed updates so far (each is one co-signed state in the real protocol).
     fn updates(&self) -> u64;
+
+    /// Lock `id` on channel `ch`.
+    fn lock(&self, ch: u32, id: HtlcId) -> Result<&Lock, SimError> {
+        self.state(ch)
+            .and_then(|s| s.lock(id))
+            .ok_or(SimError::Op(OpError::UnknownLock(id)))
+    }
+
+    /// The side that receives lock `id` on `ch` (the one that may fulfill or fail it).
+    fn receiver(&self, ch: u32, id: HtlcId) -> Result<Side, SimError> {
+        self.lock(ch, id).map(|l| l.sender.other())
+    }
 
     /// Rule 1 over the whole network: the sum of every channel's balances, locks and guarantees.
     fn total(&self) -> Result<Amount, SimError> {
@@ -150,41 +189,6 @@ impl FastLedger {
         self.updates += 1;
         Ok(())
     }
-
-    fn add(
-        &mut self,
-        ch: u32,
-        by: Side,
-        amount: Amount,
-        hashlock: Hashlock,
-        expiry: Expiry,
-        now: Expiry,
-    ) -> Result<Offered, SimError> {
-        let id = self
-            .chans
-            .get(ch as usize)
-            .ok_or(SimError::Internal("channel index out of range"))?
-            .ids
-            .next(by);
-        let op = Op::AddHtlc {
-            id,
-            amount,
-            hashlock,
-            expiry,
-        };
-        match self.apply(ch, &[op], by, now) {
-            Ok(()) => Ok(Ok(id)),
-            Err(e) => refusal(e).map(Err),
-        }
-    }
-
-    /// The side that receives lock `id` on `ch` (the one that may fulfill or fail it).
-    fn receiver(&self, ch: u32, id: HtlcId) -> Result<Side, SimError> {
-        self.state(ch)
-            .and_then(|s| s.lock(id))
-            .map(|l| l.sender.other())
-            .ok_or(SimError::Op(OpError::UnknownLock(id)))
-    }
 }
 
 impl Ledger for FastLedger {
@@ -219,7 +223,22 @@ impl Ledger for FastLedger {
         expiry: Expiry,
         now: Expiry,
     ) -> Result<Offered, SimError> {
-        self.add(ch, by, amount, hashlock, expiry, now)
+        let id = self
+            .chans
+            .get(ch as usize)
+            .ok_or(SimError::Internal("channel index out of range"))?
+            .ids
+            .next(by);
+        let op = Op::AddHtlc {
+            id,
+            amount,
+            hashlock,
+            expiry,
+        };
+        match self.apply(ch, &[op], by, now) {
+            Ok(()) => Ok(Ok(id)),
+            Err(e) => refusal(e).map(Err),
+        }
     }
 
     fn forward(
@@ -231,37 +250,17 @@ impl Ledger for FastLedger {
         next: NextHop,
         now: Expiry,
     ) -> Result<Offered, SimError> {
-        let lock = *self
-            .state(incoming.0)
-            .and_then(|s| s.lock(incoming.1))
-            .ok_or(SimError::Op(OpError::UnknownLock(incoming.1)))?;
+        let lock = *self.lock(incoming.0, incoming.1)?;
         // The route was priced by the router over the same policies, so `decide`'s policy
         // checks (fee, expiry delta, HTLC limits, enabled) hold by construction (ADR 0020);
         // what can fail is the outgoing channel's room, which apply_batch checks.
         let _ = policy;
-        self.add(out, by, next.amount, lock.hashlock, next.expiry, now)
+        self.offer(out, by, next.amount, lock.hashlock, next.expiry, now)
     }
 
-    fn fulfill(
-        &mut self,
-        ch: u32,
-        id: HtlcId,
-        preimage: Preimage,
-        now: Expiry,
-    ) -> Result<(), SimError> {
+    fn settle(&mut self, ch: u32, id: HtlcId, how: Settle, now: Expiry) -> Result<(), SimError> {
         let by = self.receiver(ch, id)?;
-        Ok(self.apply(ch, &[Op::FulfillHtlc { id, preimage }], by, now)?)
-    }
-
-    fn fail(
-        &mut self,
-        ch: u32,
-        id: HtlcId,
-        reason: FailureReason,
-        now: Expiry,
-    ) -> Result<(), SimError> {
-        let by = self.receiver(ch, id)?;
-        Ok(self.apply(ch, &[Op::FailHtlc { id, reason }], by, now)?)
+        Ok(self.apply(ch, &[how.op(id)], by, now)?)
     }
 
     fn state(&self, ch: u32) -> Option<&ChannelState> {

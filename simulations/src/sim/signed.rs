@@ -11,17 +11,18 @@ use std::collections::HashMap;
 
 use alloy::primitives::{Address, U256};
 use htlc::forward::{ForwardPolicy, NextHop, decide};
-use htlc::ids::{Expiry, Hashlock, HtlcId, Preimage};
+use htlc::ids::{Expiry, Hashlock, HtlcId};
+use htlc::ops::Limits;
 use htlc::sig::Keys;
 use htlc::update::sign_state;
 use htlc::{
-    Amount, Channel, ChannelParams, ChannelState, CommittedHtlc, Effect, Event, FailureReason,
-    Message, Side, SignedState,
+    Amount, Channel, ChannelParams, ChannelState, CommittedHtlc, Effect, Event, Message,
+    ProtocolError, Side, SignedState,
 };
 use sha2::{Digest, Sha256};
 
 use crate::sim::error::SimError;
-use crate::sim::ledger::{Ledger, Offered, refusal};
+use crate::sim::ledger::{Ledger, Offered, Settle, refusal};
 use crate::sim::world::World;
 
 /// Two machines per channel (see the module documentation).
@@ -48,6 +49,45 @@ fn node_keys(seed: u64, n: u32) -> Result<Keys, SimError> {
 #[derive(Default)]
 struct Outcome {
     dropped: Option<htlc::OpError>,
+}
+
+impl Outcome {
+    /// Done, unless the machine dropped the operation (which the simulator never asks wrongly).
+    fn committed(self) -> Result<(), SimError> {
+        match self.dropped {
+            Some(e) => Err(SimError::Op(e)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The two machines of a channel between `keys[0]` (side A) and `keys[1]` (side B), opened at
+/// `opening` from a co-signed state; `nonce` tells apart channels between the same two.
+pub(crate) fn open_pair(
+    keys: [&Keys; 2],
+    opening: [Amount; 2],
+    limits: Limits,
+    nonce: u64,
+) -> Result<[Channel; 2], ProtocolError> {
+    let [ka, kb] = keys;
+    let params = ChannelParams {
+        chain_id: 31337,
+        adjudicator: Address::repeat_byte(0xAD),
+        participants: [ka.address(), kb.address()],
+        asset: Address::ZERO,
+        challenge_duration: 3600,
+        nonce: U256::from(nonce),
+    };
+    let state = ChannelState::opening(params.id(), opening);
+    let sigs = [
+        sign_state(&params, ka, &state)?,
+        sign_state(&params, kb, &state)?,
+    ];
+    let signed = SignedState { state, sigs };
+    Ok([
+        Channel::from_cosigned(params.clone(), ka.clone(), limits, signed.clone())?,
+        Channel::from_cosigned(params, kb.clone(), limits, signed)?,
+    ])
 }
 
 impl SignedLedger {
@@ -107,50 +147,6 @@ impl SignedLedger {
         }
         Ok(self.pair(ch)?[to.index()].handle(msg, now)?)
     }
-
-    fn add(
-        &mut self,
-        ch: u32,
-        by: Side,
-        amount: Amount,
-        hashlock: Hashlock,
-        expiry: Expiry,
-        now: Expiry,
-    ) -> Result<Offered, SimError> {
-        let id = self.pair(ch)?[by.index()].offer_htlc(amount, hashlock, expiry);
-        let out = self.exchange(ch, by, now)?;
-        match out.dropped {
-            Some(e) => refusal(e).map(Err),
-            None => Ok(Ok(id)),
-        }
-    }
-
-    fn receiver(&self, ch: u32, id: HtlcId) -> Result<Side, SimError> {
-        self.state(ch)
-            .and_then(|s| s.lock(id))
-            .map(|l| l.sender.other())
-            .ok_or(SimError::Op(htlc::OpError::UnknownLock(id)))
-    }
-
-    fn settle(&mut self, ch: u32, id: HtlcId, op: Settle, now: Expiry) -> Result<(), SimError> {
-        let by = self.receiver(ch, id)?;
-        let m = &mut self.pair(ch)?[by.index()];
-        match op {
-            Settle::Fulfill(p) => m.fulfill_htlc(id, p),
-            Settle::Fail(r) => m.fail_htlc(id, r),
-        }
-        self.committed.remove(&(ch, id));
-        let out = self.exchange(ch, by, now)?;
-        match out.dropped {
-            Some(e) => Err(SimError::Op(e)),
-            None => Ok(()),
-        }
-    }
-}
-
-enum Settle {
-    Fulfill(Preimage),
-    Fail(FailureReason),
 }
 
 impl Ledger for SignedLedger {
@@ -171,24 +167,7 @@ impl Ledger for SignedLedger {
             let (Some(ka), Some(kb)) = (pair_keys.first(), pair_keys.get(1)) else {
                 return Err(SimError::Internal("channel without two participants"));
             };
-            let params = ChannelParams {
-                chain_id: 31337,
-                adjudicator: Address::repeat_byte(0xAD),
-                participants: [ka.address(), kb.address()],
-                asset: Address::ZERO,
-                challenge_duration: 3600,
-                nonce: U256::from(i),
-            };
-            let state = ChannelState::opening(params.id(), c.opening);
-            let sigs = [
-                sign_state(&params, ka, &state)?,
-                sign_state(&params, kb, &state)?,
-            ];
-            let signed = SignedState { state, sigs };
-            chans.push([
-                Channel::from_cosigned(params.clone(), ka.clone(), c.limits, signed.clone())?,
-                Channel::from_cosigned(params, kb.clone(), c.limits, signed)?,
-            ]);
+            chans.push(open_pair([ka, kb], c.opening, c.limits, i as u64)?);
         }
         let mut ledger = SignedLedger {
             chans,
@@ -199,10 +178,7 @@ impl Ledger for SignedLedger {
             // B agrees to the guarantee first (rule 11), then A proposes it.
             ledger.pair(*ch)?[1].agree(htlc::Op::AddGuarantee(*g))?;
             ledger.pair(*ch)?[0].add_guarantee(*g);
-            let out = ledger.exchange(*ch, Side::A, Expiry(0))?;
-            if let Some(e) = out.dropped {
-                return Err(SimError::Op(e));
-            }
+            ledger.exchange(*ch, Side::A, Expiry(0))?.committed()?;
         }
         Ok(ledger)
     }
@@ -216,7 +192,12 @@ impl Ledger for SignedLedger {
         expiry: Expiry,
         now: Expiry,
     ) -> Result<Offered, SimError> {
-        self.add(ch, by, amount, hashlock, expiry, now)
+        let id = self.pair(ch)?[by.index()].offer_htlc(amount, hashlock, expiry);
+        let out = self.exchange(ch, by, now)?;
+        match out.dropped {
+            Some(e) => refusal(e).map(Err),
+            None => Ok(Ok(id)),
+        }
     }
 
     fn forward(
@@ -233,29 +214,20 @@ impl Ledger for SignedLedger {
         ))?;
         let channel = self.pair(out)?[by.index()].outgoing(*policy);
         match decide(&committed, &next, Some(&channel), now) {
-            Ok(fwd) => self.add(out, by, fwd.amount, fwd.hashlock, fwd.expiry, now),
+            Ok(fwd) => self.offer(out, by, fwd.amount, fwd.hashlock, fwd.expiry, now),
             Err(reason) => Ok(Err(reason)),
         }
     }
 
-    fn fulfill(
-        &mut self,
-        ch: u32,
-        id: HtlcId,
-        preimage: Preimage,
-        now: Expiry,
-    ) -> Result<(), SimError> {
-        self.settle(ch, id, Settle::Fulfill(preimage), now)
-    }
-
-    fn fail(
-        &mut self,
-        ch: u32,
-        id: HtlcId,
-        reason: FailureReason,
-        now: Expiry,
-    ) -> Result<(), SimError> {
-        self.settle(ch, id, Settle::Fail(reason), now)
+    fn settle(&mut self, ch: u32, id: HtlcId, how: Settle, now: Expiry) -> Result<(), SimError> {
+        let by = self.receiver(ch, id)?;
+        let m = &mut self.pair(ch)?[by.index()];
+        match how {
+            Settle::Fulfill(p) => m.fulfill_htlc(id, p),
+            Settle::Fail(r) => m.fail_htlc(id, r),
+        }
+        self.committed.remove(&(ch, id));
+        self.exchange(ch, by, now)?.committed()
     }
 
     fn state(&self, ch: u32) -> Option<&ChannelState> {
