@@ -1,9 +1,11 @@
 //! # hub — the vhub service
 //!
-//! The QUIC transport (quinn) with Ethereum-key authentication bound to each connection, the
-//! versioned wire protocol, and (growing with issues 5 and 6) peer sessions, the channel and
-//! forwarding engine that drives the `htlc` machines, RocksDB storage, the chain watcher, the
-//! operator API, the `hub` binary and the client library.
+//! The pump around the protocol core: the QUIC transport (quinn) with Ethereum-key
+//! authentication bound to each connection, the versioned wire protocol, peer sessions and
+//! their durable outbox ([`session`]), the engine that drives the `htlc` machines ([`engine`]),
+//! payments ([`payments`]) and chain reactions ([`onchain`]) carried out as `htlc::node`
+//! decides them, RocksDB storage, the chain watcher, the operator API, the `hub` binary and the
+//! client library. [`node`] holds the node's state; [`events`] and [`error`] are leaves.
 //!
 //! It must never sign a state before persisting it, never forward an HTLC that is not
 //! committed, never act on a frame from a peer that has not proven its key, and never
