@@ -5,14 +5,14 @@
 //!
 //! | operation          | proposer           | effect on the state                                  | the counterparty signs it only if |
 //! |--------------------|--------------------|------------------------------------------------------|-----------------------------------|
-//! | `AddHtlc`          | the payer (sender) | balance[by] -= amount; lock added                    | valid (it moves only the payer's money) |
-//! | `FulfillHtlc`      | the lock's receiver| lock removed; balance[receiver] += amount            | the preimage opens it before expiry (the agreed outcome of a lock it offered) |
-//! | `FailHtlc`         | the lock's receiver| lock removed; balance[sender] += amount              | valid |
+//! | `AddHtlc`          | the payer (sender) | balance(by) -= amount; lock added                    | valid (it moves only the payer's money) |
+//! | `FulfillHtlc`      | the lock's receiver| lock removed; balance(receiver) += amount            | the preimage opens it before expiry (the agreed outcome of a lock it offered) |
+//! | `FailHtlc`         | the lock's receiver| lock removed; balance(sender) += amount              | valid |
 //! | `ExpireHtlc`       | the lock's sender  | after expiry only: lock removed; refunded to sender  | it does not know the preimage (else it claims, on chain if need be) |
 //! | `AddGuarantee`     | either             | both balances fund a virtual channel                 | it agreed to this exact guarantee (`Channel::agree`) |
 //! | `RemoveGuarantee`  | either             | guarantee split back to the balances, sum exact      | it agreed to this exact split (`Channel::agree`) |
-//! | `Transfer`         | the payer          | balance[by] -= amount; balance[other] += amount      | valid |
-//! | `Deposit`          | the depositor      | balance[by] += amount                                | the chain shows `by` deposited it and it is not credited yet ([`Deposits`]) |
+//! | `Transfer`         | the payer          | balance(by) -= amount; balance(other) += amount      | valid |
+//! | `Deposit`          | the depositor      | balance(by) += amount                                | the chain shows `by` deposited it and it is not credited yet ([`Deposits`]) |
 //! | `Close`            | either, last op    | final flag; requires no locks and no guarantees      | valid |
 //!
 //! The arithmetic validity of every row is checked here ([`apply_batch`]); the agreement

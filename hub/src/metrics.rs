@@ -1,7 +1,7 @@
 //! Prometheus metrics of a node: payments attempted / succeeded / failed by reason, payment
 //! latency, forwards and fees earned, liquidity and pending HTLCs per channel, store writes.
 //!
-//! Counters are updated where the node emits its events ([`crate::node::Inner::emit`]), so
+//! Counters are updated where the node emits its events (`node::Inner::emit`), so
 //! they never miss one (a broadcast subscriber could lag and drop some). Per-channel gauges are
 //! read from the channels when `/metrics` is scraped.
 
