@@ -131,7 +131,17 @@ impl Node {
         if r.concluded || awaiting_acceptance(&r) || !news && r.funded {
             return Ok(());
         }
-        let total = r.snapshot.latest().state.total().unwrap_or(Amount::MAX);
+        let o = &self.inner.opts;
+        let decided = htlc::node::chain::funding(
+            &r.snapshot,
+            r.funded,
+            held,
+            deposited,
+            htlc::node::chain::CollateralPolicy {
+                collateral: o.collateral,
+                min_peer_deposit: o.min_peer_deposit,
+            },
+        );
         let mut machine = htlc::Channel::restore(r.snapshot.clone(), self.inner.keys.clone())?;
         machine.observe_holdings(held);
         for side in [htlc::Side::A, htlc::Side::B] {
@@ -139,27 +149,16 @@ impl Node {
         }
         let mut new = r.clone();
         new.snapshot = machine.snapshot().clone();
-        let newly_funded = !r.funded && held >= total;
+        let newly_funded = decided.newly_funded;
         new.funded |= newly_funded;
         let mut batch = Batch::new();
         batch.put(Cf::Channels, id.0.as_slice(), &new)?;
-        let o = &self.inner.opts;
-        // Collateral follows only a real deposit of the peer's (issue 12, attack 2): the
-        // opening must credit the peer at least the minimum, and the chain must show the peer
-        // deposited it.
-        let peer_side = new.snapshot.me().other().index();
-        let peer_paid = new.snapshot.latest().state.balances[peer_side] >= o.min_peer_deposit
-            && deposited[peer_side] >= o.min_peer_deposit
-            && !o.min_peer_deposit.is_zero();
-        let collateral = newly_funded
-            && !o.collateral.is_zero()
-            && new.snapshot.me() == htlc::Side::B
-            && peer_paid;
+        let collateral = decided.add_collateral.is_some();
         if collateral {
             let intent = Intent::Deposit {
                 params: new.snapshot.params().clone(),
                 expected_held: held,
-                amount: o.collateral,
+                amount: decided.add_collateral.unwrap_or(o.collateral),
                 credit: true,
             };
             batch.put(Cf::Chain, &intent.key(), &intent)?;
@@ -375,10 +374,10 @@ impl Node {
             return Ok(());
         };
         let r = rec.lock().await;
-        let latest = r.snapshot.latest();
-        if latest.state.version <= version || awaiting_acceptance(&r) {
+        if !htlc::node::chain::must_challenge(&r.snapshot, version) {
             return Ok(());
         }
+        let latest = r.snapshot.latest();
         warn!(channel = %id, disputed = version, ours = latest.state.version,
             "stale state registered on chain: challenging");
         let intent = Intent::Challenge {

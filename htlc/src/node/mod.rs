@@ -25,10 +25,12 @@
 //! | [`opening`] | the opening handshake: propose, accept, countersign |
 //! | [`link`] | sequence numbers, acknowledgements, duplicates and what to re-send on one peer link |
 //! | [`payment`] | the payee's acceptance rule, the forwarding step, failure reasons, outcomes |
+//! | [`chain`] | what the chain's figures mean: funded, collateral, challenge |
 //! | [`capacity`] | what a channel can carry out under a policy, and its next lock expiry |
 
 pub mod admission;
 pub mod capacity;
+pub mod chain;
 pub mod link;
 pub mod opening;
 pub mod payment;
