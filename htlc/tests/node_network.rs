@@ -6,8 +6,10 @@
 //!
 //! After every step: conservation in every channel, no lock of the hub without its forward
 //! record, no two states signed at one version by one node (across restarts). At the end, with
-//! the network made reliable again: every payment ended, fulfilled on every hop or failed on
-//! every hop, and each party holds exactly what the payments that succeeded give it.
+//! the network made reliable again and the clock past every expiry (some payees hold their
+//! payments without revealing, so their locks are taken back by expiry on every hop): every
+//! payment ended, fulfilled on every hop or failed on every hop, and each party holds exactly
+//! what the payments that succeeded give it.
 //!
 //! CI runs a small budget; the long run is `PROPTEST_CASES=20000 VHUB_PROPTEST_SEED=random
 //! cargo test --release -p htlc --test node_network` (or `scripts/campaign.sh`, which includes it).
@@ -76,6 +78,8 @@ struct Book {
     forwards: HashMap<(ChannelId, HtlcId), ForwardRecord>,
     forwarded_in: HashSet<(ChannelId, HtlcId)>,
     invoices: HashMap<Hashlock, InvoiceTerms>,
+    /// Payee: invoices it holds without revealing (as a payee that went silent).
+    held: HashSet<Hashlock>,
     /// Payer: payment (by hashlock) → its lock and status.
     payments: HashMap<Hashlock, (ChannelId, HtlcId, Amount, PaymentStatus)>,
 }
@@ -299,8 +303,9 @@ impl World {
         self.carry(n, ch, effects, sends);
     }
 
-    /// The payer pays `amount` for an invoice the payee knows (`known`) or not.
-    fn pay(&mut self, amount: u128, known: bool) {
+    /// The payer pays `amount` for an invoice the payee knows (`known`) or not, and reveals
+    /// (or, `hold`, keeps silent until the locks expire).
+    fn pay(&mut self, amount: u128, known: bool, hold: bool) {
         self.next_secret = self.next_secret.wrapping_add(1);
         let preimage = Preimage([self.next_secret; 32]);
         let hashlock = preimage.hashlock();
@@ -317,6 +322,9 @@ impl World {
                     paid: false,
                 },
             );
+            if hold {
+                self.nodes[PAYEE].book.held.insert(hashlock);
+            }
             self.nodes[PAYEE].persist();
         }
         let up = self.up;
@@ -467,6 +475,7 @@ impl World {
         let step = on_committed(&h, known, self.now);
         node.book.routes.remove(&(ch, lock.hashlock));
         match step {
+            Step::Claim(_) if node.book.held.contains(&lock.hashlock) => {}
             Step::Claim(p) => {
                 node.chans.get_mut(&ch).unwrap().fulfill_htlc(lock.id, p);
                 if let Some(t) = node.book.invoices.get_mut(&lock.hashlock) {
@@ -492,6 +501,19 @@ impl World {
                 self.propose(n, ch, sends);
             }
         }
+    }
+
+    /// Node `n`'s expiry tick: take back every lock it offered that expired, as its own step.
+    fn expire(&mut self, n: usize) {
+        let now = self.now;
+        let mut sends = Vec::new();
+        let ids: Vec<ChannelId> = self.nodes[n].chans.keys().copied().collect();
+        for ch in ids {
+            if self.nodes[n].chans.get_mut(&ch).unwrap().expire_due(now) > 0 {
+                self.propose(n, ch, &mut sends);
+            }
+        }
+        self.commit(n, sends);
     }
 
     /// Node `n` reconnects to `peer`: its stored outbox goes out again, in order.
@@ -575,7 +597,12 @@ impl World {
 
 #[derive(Clone, Debug)]
 enum Action {
-    Pay { amount: u128, known: bool },
+    Pay {
+        amount: u128,
+        known: bool,
+        hold: bool,
+    },
+    Expire(usize),
     Deliver(usize),
     Drop(usize),
     Duplicate(usize),
@@ -587,7 +614,9 @@ enum Action {
 
 fn action() -> impl Strategy<Value = Action> {
     prop_oneof![
-        2 => (1u128..400_000, proptest::bool::weighted(0.85)).prop_map(|(amount, known)| Action::Pay { amount, known }),
+        2 => (1u128..400_000, proptest::bool::weighted(0.85), proptest::bool::weighted(0.15))
+            .prop_map(|(amount, known, hold)| Action::Pay { amount, known, hold }),
+        1 => (0usize..3).prop_map(Action::Expire),
         10 => any::<usize>().prop_map(Action::Deliver),
         1 => any::<usize>().prop_map(Action::Drop),
         1 => any::<usize>().prop_map(Action::Duplicate),
@@ -608,7 +637,8 @@ proptest! {
         let mut w = World::new();
         for a in actions {
             match a {
-                Action::Pay { amount, known } => w.pay(amount, known),
+                Action::Pay { amount, known, hold } => w.pay(amount, known, hold),
+                Action::Expire(n) => w.expire(n),
                 Action::Deliver(i) if !w.net.is_empty() => {
                     let i = i % w.net.len();
                     w.deliver(i);
@@ -633,11 +663,24 @@ proptest! {
             w.check();
         }
         prop_assert!(w.settle(), "the network never settled");
+        // Held payments are still locked; past every expiry, each node takes its locks back.
+        w.now = Expiry(w.now.0 + 3 * 86_400);
+        for n in [PAYEE, HUB, PAYER] {
+            w.expire(n);
+        }
+        prop_assert!(w.settle(), "the network never settled after the expiries");
+        let held = w.nodes[PAYEE].book.held.clone();
         // Every payment ended, on every hop; each party holds what the successes give it.
         let mut paid = 0u128;
         let mut delivered = 0u128;
         for (hashlock, (_, _, amount, status)) in &w.nodes[PAYER].book.payments {
             prop_assert!(*status != PaymentStatus::Pending, "payment {hashlock:?} never ended");
+            if held.contains(hashlock) {
+                prop_assert!(
+                    !matches!(status, PaymentStatus::Succeeded { .. }),
+                    "a held payment succeeded"
+                );
+            }
             if let PaymentStatus::Succeeded { preimage } = status {
                 prop_assert_eq!(preimage.hashlock(), *hashlock);
                 delivered += amount.0;

@@ -923,6 +923,7 @@ impl Node {
         }
         // If this fails nothing was sent and the in-memory record is unchanged.
         self.commit_and_send(peer, batch, bodies).await?;
+        self.inner.timers().set(id, new.snapshot.next_timeout());
         *rec = new;
         let htlc_events: Vec<Event> = events
             .iter()

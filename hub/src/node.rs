@@ -177,6 +177,8 @@ pub(crate) struct Inner {
     pub(crate) endpoints: std::sync::Mutex<Vec<quinn::Endpoint>>,
     /// Prometheus metrics.
     pub(crate) metrics: crate::metrics::Metrics,
+    /// Per channel, when its next offered lock expires (set whenever its record changes).
+    timers: std::sync::Mutex<htlc::node::timers::Timers>,
 }
 
 /// A hub or a peer: channels, sessions, storage.
@@ -192,12 +194,14 @@ impl Node {
         let mut channels = HashMap::new();
         let mut per_peer = HashMap::new();
         let mut funded_peers = std::collections::HashSet::new();
+        let mut timers = htlc::node::timers::Timers::default();
         for (_, rec) in store.scan::<ChannelRecord>(Cf::Channels, &[])? {
             let id = rec.snapshot.latest().state.channel_id;
             if rec.funded {
                 funded_peers.insert(rec.peer);
             }
             per_peer.entry(rec.peer).or_insert_with(Vec::new).push(id);
+            timers.set(id, rec.snapshot.next_timeout());
             channels.insert(id, Arc::new(Mutex::new(rec)));
         }
         info!(channels = channels.len(), address = %keys.address(), "node started");
@@ -210,6 +214,7 @@ impl Node {
         let node = Node {
             inner: Arc::new(Inner {
                 metrics,
+                timers: std::sync::Mutex::new(timers),
                 keys,
                 store,
                 opts,
@@ -317,6 +322,11 @@ impl Node {
 }
 
 impl Inner {
+    /// The channels' expiry timers.
+    pub(crate) fn timers(&self) -> std::sync::MutexGuard<'_, htlc::node::timers::Timers> {
+        self.timers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Remember that `peer` has a funded channel with us.
     pub(crate) fn mark_funded(&self, peer: Address) {
         self.funded_peers

@@ -735,30 +735,42 @@ impl Node {
     }
 
     /// Take back every HTLC we offered whose expiry has passed (the peer co-signs the removal
-    /// once its own clock agrees).
+    /// once its own clock agrees). A removal the peer refused is tried again on the next tick.
     pub(crate) async fn expire_htlcs(&self) -> Result<(), NodeError> {
         let now = self.now();
-        for id in self.channel_ids() {
+        // Only the channels whose timer is due (`htlc::node::timers`), never every channel.
+        let due_channels = self.inner.timers().due(now);
+        for id in due_channels {
             let Some(rec) = self.inner.channel(id) else {
+                self.inner.timers().set(id, None);
                 continue;
             };
             let due: Vec<HtlcId> = {
                 let r = rec.lock().await;
-                if !r.funded {
-                    continue;
+                let expired = if r.funded {
+                    r.snapshot.expired_offers(now)
+                } else {
+                    Vec::new()
+                };
+                if expired.is_empty() {
+                    self.inner.timers().set(id, r.snapshot.next_timeout());
                 }
-                r.snapshot.expired_offers(now)
+                expired
             };
             if due.is_empty() {
                 continue;
             }
             info!(channel = %id, count = due.len(), "taking back expired HTLCs");
-            self.with_channel(id, |m| {
-                for hid in due {
-                    m.expire_htlc(hid);
-                }
-            })
-            .await?;
+            let r = self
+                .with_channel(id, |m| {
+                    for hid in due {
+                        m.expire_htlc(hid);
+                    }
+                })
+                .await;
+            if let Err(e) = r {
+                warn!(channel = %id, error = %e, "cannot take back expired HTLCs; next tick");
+            }
         }
         Ok(())
     }

@@ -27,6 +27,7 @@
 //! | [`payment`] | the payee's acceptance rule, the forwarding step, failure reasons, outcomes |
 //! | [`chain`] | what the chain's figures mean: funded, collateral, challenge |
 //! | [`capacity`] | what a channel can carry out under a policy, and its next lock expiry |
+//! | [`timers`] | per channel, when the next offered lock must be taken back |
 
 pub mod admission;
 pub mod capacity;
@@ -34,3 +35,4 @@ pub mod chain;
 pub mod link;
 pub mod opening;
 pub mod payment;
+pub mod timers;
