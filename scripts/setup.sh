@@ -3,6 +3,7 @@
 #   - Debian's libclang-dev (librocksdb-sys generates its bindings with it)
 #   - the pinned npm tools in package.json / package-lock.json: anvil (local chain),
 #     cast (independent EIP-712 cross-check) and solc (Solidity compiler)
+#   - cargo-nextest (the test runner), if the machine lacks it
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
@@ -15,6 +16,12 @@ if ((${#need_apt[@]})); then
   [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
   $sudo_cmd apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
+fi
+
+# The test runner (`scripts/test.sh`); pinned, built from the crates registry if missing.
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "setup: installing cargo-nextest 0.9.143"
+  cargo install cargo-nextest --version 0.9.143 --locked
 fi
 
 command -v npm >/dev/null || { echo "setup: npm (Node.js) is required to install anvil, cast and solc" >&2; exit 1; }

@@ -266,10 +266,10 @@ impl Node {
             let ch = c.id.to_string();
             m.balance
                 .with_label_values(&[ch.as_str(), "ours"])
-                .set(crate::metrics::gauge_wei(Amount(c.ours.0)));
+                .set(crate::metrics::ether(Amount(c.ours.0)));
             m.balance
                 .with_label_values(&[ch.as_str(), "theirs"])
-                .set(crate::metrics::gauge_wei(Amount(c.theirs.0)));
+                .set(crate::metrics::ether(Amount(c.theirs.0)));
             m.pending
                 .with_label_values(&[ch.as_str()])
                 .set(i64::try_from(c.htlcs.len()).unwrap_or(i64::MAX));

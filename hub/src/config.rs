@@ -381,6 +381,18 @@ impl Config {
                 "must be at least 1 wei: an empty channel costs the hub and earns nothing",
             );
         }
+        if self.policy.fee_ppm > 1_000_000 {
+            return bad(
+                "policy.fee_ppm",
+                "must be at most 1000000 (a fee of 100 % of the amount forwarded)",
+            );
+        }
+        if self.policy.base_fee > l.max_in_flight {
+            return bad(
+                "policy.base_fee",
+                "must be at most limits.max_in_flight (no HTLC could pay it)",
+            );
+        }
         if self.policy.expiry_delta < htlc::forward::MIN_EXPIRY_DELTA_SECS {
             return Err(ConfigError::Invalid {
                 field: "policy.expiry_delta",
@@ -512,6 +524,11 @@ mod tests {
             (
                 "key_file = \"k\"\n[funding]\nmin_peer_deposit = 0",
                 "min_peer_deposit",
+            ),
+            ("key_file = \"k\"\n[policy]\nfee_ppm = 2000000", "fee_ppm"),
+            (
+                "key_file = \"k\"\n[limits]\nmax_in_flight = 1000000000000\n[policy]\nbase_fee = 1000000000001",
+                "base_fee",
             ),
             (
                 "key_file = \"k\"\n[funding]\ncollateral = \"lots\"",

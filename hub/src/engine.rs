@@ -228,6 +228,11 @@ impl Node {
                             break;
                         }
                     }
+                    // The connection went away: a normal end, nothing to answer.
+                    Err(wire::WireError::Io(why)) => {
+                        info!(%why, "the peer's stream ended");
+                        break;
+                    }
                     Err(e) => {
                         warn!(error = %e, "bad frame");
                         self.inner.emit(NodeEvent::Refused {

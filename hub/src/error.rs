@@ -19,8 +19,8 @@ pub enum NodeError {
     /// A transport failure.
     #[error("transport: {0}")]
     Transport(#[from] transport::TransportError),
-    /// A chain transaction failed.
-    #[error("chain: {0}")]
+    /// A chain transaction failed (its own message says where: "chain: ...", "store: ...").
+    #[error(transparent)]
     Tx(#[from] crate::chain::TxError),
     /// A peer's channel opening is refused.
     #[error("open refused: {0}")]
@@ -104,4 +104,17 @@ pub enum PayError {
     /// No open, funded channel with the invoice's hub.
     #[error("no open channel with hub {0}")]
     NoChannel(alloy::primitives::Address),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_carry_one_prefix() {
+        let e = NodeError::from(crate::chain::TxError::Stale("token refuses".into()));
+        assert_eq!(e.to_string(), "intent can no longer apply: token refuses");
+        let e = NodeError::from(crate::chain::TxError::NoChain);
+        assert_eq!(e.to_string(), "no chain configured");
+    }
 }

@@ -34,7 +34,8 @@ struct Cli {
         long,
         global = true,
         env = "VHUB_API",
-        default_value = "127.0.0.1:9736"
+        default_value = "127.0.0.1:9736",
+        value_parser = parse_api_addr
     )]
     api: std::net::SocketAddr,
     /// File holding the node's API token (written by `hub serve` as <data_dir>/api.token). The
@@ -129,7 +130,7 @@ enum Command {
         /// The invoice string (vhub1...).
         invoice: String,
         /// Payment id (default: the invoice's hashlock, so an invoice is paid once).
-        #[arg(long)]
+        #[arg(long, value_parser = parse_id)]
         id: Option<alloy::primitives::B256>,
         /// Return at once instead of waiting for the outcome.
         #[arg(long)]
@@ -147,6 +148,7 @@ enum Command {
     /// Close a channel cooperatively; the payout follows on chain.
     Close {
         /// The channel id.
+        #[arg(value_parser = parse_id)]
         channel: alloy::primitives::B256,
     },
 }
@@ -174,6 +176,37 @@ struct DemoArgs {
     hub_api: std::net::SocketAddr,
 }
 
+/// The API address as an operator writes it: `127.0.0.1:9736`, `localhost:9736`,
+/// `http://localhost:9736/` or `[::1]:9736`.
+fn parse_api_addr(s: &str) -> std::result::Result<std::net::SocketAddr, String> {
+    let t = s.trim();
+    let t = t
+        .strip_prefix("http://")
+        .or_else(|| t.strip_prefix("https://"))
+        .unwrap_or(t);
+    let t = t.trim_end_matches('/');
+    let t = match t.strip_prefix("localhost:") {
+        Some(port) => format!("127.0.0.1:{port}"),
+        None => t.to_string(),
+    };
+    t.parse().map_err(|_| {
+        format!("{s:?} is not an address: write HOST:PORT, e.g. 127.0.0.1:9736 or localhost:9736")
+    })
+}
+
+/// A 32-byte id (payment or channel): 64 hex digits, `0x` optional.
+fn parse_id(s: &str) -> std::result::Result<alloy::primitives::B256, String> {
+    let hex = s.trim().trim_start_matches("0x");
+    if hex.len() != 64 {
+        return Err(format!(
+            "an id is 32 bytes: 64 hex digits (0x optional); {s:?} has {} digits",
+            hex.len()
+        ));
+    }
+    hex.parse()
+        .map_err(|_| format!("an id is 64 hex digits (0-9, a-f); {s:?} is not hex"))
+}
+
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -188,6 +221,7 @@ fn main() -> Result<()> {
             }),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
@@ -240,9 +274,19 @@ fn keygen(out: &PathBuf) -> Result<()> {
     if out.exists() {
         anyhow::bail!("{} exists; refusing to overwrite a key", out.display());
     }
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let signer = alloy::signers::local::PrivateKeySigner::random();
     let hex = alloy::primitives::hex::encode(signer.credential().to_bytes());
-    std::fs::write(out, format!("0x{hex}\n"))
+    // Readable by the owner only, like the API token.
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(out)
+        .with_context(|| format!("creating {}", out.display()))?;
+    writeln!(f, "0x{hex}").with_context(|| format!("writing {}", out.display()))?;
+    f.sync_all()
         .with_context(|| format!("writing {}", out.display()))?;
     println!("{}", signer.address());
     Ok(())
@@ -291,7 +335,7 @@ async fn serve(path: PathBuf) -> Result<()> {
         node.keep_connected(c.addr, c.address, std::time::Duration::from_secs(2));
     }
     // One line on stdout that scripts and tests can wait for.
-    println!("hub {} listening on {local}", node.address());
+    println!("node {} listening on {local}", node.address());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
@@ -332,4 +376,56 @@ async fn connect_chain(
         config.funding.chain_poll_ms.min(250),
     ));
     Ok(client)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_addresses_as_operators_write_them() {
+        let want: std::net::SocketAddr = "127.0.0.1:9736".parse().unwrap();
+        for s in [
+            "127.0.0.1:9736",
+            "localhost:9736",
+            "http://localhost:9736",
+            "http://127.0.0.1:9736/",
+            " localhost:9736 ",
+        ] {
+            assert_eq!(parse_api_addr(s), Ok(want), "{s}");
+        }
+        assert_eq!(
+            parse_api_addr("[::1]:9736"),
+            Ok("[::1]:9736".parse().unwrap())
+        );
+        let e = parse_api_addr("9736").unwrap_err();
+        assert!(e.contains("HOST:PORT"), "{e}");
+    }
+
+    #[test]
+    fn ids_say_the_length_expected() {
+        let id = format!("0x{}", "ab".repeat(32));
+        assert!(parse_id(&id).is_ok());
+        assert!(parse_id(&"ab".repeat(32)).is_ok());
+        let e = parse_id("0x1234").unwrap_err();
+        assert!(e.contains("64 hex digits") && e.contains("has 4"), "{e}");
+        let e = parse_id(&"zz".repeat(32)).unwrap_err();
+        assert!(e.contains("not hex"), "{e}");
+    }
+
+    #[test]
+    fn key_files_are_for_the_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("vhub-keygen-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("key");
+        let _ = std::fs::remove_file(&path);
+        keygen(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "mode {mode:o}");
+        assert!(hub::config::load_key(&path).is_ok());
+        // Never overwritten.
+        assert!(keygen(&path).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

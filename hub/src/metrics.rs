@@ -8,8 +8,8 @@
 use crate::events::NodeEvent;
 use alloy::primitives::B256;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 use std::collections::HashMap;
 use std::time::Instant;
@@ -35,7 +35,7 @@ pub struct Metrics {
     forwarded: IntCounter,
     /// Fees earned, wei (a counter of integer wei; 2^63 wei is 9.2 ETH per scrape interval).
     fees: IntCounter,
-    pub(crate) balance: IntGaugeVec,
+    pub(crate) balance: GaugeVec,
     pub(crate) pending: IntGaugeVec,
     store_batches: IntCounter,
     store_syncs: IntCounter,
@@ -75,10 +75,10 @@ impl Metrics {
             .buckets(LATENCY_BUCKETS.to_vec()),
         )?;
         r.register(Box::new(latency.clone()))?;
-        let balance = IntGaugeVec::new(
+        let balance = GaugeVec::new(
             Opts::new(
-                "channel_balance_wei",
-                "Balance per channel and side (ours / theirs), wei, saturated at 2^63",
+                "channel_balance_ether",
+                "Balance per channel and side (ours / theirs), ether (exact wei in the API)",
             ),
             &["channel", "side"],
         )?;
@@ -175,7 +175,35 @@ impl Metrics {
     }
 }
 
-/// A wei amount as a gauge value, saturated at `i64::MAX`.
-pub fn gauge_wei(a: htlc::Amount) -> i64 {
-    i64::try_from(a.0).unwrap_or(i64::MAX)
+/// A wei amount in ether, as a gauge shows it (nearest `f64`; never saturated: 2^128 wei is
+/// about 3.4e20 ether). Exact amounts are in the API, as decimal strings of wei.
+pub fn ether(a: htlc::Amount) -> f64 {
+    // u128 to f64 rounds to the nearest representable value; a gauge needs no more.
+    a.0 as f64 / 1e18
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn balances_above_2_pow_63_wei_show_in_ether() {
+        let store_sync = Histogram::with_opts(HistogramOpts::new("s", "s")).unwrap();
+        let m = Metrics::new(&store_sync).unwrap();
+        let twelve_and_a_half = htlc::Amount(12_500_000_000_000_000_000);
+        assert!(twelve_and_a_half.0 > i64::MAX as u128);
+        m.balance
+            .with_label_values(&["c", "ours"])
+            .set(ether(twelve_and_a_half));
+        m.balance
+            .with_label_values(&["c", "theirs"])
+            .set(ether(htlc::Amount::MAX));
+        let text = m.render();
+        assert!(
+            text.contains("vhub_channel_balance_ether{channel=\"c\",side=\"ours\"} 12.5"),
+            "{text}"
+        );
+        assert_eq!(ether(htlc::Amount(1)), 1e-18);
+        assert!(ether(htlc::Amount::MAX) > 3.4e20);
+    }
 }

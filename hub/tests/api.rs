@@ -205,7 +205,12 @@ fn family_sum(m: &BTreeMap<String, f64>, name: &str) -> f64 {
 }
 
 fn balance_series(ch: ChannelId, side: &str) -> String {
-    format!("vhub_channel_balance_wei{{channel=\"{ch}\",side=\"{side}\"}}")
+    format!("vhub_channel_balance_ether{{channel=\"{ch}\",side=\"{side}\"}}")
+}
+
+/// Wei in ether, as the gauges show it.
+fn ether(wei: u128) -> f64 {
+    hub::metrics::ether(Amount(wei))
 }
 
 fn pending_series(ch: ChannelId) -> String {
@@ -509,9 +514,9 @@ async fn every_endpoint_reports_exactly_what_the_payments_did() {
     for (&ch, &theirs) in net.channels.iter().zip(&bal) {
         assert_eq!(
             metric(&m, &balance_series(ch, "ours")),
-            (2 * DEPOSIT - theirs) as f64
+            ether(2 * DEPOSIT - theirs)
         );
-        assert_eq!(metric(&m, &balance_series(ch, "theirs")), theirs as f64);
+        assert_eq!(metric(&m, &balance_series(ch, "theirs")), ether(theirs));
         assert_eq!(metric(&m, &pending_series(ch)), 0.0);
     }
     let syncs = metric(&m, "vhub_store_syncs_total");
@@ -565,7 +570,7 @@ async fn every_endpoint_reports_exactly_what_the_payments_did() {
             "peer {i}"
         );
         let ch = net.channels[i];
-        assert_eq!(metric(&m, &balance_series(ch, "ours")), bal[i] as f64);
+        assert_eq!(metric(&m, &balance_series(ch, "ours")), ether(bal[i]));
         assert_eq!(metric(&m, &pending_series(ch)), 0.0);
     }
 }
@@ -741,7 +746,7 @@ async fn a_payment_held_by_its_payee_shows_on_both_sides_of_the_hub() {
     assert_eq!(metric(&m, &pending_series(net.channels[1])), 0.0);
     assert_eq!(
         metric(&m, &balance_series(hch, "ours")),
-        (DEPOSIT - amount) as f64
+        ether(DEPOSIT - amount)
     );
     assert_eq!(metric(&m, "vhub_forwards_settled_total"), 0.0);
     let m = payer.metrics().await;
