@@ -143,6 +143,9 @@ pub struct PaymentInfo {
     pub reason: Option<String>,
     /// The preimage, once paid (proof of payment).
     pub preimage: Option<B256>,
+    /// This id was paid before: the record is that first payment's, nothing new was sent.
+    #[serde(default)]
+    pub repeated: bool,
 }
 
 impl From<&PaymentRecord> for PaymentInfo {
@@ -164,6 +167,7 @@ impl From<&PaymentRecord> for PaymentInfo {
             status: status.into(),
             reason,
             preimage,
+            repeated: false,
         }
     }
 }
@@ -584,6 +588,12 @@ async fn pay(
 ) -> Result<Json<PaymentInfo>, ApiError> {
     let inv = Invoice::decode(&r.invoice).map_err(|e| bad(e.to_string()))?;
     let id = r.id.unwrap_or(B256::from(inv.hashlock.0));
+    if let Some(first) = n.payment(id)? {
+        return Ok(Json(PaymentInfo {
+            repeated: true,
+            ..PaymentInfo::from(&first)
+        }));
+    }
     let rec = n.pay(&inv, id).await?;
     Ok(Json(PaymentInfo::from(&rec)))
 }

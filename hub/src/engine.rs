@@ -681,6 +681,11 @@ impl Node {
         asset: Address,
         deposit: Amount,
     ) -> Result<ChannelId, NodeError> {
+        // The opening waits for the peer's countersignature: with no session up it would wait
+        // without end and leave a record behind.
+        if !self.is_connected(peer).await {
+            return Err(NodeError::NotConnected(peer));
+        }
         let o = &self.inner.opts;
         let params = ChannelParams {
             chain_id: o.chain_id,

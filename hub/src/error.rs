@@ -56,6 +56,9 @@ pub enum NodeError {
         /// Its explanation.
         detail: String,
     },
+    /// No session with this peer is up.
+    #[error("not connected to {0} (connect to it first: [[connect]] in the config)")]
+    NotConnected(alloy::primitives::Address),
     /// The node is stopping.
     #[error("node stopped")]
     Stopped,

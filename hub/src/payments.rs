@@ -196,6 +196,11 @@ impl Node {
         if amount.is_zero() {
             return Err(NodeError::ZeroAmount);
         }
+        // An invoice names the hub that delivers it: we must have an open channel with it,
+        // or the payment could only fail (and the payer would pay a fee for nothing).
+        if self.best_channel_to(hub, None).await.is_none() {
+            return Err(PayError::NoChannel(hub).into());
+        }
         let preimage = Preimage(rand::random());
         let invoice = Invoice {
             payee: self.address(),

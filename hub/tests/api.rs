@@ -474,6 +474,7 @@ async fn every_endpoint_reports_exactly_what_the_payments_did() {
                     status: "succeeded".into(),
                     reason: None,
                     preimage: Some(preimage),
+                    repeated: false,
                 }
             })
             .collect();
@@ -487,6 +488,7 @@ async fn every_endpoint_reports_exactly_what_the_payments_did() {
                 status: "failed".into(),
                 reason: Some("FeeInsufficient".into()),
                 preimage: None,
+                repeated: false,
             });
         }
         assert_eq!(got, want, "peer {i}'s payments");
@@ -737,6 +739,7 @@ async fn a_payment_held_by_its_payee_shows_on_both_sides_of_the_hub() {
             status: "pending".into(),
             reason: None,
             preimage: None,
+            repeated: false,
         }
     );
 
@@ -810,6 +813,7 @@ async fn an_invoice_made_through_one_api_is_paid_through_another_once() {
             status: "pending".into(),
             reason: None,
             preimage: None,
+            repeated: false,
         },
         "the id defaults to the hashlock; the fee is the hub's policy"
     );
@@ -837,7 +841,14 @@ async fn an_invoice_made_through_one_api_is_paid_through_another_once() {
 
     // Paying the same invoice again returns the payment made; nothing moves.
     let again: PaymentInfo = payer.post("/pay", json!({ "invoice": text })).await;
-    assert_eq!(again, done);
+    assert_eq!(
+        again,
+        PaymentInfo {
+            repeated: true,
+            ..done.clone()
+        },
+        "the first payment's record, marked as a repeat"
+    );
     // A moment for anything wrongly sent to show (its absence is what is asserted).
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(hub.get::<Vec<ChannelInfo>>("/channels").await, after_first);

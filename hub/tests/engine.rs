@@ -291,3 +291,37 @@ async fn updates_made_while_the_hub_is_down_are_delivered_after_restart() {
         [Amount(997), Amount(3)]
     );
 }
+
+/// Issue 18: opening a channel with a node we are not connected to fails at once and leaves
+/// nothing behind; an invoice naming a hub we have no channel with is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_or_invoice_that_cannot_work_fails_at_once() {
+    let (dh, dp) = (TempDir::new("hub"), TempDir::new("peer"));
+    let hub = node(1, &dh);
+    let peer = node(2, &dp);
+    // (Before the fix, this call waited for a countersignature that could never come.)
+    let e = peer
+        .open_channel(hub.address(), Amount(1_000))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, hub::error::NodeError::NotConnected(a) if a == hub.address()),
+        "{e}"
+    );
+    assert!(e.to_string().contains("[[connect]]"), "{e}");
+    assert!(peer.channel_ids().is_empty(), "no record left behind");
+    let e = peer
+        .create_invoice(Amount(1_000), 600, hub.address())
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("no open channel with hub"), "{e}");
+    // Once connected and with a channel, both work.
+    let addr = hub.listen(loopback()).unwrap();
+    peer.connect(addr, Some(hub.address())).await.unwrap();
+    peer.open_channel(hub.address(), Amount(1_000))
+        .await
+        .unwrap();
+    peer.create_invoice(Amount(1_000), 600, hub.address())
+        .await
+        .unwrap();
+}

@@ -192,6 +192,12 @@ pub async fn run(addr: SocketAddr, token: &str, cmd: Command) -> Result<()> {
             let mut p: PaymentInfo = api
                 .post("/pay", serde_json::json!({"invoice": invoice, "id": id}))
                 .await?;
+            if p.repeated {
+                println!(
+                    "already paid: payment {} was made before; its outcome:",
+                    p.id
+                );
+            }
             if !no_wait && p.status == "pending" {
                 let bar = ProgressBar::new_spinner()
                     .with_message(format!("waiting for {} to reveal the preimage", p.payee));
