@@ -207,7 +207,18 @@ fn parse_id(s: &str) -> std::result::Result<alloy::primitives::B256, String> {
         .map_err(|_| format!("an id is 64 hex digits (0-9, a-f); {s:?} is not hex"))
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: what failed and why, each cause once (no backtrace for an operator).
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
