@@ -107,6 +107,65 @@ pub struct ChannelInfo {
     /// Whether it is disputed or concluded on chain (it takes no new HTLC).
     #[serde(default)]
     pub frozen: bool,
+    /// Where it stands, in one word (see [`ChannelStatus`]).
+    #[serde(default)]
+    pub status: ChannelStatus,
+}
+
+/// Where a channel stands, in the order of its life.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChannelStatus {
+    /// We opened it; the peer has not countersigned the opening state yet.
+    Opening,
+    /// Co-signed, its deposits not yet seen on chain.
+    Funding,
+    /// In use.
+    #[default]
+    Open,
+    /// Its final state is co-signed; the payout on chain is to follow.
+    Closing,
+    /// Taken to chain by a unilateral close: it takes no new HTLC.
+    Disputed,
+    /// Paid out on chain.
+    Closed,
+}
+
+impl ChannelStatus {
+    /// The status of a channel with these facts, the later stage winning.
+    pub fn of(
+        awaiting_countersignature: bool,
+        funded: bool,
+        is_final: bool,
+        frozen: bool,
+        concluded: bool,
+    ) -> ChannelStatus {
+        if concluded {
+            ChannelStatus::Closed
+        } else if frozen {
+            ChannelStatus::Disputed
+        } else if is_final {
+            ChannelStatus::Closing
+        } else if awaiting_countersignature {
+            ChannelStatus::Opening
+        } else if !funded {
+            ChannelStatus::Funding
+        } else {
+            ChannelStatus::Open
+        }
+    }
+
+    /// The word shown to an operator.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChannelStatus::Opening => "opening",
+            ChannelStatus::Funding => "funding",
+            ChannelStatus::Open => "open",
+            ChannelStatus::Closing => "closing",
+            ChannelStatus::Disputed => "disputed",
+            ChannelStatus::Closed => "closed",
+        }
+    }
 }
 
 /// Our totals over every open channel.
@@ -222,6 +281,13 @@ impl Node {
                 closed: st.is_final,
                 concluded: r.concluded,
                 frozen: r.snapshot.frozen(),
+                status: ChannelStatus::of(
+                    r.snapshot.awaiting_countersignature(),
+                    r.funded,
+                    st.is_final,
+                    r.snapshot.frozen(),
+                    r.concluded,
+                ),
             });
         }
         out
@@ -324,6 +390,27 @@ pub struct ApiError(StatusCode, String);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_channel_status_follows_its_life() {
+        use ChannelStatus as S;
+        // (awaiting, funded, final, frozen, concluded) → status
+        for (facts, want) in [
+            ((true, false, false, false, false), S::Opening),
+            ((false, false, false, false, false), S::Funding),
+            ((false, true, false, false, false), S::Open),
+            ((false, true, true, false, false), S::Closing),
+            ((false, true, false, true, false), S::Disputed),
+            ((false, true, true, true, false), S::Disputed),
+            ((false, true, true, true, true), S::Closed),
+            ((false, true, false, false, true), S::Closed),
+        ] {
+            let (a, f, fin, fr, c) = facts;
+            assert_eq!(ChannelStatus::of(a, f, fin, fr, c), want, "{facts:?}");
+        }
+        assert_eq!(serde_json::to_string(&S::Disputed).unwrap(), "\"disputed\"");
+        assert_eq!(S::Closing.as_str(), "closing");
+    }
 
     #[test]
     fn loopback_hosts_only() {

@@ -18,7 +18,7 @@ use alloy::primitives::{Address, B256};
 use htlc::forward::{ForwardPolicy, NextHop};
 use htlc::sig::Keys;
 use htlc::{Amount, ChannelId, Expiry, FailureReason};
-use hub::api::{Balance, ChannelInfo, HtlcInfo, NodeInfo, PaymentInfo, Wei};
+use hub::api::{Balance, ChannelInfo, ChannelStatus, HtlcInfo, NodeInfo, PaymentInfo, Wei};
 use hub::localnet::{LocalNet, LocalNetOptions, PAYMENT_TIMEOUT, PayOutcome, wait_payment};
 use hub::node::{Node, NodeOptions};
 use hub::payments::{HtlcPlan, Invoice};
@@ -278,6 +278,7 @@ fn settled_channel(id: ChannelId, peer: Address, version: u64, ours: u128) -> Ch
         closed: false,
         concluded: false,
         frozen: false,
+        status: ChannelStatus::Open,
     }
 }
 

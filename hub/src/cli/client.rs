@@ -121,21 +121,15 @@ pub async fn run(addr: SocketAddr, token: &str, cmd: Command) -> Result<()> {
                 println!("no channels (open one with `hub open --hub 0x... --deposit WEI`)");
             }
             for c in cs {
-                let flags = [
-                    (!c.funded).then_some("unfunded"),
-                    c.closed.then_some("closed"),
-                    c.concluded.then_some("paid out"),
-                ];
-                let flags: Vec<_> = flags.into_iter().flatten().collect();
                 println!(
-                    "{}  peer {}  v{}  ours {}  theirs {}  htlcs {}  {}",
+                    "{}  {:<8}  peer {}  v{}  ours {}  theirs {}  htlcs {}",
                     c.id,
+                    c.status.as_str(),
                     c.peer,
                     c.version,
                     eth(c.ours),
                     eth(c.theirs),
                     c.htlcs.len(),
-                    flags.join(" ")
                 );
             }
         }
