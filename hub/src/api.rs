@@ -231,6 +231,17 @@ impl From<&PaymentRecord> for PaymentInfo {
     }
 }
 
+/// A payment we received: an invoice of ours that was paid.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReceivedInfo {
+    /// The invoice's hashlock (the payer's proof of payment is its preimage).
+    pub hashlock: B256,
+    /// Through which hub.
+    pub hub: Address,
+    /// What we received.
+    pub amount: Wei,
+}
+
 /// What a node says of itself.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeInfo {
@@ -605,6 +616,7 @@ pub fn router(node: Node) -> Router {
         .route("/htlcs", get(htlcs))
         .route("/payments", get(payments))
         .route("/payments/{id}", get(payment))
+        .route("/received", get(received))
         .route("/invoice", post(invoice))
         .route("/pay", post(pay))
         .route("/open", post(open))
@@ -638,6 +650,19 @@ async fn htlcs(State(n): State<Node>) -> Json<Vec<HtlcInfo>> {
 
 async fn payments(State(n): State<Node>) -> Result<Json<Vec<PaymentInfo>>, ApiError> {
     Ok(Json(n.payments()?.iter().map(PaymentInfo::from).collect()))
+}
+
+async fn received(State(n): State<Node>) -> Result<Json<Vec<ReceivedInfo>>, ApiError> {
+    Ok(Json(
+        n.received()?
+            .into_iter()
+            .map(|i| ReceivedInfo {
+                hashlock: B256::from(i.hashlock.0),
+                hub: i.hub,
+                amount: i.amount.into(),
+            })
+            .collect(),
+    ))
 }
 
 async fn payment(

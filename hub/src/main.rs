@@ -111,7 +111,7 @@ enum Command {
     Balance,
     /// List pending HTLC locks.
     Htlcs,
-    /// List the payments the node made, with their outcomes.
+    /// List the payments the node sent (with their outcomes) and received.
     History,
     /// Make an invoice to be paid through `--hub`; prints the string to hand to the payer.
     Invoice {

@@ -237,6 +237,18 @@ impl Node {
             .collect())
     }
 
+    /// Invoices of ours that were paid (we revealed the preimage), in hashlock order.
+    pub fn received(&self) -> Result<Vec<Invoice>, NodeError> {
+        Ok(self
+            .inner
+            .store
+            .scan::<InvoiceRecord>(Cf::Locks, b"invoice/")?
+            .into_iter()
+            .filter(|(_, r)| r.paid)
+            .map(|(_, r)| r.invoice)
+            .collect())
+    }
+
     /// Fees we earned as a hub (forwards settled on both sides) and how many forwards.
     pub fn fees_earned(&self) -> Result<(Amount, usize), NodeError> {
         let mut fees = Amount::ZERO;

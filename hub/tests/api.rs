@@ -18,7 +18,9 @@ use alloy::primitives::{Address, B256};
 use htlc::forward::{ForwardPolicy, NextHop};
 use htlc::sig::Keys;
 use htlc::{Amount, ChannelId, Expiry, FailureReason};
-use hub::api::{Balance, ChannelInfo, ChannelStatus, HtlcInfo, NodeInfo, PaymentInfo, Wei};
+use hub::api::{
+    Balance, ChannelInfo, ChannelStatus, HtlcInfo, NodeInfo, PaymentInfo, ReceivedInfo, Wei,
+};
 use hub::localnet::{LocalNet, LocalNetOptions, PAYMENT_TIMEOUT, PayOutcome, wait_payment};
 use hub::node::{Node, NodeOptions};
 use hub::payments::{HtlcPlan, Invoice};
@@ -889,6 +891,25 @@ async fn an_invoice_made_through_one_api_is_paid_through_another_once() {
             forwards: 2,
         }
     );
+    // The payee lists what it received (smaller first here), the payer nothing.
+    let mut received: Vec<ReceivedInfo> = payee.get("/received").await;
+    received.sort_by_key(|r| r.amount.0);
+    assert_eq!(
+        received,
+        vec![
+            ReceivedInfo {
+                hashlock: B256::from(inv2.hashlock.0),
+                hub: hub_addr,
+                amount: Wei(amount2),
+            },
+            ReceivedInfo {
+                hashlock: B256::from(inv.hashlock.0),
+                hub: hub_addr,
+                amount: Wei(amount),
+            },
+        ]
+    );
+    assert!(payer.get::<Vec<ReceivedInfo>>("/received").await.is_empty());
     let history: Vec<PaymentInfo> = payer.get("/payments").await;
     assert_eq!(
         history.iter().map(|p| p.id).collect::<Vec<_>>(),

@@ -2,7 +2,7 @@
 
 use crate::Command;
 use anyhow::{Context, Result, bail};
-use hub::api::{Balance, ChannelInfo, HtlcInfo, NodeInfo, PaymentInfo, Wei};
+use hub::api::{Balance, ChannelInfo, HtlcInfo, NodeInfo, PaymentInfo, ReceivedInfo, Wei};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::de::DeserializeOwned;
 use std::net::SocketAddr;
@@ -157,8 +157,21 @@ pub async fn run(addr: SocketAddr, token: &str, cmd: Command) -> Result<()> {
         }
         Command::History => {
             let ps: Vec<PaymentInfo> = api.get("/payments").await?;
+            let rs: Vec<ReceivedInfo> = api.get("/received").await?;
+            if ps.is_empty() && rs.is_empty() {
+                println!("no payments yet");
+            }
             for p in ps {
+                print!("sent      ");
                 print_payment(&p);
+            }
+            for r in rs {
+                println!(
+                    "received  {}  via hub {}  hashlock {}",
+                    eth(r.amount),
+                    r.hub,
+                    r.hashlock
+                );
             }
         }
         Command::Invoice {
