@@ -116,22 +116,47 @@ impl Node {
 
     /// Keep a session with the hub `address` at `addr` up until shutdown: dial now, and again
     /// (every `retry`) whenever it is down. Failures are logged, never fatal.
+    ///
+    /// A session that ends is dialled again at once, then with a backoff doubling from 100 ms up
+    /// to `retry` while the hub does not answer (a restarting hub is back within a second).
     pub fn keep_connected(&self, addr: SocketAddr, address: Address, retry: std::time::Duration) {
         let node = self.clone();
         let mut stop = self.inner.stopping.subscribe();
+        let mut events = self.subscribe();
+        let first = std::time::Duration::from_millis(100).min(retry);
         tokio::spawn(async move {
+            let mut backoff = first;
             loop {
-                if !node.is_connected(address).await {
+                let wait = if node.is_connected(address).await {
+                    retry
+                } else {
                     match node.connect(addr, Some(address)).await {
-                        Ok(_) => info!(%addr, hub = %address, "connected"),
+                        Ok(_) => {
+                            info!(%addr, hub = %address, "connected");
+                            backoff = first;
+                            retry
+                        }
                         Err(e) => {
-                            warn!(%addr, hub = %address, error = %e, "cannot connect; will retry")
+                            warn!(%addr, hub = %address, error = %e, retry_in = ?backoff, "cannot connect");
+                            let w = backoff;
+                            backoff = (backoff * 2).min(retry);
+                            w
                         }
                     }
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(retry) => {}
-                    _ = stop.wait_for(|s| *s) => return,
+                };
+                // Wake at the next try, or at once when the session ends.
+                let sleep = tokio::time::sleep(wait);
+                tokio::pin!(sleep);
+                loop {
+                    tokio::select! {
+                        _ = &mut sleep => break,
+                        _ = stop.wait_for(|s| *s) => return,
+                        ev = events.recv() => match ev {
+                            Ok(NodeEvent::Disconnected { peer, .. }) if peer == address => break,
+                            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                            _ => {}
+                        },
+                    }
                 }
             }
         });
@@ -256,8 +281,14 @@ impl Node {
                 .await;
             drop(tx);
             let _ = writer.await;
+            let by_peer = matches!(
+                conn.close_reason(),
+                Some(quinn::ConnectionError::ApplicationClosed(_))
+                    | Some(quinn::ConnectionError::ConnectionClosed(_))
+            );
             conn.close(0u32.into(), b"bye");
-            info!("session down");
+            info!(by_peer, "session down");
+            self.inner.emit(NodeEvent::Disconnected { peer, by_peer });
         }
         .instrument(span)
         .await

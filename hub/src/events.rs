@@ -113,6 +113,14 @@ pub enum NodeEvent {
         /// The peer.
         peer: Address,
     },
+    /// A session with a peer ended.
+    Disconnected {
+        /// The peer.
+        peer: Address,
+        /// The peer closed it (a clean shutdown or a newer session), rather than the
+        /// connection timing out or our side ending it.
+        by_peer: bool,
+    },
     /// The peer refused a message of ours (an open, a route instruction, ...).
     RefusedByPeer {
         /// The peer.

@@ -352,7 +352,7 @@ async fn serve(path: PathBuf) -> Result<()> {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
-    node.shutdown();
+    node.stop().await;
     Ok(())
 }
 

@@ -287,6 +287,19 @@ impl Node {
 
     /// Close every connection and endpoint; session tasks end and release the node.
     pub fn shutdown(&self) {
+        self.close_endpoints();
+    }
+
+    /// As [`Node::shutdown`], then wait (a second at most) until the endpoints have told every
+    /// peer the connection is closed, so peers reconnect at once instead of waiting for an
+    /// idle timeout. A process that is about to exit calls this.
+    pub async fn stop(&self) {
+        for ep in self.close_endpoints() {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), ep.wait_idle()).await;
+        }
+    }
+
+    fn close_endpoints(&self) -> Vec<quinn::Endpoint> {
         let eps = std::mem::take(
             &mut *self
                 .inner
@@ -294,10 +307,11 @@ impl Node {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner()),
         );
-        for ep in eps {
+        for ep in &eps {
             ep.close(0u32.into(), b"shutdown");
         }
         self.inner.stopping.send_replace(true);
+        eps
     }
 
     /// Whether `peer` holds any channel record with us (even one not yet funded).

@@ -136,7 +136,13 @@ pub fn client(bind: SocketAddr) -> Result<quinn::Endpoint, TransportError> {
         quinn::Endpoint::client(bind).map_err(|e| TransportError::Io(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
-    transport.keep_alive_interval(Some(Duration::from_secs(5)));
+    // A hub that vanished without closing (killed, network gone) is noticed within 10 s and
+    // dialled again; keep-alives hold a healthy but quiet session open.
+    transport.max_idle_timeout(Some(
+        quinn::IdleTimeout::try_from(Duration::from_secs(10))
+            .map_err(|e| TransportError::Tls(e.to_string()))?,
+    ));
+    transport.keep_alive_interval(Some(Duration::from_secs(3)));
     config.transport_config(Arc::new(transport));
     endpoint.set_default_client_config(config);
     Ok(endpoint)

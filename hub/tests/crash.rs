@@ -172,3 +172,35 @@ async fn hub_sigkilled_at_random_moments_recovers() {
         "most random kills land during the flow ({restarts})"
     );
 }
+
+/// Issue 18: `hub serve` stopped by SIGTERM closes its connections before it exits, so a peer
+/// learns at once that the hub went away (and redials), instead of after an idle timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_stopped_by_sigterm_closes_its_sessions() {
+    let dir = TempDir::new("sigterm");
+    let cfg = write_config(&dir.0);
+    let mut hub = start_hub(&cfg, None);
+    let peer_dir = TempDir::new("sigterm-peer");
+    let peer = Node::start(
+        Keys::from_bytes([8; 32]).unwrap(),
+        Store::open(&peer_dir.0).unwrap(),
+        NodeOptions::default(),
+    )
+    .unwrap();
+    let hub_addr = Keys::from_bytes(HUB_KEY).unwrap().address();
+    let mut ev = peer.subscribe();
+    peer.connect(hub.addr, Some(hub_addr)).await.unwrap();
+    let status = Command::new("kill")
+        .args(["-TERM", &hub.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    common::wait_for(&mut ev, |e| {
+        matches!(e, hub::events::NodeEvent::Disconnected { peer, by_peer } if *peer == hub_addr && {
+            assert!(*by_peer, "the session ended by a timeout, not by the hub's close");
+            true
+        })
+    })
+    .await;
+    assert!(hub.child.wait().unwrap().success(), "a clean exit");
+}

@@ -325,3 +325,59 @@ async fn an_open_or_invoice_that_cannot_work_fails_at_once() {
         .await
         .unwrap();
 }
+
+/// Issue 18: a hub that stops cleanly tells its peers so (they do not wait for an idle
+/// timeout), and a peer dials a restarted hub again at once, not at its next periodic retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_hub_is_dialled_again_at_once() {
+    let (dh, dp) = (TempDir::new("hub"), TempDir::new("peer"));
+    let hub = node(1, &dh);
+    let hub_addr = hub.address();
+    let addr = hub.listen(loopback()).unwrap();
+    let peer = node(2, &dp);
+    let mut ev = peer.subscribe();
+    // A periodic retry longer than any wait below: only the redial on disconnect can succeed.
+    peer.keep_connected(addr, hub_addr, Duration::from_secs(120));
+    wait_for(
+        &mut ev,
+        |e| matches!(e, NodeEvent::Connected { peer } if *peer == hub_addr),
+    )
+    .await;
+    let id = peer.open_channel(hub_addr, Amount(1_000)).await.unwrap();
+
+    hub.stop().await;
+    drop(hub);
+    // The hub said goodbye: the session ended by its close, not by a timeout.
+    wait_for(
+        &mut ev,
+        |e| matches!(e, NodeEvent::Disconnected { peer, by_peer: true } if *peer == hub_addr),
+    )
+    .await;
+
+    // The same hub comes back on the same address and data.
+    let store = reopen(&dh.0).await;
+    let hub = Node::start(
+        Keys::from_bytes([1; 32]).unwrap(),
+        store,
+        NodeOptions::default(),
+    )
+    .unwrap();
+    let mut bound = None;
+    for _ in 0..100 {
+        match hub.listen(addr) {
+            Ok(a) => {
+                bound = Some(a);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    assert_eq!(bound, Some(addr), "the hub listens on its address again");
+    wait_for(
+        &mut ev,
+        |e| matches!(e, NodeEvent::Connected { peer } if *peer == hub_addr),
+    )
+    .await;
+    peer.transfer(id, Amount(7)).await.unwrap();
+    wait_version(&hub, id, 1).await;
+}
