@@ -43,6 +43,10 @@ pub enum Intent {
         params: ChannelParams,
         /// The final state with both signatures.
         state: SignedState,
+        /// Not sent before this unix time (node clock): the side that proposed the close pays
+        /// it out at once (0), the other only if nobody did within a grace period, so the two
+        /// do not both pay gas for one payout.
+        not_before: u64,
     },
     /// Answer a dispute registered with an older state: register our later co-signed one
     /// (rule 8: newer state wins).
@@ -111,6 +115,8 @@ pub enum Settled {
     Done(Intent),
     /// It can never take effect and was dropped.
     Dropped(Intent, String),
+    /// Not due yet (a close the peer is expected to pay out); kept for later.
+    Later(Intent),
 }
 
 /// Sends intents one at a time, durably (see the module documentation).
@@ -148,12 +154,25 @@ impl Submitter {
         self.settle(&key, intent).await
     }
 
-    /// Re-examine every stored intent: drop those already in effect, send the others again.
-    /// Returns what became of each one that settled; those that failed again stay stored.
-    pub async fn resume(&self) -> Result<Vec<Settled>, TxError> {
+    /// Re-examine every stored intent at `now` (unix seconds): drop those already in effect,
+    /// send the others again if they are due. Returns what became of each one that settled;
+    /// those that failed again stay stored.
+    pub async fn resume(&self, now: u64) -> Result<Vec<Settled>, TxError> {
         let _one = self.lock.lock().await;
         let mut settled = Vec::new();
         for (key, intent) in self.store.scan::<Intent>(Cf::Chain, INTENT_PREFIX)? {
+            if let Intent::CooperativeClose { not_before, .. } = &intent
+                && *not_before > now
+            {
+                // Not due: the peer pays it out. Found done, it is forgotten.
+                if done(&self.client, &intent).await.unwrap_or(false) {
+                    self.forget(&key).await?;
+                    settled.push(Settled::Done(intent));
+                } else {
+                    settled.push(Settled::Later(intent));
+                }
+                continue;
+            }
             match self.settle(&key, intent).await {
                 Ok(s) => settled.push(s),
                 Err(e) => warn!(error = %e, "stored intent still not in effect; will retry"),
@@ -240,7 +259,7 @@ async fn send(client: &ChainClient, intent: &Intent) -> Result<(), ChainError> {
             amount,
             ..
         } => client.deposit(params, *expected_held, *amount).await,
-        Intent::CooperativeClose { params, state } => {
+        Intent::CooperativeClose { params, state, .. } => {
             client
                 .cooperative_close(params, &state.state, &state.sigs)
                 .await

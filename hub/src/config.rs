@@ -45,6 +45,7 @@
 //! auto_settle = true             # pay out co-signed final states on chain at once (default true)
 //! chain_poll_ms = 500            # how often the adjudicator's events are polled (default 500)
 //! chain_retry_secs = 5           # how often failed transactions are sent again (default 5)
+//! close_grace_secs = 120         # wait before paying out a close the peer proposed (default 120)
 //!
 //! # Hubs to connect to at start (a peer lists its hub). Default: none.
 //! [[connect]]
@@ -214,6 +215,9 @@ pub struct FundingConfig {
     pub chain_poll_ms: u64,
     /// Seconds between attempts to send transactions that failed.
     pub chain_retry_secs: u64,
+    /// After a cooperative close the peer proposed, seconds to let the peer pay it out before
+    /// paying it out ourselves (the side that proposed the close pays at once).
+    pub close_grace_secs: u64,
 }
 
 impl Default for FundingConfig {
@@ -224,6 +228,7 @@ impl Default for FundingConfig {
             auto_settle: true,
             chain_poll_ms: 500,
             chain_retry_secs: 5,
+            close_grace_secs: 120,
         }
     }
 }
@@ -415,6 +420,9 @@ impl Config {
         let f = &self.funding;
         if !(10..=600_000).contains(&f.chain_poll_ms) {
             return bad("funding.chain_poll_ms", "must be between 10 and 600000");
+        }
+        if !(1..=86_400).contains(&f.close_grace_secs) {
+            return bad("funding.close_grace_secs", "must be between 1 and 86400");
         }
         if !(1..=3600).contains(&f.chain_retry_secs) {
             return bad("funding.chain_retry_secs", "must be between 1 and 3600");

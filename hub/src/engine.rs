@@ -956,9 +956,24 @@ impl Node {
         let closed = events.iter().any(|e| matches!(e, Event::Closed(_)));
         let settle = closed && self.inner.opts.auto_settle && self.inner.submitter.is_some();
         if settle {
+            // The side that proposed the close pays it out; the other watches, and pays it out
+            // only if the chain shows no payout after the grace period.
+            let me = new.snapshot.me();
+            let ours = events.iter().any(|e| {
+                matches!(e, Event::Committed { proposer, ops, .. }
+                    if *proposer == me && ops.contains(&htlc::Op::Close))
+            });
+            let not_before = if ours {
+                0
+            } else {
+                self.now()
+                    .0
+                    .saturating_add(self.inner.opts.close_grace.as_secs())
+            };
             let intent = crate::chain::Intent::CooperativeClose {
                 params: new.snapshot.params().clone(),
                 state: new.snapshot.latest().clone(),
+                not_before,
             };
             batch.put(Cf::Chain, &intent.key(), &intent)?;
         }

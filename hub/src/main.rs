@@ -332,6 +332,7 @@ async fn serve(path: PathBuf) -> Result<()> {
         auto_settle: config.funding.auto_settle,
         chain_poll: std::time::Duration::from_millis(config.funding.chain_poll_ms),
         chain_retry: std::time::Duration::from_secs(config.funding.chain_retry_secs),
+        close_grace: std::time::Duration::from_secs(config.funding.close_grace_secs),
         chain,
         policy: config.forward_policy(),
         ..NodeOptions::default()

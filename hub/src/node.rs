@@ -63,6 +63,9 @@ pub struct NodeOptions {
     pub reveal_preimages: bool,
     /// How often our expired HTLC locks are looked for and taken back.
     pub expiry_check: std::time::Duration,
+    /// After a cooperative close the peer proposed, how long to let the peer pay it out on
+    /// chain before doing it ourselves (the proposer pays at once).
+    pub close_grace: std::time::Duration,
     /// The clock HTLC expiries are measured with.
     pub clock: crate::clock::Clock,
     /// Assets a channel may hold (`Address::ZERO` is ETH): opens in any other asset are refused
@@ -117,6 +120,7 @@ impl Default for NodeOptions {
             policy: htlc::forward::ForwardPolicy::default(),
             reveal_preimages: true,
             expiry_check: std::time::Duration::from_secs(1),
+            close_grace: std::time::Duration::from_secs(120),
             clock: crate::clock::Clock::system(),
             assets: vec![Address::ZERO],
             min_peer_deposit: Amount(1),

@@ -208,6 +208,8 @@ impl Node {
         match submitter.execute(intent).await? {
             Settled::Done(intent) => self.credit(&intent).await,
             Settled::Dropped(_, reason) => Err(NodeError::Tx(TxError::Stale(reason))),
+            // `execute` sends at once; only a close the peer is to pay out waits.
+            Settled::Later(_) => Ok(()),
         }
     }
 
@@ -294,7 +296,11 @@ impl Node {
                 stage: Stage::NotFinal,
             });
         }
-        let intent = Intent::CooperativeClose { params, state };
+        let intent = Intent::CooperativeClose {
+            params,
+            state,
+            not_before: 0,
+        };
         if let Settled::Dropped(_, reason) = submitter.execute(intent).await? {
             return Err(NodeError::Tx(TxError::Stale(reason)));
         }
@@ -438,7 +444,7 @@ impl Node {
                     warn!(error = %e, "recording the payout failed");
                 }
             }
-            Settled::Done(_) => {}
+            Settled::Done(_) | Settled::Later(_) => {}
             Settled::Dropped(intent, reason) => {
                 self.inner.emit(NodeEvent::IntentDropped {
                     channel_id: intent.params().id(),
@@ -459,7 +465,7 @@ impl Node {
         tokio::spawn(
             async move {
                 loop {
-                    match submitter.resume().await {
+                    match submitter.resume(node.now().0).await {
                         Ok(list) => {
                             for s in list {
                                 node.after_settled(s).await;

@@ -31,7 +31,8 @@ fn write_config(dir: &Path, net: &Devnet) -> PathBuf {
     let text = format!(
         "listen = \"127.0.0.1:0\"\nkey_file = \"hub.key\"\ndata_dir = \"data\"\n\
          chain_rpc = \"{}\"\nchain_id = {}\nadjudicator = \"{}\"\n\n\
-         [funding]\ncollateral = {COLLATERAL}\nchain_poll_ms = 50\nchain_retry_secs = 1\n",
+         [funding]\ncollateral = {COLLATERAL}\nchain_poll_ms = 50\nchain_retry_secs = 1\n\
+         close_grace_secs = 1\n",
         net.endpoint(),
         net.chain_id(),
         net.deployment().adjudicator

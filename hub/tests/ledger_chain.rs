@@ -30,6 +30,7 @@ async fn chain_opts(net: &Devnet, i: usize, collateral: u128, auto_settle: bool)
         auto_settle,
         chain_poll: Duration::from_millis(50),
         chain_retry: Duration::from_millis(500),
+        close_grace: Duration::from_secs(1),
         challenge_duration: htlc::forward::MIN_CHALLENGE_DURATION_SECS,
         ..NodeOptions::default()
     }
@@ -276,6 +277,71 @@ async fn a_stale_unilateral_close_is_challenged_with_the_latest_state() {
     })
     .await
     .expect("the hub's challenge registers its latest version on chain");
+    hub.shutdown();
+    peer.shutdown();
+}
+
+/// Issue 18: after a cooperative close, only the side that proposed it pays it out; the other
+/// watches (its own payout arrives without a transaction of its own, so without gas).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_closer_pays_the_payout_gas() {
+    let net = Devnet::start().await.unwrap();
+    let (dh, dp) = (TempDir::new("hub"), TempDir::new("peer"));
+    let hub_opts = NodeOptions {
+        // Long enough that only a missing payout would make the hub send its own.
+        close_grace: Duration::from_secs(600),
+        ..chain_opts(&net, 1, 0, true).await
+    };
+    let hub = Node::start(keys(&net, 1), Store::open(&dh.0).unwrap(), hub_opts).unwrap();
+    let peer = Node::start(
+        keys(&net, 2),
+        Store::open(&dp.0).unwrap(),
+        chain_opts(&net, 2, 0, true).await,
+    )
+    .unwrap();
+    let mut hub_ev = hub.subscribe();
+    let addr = hub.listen(loopback()).unwrap();
+    peer.connect(addr, Some(hub.address())).await.unwrap();
+    let id = peer.open_channel(hub.address(), Amount(ETH)).await.unwrap();
+    peer.fund(id).await.unwrap();
+    wait_for(
+        &mut hub_ev,
+        |e| matches!(e, NodeEvent::Funded { channel_id } if *channel_id == id),
+    )
+    .await;
+    peer.transfer(id, Amount(ETH / 4)).await.unwrap();
+    wait_state(&hub, id, |s| s.state.balances[1] == Amount(ETH / 4)).await;
+
+    let hub_eth = eth(&net, hub.address()).await;
+    peer.close(id).await.unwrap();
+    let paid = wait_for(
+        &mut hub_ev,
+        |e| matches!(e, NodeEvent::Concluded { channel_id, .. } if *channel_id == id),
+    )
+    .await;
+    assert_eq!(
+        paid,
+        NodeEvent::Concluded {
+            channel_id: id,
+            to_a: Amount(ETH - ETH / 4),
+            to_b: Amount(ETH / 4)
+        }
+    );
+    // Exactly its payout: the hub sent no transaction for the close.
+    assert_eq!(
+        eth(&net, hub.address()).await - hub_eth,
+        U256::from(ETH / 4),
+        "the hub paid no gas for the close"
+    );
+    assert!(
+        net.client(0)
+            .await
+            .unwrap()
+            .channel(id)
+            .await
+            .unwrap()
+            .concluded
+    );
     hub.shutdown();
     peer.shutdown();
 }
