@@ -11,7 +11,7 @@
 //! # Chain id the channels are on. Default 31337 (a local anvil).
 //! chain_id = 31337
 //! # Adjudicator contract address. Default: none (off-chain only; opening channels is refused).
-//! adjudicator = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
+//! adjudicator = "0xe7f1725E7734CE288F8367e1Bb143E90bb3F0512"
 //! # Directory of the RocksDB database. Default "./hub-data".
 //! data_dir = "./hub-data"
 //! # HTTP/JSON API and Prometheus /metrics, loopback only. Default: none (no API).

@@ -53,6 +53,7 @@ struct Cli {
 
 const EXAMPLES: &str = "\
 Examples:
+  hub deploy --rpc http://127.0.0.1:8545 --key hub.key   the contracts, once per chain
   hub keygen --out peer.key                      a key for a new node
   hub serve --config peer.toml                   run it (api = \"127.0.0.1:9736\", [[connect]] its hub)
   hub open --hub 0xHUB --deposit 1000000000000000000
@@ -72,6 +73,16 @@ enum Command {
         /// Path of the TOML configuration.
         #[arg(long, short)]
         config: PathBuf,
+    },
+    /// Deploy the contracts (the secret registry, then the adjudicator that reads it) from the
+    /// account of `--key`, and print their addresses and the configuration lines that name them.
+    Deploy {
+        /// The chain's JSON-RPC URL.
+        #[arg(long, default_value = "http://127.0.0.1:8545")]
+        rpc: String,
+        /// Key file of the account that pays for the deployment (hex, as `hub keygen` writes).
+        #[arg(long)]
+        key: PathBuf,
     },
     /// Write a new random private key as hex and print its Ethereum address.
     Keygen {
@@ -240,6 +251,7 @@ fn run() -> Result<()> {
     let token_file = cli.api_token_file;
     match cli.command {
         Command::Keygen { out } => keygen(&out),
+        Command::Deploy { rpc, key } => rt.block_on(deploy(&rpc, &key)),
         Command::Serve { config } => rt.block_on(serve(config)),
         Command::Demo(args) => rt.block_on(demo::run(args)),
         Command::Bench {
@@ -279,6 +291,28 @@ fn api_token(data_dir: &std::path::Path) -> Result<String> {
     f.sync_all()
         .with_context(|| format!("writing {}", path.display()))?;
     Ok(token)
+}
+
+async fn deploy(rpc: &str, key: &std::path::Path) -> Result<()> {
+    let url = rpc
+        .parse()
+        .with_context(|| format!("--rpc {rpc:?} is not a URL"))?;
+    let signer = load_signer(key)?;
+    let provider = contracts::http_provider(url, signer);
+    let chain_id = alloy::providers::Provider::get_chain_id(&provider)
+        .await
+        .with_context(|| format!("no chain answers at {rpc}"))?;
+    let d = contracts::deploy::deploy(&provider)
+        .await
+        .context("deploying the contracts")?;
+    println!("registry    {}", d.registry);
+    println!("adjudicator {}", d.adjudicator);
+    println!();
+    println!("# for the configuration of every node on this chain:");
+    println!("chain_rpc = \"{rpc}\"");
+    println!("chain_id = {chain_id}");
+    println!("adjudicator = \"{}\"", d.adjudicator);
+    Ok(())
 }
 
 fn keygen(out: &PathBuf) -> Result<()> {

@@ -38,3 +38,53 @@ fn a_bad_id_says_the_length_expected() {
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(err.contains("64 hex digits"), "{err}");
 }
+
+/// Issue 18: `hub deploy` puts the contracts on a chain and prints configuration lines that a
+/// node can use as they are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_prints_working_addresses_and_config_lines() {
+    let net = contracts::Devnet::start().await.unwrap();
+    let dir = TempDir::new("deploy");
+    let signer = net.signer(3).unwrap();
+    let key = dir.0.join("deployer.key");
+    std::fs::write(
+        &key,
+        alloy::primitives::hex::encode(signer.credential().to_bytes()),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_hub"))
+        .args(["deploy", "--rpc", net.endpoint().as_str(), "--key"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let field = |name: &str| -> String {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+    };
+    let registry: alloy::primitives::Address = field("registry").parse().unwrap();
+    let adjudicator: alloy::primitives::Address = field("adjudicator ").parse().unwrap();
+    // The adjudicator answers at the printed address and reads the printed registry.
+    let client =
+        contracts::ChainClient::connect_adjudicator(net.endpoint(), signer.clone(), adjudicator)
+            .await
+            .unwrap();
+    assert_eq!(client.deployment().registry, registry);
+    // The printed lines are a valid configuration with a key file added.
+    let snippet: String = text
+        .lines()
+        .skip_while(|l| !l.starts_with('#'))
+        .skip(1)
+        .collect::<Vec<_>>()
+        .join("\n");
+    let config = hub::config::Config::parse(&format!("key_file = \"k\"\n{snippet}")).unwrap();
+    assert_eq!(config.adjudicator, Some(adjudicator));
+    assert_eq!(config.chain_id, net.chain_id());
+}

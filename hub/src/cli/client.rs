@@ -247,6 +247,7 @@ pub async fn run(addr: SocketAddr, token: &str, cmd: Command) -> Result<()> {
         }
         Command::Serve { .. }
         | Command::Keygen { .. }
+        | Command::Deploy { .. }
         | Command::Demo(_)
         | Command::Bench { .. } => {
             bail!("not a client command")
