@@ -181,6 +181,18 @@ impl Submitter {
         Ok(settled)
     }
 
+    /// Withdraw a stored intent that is not in effect on chain (the operator was told it
+    /// failed): it is deleted and never sent again. Returns whether it was withdrawn (false:
+    /// it is in effect after all, and stays recorded as such).
+    pub async fn cancel(&self, intent: &Intent) -> Result<bool, TxError> {
+        let _one = self.lock.lock().await;
+        if done(&self.client, intent).await? {
+            return Ok(false);
+        }
+        self.forget(&intent.key()).await?;
+        Ok(true)
+    }
+
     /// How many intents are stored (sent or not, not yet seen in effect).
     pub fn pending(&self) -> Result<usize, TxError> {
         Ok(self.store.scan_raw(Cf::Chain, INTENT_PREFIX)?.len())

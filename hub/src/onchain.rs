@@ -73,9 +73,20 @@ impl Node {
                 amount,
                 credit: false,
             };
-            if let Settled::Dropped(_, reason) = submitter.execute(intent).await? {
-                // Someone else's deposit landed first: check whether ours is there anyway.
-                warn!(channel = %id, %reason, "opening deposit not sent");
+            match submitter.execute(intent.clone()).await {
+                Ok(Settled::Dropped(_, reason)) => {
+                    // Someone else's deposit landed first: check whether ours is there anyway.
+                    warn!(channel = %id, %reason, "opening deposit not sent");
+                }
+                Ok(_) => {}
+                // The operator is told the deposit failed: nothing is left to land later
+                // behind their back (issue 18). Calling `fund` again tries again.
+                Err(e) => {
+                    if submitter.cancel(&intent).await.unwrap_or(false) {
+                        warn!(channel = %id, error = %e, "opening deposit failed; withdrawn");
+                    }
+                    return Err(e.into());
+                }
             }
         }
         self.check_funding(id).await?;
@@ -305,6 +316,14 @@ impl Node {
             return Err(NodeError::Tx(TxError::Stale(reason)));
         }
         self.mark_concluded(id, None).await
+    }
+
+    /// Chain intents stored and not yet seen in effect (0 without a chain).
+    pub fn pending_intents(&self) -> Result<usize, NodeError> {
+        match &self.inner.submitter {
+            Some(s) => Ok(s.pending()?),
+            None => Ok(0),
+        }
     }
 
     /// Whether the channel was paid out on chain (as far as this node has seen).

@@ -345,3 +345,44 @@ async fn only_the_closer_pays_the_payout_gas() {
     hub.shutdown();
     peer.shutdown();
 }
+
+/// Issue 18: a deposit the account cannot pay answers an error and leaves nothing behind: no
+/// intent that would land later, when the account is funded, behind the operator's back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposit_that_fails_leaves_no_intent_behind() {
+    let net = Devnet::start().await.unwrap();
+    let (dh, dp) = (TempDir::new("hub"), TempDir::new("peer"));
+    let hub = Node::start(
+        keys(&net, 1),
+        Store::open(&dh.0).unwrap(),
+        chain_opts(&net, 1, 0, true).await,
+    )
+    .unwrap();
+    let peer = Node::start(
+        keys(&net, 2),
+        Store::open(&dp.0).unwrap(),
+        chain_opts(&net, 2, 0, true).await,
+    )
+    .unwrap();
+    let addr = hub.listen(loopback()).unwrap();
+    peer.connect(addr, Some(hub.address())).await.unwrap();
+    // More than the account holds (anvil gives 10,000 ETH).
+    let id = peer
+        .open_channel(hub.address(), Amount(20_000 * ETH))
+        .await
+        .unwrap();
+    let e = peer.fund(id).await.unwrap_err();
+    assert!(matches!(e, hub::error::NodeError::Tx(_)), "{e}");
+    assert_eq!(
+        peer.pending_intents().unwrap(),
+        0,
+        "nothing left to send later"
+    );
+    assert_eq!(peer.is_funded(id).await, Some(false));
+    assert_eq!(
+        net.client(0).await.unwrap().holdings(id).await.unwrap(),
+        Amount::ZERO
+    );
+    hub.shutdown();
+    peer.shutdown();
+}
