@@ -29,24 +29,6 @@ use cli::{client, demo};
 #[derive(Parser, Debug)]
 #[command(version, about, long_about, after_help = EXAMPLES)]
 struct Cli {
-    /// Address of the node's HTTP API, for the client commands.
-    #[arg(
-        long,
-        global = true,
-        env = "VHUB_API",
-        default_value = "127.0.0.1:9736",
-        value_parser = parse_api_addr
-    )]
-    api: std::net::SocketAddr,
-    /// File holding the node's API token (written by `hub serve` as <data_dir>/api.token). The
-    /// token itself may be given in VHUB_API_TOKEN instead.
-    #[arg(
-        long,
-        global = true,
-        env = "VHUB_API_TOKEN_FILE",
-        default_value = "hub-data/api.token"
-    )]
-    api_token_file: PathBuf,
     #[command(subcommand)]
     command: Command,
 }
@@ -63,6 +45,27 @@ Examples:
   hub close 0xCHANNEL
   hub demo                                       a whole local network, payments streaming
   hub bench --payers 2,16,128                    payments per second through one hub";
+
+/// How a client command reaches its node's HTTP API.
+#[derive(clap::Args, Debug, Clone)]
+struct Conn {
+    /// Address of the node's HTTP API, for the client commands.
+    #[arg(
+        long,
+        env = "VHUB_API",
+        default_value = "127.0.0.1:9736",
+        value_parser = parse_api_addr
+    )]
+    api: std::net::SocketAddr,
+    /// File holding the node's API token (written by `hub serve` as <data_dir>/api.token). The
+    /// token itself may be given in VHUB_API_TOKEN instead.
+    #[arg(
+        long,
+        env = "VHUB_API_TOKEN_FILE",
+        default_value = "hub-data/api.token"
+    )]
+    api_token_file: PathBuf,
+}
 
 #[derive(Subcommand, Debug)]
 enum Command {
@@ -115,17 +118,34 @@ enum Command {
         flood: usize,
     },
     /// Show the node: address, channels, payments, fees earned.
-    Info,
+    Info {
+        #[command(flatten)]
+        conn: Conn,
+    },
     /// List the node's channels with balances and pending HTLCs.
-    Channels,
+    Channels {
+        #[command(flatten)]
+        conn: Conn,
+    },
     /// Show what the node can send and receive, and what is locked in flight.
-    Balance,
+    Balance {
+        #[command(flatten)]
+        conn: Conn,
+    },
     /// List pending HTLC locks.
-    Htlcs,
+    Htlcs {
+        #[command(flatten)]
+        conn: Conn,
+    },
     /// List the payments the node sent (with their outcomes) and received.
-    History,
+    History {
+        #[command(flatten)]
+        conn: Conn,
+    },
     /// Make an invoice to be paid through `--hub`; prints the string to hand to the payer.
     Invoice {
+        #[command(flatten)]
+        conn: Conn,
         /// The hub the node has its channel with.
         #[arg(long)]
         hub: alloy::primitives::Address,
@@ -138,6 +158,8 @@ enum Command {
     },
     /// Pay an invoice and wait for the outcome (a repeated id never pays twice).
     Pay {
+        #[command(flatten)]
+        conn: Conn,
         /// The invoice string (vhub1...).
         invoice: String,
         /// Payment id (default: the invoice's hashlock, so an invoice is paid once).
@@ -149,6 +171,8 @@ enum Command {
     },
     /// Open a ledger channel with a connected hub and deposit on chain.
     Open {
+        #[command(flatten)]
+        conn: Conn,
         /// The hub.
         #[arg(long)]
         hub: alloy::primitives::Address,
@@ -158,10 +182,30 @@ enum Command {
     },
     /// Close a channel cooperatively; the payout follows on chain.
     Close {
+        #[command(flatten)]
+        conn: Conn,
         /// The channel id.
         #[arg(value_parser = parse_id)]
         channel: alloy::primitives::B256,
     },
+}
+
+impl Command {
+    /// The API connection of a client command (`None` for the others).
+    fn conn(&self) -> Option<&Conn> {
+        match self {
+            Command::Info { conn }
+            | Command::Channels { conn }
+            | Command::Balance { conn }
+            | Command::Htlcs { conn }
+            | Command::History { conn }
+            | Command::Invoice { conn, .. }
+            | Command::Pay { conn, .. }
+            | Command::Open { conn, .. }
+            | Command::Close { conn, .. } => Some(conn),
+            _ => None,
+        }
+    }
 }
 
 /// Options of `hub demo`.
@@ -247,8 +291,6 @@ fn run() -> Result<()> {
         .init();
     let cli = Cli::parse();
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    let api = cli.api;
-    let token_file = cli.api_token_file;
     match cli.command {
         Command::Keygen { out } => keygen(&out),
         Command::Deploy { rpc, key } => rt.block_on(deploy(&rpc, &key)),
@@ -262,8 +304,11 @@ fn run() -> Result<()> {
             flood,
         } => rt.block_on(demo::bench(payers, seconds, warmup, amount, flood)),
         cmd => {
-            let token = client::read_token(&token_file)?;
-            rt.block_on(client::run(api, &token, cmd))
+            let Some(conn) = cmd.conn().cloned() else {
+                anyhow::bail!("not a client command");
+            };
+            let token = client::read_token(&conn.api_token_file)?;
+            rt.block_on(client::run(conn.api, &token, cmd))
         }
     }
 }

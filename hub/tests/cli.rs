@@ -88,3 +88,23 @@ async fn deploy_prints_working_addresses_and_config_lines() {
     assert_eq!(config.adjudicator, Some(adjudicator));
     assert_eq!(config.chain_id, net.chain_id());
 }
+
+#[test]
+fn only_client_commands_take_the_api_options() {
+    let help = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_hub"))
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert!(!help(&["serve", "--help"]).contains("--api"));
+    assert!(!help(&["deploy", "--help"]).contains("--api"));
+    for cmd in ["info", "channels", "pay", "open", "close", "history"] {
+        let h = help(&[cmd, "--help"]);
+        assert!(
+            h.contains("--api ") && h.contains("--api-token-file"),
+            "{cmd}: {h}"
+        );
+    }
+}

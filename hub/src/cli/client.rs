@@ -103,7 +103,7 @@ pub fn eth(w: Wei) -> String {
 pub async fn run(addr: SocketAddr, token: &str, cmd: Command) -> Result<()> {
     let api = Api::new(addr, token)?;
     match cmd {
-        Command::Info => {
+        Command::Info { .. } => {
             let i: NodeInfo = api.get("/info").await?;
             println!("address      {}", i.address);
             println!("channels     {}", i.channels);
@@ -115,7 +115,7 @@ pub async fn run(addr: SocketAddr, token: &str, cmd: Command) -> Result<()> {
                 i.fees_earned.0
             );
         }
-        Command::Channels => {
+        Command::Channels { .. } => {
             let cs: Vec<ChannelInfo> = api.get("/channels").await?;
             if cs.is_empty() {
                 println!("no channels (open one with `hub open --hub 0x... --deposit WEI`)");
@@ -133,7 +133,7 @@ pub async fn run(addr: SocketAddr, token: &str, cmd: Command) -> Result<()> {
                 );
             }
         }
-        Command::Balance => {
+        Command::Balance { .. } => {
             let b: Balance = api.get("/balance").await?;
             println!("spendable          {}", eth(b.spendable));
             println!("receivable         {}", eth(b.receivable));
@@ -141,7 +141,7 @@ pub async fn run(addr: SocketAddr, token: &str, cmd: Command) -> Result<()> {
             println!("received in flight {}", eth(b.received_in_flight));
             println!("open channels      {}", b.channels);
         }
-        Command::Htlcs => {
+        Command::Htlcs { .. } => {
             let hs: Vec<HtlcInfo> = api.get("/htlcs").await?;
             for h in hs {
                 println!(
@@ -155,7 +155,7 @@ pub async fn run(addr: SocketAddr, token: &str, cmd: Command) -> Result<()> {
                 );
             }
         }
-        Command::History => {
+        Command::History { .. } => {
             let ps: Vec<PaymentInfo> = api.get("/payments").await?;
             let rs: Vec<ReceivedInfo> = api.get("/received").await?;
             if ps.is_empty() && rs.is_empty() {
@@ -178,6 +178,7 @@ pub async fn run(addr: SocketAddr, token: &str, cmd: Command) -> Result<()> {
             hub,
             amount,
             valid_secs,
+            ..
         } => {
             let v: serde_json::Value = api
                 .post(
@@ -195,6 +196,7 @@ pub async fn run(addr: SocketAddr, token: &str, cmd: Command) -> Result<()> {
             invoice,
             id,
             no_wait,
+            ..
         } => {
             let mut p: PaymentInfo = api
                 .post("/pay", serde_json::json!({"invoice": invoice, "id": id}))
@@ -223,7 +225,7 @@ pub async fn run(addr: SocketAddr, token: &str, cmd: Command) -> Result<()> {
                 bail!("payment {} {}", p.id, p.status);
             }
         }
-        Command::Open { hub, deposit } => {
+        Command::Open { hub, deposit, .. } => {
             let bar = ProgressBar::new_spinner()
                 .with_message("opening: countersignature, deposit on chain, hub collateral");
             bar.enable_steady_tick(Duration::from_millis(100));
@@ -239,7 +241,7 @@ pub async fn run(addr: SocketAddr, token: &str, cmd: Command) -> Result<()> {
                 v.get("channel").and_then(|c| c.as_str()).unwrap_or("?")
             );
         }
-        Command::Close { channel } => {
+        Command::Close { channel, .. } => {
             let _: serde_json::Value = api
                 .post("/close", serde_json::json!({"channel": channel}))
                 .await?;
