@@ -8,3 +8,4 @@ echo "== fmt";    cargo fmt --all -- --check
 echo "== clippy"; cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== tests";  cargo nextest run --workspace --locked --no-fail-fast
 echo "== doctests"; cargo test --workspace --doc --locked
+echo "== operator walk-through"; HUB_BIN="$CARGO_TARGET_DIR/debug/hub" scripts/walkthrough.sh
