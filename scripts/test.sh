@@ -8,4 +8,5 @@ echo "== fmt";    cargo fmt --all -- --check
 echo "== clippy"; cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== tests";  cargo nextest run --workspace --locked --no-fail-fast
 echo "== doctests"; cargo test --workspace --doc --locked
-echo "== operator walk-through"; HUB_BIN="$CARGO_TARGET_DIR/debug/hub" scripts/walkthrough.sh
+echo "== operator walk-through"; cargo build --locked -q -p hub --bin hub
+HUB_BIN="$CARGO_TARGET_DIR/debug/hub" scripts/walkthrough.sh
