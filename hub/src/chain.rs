@@ -160,7 +160,16 @@ impl Submitter {
     pub async fn resume(&self, now: u64) -> Result<Vec<Settled>, TxError> {
         let _one = self.lock.lock().await;
         let mut settled = Vec::new();
-        for (key, intent) in self.store.scan::<Intent>(Cf::Chain, INTENT_PREFIX)? {
+        for (key, bytes) in self.store.scan_raw(Cf::Chain, INTENT_PREFIX)? {
+            // One unreadable record (written by an older version) must not stop the others,
+            // challenges among them: it is reported and left in place.
+            let intent = match postcard::from_bytes::<Intent>(&bytes) {
+                Ok(i) => i,
+                Err(e) => {
+                    warn!(key = %alloy::primitives::hex::encode(&key), error = %e, "unreadable chain intent skipped");
+                    continue;
+                }
+            };
             if let Intent::CooperativeClose { not_before, .. } = &intent
                 && *not_before > now
             {
@@ -181,16 +190,27 @@ impl Submitter {
         Ok(settled)
     }
 
-    /// Withdraw a stored intent that is not in effect on chain (the operator was told it
-    /// failed): it is deleted and never sent again. Returns whether it was withdrawn (false:
-    /// it is in effect after all, and stays recorded as such).
-    pub async fn cancel(&self, intent: &Intent) -> Result<bool, TxError> {
+    /// As [`Submitter::execute`], but an intent that fails is withdrawn in the same turn (no
+    /// `resume` can send it in between): the caller tells its operator it failed, so it must
+    /// not land later behind their back. Returns the error and whether the transaction may
+    /// still land (it was sent, or the chain could not be asked).
+    pub async fn execute_or_withdraw(&self, intent: Intent) -> Result<Settled, (TxError, bool)> {
         let _one = self.lock.lock().await;
-        if done(&self.client, intent).await? {
-            return Ok(false);
+        let key = intent.key();
+        let mut b = Batch::new();
+        b.put(Cf::Chain, &key, &intent)
+            .map_err(|e| (e.into(), false))?;
+        self.store.commit(b).await.map_err(|e| (e.into(), false))?;
+        match self.settle(&key, intent.clone()).await {
+            Ok(s) => Ok(s),
+            Err(e) => {
+                let in_doubt = !matches!(done(&self.client, &intent).await, Ok(false));
+                if let Err(f) = self.forget(&key).await {
+                    return Err((f, true));
+                }
+                Err((e, in_doubt))
+            }
         }
-        self.forget(&intent.key()).await?;
-        Ok(true)
     }
 
     /// How many intents are stored (sent or not, not yet seen in effect).

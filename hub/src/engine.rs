@@ -94,21 +94,30 @@ impl Node {
             SocketAddr::from(([0u16; 8], 0))
         };
         let endpoint = transport::client(bind)?;
-        self.keep_endpoint(&endpoint);
-        let session = transport::connect(
+        let ep_id = self.keep_endpoint(&endpoint);
+        let session = match transport::connect(
             &endpoint,
             addr,
             &self.inner.keys,
             expect,
             self.inner.opts.max_frame,
         )
-        .await?;
+        .await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                // A failed dial leaves no socket behind (a hub down for hours is dialled often).
+                self.forget_endpoint(ep_id);
+                return Err(e.into());
+            }
+        };
         let peer = session.peer;
         let node = self.clone();
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         tokio::spawn(async move {
             let _endpoint = endpoint;
             node.run_session_notify(session, Some(ready_tx)).await;
+            node.forget_endpoint(ep_id);
         });
         let _ = ready_rx.await;
         Ok(peer)
@@ -127,6 +136,9 @@ impl Node {
         tokio::spawn(async move {
             let mut backoff = first;
             loop {
+                if *stop.borrow() {
+                    return;
+                }
                 let wait = if node.is_connected(address).await {
                     retry
                 } else {
@@ -149,8 +161,9 @@ impl Node {
                 tokio::pin!(sleep);
                 loop {
                     tokio::select! {
-                        _ = &mut sleep => break,
+                        biased;
                         _ = stop.wait_for(|s| *s) => return,
+                        _ = &mut sleep => break,
                         ev = events.recv() => match ev {
                             Ok(NodeEvent::Disconnected { peer, .. }) if peer == address => break,
                             Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
@@ -162,13 +175,30 @@ impl Node {
         });
     }
 
-    fn keep_endpoint(&self, endpoint: &quinn::Endpoint) {
+    /// Register an endpoint so that [`Node::shutdown`] closes it; returns its id. An endpoint
+    /// made once the node is stopping is closed at once.
+    fn keep_endpoint(&self, endpoint: &quinn::Endpoint) -> u64 {
+        let id = self.inner.sessions.next_generation();
         let mut eps = self
             .inner
             .endpoints
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        eps.push(endpoint.clone());
+        if *self.inner.stopping.borrow() {
+            endpoint.close(0u32.into(), b"shutdown");
+        } else {
+            eps.push((id, endpoint.clone()));
+        }
+        id
+    }
+
+    /// An endpoint's session ended (or never began): stop holding it.
+    fn forget_endpoint(&self, id: u64) {
+        self.inner
+            .endpoints
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(i, _)| *i != id);
     }
 
     async fn run_session(&self, session: Session) {
@@ -274,10 +304,11 @@ impl Node {
                     }
                 }
             }
-            let forget = !self.has_channel(peer);
             self.inner
                 .sessions
-                .remove(&self.inner.store, peer, generation, forget)
+                .remove(&self.inner.store, peer, generation, || {
+                    !self.has_channel(peer)
+                })
                 .await;
             drop(tx);
             let _ = writer.await;

@@ -178,7 +178,7 @@ pub(crate) struct Inner {
     /// Set by [`Node::shutdown`]: background tasks end.
     pub(crate) stopping: tokio::sync::watch::Sender<bool>,
     /// Every endpoint we listen or dial on, closed by [`Node::shutdown`].
-    pub(crate) endpoints: std::sync::Mutex<Vec<quinn::Endpoint>>,
+    pub(crate) endpoints: std::sync::Mutex<Vec<(u64, quinn::Endpoint)>>,
     /// Prometheus metrics.
     pub(crate) metrics: crate::metrics::Metrics,
     /// Per channel, when its next offered lock expires (set whenever its record changes).
@@ -304,17 +304,20 @@ impl Node {
     }
 
     fn close_endpoints(&self) -> Vec<quinn::Endpoint> {
-        let eps = std::mem::take(
-            &mut *self
-                .inner
-                .endpoints
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()),
-        );
+        // Under the list's lock, so no endpoint registered concurrently is missed: one made
+        // after this sees `stopping` and is closed at once (`Node::keep_endpoint`).
+        let mut list = self
+            .inner
+            .endpoints
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        self.inner.stopping.send_replace(true);
+        let eps = std::mem::take(&mut *list);
+        drop(list);
+        let eps: Vec<quinn::Endpoint> = eps.into_iter().map(|(_, ep)| ep).collect();
         for ep in &eps {
             ep.close(0u32.into(), b"shutdown");
         }
-        self.inner.stopping.send_replace(true);
         eps
     }
 

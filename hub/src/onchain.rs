@@ -73,17 +73,20 @@ impl Node {
                 amount,
                 credit: false,
             };
-            match submitter.execute(intent.clone()).await {
+            match submitter.execute_or_withdraw(intent).await {
                 Ok(Settled::Dropped(_, reason)) => {
                     // Someone else's deposit landed first: check whether ours is there anyway.
                     warn!(channel = %id, %reason, "opening deposit not sent");
                 }
                 Ok(_) => {}
-                // The operator is told the deposit failed: nothing is left to land later
-                // behind their back (issue 18). Calling `fund` again tries again.
-                Err(e) => {
-                    if submitter.cancel(&intent).await.unwrap_or(false) {
-                        warn!(channel = %id, error = %e, "opening deposit failed; withdrawn");
+                // The operator is told the deposit failed: it is withdrawn, so it is not sent
+                // again behind their back (issue 18). Calling `fund` again tries again.
+                Err((e, in_doubt)) => {
+                    warn!(channel = %id, error = %e, in_doubt, "opening deposit failed; withdrawn");
+                    if in_doubt {
+                        return Err(NodeError::Tx(TxError::Stale(format!(
+                            "{e}; the transaction may still land: `hub channels` shows it funded if it does"
+                        ))));
                     }
                     return Err(e.into());
                 }

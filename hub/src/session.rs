@@ -240,9 +240,15 @@ impl Sessions {
         Ok(())
     }
 
-    /// Session `generation` of `peer` ended. A stranger (`forget`: no channel with us) leaves
-    /// nothing behind in memory either (issue 12, attack 8).
-    pub(crate) async fn remove(&self, store: &Store, peer: Address, generation: u64, forget: bool) {
+    /// Session `generation` of `peer` ended. A stranger (`forget()`, asked under the link's
+    /// lock: no channel with us) leaves nothing behind in memory either (issue 12, attack 8).
+    pub(crate) async fn remove(
+        &self,
+        store: &Store,
+        peer: Address,
+        generation: u64,
+        forget: impl FnOnce() -> bool,
+    ) {
         let Ok(link) = self.link(store, peer) else {
             return;
         };
@@ -250,7 +256,7 @@ impl Sessions {
         if link.writer.as_ref().is_some_and(|(g, _)| *g == generation) {
             link.writer = None;
             link.conn = None;
-            if forget {
+            if forget() {
                 self.links
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -293,11 +299,27 @@ impl Sessions {
         crate::failpoint::point("before_commit");
         store.commit(batch).await?;
         crate::failpoint::point("after_commit");
+        // The counters are there unless a stranger's link was forgotten meanwhile; then the
+        // store (just written) says where they stand.
+        let restored = if self
+            .outbox
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&peer)
+        {
+            None
+        } else {
+            let first = store
+                .scan_raw(Cf::Outbox, peer.as_slice())?
+                .first()
+                .and_then(|(k, _)| outbox_seq(k));
+            Some(Outbox::restore(seqs.end, first))
+        };
         self.outbox
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .entry(peer)
-            .or_insert_with(|| Outbox::restore(seqs.end, None))
+            .or_insert_with(|| restored.unwrap_or_default())
             .sent(seqs.end);
         if let Some((_, tx)) = &link.writer {
             for f in frames {

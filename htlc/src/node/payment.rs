@@ -310,6 +310,26 @@ pub enum PlanError {
         /// Our free balance toward the hub.
         available: Amount,
     },
+    /// The payee's HTLC would leave too little time to claim on chain.
+    #[error(
+        "cannot pay with {secs} s on the payee's HTLC: at least {min} s are needed to claim on chain"
+    )]
+    ExpiryTooSoon {
+        /// The payee's asked delta.
+        secs: u64,
+        /// The least.
+        min: u64,
+    },
+    /// The payee's HTLC would expire further ahead than the hub locks funds for.
+    #[error(
+        "cannot pay with {secs} s on the payee's HTLC: the hub locks funds for at most {max} s"
+    )]
+    ExpiryTooFar {
+        /// The payee's asked delta.
+        secs: u64,
+        /// The hub's horizon.
+        max: u64,
+    },
     /// The amount, fee or expiry overflows.
     #[error("cannot pay {amount} through the hub: amount or expiry overflows")]
     Overflow {
@@ -320,7 +340,8 @@ pub enum PlanError {
 
 /// Price a payment of `amount` to a payee that wants `final_expiry_delta` seconds on its HTLC,
 /// through a hub with `policy`, from a channel with `available` free: the exact inputs the
-/// hub's [`decide`] accepts (its fee, its delta raised to the protocol minimum).
+/// hub's [`decide`] accepts (its fee, its delta raised to the protocol minimum, the payee's
+/// expiry within the claim window and the hub's horizon), or why it would refuse.
 pub fn plan(
     amount: Amount,
     final_expiry_delta: u64,
@@ -336,6 +357,18 @@ pub fn plan(
             amount,
             min: policy.min_htlc.max(Amount(1)),
             max: policy.max_htlc,
+        });
+    }
+    if final_expiry_delta < MIN_OUTGOING_EXPIRY_SECS {
+        return Err(PlanError::ExpiryTooSoon {
+            secs: final_expiry_delta,
+            min: MIN_OUTGOING_EXPIRY_SECS,
+        });
+    }
+    if final_expiry_delta > policy.max_expiry_horizon {
+        return Err(PlanError::ExpiryTooFar {
+            secs: final_expiry_delta,
+            max: policy.max_expiry_horizon,
         });
     }
     let overflow = PlanError::Overflow { amount };

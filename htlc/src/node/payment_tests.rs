@@ -314,6 +314,26 @@ fn plan_refuses_what_the_hub_would_refuse() {
         plan_of(0, 10_000),
         Err(PlanError::OutOfBounds { .. })
     ));
+    assert!(matches!(
+        plan(
+            Amount(1_000),
+            MIN_OUTGOING_EXPIRY_SECS - 1,
+            &pol,
+            Amount(10_000),
+            NOW
+        ),
+        Err(PlanError::ExpiryTooSoon { .. })
+    ));
+    assert!(matches!(
+        plan(
+            Amount(1_000),
+            DEFAULT_MAX_EXPIRY_HORIZON_SECS + 1,
+            &pol,
+            Amount(10_000),
+            NOW
+        ),
+        Err(PlanError::ExpiryTooFar { .. })
+    ));
     let off = ForwardPolicy {
         enabled: false,
         ..pol
@@ -359,16 +379,17 @@ proptest! {
         let window_ok = (MIN_OUTGOING_EXPIRY_SECS..=DEFAULT_MAX_EXPIRY_HORIZON_SECS).contains(&final_delta);
         match planned {
             Ok(p) => {
+                prop_assert!(window_ok);
                 let inc = htlc(p.sent.0, p.expiry.0);
                 let out = OutgoingChannel { available: Amount::MAX, max_in_flight: Amount::MAX, ..room(pol) };
                 let d = decide(&inc, &p.next, Some(&out), NOW);
-                prop_assert_eq!(d.is_ok(), window_ok, "{:?}", d);
+                prop_assert!(d.is_ok(), "planned but refused: {:?}", d);
                 if let Ok(f) = d {
                     prop_assert_eq!(f.fee, pol.fee(Amount(amount)).unwrap());
                     prop_assert_eq!(f.amount, Amount(amount));
                 }
             }
-            Err(_) => prop_assert!(!enabled || amount == 0 || amount < min),
+            Err(_) => prop_assert!(!enabled || amount == 0 || amount < min || !window_ok),
         }
     }
 
