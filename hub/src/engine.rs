@@ -133,9 +133,22 @@ impl Node {
         let mut stop = self.inner.stopping.subscribe();
         let mut events = self.subscribe();
         let first = std::time::Duration::from_millis(100).min(retry);
+        // A session that lasted this long was healthy: the next redial is immediate.
+        const STABLE: std::time::Duration = std::time::Duration::from_secs(5);
         tokio::spawn(async move {
             let mut backoff = first;
+            let mut up_since: Option<tokio::time::Instant> = None;
+            let mut pause = std::time::Duration::ZERO;
             loop {
+                // After a session that ended quickly (a flapping link, or another process with
+                // our key replacing us), wait before dialling again.
+                if !pause.is_zero() {
+                    tokio::select! {
+                        biased;
+                        _ = stop.wait_for(|s| *s) => return,
+                        _ = tokio::time::sleep(pause) => {}
+                    }
+                }
                 if *stop.borrow() {
                     return;
                 }
@@ -145,7 +158,7 @@ impl Node {
                     match node.connect(addr, Some(address)).await {
                         Ok(_) => {
                             info!(%addr, hub = %address, "connected");
-                            backoff = first;
+                            up_since = Some(tokio::time::Instant::now());
                             retry
                         }
                         Err(e) => {
@@ -159,13 +172,22 @@ impl Node {
                 // Wake at the next try, or at once when the session ends.
                 let sleep = tokio::time::sleep(wait);
                 tokio::pin!(sleep);
+                pause = std::time::Duration::ZERO;
                 loop {
                     tokio::select! {
                         biased;
                         _ = stop.wait_for(|s| *s) => return,
                         _ = &mut sleep => break,
                         ev = events.recv() => match ev {
-                            Ok(NodeEvent::Disconnected { peer, .. }) if peer == address => break,
+                            Ok(NodeEvent::Disconnected { peer, .. }) if peer == address => {
+                                if up_since.take().is_some_and(|t| t.elapsed() >= STABLE) {
+                                    backoff = first;
+                                } else {
+                                    pause = backoff;
+                                    backoff = (backoff * 2).min(retry);
+                                }
+                                break;
+                            }
                             Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                             _ => {}
                         },
