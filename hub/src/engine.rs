@@ -371,9 +371,10 @@ impl Node {
         match frame {
             Frame::Ack { seq } => self.inner.sessions.on_ack(store, peer, seq),
             Frame::Msg { seq, body } => {
-                // A stranger's refused messages leave no durable counter (nothing is written
-                // for it), so it may legitimately skip ahead after a reconnect.
-                let may_skip = !self.has_channel(peer);
+                // The refused messages of a peer without a funded channel leave no durable
+                // counter (nothing is written for it), so after our restart it may
+                // legitimately be ahead of what we stored: it may skip.
+                let may_skip = !self.has_funded_channel(peer);
                 match self.inner.sessions.classify(store, peer, seq, may_skip)? {
                     Inbound::Process => {}
                     Inbound::Duplicate { ack } => {

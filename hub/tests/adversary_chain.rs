@@ -310,3 +310,63 @@ async fn openings_never_funded_are_collected() {
     assert_eq!(hub.channel_ids(), vec![real_id]);
     assert!(hub.channel(idle_id).await.is_none());
 }
+
+/// A peer whose channel is not funded yet gets its refusals without a write (issue 12), so the
+/// hub's stored receive counter lags its in-memory one; after a hub restart the peer's next
+/// message must still be read, not refused as out of order for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_restart_does_not_strand_a_peer_with_an_unfunded_channel() {
+    let net = Devnet::start().await.unwrap();
+    let dir = TempDir::new("hub");
+    let hub = hub_on(&net, &dir, 0).await;
+    let addr = hub.listen(loopback()).unwrap();
+    let keys = Keys::from_signer(net.signer(4).unwrap());
+    let mut evil = Adversary::connect(addr, keys.clone()).await;
+    let params = params_for(&net, &evil, &hub);
+    evil.open_params(params, [Amount(ETH), Amount::ZERO])
+        .await
+        .unwrap();
+    // Refused without a write: the channel is not funded.
+    let unknown = htlc::ChannelId(alloy::primitives::B256::repeat_byte(9));
+    evil.send(Body::Funded {
+        channel_id: unknown,
+    })
+    .await;
+    let (code, _) = evil.refusal().await;
+    assert_eq!(code, hub::wire::ErrorCode::UnknownChannel);
+
+    hub.stop().await;
+    drop(hub);
+    let mut hub = None;
+    for _ in 0..200 {
+        if let Ok(store) = Store::open(&dir.0) {
+            let client = net.client(1).await.unwrap();
+            let opts = NodeOptions {
+                chain_id: net.chain_id(),
+                adjudicator: net.deployment().adjudicator,
+                chain: Some(client),
+                min_peer_deposit: Amount(ETH / 100),
+                ..NodeOptions::default()
+            };
+            hub =
+                Some(Node::start(Keys::from_signer(net.signer(1).unwrap()), store, opts).unwrap());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let hub = hub.expect("the hub restarts");
+    let addr = hub.listen(loopback()).unwrap();
+    let mut again = Adversary::connect(addr, keys).await;
+    again.seq = evil.seq;
+    again
+        .send(Body::Funded {
+            channel_id: unknown,
+        })
+        .await;
+    let (code, detail) = again.refusal().await;
+    assert_eq!(
+        code,
+        hub::wire::ErrorCode::UnknownChannel,
+        "read and answered, not refused as out of order: {detail}"
+    );
+}
