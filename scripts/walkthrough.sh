@@ -101,10 +101,12 @@ for p in 2 3; do
   echo "$out"
 done
 for p in 2 3; do
-  for _ in $(seq 100); do # the hub's collateral lands and is credited
-    client "$p" channels | grep -q " open " && break; sleep 0.2
+  for _ in $(seq 150); do # funded, and the hub's collateral (1 ETH) landed and is credited
+    client "$p" channels | grep -q " open .*theirs 1.000000 ETH" && break; sleep 0.2
   done
   client "$p" channels
+  client "$p" channels | grep -q " open .*theirs 1.000000 ETH" \
+    || { echo "the hub's collateral never arrived in peer $p's channel" >&2; exit 1; }
 done
 
 step "hub invoice (peer 3) and hub pay (peer 2)"
