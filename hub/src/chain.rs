@@ -235,7 +235,7 @@ impl Submitter {
             crate::failpoint::point("after_tx");
         }
         // A top-up's intent is deleted by the batch that queues its credit (module
-        // [`crate::onchain`]), never before.
+        // `onchain`), never before.
         if !matches!(intent, Intent::Deposit { credit: true, .. }) {
             self.forget(key).await?;
         }

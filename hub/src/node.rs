@@ -1,9 +1,9 @@
 //! The node: its state (channels, sessions, store, options) and how it starts and stops.
 //!
 //! Hubs and peers run the same code; a hub also listens. What the node does is split by what
-//! it touches: [`crate::engine`] pumps sessions and channel machines, [`crate::payments`] and
-//! [`crate::onchain`] carry out the payment steps and chain reactions that `htlc::node` decides,
-//! and [`crate::session`] keeps each peer's link. This module imports none of them.
+//! it touches: `engine` pumps sessions and channel machines, `payments` and `onchain` carry out
+//! the payment steps and chain reactions that `htlc::node` decides, and `session` keeps each
+//! peer's link. This module refers to none of them except `session`, whose state it holds.
 //!
 //! * **Concurrency.** One task per session reads and processes that peer's frames in order.
 //!   Each channel has its own lock, so different peers' channels progress in parallel; the

@@ -50,7 +50,7 @@
 //! **Alternatives** ([`PathFinder::find_alternatives`]) are Yen's k shortest simple paths, run
 //! backward: the fixed part is a suffix to the payee (so its amounts are exact) and each spur
 //! search is this same search started from the end of that suffix. **Multi-path** splitting is in
-//! [`crate::multipath`].
+//! `multipath`.
 //!
 //! **What we did not do.** No A* or bidirectional search: the cost of a hop depends on the amount,
 //! which is only known from the payee's side, and admissible bounds from the payer's side were

@@ -1,4 +1,4 @@
-//! The label-setting search behind every route query (see the design notes in [`crate::pathfind`]).
+//! The label-setting search behind every route query (see the design notes in `pathfind`).
 //!
 //! A *label* is a partial route from some node to the payee, summarised by what matters for
 //! extending it toward the payer: the amount the node must receive, the expiry delta of that

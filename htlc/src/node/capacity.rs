@@ -91,25 +91,16 @@ impl Channel {
 mod tests {
     use crate::ids::{Expiry, Preimage};
     use crate::ops::Limits;
-    use crate::sig::Keys;
-    use crate::state::{ChannelParams, ChannelState};
+    use crate::state::ChannelState;
     use crate::update::{Channel, Effect, SignedState, sign_state};
     use crate::{Amount, forward::ForwardPolicy};
-    use alloy::primitives::{Address, U256};
 
     fn pair() -> (Channel, Channel) {
         let (a, b) = (
-            Keys::from_bytes([1; 32]).unwrap(),
-            Keys::from_bytes([2; 32]).unwrap(),
+            super::super::fixtures::keys(1),
+            super::super::fixtures::keys(2),
         );
-        let params = ChannelParams {
-            chain_id: 1,
-            adjudicator: Address::repeat_byte(0xAD),
-            participants: [a.address(), b.address()],
-            asset: Address::ZERO,
-            challenge_duration: 3600,
-            nonce: U256::from(1),
-        };
+        let params = super::super::fixtures::params(&a, &b, 1);
         let state = ChannelState::opening(params.id(), [Amount(1_000), Amount(500)]);
         let sigs = [
             sign_state(&params, &a, &state).unwrap(),

@@ -60,24 +60,14 @@ mod tests {
     use super::*;
     use crate::node::opening;
     use crate::ops::Limits;
-    use crate::sig::Keys;
-    use crate::state::ChannelParams;
-    use alloy::primitives::{Address, U256};
 
     #[test]
     fn funding_collateral_and_challenges() {
         let (a, b) = (
-            Keys::from_bytes([1; 32]).unwrap(),
-            Keys::from_bytes([2; 32]).unwrap(),
+            super::super::fixtures::keys(1),
+            super::super::fixtures::keys(2),
         );
-        let params = ChannelParams {
-            chain_id: 1,
-            adjudicator: Address::repeat_byte(0xAD),
-            participants: [a.address(), b.address()],
-            asset: Address::ZERO,
-            challenge_duration: 3600,
-            nonce: U256::from(1),
-        };
+        let params = super::super::fixtures::params(&a, &b, 1);
         let (proposed, sig) =
             opening::propose(params.clone(), &a, Limits::default(), Amount(500)).unwrap();
         let (hub, _) = opening::accept(

@@ -36,3 +36,28 @@ pub mod link;
 pub mod opening;
 pub mod payment;
 pub mod timers;
+
+/// Fixtures shared by this module's unit tests.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use crate::sig::Keys;
+    use crate::state::ChannelParams;
+    use alloy::primitives::{Address, U256};
+
+    /// The test key made of `byte`.
+    pub(crate) fn keys(byte: u8) -> Keys {
+        Keys::from_bytes([byte; 32]).expect("a valid test scalar")
+    }
+
+    /// An ETH channel between `a` (A) and `b` (B) on a test chain, with `nonce`.
+    pub(crate) fn params(a: &Keys, b: &Keys, nonce: u64) -> ChannelParams {
+        ChannelParams {
+            chain_id: 1,
+            adjudicator: Address::repeat_byte(0xAD),
+            participants: [a.address(), b.address()],
+            asset: Address::ZERO,
+            challenge_duration: 3600,
+            nonce: U256::from(nonce),
+        }
+    }
+}

@@ -114,27 +114,12 @@ pub fn accept(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use alloy::primitives::Address;
-
-    fn params(a: &Keys, b: &Keys) -> ChannelParams {
-        ChannelParams {
-            chain_id: 1,
-            adjudicator: Address::repeat_byte(0xAD),
-            participants: [a.address(), b.address()],
-            asset: Address::ZERO,
-            challenge_duration: 3600,
-            nonce: U256::from(7),
-        }
-    }
 
     #[test]
     fn open_accept_countersign_and_forgeries() {
-        let (a, b, c) = (
-            Keys::from_bytes([1; 32]).unwrap(),
-            Keys::from_bytes([2; 32]).unwrap(),
-            Keys::from_bytes([3; 32]).unwrap(),
-        );
-        let p = params(&a, &b);
+        use super::super::fixtures::keys;
+        let (a, b, c) = (keys(1), keys(2), keys(3));
+        let p = super::super::fixtures::params(&a, &b, 7);
         let (snap, sig_a) = propose(p.clone(), &a, Limits::default(), Amount(500)).unwrap();
         assert!(snap.awaiting_countersignature());
         // Only A may propose.

@@ -8,7 +8,7 @@
 //! - [`FastLedger`] (the default): one `htlc::ChannelState` per channel, changed only by
 //!   `htlc::ops::apply_batch`, which validates every operation (balances, lock limits, in-flight
 //!   limits, preimages, expiries) and re-checks conservation — without signatures.
-//! - [`crate::sim::signed::SignedLedger`]: two real `htlc::Channel` machines per channel,
+//! - `sim::signed::SignedLedger`: two real `htlc::Channel` machines per channel,
 //!   every update signed and verified, the forwarding decision taken by
 //!   `htlc::forward::decide` on the `CommittedHtlc` the machine hands out. Slow; it exists to
 //!   show the fast ledger predicts exactly what the real machines do (see ADR 0020).
