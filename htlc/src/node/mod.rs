@@ -21,6 +21,8 @@
 //!
 //! | module | holds |
 //! |---|---|
+//! | [`machine`] | the node itself: every channel, link and payment record, inputs in, outputs out |
+//! | [`records`] | what the node writes, and what it is restored from |
 //! | [`admission`] | what a peer may open with the node, and which route instructions it may leave |
 //! | [`opening`] | the opening handshake: propose, accept, countersign |
 //! | [`link`] | sequence numbers, acknowledgements, duplicates and what to re-send on one peer link |
@@ -33,9 +35,14 @@ pub mod admission;
 pub mod capacity;
 pub mod chain;
 pub mod link;
+pub mod machine;
 pub mod opening;
 pub mod payment;
+pub mod records;
 pub mod timers;
+
+pub use machine::{Body, CommandError, Config, Frame, Node, NodeEvent, Output, PayOrder};
+pub use records::{Records, Write};
 
 /// Fixtures shared by this module's unit tests.
 #[cfg(test)]

@@ -32,7 +32,7 @@ use crate::update::{CommittedHtlc, Event};
 use serde::{Deserialize, Serialize};
 
 /// The payee's terms for one hashlock (its invoice).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InvoiceTerms {
     /// The least the HTLC must carry.
     pub amount: Amount,

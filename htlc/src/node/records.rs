@@ -1,0 +1,257 @@
+//! What a [`super::Node`] writes, and what it is restored from: one [`Write`] per record that
+//! changes, grouped by the node into one atomic batch per step, and [`Records`], everything
+//! those writes leave on disk.
+//!
+//! The node keeps its payment book as a [`Book`] and changes it only through
+//! [`Book::apply`], the same function a store applies the writes with: what the node reads
+//! is what it wrote.
+
+use crate::Amount;
+use crate::forward::NextHop;
+use crate::ids::{ChannelId, Expiry, Hashlock, HtlcId};
+use crate::node::payment::{ForwardRecord, InvoiceTerms, PaymentStatus};
+use crate::update::Snapshot;
+use alloy::primitives::{Address, B256};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::ops::RangeInclusive;
+
+use super::machine::Body;
+
+/// A channel as the node stores it: who the peer is, and the machine's snapshot.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelRecord {
+    /// The counterparty.
+    pub peer: Address,
+    /// The channel machine's durable state.
+    pub snapshot: Snapshot,
+}
+
+/// One peer link as stored: how far we processed its messages, and ours it has not
+/// acknowledged yet (re-sent, in order, on every reconnect).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkRecord {
+    /// The last of its sequence numbers we processed.
+    pub received: u64,
+    /// The sequence number our next message gets (1 on a new link).
+    pub next_send: u64,
+    /// Our messages it has not acknowledged, by sequence number.
+    pub unacked: BTreeMap<u64, Body>,
+}
+
+impl Default for LinkRecord {
+    fn default() -> Self {
+        LinkRecord {
+            received: 0,
+            next_send: 1,
+            unacked: BTreeMap::new(),
+        }
+    }
+}
+
+/// A payer's instruction for the HTLC it is about to lock on `channel` (kept until that HTLC
+/// is decided, or collected after [`super::Config::route_ttl_secs`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Route {
+    /// Who to forward to.
+    pub next_peer: Address,
+    /// Amount and expiry of the outgoing HTLC.
+    pub next: NextHop,
+    /// When it was stored.
+    pub stored_at: Expiry,
+}
+
+/// The payer's record of one payment.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Payment {
+    /// What the payee's preimage opens.
+    pub hashlock: Hashlock,
+    /// What the payee receives.
+    pub amount: Amount,
+    /// What we locked: the amount and the fees.
+    pub sent: Amount,
+    /// The channel the HTLC left on.
+    pub channel: ChannelId,
+    /// Our HTLC's id in it.
+    pub htlc: HtlcId,
+    /// Where it stands.
+    pub status: PaymentStatus,
+}
+
+impl Payment {
+    /// The fees paid (or to be paid) on the way.
+    pub fn fee(&self) -> Amount {
+        Amount(self.sent.0.saturating_sub(self.amount.0))
+    }
+}
+
+/// One record that changes. The node hands a step's writes over together: the caller writes
+/// them as one atomic, synced batch before it sends any frame of that step (rule 2).
+/// [`Write::Acked`] alone may be written without a sync (a lost one only re-sends a duplicate).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Write {
+    /// A channel's record changed: write [`super::Node::channel_record`] of `id` as it is
+    /// when the step returns (read before the next input; the write carries no copy of it).
+    Channel {
+        /// Which.
+        id: ChannelId,
+    },
+    /// A message of ours numbered `seq` for `peer`: store [`super::Node::unacked`] of it until
+    /// acknowledged (none: acknowledged in the same step, store nothing), and count `seq + 1`
+    /// as the link's next number.
+    Sent {
+        /// To whom.
+        peer: Address,
+        /// Its number.
+        seq: u64,
+    },
+    /// The peer acknowledged these of our messages: delete them.
+    Acked {
+        /// Whose.
+        peer: Address,
+        /// Which.
+        seqs: RangeInclusive<u64>,
+    },
+    /// We processed the peer's message `seq` (its effects are in the same batch).
+    Received {
+        /// Whose.
+        peer: Address,
+        /// Its number.
+        seq: u64,
+    },
+    /// A route instruction stored (`Some`) or used up / collected (`None`).
+    Route {
+        /// The channel its HTLC comes on, and its hashlock.
+        key: (ChannelId, Hashlock),
+        /// The instruction.
+        route: Option<Route>,
+    },
+    /// A forward's record, keyed by its outgoing HTLC.
+    Forward {
+        /// The outgoing channel and HTLC.
+        out: (ChannelId, HtlcId),
+        /// The record.
+        record: ForwardRecord,
+    },
+    /// An incoming HTLC was forwarded as `out` (decided once, never again after a restart).
+    ForwardedIn {
+        /// The incoming channel and HTLC.
+        incoming: (ChannelId, HtlcId),
+        /// The outgoing channel and HTLC.
+        out: (ChannelId, HtlcId),
+    },
+    /// An invoice of ours.
+    Invoice {
+        /// Its hashlock.
+        hashlock: Hashlock,
+        /// Its terms.
+        terms: InvoiceTerms,
+    },
+    /// A payment of ours.
+    Payment {
+        /// Its id.
+        id: B256,
+        /// Its record.
+        payment: Payment,
+    },
+}
+
+impl Write {
+    /// Whether the batch holding this write must be synced before the step's frames leave.
+    pub fn needs_sync(&self) -> bool {
+        !matches!(self, Write::Acked { .. })
+    }
+}
+
+/// The payment records of a node: routes, forwards, invoices, payments.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Book {
+    /// Route instructions waiting for their HTLC.
+    pub routes: BTreeMap<(ChannelId, Hashlock), Route>,
+    /// Forwards by outgoing HTLC.
+    pub forwards: BTreeMap<(ChannelId, HtlcId), ForwardRecord>,
+    /// Incoming HTLCs forwarded, with their outgoing HTLC.
+    pub forwarded_in: BTreeMap<(ChannelId, HtlcId), (ChannelId, HtlcId)>,
+    /// Our invoices.
+    pub invoices: BTreeMap<Hashlock, InvoiceTerms>,
+    /// Our payments by id.
+    pub payments: BTreeMap<B256, Payment>,
+}
+
+impl Book {
+    /// Apply a write to the book (writes of channels and links do not touch it).
+    pub fn apply(&mut self, w: &Write) {
+        match w {
+            Write::Route { key, route } => match route {
+                Some(r) => {
+                    self.routes.insert(*key, *r);
+                }
+                None => {
+                    self.routes.remove(key);
+                }
+            },
+            Write::Forward { out, record } => {
+                self.forwards.insert(*out, record.clone());
+            }
+            Write::ForwardedIn { incoming, out } => {
+                self.forwarded_in.insert(*incoming, *out);
+            }
+            Write::Invoice { hashlock, terms } => {
+                self.invoices.insert(*hashlock, *terms);
+            }
+            Write::Payment { id, payment } => {
+                self.payments.insert(*id, payment.clone());
+            }
+            Write::Channel { .. } | Write::Sent { .. } | Write::Acked { .. } => {}
+            Write::Received { .. } => {}
+        }
+    }
+}
+
+/// Everything a node's writes leave on disk: what [`super::Node::restore`] starts from.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Records {
+    /// Channels by id.
+    pub channels: BTreeMap<ChannelId, ChannelRecord>,
+    /// Links by peer.
+    pub links: BTreeMap<Address, LinkRecord>,
+    /// The payment records.
+    pub book: Book,
+}
+
+impl Records {
+    /// Apply one write of `node`'s latest step, as a store does.
+    pub fn apply(&mut self, w: &Write, node: &super::Node) {
+        match w {
+            Write::Channel { id } => {
+                if let Some(record) = node.channel_record(*id) {
+                    self.channels.insert(*id, record);
+                }
+            }
+            Write::Sent { peer, seq } => {
+                let l = self.links.entry(*peer).or_default();
+                l.next_send = l.next_send.max(seq.saturating_add(1));
+                if let Some(body) = node.unacked(*peer, *seq) {
+                    l.unacked.insert(*seq, body.clone());
+                }
+            }
+            Write::Acked { peer, seqs } => {
+                if let Some(l) = self.links.get_mut(peer) {
+                    l.unacked.retain(|s, _| !seqs.contains(s));
+                }
+            }
+            Write::Received { peer, seq } => {
+                let l = self.links.entry(*peer).or_default();
+                l.received = l.received.max(*seq);
+            }
+            w => self.book.apply(w),
+        }
+    }
+
+    /// Apply the writes of `node`'s latest step in order.
+    pub fn apply_all<'a>(&mut self, ws: impl IntoIterator<Item = &'a Write>, node: &super::Node) {
+        for w in ws {
+            self.apply(w, node);
+        }
+    }
+}
