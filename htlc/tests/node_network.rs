@@ -17,8 +17,9 @@
 
 use alloy::primitives::{Address, B256, Signature, U256};
 use htlc::forward::ForwardPolicy;
-use htlc::node::payment::{InvoiceTerms, PaymentStatus};
-use htlc::node::{Body, Config, Frame, Node, Output, PayOrder, Records};
+use htlc::node::invoice::Invoice;
+use htlc::node::payment::PaymentStatus;
+use htlc::node::{Body, Config, Frame, Node, Output, Records};
 use htlc::sig::Keys;
 use htlc::update::sign_state;
 use htlc::{
@@ -104,8 +105,8 @@ impl World {
             .iter()
             .map(|k| Peer {
                 keys: k.clone(),
-                config,
-                node: Node::new(k.clone(), config),
+                config: config.clone(),
+                node: Node::new(k.clone(), config.clone()),
                 disk: Records::default(),
             })
             .collect();
@@ -121,6 +122,10 @@ impl World {
             let p = &mut peers[n];
             p.disk.apply_all(&out.writes, &p.node);
         }
+        // The payer knows the hub's policy (in band it comes with the channel's acceptance).
+        let out = peers[PAYER].node.set_policy(a(HUB), policy());
+        let p = &mut peers[PAYER];
+        p.disk.apply_all(&out.writes, &p.node);
         World {
             peers,
             net: Vec::new(),
@@ -189,25 +194,22 @@ impl World {
         if self.paid.iter().any(|(p, _)| *p == id) {
             return;
         }
+        let invoice = Invoice {
+            payee: self.peers[PAYEE].keys.address(),
+            hub: self.peers[HUB].keys.address(),
+            amount: Amount(amount),
+            hashlock,
+            expires_at: self.now.0 + 86_400,
+            final_expiry_delta: 7_200,
+        };
         if known {
-            let out = self.peers[PAYEE].node.add_invoice(InvoiceTerms {
-                amount: Amount(amount),
-                expires_at: Expiry(self.now.0 + 86_400),
-                preimage,
-                paid: false,
-            });
+            let out = self.peers[PAYEE]
+                .node
+                .add_invoice(invoice.clone(), preimage)
+                .unwrap();
             self.carry(PAYEE, out);
         }
-        let order = PayOrder {
-            id,
-            hub: self.peers[HUB].keys.address(),
-            payee: self.peers[PAYEE].keys.address(),
-            hashlock,
-            amount: Amount(amount),
-            final_expiry_delta: 7_200,
-            policy: policy(),
-        };
-        if let Ok(out) = self.peers[PAYER].node.pay(self.now, &order) {
+        if let Ok(out) = self.peers[PAYER].node.pay(self.now, id, &invoice) {
             self.paid.push((id, amount));
             self.carry(PAYER, out);
         }
@@ -230,7 +232,7 @@ impl World {
     /// Node `n` crashes and restarts from its disk.
     fn restart(&mut self, n: usize) {
         let p = &mut self.peers[n];
-        p.node = Node::restore(p.keys.clone(), p.config, p.disk.clone()).unwrap();
+        p.node = Node::restore(p.keys.clone(), p.config.clone(), p.disk.clone()).unwrap();
         let out = self.peers[n].node.resume(self.now);
         self.carry(n, out);
     }
@@ -239,7 +241,7 @@ impl World {
     fn silent(&mut self, on: bool) {
         let p = &mut self.peers[PAYEE];
         p.config.reveal_preimages = !on;
-        p.node = Node::restore(p.keys.clone(), p.config, p.disk.clone()).unwrap();
+        p.node = Node::restore(p.keys.clone(), p.config.clone(), p.disk.clone()).unwrap();
         let out = self.peers[PAYEE].node.resume(self.now);
         self.carry(PAYEE, out);
     }
@@ -400,7 +402,7 @@ proptest! {
             let p = payer.payment(*id).expect("a payment record for every payment made");
             prop_assert!(p.status != PaymentStatus::Pending, "payment {id} never ended");
             if let PaymentStatus::Succeeded { preimage } = p.status {
-                prop_assert_eq!(preimage.hashlock(), p.hashlock);
+                prop_assert_eq!(preimage.hashlock(), p.invoice.hashlock);
                 delivered += amount;
                 paid += amount + policy().fee(Amount(*amount)).unwrap().0;
             }

@@ -34,6 +34,7 @@ use crate::node::{Node, awaiting_acceptance};
 use crate::store::{Batch, Cf};
 use alloy::primitives::{Address, B256};
 use htlc::forward::{ForwardPolicy, NextHop, OutgoingChannel};
+pub use htlc::node::invoice::{Invoice, InvoiceError};
 pub use htlc::node::payment::{ForwardRecord, HtlcPlan, PaymentStatus};
 use htlc::node::payment::{InvoiceTerms, Known, Step, Upstream, on_committed, outcomes};
 use htlc::{
@@ -47,69 +48,6 @@ use tracing::{info, warn};
 /// delta a hub must keep, `htlc::forward::MIN_OUTGOING_EXPIRY_SECS`).
 pub const DEFAULT_FINAL_EXPIRY_DELTA: u64 = 7200;
 const _: () = assert!(DEFAULT_FINAL_EXPIRY_DELTA > htlc::forward::MIN_OUTGOING_EXPIRY_SECS);
-
-/// Prefix of encoded invoices.
-const INVOICE_PREFIX: &str = "vhub1";
-
-/// A request to be paid, made by the payee and handed to the payer (as [`Invoice::encode`]).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Invoice {
-    /// Who is paid.
-    pub payee: Address,
-    /// The hub the payee has its channel with.
-    pub hub: Address,
-    /// Amount the payee receives.
-    pub amount: Amount,
-    /// `sha256(preimage)`; only the payee knows the preimage.
-    pub hashlock: Hashlock,
-    /// Unix time after which the payee refuses the payment.
-    pub expires_at: u64,
-    /// Seconds the payee's HTLC must leave before it expires.
-    pub final_expiry_delta: u64,
-}
-
-/// An invoice string could not be read.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum InvoiceError {
-    /// It does not start with `vhub1`.
-    #[error("not a vhub invoice (it must start with {INVOICE_PREFIX})")]
-    Prefix,
-    /// It is not hex, or does not decode, or its checksum is wrong.
-    #[error("corrupt invoice: {0}")]
-    Corrupt(&'static str),
-}
-
-impl Invoice {
-    /// The invoice as a string a person can copy: `vhub1` + hex(postcard(invoice) ‖ 4-byte
-    /// checksum), the checksum being the first bytes of its sha256.
-    pub fn encode(&self) -> String {
-        use sha2::Digest;
-        // Postcard serialisation of plain fields cannot fail.
-        let mut bytes = postcard::to_allocvec(self).unwrap_or_default();
-        let sum = sha2::Sha256::digest(&bytes);
-        bytes.extend_from_slice(&sum[..4]);
-        format!("{INVOICE_PREFIX}{}", alloy::primitives::hex::encode(bytes))
-    }
-
-    /// Read an invoice string.
-    pub fn decode(s: &str) -> Result<Invoice, InvoiceError> {
-        use sha2::Digest;
-        let hex = s
-            .trim()
-            .strip_prefix(INVOICE_PREFIX)
-            .ok_or(InvoiceError::Prefix)?;
-        let bytes =
-            alloy::primitives::hex::decode(hex).map_err(|_| InvoiceError::Corrupt("not hex"))?;
-        if bytes.len() < 5 {
-            return Err(InvoiceError::Corrupt("too short"));
-        }
-        let (body, sum) = bytes.split_at(bytes.len() - 4);
-        if sha2::Sha256::digest(body)[..4] != *sum {
-            return Err(InvoiceError::Corrupt("checksum mismatch"));
-        }
-        postcard::from_bytes(body).map_err(|_| InvoiceError::Corrupt("bad encoding"))
-    }
-}
 
 /// The payer's record of one payment.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

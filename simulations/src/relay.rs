@@ -8,8 +8,8 @@
 
 use htlc::forward::ForwardPolicy;
 use htlc::ids::{Expiry, Preimage};
-use htlc::node::payment::InvoiceTerms;
-use htlc::node::{Config, Node, NodeEvent, Output, PayOrder};
+use htlc::node::invoice::Invoice;
+use htlc::node::{Config, Node, NodeEvent, Output};
 use htlc::ops::Limits;
 use htlc::sig::Keys;
 use htlc::{Amount, ChannelId};
@@ -39,9 +39,8 @@ pub struct Relay {
     queue: VecDeque<(usize, usize, htlc::node::Frame)>,
     up: ChannelId,
     down: ChannelId,
-    policy: ForwardPolicy,
     /// Payments queued for the next run.
-    orders: Vec<PayOrder>,
+    orders: Vec<(alloy::primitives::B256, Invoice)>,
     now: Expiry,
     /// What happened so far.
     pub tally: Tally,
@@ -70,18 +69,20 @@ impl Relay {
             policy,
             ..Config::default()
         };
-        let mut nodes = keys.clone().map(|k| Node::new(k, config));
+        let mut nodes = keys.clone().map(|k| Node::new(k, config.clone()));
         let a = |i: usize| keys[i].address();
         nodes[PAYER].add_channel(a(HUB), payer_up)?;
         nodes[HUB].add_channel(a(PAYER), hub_in)?;
         nodes[HUB].add_channel(a(PAYEE), hub_out)?;
         nodes[PAYEE].add_channel(a(HUB), payee_down)?;
+        // The payer routes with the hub's policy (in band it comes with the channel's
+        // acceptance).
+        nodes[PAYER].set_policy(a(HUB), policy);
         Ok(Relay {
             nodes,
             queue: VecDeque::new(),
             up,
             down,
-            policy,
             orders: Vec::new(),
             now: Expiry(1_700_000_000),
             tally: Tally::default(),
@@ -107,22 +108,17 @@ impl Relay {
     pub fn pay(&mut self, amount: Amount, secret: [u8; 32]) -> anyhow::Result<()> {
         let preimage = Preimage(secret);
         let hashlock = preimage.hashlock();
-        let out = self.nodes[PAYEE].add_invoice(InvoiceTerms {
-            amount,
-            expires_at: Expiry(self.now.0 + 3600),
-            preimage,
-            paid: false,
-        });
-        self.carry(PAYEE, out);
-        let order = PayOrder {
-            id: alloy::primitives::B256::from(secret),
-            hub: self.nodes[HUB].address(),
+        let invoice = Invoice {
             payee: self.nodes[PAYEE].address(),
-            hashlock,
+            hub: self.nodes[HUB].address(),
             amount,
+            hashlock,
+            expires_at: self.now.0 + 3600,
             final_expiry_delta: 2 * 3600,
-            policy: self.policy,
         };
+        let out = self.nodes[PAYEE].add_invoice(invoice.clone(), preimage)?;
+        self.carry(PAYEE, out);
+        let order = (alloy::primitives::B256::from(secret), invoice);
         self.orders.push(order);
         Ok(())
     }

@@ -3,7 +3,9 @@
 
 use crate::amount::Amount;
 use crate::ids::Side;
-use crate::update::Snapshot;
+use crate::state::ChannelParams;
+use crate::update::{SignedState, Snapshot};
+use serde::{Deserialize, Serialize};
 
 /// What the node adds to channels peers open with it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,6 +55,77 @@ pub fn funding(
 /// to answer with.
 pub fn must_challenge(snap: &Snapshot, registered: u64) -> bool {
     !snap.awaiting_countersignature() && snap.latest().state.version > registered
+}
+
+/// Key prefix of intents in the `chain` column family.
+pub const INTENT_PREFIX: &[u8] = b"intent/";
+
+/// A transaction the node has decided to send.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Intent {
+    /// Deposit `amount` into a channel that holds `expected_held`.
+    Deposit {
+        /// The channel.
+        params: ChannelParams,
+        /// Holdings before this deposit.
+        expected_held: Amount,
+        /// Amount deposited.
+        amount: Amount,
+        /// Whether the deposit is a top-up to be credited to us by a co-signed update once it
+        /// is on chain (the opening deposit is already in the opening state).
+        credit: bool,
+    },
+    /// Pay out a co-signed final state.
+    CooperativeClose {
+        /// The channel.
+        params: ChannelParams,
+        /// The final state with both signatures.
+        state: SignedState,
+        /// Not sent before this unix time (node clock): the side that proposed the close pays
+        /// it out at once (0), the other only if nobody did within a grace period, so the two
+        /// do not both pay gas for one payout.
+        not_before: u64,
+    },
+    /// Answer a dispute registered with an older state: register our later co-signed one
+    /// (rule 8: newer state wins).
+    Challenge {
+        /// The channel.
+        params: ChannelParams,
+        /// Our latest co-signed state.
+        state: SignedState,
+    },
+}
+
+impl Intent {
+    /// The key of this intent in the `chain` column family: one per channel, purpose and
+    /// distinguishing number (expected holdings for deposits, version for challenges).
+    pub fn key(&self) -> Vec<u8> {
+        let (tag, params, n): (&str, &ChannelParams, u128) = match self {
+            Intent::Deposit {
+                params,
+                expected_held,
+                ..
+            } => ("deposit/", params, expected_held.0),
+            Intent::CooperativeClose { params, .. } => ("close/", params, 0),
+            Intent::Challenge { params, state } => {
+                ("challenge/", params, u128::from(state.state.version))
+            }
+        };
+        let mut k = INTENT_PREFIX.to_vec();
+        k.extend_from_slice(tag.as_bytes());
+        k.extend_from_slice(params.id().0.as_slice());
+        k.extend_from_slice(&n.to_be_bytes());
+        k
+    }
+
+    /// The channel the intent is about.
+    pub fn params(&self) -> &ChannelParams {
+        match self {
+            Intent::Deposit { params, .. }
+            | Intent::CooperativeClose { params, .. }
+            | Intent::Challenge { params, .. } => params,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -2,114 +2,133 @@
 //! inputs and drained of outputs, with no I/O (the model is quinn-proto's `Connection`).
 //!
 //! Inputs: a peer's frames ([`Node::handle_frames`], all those a session has buffered at
-//! once), the time ([`Node::handle_timeout`], when [`Node::poll_timeout`] says), a session
-//! coming up ([`Node::connected`]), and the operator's commands ([`Node::pay`],
-//! [`Node::add_invoice`], [`Node::transfer`], [`Node::close`], [`Node::add_channel`]).
-//! Each returns one [`Output`]: the records to write as one atomic batch, then the frames
-//! to send, then the events to tell. The caller writes the batch durably before it sends a
-//! frame of it (rule 2); the node never reads a clock, a socket, a disk or a random source.
+//! once), the time ([`Node::handle_timeout`], when [`Node::poll_timeout`] says), what the
+//! chain shows ([`Node::handle_chain`]), a session coming up ([`Node::connected`]), and the
+//! operator's commands ([`Node::open_channel`], [`Node::pay`], [`Node::add_invoice`],
+//! [`Node::transfer`], [`Node::close`], ...). Each returns one [`Output`]: the records to
+//! write as one atomic batch (chain intents among them), then the frames to send, then the
+//! events to tell, and the chain figures the node wants read. The caller writes the batch
+//! durably before it sends a frame of it (rule 2); the node never reads a clock, a socket, a
+//! disk, the chain or a random source.
 //!
 //! ```text
-//!  frames ──┐                                   ┌─► Output.writes    1. persist (one batch)
-//!  time ────┼─► handle_* ─► channel machines ──►├─► Output.transmits  2. send
-//!  command ─┘        ▲        │ events          └─► Output.events     3. tell
+//!  frames ──┐                                    ┌─► writes + intents  1. persist (one batch)
+//!  time ────┤                                    ├─► transmits         2. send
+//!  chain ───┼─► handle_* ─► channel machines ───►├─► events            3. tell
+//!  command ─┘        ▲        │ events           └─► queries           4. read the chain
 //!                    └─ payment reactions (claim, forward, fail, settle upstream),
 //!                       carried out in the same step and the same batch
 //! ```
 //!
+//! Who may do what (rule 10, issue 12): a peer without a channel (a stranger) may only open
+//! one; its refusals are unnumbered and cost us no write. A peer touches only its own
+//! channels; another's channel reads as unknown. A channel takes updates only once funded,
+//! and a top-up is credited only up to what the chain shows (the caller hands the figures in
+//! first, see [`Node::wants_chain_figures`]).
+//!
 //! A step's payment reactions run inside the step: the HTLC that arrives, the decision on
 //! it and the lock offered downstream land in one batch, so a crash leaves either all of it
-//! or none (and the peer re-sends what we did not acknowledge). [`Node::resume`] after a
-//! restart decides again what an older store left undecided.
+//! or none (and the peer re-sends what we did not acknowledge). Every channel a step touches
+//! proposes once, at the end, so the locks a step decides ride one signed update.
+//! [`Node::resume`] after a restart decides again what an older store left undecided.
 
-use crate::forward::{ForwardPolicy, NextHop};
-use crate::ids::{ChannelId, Expiry, Hashlock, HtlcId};
+use crate::forward::ForwardPolicy;
+use crate::ids::{ChannelId, Expiry, Hashlock, HtlcId, Preimage, Side};
 use crate::msg::Message;
-use crate::node::admission::{RouteRefusal, admit_route};
+use crate::node::admission::{OpenPolicy, OpenRefusal, RouteRefusal, admit_open, admit_route};
+use crate::node::chain::{CollateralPolicy, Intent, funding, must_challenge};
+use crate::node::invoice::Invoice;
 use crate::node::link::{Inbound, Inbox, Outbox};
+use crate::node::message::{Body, ErrorCode, Frame};
 use crate::node::payment::{
     ForwardRecord, HtlcPlan, InvoiceTerms, Known, PaymentStatus, PlanError, Step, Upstream,
     on_committed, outcomes,
 };
-use crate::node::records::{Book, ChannelRecord, LinkRecord, Payment, Records, Route, Write};
+use crate::node::records::{
+    Book, ChannelRecord, InvoiceRecord, LinkRecord, PaymentRecord, Records, Route, Write,
+};
 use crate::node::timers::Timers;
 use crate::sig::Keys;
+use crate::state::ChannelParams;
 use crate::update::{
     Channel, CommittedHtlc, Effect, Event, MAX_CONSECUTIVE_REJECTS, ProtocolError,
 };
-use crate::{Amount, FailureReason, Op, OpError, Side, SignedState};
+use crate::{Amount, FailureReason, Limits, Op, OpError};
 use alloy::primitives::{Address, B256};
-use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-
-/// What one node says to another inside a numbered, acknowledged frame.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Body {
-    /// A channel machine's message.
-    Channel(Message),
-    /// The payer's instruction for the HTLC it is about to lock on `channel`.
-    Route {
-        /// The channel the HTLC comes on.
-        channel: ChannelId,
-        /// Its hashlock.
-        hashlock: Hashlock,
-        /// Who to forward it to.
-        next_peer: Address,
-        /// Amount and expiry of the outgoing HTLC.
-        next: NextHop,
-    },
-    /// We refused the peer's message `seq`; nothing changed.
-    Refused {
-        /// Its number.
-        seq: u64,
-        /// Why.
-        detail: String,
-    },
-}
-
-/// What travels on a link.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Frame {
-    /// A numbered message; the receiver processes numbers in order and acknowledges each.
-    Msg {
-        /// Its number on this link.
-        seq: u64,
-        /// What it says.
-        body: Body,
-    },
-    /// Every message up to `seq` was processed.
-    Ack {
-        /// The last number processed.
-        seq: u64,
-    },
-    /// An answer that is not numbered: a gap, or a refusal to a peer we keep nothing for.
-    Error {
-        /// Why.
-        detail: String,
-    },
-}
 
 /// What the node tells its operator.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum NodeEvent {
-    /// A state of `channel` was co-signed.
+    /// A channel's opening is co-signed (by the peer's acceptance, or by our own).
+    ChannelOpened {
+        /// Which channel.
+        channel_id: ChannelId,
+        /// With whom.
+        peer: Address,
+    },
+    /// A state of a channel was co-signed.
     Committed {
         /// Which channel.
-        channel: ChannelId,
+        channel_id: ChannelId,
         /// Its version.
         version: u64,
     },
-    /// The final state of `channel` is co-signed: pay it out on chain.
+    /// The final state of a channel is co-signed.
     Closed {
         /// Which channel.
-        channel: ChannelId,
-        /// The final state.
-        state: SignedState,
+        channel_id: ChannelId,
     },
-    /// The peer of `channel` keeps refusing our proposals: go to the chain.
-    PeerStuck {
+    /// We refused a message of `peer`; nothing changed.
+    Refused {
+        /// Whose.
+        peer: Address,
+        /// Why.
+        code: ErrorCode,
+    },
+    /// A channel's opening deposits are on chain.
+    Funded {
         /// Which channel.
-        channel: ChannelId,
+        channel_id: ChannelId,
+    },
+    /// The credit of a deposit of ours was proposed.
+    ToppedUp {
+        /// Which channel.
+        channel_id: ChannelId,
+        /// How much.
+        amount: Amount,
+    },
+    /// A channel was paid out on chain.
+    Concluded {
+        /// Which channel.
+        channel_id: ChannelId,
+        /// To A.
+        to_a: Amount,
+        /// To B.
+        to_b: Amount,
+    },
+    /// A stale state registered on chain is answered with ours.
+    Challenged {
+        /// Which channel.
+        channel_id: ChannelId,
+        /// The version registered.
+        disputed: u64,
+        /// Ours.
+        ours: u64,
+    },
+    /// A payment of ours ended paid.
+    PaymentSucceeded {
+        /// Its id.
+        id: B256,
+        /// The fees it cost.
+        fee: Amount,
+    },
+    /// A payment of ours ended unpaid (`None`: nobody answered before it expired).
+    PaymentFailed {
+        /// Its id.
+        id: B256,
+        /// The failing node's reason.
+        reason: Option<FailureReason>,
     },
     /// We revealed the preimage of an invoice of ours.
     PaymentReceived {
@@ -117,11 +136,6 @@ pub enum NodeEvent {
         hashlock: Hashlock,
         /// What the lock carried.
         amount: Amount,
-    },
-    /// We hold a paying HTLC without revealing ([`Config::reveal_preimages`] is off).
-    Holding {
-        /// The invoice's hashlock.
-        hashlock: Hashlock,
     },
     /// A forward settled on both sides.
     Forwarded {
@@ -139,78 +153,131 @@ pub enum NodeEvent {
         /// Why.
         reason: FailureReason,
     },
-    /// A payment of ours ended paid.
-    PaymentSucceeded {
-        /// Its id.
-        id: B256,
-        /// Proof of payment.
-        preimage: crate::Preimage,
-    },
-    /// A payment of ours ended unpaid (`None`: nobody answered before it expired).
-    PaymentFailed {
-        /// Its id.
-        id: B256,
-        /// The failing node's reason.
-        reason: Option<FailureReason>,
-    },
-    /// An operation we queued on `channel` will never take effect.
-    OpDropped {
-        /// Which channel.
-        channel: ChannelId,
-        /// The operation.
-        op: Op,
-        /// Why.
-        error: OpError,
-    },
-    /// We refused a message of `peer`.
-    Refused {
-        /// Whose.
-        peer: Address,
-        /// Why.
-        detail: String,
+    /// We hold a paying HTLC without revealing ([`Config::reveal_preimages`] is off).
+    Holding {
+        /// The invoice's hashlock.
+        hashlock: Hashlock,
     },
     /// `peer` refused a message of ours, or reported an error.
     RefusedByPeer {
         /// Who.
         peer: Address,
+        /// Its code.
+        code: ErrorCode,
         /// What it said.
         detail: String,
     },
+    /// The peer of a channel keeps refusing our proposals: go to the chain.
+    PeerStuck {
+        /// Which channel.
+        channel_id: ChannelId,
+    },
+    /// An operation we queued on a channel will never take effect.
+    OpDropped {
+        /// Which channel.
+        channel_id: ChannelId,
+        /// The operation.
+        op: Op,
+        /// Why.
+        error: OpError,
+    },
 }
 
-/// What a step produced, to be carried out in this order: write, send, tell.
+/// What a step produced, to be carried out in this order: write, send, tell, read.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Output {
     /// Records to write as one atomic batch, synced if any [`Write::needs_sync`].
     pub writes: Vec<Write>,
     /// Frames to send once the batch is durable (those to a peer without a session may be
-    /// dropped: numbered ones are re-sent by [`Node::connected`]).
+    /// dropped: numbered ones go again with [`Node::connected`]).
     pub transmits: Vec<(Address, Frame)>,
     /// What to tell the operator.
     pub events: Vec<NodeEvent>,
+    /// Channels whose holdings and deposits the node wants read from the chain and handed in
+    /// with [`ChainEvent::Holdings`].
+    pub queries: Vec<ChannelId>,
 }
 
 impl Output {
-    /// Whether the step changed nothing and has nothing to send or tell.
+    /// Whether the step changed nothing and has nothing to send, tell or read.
     pub fn is_empty(&self) -> bool {
-        self.writes.is_empty() && self.transmits.is_empty() && self.events.is_empty()
+        self.writes.is_empty()
+            && self.transmits.is_empty()
+            && self.events.is_empty()
+            && self.queries.is_empty()
     }
 
     /// Whether the batch must be synced before the frames leave.
     pub fn needs_sync(&self) -> bool {
         self.writes.iter().any(Write::needs_sync)
     }
+
+    /// The chain intents among the writes.
+    pub fn intents(&self) -> impl Iterator<Item = &Intent> {
+        self.writes.iter().filter_map(|w| match w {
+            Write::Intent(i) => Some(&**i),
+            _ => None,
+        })
+    }
+}
+
+/// What the chain shows, handed in by the caller.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChainEvent {
+    /// What the adjudicator holds for a channel and what each participant deposited.
+    Holdings {
+        /// Which channel.
+        channel_id: ChannelId,
+        /// Its holdings.
+        held: Amount,
+        /// A's and B's deposits.
+        deposited: [Amount; 2],
+    },
+    /// A close was registered with `version`.
+    Disputed {
+        /// Which channel.
+        channel_id: ChannelId,
+        /// The version registered.
+        version: u64,
+    },
+    /// The channel was paid out.
+    Concluded {
+        /// Which channel.
+        channel_id: ChannelId,
+        /// To A.
+        to_a: Amount,
+        /// To B.
+        to_b: Amount,
+    },
+    /// An intent of ours is in effect on chain (a deposit landed, a close paid out).
+    Landed(Box<Intent>),
 }
 
 /// A node's settings.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
-    /// What we charge and require to forward.
+    /// What we charge and require to forward (announced to peers whose channel we accept).
     pub policy: ForwardPolicy,
-    /// Route instructions a peer may leave waiting per channel (rule 10).
-    pub max_routes_per_channel: usize,
+    /// Limits of the channels we open and accept; their lock slots also bound the route
+    /// instructions a peer may leave waiting per channel (rule 10).
+    pub limits: Limits,
+    /// What a peer may open with us.
+    pub open: OpenPolicy,
+    /// What we add to channels peers open with us.
+    pub collateral: CollateralPolicy,
+    /// Whether channels must be seen funded on chain before they carry updates (without a
+    /// chain they are funded at once).
+    pub on_chain: bool,
+    /// Whether a co-signed final state is paid out on chain by an intent of ours.
+    pub auto_settle: bool,
+    /// Seconds the side that did not propose a close waits before it pays it out itself.
+    pub close_grace_secs: u64,
     /// Seconds a route instruction waits for its HTLC before it is collected.
     pub route_ttl_secs: u64,
+    /// Seconds an opening may stay uncountersigned or unfunded before it is collected.
+    pub abandon_after_secs: u64,
+    /// Unacknowledged messages to a peer beyond which its refusals are no longer written.
+    pub max_durable_backlog: u64,
     /// Whether we reveal preimages of our invoices (off only to test holding payees).
     pub reveal_preimages: bool,
 }
@@ -219,30 +286,27 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             policy: ForwardPolicy::default(),
-            max_routes_per_channel: crate::Limits::default().max_pending_locks,
+            limits: Limits::default(),
+            open: OpenPolicy {
+                chain_id: 1,
+                adjudicator: Address::ZERO,
+                assets: vec![Address::ZERO],
+                min_peer_deposit: Amount::ZERO,
+                max_channels_per_peer: 4,
+            },
+            collateral: CollateralPolicy {
+                collateral: Amount::ZERO,
+                min_peer_deposit: Amount::ZERO,
+            },
+            on_chain: false,
+            auto_settle: false,
+            close_grace_secs: 120,
             route_ttl_secs: 600,
+            abandon_after_secs: 3600,
+            max_durable_backlog: 1024,
             reveal_preimages: true,
         }
     }
-}
-
-/// A payment to make: `amount` to `payee`, through our channel with `hub`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PayOrder {
-    /// The payment's id: paying the same id again does nothing.
-    pub id: B256,
-    /// The node our channel leads to (the payee itself for a direct payment).
-    pub hub: Address,
-    /// Who is paid.
-    pub payee: Address,
-    /// The payee's hashlock.
-    pub hashlock: Hashlock,
-    /// What the payee receives.
-    pub amount: Amount,
-    /// Seconds the payee's lock must leave before it expires.
-    pub final_expiry_delta: u64,
-    /// The hub's announced policy.
-    pub policy: ForwardPolicy,
 }
 
 /// A command the node refuses; nothing changed.
@@ -254,9 +318,27 @@ pub enum CommandError {
     /// A channel with this id exists already.
     #[error("channel {0} exists already")]
     ChannelExists(ChannelId),
-    /// No open channel with this peer can carry the payment.
+    /// The channel cannot take updates yet.
+    #[error("channel {0} is {1}")]
+    NotReady(ChannelId, &'static str),
+    /// A zero amount.
+    #[error("the amount must be above zero")]
+    ZeroAmount,
+    /// No open channel with this peer can carry it.
     #[error("no open channel with {0}")]
     NoChannel(Address),
+    /// The hub never announced its policy to us.
+    #[error("hub {0} announced no policy")]
+    NoPolicy(Address),
+    /// The invoice expired.
+    #[error("the invoice expired")]
+    Expired,
+    /// The invoice is our own.
+    #[error("the invoice is our own")]
+    OwnInvoice,
+    /// The channel may hold money: it is never forgotten.
+    #[error("channel {0} may hold money: not forgotten")]
+    NotAbandoned(ChannelId),
     /// The payment cannot be planned.
     #[error(transparent)]
     Plan(#[from] PlanError),
@@ -278,22 +360,46 @@ enum Reaction {
 struct Pending {
     out: Output,
     touched: BTreeSet<ChannelId>,
-    /// Channels with operations queued in this step, proposed once at its end (so that
-    /// every lock a step decides rides one signed update per channel).
+    /// Channels with operations queued in this step, proposed once at its end.
     to_propose: BTreeSet<ChannelId>,
     reactions: VecDeque<Reaction>,
+    /// Final states co-signed in this step, to pay out once the step's events are all seen.
+    closes: Vec<(ChannelId, crate::SignedState)>,
+    /// Channels whose close we proposed.
+    closed_by_us: BTreeSet<ChannelId>,
 }
 
 struct Entry {
     peer: Address,
+    funded: bool,
+    concluded: bool,
+    opened_at: u64,
     machine: Channel,
+}
+
+impl Entry {
+    fn awaiting_acceptance(&self) -> bool {
+        self.machine.snapshot().awaiting_countersignature()
+    }
 }
 
 #[derive(Default)]
 struct Link {
     inbox: Inbox,
+    /// The last number whose processing was written (what a restart resumes from).
+    durable: u64,
     outbox: Outbox,
     unacked: BTreeMap<u64, Body>,
+}
+
+/// Openings left too long ([`Node::abandoned`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Abandoned {
+    /// Channels we proposed that the peer never countersigned: forget them.
+    pub unanswered: Vec<ChannelId>,
+    /// Channels a peer opened with us and never funded: forget them once the chain confirms
+    /// it holds nothing for them.
+    pub unfunded: Vec<ChannelId>,
 }
 
 /// One node: its channels, links and payment records (see the module doc).
@@ -330,7 +436,16 @@ impl Node {
         for (id, rec) in records.channels {
             let machine = Channel::restore(rec.snapshot, node.keys.clone())?;
             node.timers.set(id, machine.snapshot().next_timeout());
-            node.insert(id, rec.peer, machine);
+            node.insert(
+                id,
+                Entry {
+                    peer: rec.peer,
+                    funded: rec.funded,
+                    concluded: rec.concluded,
+                    opened_at: rec.opened_at,
+                    machine,
+                },
+            );
         }
         for (peer, l) in records.links {
             let first = l.unacked.keys().next().copied();
@@ -338,6 +453,7 @@ impl Node {
                 peer,
                 Link {
                     inbox: Inbox::new(l.received),
+                    durable: l.received,
                     outbox: Outbox::restore(l.next_send, first),
                     unacked: l.unacked,
                 },
@@ -346,16 +462,23 @@ impl Node {
         node.paylocks = records
             .book
             .payments
-            .iter()
-            .map(|(id, p)| ((p.channel, p.htlc), *id))
+            .values()
+            .map(|p| ((p.channel, p.htlc), p.id))
             .collect();
         node.book = records.book;
         Ok(node)
     }
 
+    // ---- what the node holds ----
+
     /// Our address.
     pub fn address(&self) -> Address {
         self.keys.address()
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &Config {
+        &self.config
     }
 
     /// The machine of channel `id`.
@@ -368,23 +491,36 @@ impl Node {
         self.channels.keys().copied()
     }
 
-    /// Our message `seq` to `peer`, if it is not acknowledged yet (to write for a
-    /// [`Write::Sent`]).
-    pub fn unacked(&self, peer: Address, seq: u64) -> Option<&Body> {
-        self.links.get(&peer)?.unacked.get(&seq)
+    /// The channels with `peer`.
+    pub fn channels_with(&self, peer: Address) -> &[ChannelId] {
+        self.by_peer.get(&peer).map_or(&[], Vec::as_slice)
+    }
+
+    /// The peer of channel `id`.
+    pub fn peer_of(&self, id: ChannelId) -> Option<Address> {
+        self.channels.get(&id).map(|e| e.peer)
     }
 
     /// The record of channel `id` as it stands, to write for a [`Write::Channel`].
     pub fn channel_record(&self, id: ChannelId) -> Option<ChannelRecord> {
         self.channels.get(&id).map(|e| ChannelRecord {
             peer: e.peer,
+            funded: e.funded,
+            concluded: e.concluded,
+            opened_at: e.opened_at,
             snapshot: e.machine.snapshot().clone(),
         })
     }
 
-    /// The peer of channel `id`.
-    pub fn peer_of(&self, id: ChannelId) -> Option<Address> {
-        self.channels.get(&id).map(|e| e.peer)
+    /// Our message `seq` to `peer`, if it is not acknowledged yet (to write for a
+    /// [`Write::Sent`]).
+    pub fn unacked(&self, peer: Address, seq: u64) -> Option<&Body> {
+        self.links.get(&peer)?.unacked.get(&seq)
+    }
+
+    /// Messages of ours `peer` has not acknowledged yet.
+    pub fn backlog(&self, peer: Address) -> u64 {
+        self.links.get(&peer).map_or(0, |l| l.outbox.backlog())
     }
 
     /// The payment records.
@@ -393,8 +529,19 @@ impl Node {
     }
 
     /// Payment `id`, if we made it.
-    pub fn payment(&self, id: B256) -> Option<&Payment> {
+    pub fn payment(&self, id: B256) -> Option<&PaymentRecord> {
         self.book.payments.get(&id)
+    }
+
+    /// Fees we earned as a hub (forwards settled on both sides) and how many forwards.
+    pub fn fees_earned(&self) -> (Amount, usize) {
+        self.book
+            .forwards
+            .values()
+            .filter(|f| f.done && f.preimage.is_some())
+            .fold((Amount::ZERO, 0), |(sum, n), f| {
+                (Amount(sum.0.saturating_add(f.fee.0)), n + 1)
+            })
     }
 
     /// When [`Node::handle_timeout`] is due next (`None`: nothing to wait for).
@@ -402,30 +549,140 @@ impl Node {
         self.timers.next()
     }
 
-    /// Messages of ours `peer` has not acknowledged yet.
-    pub fn backlog(&self, peer: Address) -> u64 {
-        self.links.get(&peer).map_or(0, |l| l.outbox.backlog())
+    /// Whether `peer` has a channel with us (funded or not).
+    pub fn has_channel(&self, peer: Address) -> bool {
+        self.by_peer.get(&peer).is_some_and(|v| !v.is_empty())
     }
 
-    fn insert(&mut self, id: ChannelId, peer: Address, machine: Channel) {
-        self.channels.insert(id, Entry { peer, machine });
+    /// Whether `peer` has a funded channel with us.
+    pub fn has_funded_channel(&self, peer: Address) -> bool {
+        self.by_peer.get(&peer).is_some_and(|v| {
+            v.iter()
+                .any(|id| self.channels.get(id).is_some_and(|e| e.funded))
+        })
+    }
+
+    /// The channel whose chain figures must be handed in (with [`ChainEvent::Holdings`])
+    /// before `frame` from `from` is handled: a proposal that credits a deposit is checked
+    /// against the chain, never against the peer's word (rule 11).
+    pub fn wants_chain_figures(&self, from: Address, frame: &Frame) -> Option<ChannelId> {
+        let Frame::Msg {
+            body:
+                Body::Channel(Message::Propose {
+                    channel_id, ops, ..
+                }),
+            ..
+        } = frame
+        else {
+            return None;
+        };
+        let ours = self.peer_of(*channel_id) == Some(from);
+        (ours && self.config.on_chain && ops.iter().any(|o| matches!(o, Op::Deposit { .. })))
+            .then_some(*channel_id)
+    }
+
+    /// Openings left longer than [`Config::abandon_after_secs`] at `now`.
+    pub fn abandoned(&self, now: Expiry) -> Abandoned {
+        let cutoff = now.0.saturating_sub(self.config.abandon_after_secs);
+        let mut a = Abandoned::default();
+        for (id, e) in &self.channels {
+            if e.opened_at >= cutoff {
+                continue;
+            }
+            if e.awaiting_acceptance() {
+                a.unanswered.push(*id);
+            } else if !e.funded && e.machine.me() == Side::B {
+                a.unfunded.push(*id);
+            }
+        }
+        a
+    }
+
+    /// Our open channel with `peer` (in `asset` if given) with the most free balance on our
+    /// side: funded, countersigned, not concluded, final, frozen or stuck.
+    pub fn best_channel_to(
+        &self,
+        peer: Address,
+        asset: Option<Address>,
+    ) -> Option<(ChannelId, Amount)> {
+        let mut best: Option<(ChannelId, Amount)> = None;
+        for id in self.by_peer.get(&peer)? {
+            let Some(e) = self.channels.get(id) else {
+                continue;
+            };
+            let s = e.machine.snapshot();
+            if !e.funded
+                || e.concluded
+                || e.awaiting_acceptance()
+                || !s.can_offer()
+                || s.rejects_in_row() >= MAX_CONSECUTIVE_REJECTS
+                || asset.is_some_and(|a| a != s.params().asset)
+            {
+                continue;
+            }
+            let free = s.free_balance();
+            if best.is_none_or(|(_, b)| free > b) {
+                best = Some((*id, free));
+            }
+        }
+        best
+    }
+
+    /// Everything the node would write if it wrote all of itself now: a node restored from
+    /// its writes holds exactly this (the model test checks it after every step).
+    pub fn records(&self) -> Records {
+        Records {
+            channels: self
+                .channels
+                .keys()
+                .filter_map(|id| Some((*id, self.channel_record(*id)?)))
+                .collect(),
+            links: self
+                .links
+                .iter()
+                .filter(|(_, l)| l.durable > 0 || l.outbox.next_send() > 1)
+                .map(|(peer, l)| {
+                    (
+                        *peer,
+                        LinkRecord {
+                            received: l.durable,
+                            next_send: l.outbox.next_send(),
+                            unacked: l.unacked.clone(),
+                        },
+                    )
+                })
+                .collect(),
+            book: self.book.clone(),
+        }
+    }
+
+    fn insert(&mut self, id: ChannelId, entry: Entry) {
+        let peer = entry.peer;
+        self.channels.insert(id, entry);
         let ids = self.by_peer.entry(peer).or_default();
         if !ids.contains(&id) {
             ids.push(id);
         }
     }
 
-    fn has_channel(&self, peer: Address) -> bool {
-        self.by_peer.get(&peer).is_some_and(|v| !v.is_empty())
-    }
+    // ---- inputs ----
 
-    /// Take a co-signed channel with `peer` into the node (its opening is done).
+    /// Take a co-signed, funded channel with `peer` into the node (opened out of band).
     pub fn add_channel(&mut self, peer: Address, machine: Channel) -> Result<Output, CommandError> {
         let id = machine.id();
         if self.channels.contains_key(&id) {
             return Err(CommandError::ChannelExists(id));
         }
-        self.insert(id, peer, machine);
+        self.insert(
+            id,
+            Entry {
+                peer,
+                funded: true,
+                concluded: false,
+                opened_at: 0,
+                machine,
+            },
+        );
         let mut p = Pending::default();
         p.touched.insert(id);
         Ok(self.finish(Expiry(0), p))
@@ -477,8 +734,8 @@ impl Node {
                 self.timers.set(id, None);
                 continue;
             };
-            if e.machine.expire_due(now) > 0 {
-                self.propose(now, id, &mut p);
+            if e.funded && e.machine.expire_due(now) > 0 {
+                p.to_propose.insert(id);
             } else {
                 self.timers.set(id, e.machine.snapshot().next_timeout());
             }
@@ -488,7 +745,7 @@ impl Node {
             .book
             .routes
             .iter()
-            .filter(|(_, r)| r.stored_at.0 < cutoff)
+            .filter(|(_, r)| r.stored_at < cutoff)
             .map(|(k, _)| *k)
             .collect();
         for key in stale {
@@ -497,12 +754,13 @@ impl Node {
         self.finish(now, p)
     }
 
-    /// After a restart: decide the incoming HTLCs no decision was recorded for, and settle
-    /// upstream the forwards whose outcome is known.
+    /// After a restart: decide the incoming HTLCs no decision was recorded for, settle
+    /// upstream the forwards whose outcome is known, and ask again for the credit of our
+    /// deposits the peer has not co-signed.
     pub fn resume(&mut self, now: Expiry) -> Output {
         let mut p = Pending::default();
         for e in self.channels.values() {
-            if e.machine.latest().state.is_final {
+            if !e.funded || e.awaiting_acceptance() || e.machine.latest().state.is_final {
                 continue;
             }
             for h in e.machine.received_htlcs() {
@@ -514,50 +772,213 @@ impl Node {
                 p.reactions.push_back(Reaction::Outcome(key.0, key.1));
             }
         }
+        let ids: Vec<ChannelId> = self.channels.keys().copied().collect();
+        for id in ids {
+            self.claim_deposits(id, &mut p);
+        }
         self.finish(now, p)
     }
 
-    /// Make an invoice of ours known: an HTLC with its hashlock is claimed if it pays
-    /// `terms` ([`crate::node::payment::payee_accepts`]).
-    pub fn add_invoice(&mut self, terms: InvoiceTerms) -> Output {
+    /// What the chain shows (see [`ChainEvent`]).
+    pub fn handle_chain(&mut self, now: Expiry, ev: ChainEvent) -> Output {
         let mut p = Pending::default();
-        let hashlock = terms.preimage.hashlock();
-        self.write(&mut p, Write::Invoice { hashlock, terms });
-        self.finish(Expiry(0), p)
+        match ev {
+            ChainEvent::Holdings {
+                channel_id,
+                held,
+                deposited,
+            } => self.observe(channel_id, held, deposited, &mut p),
+            ChainEvent::Disputed {
+                channel_id,
+                version,
+            } => {
+                self.freeze(channel_id, &mut p);
+                if let Some(e) = self.channels.get(&channel_id)
+                    && must_challenge(e.machine.snapshot(), version)
+                {
+                    let s = e.machine.snapshot();
+                    let ours = s.latest().state.version;
+                    let intent = Intent::Challenge {
+                        params: s.params().clone(),
+                        state: s.latest().clone(),
+                    };
+                    p.out.writes.push(Write::Intent(Box::new(intent)));
+                    p.out.events.push(NodeEvent::Challenged {
+                        channel_id,
+                        disputed: version,
+                        ours,
+                    });
+                }
+            }
+            ChainEvent::Concluded {
+                channel_id,
+                to_a,
+                to_b,
+            } => {
+                self.freeze(channel_id, &mut p);
+                self.conclude(channel_id, Some((to_a, to_b)), &mut p);
+            }
+            ChainEvent::Landed(intent) => match *intent {
+                Intent::Deposit { params, .. } => {
+                    let id = params.id();
+                    p.out.queries.push(id);
+                    self.claim_deposits(id, &mut p);
+                }
+                Intent::CooperativeClose { params, .. } => {
+                    self.conclude(params.id(), None, &mut p);
+                }
+                Intent::Challenge { .. } => {}
+            },
+        }
+        self.finish(now, p)
     }
 
-    /// Pay `order`, priced with the hub's policy. Paying an id again changes nothing.
-    pub fn pay(&mut self, now: Expiry, order: &PayOrder) -> Result<Output, CommandError> {
+    // ---- commands ----
+
+    /// Open a channel with `peer` under `params` (we are A and fund `deposit`; the peer starts
+    /// at 0): the opening state is signed and sent; the channel opens when the peer
+    /// countersigns ([`NodeEvent::ChannelOpened`]).
+    pub fn open_channel(
+        &mut self,
+        now: Expiry,
+        peer: Address,
+        params: ChannelParams,
+        deposit: Amount,
+    ) -> Result<Output, CommandError> {
+        let id = params.id();
+        if self.channels.contains_key(&id) {
+            return Err(CommandError::ChannelExists(id));
+        }
+        let (snapshot, sig) =
+            crate::node::opening::propose(params.clone(), &self.keys, self.config.limits, deposit)?;
+        let machine = Channel::restore(snapshot, self.keys.clone())?;
+        self.insert(
+            id,
+            Entry {
+                peer,
+                funded: !self.config.on_chain,
+                concluded: false,
+                opened_at: now.0,
+                machine,
+            },
+        );
         let mut p = Pending::default();
-        self.pay_in(now, order, None, &mut p)?;
+        p.touched.insert(id);
+        self.send(
+            peer,
+            Body::OpenChannel {
+                params,
+                balances: [deposit, Amount::ZERO],
+                sig,
+            },
+            &mut p,
+        );
         Ok(self.finish(now, p))
     }
 
-    /// Pay every order of `orders` in one step: their HTLCs ride one signed update per
-    /// channel. Returns the step's output and, per order, whether it was refused.
+    /// Forget channel `id`: only an opening the peer never countersigned, or one a peer
+    /// opened with us that nobody funded (nothing of it can hold money).
+    pub fn forget(&mut self, id: ChannelId) -> Result<Output, CommandError> {
+        let e = self
+            .channels
+            .get(&id)
+            .ok_or(CommandError::UnknownChannel(id))?;
+        let empty = !e.funded
+            && e.machine.me() == Side::B
+            && e.machine.snapshot().deposited().iter().all(|d| d.is_zero());
+        if !e.awaiting_acceptance() && !empty {
+            return Err(CommandError::NotAbandoned(id));
+        }
+        let peer = e.peer;
+        self.channels.remove(&id);
+        self.timers.set(id, None);
+        if let Some(ids) = self.by_peer.get_mut(&peer) {
+            ids.retain(|c| *c != id);
+        }
+        Ok(Output {
+            writes: vec![Write::ForgetChannel { id }],
+            ..Output::default()
+        })
+    }
+
+    /// Record the forwarding policy `hub` announced out of band (in band it comes with
+    /// [`Body::HubPolicy`]).
+    pub fn set_policy(&mut self, hub: Address, policy: ForwardPolicy) -> Output {
+        let mut p = Pending::default();
+        self.write(&mut p, Write::Policy { peer: hub, policy });
+        p.out
+    }
+
+    /// Make `invoice` with `preimage` ours: an HTLC with its hashlock is claimed if it pays it
+    /// ([`crate::node::payment::payee_accepts`]). It must name a hub we have an open channel
+    /// with, or paying it could only fail.
+    pub fn add_invoice(
+        &mut self,
+        invoice: Invoice,
+        preimage: Preimage,
+    ) -> Result<Output, CommandError> {
+        if invoice.amount.is_zero() {
+            return Err(CommandError::ZeroAmount);
+        }
+        if self.best_channel_to(invoice.hub, None).is_none() {
+            return Err(CommandError::NoChannel(invoice.hub));
+        }
+        let mut p = Pending::default();
+        let hashlock = preimage.hashlock();
+        let record = InvoiceRecord {
+            invoice,
+            preimage,
+            paid: false,
+        };
+        self.write(
+            &mut p,
+            Write::Invoice {
+                hashlock,
+                record: Box::new(record),
+            },
+        );
+        Ok(p.out)
+    }
+
+    /// Pay `invoice` through its hub as payment `id`, priced with the policy the hub
+    /// announced. Paying an id again changes nothing.
+    pub fn pay(
+        &mut self,
+        now: Expiry,
+        id: B256,
+        invoice: &Invoice,
+    ) -> Result<Output, CommandError> {
+        let mut p = Pending::default();
+        self.pay_in(now, id, invoice, None, &mut p)?;
+        Ok(self.finish(now, p))
+    }
+
+    /// Pay every `(id, invoice)` in one step: their HTLCs ride one signed update per channel.
+    /// Returns the step's output and, per payment, whether it was refused.
     pub fn pay_batch(
         &mut self,
         now: Expiry,
-        orders: &[PayOrder],
+        orders: &[(B256, Invoice)],
     ) -> (Output, Vec<Result<(), CommandError>>) {
         let mut p = Pending::default();
         let results = orders
             .iter()
-            .map(|o| self.pay_in(now, o, None, &mut p))
+            .map(|(id, inv)| self.pay_in(now, *id, inv, None, &mut p))
             .collect();
         (self.finish(now, p), results)
     }
 
-    /// Pay `order` with the amounts and expiries of `plan`, chosen by the caller (tests of
-    /// the other nodes' checks). Paying an id again changes nothing.
+    /// Pay `invoice` as payment `id` with the amounts and expiries of `plan`, chosen by the
+    /// caller (tests of the other nodes' checks). Paying an id again changes nothing.
     pub fn pay_planned(
         &mut self,
         now: Expiry,
-        order: &PayOrder,
+        id: B256,
+        invoice: &Invoice,
         plan: HtlcPlan,
     ) -> Result<Output, CommandError> {
         let mut p = Pending::default();
-        self.pay_in(now, order, Some(plan), &mut p)?;
+        self.pay_in(now, id, invoice, Some(plan), &mut p)?;
         Ok(self.finish(now, p))
     }
 
@@ -566,33 +987,51 @@ impl Node {
     fn pay_in(
         &mut self,
         now: Expiry,
-        order: &PayOrder,
+        id: B256,
+        invoice: &Invoice,
         plan: Option<HtlcPlan>,
         p: &mut Pending,
     ) -> Result<(), CommandError> {
-        if self.book.payments.contains_key(&order.id) {
+        if self.book.payments.contains_key(&id) {
             return Ok(());
         }
-        let (channel, available) = self
-            .best_channel_to(order.hub, None)
-            .ok_or(CommandError::NoChannel(order.hub))?;
+        let hub = invoice.hub;
         let plan = match plan {
             Some(plan) => plan,
-            None => crate::node::payment::plan(
-                order.amount,
-                order.final_expiry_delta,
-                &order.policy,
-                available,
-                now,
-            )?,
+            None => {
+                if invoice.expires_at <= now.0 {
+                    return Err(CommandError::Expired);
+                }
+                if invoice.payee == self.address() {
+                    return Err(CommandError::OwnInvoice);
+                }
+                let policy = *self
+                    .book
+                    .policies
+                    .get(&hub)
+                    .ok_or(CommandError::NoPolicy(hub))?;
+                let (_, available) = self
+                    .best_channel_to(hub, None)
+                    .ok_or(CommandError::NoChannel(hub))?;
+                crate::node::payment::plan(
+                    invoice.amount,
+                    invoice.final_expiry_delta,
+                    &policy,
+                    available,
+                    now,
+                )?
+            }
         };
-        if order.payee != order.hub {
+        let (channel, _) = self
+            .best_channel_to(hub, None)
+            .ok_or(CommandError::NoChannel(hub))?;
+        if invoice.payee != hub {
             self.send(
-                order.hub,
+                hub,
                 Body::Route {
-                    channel,
-                    hashlock: order.hashlock,
-                    next_peer: order.payee,
+                    channel_id: channel,
+                    hashlock: invoice.hashlock,
+                    next_peer: invoice.payee,
                     next: plan.next,
                 },
                 p,
@@ -601,11 +1040,13 @@ impl Node {
         let Some(e) = self.channels.get_mut(&channel) else {
             return Err(CommandError::UnknownChannel(channel));
         };
-        let htlc = e.machine.offer_htlc(plan.sent, order.hashlock, plan.expiry);
-        self.paylocks.insert((channel, htlc), order.id);
-        let payment = Payment {
-            hashlock: order.hashlock,
-            amount: order.amount,
+        let htlc = e
+            .machine
+            .offer_htlc(plan.sent, invoice.hashlock, plan.expiry);
+        self.paylocks.insert((channel, htlc), id);
+        let record = PaymentRecord {
+            id,
+            invoice: invoice.clone(),
             sent: plan.sent,
             channel,
             htlc,
@@ -614,8 +1055,7 @@ impl Node {
         self.write(
             p,
             Write::Payment {
-                id: order.id,
-                payment,
+                record: Box::new(record),
             },
         );
         p.to_propose.insert(channel);
@@ -629,6 +1069,9 @@ impl Node {
         channel: ChannelId,
         amount: Amount,
     ) -> Result<Output, CommandError> {
+        if amount.is_zero() {
+            return Err(CommandError::ZeroAmount);
+        }
         self.command(now, channel, |m| m.transfer(amount))
     }
 
@@ -637,7 +1080,8 @@ impl Node {
         self.command(now, channel, Channel::close)
     }
 
-    fn command(
+    /// Queue operations on a funded channel with `f` and propose them.
+    pub fn command(
         &mut self,
         now: Expiry,
         channel: ChannelId,
@@ -647,6 +1091,15 @@ impl Node {
             .channels
             .get_mut(&channel)
             .ok_or(CommandError::UnknownChannel(channel))?;
+        if e.awaiting_acceptance() {
+            return Err(CommandError::NotReady(
+                channel,
+                "awaiting the peer's countersignature",
+            ));
+        }
+        if !e.funded {
+            return Err(CommandError::NotReady(channel, "not funded"));
+        }
         f(&mut e.machine);
         let effects = e.machine.propose(now)?;
         let mut p = Pending::default();
@@ -654,32 +1107,7 @@ impl Node {
         Ok(self.finish(now, p))
     }
 
-    /// Our open channel with `peer` (in `asset` if given) with the most free balance on our
-    /// side: not final, not frozen, not stuck with a peer that refuses everything.
-    fn best_channel_to(
-        &self,
-        peer: Address,
-        asset: Option<Address>,
-    ) -> Option<(ChannelId, Amount)> {
-        let mut best: Option<(ChannelId, Amount)> = None;
-        for id in self.by_peer.get(&peer)? {
-            let Some(e) = self.channels.get(id) else {
-                continue;
-            };
-            let s = e.machine.snapshot();
-            if !s.can_offer()
-                || s.rejects_in_row() >= MAX_CONSECUTIVE_REJECTS
-                || asset.is_some_and(|a| a != s.params().asset)
-            {
-                continue;
-            }
-            let free = s.free_balance();
-            if best.is_none_or(|(_, b)| free > b) {
-                best = Some((*id, free));
-            }
-        }
-        best
-    }
+    // ---- the step ----
 
     fn write(&mut self, p: &mut Pending, w: Write) {
         self.book.apply(&w);
@@ -696,17 +1124,24 @@ impl Node {
         p.out.transmits.push((peer, Frame::Msg { seq, body }));
     }
 
-    /// Refuse `from`'s message `seq`. A peer with a channel gets a numbered, durable refusal;
-    /// a stranger an unnumbered error, so a fresh key cannot make us write (rule 10).
-    fn refuse(&mut self, from: Address, seq: u64, detail: String, p: &mut Pending) {
-        p.out.events.push(NodeEvent::Refused {
-            peer: from,
-            detail: detail.clone(),
-        });
-        if self.has_channel(from) {
-            self.send(from, Body::Refused { seq, detail }, p);
+    /// Refuse `from`'s message `seq`. A peer with a funded channel gets a numbered, durable
+    /// refusal; anyone else (and a peer that leaves too much unacknowledged) an unnumbered
+    /// error, so a fresh key cannot make us write (rule 10). Returns whether it was durable.
+    fn refuse(
+        &mut self,
+        from: Address,
+        seq: u64,
+        code: ErrorCode,
+        detail: String,
+        p: &mut Pending,
+    ) -> bool {
+        p.out.events.push(NodeEvent::Refused { peer: from, code });
+        if self.has_funded_channel(from) && self.backlog(from) < self.config.max_durable_backlog {
+            self.send(from, Body::Refused { seq, code, detail }, p);
+            true
         } else {
-            p.out.transmits.push((from, Frame::Error { detail }));
+            p.out.transmits.push((from, Frame::Error { code, detail }));
+            false
         }
     }
 
@@ -720,35 +1155,40 @@ impl Node {
                     p.out.writes.push(Write::Acked { peer: from, seqs });
                 }
             }
-            Frame::Error { detail } => {
-                p.out
-                    .events
-                    .push(NodeEvent::RefusedByPeer { peer: from, detail });
+            Frame::Error { code, detail } => {
+                p.out.events.push(NodeEvent::RefusedByPeer {
+                    peer: from,
+                    code,
+                    detail,
+                });
             }
             Frame::Msg { seq, body } => {
-                // A peer without a channel has no durable counter with us: it may skip.
-                let stranger = !self.has_channel(from);
+                // The refused messages of a peer without a funded channel leave no durable
+                // counter, so after our restart it may be ahead of what we stored: it may skip.
+                let may_skip = !self.has_funded_channel(from);
                 let inbox = self.links.get(&from).map(|l| l.inbox).unwrap_or_default();
-                match inbox.classify(seq, stranger) {
+                match inbox.classify(seq, may_skip) {
                     Inbound::Duplicate { ack } => {
                         p.out.transmits.push((from, Frame::Ack { seq: ack }));
                     }
                     Inbound::Gap { expected } => {
-                        p.out.events.push(NodeEvent::Refused {
-                            peer: from,
-                            detail: format!("expected message {expected}, got {seq}"),
-                        });
+                        let code = ErrorCode::OutOfOrder;
+                        p.out.events.push(NodeEvent::Refused { peer: from, code });
                         p.out.transmits.push((
                             from,
                             Frame::Error {
-                                detail: format!("expected message {expected}, got {seq}"),
+                                code,
+                                detail: format!("expected {expected}, got {seq}"),
                             },
                         ));
                     }
                     Inbound::Process => {
-                        self.on_body(now, from, seq, body, p);
-                        self.links.entry(from).or_default().inbox.received(seq);
-                        if self.has_channel(from) {
+                        let durable = self.on_body(now, from, seq, body, p);
+                        let has_channel = self.has_channel(from);
+                        let link = self.links.entry(from).or_default();
+                        link.inbox.received(seq);
+                        if durable && has_channel {
+                            link.durable = link.durable.max(seq);
                             p.out.writes.push(Write::Received { peer: from, seq });
                         }
                         p.out.transmits.push((from, Frame::Ack { seq }));
@@ -758,66 +1198,296 @@ impl Node {
         }
     }
 
-    fn on_body(&mut self, now: Expiry, from: Address, seq: u64, body: Body, p: &mut Pending) {
+    /// Handle message `seq` of `from`; returns false if it was refused without a write.
+    fn on_body(
+        &mut self,
+        now: Expiry,
+        from: Address,
+        seq: u64,
+        body: Body,
+        p: &mut Pending,
+    ) -> bool {
+        // A stranger (no channel with us) may only open one: anything else is refused
+        // without a write (issue 12, attack 8).
+        if !self.has_channel(from) && !matches!(body, Body::OpenChannel { .. }) {
+            let detail = "no channel with this peer".to_string();
+            return self.refuse(from, seq, ErrorCode::UnknownChannel, detail, p);
+        }
         match body {
+            Body::Ping => true,
+            Body::Refused { code, detail, .. } => {
+                p.out.events.push(NodeEvent::RefusedByPeer {
+                    peer: from,
+                    code,
+                    detail,
+                });
+                true
+            }
+            Body::HubPolicy { policy } => {
+                self.write(p, Write::Policy { peer: from, policy });
+                true
+            }
+            Body::Funded { channel_id } => {
+                if self.peer_of(channel_id) != Some(from) {
+                    let detail = format!("no channel {channel_id}");
+                    return self.refuse(from, seq, ErrorCode::UnknownChannel, detail, p);
+                }
+                // The holdings are read from the chain, never taken from the peer's word.
+                p.out.queries.push(channel_id);
+                true
+            }
             Body::Route {
-                channel,
+                channel_id,
                 hashlock,
                 next_peer,
                 next,
             } => {
-                let owned = self.peer_of(channel) == Some(from);
-                let waiting = self
-                    .book
-                    .routes
-                    .range(
-                        (channel, Hashlock(B256::ZERO))
-                            ..=(channel, Hashlock(B256::repeat_byte(0xff))),
-                    )
-                    .count();
-                match admit_route(
-                    from,
-                    owned,
-                    next_peer,
-                    &next,
-                    (waiting, self.config.max_routes_per_channel),
-                ) {
+                let owned = self.peer_of(channel_id) == Some(from);
+                let lo = (channel_id, Hashlock(B256::ZERO));
+                let hi = (channel_id, Hashlock(B256::repeat_byte(0xff)));
+                let waiting = self.book.routes.range(lo..=hi).count();
+                let max = self.config.limits.max_pending_locks;
+                match admit_route(from, owned, next_peer, &next, (waiting, max)) {
                     Ok(()) => {
                         let route = Route {
                             next_peer,
                             next,
-                            stored_at: now,
+                            stored_at: now.0,
                         };
+                        let key = (channel_id, hashlock);
                         self.write(
                             p,
                             Write::Route {
-                                key: (channel, hashlock),
+                                key,
                                 route: Some(route),
                             },
                         );
+                        true
                     }
-                    Err(e @ (RouteRefusal::Invalid | RouteRefusal::TooMany)) => {
-                        self.refuse(from, seq, format!("channel {channel}: {e}"), p)
+                    Err(e) => {
+                        let code = match e {
+                            RouteRefusal::Invalid => ErrorCode::UnknownChannel,
+                            RouteRefusal::TooMany => ErrorCode::RateLimited,
+                        };
+                        self.refuse(from, seq, code, format!("channel {channel_id}: {e}"), p)
                     }
                 }
             }
             Body::Channel(msg) => {
                 let id = msg.channel_id();
                 // Another peer's channel gets the same answer as an unknown one.
-                let Some(e) = self.channels.get_mut(&id).filter(|e| e.peer == from) else {
-                    return self.refuse(from, seq, format!("no channel {id}"), p);
+                let Some(e) = self
+                    .channels
+                    .get_mut(&id)
+                    .filter(|e| e.peer == from && !e.awaiting_acceptance())
+                else {
+                    return self.refuse(
+                        from,
+                        seq,
+                        ErrorCode::UnknownChannel,
+                        format!("no channel {id}"),
+                        p,
+                    );
                 };
+                if !e.funded {
+                    let detail = format!("channel {id} is not funded");
+                    return self.refuse(from, seq, ErrorCode::Protocol, detail, p);
+                }
                 match e.machine.handle(msg, now) {
-                    Ok(effects) => self.carry(id, effects, p),
-                    Err(err) => self.refuse(from, seq, format!("channel {id}: {err}"), p),
+                    Ok(effects) => {
+                        self.carry(id, effects, p);
+                        true
+                    }
+                    Err(err) => self.refuse(
+                        from,
+                        seq,
+                        ErrorCode::Protocol,
+                        format!("channel {id}: {err}"),
+                        p,
+                    ),
                 }
             }
-            Body::Refused { detail, .. } => {
-                p.out
-                    .events
-                    .push(NodeEvent::RefusedByPeer { peer: from, detail });
+            Body::OpenChannel {
+                params,
+                balances,
+                sig,
+            } => match self.accept_open(now, from, params, balances, sig, p) {
+                Ok(()) => true,
+                Err(detail) => self.refuse(from, seq, ErrorCode::Protocol, detail, p),
+            },
+            Body::ChannelAccepted { channel_id, sig } => {
+                let Some(e) = self
+                    .channels
+                    .get_mut(&channel_id)
+                    .filter(|e| e.peer == from && e.awaiting_acceptance())
+                else {
+                    let detail = format!("channel {channel_id} is not awaiting acceptance");
+                    return self.refuse(from, seq, ErrorCode::UnknownChannel, detail, p);
+                };
+                match e.machine.snapshot().countersigned(self.keys.clone(), sig) {
+                    Ok(machine) => {
+                        e.machine = machine;
+                        p.touched.insert(channel_id);
+                        p.out.events.push(NodeEvent::ChannelOpened {
+                            channel_id,
+                            peer: from,
+                        });
+                        true
+                    }
+                    Err(err) => self.refuse(from, seq, ErrorCode::Protocol, err.to_string(), p),
+                }
             }
         }
+    }
+
+    /// A peer asks to open a channel: admit it (rule 10), countersign the opening, announce
+    /// our policy.
+    fn accept_open(
+        &mut self,
+        now: Expiry,
+        from: Address,
+        params: ChannelParams,
+        balances: [Amount; 2],
+        sig: alloy::primitives::Signature,
+        p: &mut Pending,
+    ) -> Result<(), String> {
+        let id = params.id();
+        let count = self.channels_with(from).len();
+        admit_open(
+            &self.config.open,
+            (from, self.address()),
+            &params,
+            balances,
+            (self.channels.contains_key(&id), count),
+        )
+        .map_err(|e: OpenRefusal| e.to_string())?;
+        let (machine, ours) = crate::node::opening::accept(
+            params,
+            self.keys.clone(),
+            self.config.limits,
+            balances,
+            sig,
+        )
+        .map_err(|e| e.to_string())?;
+        self.insert(
+            id,
+            Entry {
+                peer: from,
+                funded: !self.config.on_chain,
+                concluded: false,
+                opened_at: now.0,
+                machine,
+            },
+        );
+        p.touched.insert(id);
+        let policy = self.config.policy;
+        self.send(from, Body::HubPolicy { policy }, p);
+        self.send(
+            from,
+            Body::ChannelAccepted {
+                channel_id: id,
+                sig: ours,
+            },
+            p,
+        );
+        p.out.events.push(NodeEvent::ChannelOpened {
+            channel_id: id,
+            peer: from,
+        });
+        Ok(())
+    }
+
+    /// Record what the chain shows for a channel: its holdings and each participant's
+    /// deposits. Funded once they cover the opening state; our collateral added once, to a
+    /// channel a peer opened and funded ([`funding`]).
+    fn observe(&mut self, id: ChannelId, held: Amount, deposited: [Amount; 2], p: &mut Pending) {
+        let Some(e) = self.channels.get_mut(&id) else {
+            return;
+        };
+        let s = e.machine.snapshot();
+        let news = held > s.holdings()
+            || deposited[0] > s.deposited()[0]
+            || deposited[1] > s.deposited()[1];
+        if e.concluded || e.awaiting_acceptance() || (!news && e.funded) {
+            return;
+        }
+        let decided = funding(s, e.funded, held, deposited, self.config.collateral);
+        e.machine.observe_holdings(held);
+        for side in [Side::A, Side::B] {
+            e.machine.observe_deposits(side, deposited[side.index()]);
+        }
+        e.funded |= decided.newly_funded;
+        p.touched.insert(id);
+        if decided.newly_funded {
+            p.out.events.push(NodeEvent::Funded { channel_id: id });
+        }
+        if let Some(amount) = decided.add_collateral {
+            let intent = Intent::Deposit {
+                params: e.machine.snapshot().params().clone(),
+                expected_held: held,
+                amount,
+                credit: true,
+            };
+            p.out.writes.push(Write::Intent(Box::new(intent)));
+        }
+    }
+
+    /// Propose the credit of whatever we deposited into `id` that no co-signed state,
+    /// proposal or queued operation credits yet. The peer co-signs it once it sees our
+    /// deposit on chain; if it refused, this asks again (collateral is never left
+    /// uncredited: issue 12, attack 2).
+    fn claim_deposits(&mut self, id: ChannelId, p: &mut Pending) {
+        let Some(e) = self.channels.get_mut(&id) else {
+            return;
+        };
+        let s = e.machine.snapshot();
+        if e.concluded
+            || !e.funded
+            || s.latest().state.is_final
+            || s.frozen()
+            || s.pending().is_some()
+        {
+            return;
+        }
+        let amount = s.uncredited_own();
+        if amount.is_zero() {
+            return;
+        }
+        e.machine.deposit(amount);
+        p.to_propose.insert(id);
+        p.out.events.push(NodeEvent::ToppedUp {
+            channel_id: id,
+            amount,
+        });
+    }
+
+    /// A channel is disputed or concluded on chain: it takes no new lock, guarantee or
+    /// deposit from now on (issue 12, attack 3; rule 12).
+    fn freeze(&mut self, id: ChannelId, p: &mut Pending) {
+        if let Some(e) = self.channels.get_mut(&id)
+            && !e.machine.snapshot().frozen()
+        {
+            e.machine.freeze();
+            p.touched.insert(id);
+        }
+    }
+
+    fn conclude(&mut self, id: ChannelId, paid: Option<(Amount, Amount)>, p: &mut Pending) {
+        let Some(e) = self.channels.get_mut(&id) else {
+            return;
+        };
+        if e.concluded {
+            return;
+        }
+        e.concluded = true;
+        p.touched.insert(id);
+        let b = e.machine.latest().state.balances;
+        let (to_a, to_b) = paid.unwrap_or((b[0], b[1]));
+        p.out.events.push(NodeEvent::Concluded {
+            channel_id: id,
+            to_a,
+            to_b,
+        });
     }
 
     /// Propose what channel `id` has queued, and carry out the effects.
@@ -828,10 +1498,10 @@ impl Node {
         p.touched.insert(id);
         match e.machine.propose(now) {
             Ok(effects) => self.carry(id, effects, p),
-            // A closed channel, or a peer that refuses everything: the queue waits, and the
-            // operator is told (the chain is the way out).
+            // A peer that refuses everything: the queue waits, the operator is told (the
+            // chain is the way out). A closed channel has nothing more to propose.
             Err(ProtocolError::PeerStuck(_)) => {
-                p.out.events.push(NodeEvent::PeerStuck { channel: id })
+                p.out.events.push(NodeEvent::PeerStuck { channel_id: id })
             }
             Err(_) => {}
         }
@@ -874,9 +1544,9 @@ impl Node {
                 && let Some(status) = pay.status.after(o)
             {
                 p.out.events.push(match &status {
-                    PaymentStatus::Succeeded { preimage } => NodeEvent::PaymentSucceeded {
+                    PaymentStatus::Succeeded { .. } => NodeEvent::PaymentSucceeded {
                         id: pid,
-                        preimage: *preimage,
+                        fee: pay.fee(),
                     },
                     PaymentStatus::Failed { reason } => NodeEvent::PaymentFailed {
                         id: pid,
@@ -891,26 +1561,63 @@ impl Node {
                 self.write(
                     p,
                     Write::Payment {
-                        id: pid,
-                        payment: pay,
+                        record: Box::new(pay),
                     },
                 );
             }
         }
         match ev {
             Event::HtlcReceived(h) => p.reactions.push_back(Reaction::Received(h)),
-            Event::Committed { version, .. } => p.out.events.push(NodeEvent::Committed {
-                channel: id,
+            Event::Committed {
                 version,
-            }),
-            Event::Closed(state) => p.out.events.push(NodeEvent::Closed { channel: id, state }),
-            Event::PeerStuck => p.out.events.push(NodeEvent::PeerStuck { channel: id }),
+                proposer,
+                ops,
+            } => {
+                if ops.contains(&Op::Close) && self.channel(id).is_some_and(|c| c.me() == proposer)
+                {
+                    p.closed_by_us.insert(id);
+                }
+                p.out.events.push(NodeEvent::Committed {
+                    channel_id: id,
+                    version,
+                });
+            }
+            Event::Closed(state) => {
+                p.out.events.push(NodeEvent::Closed { channel_id: id });
+                p.closes.push((id, state));
+            }
+            Event::PeerStuck => p.out.events.push(NodeEvent::PeerStuck { channel_id: id }),
             Event::OpDropped { op, error } => p.out.events.push(NodeEvent::OpDropped {
-                channel: id,
+                channel_id: id,
                 op,
                 error,
             }),
             Event::PreimageLearned { .. } => {}
+        }
+    }
+
+    /// A co-signed final state: pay it out on chain, decided in the same batch. The side that
+    /// proposed the close pays it out at once; the other only after the grace period, if the
+    /// chain shows no payout by then (the two do not both pay gas for one payout).
+    fn settle_closes(&mut self, now: Expiry, p: &mut Pending) {
+        for (id, state) in std::mem::take(&mut p.closes) {
+            let Some(e) = self.channels.get(&id) else {
+                continue;
+            };
+            if !self.config.auto_settle || e.concluded {
+                continue;
+            }
+            let not_before = if p.closed_by_us.contains(&id) {
+                0
+            } else {
+                now.0.saturating_add(self.config.close_grace_secs)
+            };
+            let intent = Intent::CooperativeClose {
+                params: e.machine.snapshot().params().clone(),
+                state,
+                not_before,
+            };
+            p.out.writes.push(Write::Intent(Box::new(intent)));
         }
     }
 
@@ -936,12 +1643,13 @@ impl Node {
             return;
         }
         let (asset, frozen, we_opened) = (s.params().asset, s.frozen(), s.me() == Side::A);
-        let terms = self.book.invoices.get(&lock.hashlock).copied();
-        let route = match terms {
+        let invoice = self.book.invoices.get(&lock.hashlock).cloned();
+        let route = match invoice {
             Some(_) => None,
             None => self.book.routes.get(&(ch, lock.hashlock)).copied(),
         };
-        // Only a channel in the incoming channel's asset can carry it on.
+        // Only a channel in the incoming channel's asset can carry it on (a payment received
+        // in one token is never paid out in another: issue 12, attack 4).
         let out = match &route {
             Some(r) if !frozen => {
                 self.best_channel_to(r.next_peer, Some(asset))
@@ -954,6 +1662,12 @@ impl Node {
             }
             _ => None,
         };
+        let terms = invoice.as_ref().map(|r| InvoiceTerms {
+            amount: r.invoice.amount,
+            expires_at: Expiry(r.invoice.expires_at),
+            preimage: r.preimage,
+            paid: r.paid,
+        });
         let known = match (&terms, &route) {
             (Some(t), _) => Known::Invoice(t),
             (None, Some(r)) => Known::Route {
@@ -974,8 +1688,8 @@ impl Node {
                 },
             );
         }
-        match (step, terms, out) {
-            (Step::Claim(preimage), Some(t), _) => {
+        match (step, invoice, out) {
+            (Step::Claim(preimage), Some(record), _) => {
                 if !self.config.reveal_preimages {
                     p.out.events.push(NodeEvent::Holding {
                         hashlock: lock.hashlock,
@@ -985,11 +1699,15 @@ impl Node {
                 if let Some(e) = self.channels.get_mut(&ch) {
                     e.machine.fulfill_htlc(lock.id, preimage);
                 }
+                let paid = InvoiceRecord {
+                    paid: true,
+                    ..record
+                };
                 self.write(
                     p,
                     Write::Invoice {
                         hashlock: lock.hashlock,
-                        terms: InvoiceTerms { paid: true, ..t },
+                        record: Box::new(paid),
                     },
                 );
                 p.out.events.push(NodeEvent::PaymentReceived {
@@ -1075,8 +1793,9 @@ impl Node {
         p.to_propose.insert(in_channel);
     }
 
-    /// End a step: run its payment reactions, then write the record of every channel it
-    /// touched and set their timers.
+    /// End a step: run its payment reactions, propose once on every channel they queued
+    /// operations on, then write the record of every channel the step touched and set their
+    /// timers.
     fn finish(&mut self, now: Expiry, mut p: Pending) -> Output {
         loop {
             while let Some(r) = p.reactions.pop_front() {
@@ -1094,6 +1813,7 @@ impl Node {
                 self.propose(now, id, &mut p);
             }
         }
+        self.settle_closes(now, &mut p);
         for id in std::mem::take(&mut p.touched) {
             let Some(e) = self.channels.get(&id) else {
                 continue;
@@ -1103,40 +1823,8 @@ impl Node {
         }
         p.out
     }
-
-    /// Everything the node would write if it wrote all of itself now (a test's check that
-    /// its writes are complete: a node restored from its writes equals this).
-    pub fn records(&self) -> Records {
-        Records {
-            channels: self
-                .channels
-                .iter()
-                .map(|(id, e)| {
-                    (
-                        *id,
-                        ChannelRecord {
-                            peer: e.peer,
-                            snapshot: e.machine.snapshot().clone(),
-                        },
-                    )
-                })
-                .collect(),
-            links: self
-                .links
-                .iter()
-                .filter(|(peer, _)| self.has_channel(**peer))
-                .map(|(peer, l)| {
-                    (
-                        *peer,
-                        LinkRecord {
-                            received: l.inbox.last(),
-                            next_send: l.outbox.next_send(),
-                            unacked: l.unacked.clone(),
-                        },
-                    )
-                })
-                .collect(),
-            book: self.book.clone(),
-        }
-    }
 }
+
+#[cfg(test)]
+#[path = "machine_tests.rs"]
+mod tests;

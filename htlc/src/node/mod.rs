@@ -22,6 +22,8 @@
 //! | module | holds |
 //! |---|---|
 //! | [`machine`] | the node itself: every channel, link and payment record, inputs in, outputs out |
+//! | [`message`] | what nodes say to each other: bodies, frames, refusal codes |
+//! | [`invoice`] | what a payee hands its payer |
 //! | [`records`] | what the node writes, and what it is restored from |
 //! | [`admission`] | what a peer may open with the node, and which route instructions it may leave |
 //! | [`opening`] | the opening handshake: propose, accept, countersign |
@@ -34,14 +36,17 @@
 pub mod admission;
 pub mod capacity;
 pub mod chain;
+pub mod invoice;
 pub mod link;
 pub mod machine;
+pub mod message;
 pub mod opening;
 pub mod payment;
 pub mod records;
 pub mod timers;
 
-pub use machine::{Body, CommandError, Config, Frame, Node, NodeEvent, Output, PayOrder};
+pub use machine::{Abandoned, ChainEvent, CommandError, Config, Node, NodeEvent, Output};
+pub use message::{Body, ErrorCode, Frame};
 pub use records::{Records, Write};
 
 /// Fixtures shared by this module's unit tests.

@@ -7,24 +7,40 @@
 //! is what it wrote.
 
 use crate::Amount;
-use crate::forward::NextHop;
-use crate::ids::{ChannelId, Expiry, Hashlock, HtlcId};
-use crate::node::payment::{ForwardRecord, InvoiceTerms, PaymentStatus};
+use crate::forward::{ForwardPolicy, NextHop};
+use crate::ids::{ChannelId, Hashlock, HtlcId, Preimage};
+use crate::node::invoice::Invoice;
+use crate::node::message::Body;
+use crate::node::payment::{ForwardRecord, PaymentStatus};
 use crate::update::Snapshot;
 use alloy::primitives::{Address, B256};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::ops::RangeInclusive;
 
-use super::machine::Body;
-
-/// A channel as the node stores it: who the peer is, and the machine's snapshot.
+/// A channel as the node stores it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChannelRecord {
     /// The counterparty.
     pub peer: Address,
+    /// Whether the opening deposits are seen on chain (at once without a chain).
+    pub funded: bool,
+    /// Whether the channel was paid out on chain.
+    #[serde(default)]
+    pub concluded: bool,
+    /// When the channel was proposed (unix seconds): an opening left unfunded or
+    /// uncountersigned too long is collected.
+    #[serde(default)]
+    pub opened_at: u64,
     /// The channel machine's durable state.
     pub snapshot: Snapshot,
+}
+
+impl ChannelRecord {
+    /// Whether we proposed the channel and the peer has not countersigned its opening yet.
+    pub fn awaiting_acceptance(&self) -> bool {
+        self.snapshot.awaiting_countersignature()
+    }
 }
 
 /// One peer link as stored: how far we processed its messages, and ours it has not
@@ -49,7 +65,7 @@ impl Default for LinkRecord {
     }
 }
 
-/// A payer's instruction for the HTLC it is about to lock on `channel` (kept until that HTLC
+/// A payer's instruction for the HTLC it is about to lock on a channel (kept until that HTLC
 /// is decided, or collected after [`super::Config::route_ttl_secs`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Route {
@@ -57,17 +73,28 @@ pub struct Route {
     pub next_peer: Address,
     /// Amount and expiry of the outgoing HTLC.
     pub next: NextHop,
-    /// When it was stored.
-    pub stored_at: Expiry,
+    /// When it was stored (unix seconds).
+    pub stored_at: u64,
+}
+
+/// The payee's record of an invoice of its own.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InvoiceRecord {
+    /// The invoice handed out.
+    pub invoice: Invoice,
+    /// Its preimage, revealed to claim.
+    pub preimage: Preimage,
+    /// Paid already: a second HTLC for it is refused.
+    pub paid: bool,
 }
 
 /// The payer's record of one payment.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Payment {
-    /// What the payee's preimage opens.
-    pub hashlock: Hashlock,
-    /// What the payee receives.
-    pub amount: Amount,
+pub struct PaymentRecord {
+    /// The payment id (paying the same id twice pays once).
+    pub id: B256,
+    /// The invoice paid.
+    pub invoice: Invoice,
     /// What we locked: the amount and the fees.
     pub sent: Amount,
     /// The channel the HTLC left on.
@@ -78,10 +105,10 @@ pub struct Payment {
     pub status: PaymentStatus,
 }
 
-impl Payment {
+impl PaymentRecord {
     /// The fees paid (or to be paid) on the way.
     pub fn fee(&self) -> Amount {
-        Amount(self.sent.0.saturating_sub(self.amount.0))
+        Amount(self.sent.0.saturating_sub(self.invoice.amount.0))
     }
 }
 
@@ -93,6 +120,11 @@ pub enum Write {
     /// A channel's record changed: write [`super::Node::channel_record`] of `id` as it is
     /// when the step returns (read before the next input; the write carries no copy of it).
     Channel {
+        /// Which.
+        id: ChannelId,
+    },
+    /// An opening that never took effect is forgotten: delete its record.
+    ForgetChannel {
         /// Which.
         id: ChannelId,
     },
@@ -144,16 +176,23 @@ pub enum Write {
     Invoice {
         /// Its hashlock.
         hashlock: Hashlock,
-        /// Its terms.
-        terms: InvoiceTerms,
+        /// Its record.
+        record: Box<InvoiceRecord>,
     },
     /// A payment of ours.
     Payment {
-        /// Its id.
-        id: B256,
         /// Its record.
-        payment: Payment,
+        record: Box<PaymentRecord>,
     },
+    /// The forwarding policy a hub announced to us.
+    Policy {
+        /// The hub.
+        peer: Address,
+        /// Its policy.
+        policy: ForwardPolicy,
+    },
+    /// A transaction to send: store it in the same batch (the chain's sender executes it).
+    Intent(Box<crate::node::chain::Intent>),
 }
 
 impl Write {
@@ -163,7 +202,7 @@ impl Write {
     }
 }
 
-/// The payment records of a node: routes, forwards, invoices, payments.
+/// The payment records of a node: routes, forwards, invoices, payments, hubs' policies.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Book {
     /// Route instructions waiting for their HTLC.
@@ -173,13 +212,15 @@ pub struct Book {
     /// Incoming HTLCs forwarded, with their outgoing HTLC.
     pub forwarded_in: BTreeMap<(ChannelId, HtlcId), (ChannelId, HtlcId)>,
     /// Our invoices.
-    pub invoices: BTreeMap<Hashlock, InvoiceTerms>,
+    pub invoices: BTreeMap<Hashlock, InvoiceRecord>,
     /// Our payments by id.
-    pub payments: BTreeMap<B256, Payment>,
+    pub payments: BTreeMap<B256, PaymentRecord>,
+    /// Policies hubs announced to us.
+    pub policies: BTreeMap<Address, ForwardPolicy>,
 }
 
 impl Book {
-    /// Apply a write to the book (writes of channels and links do not touch it).
+    /// Apply a write to the book (writes of channels, links and intents do not touch it).
     pub fn apply(&mut self, w: &Write) {
         match w {
             Write::Route { key, route } => match route {
@@ -196,14 +237,21 @@ impl Book {
             Write::ForwardedIn { incoming, out } => {
                 self.forwarded_in.insert(*incoming, *out);
             }
-            Write::Invoice { hashlock, terms } => {
-                self.invoices.insert(*hashlock, *terms);
+            Write::Invoice { hashlock, record } => {
+                self.invoices.insert(*hashlock, (**record).clone());
             }
-            Write::Payment { id, payment } => {
-                self.payments.insert(*id, payment.clone());
+            Write::Payment { record } => {
+                self.payments.insert(record.id, (**record).clone());
             }
-            Write::Channel { .. } | Write::Sent { .. } | Write::Acked { .. } => {}
-            Write::Received { .. } => {}
+            Write::Policy { peer, policy } => {
+                self.policies.insert(*peer, *policy);
+            }
+            Write::Channel { .. }
+            | Write::ForgetChannel { .. }
+            | Write::Sent { .. }
+            | Write::Acked { .. }
+            | Write::Received { .. }
+            | Write::Intent(_) => {}
         }
     }
 }
@@ -220,13 +268,17 @@ pub struct Records {
 }
 
 impl Records {
-    /// Apply one write of `node`'s latest step, as a store does.
+    /// Apply one write of `node`'s latest step, as a store does (intents are the chain
+    /// sender's, not part of the node's records).
     pub fn apply(&mut self, w: &Write, node: &super::Node) {
         match w {
             Write::Channel { id } => {
                 if let Some(record) = node.channel_record(*id) {
                     self.channels.insert(*id, record);
                 }
+            }
+            Write::ForgetChannel { id } => {
+                self.channels.remove(id);
             }
             Write::Sent { peer, seq } => {
                 let l = self.links.entry(*peer).or_default();

@@ -1,0 +1,659 @@
+//! Scenario tests of the node machine: message in, frames / records / events out, no I/O.
+//! Three nodes (payer, hub, payee) joined by a perfect in-memory network, each with a model
+//! disk built from its writes.
+
+use super::{ChainEvent, CommandError, Config, Node, NodeEvent, Output};
+use crate::forward::{ForwardPolicy, NextHop};
+use crate::node::chain::{CollateralPolicy, Intent};
+use crate::node::fixtures::{keys, params};
+use crate::node::invoice::Invoice;
+use crate::node::message::{Body, ErrorCode, Frame};
+use crate::node::payment::PaymentStatus;
+use crate::node::records::Records;
+use crate::update::sign_state;
+use crate::{Amount, Channel, ChannelId, ChannelState, Expiry, FailureReason, Hashlock, Preimage};
+use crate::{Limits, Message, SignedState};
+use alloy::primitives::{Address, B256};
+
+const NOW: Expiry = Expiry(1_700_000_000);
+const FUNDS: u128 = 1_000_000;
+
+fn policy() -> ForwardPolicy {
+    ForwardPolicy {
+        base_fee: Amount(10),
+        fee_ppm: 1_000,
+        ..ForwardPolicy::default()
+    }
+}
+
+fn config() -> Config {
+    let mut c = Config {
+        policy: policy(),
+        ..Config::default()
+    };
+    c.open.adjudicator = Address::repeat_byte(0xAD);
+    c
+}
+
+fn cosigned(a: u8, b: u8, nonce: u64) -> (Channel, Channel) {
+    let (ka, kb) = (keys(a), keys(b));
+    let p = params(&ka, &kb, nonce);
+    let state = ChannelState::opening(p.id(), [Amount(FUNDS), Amount::ZERO]);
+    let sigs = [
+        sign_state(&p, &ka, &state).unwrap(),
+        sign_state(&p, &kb, &state).unwrap(),
+    ];
+    let s = SignedState { state, sigs };
+    (
+        Channel::from_cosigned(p.clone(), ka, Limits::default(), s.clone()).unwrap(),
+        Channel::from_cosigned(p, kb, Limits::default(), s).unwrap(),
+    )
+}
+
+/// Nodes 0 (payer), 1 (hub), 2 (payee); a stranger is key 9.
+struct Net {
+    nodes: Vec<Node>,
+    disks: Vec<Records>,
+    wire: Vec<(usize, usize, Frame)>,
+    events: Vec<Vec<NodeEvent>>,
+    up: ChannelId,
+    down: ChannelId,
+    now: Expiry,
+}
+
+impl Net {
+    fn new(config: Config) -> Net {
+        let mut nodes: Vec<Node> = (1..=3u8)
+            .map(|b| Node::new(keys(b), config.clone()))
+            .collect();
+        let (p_up, h_up) = cosigned(1, 2, 1);
+        let (h_down, q_down) = cosigned(2, 3, 2);
+        let (up, down) = (p_up.id(), h_down.id());
+        let a = |b: u8| keys(b).address();
+        nodes[0].add_channel(a(2), p_up).unwrap();
+        nodes[1].add_channel(a(1), h_up).unwrap();
+        nodes[1].add_channel(a(3), h_down).unwrap();
+        nodes[2].add_channel(a(2), q_down).unwrap();
+        nodes[0].set_policy(a(2), policy());
+        let disks = nodes.iter().map(Node::records).collect();
+        Net {
+            nodes,
+            disks,
+            wire: Vec::new(),
+            events: vec![Vec::new(); 3],
+            up,
+            down,
+            now: NOW,
+        }
+    }
+
+    fn addr(&self, n: usize) -> Address {
+        self.nodes[n].address()
+    }
+
+    fn carry(&mut self, n: usize, out: Output) {
+        self.disks[n].apply_all(&out.writes, &self.nodes[n]);
+        for (to, f) in out.transmits {
+            if let Some(i) = self.nodes.iter().position(|x| x.address() == to) {
+                self.wire.push((n, i, f));
+            }
+        }
+        self.events[n].extend(out.events);
+    }
+
+    fn run(&mut self) {
+        while !self.wire.is_empty() {
+            let (from, to, f) = self.wire.remove(0);
+            let from = self.addr(from);
+            let out = self.nodes[to].handle_frame(self.now, from, f);
+            self.carry(to, out);
+        }
+    }
+
+    fn invoice(&mut self, amount: u128, secret: u8, payee: Address) -> (Invoice, Preimage) {
+        let preimage = Preimage([secret; 32]);
+        let inv = Invoice {
+            payee,
+            hub: self.addr(1),
+            amount: Amount(amount),
+            hashlock: preimage.hashlock(),
+            expires_at: NOW.0 + 3600,
+            final_expiry_delta: 7200,
+        };
+        (inv, preimage)
+    }
+
+    fn balances(&self, n: usize, id: ChannelId) -> [Amount; 2] {
+        self.nodes[n].channel(id).unwrap().latest().state.balances
+    }
+}
+
+fn refusal_codes(out: &Output) -> Vec<ErrorCode> {
+    out.events
+        .iter()
+        .filter_map(|e| match e {
+            NodeEvent::Refused { code, .. } => Some(*code),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_payment_crosses_the_hub_with_its_fee_and_the_records_restore_every_node() {
+    let mut net = Net::new(config());
+    let (inv, pre) = net.invoice(10_000, 7, keys(3).address());
+    let out = net.nodes[2].add_invoice(inv.clone(), pre).unwrap();
+    net.carry(2, out);
+    let id = B256::repeat_byte(1);
+    let out = net.nodes[0].pay(NOW, id, &inv).unwrap();
+    net.carry(0, out);
+    net.run();
+    let fee = 10 + 10_000 * 1_000 / 1_000_000;
+    assert!(net.events[0].contains(&NodeEvent::PaymentSucceeded {
+        id,
+        fee: Amount(fee)
+    }));
+    assert!(matches!(
+        net.nodes[0].payment(id).unwrap().status,
+        PaymentStatus::Succeeded { preimage } if preimage == pre
+    ));
+    assert_eq!(net.nodes[1].fees_earned(), (Amount(fee), 1));
+    assert_eq!(
+        net.balances(0, net.up),
+        [Amount(FUNDS - 10_000 - fee), Amount(10_000 + fee)]
+    );
+    assert_eq!(
+        net.balances(2, net.down),
+        [Amount(FUNDS - 10_000), Amount(10_000)]
+    );
+    assert!(net.nodes[2].book().invoices[&inv.hashlock].paid);
+    // Paying the same id again changes nothing.
+    assert!(net.nodes[0].pay(NOW, id, &inv).unwrap().is_empty());
+    // Every node restored from its writes is the node.
+    for n in 0..3 {
+        assert_eq!(net.disks[n], net.nodes[n].records(), "node {n}");
+        let back = Node::restore(keys(n as u8 + 1), config(), net.disks[n].clone()).unwrap();
+        assert_eq!(back.records(), net.nodes[n].records());
+    }
+}
+
+#[test]
+fn each_failure_reason_reaches_the_payer() {
+    // The hub knows no next peer: UnknownNextPeer, failed back on every hop.
+    let mut net = Net::new(config());
+    let (inv, _) = net.invoice(1_000, 1, Address::repeat_byte(0x77));
+    let id = B256::repeat_byte(2);
+    let out = net.nodes[0].pay(NOW, id, &inv).unwrap();
+    net.carry(0, out);
+    net.run();
+    assert!(net.events[0].contains(&NodeEvent::PaymentFailed {
+        id,
+        reason: Some(FailureReason::UnknownNextPeer)
+    }));
+    assert_eq!(net.balances(0, net.up), [Amount(FUNDS), Amount::ZERO]);
+    // The payee knows the hashlock, but the lock pays less than its invoice.
+    let (inv, pre) = net.invoice(1_000, 2, keys(3).address());
+    let out = net.nodes[2].add_invoice(inv.clone(), pre).unwrap();
+    net.carry(2, out);
+    let short =
+        crate::node::payment::plan(Amount(999), 7200, &policy(), Amount(FUNDS), NOW).unwrap();
+    let id = B256::repeat_byte(3);
+    let out = net.nodes[0].pay_planned(NOW, id, &inv, short).unwrap();
+    net.carry(0, out);
+    net.run();
+    let reason = match net.nodes[0].payment(id).unwrap().status {
+        PaymentStatus::Failed { reason } => reason,
+        ref s => panic!("not failed: {s:?}"),
+    };
+    assert_eq!(reason, FailureReason::IncorrectPaymentDetails);
+    // The payee does not know the hashlock: to it, a lock nobody told it about.
+    let (inv, _) = net.invoice(1_000, 12, keys(3).address());
+    let id = B256::repeat_byte(13);
+    let out = net.nodes[0].pay(NOW, id, &inv).unwrap();
+    net.carry(0, out);
+    net.run();
+    assert!(net.events[0].contains(&NodeEvent::PaymentFailed {
+        id,
+        reason: Some(FailureReason::UnknownNextPeer)
+    }));
+    // The hub cannot carry it (more than its downstream balance).
+    let (inv, pre) = net.invoice(FUNDS / 2 + FUNDS / 4, 3, keys(3).address());
+    let out = net.nodes[2].add_invoice(inv.clone(), pre).unwrap();
+    net.carry(2, out);
+    let out = net.nodes[1]
+        .transfer(NOW, net.down, Amount(FUNDS / 2))
+        .unwrap();
+    net.carry(1, out);
+    net.run();
+    let id = B256::repeat_byte(4);
+    let out = net.nodes[0].pay(NOW, id, &inv).unwrap();
+    net.carry(0, out);
+    net.run();
+    assert!(matches!(
+        net.nodes[0].payment(id).unwrap().status,
+        PaymentStatus::Failed {
+            reason: FailureReason::TemporaryChannelFailure
+        }
+    ));
+    assert_eq!(net.balances(0, net.up), [Amount(FUNDS), Amount::ZERO]);
+}
+
+#[test]
+fn a_stranger_may_only_open_and_its_refusals_cost_no_write() {
+    let mut net = Net::new(config());
+    let stranger = keys(9).address();
+    for (seq, body) in (1..).zip([
+        Body::Ping,
+        Body::Funded { channel_id: net.up },
+        Body::Channel(Message::Reject {
+            channel_id: net.up,
+            version: 1,
+            reason: crate::RejectReason::Conflict,
+        }),
+    ]) {
+        let out = net.nodes[1].handle_frame(NOW, stranger, Frame::Msg { seq, body });
+        assert!(
+            out.writes.is_empty(),
+            "a stranger made the hub write: {out:?}"
+        );
+        assert_eq!(refusal_codes(&out), [ErrorCode::UnknownChannel]);
+        assert!(out.transmits.iter().any(|(to, f)| *to == stranger
+            && matches!(
+                f,
+                Frame::Error {
+                    code: ErrorCode::UnknownChannel,
+                    ..
+                }
+            )));
+    }
+}
+
+#[test]
+fn a_peer_touches_only_its_own_channels() {
+    let mut net = Net::new(config());
+    let payer = net.addr(0);
+    let before = net.nodes[1].channel_record(net.down).unwrap();
+    // The payer proposes on the hub–payee channel.
+    let msg = Message::Reject {
+        channel_id: net.down,
+        version: 1,
+        reason: crate::RejectReason::Conflict,
+    };
+    let out = net.nodes[1].handle_frame(
+        NOW,
+        payer,
+        Frame::Msg {
+            seq: 1,
+            body: Body::Channel(msg),
+        },
+    );
+    assert_eq!(refusal_codes(&out), [ErrorCode::UnknownChannel]);
+    // A peer with a funded channel gets a numbered, durable refusal; nothing else changes.
+    assert!(out.transmits.iter().any(|(_, f)| matches!(
+        f,
+        Frame::Msg {
+            body: Body::Refused {
+                seq: 1,
+                code: ErrorCode::UnknownChannel,
+                ..
+            },
+            ..
+        }
+    )));
+    assert_eq!(net.nodes[1].channel_record(net.down).unwrap(), before);
+    // Route instructions: for another's channel, back to the sender, or too many.
+    let next = NextHop {
+        amount: Amount(5),
+        expiry: Expiry(NOW.0 + 7200),
+    };
+    let route = |channel_id, next_peer, h: u8| Body::Route {
+        channel_id,
+        hashlock: Hashlock(B256::repeat_byte(h)),
+        next_peer,
+        next,
+    };
+    let payee = net.addr(2);
+    let route_n = |channel_id, n: u64| Body::Route {
+        channel_id,
+        hashlock: Hashlock(alloy::primitives::U256::from(n + 1_000).into()),
+        next_peer: payee,
+        next,
+    };
+    let cases = [
+        (route(net.down, payee, 1), ErrorCode::UnknownChannel),
+        (route(net.up, payer, 2), ErrorCode::UnknownChannel),
+    ];
+    let mut seq = 2;
+    for (body, code) in cases {
+        let out = net.nodes[1].handle_frame(NOW, payer, Frame::Msg { seq, body });
+        assert_eq!(refusal_codes(&out), [code]);
+        seq += 1;
+    }
+    let max = Limits::default().max_pending_locks;
+    for h in 0..max {
+        let out = net.nodes[1].handle_frame(
+            NOW,
+            payer,
+            Frame::Msg {
+                seq,
+                body: route_n(net.up, h as u64),
+            },
+        );
+        assert!(refusal_codes(&out).is_empty());
+        seq += 1;
+    }
+    let out = net.nodes[1].handle_frame(
+        NOW,
+        payer,
+        Frame::Msg {
+            seq,
+            body: route(net.up, payee, 99),
+        },
+    );
+    assert_eq!(refusal_codes(&out), [ErrorCode::RateLimited]);
+    assert_eq!(net.nodes[1].book().routes.len(), max);
+    // Collected once stale.
+    let out = net.nodes[1].handle_timeout(Expiry(NOW.0 + 601));
+    assert_eq!(out.writes.len(), max);
+    assert!(net.nodes[1].book().routes.is_empty());
+}
+
+#[test]
+fn duplicates_are_acknowledged_and_gaps_refused_without_a_write() {
+    let mut net = Net::new(config());
+    let payer = net.addr(0);
+    let out = net.nodes[1].handle_frame(
+        NOW,
+        payer,
+        Frame::Msg {
+            seq: 1,
+            body: Body::Ping,
+        },
+    );
+    assert!(!out.writes.is_empty());
+    let dup = net.nodes[1].handle_frame(
+        NOW,
+        payer,
+        Frame::Msg {
+            seq: 1,
+            body: Body::Ping,
+        },
+    );
+    assert!(dup.writes.is_empty());
+    assert_eq!(dup.transmits, vec![(payer, Frame::Ack { seq: 1 })]);
+    let gap = net.nodes[1].handle_frame(
+        NOW,
+        payer,
+        Frame::Msg {
+            seq: 3,
+            body: Body::Ping,
+        },
+    );
+    assert!(gap.writes.is_empty());
+    assert_eq!(refusal_codes(&gap), [ErrorCode::OutOfOrder]);
+    // A bogus ack beyond what was sent costs nothing.
+    let ack = net.nodes[1].handle_frame(NOW, payer, Frame::Ack { seq: 1_000 });
+    assert!(ack.writes.is_empty());
+}
+
+#[test]
+fn opening_then_funding_then_collateral_as_the_chain_shows_it() {
+    let mut config = config();
+    config.on_chain = true;
+    config.open.min_peer_deposit = Amount(100);
+    config.collateral = CollateralPolicy {
+        collateral: Amount(500),
+        min_peer_deposit: Amount(100),
+    };
+    let (payer_k, hub_k) = (keys(4), keys(5));
+    let mut payer = Node::new(payer_k.clone(), config.clone());
+    let mut hub = Node::new(hub_k.clone(), config.clone());
+    let p = params(&payer_k, &hub_k, 9);
+    let id = p.id();
+    let out = payer
+        .open_channel(NOW, hub.address(), p.clone(), Amount(1_000))
+        .unwrap();
+    let open = out.transmits[0].1.clone();
+    let reply = hub.handle_frame(NOW, payer.address(), open);
+    assert!(reply.events.contains(&NodeEvent::ChannelOpened {
+        channel_id: id,
+        peer: payer.address()
+    }));
+    let mut opened = false;
+    for (_, f) in reply.transmits {
+        let o = payer.handle_frame(NOW, hub.address(), f);
+        opened |= o.events.contains(&NodeEvent::ChannelOpened {
+            channel_id: id,
+            peer: hub.address(),
+        });
+    }
+    assert!(opened);
+    assert_eq!(payer.book().policies[&hub.address()], policy());
+    // Not funded yet: the channel takes no update, and pays nothing.
+    assert!(matches!(
+        payer.transfer(NOW, id, Amount(1)),
+        Err(CommandError::NotReady(..))
+    ));
+    // The payer's word is not enough: `Funded` only asks the hub to read the chain.
+    let out = hub.handle_frame(
+        NOW,
+        payer.address(),
+        Frame::Msg {
+            seq: 2,
+            body: Body::Funded { channel_id: id },
+        },
+    );
+    assert_eq!(out.queries, vec![id]);
+    assert!(!hub.channel_record(id).unwrap().funded);
+    // Less than the opening state: still not funded.
+    let low = hub.handle_chain(
+        NOW,
+        ChainEvent::Holdings {
+            channel_id: id,
+            held: Amount(999),
+            deposited: [Amount(999), Amount::ZERO],
+        },
+    );
+    assert!(!low.events.contains(&NodeEvent::Funded { channel_id: id }));
+    let out = hub.handle_chain(
+        NOW,
+        ChainEvent::Holdings {
+            channel_id: id,
+            held: Amount(1_000),
+            deposited: [Amount(1_000), Amount::ZERO],
+        },
+    );
+    assert!(out.events.contains(&NodeEvent::Funded { channel_id: id }));
+    let intents: Vec<_> = out.intents().cloned().collect();
+    assert!(matches!(
+        intents.as_slice(),
+        [Intent::Deposit {
+            amount: Amount(500),
+            expected_held: Amount(1_000),
+            credit: true,
+            ..
+        }]
+    ));
+    // Seen again: nothing new, no second collateral.
+    let again = hub.handle_chain(
+        NOW,
+        ChainEvent::Holdings {
+            channel_id: id,
+            held: Amount(1_000),
+            deposited: [Amount(1_000), Amount::ZERO],
+        },
+    );
+    assert!(again.is_empty());
+    // Our collateral landed: its credit is proposed.
+    let landed = hub.handle_chain(NOW, ChainEvent::Landed(Box::new(intents[0].clone())));
+    assert_eq!(landed.queries, vec![id]);
+    let after = hub.handle_chain(
+        NOW,
+        ChainEvent::Holdings {
+            channel_id: id,
+            held: Amount(1_500),
+            deposited: [Amount(1_000), Amount(500)],
+        },
+    );
+    let resumed = hub.resume(NOW);
+    let proposed = after
+        .transmits
+        .iter()
+        .chain(resumed.transmits.iter())
+        .chain(landed.transmits.iter())
+        .any(|(_, f)| {
+            matches!(f, Frame::Msg { body: Body::Channel(Message::Propose { ops, .. }), .. }
+            if ops.iter().any(|o| matches!(o, crate::Op::Deposit { .. })))
+        });
+    assert!(proposed, "the collateral's credit was never proposed");
+}
+
+#[test]
+fn an_opening_refused_costs_the_refuser_nothing_and_the_opener_may_forget_it() {
+    let config = config();
+    let (payer_k, hub_k) = (keys(4), keys(5));
+    let mut payer = Node::new(payer_k.clone(), config.clone());
+    let mut hub = Node::new(hub_k.clone(), config.clone());
+    let mut p = params(&payer_k, &hub_k, 9);
+    p.chain_id = 5;
+    let id = p.id();
+    let out = payer
+        .open_channel(NOW, hub.address(), p, Amount(1_000))
+        .unwrap();
+    let reply = hub.handle_frame(NOW, payer.address(), out.transmits[0].1.clone());
+    assert!(reply.writes.is_empty());
+    assert_eq!(refusal_codes(&reply), [ErrorCode::Protocol]);
+    assert!(hub.channel(id).is_none());
+    // The opener forgets it; a funded channel is never forgotten.
+    assert_eq!(payer.abandoned(Expiry(NOW.0 + 3601)).unanswered, vec![id]);
+    assert!(payer.forget(id).is_ok());
+    assert!(payer.channel(id).is_none());
+    let net = Net::new(self::config());
+    let mut hubn = net.nodes.into_iter().nth(1).unwrap();
+    assert_eq!(hubn.forget(net.up), Err(CommandError::NotAbandoned(net.up)));
+}
+
+#[test]
+fn a_stale_close_is_challenged_and_a_disputed_channel_takes_no_payment() {
+    let mut net = Net::new(config());
+    let out = net.nodes[0].transfer(NOW, net.up, Amount(10)).unwrap();
+    net.carry(0, out);
+    net.run();
+    let out = net.nodes[1].handle_chain(
+        NOW,
+        ChainEvent::Disputed {
+            channel_id: net.up,
+            version: 0,
+        },
+    );
+    assert!(out.events.contains(&NodeEvent::Challenged {
+        channel_id: net.up,
+        disputed: 0,
+        ours: 1
+    }));
+    assert!(
+        matches!(out.intents().next(), Some(Intent::Challenge { state, .. }) if state.state.version == 1)
+    );
+    // Registered with our latest: nothing to answer.
+    let out = net.nodes[0].handle_chain(
+        NOW,
+        ChainEvent::Disputed {
+            channel_id: net.up,
+            version: 1,
+        },
+    );
+    assert_eq!(out.intents().count(), 0);
+    // Frozen: the payer cannot pay over it any more.
+    let (inv, _) = net.invoice(1_000, 1, keys(3).address());
+    assert_eq!(
+        net.nodes[0].pay(NOW, B256::repeat_byte(1), &inv),
+        Err(CommandError::NoChannel(net.addr(1)))
+    );
+    let out = net.nodes[0].handle_chain(
+        NOW,
+        ChainEvent::Concluded {
+            channel_id: net.up,
+            to_a: Amount(FUNDS - 10),
+            to_b: Amount(10),
+        },
+    );
+    assert!(out.events.contains(&NodeEvent::Concluded {
+        channel_id: net.up,
+        to_a: Amount(FUNDS - 10),
+        to_b: Amount(10)
+    }));
+}
+
+#[test]
+fn the_closer_pays_the_close_out_and_the_other_waits_the_grace() {
+    let mut config = config();
+    config.auto_settle = true;
+    let mut net = Net::new(config.clone());
+    let mut outs = Vec::new();
+    let out = net.nodes[0].close(NOW, net.up).unwrap();
+    net.carry(0, out);
+    while !net.wire.is_empty() {
+        let (from, to, f) = net.wire.remove(0);
+        let from = net.addr(from);
+        let out = net.nodes[to].handle_frame(NOW, from, f);
+        outs.push((to, out.intents().cloned().collect::<Vec<_>>()));
+        net.carry(to, out);
+    }
+    let not_before = |n: usize| {
+        outs.iter()
+            .filter(|(to, _)| *to == n)
+            .flat_map(|(_, i)| i.iter())
+            .find_map(|i| match i {
+                Intent::CooperativeClose { not_before, .. } => Some(*not_before),
+                _ => None,
+            })
+    };
+    assert_eq!(not_before(0), Some(0));
+    assert_eq!(not_before(1), Some(NOW.0 + config.close_grace_secs));
+}
+
+#[test]
+fn a_lock_held_past_its_expiry_is_taken_back_on_the_timer_and_fails_the_payment() {
+    let mut config = config();
+    config.reveal_preimages = false;
+    let mut net = Net::new(config);
+    let (inv, pre) = net.invoice(1_000, 5, keys(3).address());
+    let out = net.nodes[2].add_invoice(inv.clone(), pre).unwrap();
+    net.carry(2, out);
+    let id = B256::repeat_byte(9);
+    let out = net.nodes[0].pay(NOW, id, &inv).unwrap();
+    net.carry(0, out);
+    net.run();
+    assert!(net.events[2].contains(&NodeEvent::Holding {
+        hashlock: inv.hashlock
+    }));
+    let t = net.nodes[0]
+        .poll_timeout()
+        .expect("the payer's lock has a timer");
+    let h = net.nodes[1]
+        .poll_timeout()
+        .expect("the hub's lock has a timer");
+    assert!(h < t, "the hub's lock expires first");
+    // Every clock past the payer's expiry: the hub takes its lock back, then the payer.
+    net.now = t;
+    for n in [1, 0] {
+        let out = net.nodes[n].handle_timeout(t);
+        net.carry(n, out);
+        net.run();
+    }
+    // The hub took its lock back from the silent payee, then failed the payer's back.
+    assert!(net.events[0].contains(&NodeEvent::PaymentFailed {
+        id,
+        reason: Some(FailureReason::TemporaryChannelFailure)
+    }));
+    assert!(
+        net.nodes[1]
+            .channel(net.down)
+            .unwrap()
+            .latest()
+            .state
+            .locks
+            .is_empty()
+    );
+    assert_eq!(net.balances(0, net.up), [Amount(FUNDS), Amount::ZERO]);
+}

@@ -1,0 +1,119 @@
+//! What nodes say to each other: the numbered messages of a link ([`Body`]), the frames that
+//! carry them ([`Frame`]), and the codes of a refusal ([`ErrorCode`]).
+//!
+//! The variants are encoded by index (postcard on the hub's wire and in its outbox), so they
+//! are only ever added at the end.
+
+use crate::amount::Amount;
+use crate::forward::{ForwardPolicy, NextHop};
+use crate::ids::{ChannelId, Hashlock};
+use crate::msg::Message;
+use crate::state::ChannelParams;
+use alloy::primitives::{Address, Signature};
+use serde::{Deserialize, Serialize};
+
+/// Why a frame or message was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorCode {
+    /// The frame's payload did not decode.
+    Malformed,
+    /// The frame's version is not supported.
+    UnsupportedVersion,
+    /// The frame exceeded the maximum size.
+    TooLarge,
+    /// The peer has not authenticated yet, or its proof was wrong.
+    Unauthenticated,
+    /// A message out of sequence.
+    OutOfOrder,
+    /// The message names a channel this peer does not have.
+    UnknownChannel,
+    /// The message was refused by the channel's protocol machine.
+    Protocol,
+    /// The peer sends too fast, or leaves too much waiting.
+    RateLimited,
+}
+
+/// A numbered message of a link, delivered once and in order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Body {
+    /// An update-protocol message for one channel.
+    Channel(Message),
+    /// Liveness probe; answered by an ack like any message.
+    Ping,
+    /// Ask to open a ledger channel: the parameters, the opening balances, and the opener's
+    /// signature on the opening state (version 0).
+    OpenChannel {
+        /// Channel parameters (participants: opener, then the receiver).
+        params: ChannelParams,
+        /// Opening balances of A and B.
+        balances: [Amount; 2],
+        /// The opener's signature on the opening state.
+        sig: Signature,
+    },
+    /// The receiver's signature on the opening state: the channel exists (funding follows).
+    ChannelAccepted {
+        /// The channel.
+        channel_id: ChannelId,
+        /// The receiver's signature on the opening state.
+        sig: Signature,
+    },
+    /// We deposited our share of a channel's opening balances on chain: check and start using
+    /// it.
+    Funded {
+        /// The channel.
+        channel_id: ChannelId,
+    },
+    /// A message was well-formed and in sequence but refused; nothing changed.
+    Refused {
+        /// Sequence number of the refused message.
+        seq: u64,
+        /// Why.
+        code: ErrorCode,
+        /// Detail for logs.
+        detail: String,
+    },
+    /// The hub's forwarding policy, sent to a peer whose channel it accepted (the peer routes
+    /// with it, as with a BOLT 11 route hint).
+    HubPolicy {
+        /// Fees, expiry delta and HTLC limits of the hub's outgoing channels.
+        policy: ForwardPolicy,
+    },
+    /// Forward the HTLC with `hashlock` that the sender offers on `channel_id` to `next_peer`,
+    /// as `next`. Sent before the HTLC itself; the hub acts on it once the HTLC is committed.
+    Route {
+        /// The channel the incoming HTLC arrives on.
+        channel_id: ChannelId,
+        /// The HTLC's hashlock.
+        hashlock: Hashlock,
+        /// Who to offer the outgoing HTLC to.
+        next_peer: Address,
+        /// Amount and expiry of the outgoing HTLC.
+        next: NextHop,
+    },
+}
+
+/// What travels on a link once both ends know each other.
+// Frames go once from the decoder to the node; boxing the body would cost an allocation each.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Frame {
+    /// A numbered message; the receiver processes numbers in order and acknowledges each.
+    Msg {
+        /// Its number on this link, from 1.
+        seq: u64,
+        /// What it says.
+        body: Body,
+    },
+    /// Every message up to `seq` was processed and its effects persisted.
+    Ack {
+        /// The last number processed.
+        seq: u64,
+    },
+    /// A refusal that is not numbered: a gap, or an answer to a peer we keep nothing for.
+    Error {
+        /// What was wrong.
+        code: ErrorCode,
+        /// Detail for logs.
+        detail: String,
+    },
+}
