@@ -264,10 +264,9 @@ impl Node {
         ids.sort();
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
-            let Some(rec) = self.inner.channel(id) else {
+            let Some(r) = self.channel_record(id) else {
                 continue;
             };
-            let r = rec.lock().await;
             let st = &r.snapshot.latest().state;
             let me = r.snapshot.me();
             out.push(ChannelInfo {

@@ -1,35 +1,28 @@
-//! The node's pump: QUIC sessions in, channel machines driven, effects persisted and sent.
+//! QUIC sessions in: frames read, rate limited and handed to the node machine, a session's
+//! buffered frames together as one step; and the operator's channel commands.
 //!
-//! * **Reliable delivery.** Every [`Body`] we send is numbered per peer and written to the
-//!   durable outbox in the same synced batch as the state change that produced it (rule 2).
-//!   It is sent when a session is up and re-sent, in order, on every reconnect until the peer
-//!   acknowledges it. The receiver processes sequence numbers in order, ignores (and re-acks)
-//!   duplicates, refuses gaps, and persists its receive counter in the same batch as the
-//!   message's effects, so a crash at any point neither loses nor repeats a message.
-//! * **Isolation.** A peer may only touch channels whose counterparty it has proven to be.
-//!   Frames that are malformed, oversized, out of sequence or refused by a channel's machine
-//!   get a typed error back and change nothing. Reading is rate limited per peer (back pressure).
+//! * **Reliable delivery** is the machine's (`htlc::node::link`): every message it sends is
+//!   numbered and stored in the step's batch, re-sent in order on every reconnect
+//!   ([`Node::install`] queues the outbox behind every step not yet durable), processed once.
+//! * **Isolation.** The machine refuses what a peer may not do; here frames that are
+//!   malformed or oversized get a typed error and change nothing, reading is rate limited per
+//!   peer (back pressure), and strangers share one budget and a short session.
 
-use crate::error::{NodeError, Stage};
+use crate::error::NodeError;
 use crate::events::NodeEvent;
-use crate::node::{ChannelRecord, Node, awaiting_acceptance};
-use crate::session::{WRITE_QUEUE, Writer, meta_key};
-use crate::store::{Batch, Cf};
+use crate::node::Node;
+use crate::pump::Done;
+use crate::session::{WRITE_QUEUE, Writer};
 use crate::transport::{self, Session};
-use crate::wire::{self, Body, ErrorCode, Frame};
+use crate::wire::{self, ErrorCode, Frame};
 use alloy::primitives::{Address, U256};
-use htlc::node::admission::{RouteRefusal, admit_open, admit_route};
-use htlc::node::link::Inbound;
-use htlc::{Amount, Channel, ChannelId, ChannelParams, Effect, Event};
+use htlc::node::ChainEvent;
+use htlc::{Amount, Channel, ChannelId, ChannelParams};
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use tokio::sync::{Mutex, mpsc};
+use tokio::sync::mpsc;
 use tracing::{Instrument, debug, info, info_span, warn};
-
-/// Unacknowledged frames in a peer's outbox beyond which its refusals are no longer written
-/// (rule 10: a peer that never acknowledges cannot grow our disk with them).
-const MAX_DURABLE_BACKLOG: u64 = 1024;
 
 /// Seconds a stranger's session may last without opening a channel (rule 10: connection
 /// slots are for peers, not for idle keys).
@@ -238,11 +231,14 @@ impl Node {
             let Session {
                 conn,
                 mut send,
-                mut recv,
+                recv,
                 ..
             } = session;
             let generation = self.inner.sessions.next_generation();
-            let (sender, mut rx) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
+            // Room for the whole backlog the session starts with, and the usual queue after it.
+            let backlog = usize::try_from(self.read(|m| m.backlog(peer))).unwrap_or(usize::MAX);
+            let (sender, mut rx) =
+                mpsc::channel::<Vec<u8>>(WRITE_QUEUE.saturating_add(backlog).min(1 << 20));
             let tx = Writer::new(sender, conn.clone());
             let writer = tokio::spawn(async move {
                 while let Some(bytes) = rx.recv().await {
@@ -250,20 +246,14 @@ impl Node {
                         break;
                     }
                 }
-                let _ = send.finish();
+                // Let the last frames (an error that ends the session) reach the peer before
+                // the connection is closed, a second at most.
+                if send.finish().is_ok() {
+                    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), send.stopped())
+                        .await;
+                }
             });
-            if let Err(e) = self
-                .inner
-                .sessions
-                .install(
-                    &self.inner.store,
-                    peer,
-                    generation,
-                    tx.clone(),
-                    conn.clone(),
-                )
-                .await
-            {
+            if let Err(e) = self.install(peer, generation, tx.clone()).await {
                 warn!(error = %e, "cannot resume session");
                 conn.close(2u32.into(), b"store");
                 return;
@@ -273,65 +263,39 @@ impl Node {
                 let _ = r.send(());
             }
             info!("session up");
-            let rate =
-                NonZeroU32::new(self.inner.opts.frames_per_second).unwrap_or(NonZeroU32::MIN);
-            let limiter = governor::RateLimiter::direct(governor::Quota::per_second(rate));
-            let stranger_until = tokio::time::Instant::now() + STRANGER_SESSION;
-            loop {
-                // Back pressure: a peer that sends too fast is read more slowly, and strangers
-                // share one budget, however many keys they make.
-                limiter.until_ready().await;
-                let stranger = !self.has_channel(peer);
-                if stranger {
-                    self.inner.strangers.until_ready().await;
+            let (frames_tx, mut frames) = mpsc::channel::<Frame>(MAX_FRAMES_PER_STEP);
+            let reader = tokio::spawn(self.clone().read_frames(peer, recv, tx.clone(), frames_tx));
+            // Every frame already read is handed to the machine in one step; a few steps may
+            // be in flight to the disk while the next frames are read (they are written and
+            // answered in order).
+            let mut in_flight = std::collections::VecDeque::new();
+            'session: while let Some(first) = frames.recv().await {
+                let mut batch = vec![first];
+                while batch.len() < MAX_FRAMES_PER_STEP {
+                    match frames.try_recv() {
+                        Ok(f) => batch.push(f),
+                        Err(_) => break,
+                    }
                 }
-                let read = wire::read_frame(&mut recv, self.inner.opts.max_frame);
-                let next = if stranger {
-                    match tokio::time::timeout_at(stranger_until, read).await {
-                        Ok(r) => r,
-                        Err(_) => {
-                            info!("a stranger's session ends: no channel opened in time");
-                            break;
-                        }
-                    }
-                } else {
-                    read.await
-                };
-                match next {
-                    Ok(None) => break,
-                    Ok(Some(frame)) => {
-                        if let Err(e) = self.on_frame(peer, frame, &tx).await {
-                            warn!(error = %e, "stopping session");
-                            break;
-                        }
-                    }
-                    // The connection went away: a normal end, nothing to answer.
-                    Err(wire::WireError::Io(why)) => {
-                        info!(%why, "the peer's stream ended");
+                match self.on_frames(peer, batch, &tx).await {
+                    Ok(Some(done)) => in_flight.push_back(done),
+                    Ok(None) => {}
+                    Err(e) => {
+                        warn!(error = %e, "stopping session");
                         break;
                     }
-                    Err(e) => {
-                        warn!(error = %e, "bad frame");
-                        self.inner.emit(NodeEvent::Refused {
-                            peer,
-                            code: e.code(),
-                        });
-                        tx.send_now(&Frame::Error {
-                            code: e.code(),
-                            detail: e.to_string(),
-                        });
-                        if !e.recoverable() {
-                            break;
-                        }
+                }
+                while in_flight.len() > MAX_STEPS_IN_FLIGHT {
+                    if let Some(done) = in_flight.pop_front()
+                        && let Err(e) = Done::wait(done).await
+                    {
+                        warn!(error = %e, "stopping session");
+                        break 'session;
                     }
                 }
             }
-            self.inner
-                .sessions
-                .remove(&self.inner.store, peer, generation, || {
-                    !self.has_channel(peer)
-                })
-                .await;
+            reader.abort();
+            self.inner.sessions.remove(peer, generation);
             drop(tx);
             let _ = writer.await;
             let by_peer = matches!(
@@ -347,405 +311,169 @@ impl Node {
         .await
     }
 
-    /// Number the bodies, add them to the outbox in `batch`, commit it durably, then hand them
-    /// to the live session if any (see [`crate::session`]).
-    pub(crate) async fn commit_and_send(
-        &self,
+    /// Attach a new session's writer once every step queued before is durable, with the
+    /// peer's unacknowledged messages queued first (re-sent in order).
+    async fn install(&self, peer: Address, generation: u64, tx: Writer) -> Result<(), NodeError> {
+        let sessions = Arc::downgrade(&self.inner);
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        {
+            let m = self.inner.machine.lock().unwrap_or_else(|p| p.into_inner());
+            let resend: Vec<Vec<u8>> = m
+                .connected(peer)
+                .transmits
+                .into_iter()
+                .filter_map(|(_, f)| wire::encode(&Frame::from(f)).ok())
+                .collect();
+            debug!(frames = resend.len(), "re-sending outbox");
+            // Behind every queued step: what it numbered is on disk by then.
+            self.inner
+                .store
+                .submit(crate::store::Batch::new(), move |r| {
+                    if let Some(inner) = sessions.upgrade() {
+                        if r.is_ok() {
+                            inner.sessions.install(peer, generation, tx, resend);
+                        }
+                        drop(inner);
+                    }
+                    let _ = done_tx.send(r);
+                });
+        }
+        match done_rx.await {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(NodeError::Stopped),
+        }
+    }
+
+    /// Read `peer`'s frames into `out` until the stream ends, under the rate limits.
+    async fn read_frames(
+        self,
         peer: Address,
-        batch: Batch,
-        bodies: Vec<Body>,
-    ) -> Result<(), NodeError> {
-        self.inner
-            .sessions
-            .commit_and_send(&self.inner.store, peer, batch, bodies)
-            .await
+        mut recv: quinn::RecvStream,
+        tx: Writer,
+        out: mpsc::Sender<Frame>,
+    ) {
+        let rate = NonZeroU32::new(self.inner.opts.frames_per_second).unwrap_or(NonZeroU32::MIN);
+        let limiter = governor::RateLimiter::direct(governor::Quota::per_second(rate));
+        let stranger_until = tokio::time::Instant::now() + STRANGER_SESSION;
+        loop {
+            // Back pressure: a peer that sends too fast is read more slowly, and strangers
+            // share one budget, however many keys they make.
+            limiter.until_ready().await;
+            let stranger = !self.has_channel(peer);
+            if stranger {
+                self.inner.strangers.until_ready().await;
+            }
+            let read = wire::read_frame(&mut recv, self.inner.opts.max_frame);
+            let next = if stranger {
+                match tokio::time::timeout_at(stranger_until, read).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        info!("a stranger's session ends: no channel opened in time");
+                        return;
+                    }
+                }
+            } else {
+                read.await
+            };
+            match next {
+                Ok(None) => return,
+                Ok(Some(frame)) => {
+                    if out.send(frame).await.is_err() {
+                        return;
+                    }
+                }
+                // The connection went away: a normal end, nothing to answer.
+                Err(wire::WireError::Io(why)) => {
+                    info!(%why, "the peer's stream ended");
+                    return;
+                }
+                Err(e) => {
+                    warn!(error = %e, "bad frame");
+                    self.inner.emit(NodeEvent::Refused {
+                        peer,
+                        code: e.code(),
+                    });
+                    tx.send_now(&Frame::Error {
+                        code: e.code(),
+                        detail: e.to_string(),
+                    });
+                    if !e.recoverable() {
+                        return;
+                    }
+                }
+            }
+        }
     }
 
     /// Whether a session with `peer` is up.
     pub async fn is_connected(&self, peer: Address) -> bool {
-        self.inner.sessions.is_connected(peer).await
+        self.inner.sessions.is_connected(peer)
     }
 
-    async fn on_frame(&self, peer: Address, frame: Frame, tx: &Writer) -> Result<(), NodeError> {
-        let store = &self.inner.store;
-        match frame {
-            Frame::Ack { seq } => self.inner.sessions.on_ack(store, peer, seq),
-            Frame::Msg { seq, body } => {
-                // The refused messages of a peer without a funded channel leave no durable
-                // counter (nothing is written for it), so after our restart it may
-                // legitimately be ahead of what we stored: it may skip.
-                let may_skip = !self.has_funded_channel(peer);
-                match self.inner.sessions.classify(store, peer, seq, may_skip)? {
-                    Inbound::Process => {}
-                    Inbound::Duplicate { ack } => {
-                        debug!(seq, "duplicate ignored");
-                        tx.send_now(&Frame::Ack { seq: ack });
-                        return Ok(());
-                    }
-                    Inbound::Gap { expected } => {
-                        warn!(seq, expected, "out of order");
-                        self.inner.emit(NodeEvent::Refused {
-                            peer,
-                            code: ErrorCode::OutOfOrder,
-                        });
-                        tx.send_now(&Frame::Error {
-                            code: ErrorCode::OutOfOrder,
-                            detail: format!("expected {expected}, got {seq}"),
-                        });
-                        return Ok(());
-                    }
-                }
-                crate::failpoint::point("before_process");
-                self.on_message(peer, seq, body).await?;
-                self.inner.sessions.received(peer, seq);
-                tx.send_now(&Frame::Ack { seq });
-                Ok(())
-            }
-            Frame::Error { code, detail } => {
-                warn!(?code, %detail, "peer reported an error");
-                self.inner
-                    .emit(NodeEvent::RefusedByPeer { peer, code, detail });
-                Ok(())
-            }
-            Frame::Auth { .. } => {
-                tx.send_now(&Frame::Error {
-                    code: ErrorCode::Protocol,
-                    detail: "already authenticated".into(),
-                });
-                Ok(())
-            }
-        }
-    }
-
-    /// Process message `seq` from `peer`: its effects, the outbox entries of our replies and the
-    /// new receive counter land in one batch.
-    async fn on_message(&self, peer: Address, seq: u64, body: Body) -> Result<(), NodeError> {
-        let mut batch = Batch::new();
-        batch.put(Cf::Meta, &meta_key("recv", peer), &seq)?;
-        let refuse = |code: ErrorCode, detail: String| Body::Refused { seq, code, detail };
-        // A stranger (no channel with us) may only open one: anything else is refused without
-        // a write (issue 12, attack 8).
-        if !self.has_channel(peer) && !matches!(body, Body::OpenChannel { .. }) {
-            return self
-                .refuse(
-                    peer,
-                    batch,
-                    refuse(
-                        ErrorCode::UnknownChannel,
-                        "no channel with this peer".into(),
-                    ),
-                )
-                .await;
-        }
-        match body {
-            Body::Funded { channel_id } => {
-                let owned = match self.inner.channel(channel_id) {
-                    Some(rec) => rec.lock().await.peer == peer,
-                    None => false,
-                };
-                if !owned {
-                    return self
-                        .refuse(
-                            peer,
-                            batch,
-                            refuse(
-                                ErrorCode::UnknownChannel,
-                                format!("no channel {channel_id}"),
-                            ),
-                        )
-                        .await;
-                }
-                // The holdings are read from the chain, never taken from the peer's word. The
-                // receive counter moves only after the check, so a crash repeats it.
-                if let Err(e) = self.check_funding(channel_id).await {
-                    warn!(error = %e, channel = %channel_id, "cannot check funding; the watcher will");
-                }
-                self.inner.store.commit(batch).await?;
-                Ok(())
-            }
-            Body::HubPolicy { policy } => {
-                batch.put(Cf::Meta, &meta_key("policy", peer), &policy)?;
-                self.inner.store.commit(batch).await?;
-                Ok(())
-            }
-            Body::Route {
-                channel_id,
-                hashlock,
-                next_peer,
-                next,
-            } => {
-                let owned = match self.inner.channel(channel_id) {
-                    Some(rec) => rec.lock().await.peer == peer,
-                    None => false,
-                };
-                let waiting = (
-                    self.route_instructions(channel_id)?,
-                    self.inner.opts.limits.max_pending_locks,
-                );
-                if let Err(e) = admit_route(peer, owned, next_peer, &next, waiting) {
-                    let code = match e {
-                        RouteRefusal::Invalid => ErrorCode::UnknownChannel,
-                        RouteRefusal::TooMany => ErrorCode::RateLimited,
-                    };
-                    let detail = format!("channel {channel_id}: {e}");
-                    return self.refuse(peer, batch, refuse(code, detail)).await;
-                }
-                let instr = crate::payments::RouteInstr {
-                    next_peer,
-                    next,
-                    stored_at: self.now().0,
-                };
-                batch.put(
-                    Cf::Locks,
-                    &crate::payments::route_key(channel_id, hashlock),
-                    &instr,
-                )?;
-                self.inner.store.commit(batch).await?;
-                Ok(())
-            }
-            Body::Ping | Body::Refused { .. } => {
-                self.commit_and_send(peer, batch, vec![]).await?;
-                if let Body::Refused { code, detail, .. } = body {
-                    warn!(?code, %detail, "peer refused our message");
-                    self.inner
-                        .emit(NodeEvent::RefusedByPeer { peer, code, detail });
-                }
-                Ok(())
-            }
-            Body::Channel(msg) => {
-                let id = msg.channel_id();
-                let Some(rec) = self.inner.channel(id) else {
-                    return self
-                        .refuse(
-                            peer,
-                            batch,
-                            refuse(ErrorCode::UnknownChannel, format!("no channel {id}")),
-                        )
-                        .await;
-                };
-                let mut rec = rec.lock().await;
-                if rec.peer != peer || awaiting_acceptance(&rec) {
-                    // Another peer's channel: same answer as an unknown one, nothing revealed.
-                    return self
-                        .refuse(
-                            peer,
-                            batch,
-                            refuse(ErrorCode::UnknownChannel, format!("no channel {id}")),
-                        )
-                        .await;
-                }
-                if !rec.funded {
-                    return self
-                        .refuse(
-                            peer,
-                            batch,
-                            refuse(ErrorCode::Protocol, format!("channel {id} is not funded")),
-                        )
-                        .await;
-                }
-                let mut machine = Channel::restore(rec.snapshot.clone(), self.inner.keys.clone())?;
-                // A top-up is credited only to its depositor, up to what the chain shows it
-                // deposited (rule 11): look it up, never take the peer's word.
-                if let htlc::Message::Propose { ops, .. } = &msg
-                    && ops.iter().any(|op| matches!(op, htlc::Op::Deposit { .. }))
-                    && let Some(chain) = &self.inner.opts.chain
-                {
-                    let params = rec.snapshot.params().clone();
-                    match (chain.holdings(id).await, chain.deposits(&params).await) {
-                        (Ok(h), Ok(d)) => {
-                            machine.observe_holdings(h);
-                            for side in [htlc::Side::A, htlc::Side::B] {
-                                machine.observe_deposits(side, d[side.index()]);
-                            }
-                        }
-                        (Err(e), _) | (_, Err(e)) => {
-                            warn!(error = %e, "cannot read the deposits; the top-up will be refused")
-                        }
-                    }
-                }
-                match machine.handle(msg, self.now()) {
-                    Ok(effects) => {
-                        self.carry(peer, &mut rec, machine, effects, batch)
-                            .instrument(info_span!("channel", %id))
-                            .await
-                    }
-                    Err(e) => {
-                        warn!(channel = %id, error = %e, "message refused by the channel");
-                        self.refuse(peer, batch, refuse(ErrorCode::Protocol, e.to_string()))
-                            .await
-                    }
-                }
-            }
-            Body::OpenChannel {
-                params,
-                balances,
-                sig,
-            } => match self.accept_open(peer, &params, balances, sig) {
-                Ok((rec, our_sig)) => {
-                    let id = params.id();
-                    batch.put(Cf::Channels, id.0.as_slice(), &rec)?;
-                    self.commit_and_send(
-                        peer,
-                        batch,
-                        vec![
-                            Body::HubPolicy {
-                                policy: self.inner.opts.policy,
-                            },
-                            Body::ChannelAccepted {
-                                channel_id: id,
-                                sig: our_sig,
-                            },
-                        ],
-                    )
-                    .await?;
-                    self.insert_channel(id, rec);
-                    info!(channel = %id, "channel opened by peer");
-                    self.inner.emit(NodeEvent::ChannelOpened {
-                        channel_id: id,
-                        peer,
-                    });
-                    Ok(())
-                }
-                Err(e) => {
-                    warn!(error = %e, "open refused");
-                    self.refuse(peer, batch, refuse(ErrorCode::Protocol, e.to_string()))
-                        .await
-                }
-            },
-            Body::ChannelAccepted { channel_id, sig } => {
-                let Some(rec) = self.inner.channel(channel_id) else {
-                    return self
-                        .refuse(
-                            peer,
-                            batch,
-                            refuse(
-                                ErrorCode::UnknownChannel,
-                                format!("no channel {channel_id}"),
-                            ),
-                        )
-                        .await;
-                };
-                let mut rec = rec.lock().await;
-                if rec.peer != peer || !awaiting_acceptance(&rec) {
-                    return self
-                        .refuse(
-                            peer,
-                            batch,
-                            refuse(ErrorCode::UnknownChannel, "not awaiting acceptance".into()),
-                        )
-                        .await;
-                }
-                match rec.snapshot.countersigned(self.inner.keys.clone(), sig) {
-                    Ok(machine) => {
-                        let new = ChannelRecord {
-                            peer,
-                            funded: rec.funded,
-                            concluded: rec.concluded,
-                            opened_at: rec.opened_at,
-                            snapshot: machine.snapshot().clone(),
-                        };
-                        batch.put(Cf::Channels, channel_id.0.as_slice(), &new)?;
-                        self.commit_and_send(peer, batch, vec![]).await?;
-                        *rec = new;
-                        let _ = self
-                            .inner
-                            .events
-                            .send(NodeEvent::ChannelOpened { channel_id, peer });
-                        Ok(())
-                    }
-                    Err(e) => {
-                        self.refuse(peer, batch, refuse(ErrorCode::Protocol, e.to_string()))
-                            .await
-                    }
-                }
-            }
-        }
-    }
-
-    /// Refuse a peer's message. For a peer with a funded channel the refusal is sequenced and
-    /// durable like every message; for a stranger (no funded channel) nothing is written: the
-    /// refusal goes out as an unsequenced error frame, so a fresh key cannot make us write to
-    /// disk (issue 12, attack 8).
-    async fn refuse(&self, peer: Address, batch: Batch, body: Body) -> Result<(), NodeError> {
-        if let Body::Refused { code, .. } = &body {
-            self.inner.emit(NodeEvent::Refused { peer, code: *code });
-        }
-        // A peer that does not acknowledge what we send cannot grow our outbox with refusals
-        // either: beyond a backlog they go out unsequenced too.
-        if !self.has_funded_channel(peer)
-            || self.inner.sessions.backlog(peer) >= MAX_DURABLE_BACKLOG
-        {
-            if let Body::Refused { code, detail, .. } = body {
-                self.inner
-                    .sessions
-                    .send_unsequenced(&self.inner.store, peer, &Frame::Error { code, detail })
-                    .await;
-            }
-            return Ok(());
-        }
-        self.commit_and_send(peer, batch, vec![body]).await
-    }
-
-    fn insert_channel(&self, id: ChannelId, rec: ChannelRecord) {
-        if rec.funded {
-            self.inner.mark_funded(rec.peer);
-        }
-        {
-            let mut counts = self
-                .inner
-                .per_peer
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            counts.entry(rec.peer).or_default().push(id);
-        }
-        let mut map = self
-            .inner
-            .channels
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        map.insert(id, Arc::new(Mutex::new(rec)));
-    }
-
-    fn accept_open(
+    /// Hand `peer`'s frames to the machine as one step. A proposal that credits a deposit
+    /// is preceded by the chain's figures for its channel (rule 11: looked up, never taken
+    /// from the peer's word).
+    async fn on_frames(
         &self,
         peer: Address,
-        params: &ChannelParams,
-        balances: [Amount; 2],
-        sig: alloy::primitives::Signature,
-    ) -> Result<(ChannelRecord, alloy::primitives::Signature), NodeError> {
-        let o = &self.inner.opts;
-        let id = params.id();
-        let peer_channels = self
-            .inner
-            .per_peer
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&peer)
-            .map_or(0, Vec::len);
-        admit_open(
-            &o.open_policy(),
-            (peer, self.address()),
-            params,
-            balances,
-            (self.inner.channel(id).is_some(), peer_channels),
-        )?;
-        let (machine, ours) = htlc::node::opening::accept(
-            params.clone(),
-            self.inner.keys.clone(),
-            o.limits,
-            balances,
-            sig,
-        )?;
-        Ok((
-            ChannelRecord {
-                peer,
-                funded: o.chain.is_none(),
-                concluded: false,
-                opened_at: self.now().0,
-                snapshot: machine.snapshot().clone(),
-            },
-            ours,
-        ))
+        frames: Vec<Frame>,
+        tx: &Writer,
+    ) -> Result<Option<Done>, NodeError> {
+        let mut decided = Vec::with_capacity(frames.len());
+        for f in frames {
+            match f {
+                Frame::Msg { seq, body } => decided.push(htlc::node::Frame::Msg { seq, body }),
+                Frame::Ack { seq } => decided.push(htlc::node::Frame::Ack { seq }),
+                Frame::Error { code, detail } => {
+                    decided.push(htlc::node::Frame::Error { code, detail })
+                }
+                Frame::Auth { .. } => tx.send_now(&Frame::Error {
+                    code: ErrorCode::Protocol,
+                    detail: "already authenticated".into(),
+                }),
+            }
+        }
+        if decided.is_empty() {
+            return Ok(None);
+        }
+        let wanted: Vec<ChannelId> = self.read(|m| {
+            decided
+                .iter()
+                .filter_map(|f| m.wants_chain_figures(peer, f))
+                .collect()
+        });
+        let mut figures = Vec::new();
+        if let Some(chain) = &self.inner.opts.chain {
+            for id in wanted {
+                let Some(params) = self.channel_params(id).await else {
+                    continue;
+                };
+                match (chain.holdings(id).await, chain.deposits(&params).await) {
+                    (Ok(held), Ok(deposited)) => figures.push((id, held, deposited)),
+                    (Err(e), _) | (_, Err(e)) => {
+                        warn!(error = %e, "cannot read the deposits; the top-up will be refused")
+                    }
+                }
+            }
+        }
+        crate::failpoint::point("before_process");
+        let now = self.now();
+        let done = self.step(|m| {
+            let mut out = htlc::node::Output::default();
+            for (channel_id, held, deposited) in figures {
+                out.extend(m.handle_chain(
+                    now,
+                    ChainEvent::Holdings {
+                        channel_id,
+                        held,
+                        deposited,
+                    },
+                ));
+            }
+            out.extend(m.handle_frames(now, peer, decided));
+            Ok::<_, NodeError>(out)
+        })?;
+        Ok(Some(done))
     }
 
     /// Open an ETH channel with a connected peer: we are A and fund `deposit`; the peer starts
@@ -781,33 +509,10 @@ impl Node {
             nonce: U256::from(rand::random::<u64>()),
         };
         let id = params.id();
-        let (snapshot, sig) =
-            htlc::node::opening::propose(params.clone(), &self.inner.keys, o.limits, deposit)
-                .map_err(|e| match e {
-                    htlc::ProtocolError::Overflow => NodeError::Overflow,
-                    e => NodeError::Protocol(e),
-                })?;
-        let rec = ChannelRecord {
-            peer,
-            funded: o.chain.is_none(),
-            concluded: false,
-            opened_at: self.now().0,
-            snapshot,
-        };
         let mut events = self.subscribe();
-        let mut batch = Batch::new();
-        batch.put(Cf::Channels, id.0.as_slice(), &rec)?;
-        self.insert_channel(id, rec);
-        self.commit_and_send(
-            peer,
-            batch,
-            vec![Body::OpenChannel {
-                params,
-                balances: [deposit, Amount::ZERO],
-                sig,
-            }],
-        )
-        .await?;
+        let now = self.now();
+        self.step_wait(|m| m.open_channel(now, peer, params, deposit))
+            .await?;
         loop {
             match events.recv().await {
                 Ok(NodeEvent::ChannelOpened { channel_id, .. }) if channel_id == id => {
@@ -830,42 +535,16 @@ impl Node {
     }
 
     /// Delete a channel we proposed that the peer never countersigned (nothing of it exists on
-    /// chain or at the peer).
+    /// chain or at the peer). A channel that may hold money is never deleted.
     async fn forget_unopened(&self, id: ChannelId) -> Result<(), NodeError> {
-        self.forget_if(id, awaiting_acceptance).await
-    }
-
-    /// Delete channel `id` if `abandoned` holds for its record (checked under its lock).
-    pub(crate) async fn forget_if(
-        &self,
-        id: ChannelId,
-        abandoned: impl Fn(&ChannelRecord) -> bool,
-    ) -> Result<(), NodeError> {
-        let Some(rec) = self.inner.channel(id) else {
-            return Ok(());
-        };
-        let r = rec.lock().await;
-        if !abandoned(&r) {
-            return Ok(());
+        let awaiting = self.read(|m| {
+            m.channel(id)
+                .is_some_and(|c| c.snapshot().awaiting_countersignature())
+        });
+        if awaiting {
+            self.step_wait(|m| m.forget(id)).await?;
+            info!(channel = %id, "abandoned opening forgotten");
         }
-        let mut batch = Batch::new();
-        batch.delete(Cf::Channels, id.0.as_slice());
-        self.inner.store.commit(batch).await?;
-        self.inner
-            .channels
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&id);
-        if let Some(ids) = self
-            .inner
-            .per_peer
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get_mut(&r.peer)
-        {
-            ids.retain(|c| *c != id);
-        }
-        info!(channel = %id, "abandoned opening forgotten");
         Ok(())
     }
 
@@ -873,34 +552,24 @@ impl Node {
     /// the chain confirms it holds nothing for them), and channels we proposed that the peer
     /// never countersigned.
     pub(crate) async fn collect_abandoned(&self) -> Result<(), NodeError> {
-        let cutoff = self
-            .now()
-            .0
-            .saturating_sub(self.inner.opts.abandon_after_secs);
-        for id in self.channel_ids() {
-            let Some(rec) = self.inner.channel(id) else {
+        let abandoned = self.read(|m| m.abandoned(self.now()));
+        for id in abandoned.unanswered {
+            self.forget_unopened(id).await?;
+        }
+        for id in abandoned.unfunded {
+            // The chain has the last word: a deposit seen now makes the channel funded.
+            if let Err(e) = self.check_funding(id).await {
+                warn!(channel = %id, error = %e, "cannot read the chain; not collecting");
                 continue;
-            };
-            let (stale, unfunded_theirs) = {
-                let r = rec.lock().await;
-                let old = r.opened_at < cutoff;
-                (
-                    old && awaiting_acceptance(&r),
-                    old && !r.funded && r.snapshot.me() == htlc::Side::B,
-                )
-            };
-            if stale {
-                self.forget_unopened(id).await?;
-            } else if unfunded_theirs {
-                // The chain has the last word: a deposit seen now makes the channel funded.
-                if let Err(e) = self.check_funding(id).await {
-                    warn!(channel = %id, error = %e, "cannot read the chain; not collecting");
-                    continue;
-                }
-                self.forget_if(id, |r| {
+            }
+            let empty = self.read(|m| {
+                m.channel_record(id).is_some_and(|r| {
                     !r.funded && r.snapshot.deposited().iter().all(|d| d.is_zero())
                 })
-                .await?;
+            });
+            if empty {
+                self.step_wait(|m| m.forget(id)).await?;
+                info!(channel = %id, "unfunded opening forgotten");
             }
         }
         Ok(())
@@ -908,12 +577,14 @@ impl Node {
 
     /// Pay `amount` directly to the counterparty of `id` (one signed update).
     pub async fn transfer(&self, id: ChannelId, amount: Amount) -> Result<(), NodeError> {
-        self.with_channel(id, |m| m.transfer(amount)).await
+        let now = self.now();
+        self.step_wait(|m| m.transfer(now, id, amount)).await
     }
 
     /// Queue the cooperative close of `id`.
     pub async fn close(&self, id: ChannelId) -> Result<(), NodeError> {
-        self.with_channel(id, |m| m.close()).await
+        let now = self.now();
+        self.step_wait(|m| m.close(now, id)).await
     }
 
     /// Queue operations on a channel and propose them.
@@ -922,146 +593,13 @@ impl Node {
         id: ChannelId,
         f: impl FnOnce(&mut Channel),
     ) -> Result<(), NodeError> {
-        self.with_channel_in(id, f, Batch::new()).await
-    }
-
-    /// As [`Node::with_channel`], adding the writes of `batch` to the same atomic commit.
-    pub(crate) async fn with_channel_in(
-        &self,
-        id: ChannelId,
-        f: impl FnOnce(&mut Channel),
-        batch: Batch,
-    ) -> Result<(), NodeError> {
-        self.with_channel_do(id, batch, |m, _| {
-            f(m);
-            Ok(())
-        })
-        .await
-    }
-
-    /// Queue operations on a channel with `f`, which may also add writes to the batch that
-    /// persists the result (atomically with the new snapshot), and propose them. Returns what `f`
-    /// returned; nothing is written if `f` fails.
-    pub(crate) async fn with_channel_do<R>(
-        &self,
-        id: ChannelId,
-        mut batch: Batch,
-        f: impl FnOnce(&mut Channel, &mut Batch) -> Result<R, NodeError>,
-    ) -> Result<R, NodeError> {
-        let rec = self
-            .inner
-            .channel(id)
-            .ok_or(NodeError::UnknownChannel(id))?;
-        let mut rec = rec.lock().await;
-        if awaiting_acceptance(&rec) {
-            return Err(NodeError::NotReady {
-                channel: id,
-                stage: Stage::AwaitingCountersignature,
-            });
-        }
-        if !rec.funded {
-            return Err(NodeError::NotReady {
-                channel: id,
-                stage: Stage::NotFunded,
-            });
-        }
-        let mut machine = Channel::restore(rec.snapshot.clone(), self.inner.keys.clone())?;
-        let out = f(&mut machine, &mut batch)?;
-        let effects = machine.propose(self.now())?;
-        let peer = rec.peer;
-        self.carry(peer, &mut rec, machine, effects, batch)
-            .instrument(info_span!("channel", %id))
-            .await?;
-        Ok(out)
-    }
-
-    /// Carry out a machine's effects: one batch with the snapshot and the outbox entries of
-    /// every message, committed before anything is sent; then the events.
-    async fn carry(
-        &self,
-        peer: Address,
-        rec: &mut ChannelRecord,
-        machine: Channel,
-        effects: Vec<Effect>,
-        mut batch: Batch,
-    ) -> Result<(), NodeError> {
-        let id = machine.id();
-        let mut bodies = Vec::new();
-        let mut events = Vec::new();
-        for e in effects {
-            match e {
-                // The machine's current snapshot supersedes every earlier one in this list.
-                Effect::Persist => {}
-                Effect::Send(m) => bodies.push(Body::Channel(m)),
-                Effect::Event(ev) => events.push(ev),
-            }
-        }
-        let new = ChannelRecord {
-            peer,
-            funded: rec.funded,
-            concluded: rec.concluded,
-            opened_at: rec.opened_at,
-            snapshot: machine.snapshot().clone(),
-        };
-        batch.put(Cf::Channels, id.0.as_slice(), &new)?;
-        // Rule 5: preimages learned here are persisted with the state that taught them.
-        self.persist_payment_facts(id, &events, &mut batch)?;
-        // A co-signed final state: pay it out on chain, durably decided in the same batch.
-        let closed = events.iter().any(|e| matches!(e, Event::Closed(_)));
-        let settle = closed && self.inner.opts.auto_settle && self.inner.submitter.is_some();
-        if settle {
-            // The side that proposed the close pays it out; the other watches, and pays it out
-            // only if the chain shows no payout after the grace period.
-            let me = new.snapshot.me();
-            let ours = events.iter().any(|e| {
-                matches!(e, Event::Committed { proposer, ops, .. }
-                    if *proposer == me && ops.contains(&htlc::Op::Close))
-            });
-            let not_before = if ours {
-                0
-            } else {
-                self.now()
-                    .0
-                    .saturating_add(self.inner.opts.close_grace.as_secs())
-            };
-            let intent = crate::chain::Intent::CooperativeClose {
-                params: new.snapshot.params().clone(),
-                state: new.snapshot.latest().clone(),
-                not_before,
-            };
-            batch.put(Cf::Chain, &intent.key(), &intent)?;
-        }
-        // If this fails nothing was sent and the in-memory record is unchanged.
-        self.commit_and_send(peer, batch, bodies).await?;
-        self.inner.timers().set(id, new.snapshot.next_timeout());
-        *rec = new;
-        let htlc_events: Vec<Event> = events
-            .iter()
-            .filter(|e| htlc::node::payment::concerns_payments(e))
-            .cloned()
-            .collect();
-        for ev in events {
-            match ev {
-                Event::Committed { version, .. } => {
-                    debug!(version, "state co-signed");
-                    self.inner.emit(NodeEvent::Committed {
-                        channel_id: id,
-                        version,
-                    });
-                }
-                Event::Closed(_) => {
-                    self.inner.emit(NodeEvent::Closed { channel_id: id });
-                    if settle {
-                        self.inner.chain_kick.notify_one();
-                    }
-                }
-                _ => {}
-            }
-        }
-        if !htlc_events.is_empty() {
-            // Other channels are locked by what follows: never while holding this one.
-            tokio::spawn(self.on_htlc_events(id, htlc_events));
-        }
-        Ok(())
+        let now = self.now();
+        self.step_wait(|m| m.command(now, id, f)).await
     }
 }
+
+/// Frames of one session handed to the machine in one step, at most.
+const MAX_FRAMES_PER_STEP: usize = 256;
+
+/// Steps of one session queued to the disk before its next frames wait for them.
+const MAX_STEPS_IN_FLIGHT: usize = 4;

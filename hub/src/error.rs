@@ -70,9 +70,39 @@ pub enum NodeError {
         /// Why.
         source: std::io::Error,
     },
+    /// A command the node machine refused for another reason.
+    #[error("{0}")]
+    Command(htlc::node::CommandError),
     /// The node's metrics could not be registered.
     #[error("metrics: {0}")]
     Metrics(#[from] crate::metrics::MetricsError),
+}
+
+impl From<htlc::node::CommandError> for NodeError {
+    fn from(e: htlc::node::CommandError) -> NodeError {
+        use htlc::node::CommandError as C;
+        match e {
+            C::UnknownChannel(id) => NodeError::UnknownChannel(id),
+            C::NotReady(channel, why) => NodeError::NotReady {
+                channel,
+                stage: match why {
+                    htlc::node::NotReady::AwaitingCountersignature => {
+                        Stage::AwaitingCountersignature
+                    }
+                    htlc::node::NotReady::NotFunded => Stage::NotFunded,
+                },
+            },
+            C::ZeroAmount => NodeError::ZeroAmount,
+            C::NoChannel(hub) => PayError::NoChannel(hub).into(),
+            C::NoPolicy(hub) => PayError::NoPolicy(hub).into(),
+            C::Expired => PayError::Expired.into(),
+            C::OwnInvoice => PayError::OwnInvoice.into(),
+            C::Plan(e) => NodeError::Plan(e),
+            C::Protocol(htlc::ProtocolError::Overflow) => NodeError::Overflow,
+            C::Protocol(e) => NodeError::Protocol(e),
+            e @ (C::ChannelExists(_) | C::NotAbandoned(_)) => NodeError::Command(e),
+        }
+    }
 }
 
 /// What a channel still lacks for a request.

@@ -131,3 +131,62 @@ pub enum NodeEvent {
         detail: String,
     },
 }
+
+impl NodeEvent {
+    /// The event the operator sees for what the node machine reports, if any (the rest is
+    /// logged only).
+    pub fn from_decided(ev: htlc::node::NodeEvent) -> Option<NodeEvent> {
+        use htlc::node::NodeEvent as D;
+        Some(match ev {
+            D::ChannelOpened { channel_id, peer } => NodeEvent::ChannelOpened { channel_id, peer },
+            D::Committed {
+                channel_id,
+                version,
+            } => NodeEvent::Committed {
+                channel_id,
+                version,
+            },
+            D::Closed { channel_id } => NodeEvent::Closed { channel_id },
+            D::Refused { peer, code } => NodeEvent::Refused { peer, code },
+            D::Funded { channel_id } => NodeEvent::Funded { channel_id },
+            D::ToppedUp { channel_id, amount } => NodeEvent::ToppedUp { channel_id, amount },
+            D::Concluded {
+                channel_id,
+                to_a,
+                to_b,
+            } => NodeEvent::Concluded {
+                channel_id,
+                to_a,
+                to_b,
+            },
+            D::Challenged {
+                channel_id,
+                disputed,
+                ours,
+            } => NodeEvent::Challenged {
+                channel_id,
+                disputed,
+                ours,
+            },
+            D::PaymentSucceeded { id, fee } => NodeEvent::PaymentSucceeded { id, fee },
+            D::PaymentFailed { id, reason } => NodeEvent::PaymentFailed { id, reason },
+            D::PaymentReceived { hashlock, amount } => {
+                NodeEvent::PaymentReceived { hashlock, amount }
+            }
+            D::Forwarded {
+                in_channel,
+                out_channel,
+                fee,
+            } => NodeEvent::Forwarded {
+                in_channel,
+                out_channel,
+                fee,
+            },
+            D::Holding { hashlock } => NodeEvent::Holding { hashlock },
+            D::RefusedByPeer { peer, code, detail } => {
+                NodeEvent::RefusedByPeer { peer, code, detail }
+            }
+            D::ForwardFailed { .. } | D::PeerStuck { .. } | D::OpDropped { .. } => return None,
+        })
+    }
+}

@@ -1,29 +1,28 @@
 //! The node: its state (channels, sessions, store, options) and how it starts and stops.
 //!
-//! Hubs and peers run the same code; a hub also listens. What the node does is split by what
-//! it touches: `engine` pumps sessions and channel machines, `payments` and `onchain` carry out
-//! the payment steps and chain reactions that `htlc::node` decides, and `session` keeps each
-//! peer's link. This module refers to none of them except `session`, whose state it holds.
+//! Hubs and peers run the same code; a hub also listens. Everything the node decides is in
+//! the machine `htlc::node::Node` it holds; the rest of this crate pumps it: `pump` carries a
+//! step's output to the store, the sessions, the events and the chain; `engine` moves QUIC
+//! frames in, `payments` and `onchain` turn the operator's commands and the chain's events
+//! into steps, `session` keeps each peer's live writer, `persist` maps records to RocksDB.
 //!
-//! * **Concurrency.** One task per session reads and processes that peer's frames in order.
-//!   Each channel has its own lock, so different peers' channels progress in parallel; the
-//!   store's group commit shares fsyncs among them. There is no global loop.
+//! * **Concurrency.** One task per session reads that peer's frames and hands all those
+//!   buffered to the node machine as one step; steps are short (CPU only) and taken one at a
+//!   time under the machine's lock, and the store's group commit shares fsyncs among them.
 //! * **Isolation.** A peer may only touch channels whose counterparty it has proven to be.
 
 use crate::error::NodeError;
 use crate::events::NodeEvent;
 use crate::session::Sessions;
-use crate::store::{Cf, Store};
+use crate::store::Store;
 use crate::wire;
 use alloy::primitives::Address;
 use htlc::ops::Limits;
 use htlc::sig::Keys;
 use htlc::{Amount, ChannelId, ChannelParams, SignedState};
-use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use tokio::sync::{Mutex, broadcast};
+use tokio::sync::broadcast;
 use tracing::info;
 
 /// Engine settings.
@@ -133,56 +132,66 @@ impl Default for NodeOptions {
     }
 }
 
-/// The persisted record of one channel.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct ChannelRecord {
-    /// The counterparty.
-    pub peer: Address,
-    /// Whether the opening deposits are seen on chain (always true without a chain).
-    pub funded: bool,
-    /// Whether the channel was paid out on chain.
-    #[serde(default)]
-    pub concluded: bool,
-    /// When the channel was proposed (unix seconds, node clock): an opening left unfunded or
-    /// uncountersigned for `NodeOptions::abandon_after_secs` is collected.
-    #[serde(default)]
-    pub opened_at: u64,
-    /// The machine.
-    pub snapshot: htlc::Snapshot,
+impl NodeOptions {
+    /// The node machine's settings under these options.
+    pub fn machine_config(&self) -> htlc::node::Config {
+        htlc::node::Config {
+            policy: self.policy,
+            limits: self.limits,
+            open: self.open_policy(),
+            collateral: htlc::node::chain::CollateralPolicy {
+                collateral: self.collateral,
+                min_peer_deposit: self.min_peer_deposit,
+            },
+            on_chain: self.chain.is_some(),
+            auto_settle: self.auto_settle && self.chain.is_some(),
+            close_grace_secs: self.close_grace.as_secs(),
+            route_ttl_secs: ROUTE_INSTRUCTION_TTL_SECS,
+            abandon_after_secs: self.abandon_after_secs,
+            max_durable_backlog: MAX_DURABLE_BACKLOG,
+            reveal_preimages: self.reveal_preimages,
+        }
+    }
 }
+
+pub use htlc::node::records::ChannelRecord;
+
+/// Unacknowledged frames in a peer's outbox beyond which its refusals are no longer written
+/// (rule 10: a peer that never acknowledges cannot grow our disk with them).
+pub const MAX_DURABLE_BACKLOG: u64 = 1024;
+
+/// Seconds a route instruction waits for its HTLC before it is deleted (the payer sends the
+/// HTLC right after it; rule 10: a peer cannot pile them up).
+pub const ROUTE_INSTRUCTION_TTL_SECS: u64 = 600;
 
 pub(crate) struct Inner {
     pub(crate) keys: Keys,
     pub(crate) store: Store,
     pub(crate) opts: NodeOptions,
-    pub(crate) channels: std::sync::Mutex<HashMap<ChannelId, Arc<Mutex<ChannelRecord>>>>,
-    /// Channels per counterparty: bounds them (rule 10) and finds a peer's channels without
-    /// locking every other channel.
-    pub(crate) per_peer: std::sync::Mutex<HashMap<Address, Vec<ChannelId>>>,
-    /// Every peer's link: session writers, sequence counters, the outbox.
+    /// The node machine: every channel, link and payment record. Locked for one step at a
+    /// time (a step is CPU only); its output is queued to the store before the lock is let go,
+    /// so steps are written, and their frames sent, in the order they were taken.
+    pub(crate) machine: std::sync::Mutex<htlc::node::Node>,
+    /// Set when a write of a step failed: memory is ahead of the disk, so the node takes no
+    /// further step and stops (a restart resumes from the disk).
+    pub(crate) poisoned: std::sync::atomic::AtomicBool,
+    /// Every peer's live session writer.
     pub(crate) sessions: Sessions,
     pub(crate) events: broadcast::Sender<NodeEvent>,
     /// Sends chain intents one at a time (with a chain only).
     pub(crate) submitter: Option<crate::chain::Submitter>,
     /// Wakes the chain task: an intent was stored.
     pub(crate) chain_kick: tokio::sync::Notify,
-    /// Serialises top-up credits (check and queue under one lock).
-    pub(crate) credit_lock: Mutex<()>,
-    /// Serialises payments (the check for a repeated payment id and its HTLC).
-    pub(crate) pay_lock: Mutex<()>,
+    /// Wakes the timer task: a step set an earlier timeout.
+    pub(crate) timer_kick: tokio::sync::Notify,
     /// Frames read from strangers, all together (`NodeOptions::stranger_frames_per_second`).
     pub(crate) strangers: governor::DefaultDirectRateLimiter,
-    /// Peers that have (or had) a funded channel with us: known without locking any channel
-    /// record, so a refusal can be decided while a record is held.
-    pub(crate) funded_peers: std::sync::Mutex<std::collections::HashSet<Address>>,
     /// Set by [`Node::shutdown`]: background tasks end.
     pub(crate) stopping: tokio::sync::watch::Sender<bool>,
     /// Every endpoint we listen or dial on, closed by [`Node::shutdown`].
     pub(crate) endpoints: std::sync::Mutex<Vec<(u64, quinn::Endpoint)>>,
     /// Prometheus metrics.
     pub(crate) metrics: crate::metrics::Metrics,
-    /// Per channel, when its next offered lock expires (set whenever its record changes).
-    timers: std::sync::Mutex<htlc::node::timers::Timers>,
 }
 
 /// A hub or a peer: channels, sessions, storage.
@@ -195,20 +204,10 @@ impl Node {
     /// Start a node on an opened store, restoring every channel it holds.
     pub fn start(keys: Keys, store: Store, opts: NodeOptions) -> Result<Node, NodeError> {
         let (events, _) = broadcast::channel(4096);
-        let mut channels = HashMap::new();
-        let mut per_peer = HashMap::new();
-        let mut funded_peers = std::collections::HashSet::new();
-        let mut timers = htlc::node::timers::Timers::default();
-        for (_, rec) in store.scan::<ChannelRecord>(Cf::Channels, &[])? {
-            let id = rec.snapshot.latest().state.channel_id;
-            if rec.funded {
-                funded_peers.insert(rec.peer);
-            }
-            per_peer.entry(rec.peer).or_insert_with(Vec::new).push(id);
-            timers.set(id, rec.snapshot.next_timeout());
-            channels.insert(id, Arc::new(Mutex::new(rec)));
-        }
-        info!(channels = channels.len(), address = %keys.address(), "node started");
+        let records = crate::persist::load(&store)?;
+        let channels = records.channels.len();
+        let machine = htlc::node::Node::restore(keys.clone(), opts.machine_config(), records)?;
+        info!(channels, address = %keys.address(), "node started");
         let submitter = opts
             .chain
             .clone()
@@ -218,20 +217,17 @@ impl Node {
         let node = Node {
             inner: Arc::new(Inner {
                 metrics,
-                timers: std::sync::Mutex::new(timers),
                 keys,
                 store,
                 opts,
-                channels: std::sync::Mutex::new(channels),
-                per_peer: std::sync::Mutex::new(per_peer),
+                machine: std::sync::Mutex::new(machine),
+                poisoned: std::sync::atomic::AtomicBool::new(false),
                 sessions: Sessions::default(),
                 events,
                 endpoints: std::sync::Mutex::new(Vec::new()),
                 submitter,
                 chain_kick: tokio::sync::Notify::new(),
-                credit_lock: Mutex::new(()),
-                pay_lock: Mutex::new(()),
-                funded_peers: std::sync::Mutex::new(funded_peers),
+                timer_kick: tokio::sync::Notify::new(),
                 strangers: governor::RateLimiter::direct(governor::Quota::per_second(
                     NonZeroU32::new(node_stranger_rate).unwrap_or(NonZeroU32::MIN),
                 )),
@@ -245,11 +241,19 @@ impl Node {
         Ok(node)
     }
 
+    /// Read the node machine (never across an await).
+    pub(crate) fn read<R>(&self, f: impl FnOnce(&htlc::node::Node) -> R) -> R {
+        f(&self.inner.machine.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// The record of a channel as it stands.
+    pub fn channel_record(&self, id: ChannelId) -> Option<ChannelRecord> {
+        self.read(|m| m.channel_record(id))
+    }
+
     /// The parameters of a channel (chain, adjudicator, participants, nonce).
     pub async fn channel_params(&self, id: ChannelId) -> Option<ChannelParams> {
-        let rec = self.inner.channel(id)?;
-        let rec = rec.lock().await;
-        Some(rec.snapshot.params().clone())
+        self.read(|m| m.channel(id).map(|c| c.snapshot().params().clone()))
     }
 
     /// Now, by the node's clock.
@@ -274,19 +278,12 @@ impl Node {
 
     /// The latest co-signed state of a channel.
     pub async fn channel(&self, id: ChannelId) -> Option<SignedState> {
-        let rec = self.inner.channel(id)?;
-        let rec = rec.lock().await;
-        Some(rec.snapshot.latest().clone())
+        self.read(|m| m.channel(id).map(|c| c.latest().clone()))
     }
 
     /// Ids of every channel.
     pub fn channel_ids(&self) -> Vec<ChannelId> {
-        let map = self
-            .inner
-            .channels
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        map.keys().copied().collect()
+        self.read(|m| m.channel_ids().collect())
     }
 
     /// Close every connection and endpoint; session tasks end and release the node.
@@ -303,7 +300,7 @@ impl Node {
         }
     }
 
-    fn close_endpoints(&self) -> Vec<quinn::Endpoint> {
+    pub(crate) fn close_endpoints(&self) -> Vec<quinn::Endpoint> {
         // Under the list's lock, so no endpoint registered concurrently is missed: one made
         // after this sees `stopping` and is closed at once (`Node::keep_endpoint`).
         let mut list = self
@@ -323,58 +320,20 @@ impl Node {
 
     /// Whether `peer` holds any channel record with us (even one not yet funded).
     pub(crate) fn has_channel(&self, peer: Address) -> bool {
-        self.inner
-            .per_peer
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&peer)
-            .is_some_and(|ids| !ids.is_empty())
-    }
-
-    /// Whether `peer` has (or had) a channel with us whose deposits are on chain. Locks no
-    /// channel record: callers may hold one.
-    pub(crate) fn has_funded_channel(&self, peer: Address) -> bool {
-        self.inner
-            .funded_peers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(&peer)
+        self.read(|m| m.has_channel(peer))
     }
 }
 
 impl Inner {
-    /// The channels' expiry timers.
-    pub(crate) fn timers(&self) -> std::sync::MutexGuard<'_, htlc::node::timers::Timers> {
-        self.timers.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Remember that `peer` has a funded channel with us.
-    pub(crate) fn mark_funded(&self, peer: Address) {
-        self.funded_peers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(peer);
-    }
-
     /// Tell the application (and the metrics) what happened.
     pub(crate) fn emit(&self, ev: NodeEvent) {
         self.metrics.on_event(&ev);
         // No subscriber is not an error: events are also in the store and the logs.
         let _ = self.events.send(ev);
     }
-
-    pub(crate) fn channel(&self, id: ChannelId) -> Option<Arc<Mutex<ChannelRecord>>> {
-        let map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(&id).cloned()
-    }
 }
 
 /// A fresh random API token: 32 bytes as hex.
 pub fn new_api_token() -> String {
     alloy::primitives::hex::encode(rand::random::<[u8; 32]>())
-}
-
-/// Whether a channel we opened still waits for the peer's signature on its opening state.
-pub(crate) fn awaiting_acceptance(rec: &ChannelRecord) -> bool {
-    rec.snapshot.awaiting_countersignature()
 }

@@ -190,6 +190,9 @@ impl Drop for Closer {
         drop(self.writer.lock().map(|mut w| w.take()));
         if let Ok(mut t) = self.thread.lock()
             && let Some(handle) = t.take()
+            // The last handle may go from a reply on the writer thread itself: it ends on its
+            // own once the sender is gone.
+            && handle.thread().id() != std::thread::current().id()
         {
             let _ = handle.join();
         }
@@ -243,6 +246,25 @@ impl Store {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(StoreError::Write(e)),
             Err(_) => Err(StoreError::Closed),
+        }
+    }
+
+    /// Queue a batch for the writer without waiting: batches are written in the order they
+    /// are queued (many may share one synced write), and `reply` is called on the writer
+    /// thread once this one is durable (or failed), in that same order. An empty batch
+    /// writes nothing and is answered in its turn (a barrier behind the batches before it).
+    /// `reply` must be quick: it holds up the replies that follow.
+    pub fn submit(
+        &self,
+        batch: Batch,
+        reply: impl FnOnce(Result<(), StoreError>) + Send + 'static,
+    ) {
+        let job = Job {
+            batch,
+            reply: Box::new(move |r| reply(r.map_err(StoreError::Write))),
+        };
+        if let Err(mpsc::SendError(job)) = self.writer.send(job) {
+            (job.reply)(Err("store closed".into()));
         }
     }
 
@@ -369,6 +391,8 @@ fn writer_loop(db: Arc<rocksdb::DB>, rx: &mpsc::Receiver<Job>, stats: &StoreStat
         let start = Instant::now();
         let result = match missing {
             Some(name) => Err(format!("no column family {name}")),
+            // Only barriers: nothing to write or sync.
+            None if wb.is_empty() => Ok(()),
             None => db.write_opt(wb, &wo).map_err(|e| e.to_string()),
         };
         let took = start.elapsed();

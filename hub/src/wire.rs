@@ -53,84 +53,16 @@ pub enum Frame {
     },
 }
 
-/// Application messages carried by [`Frame::Msg`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Body {
-    /// An update-protocol message for one channel.
-    Channel(htlc::Message),
-    /// Liveness probe; answered by an ack like any message.
-    Ping,
-    /// Ask to open a ledger channel: the parameters, the opening balances, and the opener's
-    /// signature on the opening state (version 0).
-    OpenChannel {
-        /// Channel parameters (participants: opener, then the receiver).
-        params: htlc::ChannelParams,
-        /// Opening balances of A and B.
-        balances: [htlc::Amount; 2],
-        /// The opener's signature on the opening state.
-        sig: Signature,
-    },
-    /// The receiver's signature on the opening state: the channel exists (funding follows).
-    ChannelAccepted {
-        /// The channel.
-        channel_id: htlc::ChannelId,
-        /// The receiver's signature on the opening state.
-        sig: Signature,
-    },
-    /// We deposited our share of a channel's opening balances on chain: check and start using
-    /// it.
-    Funded {
-        /// The channel.
-        channel_id: htlc::ChannelId,
-    },
-    /// A message was well-formed and in sequence but refused; nothing changed.
-    Refused {
-        /// Sequence number of the refused message.
-        seq: u64,
-        /// Why.
-        code: ErrorCode,
-        /// Detail for logs.
-        detail: String,
-    },
-    /// The hub's forwarding policy, sent to a peer whose channel it accepted (the peer routes
-    /// with it, as with a BOLT 11 route hint).
-    HubPolicy {
-        /// Fees, expiry delta and HTLC limits of the hub's outgoing channels.
-        policy: htlc::forward::ForwardPolicy,
-    },
-    /// Forward the HTLC with `hashlock` that the sender offers on `channel_id` to `next_peer`,
-    /// as `next`. Sent before the HTLC itself; the hub acts on it once the HTLC is committed.
-    Route {
-        /// The channel the incoming HTLC arrives on.
-        channel_id: htlc::ChannelId,
-        /// The HTLC's hashlock.
-        hashlock: htlc::Hashlock,
-        /// Who to offer the outgoing HTLC to.
-        next_peer: alloy::primitives::Address,
-        /// Amount and expiry of the outgoing HTLC.
-        next: htlc::forward::NextHop,
-    },
-}
+pub use htlc::node::{Body, ErrorCode};
 
-/// Error codes sent back in [`Frame::Error`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ErrorCode {
-    /// The frame's payload did not decode.
-    Malformed,
-    /// The frame's version is not supported.
-    UnsupportedVersion,
-    /// The frame exceeded the maximum size.
-    TooLarge,
-    /// The peer has not authenticated yet, or its proof was wrong.
-    Unauthenticated,
-    /// A message out of sequence.
-    OutOfOrder,
-    /// The message names a channel this peer does not have.
-    UnknownChannel,
-    /// The message was refused by the channel's protocol machine.
-    Protocol,
-    /// The peer sends too fast.
-    RateLimited,
+impl From<htlc::node::Frame> for Frame {
+    fn from(f: htlc::node::Frame) -> Frame {
+        match f {
+            htlc::node::Frame::Msg { seq, body } => Frame::Msg { seq, body },
+            htlc::node::Frame::Ack { seq } => Frame::Ack { seq },
+            htlc::node::Frame::Error { code, detail } => Frame::Error { code, detail },
+        }
+    }
 }
 
 /// Why a frame could not be read.

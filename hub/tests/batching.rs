@@ -158,8 +158,13 @@ async fn htlcs_queued_behind_a_pending_proposal_ride_in_one_update() {
         hub.channel(cha).await.as_ref() == Some(&st)
     })
     .await;
+    // Events are told once the state is on disk, which may be a moment after it is visible.
     let mut versions = Vec::new();
-    while let Ok(e) = ev.try_recv() {
+    while versions.last() != Some(&(v0 + 2)) {
+        let e = tokio::time::timeout(Duration::from_secs(10), ev.recv())
+            .await
+            .expect("the payer tells every co-signed state")
+            .unwrap();
         if let NodeEvent::Committed {
             channel_id,
             version,

@@ -207,6 +207,14 @@ impl Output {
             && self.queries.is_empty()
     }
 
+    /// Append the output of a later step: the two are carried out as one.
+    pub fn extend(&mut self, later: Output) {
+        self.writes.extend(later.writes);
+        self.transmits.extend(later.transmits);
+        self.events.extend(later.events);
+        self.queries.extend(later.queries);
+    }
+
     /// Whether the batch must be synced before the frames leave.
     pub fn needs_sync(&self) -> bool {
         self.writes.iter().any(Write::needs_sync)
@@ -319,8 +327,8 @@ pub enum CommandError {
     #[error("channel {0} exists already")]
     ChannelExists(ChannelId),
     /// The channel cannot take updates yet.
-    #[error("channel {0} is {1}")]
-    NotReady(ChannelId, &'static str),
+    #[error("channel {0}: {1}")]
+    NotReady(ChannelId, NotReady),
     /// A zero amount.
     #[error("the amount must be above zero")]
     ZeroAmount,
@@ -345,6 +353,17 @@ pub enum CommandError {
     /// The channel machine refused.
     #[error(transparent)]
     Protocol(#[from] ProtocolError),
+}
+
+/// What a channel still lacks for a command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NotReady {
+    /// We opened it and the peer has not countersigned the opening state.
+    #[error("the peer has not countersigned the opening yet")]
+    AwaitingCountersignature,
+    /// Its opening deposits are not seen on chain yet.
+    #[error("the channel is not funded yet")]
+    NotFunded,
 }
 
 /// A payment reaction waiting inside a step.
@@ -901,6 +920,26 @@ impl Node {
         })
     }
 
+    /// Tell the peer of `id` that our opening deposit is on chain ([`Body::Funded`]): it
+    /// reads the chain to check.
+    pub fn announce_funded(&mut self, id: ChannelId) -> Result<Output, CommandError> {
+        let peer = self.peer_of(id).ok_or(CommandError::UnknownChannel(id))?;
+        let mut p = Pending::default();
+        self.send(peer, Body::Funded { channel_id: id }, &mut p);
+        Ok(p.out)
+    }
+
+    /// Ask again for the credit of our deposits that no peer has co-signed yet (a peer
+    /// refuses while it has not seen them on chain).
+    pub fn reclaim_deposits(&mut self, now: Expiry) -> Output {
+        let mut p = Pending::default();
+        let ids: Vec<ChannelId> = self.channels.keys().copied().collect();
+        for id in ids {
+            self.claim_deposits(id, &mut p);
+        }
+        self.finish(now, p)
+    }
+
     /// Record the forwarding policy `hub` announced out of band (in band it comes with
     /// [`Body::HubPolicy`]).
     pub fn set_policy(&mut self, hub: Address, policy: ForwardPolicy) -> Output {
@@ -1094,11 +1133,11 @@ impl Node {
         if e.awaiting_acceptance() {
             return Err(CommandError::NotReady(
                 channel,
-                "awaiting the peer's countersignature",
+                NotReady::AwaitingCountersignature,
             ));
         }
         if !e.funded {
-            return Err(CommandError::NotReady(channel, "not funded"));
+            return Err(CommandError::NotReady(channel, NotReady::NotFunded));
         }
         f(&mut e.machine);
         let effects = e.machine.propose(now)?;

@@ -45,7 +45,7 @@ pub mod payment;
 pub mod records;
 pub mod timers;
 
-pub use machine::{Abandoned, ChainEvent, CommandError, Config, Node, NodeEvent, Output};
+pub use machine::{Abandoned, ChainEvent, CommandError, Config, Node, NodeEvent, NotReady, Output};
 pub use message::{Body, ErrorCode, Frame};
 pub use records::{Records, Write};
 

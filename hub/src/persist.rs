@@ -1,0 +1,195 @@
+//! Where the node machine's records live in RocksDB: each [`Write`] of a step becomes part of
+//! one [`Batch`], and [`load`] reads everything back into the [`Records`] the machine is
+//! restored from.
+//!
+//! Keys (unchanged from the earlier layout, so a store written by it is read as it was):
+//!
+//! | column | key | value |
+//! |---|---|---|
+//! | `channels` | channel id | [`ChannelRecord`] |
+//! | `outbox` | peer (20) ‖ seq (8, BE) | the encoded wire frame `Msg { seq, body }` |
+//! | `meta` | `send‹peer›` / `recv‹peer›` | next number to give / last number processed |
+//! | `meta` | `policy‹peer›` | the forwarding policy that hub announced |
+//! | `locks` | `route/‹channel›‹hashlock›` | [`Route`] |
+//! | `locks` | `fwd/‹out channel›‹out id›` | [`ForwardRecord`] |
+//! | `locks` | `in/‹in channel›‹in id›` | the outgoing (channel, id) |
+//! | `locks` | `invoice/‹hashlock›` | [`InvoiceRecord`] |
+//! | `locks` | `pay/‹payment id›` | [`PaymentRecord`] |
+//! | `chain` | [`Intent::key`] | [`Intent`] |
+
+use crate::store::{Batch, Cf, Store, StoreError};
+use crate::wire::{self, Frame};
+use alloy::primitives::{Address, B256};
+use htlc::forward::ForwardPolicy;
+use htlc::node::payment::ForwardRecord;
+use htlc::node::records::{ChannelRecord, InvoiceRecord, LinkRecord, PaymentRecord, Route};
+use htlc::node::{Node as Machine, Records, Write};
+use htlc::{ChannelId, Hashlock, HtlcId};
+
+fn key2(tag: &str, a: &[u8], b: &[u8]) -> Vec<u8> {
+    let mut k = tag.as_bytes().to_vec();
+    k.extend_from_slice(a);
+    k.extend_from_slice(b);
+    k
+}
+
+/// Key of a route instruction.
+pub(crate) fn route_key(channel: ChannelId, hashlock: Hashlock) -> Vec<u8> {
+    key2("route/", channel.0.as_slice(), hashlock.0.as_slice())
+}
+fn fwd_key(channel: ChannelId, id: HtlcId) -> Vec<u8> {
+    key2("fwd/", channel.0.as_slice(), &id.0.to_be_bytes())
+}
+fn in_key(channel: ChannelId, id: HtlcId) -> Vec<u8> {
+    key2("in/", channel.0.as_slice(), &id.0.to_be_bytes())
+}
+fn invoice_key(hashlock: Hashlock) -> Vec<u8> {
+    key2("invoice/", hashlock.0.as_slice(), &[])
+}
+fn pay_key(id: B256) -> Vec<u8> {
+    key2("pay/", id.as_slice(), &[])
+}
+/// Key of a per-peer value in the `meta` column.
+pub(crate) fn meta_key(kind: &str, peer: Address) -> Vec<u8> {
+    let mut k = kind.as_bytes().to_vec();
+    k.extend_from_slice(peer.as_slice());
+    k
+}
+/// Key of one outbox frame.
+fn outbox_key(peer: Address, seq: u64) -> Vec<u8> {
+    let mut k = peer.to_vec();
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// Add the writes of the machine's latest step to `batch`. Channel records and message
+/// bodies are read from `machine` as it stands after the step (the writes carry no copies).
+pub(crate) fn fill(
+    batch: &mut Batch,
+    writes: &[Write],
+    machine: &Machine,
+) -> Result<(), StoreError> {
+    for w in writes {
+        match w {
+            Write::Channel { id } => {
+                if let Some(rec) = machine.channel_record(*id) {
+                    batch.put(Cf::Channels, id.0.as_slice(), &rec)?;
+                }
+            }
+            Write::ForgetChannel { id } => batch.delete(Cf::Channels, id.0.as_slice()),
+            Write::Sent { peer, seq } => {
+                if let Some(body) = machine.unacked(*peer, *seq) {
+                    let bytes = wire::encode(&Frame::Msg {
+                        seq: *seq,
+                        body: body.clone(),
+                    })
+                    .map_err(|e| StoreError::Write(e.to_string()))?;
+                    batch.put_raw(Cf::Outbox, &outbox_key(*peer, *seq), bytes);
+                }
+                batch.put(Cf::Meta, &meta_key("send", *peer), &seq.saturating_add(1))?;
+            }
+            Write::Acked { peer, seqs } => {
+                for s in seqs.clone() {
+                    batch.delete(Cf::Outbox, &outbox_key(*peer, s));
+                }
+            }
+            Write::Received { peer, seq } => batch.put(Cf::Meta, &meta_key("recv", *peer), seq)?,
+            Write::Route { key, route } => match route {
+                Some(r) => batch.put(Cf::Locks, &route_key(key.0, key.1), r)?,
+                None => batch.delete(Cf::Locks, &route_key(key.0, key.1)),
+            },
+            Write::Forward { out, record } => {
+                batch.put(Cf::Locks, &fwd_key(out.0, out.1), record)?
+            }
+            Write::ForwardedIn { incoming, out } => {
+                batch.put(Cf::Locks, &in_key(incoming.0, incoming.1), out)?
+            }
+            Write::Invoice { hashlock, record } => {
+                batch.put(Cf::Locks, &invoice_key(*hashlock), &**record)?
+            }
+            Write::Payment { record } => batch.put(Cf::Locks, &pay_key(record.id), &**record)?,
+            Write::Policy { peer, policy } => {
+                batch.put(Cf::Meta, &meta_key("policy", *peer), policy)?
+            }
+            Write::Intent(intent) => batch.put(Cf::Chain, &intent.key(), &**intent)?,
+        }
+    }
+    Ok(())
+}
+
+fn tail<const N: usize>(key: &[u8], from: usize) -> Option<[u8; N]> {
+    key.get(from..from + N)
+        .and_then(|b| <[u8; N]>::try_from(b).ok())
+}
+
+/// Read every record of the node machine back from the store.
+pub(crate) fn load(store: &Store) -> Result<Records, StoreError> {
+    let mut r = Records::default();
+    for (_, rec) in store.scan::<ChannelRecord>(Cf::Channels, &[])? {
+        r.channels
+            .insert(rec.snapshot.latest().state.channel_id, rec);
+    }
+    for (kind, set) in [("send", true), ("recv", false)] {
+        for (k, v) in store.scan::<u64>(Cf::Meta, kind.as_bytes())? {
+            let Some(a) = tail::<20>(&k, kind.len()) else {
+                continue;
+            };
+            let l = r
+                .links
+                .entry(Address::from(a))
+                .or_insert_with(LinkRecord::default);
+            if set {
+                l.next_send = v.max(1);
+            } else {
+                l.received = v;
+            }
+        }
+    }
+    for (k, bytes) in store.scan_raw(Cf::Outbox, &[])? {
+        let (Some(a), Some(s)) = (tail::<20>(&k, 0), tail::<8>(&k, 20)) else {
+            continue;
+        };
+        if let Ok(Frame::Msg { body, .. }) = wire::decode(&bytes, usize::MAX) {
+            let l = r
+                .links
+                .entry(Address::from(a))
+                .or_insert_with(LinkRecord::default);
+            let seq = u64::from_be_bytes(s);
+            l.next_send = l.next_send.max(seq.saturating_add(1));
+            l.unacked.insert(seq, body);
+        }
+    }
+    for (k, policy) in store.scan::<ForwardPolicy>(Cf::Meta, b"policy")? {
+        if let Some(a) = tail::<20>(&k, 6) {
+            r.book.policies.insert(Address::from(a), policy);
+        }
+    }
+    for (k, route) in store.scan::<Route>(Cf::Locks, b"route/")? {
+        if let (Some(c), Some(h)) = (tail::<32>(&k, 6), tail::<32>(&k, 38)) {
+            r.book
+                .routes
+                .insert((ChannelId(c.into()), Hashlock(h.into())), route);
+        }
+    }
+    for (k, f) in store.scan::<ForwardRecord>(Cf::Locks, b"fwd/")? {
+        if let (Some(c), Some(i)) = (tail::<32>(&k, 4), tail::<8>(&k, 36)) {
+            r.book
+                .forwards
+                .insert((ChannelId(c.into()), HtlcId(u64::from_be_bytes(i))), f);
+        }
+    }
+    for (k, out) in store.scan::<(ChannelId, HtlcId)>(Cf::Locks, b"in/")? {
+        if let (Some(c), Some(i)) = (tail::<32>(&k, 3), tail::<8>(&k, 35)) {
+            r.book
+                .forwarded_in
+                .insert((ChannelId(c.into()), HtlcId(u64::from_be_bytes(i))), out);
+        }
+    }
+    for (_, inv) in store.scan::<InvoiceRecord>(Cf::Locks, b"invoice/")? {
+        r.book.invoices.insert(inv.invoice.hashlock, inv);
+    }
+    for (_, p) in store.scan::<PaymentRecord>(Cf::Locks, b"pay/")? {
+        r.book.payments.insert(p.id, p);
+    }
+    Ok(r)
+}
