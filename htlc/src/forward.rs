@@ -33,6 +33,13 @@ const _: () =
     assert!(MIN_EXPIRY_DELTA_SECS >= BLOCK_TIME_SECS * FINALITY_BLOCKS + REACTION_GRACE_SECS);
 const _: () = assert!(MIN_EXPIRY_DELTA_SECS == 1668);
 
+/// Seconds before a peer's lock expires by which a node that knows its preimage and was not
+/// paid off chain must have its registration of the preimage sent: inclusion and finality
+/// (rule 12). The reaction grace of [`MIN_EXPIRY_DELTA_SECS`] is spent before this point, by
+/// the peer that did not settle. `12 * (25 + 64) = 1068` s.
+pub const ON_CHAIN_CLAIM_SECS: u64 = BLOCK_TIME_SECS * (INCLUSION_BLOCKS + FINALITY_BLOCKS);
+const _: () = assert!(ON_CHAIN_CLAIM_SECS < MIN_EXPIRY_DELTA_SECS);
+
 /// An outgoing lock must leave at least this long before it expires, so the next hop (which may
 /// be the payee) can itself claim on chain: the same derivation as [`MIN_EXPIRY_DELTA_SECS`].
 pub const MIN_OUTGOING_EXPIRY_SECS: u64 = MIN_EXPIRY_DELTA_SECS;

@@ -70,6 +70,9 @@ pub enum NodeError {
         /// Why.
         source: std::io::Error,
     },
+    /// The store was written by a newer hub.
+    #[error(transparent)]
+    Schema(#[from] crate::persist::SchemaError),
     /// A command the node machine refused for another reason.
     #[error("{0}")]
     Command(htlc::node::CommandError),

@@ -186,7 +186,10 @@ impl NodeEvent {
             D::RefusedByPeer { peer, code, detail } => {
                 NodeEvent::RefusedByPeer { peer, code, detail }
             }
-            D::ForwardFailed { .. } | D::PeerStuck { .. } | D::OpDropped { .. } => return None,
+            D::ForwardFailed { .. }
+            | D::PeerStuck { .. }
+            | D::OpDropped { .. }
+            | D::MustClaimOnChain { .. } => return None,
         })
     }
 }

@@ -204,6 +204,7 @@ impl Node {
     /// Start a node on an opened store, restoring every channel it holds.
     pub fn start(keys: Keys, store: Store, opts: NodeOptions) -> Result<Node, NodeError> {
         let (events, _) = broadcast::channel(4096);
+        crate::persist::check_schema(&store)?;
         let records = crate::persist::load(&store)?;
         let channels = records.channels.len();
         let machine = htlc::node::Node::restore(keys.clone(), opts.machine_config(), records)?;

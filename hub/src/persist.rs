@@ -117,6 +117,49 @@ pub(crate) fn fill(
     Ok(())
 }
 
+/// The layout of the records above, stored under `meta` key `schema`. A store without it was
+/// written by a hub before the key existed, with this same layout. Raise it with any change a
+/// reader of the older layout would misread, and teach [`check_schema`] to migrate.
+pub const SCHEMA: u32 = 1;
+
+const SCHEMA_KEY: &[u8] = b"schema";
+
+/// Refuse a store written by a newer hub (its records may not read as ours), and mark an older
+/// or new one with [`SCHEMA`].
+pub(crate) fn check_schema(store: &Store) -> Result<(), SchemaError> {
+    match store.get::<u32>(Cf::Meta, SCHEMA_KEY)? {
+        Some(found) if found > SCHEMA => Err(SchemaError::Newer {
+            found,
+            supported: SCHEMA,
+        }),
+        Some(_) => Ok(()),
+        None => {
+            let mut b = Batch::new();
+            b.put(Cf::Meta, SCHEMA_KEY, &SCHEMA)?;
+            store.commit_blocking(b)?;
+            Ok(())
+        }
+    }
+}
+
+/// A store this hub cannot read.
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaError {
+    /// Written by a newer hub.
+    #[error(
+        "the data directory was written by a newer hub (store schema {found}; this hub reads up to {supported}): run that version, or start with an empty data_dir"
+    )]
+    Newer {
+        /// The schema found.
+        found: u32,
+        /// The newest this hub reads.
+        supported: u32,
+    },
+    /// Reading or writing it failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
 fn tail<const N: usize>(key: &[u8], from: usize) -> Option<[u8; N]> {
     key.get(from..from + N)
         .and_then(|b| <[u8; N]>::try_from(b).ok())

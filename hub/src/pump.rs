@@ -148,6 +148,16 @@ fn log(ev: &Decided) {
             warn!(channel = %channel_id, disputed, ours, "stale state registered on chain: challenging")
         }
         Decided::Holding { .. } => warn!("holding an HTLC without revealing (test setting)"),
+        Decided::MustClaimOnChain {
+            channel_id,
+            locks,
+            deadline,
+        } => error!(
+            channel = %channel_id,
+            locks = locks.len(),
+            deadline = deadline.0,
+            "the peer has not settled locks we can claim: their preimages must go on chain (not automated yet: issue 14)"
+        ),
         _ => {}
     }
 }

@@ -381,3 +381,43 @@ async fn a_restarted_hub_is_dialled_again_at_once() {
     peer.transfer(id, Amount(7)).await.unwrap();
     wait_version(&hub, id, 1).await;
 }
+
+/// Issue 18: the store carries its schema; a data directory written by a newer hub is refused
+/// with a message naming both versions, and nothing in it is touched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_written_by_a_newer_hub_is_refused_with_both_versions() {
+    use hub::store::{Batch, Cf};
+    let d = TempDir::new("schema");
+    {
+        let n = node(1, &d);
+        drop(n);
+    }
+    let store = reopen(&d.0).await;
+    assert_eq!(
+        store.get::<u32>(Cf::Meta, b"schema").unwrap(),
+        Some(hub::persist::SCHEMA),
+        "a new store is marked with the schema"
+    );
+    let mut b = Batch::new();
+    b.put(Cf::Meta, b"schema", &(hub::persist::SCHEMA + 98))
+        .unwrap();
+    store.commit(b).await.unwrap();
+    let err = match Node::start(
+        Keys::from_bytes([1; 32]).unwrap(),
+        store.clone(),
+        NodeOptions::default(),
+    ) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("a newer store was opened"),
+    };
+    assert!(
+        err.contains(&format!("schema {}", hub::persist::SCHEMA + 98))
+            && err.contains(&format!("reads up to {}", hub::persist::SCHEMA)),
+        "{err}"
+    );
+    assert_eq!(
+        store.get::<u32>(Cf::Meta, b"schema").unwrap(),
+        Some(hub::persist::SCHEMA + 98),
+        "left as it was"
+    );
+}

@@ -2,8 +2,8 @@
 //! of a channel, answered once here for the hub, the relay and the simulator.
 
 use crate::amount::Amount;
-use crate::forward::{ForwardPolicy, OutgoingChannel};
-use crate::ids::{Expiry, HtlcId};
+use crate::forward::{ForwardPolicy, ON_CHAIN_CLAIM_SECS, OutgoingChannel};
+use crate::ids::{Expiry, HtlcId, Preimage};
 use crate::ops::Op;
 use crate::update::{Channel, Snapshot};
 
@@ -68,6 +68,43 @@ impl Snapshot {
             .filter(|l| l.sender == self.me && !self.expiry_queued(l.id))
             .map(|l| l.expiry)
             .min()
+    }
+}
+
+impl Snapshot {
+    /// The peer's locks we hold the preimage of and it has not settled off chain, each with
+    /// the time by which the preimage must go on chain ([`ON_CHAIN_CLAIM_SECS`] before its
+    /// expiry), earliest first.
+    pub fn claim_deadlines(&self) -> Vec<(HtlcId, Preimage, Expiry)> {
+        if self.latest.state.is_final {
+            return Vec::new();
+        }
+        let mut due: Vec<_> = self
+            .claims
+            .iter()
+            .filter_map(|(id, p)| {
+                let l = self.latest.state.lock(*id)?;
+                (l.sender != self.me).then(|| {
+                    (
+                        *id,
+                        *p,
+                        Expiry(l.expiry.0.saturating_sub(ON_CHAIN_CLAIM_SECS)),
+                    )
+                })
+            })
+            .collect();
+        due.sort_by_key(|(_, _, at)| *at);
+        due
+    }
+
+    /// When the node must next look at this channel: the next of our locks to take back, or
+    /// the next claim to take on chain, whichever comes first.
+    pub fn next_deadline(&self) -> Option<Expiry> {
+        let claim = self.claim_deadlines().first().map(|(_, _, at)| *at);
+        match (self.next_timeout(), claim) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 }
 

@@ -55,7 +55,7 @@ use crate::update::{
 };
 use crate::{Amount, FailureReason, Limits, Op, OpError};
 use alloy::primitives::{Address, B256};
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 /// What the node tells its operator.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -171,6 +171,17 @@ pub enum NodeEvent {
     PeerStuck {
         /// Which channel.
         channel_id: ChannelId,
+    },
+    /// The peer has not settled locks whose preimage we know, and their on-chain deadline
+    /// ([`crate::forward::ON_CHAIN_CLAIM_SECS`] before expiry) has come: the preimages must be
+    /// registered on chain and the channel closed there.
+    MustClaimOnChain {
+        /// Which channel.
+        channel_id: ChannelId,
+        /// The peer's locks to claim.
+        locks: Vec<HtlcId>,
+        /// The earliest of their deadlines.
+        deadline: Expiry,
     },
     /// An operation we queued on a channel will never take effect.
     OpDropped {
@@ -432,6 +443,8 @@ pub struct Node {
     /// Our payments by their HTLC: (channel, id) → payment id.
     paylocks: HashMap<(ChannelId, HtlcId), B256>,
     timers: Timers,
+    /// Claims reported as due on chain since the start (reported again after a restart).
+    claims_reported: HashSet<(ChannelId, HtlcId)>,
 }
 
 impl Node {
@@ -446,6 +459,7 @@ impl Node {
             book: Book::default(),
             paylocks: HashMap::new(),
             timers: Timers::default(),
+            claims_reported: HashSet::new(),
         }
     }
 
@@ -454,7 +468,7 @@ impl Node {
         let mut node = Node::new(keys, config);
         for (id, rec) in records.channels {
             let machine = Channel::restore(rec.snapshot, node.keys.clone())?;
-            node.timers.set(id, machine.snapshot().next_timeout());
+            node.timers.set(id, machine.snapshot().next_deadline());
             node.insert(
                 id,
                 Entry {
@@ -675,6 +689,21 @@ impl Node {
         }
     }
 
+    /// When to look at channel `id` next: its next lock to take back, or its next claim
+    /// deadline not yet reported.
+    fn deadline(
+        reported: &HashSet<(ChannelId, HtlcId)>,
+        id: ChannelId,
+        s: &crate::Snapshot,
+    ) -> Option<Expiry> {
+        let claim = s
+            .claim_deadlines()
+            .into_iter()
+            .find(|(h, _, _)| !reported.contains(&(id, *h)))
+            .map(|(_, _, at)| at);
+        s.next_timeout().into_iter().chain(claim).min()
+    }
+
     fn insert(&mut self, id: ChannelId, entry: Entry) {
         let peer = entry.peer;
         self.channels.insert(id, entry);
@@ -753,10 +782,28 @@ impl Node {
                 self.timers.set(id, None);
                 continue;
             };
+            let s = e.machine.snapshot();
+            let late: Vec<_> = s
+                .claim_deadlines()
+                .into_iter()
+                .filter(|(h, _, at)| *at <= now && !self.claims_reported.contains(&(id, *h)))
+                .collect();
+            if !late.is_empty() {
+                // The peer has not settled locks we can claim, and time is running out: the
+                // preimages must go on chain now (rule 12).
+                self.claims_reported
+                    .extend(late.iter().map(|(h, _, _)| (id, *h)));
+                p.out.events.push(NodeEvent::MustClaimOnChain {
+                    channel_id: id,
+                    locks: late.iter().map(|(h, _, _)| *h).collect(),
+                    deadline: late[0].2,
+                });
+            }
             if e.funded && e.machine.expire_due(now) > 0 {
                 p.to_propose.insert(id);
             } else {
-                self.timers.set(id, e.machine.snapshot().next_timeout());
+                let next = Self::deadline(&self.claims_reported, id, e.machine.snapshot());
+                self.timers.set(id, next);
             }
         }
         let cutoff = now.0.saturating_sub(self.config.route_ttl_secs);
@@ -1857,7 +1904,8 @@ impl Node {
             let Some(e) = self.channels.get(&id) else {
                 continue;
             };
-            self.timers.set(id, e.machine.snapshot().next_timeout());
+            let next = Self::deadline(&self.claims_reported, id, e.machine.snapshot());
+            self.timers.set(id, next);
             p.out.writes.push(Write::Channel { id });
         }
         p.out

@@ -657,3 +657,72 @@ fn a_lock_held_past_its_expiry_is_taken_back_on_the_timer_and_fails_the_payment(
     );
     assert_eq!(net.balances(0, net.up), [Amount(FUNDS), Amount::ZERO]);
 }
+
+#[test]
+fn a_claim_the_peer_does_not_settle_is_reported_once_at_its_on_chain_deadline() {
+    // The payee reveals; the hub, as if its upstream peer were silent, never gets its fulfil
+    // co-signed: its claim on the payer's lock comes due ON_CHAIN_CLAIM_SECS before expiry.
+    let mut net = Net::new(config());
+    let (inv, pre) = net.invoice(1_000, 21, keys(3).address());
+    let out = net.nodes[2].add_invoice(inv.clone(), pre).unwrap();
+    net.carry(2, out);
+    let out = net.nodes[0].pay(NOW, B256::repeat_byte(21), &inv).unwrap();
+    net.carry(0, out);
+    // Deliver everything except what goes to the payer: its fulfil never lands.
+    while !net.wire.is_empty() {
+        let (from, to, f) = net.wire.remove(0);
+        if to == 0
+            && matches!(
+                f,
+                Frame::Msg {
+                    body: Body::Channel(Message::Propose { .. }),
+                    ..
+                }
+            )
+        {
+            continue;
+        }
+        let from = net.addr(from);
+        let out = net.nodes[to].handle_frame(NOW, from, f);
+        net.carry(to, out);
+    }
+    let hub = &mut net.nodes[1];
+    let claims = hub.channel(net.up).unwrap().snapshot().claim_deadlines();
+    assert_eq!(
+        claims.len(),
+        1,
+        "the hub holds the preimage of the payer's lock"
+    );
+    let (lock, preimage, at) = claims[0];
+    assert_eq!(preimage, pre);
+    let expiry = hub
+        .channel(net.up)
+        .unwrap()
+        .latest()
+        .state
+        .lock(lock)
+        .unwrap()
+        .expiry;
+    assert_eq!(at.0, expiry.0 - crate::forward::ON_CHAIN_CLAIM_SECS);
+    assert!(hub.poll_timeout().is_some_and(|t| t <= at));
+    let early = hub.handle_timeout(Expiry(at.0 - 1));
+    assert!(
+        !early
+            .events
+            .iter()
+            .any(|e| matches!(e, NodeEvent::MustClaimOnChain { .. }))
+    );
+    let due = hub.handle_timeout(at);
+    assert!(due.events.contains(&NodeEvent::MustClaimOnChain {
+        channel_id: net.up,
+        locks: vec![lock],
+        deadline: at,
+    }));
+    let again = hub.handle_timeout(Expiry(at.0 + 1));
+    assert!(
+        !again
+            .events
+            .iter()
+            .any(|e| matches!(e, NodeEvent::MustClaimOnChain { .. }))
+    );
+}
