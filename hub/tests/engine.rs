@@ -390,7 +390,7 @@ async fn a_store_written_by_a_newer_hub_is_refused_with_both_versions() {
     let d = TempDir::new("schema");
     {
         let n = node(1, &d);
-        drop(n);
+        n.shutdown();
     }
     let store = reopen(&d.0).await;
     assert_eq!(
