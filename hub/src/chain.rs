@@ -196,6 +196,9 @@ async fn done(client: &ChainClient, intent: &Intent) -> Result<bool, ChainError>
             let on_chain = client.channel(params.id()).await?;
             Ok(on_chain.concluded || on_chain.version >= state.state.version)
         }
+        Intent::RegisterSecret { preimage, .. } => {
+            Ok(client.revealed_at(preimage.hashlock()).await?.is_some())
+        }
     }
 }
 
@@ -228,6 +231,7 @@ async fn send(client: &ChainClient, intent: &Intent) -> Result<(), ChainError> {
         Intent::Challenge { params, state } => {
             client.challenge(params, &state.state, &state.sigs).await
         }
+        Intent::RegisterSecret { preimage, .. } => client.register_secret(preimage).await,
     };
     let outcome = r?;
     info!(tx = %outcome.tx_hash, gas = outcome.gas_used, "transaction mined");

@@ -156,7 +156,7 @@ fn log(ev: &Decided) {
             channel = %channel_id,
             locks = locks.len(),
             deadline = deadline.0,
-            "the peer has not settled locks we can claim: their preimages must go on chain (not automated yet: issue 14)"
+            "the peer has not settled locks we can claim: registering their preimages on chain"
         ),
         _ => {}
     }

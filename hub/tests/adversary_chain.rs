@@ -370,3 +370,151 @@ async fn a_hub_restart_does_not_strand_a_peer_with_an_unfunded_channel() {
         "read and answered, not refused as out of order: {detail}"
     );
 }
+
+/// Issue 14, claim before expiry: a payer whose HTLC the hub fulfilled downstream goes silent
+/// (it refuses the hub's fulfil). At the lock's on-chain deadline (`ON_CHAIN_CLAIM_SECS` before
+/// its expiry) the hub registers the preimage in the secret registry, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_payer_cannot_keep_a_lock_the_hub_can_claim_off_the_registry() {
+    use hub::events::NodeEvent;
+    let net = Devnet::start().await.unwrap();
+    let (dh, dq) = (
+        TempDir::new("advc-claim-hub"),
+        TempDir::new("advc-claim-payee"),
+    );
+    let clock = hub::clock::Clock::system();
+    let opts = |i: usize, client: contracts::ChainClient| NodeOptions {
+        chain_id: net.chain_id(),
+        adjudicator: net.deployment().adjudicator,
+        chain: Some(client),
+        chain_poll: Duration::from_millis(50),
+        chain_retry: Duration::from_millis(300),
+        expiry_check: Duration::from_millis(100),
+        min_peer_deposit: Amount(ETH / 100),
+        clock: if i == 1 {
+            clock.clone()
+        } else {
+            hub::clock::Clock::system()
+        },
+        ..NodeOptions::default()
+    };
+    let hub_client = net.client(1).await.unwrap();
+    hub_client.set_poll_interval(Duration::from_millis(10));
+    let hub = Node::start(
+        Keys::from_signer(net.signer(1).unwrap()),
+        Store::open(&dh.0).unwrap(),
+        opts(1, hub_client),
+    )
+    .unwrap();
+    let payee_client = net.client(3).await.unwrap();
+    payee_client.set_poll_interval(Duration::from_millis(10));
+    let payee = Node::start(
+        Keys::from_signer(net.signer(3).unwrap()),
+        Store::open(&dq.0).unwrap(),
+        opts(3, payee_client),
+    )
+    .unwrap();
+    let addr = hub.listen(loopback()).unwrap();
+    payee.connect(addr, Some(hub.address())).await.unwrap();
+    // The payee's channel, half of it moved to the hub so the hub can pay it.
+    let out_ch = payee
+        .open_channel(hub.address(), Amount(ETH))
+        .await
+        .unwrap();
+    payee.fund(out_ch).await.unwrap();
+    wait_funded(&hub, out_ch).await;
+    payee.transfer(out_ch, Amount(ETH / 2)).await.unwrap();
+    // The payer: a scripted peer with a funded channel.
+    let mut evil = Adversary::connect(addr, Keys::from_signer(net.signer(2).unwrap())).await;
+    let chain = net.client(2).await.unwrap();
+    let (_, in_ch) = open_and_deposit(&net, &mut evil, &hub, &chain).await;
+    wait_funded(&hub, in_ch).await;
+    let amount = ETH / 10;
+    let invoice = payee
+        .create_invoice(Amount(amount), 3600, hub.address())
+        .await
+        .unwrap();
+    let policy = htlc::forward::ForwardPolicy::default();
+    let now = hub.now().0;
+    evil.now = hub.now();
+    let next = htlc::forward::NextHop {
+        amount: Amount(amount),
+        expiry: Expiry(now + invoice.final_expiry_delta),
+    };
+    let expiry = Expiry(next.expiry.0 + policy.expiry_delta);
+    let sent = Amount(amount + policy.fee(Amount(amount)).unwrap().0);
+    evil.send(Body::Route {
+        channel_id: in_ch,
+        hashlock: invoice.hashlock,
+        next_peer: payee.address(),
+        next,
+    })
+    .await;
+    let mut payee_ev = payee.subscribe();
+    evil.honest(in_ch, |m| {
+        m.offer_htlc(sent, invoice.hashlock, expiry);
+    })
+    .await;
+    // The hub forwards, the payee reveals, the hub proposes its fulfil: the payer refuses it
+    // and goes silent.
+    common::wait_for(&mut payee_ev, |e| {
+        matches!(e, NodeEvent::PaymentReceived { .. })
+    })
+    .await;
+    loop {
+        match evil.next(Duration::from_secs(30)).await {
+            Some(Body::Channel(Message::Propose { version, ops, .. }))
+                if ops.iter().any(|o| matches!(o, Op::FulfillHtlc { .. })) =>
+            {
+                evil.send(Body::Channel(Message::Reject {
+                    channel_id: in_ch,
+                    version,
+                    reason: RejectReason::InvalidOp {
+                        index: 0,
+                        error: OpError::LockExpired,
+                    },
+                }))
+                .await;
+                break;
+            }
+            Some(other) => evil.handle(other).await,
+            None => panic!("the hub never claimed upstream"),
+        }
+    }
+    let registry = net.client(0).await.unwrap();
+    // Before the deadline nothing goes on chain.
+    let deadline = expiry.0 - htlc::forward::ON_CHAIN_CLAIM_SECS;
+    clock.advance(deadline - now - 120);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        registry.revealed_at(invoice.hashlock).await.unwrap(),
+        None,
+        "registered before its deadline"
+    );
+    // At the deadline the hub registers the preimage.
+    clock.advance(121);
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if registry
+            .revealed_at(invoice.hashlock)
+            .await
+            .unwrap()
+            .is_some()
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "the hub never registered the preimage"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Done once: the intent is gone.
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while hub.pending_intents().unwrap() > 0 {
+        assert!(std::time::Instant::now() < until, "the intent stays");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    hub.shutdown();
+    payee.shutdown();
+}

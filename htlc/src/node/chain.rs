@@ -94,6 +94,17 @@ pub enum Intent {
         /// Our latest co-signed state.
         state: SignedState,
     },
+    /// Register the preimage of the peer's lock `id` in the secret registry: the peer did not
+    /// settle it off chain and its on-chain deadline has come (rule 12). One registration is
+    /// global: it settles the lock in any dispute of the channel.
+    RegisterSecret {
+        /// The channel holding the lock.
+        params: ChannelParams,
+        /// The peer's lock.
+        id: crate::ids::HtlcId,
+        /// Its preimage.
+        preimage: crate::ids::Preimage,
+    },
 }
 
 impl Intent {
@@ -110,6 +121,7 @@ impl Intent {
             Intent::Challenge { params, state } => {
                 ("challenge/", params, u128::from(state.state.version))
             }
+            Intent::RegisterSecret { params, id, .. } => ("secret/", params, u128::from(id.0)),
         };
         let mut k = INTENT_PREFIX.to_vec();
         k.extend_from_slice(tag.as_bytes());
@@ -123,7 +135,8 @@ impl Intent {
         match self {
             Intent::Deposit { params, .. }
             | Intent::CooperativeClose { params, .. }
-            | Intent::Challenge { params, .. } => params,
+            | Intent::Challenge { params, .. }
+            | Intent::RegisterSecret { params, .. } => params,
         }
     }
 }

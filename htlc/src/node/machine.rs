@@ -173,8 +173,8 @@ pub enum NodeEvent {
         channel_id: ChannelId,
     },
     /// The peer has not settled locks whose preimage we know, and their on-chain deadline
-    /// ([`crate::forward::ON_CHAIN_CLAIM_SECS`] before expiry) has come: the preimages must be
-    /// registered on chain and the channel closed there.
+    /// ([`crate::forward::ON_CHAIN_CLAIM_SECS`] before expiry) has come: the step writes the
+    /// intents to register their preimages on chain (the channel's close there follows).
     MustClaimOnChain {
         /// Which channel.
         channel_id: ChannelId,
@@ -793,6 +793,14 @@ impl Node {
                 // preimages must go on chain now (rule 12).
                 self.claims_reported
                     .extend(late.iter().map(|(h, _, _)| (id, *h)));
+                for (lock, preimage, _) in &late {
+                    let intent = Intent::RegisterSecret {
+                        params: s.params().clone(),
+                        id: *lock,
+                        preimage: *preimage,
+                    };
+                    p.out.writes.push(Write::Intent(Box::new(intent)));
+                }
                 p.out.events.push(NodeEvent::MustClaimOnChain {
                     channel_id: id,
                     locks: late.iter().map(|(h, _, _)| *h).collect(),
@@ -893,7 +901,7 @@ impl Node {
                 Intent::CooperativeClose { params, .. } => {
                     self.conclude(params.id(), None, &mut p);
                 }
-                Intent::Challenge { .. } => {}
+                Intent::Challenge { .. } | Intent::RegisterSecret { .. } => {}
             },
         }
         self.finish(now, p)

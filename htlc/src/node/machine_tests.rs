@@ -718,6 +718,11 @@ fn a_claim_the_peer_does_not_settle_is_reported_once_at_its_on_chain_deadline() 
         locks: vec![lock],
         deadline: at,
     }));
+    // Written in the step's batch: the registration of the preimage, for this lock.
+    assert!(matches!(
+        due.intents().collect::<Vec<_>>().as_slice(),
+        [Intent::RegisterSecret { id, preimage, .. }] if *id == lock && *preimage == pre
+    ));
     let again = hub.handle_timeout(Expiry(at.0 + 1));
     assert!(
         !again
