@@ -199,6 +199,10 @@ async fn done(client: &ChainClient, intent: &Intent) -> Result<bool, ChainError>
         Intent::RegisterSecret { preimage, .. } => {
             Ok(client.revealed_at(preimage.hashlock()).await?.is_some())
         }
+        Intent::Close { params, .. } => {
+            let on_chain = client.channel(params.id()).await?;
+            Ok(on_chain.concluded || on_chain.finalizes_at != 0)
+        }
     }
 }
 
@@ -232,6 +236,7 @@ async fn send(client: &ChainClient, intent: &Intent) -> Result<(), ChainError> {
             client.challenge(params, &state.state, &state.sigs).await
         }
         Intent::RegisterSecret { preimage, .. } => client.register_secret(preimage).await,
+        Intent::Close { params, state } => client.close(params, &state.state, &state.sigs).await,
     };
     let outcome = r?;
     info!(tx = %outcome.tx_hash, gas = outcome.gas_used, "transaction mined");

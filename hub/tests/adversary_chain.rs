@@ -509,7 +509,37 @@ async fn a_silent_payer_cannot_keep_a_lock_the_hub_can_claim_off_the_registry() 
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // Done once: the intent is gone.
+    // And the channel is disputed on chain with the hub's latest co-signed state (which still
+    // holds the payer's lock: settled by the registry in the dispute).
+    let latest = hub.channel(in_ch).await.unwrap();
+    assert!(
+        latest
+            .state
+            .locks
+            .iter()
+            .any(|l| l.hashlock == invoice.hashlock)
+    );
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let c = registry.channel(in_ch).await.unwrap();
+        if c.finalizes_at != 0 {
+            assert_eq!(
+                c.version, latest.state.version,
+                "disputed with the latest state"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "the hub never closed on chain"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        hub.channel_record(in_ch).unwrap().snapshot.frozen(),
+        "a channel on its way to the chain takes no new lock"
+    );
+    // Done once: the intents are gone.
     let until = std::time::Instant::now() + Duration::from_secs(10);
     while hub.pending_intents().unwrap() > 0 {
         assert!(std::time::Instant::now() < until, "the intent stays");

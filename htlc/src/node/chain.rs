@@ -105,6 +105,15 @@ pub enum Intent {
         /// Its preimage.
         preimage: crate::ids::Preimage,
     },
+    /// Start a dispute with our latest co-signed state: the peer does not settle off chain
+    /// what we can claim (rule 12). Done once any dispute of the channel is on chain (an older
+    /// one is challenged as the watcher reports it).
+    Close {
+        /// The channel.
+        params: ChannelParams,
+        /// Our latest co-signed state.
+        state: SignedState,
+    },
 }
 
 impl Intent {
@@ -122,6 +131,7 @@ impl Intent {
                 ("challenge/", params, u128::from(state.state.version))
             }
             Intent::RegisterSecret { params, id, .. } => ("secret/", params, u128::from(id.0)),
+            Intent::Close { params, .. } => ("dispute/", params, 0),
         };
         let mut k = INTENT_PREFIX.to_vec();
         k.extend_from_slice(tag.as_bytes());
@@ -136,7 +146,8 @@ impl Intent {
             Intent::Deposit { params, .. }
             | Intent::CooperativeClose { params, .. }
             | Intent::Challenge { params, .. }
-            | Intent::RegisterSecret { params, .. } => params,
+            | Intent::RegisterSecret { params, .. }
+            | Intent::Close { params, .. } => params,
         }
     }
 }

@@ -801,6 +801,17 @@ impl Node {
                     };
                     p.out.writes.push(Write::Intent(Box::new(intent)));
                 }
+                // And the channel goes on chain with our latest co-signed state, once; from now
+                // on it takes no new lock (rule 12).
+                if !s.frozen() {
+                    let intent = Intent::Close {
+                        params: s.params().clone(),
+                        state: s.latest().clone(),
+                    };
+                    p.out.writes.push(Write::Intent(Box::new(intent)));
+                    e.machine.freeze();
+                    p.touched.insert(id);
+                }
                 p.out.events.push(NodeEvent::MustClaimOnChain {
                     channel_id: id,
                     locks: late.iter().map(|(h, _, _)| *h).collect(),
@@ -901,7 +912,8 @@ impl Node {
                 Intent::CooperativeClose { params, .. } => {
                     self.conclude(params.id(), None, &mut p);
                 }
-                Intent::Challenge { .. } | Intent::RegisterSecret { .. } => {}
+                Intent::Challenge { .. } | Intent::RegisterSecret { .. } | Intent::Close { .. } => {
+                }
             },
         }
         self.finish(now, p)

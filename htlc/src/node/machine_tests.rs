@@ -718,11 +718,15 @@ fn a_claim_the_peer_does_not_settle_is_reported_once_at_its_on_chain_deadline() 
         locks: vec![lock],
         deadline: at,
     }));
-    // Written in the step's batch: the registration of the preimage, for this lock.
+    // Written in the step's batch: the registration of the preimage for this lock, and the
+    // close on chain with the latest co-signed state; the channel takes no new lock.
+    let latest = hub.channel(net.up).unwrap().latest().clone();
     assert!(matches!(
         due.intents().collect::<Vec<_>>().as_slice(),
-        [Intent::RegisterSecret { id, preimage, .. }] if *id == lock && *preimage == pre
+        [Intent::RegisterSecret { id, preimage, .. }, Intent::Close { state, .. }]
+            if *id == lock && *preimage == pre && *state == latest
     ));
+    assert!(hub.channel(net.up).unwrap().snapshot().frozen());
     let again = hub.handle_timeout(Expiry(at.0 + 1));
     assert!(
         !again
