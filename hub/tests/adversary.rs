@@ -17,7 +17,7 @@ use hub::wire::{Body, ErrorCode, Frame};
 use std::time::Duration;
 
 mod common;
-use common::adversary::{Adversary, Answer};
+use common::adversary::{Adversary, Answer, HeldLock};
 use common::{TempDir, loopback, store_entries, wait_for, wait_state};
 
 const WINDOW: u64 = MIN_CHALLENGE_DURATION_SECS;
@@ -409,56 +409,11 @@ async fn the_hub_never_co_signs_the_expiry_of_a_lock_it_can_claim() {
         .await
         .unwrap();
     let amount = 100_000u128;
-    let invoice = payee
-        .create_invoice(Amount(amount), 3600, hub.address())
-        .await
-        .unwrap();
-    let policy = htlc::forward::ForwardPolicy::default();
-    let now = hub.now().0;
-    evil.now = hub.now();
-    let next = htlc::forward::NextHop {
-        amount: Amount(amount),
-        expiry: Expiry(now + invoice.final_expiry_delta),
-    };
-    let expiry = Expiry(next.expiry.0 + policy.expiry_delta);
-    let sent = Amount(amount + policy.fee(Amount(amount)).unwrap().0);
-    evil.send(Body::Route {
-        channel_id: in_ch,
-        hashlock: invoice.hashlock,
-        next_peer: payee.address(),
-        next,
-    })
-    .await;
-    let mut payee_ev = payee.subscribe();
-    evil.honest(in_ch, |m| {
-        m.offer_htlc(sent, invoice.hashlock, expiry);
-    })
-    .await;
-    // The hub forwards, the payee reveals, the hub proposes its fulfil: refuse it.
-    wait_for(&mut payee_ev, |e| {
-        matches!(e, NodeEvent::PaymentReceived { .. })
-    })
-    .await;
-    loop {
-        match evil.next(Duration::from_secs(30)).await {
-            Some(Body::Channel(Message::Propose { version, ops, .. }))
-                if ops.iter().any(|o| matches!(o, Op::FulfillHtlc { .. })) =>
-            {
-                evil.send(Body::Channel(Message::Reject {
-                    channel_id: in_ch,
-                    version,
-                    reason: RejectReason::InvalidOp {
-                        index: 0,
-                        error: OpError::LockExpired,
-                    },
-                }))
-                .await;
-                break;
-            }
-            Some(other) => evil.handle(other).await,
-            None => panic!("the hub never claimed upstream"),
-        }
-    }
+    let HeldLock {
+        now, expiry, sent, ..
+    } = evil
+        .pay_and_refuse_the_fulfil(&hub, &payee, in_ch, amount)
+        .await;
     // The downstream lock is settled: the hub paid the payee.
     wait_state(&hub, out_ch, |s| {
         s.state.locks.is_empty() && s.state.balances[0] == Amount(1_000_000 + amount)

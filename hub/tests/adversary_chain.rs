@@ -14,7 +14,7 @@ use hub::wire::Body;
 use std::time::Duration;
 
 mod common;
-use common::adversary::{Adversary, Answer};
+use common::adversary::{Adversary, Answer, HeldLock};
 use common::{TempDir, loopback};
 
 const ETH: u128 = 1_000_000_000_000_000_000;
@@ -376,7 +376,6 @@ async fn a_hub_restart_does_not_strand_a_peer_with_an_unfunded_channel() {
 /// its expiry) the hub registers the preimage in the secret registry, once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_payer_cannot_keep_a_lock_the_hub_can_claim_off_the_registry() {
-    use hub::events::NodeEvent;
     let net = Devnet::start().await.unwrap();
     let (dh, dq) = (
         TempDir::new("advc-claim-hub"),
@@ -429,58 +428,16 @@ async fn a_silent_payer_cannot_keep_a_lock_the_hub_can_claim_off_the_registry() 
     let chain = net.client(2).await.unwrap();
     let (_, in_ch) = open_and_deposit(&net, &mut evil, &hub, &chain).await;
     wait_funded(&hub, in_ch).await;
-    let amount = ETH / 10;
-    let invoice = payee
-        .create_invoice(Amount(amount), 3600, hub.address())
-        .await
-        .unwrap();
-    let policy = htlc::forward::ForwardPolicy::default();
-    let now = hub.now().0;
-    evil.now = hub.now();
-    let next = htlc::forward::NextHop {
-        amount: Amount(amount),
-        expiry: Expiry(now + invoice.final_expiry_delta),
-    };
-    let expiry = Expiry(next.expiry.0 + policy.expiry_delta);
-    let sent = Amount(amount + policy.fee(Amount(amount)).unwrap().0);
-    evil.send(Body::Route {
-        channel_id: in_ch,
-        hashlock: invoice.hashlock,
-        next_peer: payee.address(),
-        next,
-    })
-    .await;
-    let mut payee_ev = payee.subscribe();
-    evil.honest(in_ch, |m| {
-        m.offer_htlc(sent, invoice.hashlock, expiry);
-    })
-    .await;
-    // The hub forwards, the payee reveals, the hub proposes its fulfil: the payer refuses it
-    // and goes silent.
-    common::wait_for(&mut payee_ev, |e| {
-        matches!(e, NodeEvent::PaymentReceived { .. })
-    })
-    .await;
-    loop {
-        match evil.next(Duration::from_secs(30)).await {
-            Some(Body::Channel(Message::Propose { version, ops, .. }))
-                if ops.iter().any(|o| matches!(o, Op::FulfillHtlc { .. })) =>
-            {
-                evil.send(Body::Channel(Message::Reject {
-                    channel_id: in_ch,
-                    version,
-                    reason: RejectReason::InvalidOp {
-                        index: 0,
-                        error: OpError::LockExpired,
-                    },
-                }))
-                .await;
-                break;
-            }
-            Some(other) => evil.handle(other).await,
-            None => panic!("the hub never claimed upstream"),
-        }
-    }
+    // The payer locks a payment, the hub forwards it, the payee reveals, the hub proposes its
+    // fulfil: the payer refuses it and goes silent.
+    let HeldLock {
+        invoice,
+        now,
+        expiry,
+        ..
+    } = evil
+        .pay_and_refuse_the_fulfil(&hub, &payee, in_ch, ETH / 10)
+        .await;
     let registry = net.client(0).await.unwrap();
     // Before the deadline nothing goes on chain.
     let deadline = expiry.0 - htlc::forward::ON_CHAIN_CLAIM_SECS;

@@ -197,7 +197,7 @@ pub enum NodeEvent {
 /// What a step produced, to be carried out in this order: write, send, tell, read.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Output {
-    /// Records to write as one atomic batch, synced if any [`Write::needs_sync`].
+    /// Records to write as one atomic, synced batch.
     pub writes: Vec<Write>,
     /// Frames to send once the batch is durable (those to a peer without a session may be
     /// dropped: numbered ones go again with [`Node::connected`]).
@@ -224,11 +224,6 @@ impl Output {
         self.transmits.extend(later.transmits);
         self.events.extend(later.events);
         self.queries.extend(later.queries);
-    }
-
-    /// Whether the batch must be synced before the frames leave.
-    pub fn needs_sync(&self) -> bool {
-        self.writes.iter().any(Write::needs_sync)
     }
 
     /// The chain intents among the writes.

@@ -123,6 +123,19 @@ impl Net {
         (inv, preimage)
     }
 
+    /// The payer pays `inv` as payment `id` and the network runs until quiet.
+    fn pay(&mut self, id: B256, inv: &Invoice) {
+        let out = self.nodes[0].pay(self.now, id, inv).unwrap();
+        self.carry(0, out);
+        self.run();
+    }
+
+    /// The payee makes `inv` (with `pre`) its own.
+    fn expect(&mut self, inv: &Invoice, pre: Preimage) {
+        let out = self.nodes[2].add_invoice(inv.clone(), pre).unwrap();
+        self.carry(2, out);
+    }
+
     fn balances(&self, n: usize, id: ChannelId) -> [Amount; 2] {
         self.nodes[n].channel(id).unwrap().latest().state.balances
     }
@@ -142,12 +155,9 @@ fn refusal_codes(out: &Output) -> Vec<ErrorCode> {
 fn a_payment_crosses_the_hub_with_its_fee_and_the_records_restore_every_node() {
     let mut net = Net::new(config());
     let (inv, pre) = net.invoice(10_000, 7, keys(3).address());
-    let out = net.nodes[2].add_invoice(inv.clone(), pre).unwrap();
-    net.carry(2, out);
+    net.expect(&inv, pre);
     let id = B256::repeat_byte(1);
-    let out = net.nodes[0].pay(NOW, id, &inv).unwrap();
-    net.carry(0, out);
-    net.run();
+    net.pay(id, &inv);
     let fee = 10 + 10_000 * 1_000 / 1_000_000;
     assert!(net.events[0].contains(&NodeEvent::PaymentSucceeded {
         id,
@@ -183,9 +193,7 @@ fn each_failure_reason_reaches_the_payer() {
     let mut net = Net::new(config());
     let (inv, _) = net.invoice(1_000, 1, Address::repeat_byte(0x77));
     let id = B256::repeat_byte(2);
-    let out = net.nodes[0].pay(NOW, id, &inv).unwrap();
-    net.carry(0, out);
-    net.run();
+    net.pay(id, &inv);
     assert!(net.events[0].contains(&NodeEvent::PaymentFailed {
         id,
         reason: Some(FailureReason::UnknownNextPeer)
@@ -193,8 +201,7 @@ fn each_failure_reason_reaches_the_payer() {
     assert_eq!(net.balances(0, net.up), [Amount(FUNDS), Amount::ZERO]);
     // The payee knows the hashlock, but the lock pays less than its invoice.
     let (inv, pre) = net.invoice(1_000, 2, keys(3).address());
-    let out = net.nodes[2].add_invoice(inv.clone(), pre).unwrap();
-    net.carry(2, out);
+    net.expect(&inv, pre);
     let short =
         crate::node::payment::plan(Amount(999), 7200, &policy(), Amount(FUNDS), NOW).unwrap();
     let id = B256::repeat_byte(3);
@@ -209,26 +216,21 @@ fn each_failure_reason_reaches_the_payer() {
     // The payee does not know the hashlock: to it, a lock nobody told it about.
     let (inv, _) = net.invoice(1_000, 12, keys(3).address());
     let id = B256::repeat_byte(13);
-    let out = net.nodes[0].pay(NOW, id, &inv).unwrap();
-    net.carry(0, out);
-    net.run();
+    net.pay(id, &inv);
     assert!(net.events[0].contains(&NodeEvent::PaymentFailed {
         id,
         reason: Some(FailureReason::UnknownNextPeer)
     }));
     // The hub cannot carry it (more than its downstream balance).
     let (inv, pre) = net.invoice(FUNDS / 2 + FUNDS / 4, 3, keys(3).address());
-    let out = net.nodes[2].add_invoice(inv.clone(), pre).unwrap();
-    net.carry(2, out);
+    net.expect(&inv, pre);
     let out = net.nodes[1]
         .transfer(NOW, net.down, Amount(FUNDS / 2))
         .unwrap();
     net.carry(1, out);
     net.run();
     let id = B256::repeat_byte(4);
-    let out = net.nodes[0].pay(NOW, id, &inv).unwrap();
-    net.carry(0, out);
-    net.run();
+    net.pay(id, &inv);
     assert!(matches!(
         net.nodes[0].payment(id).unwrap().status,
         PaymentStatus::Failed {
@@ -618,12 +620,9 @@ fn a_lock_held_past_its_expiry_is_taken_back_on_the_timer_and_fails_the_payment(
     config.reveal_preimages = false;
     let mut net = Net::new(config);
     let (inv, pre) = net.invoice(1_000, 5, keys(3).address());
-    let out = net.nodes[2].add_invoice(inv.clone(), pre).unwrap();
-    net.carry(2, out);
+    net.expect(&inv, pre);
     let id = B256::repeat_byte(9);
-    let out = net.nodes[0].pay(NOW, id, &inv).unwrap();
-    net.carry(0, out);
-    net.run();
+    net.pay(id, &inv);
     assert!(net.events[2].contains(&NodeEvent::Holding {
         hashlock: inv.hashlock
     }));
@@ -664,8 +663,7 @@ fn a_claim_the_peer_does_not_settle_is_reported_once_at_its_on_chain_deadline() 
     // co-signed: its claim on the payer's lock comes due ON_CHAIN_CLAIM_SECS before expiry.
     let mut net = Net::new(config());
     let (inv, pre) = net.invoice(1_000, 21, keys(3).address());
-    let out = net.nodes[2].add_invoice(inv.clone(), pre).unwrap();
-    net.carry(2, out);
+    net.expect(&inv, pre);
     let out = net.nodes[0].pay(NOW, B256::repeat_byte(21), &inv).unwrap();
     net.carry(0, out);
     // Deliver everything except what goes to the payer: its fulfil never lands.

@@ -114,7 +114,6 @@ impl PaymentRecord {
 
 /// One record that changes. The node hands a step's writes over together: the caller writes
 /// them as one atomic, synced batch before it sends any frame of that step (rule 2).
-/// [`Write::Acked`] alone may be written without a sync (a lost one only re-sends a duplicate).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Write {
     /// A channel's record changed: write [`super::Node::channel_record`] of `id` as it is
@@ -193,13 +192,6 @@ pub enum Write {
     },
     /// A transaction to send: store it in the same batch (the chain's sender executes it).
     Intent(Box<crate::node::chain::Intent>),
-}
-
-impl Write {
-    /// Whether the batch holding this write must be synced before the step's frames leave.
-    pub fn needs_sync(&self) -> bool {
-        !matches!(self, Write::Acked { .. })
-    }
 }
 
 /// The payment records of a node: routes, forwards, invoices, payments, hubs' policies.

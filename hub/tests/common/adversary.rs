@@ -411,3 +411,85 @@ fn edit(snap: &htlc::Snapshot, f: impl FnOnce(&mut RawSnapshot)) -> htlc::Snapsh
     );
     edited
 }
+
+/// What [`Adversary::pay_and_refuse_the_fulfil`] locked.
+pub struct HeldLock {
+    /// The payee's invoice.
+    pub invoice: hub::payments::Invoice,
+    /// The hub's clock when the lock was offered.
+    pub now: u64,
+    /// The lock's expiry.
+    pub expiry: Expiry,
+    /// What the lock carries (the amount and the hub's fee).
+    pub sent: Amount,
+}
+
+impl Adversary {
+    /// Pay `amount` to `payee` through `hub` on channel `id` (priced with the default policy),
+    /// wait until the payee is paid, then refuse the hub's fulfil of our lock: a payer that goes
+    /// silent on a lock the hub can claim.
+    pub async fn pay_and_refuse_the_fulfil(
+        &mut self,
+        hub: &hub::node::Node,
+        payee: &hub::node::Node,
+        id: ChannelId,
+        amount: u128,
+    ) -> HeldLock {
+        let invoice = payee
+            .create_invoice(Amount(amount), 3600, hub.address())
+            .await
+            .unwrap();
+        let policy = htlc::forward::ForwardPolicy::default();
+        let now = hub.now().0;
+        self.now = hub.now();
+        let next = htlc::forward::NextHop {
+            amount: Amount(amount),
+            expiry: Expiry(now + invoice.final_expiry_delta),
+        };
+        let expiry = Expiry(next.expiry.0 + policy.expiry_delta);
+        let sent = Amount(amount + policy.fee(Amount(amount)).unwrap().0);
+        self.send(Body::Route {
+            channel_id: id,
+            hashlock: invoice.hashlock,
+            next_peer: payee.address(),
+            next,
+        })
+        .await;
+        let mut payee_ev = payee.subscribe();
+        self.honest(id, |m| {
+            m.offer_htlc(sent, invoice.hashlock, expiry);
+        })
+        .await;
+        // The hub forwards, the payee reveals, the hub proposes its fulfil: refuse it.
+        super::wait_for(&mut payee_ev, |e| {
+            matches!(e, hub::events::NodeEvent::PaymentReceived { .. })
+        })
+        .await;
+        loop {
+            match self.next(Duration::from_secs(30)).await {
+                Some(Body::Channel(Message::Propose { version, ops, .. }))
+                    if ops.iter().any(|o| matches!(o, Op::FulfillHtlc { .. })) =>
+                {
+                    self.send(Body::Channel(Message::Reject {
+                        channel_id: id,
+                        version,
+                        reason: RejectReason::InvalidOp {
+                            index: 0,
+                            error: htlc::OpError::LockExpired,
+                        },
+                    }))
+                    .await;
+                    break;
+                }
+                Some(other) => self.handle(other).await,
+                None => panic!("the hub never claimed upstream"),
+            }
+        }
+        HeldLock {
+            invoice,
+            now,
+            expiry,
+            sent,
+        }
+    }
+}
