@@ -502,6 +502,11 @@ impl ChainClient {
         Ok(self.adjudicator().unclaimed(asset, owner).call().await?)
     }
 
+    /// Whether the lock with Merkle leaf `leaf` of channel `id` was settled by `unlock`.
+    pub async fn lock_resolved(&self, id: ChannelId, leaf: B256) -> Result<bool, ChainError> {
+        Ok(self.adjudicator().lockResolved(id.0, leaf).call().await?)
+    }
+
     /// The channel id as the contract computes it (must equal [`ChannelParams::id`]).
     pub async fn onchain_channel_id(&self, params: &ChannelParams) -> Result<B256, ChainError> {
         let p = self.onchain_params(params)?;

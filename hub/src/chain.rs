@@ -89,6 +89,7 @@ impl Submitter {
     pub async fn resume(&self, now: u64) -> Result<Vec<Settled>, TxError> {
         let _one = self.lock.lock().await;
         let mut settled = Vec::new();
+        let mut chain_now = None;
         for (key, bytes) in self.store.scan_raw(Cf::Chain, INTENT_PREFIX)? {
             // One unreadable record (written by an older version) must not stop the others,
             // challenges among them: it is reported and left in place.
@@ -99,6 +100,11 @@ impl Submitter {
                     continue;
                 }
             };
+            if !self.due(&intent, &mut chain_now).await {
+                // Not due (the chain's window or the registry's verdict is still open): kept.
+                settled.push(Settled::Later(intent));
+                continue;
+            }
             if let Intent::CooperativeClose { not_before, .. } = &intent
                 && *not_before > now
             {
@@ -139,6 +145,42 @@ impl Submitter {
                 }
                 Err((e, in_doubt))
             }
+        }
+    }
+
+    /// Whether an intent timed by the chain may be sent now: a conclusion once the chain's
+    /// clock passed its window, an unlock once the chain decides it pays us (one that never
+    /// will is found done by `settle`). The chain's clock is read once per pass (`chain_now`);
+    /// a read that fails leaves the intent for the next pass.
+    async fn due(&self, intent: &Intent, chain_now: &mut Option<u64>) -> bool {
+        let client = &self.client;
+        let clock = match intent {
+            Intent::Conclude { .. } | Intent::Unlock { .. } => match *chain_now {
+                Some(t) => t,
+                None => match client.latest_timestamp().await {
+                    Ok(t) => *chain_now.insert(t),
+                    Err(e) => {
+                        warn!(error = %e, "cannot read the chain's clock; will retry");
+                        return false;
+                    }
+                },
+            },
+            _ => return true,
+        };
+        match intent {
+            Intent::Conclude { not_before, .. } => clock >= *not_before,
+            Intent::Unlock {
+                state, lock, me, ..
+            } => match unlock_verdict(client, state, *lock, *me, clock).await {
+                // Decided either way: `settle` sends it or finds it done.
+                Ok(Some(_)) => true,
+                Ok(None) => false,
+                Err(e) => {
+                    warn!(error = %e, "cannot read a lock's verdict; will retry");
+                    false
+                }
+            },
+            _ => true,
         }
     }
 
@@ -203,7 +245,46 @@ async fn done(client: &ChainClient, intent: &Intent) -> Result<bool, ChainError>
             let on_chain = client.channel(params.id()).await?;
             Ok(on_chain.concluded || on_chain.finalizes_at != 0)
         }
+        // Paid out, or superseded by a later registered state (whose own conclusion the node
+        // writes when it sees that dispute).
+        Intent::Conclude { params, state, .. } => {
+            let on_chain = client.channel(params.id()).await?;
+            Ok(on_chain.concluded || on_chain.version != state.version)
+        }
+        // Settled, or decided against us (nothing of ours to collect).
+        Intent::Unlock {
+            params,
+            state,
+            lock,
+            me,
+        } => {
+            let Some(l) = state.lock(*lock) else {
+                return Ok(true);
+            };
+            if client.lock_resolved(params.id(), l.leaf()).await? {
+                return Ok(true);
+            }
+            let now = client.latest_timestamp().await?;
+            let verdict = unlock_verdict(client, state, *lock, *me, now).await?;
+            Ok(verdict == Some(false))
+        }
     }
+}
+
+/// Whether unlocking `lock` of `state` pays `me` at the chain's clock `now` (`None`: not
+/// decided yet; a lock the state does not hold pays nobody).
+async fn unlock_verdict(
+    client: &ChainClient,
+    state: &htlc::ChannelState,
+    lock: htlc::HtlcId,
+    me: htlc::Side,
+    now: u64,
+) -> Result<Option<bool>, ChainError> {
+    let Some(l) = state.lock(lock) else {
+        return Ok(Some(false));
+    };
+    let revealed = client.revealed_at(l.hashlock).await?;
+    Ok(htlc::node::chain::unlock_pays(l, me, revealed, now))
 }
 
 /// A revert that no retry can cure, as a reason to log.
@@ -215,7 +296,10 @@ fn hopeless(e: &ChainError) -> Option<String> {
         || e.is::<Adjudicator::NotDisputed>()
         || e.is::<Adjudicator::ChannelNotOpen>()
         || e.is::<Adjudicator::WrongSigner>()
-        || e.is::<Adjudicator::InvalidSignature>();
+        || e.is::<Adjudicator::InvalidSignature>()
+        || e.is::<Adjudicator::StateMismatch>()
+        || e.is::<Adjudicator::InvalidLockProof>()
+        || e.is::<Adjudicator::LockAlreadyResolved>();
     cured_never.then(|| e.to_string())
 }
 
@@ -237,6 +321,13 @@ async fn send(client: &ChainClient, intent: &Intent) -> Result<(), ChainError> {
         }
         Intent::RegisterSecret { preimage, .. } => client.register_secret(preimage).await,
         Intent::Close { params, state } => client.close(params, &state.state, &state.sigs).await,
+        Intent::Conclude { params, state, .. } => client.conclude(params, state).await,
+        Intent::Unlock {
+            params,
+            state,
+            lock,
+            ..
+        } => client.unlock(params, state, *lock).await,
     };
     let outcome = r?;
     info!(tx = %outcome.tx_hash, gas = outcome.gas_used, "transaction mined");

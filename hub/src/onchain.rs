@@ -258,9 +258,11 @@ impl Node {
             AdjudicatorEvents::Disputed(d) => ChainEvent::Disputed {
                 channel_id: ChannelId(d.channelId),
                 version: d.version,
+                finalizes_at: d.finalizesAt.to::<u64>(),
             },
             AdjudicatorEvents::Concluded(c) => ChainEvent::Concluded {
                 channel_id: ChannelId(c.channelId),
+                version: c.version,
                 to_a: Amount(u128::try_from(c.toA).unwrap_or(u128::MAX)),
                 to_b: Amount(u128::try_from(c.toB).unwrap_or(u128::MAX)),
             },

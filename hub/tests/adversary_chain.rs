@@ -496,12 +496,88 @@ async fn a_silent_payer_cannot_keep_a_lock_the_hub_can_claim_off_the_registry() 
         hub.channel_record(in_ch).unwrap().snapshot.frozen(),
         "a channel on its way to the chain takes no new lock"
     );
-    // Done once: the intents are gone.
+    // The registration and the close are done once; the conclusion waits for the window.
     let until = std::time::Instant::now() + Duration::from_secs(10);
-    while hub.pending_intents().unwrap() > 0 {
-        assert!(std::time::Instant::now() < until, "the intent stays");
+    while hub.pending_intents().unwrap() > 1 {
+        assert!(std::time::Instant::now() < until, "the intents stay");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(
+        !registry.channel(in_ch).await.unwrap().concluded,
+        "concluded inside the window"
+    );
+    // The window ends (and the grace of side B, the hub): the hub pays the dispute out, then
+    // unlocks the payer's lock with the registry's verdict, and nothing else is left to send.
+    net.increase_time(MIN_CHALLENGE_DURATION_SECS + 121)
+        .await
+        .unwrap();
+    net.mine().await.unwrap();
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    while !(registry.channel(in_ch).await.unwrap().concluded && hub.pending_intents().unwrap() == 0)
+    {
+        assert!(
+            std::time::Instant::now() < until,
+            "the hub never concluded and unlocked ({} intents left)",
+            hub.pending_intents().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Exactly what the last co-signed state and the lock give each side, and nothing left held.
+    let lock = *latest
+        .state
+        .locks
+        .iter()
+        .find(|l| l.hashlock == invoice.hashlock)
+        .unwrap();
+    let paid = payouts(&registry, in_ch, [evil.address(), hub.address()]).await;
+    assert_eq!(
+        paid.get(&hub.address()).copied().unwrap_or_default(),
+        latest.state.balances[1].0 + lock.amount.0,
+        "the hub gets its balance and the lock"
+    );
+    assert_eq!(
+        paid.get(&evil.address()).copied().unwrap_or_default(),
+        latest.state.balances[0].0,
+        "the payer gets its balance, not the lock"
+    );
+    assert_eq!(registry.holdings(in_ch).await.unwrap(), Amount::ZERO);
+    assert_eq!(hub.is_concluded(in_ch).await, Some(true));
     hub.shutdown();
     payee.shutdown();
+}
+
+/// What the adjudicator paid each address out of channel `id` with `participants` [A, B]
+/// (conclusions and unlocks), read from its events.
+async fn payouts(
+    client: &contracts::ChainClient,
+    id: htlc::ChannelId,
+    participants: [alloy::primitives::Address; 2],
+) -> std::collections::HashMap<alloy::primitives::Address, u128> {
+    use contracts::EventKind;
+    use contracts::bindings::Adjudicator::AdjudicatorEvents as E;
+    let mut w = client.events(0);
+    let mut paid = std::collections::HashMap::new();
+    loop {
+        let events = w.poll().await.unwrap();
+        if events.is_empty() {
+            break;
+        }
+        for ev in events {
+            let EventKind::Adjudicator(ev) = ev.kind else {
+                continue;
+            };
+            match ev {
+                E::Concluded(c) if c.channelId == id.0 => {
+                    *paid.entry(participants[0]).or_insert(0u128) += c.toA.to::<u128>();
+                    *paid.entry(participants[1]).or_insert(0u128) += c.toB.to::<u128>();
+                }
+                E::LockResolved(l) if l.channelId == id.0 => {
+                    *paid.entry(l.to).or_insert(0u128) += l.amount.to::<u128>();
+                }
+                _ => {}
+            }
+        }
+    }
+    paid
 }

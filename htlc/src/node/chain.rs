@@ -2,8 +2,8 @@
 //! collateral, and when a close registered on chain must be challenged.
 
 use crate::amount::Amount;
-use crate::ids::Side;
-use crate::state::ChannelParams;
+use crate::ids::{HtlcId, Side};
+use crate::state::{ChannelParams, ChannelState, Lock};
 use crate::update::{SignedState, Snapshot};
 use serde::{Deserialize, Serialize};
 
@@ -101,7 +101,7 @@ pub enum Intent {
         /// The channel holding the lock.
         params: ChannelParams,
         /// The peer's lock.
-        id: crate::ids::HtlcId,
+        id: HtlcId,
         /// Its preimage.
         preimage: crate::ids::Preimage,
     },
@@ -114,6 +114,82 @@ pub enum Intent {
         /// Our latest co-signed state.
         state: SignedState,
     },
+    /// Pay out the disputed state once its challenge window is over. Superseded (and done) if
+    /// a later state is registered first: the node then writes the conclusion of that one.
+    Conclude {
+        /// The channel.
+        params: ChannelParams,
+        /// The state registered on chain (its fingerprint must match).
+        state: ChannelState,
+        /// Not sent before the chain's clock reaches this (unix seconds): the window's end,
+        /// plus a grace for side B so that A and B do not both pay gas for one payout.
+        not_before: u64,
+    },
+    /// Settle a lock of the concluded state that pays us: the peer's lock whose preimage is
+    /// registered in time, or our own lock refunded after its expiry (rule 12). Sent only once
+    /// the registry and the chain's clock say it pays us; done once resolved or once it is
+    /// clear it never will pay us (the peer revealed our lock's preimage in time: the peer
+    /// unlocks it, and the node has settled upstream with that preimage).
+    Unlock {
+        /// The channel.
+        params: ChannelParams,
+        /// The concluded state.
+        state: ChannelState,
+        /// The lock to settle.
+        lock: HtlcId,
+        /// Our side of the channel.
+        me: Side,
+    },
+}
+
+/// Whether settling `lock` on chain pays `me`, given when its preimage was registered (if it
+/// was) and the chain's clock `chain_now`; `None` while it cannot be settled yet (not revealed,
+/// not expired). Mirrors the adjudicator: a lock goes to its receiver if its preimage was
+/// registered at or before its expiry, and back to its sender once it expired without that.
+pub fn unlock_pays(
+    lock: &Lock,
+    me: Side,
+    revealed_at: Option<u64>,
+    chain_now: u64,
+) -> Option<bool> {
+    let revealed = match revealed_at {
+        Some(t) if t <= lock.expiry.0 => true,
+        _ if chain_now > lock.expiry.0 => false,
+        _ => return None,
+    };
+    Some((lock.sender != me) == revealed)
+}
+
+/// The state of `snap` registered on chain at `version`: our latest co-signed one, or our own
+/// proposal in flight (the peer may register it with its countersignature we never received).
+/// Older co-signed states are never the final one: the node challenges them.
+pub fn state_at(snap: &Snapshot, version: u64) -> Option<&ChannelState> {
+    if snap.latest().state.version == version {
+        return Some(&snap.latest().state);
+    }
+    snap.pending()
+        .map(|p| &p.state)
+        .filter(|s| s.version == version)
+}
+
+/// The intents that settle the concluded `state` for us: one [`Intent::Unlock`] per lock that
+/// may pay us (each is sent once the chain decides it does).
+pub fn unlocks(snap: &Snapshot, state: &ChannelState) -> Vec<Intent> {
+    let me = snap.me();
+    state
+        .locks
+        .iter()
+        .filter(|l| {
+            // The peer's lock pays us only with a preimage we know; ours, only back at expiry.
+            l.sender == me || snap.claims.iter().any(|(id, _)| *id == l.id)
+        })
+        .map(|l| Intent::Unlock {
+            params: snap.params().clone(),
+            state: state.clone(),
+            lock: l.id,
+            me,
+        })
+        .collect()
 }
 
 impl Intent {
@@ -132,6 +208,10 @@ impl Intent {
             }
             Intent::RegisterSecret { params, id, .. } => ("secret/", params, u128::from(id.0)),
             Intent::Close { params, .. } => ("dispute/", params, 0),
+            Intent::Conclude { params, state, .. } => {
+                ("conclude/", params, u128::from(state.version))
+            }
+            Intent::Unlock { params, lock, .. } => ("unlock/", params, u128::from(lock.0)),
         };
         let mut k = INTENT_PREFIX.to_vec();
         k.extend_from_slice(tag.as_bytes());
@@ -147,7 +227,9 @@ impl Intent {
             | Intent::CooperativeClose { params, .. }
             | Intent::Challenge { params, .. }
             | Intent::RegisterSecret { params, .. }
-            | Intent::Close { params, .. } => params,
+            | Intent::Close { params, .. }
+            | Intent::Conclude { params, .. }
+            | Intent::Unlock { params, .. } => params,
         }
     }
 }
@@ -155,8 +237,60 @@ impl Intent {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ids::{Expiry, Preimage};
     use crate::node::opening;
     use crate::ops::Limits;
+    use proptest::prelude::*;
+
+    fn lock(sender: Side, expiry: u64) -> Lock {
+        Lock {
+            id: HtlcId(1),
+            amount: Amount(10),
+            hashlock: Preimage([1; 32]).hashlock(),
+            expiry: Expiry(expiry),
+            sender,
+        }
+    }
+
+    #[test]
+    fn unlock_pays_the_receiver_if_revealed_in_time_else_the_sender_after_expiry() {
+        let incoming = lock(Side::A, 100);
+        // We are B, the receiver.
+        assert_eq!(unlock_pays(&incoming, Side::B, Some(100), 50), Some(true));
+        assert_eq!(unlock_pays(&incoming, Side::B, Some(101), 200), Some(false));
+        assert_eq!(unlock_pays(&incoming, Side::B, None, 100), None);
+        assert_eq!(unlock_pays(&incoming, Side::B, None, 101), Some(false));
+        // The sender's view is the mirror.
+        assert_eq!(unlock_pays(&incoming, Side::A, Some(100), 50), Some(false));
+        assert_eq!(unlock_pays(&incoming, Side::A, None, 101), Some(true));
+        // Revealed too late, still before expiry cannot happen on chain; after, it refunds.
+        assert_eq!(unlock_pays(&incoming, Side::A, Some(150), 150), Some(true));
+    }
+
+    proptest! {
+        /// Once decided, a lock pays exactly one side; undecided only while unrevealed and
+        /// not expired.
+        #[test]
+        fn a_decided_lock_pays_exactly_one_side(
+            sender in prop_oneof![Just(Side::A), Just(Side::B)],
+            expiry in 0u64..1_000,
+            revealed in proptest::option::of(0u64..1_000),
+            now in 0u64..1_000,
+        ) {
+            let l = lock(sender, expiry);
+            let (a, b) = (
+                unlock_pays(&l, Side::A, revealed, now),
+                unlock_pays(&l, Side::B, revealed, now),
+            );
+            match (a, b) {
+                (Some(x), Some(y)) => prop_assert_ne!(x, y),
+                (None, None) => prop_assert!(
+                    revealed.is_none_or(|t| t > expiry) && now <= expiry
+                ),
+                _ => prop_assert!(false, "the two sides disagree on whether it is decided"),
+            }
+        }
+    }
 
     #[test]
     fn funding_collateral_and_challenges() {

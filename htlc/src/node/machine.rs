@@ -36,7 +36,7 @@ use crate::forward::ForwardPolicy;
 use crate::ids::{ChannelId, Expiry, Hashlock, HtlcId, Preimage, Side};
 use crate::msg::Message;
 use crate::node::admission::{OpenPolicy, OpenRefusal, RouteRefusal, admit_open, admit_route};
-use crate::node::chain::{CollateralPolicy, Intent, funding, must_challenge};
+use crate::node::chain::{CollateralPolicy, Intent, funding, must_challenge, state_at, unlocks};
 use crate::node::invoice::Invoice;
 use crate::node::link::{Inbound, Inbox, Outbox};
 use crate::node::message::{Body, ErrorCode, Frame};
@@ -247,17 +247,21 @@ pub enum ChainEvent {
         /// A's and B's deposits.
         deposited: [Amount; 2],
     },
-    /// A close was registered with `version`.
+    /// A close was registered with `version` (or a challenge replaced it).
     Disputed {
         /// Which channel.
         channel_id: ChannelId,
         /// The version registered.
         version: u64,
+        /// When its challenge window ends (chain time, unix seconds).
+        finalizes_at: u64,
     },
     /// The channel was paid out.
     Concluded {
         /// Which channel.
         channel_id: ChannelId,
+        /// The version paid out.
+        version: u64,
         /// To A.
         to_a: Amount,
         /// To B.
@@ -871,31 +875,24 @@ impl Node {
             ChainEvent::Disputed {
                 channel_id,
                 version,
-            } => {
-                self.freeze(channel_id, &mut p);
-                if let Some(e) = self.channels.get(&channel_id)
-                    && must_challenge(e.machine.snapshot(), version)
-                {
-                    let s = e.machine.snapshot();
-                    let ours = s.latest().state.version;
-                    let intent = Intent::Challenge {
-                        params: s.params().clone(),
-                        state: s.latest().clone(),
-                    };
-                    p.out.writes.push(Write::Intent(Box::new(intent)));
-                    p.out.events.push(NodeEvent::Challenged {
-                        channel_id,
-                        disputed: version,
-                        ours,
-                    });
-                }
-            }
+                finalizes_at,
+            } => self.disputed(channel_id, version, finalizes_at, &mut p),
             ChainEvent::Concluded {
                 channel_id,
+                version,
                 to_a,
                 to_b,
             } => {
                 self.freeze(channel_id, &mut p);
+                if let Some(e) = self.channels.get(&channel_id)
+                    && !e.concluded
+                    && let Some(state) = state_at(e.machine.snapshot(), version)
+                {
+                    // Every lock of the paid-out state that may pay us is settled on chain.
+                    for intent in unlocks(e.machine.snapshot(), state) {
+                        p.out.writes.push(Write::Intent(Box::new(intent)));
+                    }
+                }
                 self.conclude(channel_id, Some((to_a, to_b)), &mut p);
             }
             ChainEvent::Landed(intent) => match *intent {
@@ -907,8 +904,11 @@ impl Node {
                 Intent::CooperativeClose { params, .. } => {
                     self.conclude(params.id(), None, &mut p);
                 }
-                Intent::Challenge { .. } | Intent::RegisterSecret { .. } | Intent::Close { .. } => {
-                }
+                Intent::Challenge { .. }
+                | Intent::RegisterSecret { .. }
+                | Intent::Close { .. }
+                | Intent::Conclude { .. }
+                | Intent::Unlock { .. } => {}
             },
         }
         self.finish(now, p)
@@ -1564,6 +1564,60 @@ impl Node {
 
     /// A channel is disputed or concluded on chain: it takes no new lock, guarantee or
     /// deposit from now on (issue 12, attack 3; rule 12).
+    /// A dispute of channel `id` is on chain at `version`, final at `finalizes_at`: the channel
+    /// is frozen; an older state than ours is challenged (rule 8); otherwise the registered
+    /// state is the one to pay out, so every preimage we hold for the peer's locks in it goes
+    /// to the registry now (nothing settles them off chain any more), and its conclusion is
+    /// written for the end of the window.
+    fn disputed(&mut self, id: ChannelId, version: u64, finalizes_at: u64, p: &mut Pending) {
+        self.freeze(id, p);
+        let Some(e) = self.channels.get(&id) else {
+            return;
+        };
+        let s = e.machine.snapshot();
+        if must_challenge(s, version) {
+            let ours = s.latest().state.version;
+            let intent = Intent::Challenge {
+                params: s.params().clone(),
+                state: s.latest().clone(),
+            };
+            p.out.writes.push(Write::Intent(Box::new(intent)));
+            p.out.events.push(NodeEvent::Challenged {
+                channel_id: id,
+                disputed: version,
+                ours,
+            });
+            return;
+        }
+        let Some(state) = state_at(s, version) else {
+            // Only a state we signed can be registered; one we no longer know has no payout
+            // of ours to drive (the peer's conclusion pays us all the same).
+            return;
+        };
+        for (lock, preimage) in &s.claims {
+            if state.lock(*lock).is_some_and(|l| l.sender != s.me())
+                && self.claims_reported.insert((id, *lock))
+            {
+                let intent = Intent::RegisterSecret {
+                    params: s.params().clone(),
+                    id: *lock,
+                    preimage: *preimage,
+                };
+                p.out.writes.push(Write::Intent(Box::new(intent)));
+            }
+        }
+        let grace = match s.me() {
+            Side::A => 0,
+            Side::B => self.config.close_grace_secs,
+        };
+        let intent = Intent::Conclude {
+            params: s.params().clone(),
+            state: state.clone(),
+            not_before: finalizes_at.saturating_add(grace),
+        };
+        p.out.writes.push(Write::Intent(Box::new(intent)));
+    }
+
     fn freeze(&mut self, id: ChannelId, p: &mut Pending) {
         if let Some(e) = self.channels.get_mut(&id)
             && !e.machine.snapshot().frozen()

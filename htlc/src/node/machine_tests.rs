@@ -546,6 +546,7 @@ fn a_stale_close_is_challenged_and_a_disputed_channel_takes_no_payment() {
         ChainEvent::Disputed {
             channel_id: net.up,
             version: 0,
+            finalizes_at: NOW.0 + 100,
         },
     );
     assert!(out.events.contains(&NodeEvent::Challenged {
@@ -556,15 +557,34 @@ fn a_stale_close_is_challenged_and_a_disputed_channel_takes_no_payment() {
     assert!(
         matches!(out.intents().next(), Some(Intent::Challenge { state, .. }) if state.state.version == 1)
     );
-    // Registered with our latest: nothing to answer.
+    // Registered with our latest: nothing to answer; it is paid out after the window (A at
+    // once, B after the grace).
     let out = net.nodes[0].handle_chain(
         NOW,
         ChainEvent::Disputed {
             channel_id: net.up,
             version: 1,
+            finalizes_at: NOW.0 + 200,
         },
     );
-    assert_eq!(out.intents().count(), 0);
+    let intents: Vec<_> = out.intents().collect();
+    assert!(
+        matches!(intents[..], [Intent::Conclude { state, not_before, .. }] if state.version == 1 && *not_before == NOW.0 + 200),
+        "{intents:?}"
+    );
+    let out = net.nodes[1].handle_chain(
+        NOW,
+        ChainEvent::Disputed {
+            channel_id: net.up,
+            version: 1,
+            finalizes_at: NOW.0 + 200,
+        },
+    );
+    let intents: Vec<_> = out.intents().collect();
+    assert!(
+        matches!(intents[..], [Intent::Conclude { not_before, .. }] if *not_before == NOW.0 + 200 + config().close_grace_secs),
+        "{intents:?}"
+    );
     // Frozen: the payer cannot pay over it any more.
     let (inv, _) = net.invoice(1_000, 1, keys(3).address());
     assert_eq!(
@@ -575,6 +595,7 @@ fn a_stale_close_is_challenged_and_a_disputed_channel_takes_no_payment() {
         NOW,
         ChainEvent::Concluded {
             channel_id: net.up,
+            version: 1,
             to_a: Amount(FUNDS - 10),
             to_b: Amount(10),
         },
@@ -732,4 +753,46 @@ fn a_claim_the_peer_does_not_settle_is_reported_once_at_its_on_chain_deadline() 
             .iter()
             .any(|e| matches!(e, NodeEvent::MustClaimOnChain { .. }))
     );
+    // The close is on chain: its conclusion is written for the window's end (the hub is B:
+    // after the grace), the preimage is not registered twice.
+    let version = latest.state.version;
+    let ends = at.0 + 500;
+    let out = hub.handle_chain(
+        at,
+        ChainEvent::Disputed {
+            channel_id: net.up,
+            version,
+            finalizes_at: ends,
+        },
+    );
+    assert!(matches!(
+        out.intents().collect::<Vec<_>>().as_slice(),
+        [Intent::Conclude { state, not_before, .. }]
+            if *state == latest.state && *not_before == ends + config().close_grace_secs
+    ));
+    // Paid out: the payer's lock is settled on chain with the registry's verdict, once.
+    let out = hub.handle_chain(
+        at,
+        ChainEvent::Concluded {
+            channel_id: net.up,
+            version,
+            to_a: latest.state.balances[0],
+            to_b: latest.state.balances[1],
+        },
+    );
+    assert!(matches!(
+        out.intents().collect::<Vec<_>>().as_slice(),
+        [Intent::Unlock { state, lock: l, me: crate::Side::B, .. }]
+            if *state == latest.state && *l == lock
+    ));
+    let replay = hub.handle_chain(
+        at,
+        ChainEvent::Concluded {
+            channel_id: net.up,
+            version,
+            to_a: latest.state.balances[0],
+            to_b: latest.state.balances[1],
+        },
+    );
+    assert_eq!(replay.intents().count(), 0);
 }
