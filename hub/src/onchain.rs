@@ -24,6 +24,7 @@ use crate::events::NodeEvent;
 use crate::node::Node;
 use crate::store::{Batch, Cf};
 use contracts::bindings::Adjudicator::AdjudicatorEvents;
+use contracts::bindings::SecretRegistry::SecretRegistryEvents;
 use contracts::{EventKind, EventWatcher};
 use htlc::node::ChainEvent;
 use htlc::{Amount, ChannelId};
@@ -241,10 +242,30 @@ impl Node {
     }
 
     async fn on_chain_event(&self, ev: contracts::ChainEvent) -> Result<(), NodeError> {
-        let EventKind::Adjudicator(ev) = ev.kind else {
-            return Ok(());
-        };
         let now = self.now();
+        let ev = match ev.kind {
+            EventKind::Adjudicator(ev) => ev,
+            EventKind::Registry(SecretRegistryEvents::SecretRevealed(r)) => {
+                // A preimage is public: when (the registry's clock decides which locks it
+                // unlocks) is read back; the machine settles upstream what it pays for.
+                let client = self.submitter()?.client();
+                let Some(at) = client
+                    .revealed_at(htlc::Hashlock(r.hashlock))
+                    .await
+                    .map_err(TxError::from)?
+                else {
+                    return Ok(());
+                };
+                let preimage = htlc::Preimage(r.preimage.0);
+                return self
+                    .step_wait(|m| {
+                        Ok::<_, NodeError>(
+                            m.handle_chain(now, ChainEvent::Revealed { preimage, at }),
+                        )
+                    })
+                    .await;
+            }
+        };
         let decided = match ev {
             // Read back from the chain (idempotent): the holdings and who deposited what. A read
             // that fails is retried when the peer or the chain task looks again.

@@ -581,3 +581,107 @@ async fn payouts(
     }
     paid
 }
+
+/// The mirror case (issue 14): the payee takes the hub's lock and reveals its preimage only on
+/// chain, in the secret registry, never off chain. The hub learns it from the registry's event
+/// and settles the payer's lock upstream at once: the payment succeeds, the hub is paid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_preimage_revealed_only_on_chain_settles_the_payment_upstream() {
+    let net = Devnet::start().await.unwrap();
+    let (dh, dp) = (
+        TempDir::new("advc-mirror-hub"),
+        TempDir::new("advc-mirror-payer"),
+    );
+    let hub = hub_on(&net, &dh, 0).await;
+    let addr = hub.listen(loopback()).unwrap();
+    let payer_client = net.client(3).await.unwrap();
+    payer_client.set_poll_interval(Duration::from_millis(10));
+    let payer = Node::start(
+        Keys::from_signer(net.signer(3).unwrap()),
+        Store::open(&dp.0).unwrap(),
+        NodeOptions {
+            chain_id: net.chain_id(),
+            adjudicator: net.deployment().adjudicator,
+            chain: Some(payer_client),
+            chain_poll: Duration::from_millis(50),
+            ..NodeOptions::default()
+        },
+    )
+    .unwrap();
+    payer.connect(addr, Some(hub.address())).await.unwrap();
+    let in_ch = payer
+        .open_channel(hub.address(), Amount(ETH))
+        .await
+        .unwrap();
+    payer.fund(in_ch).await.unwrap();
+    wait_funded(&hub, in_ch).await;
+    // The payee: a scripted peer whose channel gives the hub half, so the hub can pay it.
+    let mut evil = Adversary::connect(addr, Keys::from_signer(net.signer(2).unwrap())).await;
+    let chain = net.client(2).await.unwrap();
+    let (_, out_ch) = open_and_deposit(&net, &mut evil, &hub, &chain).await;
+    wait_funded(&hub, out_ch).await;
+    evil.honest(out_ch, |m| m.transfer(Amount(ETH / 2))).await;
+    // Its invoice, with a preimage only it knows.
+    let preimage = Preimage(rand::random());
+    let invoice = hub::payments::Invoice {
+        payee: evil.address(),
+        hub: hub.address(),
+        amount: Amount(ETH / 10),
+        hashlock: preimage.hashlock(),
+        expires_at: hub.now().0 + 3600,
+        final_expiry_delta: hub::payments::DEFAULT_FINAL_EXPIRY_DELTA,
+    };
+    let mut payer_ev = payer.subscribe();
+    let pid = alloy::primitives::B256::repeat_byte(7);
+    let p2 = payer.clone();
+    let inv = invoice.clone();
+    tokio::spawn(async move { p2.pay(&inv, pid).await });
+    // Take the hub's lock honestly (co-sign it), and never fulfil it off chain.
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    while !evil.channels[&out_ch]
+        .latest()
+        .state
+        .locks
+        .iter()
+        .any(|l| l.hashlock == invoice.hashlock)
+    {
+        assert!(
+            std::time::Instant::now() < until,
+            "the hub never offered the lock"
+        );
+        if let Some(b) = evil.next(Duration::from_millis(200)).await {
+            evil.handle(b).await;
+        }
+    }
+    let before = hub.channel(in_ch).await.unwrap().state.balances;
+    // Reveal on chain only.
+    chain.register_secret(&preimage).await.unwrap();
+    common::wait_for(
+        &mut payer_ev,
+        |e| matches!(e, hub::events::NodeEvent::PaymentSucceeded { id, .. } if *id == pid),
+    )
+    .await;
+    // The payer learns the preimage with the hub's proposal; the fulfil is then co-signed.
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    let after = loop {
+        let s = hub.channel(in_ch).await.unwrap().state;
+        if s.locks.is_empty() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "the payer's lock is never settled"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let fee = htlc::forward::ForwardPolicy::default()
+        .fee(Amount(ETH / 10))
+        .unwrap();
+    assert_eq!(
+        after.balances[1].0,
+        before[1].0 + ETH / 10 + fee.0,
+        "the hub is paid the amount and its fee"
+    );
+    hub.shutdown();
+    payer.shutdown();
+}

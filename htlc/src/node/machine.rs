@@ -269,6 +269,15 @@ pub enum ChainEvent {
     },
     /// An intent of ours is in effect on chain (a deposit landed, a close paid out).
     Landed(Box<Intent>),
+    /// A preimage was registered in the secret registry at chain time `at` (rule 5: a lock we
+    /// offered whose preimage is public in time can be claimed from us on chain, so the lock
+    /// it pays for upstream is settled with it at once).
+    Revealed {
+        /// The preimage.
+        preimage: Preimage,
+        /// When it was registered (chain time, unix seconds).
+        at: u64,
+    },
 }
 
 /// A node's settings.
@@ -895,6 +904,7 @@ impl Node {
                 }
                 self.conclude(channel_id, Some((to_a, to_b)), &mut p);
             }
+            ChainEvent::Revealed { preimage, at } => self.revealed(preimage, at, &mut p),
             ChainEvent::Landed(intent) => match *intent {
                 Intent::Deposit { params, .. } => {
                     let id = params.id();
@@ -1616,6 +1626,34 @@ impl Node {
             not_before: finalizes_at.saturating_add(grace),
         };
         p.out.writes.push(Write::Intent(Box::new(intent)));
+    }
+
+    /// `preimage` is public since `at`: every lock we offered under its hashlock that it
+    /// unlocks (registered at or before the lock's expiry, the lock in a state the peer can
+    /// enforce) is as good as fulfilled: learned like an off-chain fulfil, settled upstream
+    /// in this step, and our own payment it pays for succeeds.
+    fn revealed(&mut self, preimage: Preimage, at: u64, p: &mut Pending) {
+        let hashlock = preimage.hashlock();
+        let unlocks = |e: &Entry, id: HtlcId| {
+            let s = e.machine.snapshot();
+            let held = |st: &crate::ChannelState| {
+                st.lock(id).is_some_and(|l| {
+                    l.sender == s.me() && l.hashlock == hashlock && at <= l.expiry.0
+                })
+            };
+            held(&s.latest().state) || s.pending().is_some_and(|pr| held(&pr.state))
+        };
+        let ours: Vec<(ChannelId, HtlcId)> = self
+            .book
+            .forwards
+            .keys()
+            .chain(self.paylocks.keys())
+            .filter(|(ch, id)| self.channels.get(ch).is_some_and(|e| unlocks(e, *id)))
+            .copied()
+            .collect();
+        for (ch, id) in ours {
+            self.on_event(ch, Event::PreimageLearned { id, preimage }, p);
+        }
     }
 
     fn freeze(&mut self, id: ChannelId, p: &mut Pending) {

@@ -796,3 +796,104 @@ fn a_claim_the_peer_does_not_settle_is_reported_once_at_its_on_chain_deadline() 
     );
     assert_eq!(replay.intents().count(), 0);
 }
+
+#[test]
+fn a_preimage_revealed_only_on_chain_settles_upstream_and_the_payment() {
+    // The payee reveals, but its fulfil never reaches the hub: it registers the preimage on
+    // chain instead. The hub learns it from the registry and settles upstream at once.
+    let mut net = Net::new(config());
+    let (inv, pre) = net.invoice(1_000, 22, keys(3).address());
+    net.expect(&inv, pre);
+    let pid = B256::repeat_byte(22);
+    let out = net.nodes[0].pay(NOW, pid, &inv).unwrap();
+    net.carry(0, out);
+    while !net.wire.is_empty() {
+        let (from, to, f) = net.wire.remove(0);
+        if from == 2 && to == 1 && carries_fulfil(&f) {
+            continue;
+        }
+        let from = net.addr(from);
+        let out = net.nodes[to].handle_frame(NOW, from, f);
+        net.carry(to, out);
+    }
+    let lock = *net.nodes[1]
+        .channel(net.down)
+        .unwrap()
+        .latest()
+        .state
+        .locks
+        .first()
+        .expect("the hub offered the payee a lock");
+    // A registration after the lock's expiry unlocks nothing (the hub takes its lock back),
+    // and an unrelated preimage nothing either.
+    for (preimage, at) in [(pre, lock.expiry.0 + 1), (Preimage([99; 32]), NOW.0)] {
+        let late = net.nodes[1].handle_chain(NOW, ChainEvent::Revealed { preimage, at });
+        assert!(
+            late.writes.is_empty() && late.transmits.is_empty(),
+            "{late:?}"
+        );
+    }
+    // In time: the forward learns the preimage and the hub proposes the fulfil upstream, in
+    // the same step.
+    let out = net.nodes[1].handle_chain(
+        NOW,
+        ChainEvent::Revealed {
+            preimage: pre,
+            at: lock.expiry.0,
+        },
+    );
+    assert!(out.writes.iter().any(|w| matches!(w, crate::node::records::Write::Forward { record, .. } if record.preimage == Some(pre))));
+    net.carry(1, out);
+    let mut payer_events = Vec::new();
+    while !net.wire.is_empty() {
+        let (from, to, f) = net.wire.remove(0);
+        if from == 2 && to == 1 && carries_fulfil(&f) {
+            continue;
+        }
+        let fromaddr = net.addr(from);
+        let out = net.nodes[to].handle_frame(NOW, fromaddr, f);
+        if to == 0 {
+            payer_events.extend(out.events.clone());
+        }
+        net.carry(to, out);
+    }
+    assert!(
+        payer_events
+            .iter()
+            .any(|e| matches!(e, NodeEvent::PaymentSucceeded { id, .. } if *id == pid)),
+        "{payer_events:?}"
+    );
+    assert!(
+        net.nodes[1]
+            .channel(net.up)
+            .unwrap()
+            .latest()
+            .state
+            .locks
+            .is_empty()
+    );
+    // Again (the watcher may report it twice): nothing more.
+    let again = net.nodes[1].handle_chain(
+        NOW,
+        ChainEvent::Revealed {
+            preimage: pre,
+            at: lock.expiry.0,
+        },
+    );
+    assert!(
+        again
+            .writes
+            .iter()
+            .all(|w| !matches!(w, crate::node::records::Write::Forward { .. }))
+    );
+}
+
+fn carries_fulfil(f: &Frame) -> bool {
+    matches!(
+        f,
+        Frame::Msg {
+            body: Body::Channel(Message::Propose { ops, .. }),
+            ..
+        } if ops.iter().any(|o| matches!(o, crate::Op::FulfillHtlc { .. }))
+    )
+}
