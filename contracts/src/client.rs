@@ -109,6 +109,8 @@ pub struct ChainClient {
     sender: Address,
     chain_id: u64,
     deployment: Deployment,
+    /// Views read the chain this many blocks below its head (shared by clones).
+    confirmations: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl ChainClient {
@@ -154,7 +156,33 @@ impl ChainClient {
             sender,
             chain_id,
             deployment,
+            confirmations: Default::default(),
         })
+    }
+
+    /// Read the views (channels, deposits, the registry, resolved locks) `n` blocks below the
+    /// chain's head, so that what the node believes was confirmed `n` times: a deposit or a
+    /// dispute in a block a reorganisation of up to `n` blocks removes is never seen. Sending
+    /// transactions and the chain's clock are not affected. Applies to every clone.
+    pub fn set_confirmations(&self, n: u64) {
+        self.confirmations
+            .store(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How many blocks below the head the views read (see [`ChainClient::set_confirmations`]).
+    pub fn confirmations(&self) -> u64 {
+        self.confirmations
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The block the views read: the head, or `confirmations` below it.
+    async fn view_block(&self) -> Result<alloy::eips::BlockId, ChainError> {
+        let n = self.confirmations();
+        if n == 0 {
+            return Ok(alloy::eips::BlockId::latest());
+        }
+        let head = self.provider.get_block_number().await?;
+        Ok(alloy::eips::BlockId::number(head.saturating_sub(n)))
     }
 
     /// Set how often receipts (and similar) are polled for; the default is 250 ms for a local
@@ -375,7 +403,13 @@ impl ChainClient {
 
     /// When the preimage of `hashlock` was registered (unix seconds), if it was.
     pub async fn revealed_at(&self, hashlock: Hashlock) -> Result<Option<u64>, ChainError> {
-        let t = self.registry().revealedAt(hashlock.0).call().await?;
+        let at = self.view_block().await?;
+        let t = self
+            .registry()
+            .revealedAt(hashlock.0)
+            .call()
+            .block(at)
+            .await?;
         if t.is_zero() {
             Ok(None)
         } else {
@@ -457,8 +491,9 @@ impl ChainClient {
     /// The adjudicator's record of a channel.
     pub async fn channel(&self, id: ChannelId) -> Result<OnChainChannel, ChainError> {
         let adjudicator = self.adjudicator();
-        let c = adjudicator.channels(id.0).call().await?;
-        let fingerprint = adjudicator.fingerprints(id.0).call().await?;
+        let at = self.view_block().await?;
+        let c = adjudicator.channels(id.0).call().block(at).await?;
+        let fingerprint = adjudicator.fingerprints(id.0).call().block(at).await?;
         Ok(OnChainChannel {
             holdings: Amount(c.holdings),
             version: c.version,
@@ -479,11 +514,16 @@ impl ChainClient {
     pub async fn deposits(&self, params: &ChannelParams) -> Result<[Amount; 2], ChainError> {
         use alloy::sol_types::SolEvent;
         let id = params.id();
+        let to = match self.view_block().await? {
+            alloy::eips::BlockId::Number(n) => n,
+            _ => alloy::eips::BlockNumberOrTag::Latest,
+        };
         let filter = alloy::rpc::types::Filter::new()
             .address(self.deployment.adjudicator)
             .event_signature(Adjudicator::Deposited::SIGNATURE_HASH)
             .topic1(id.0)
-            .from_block(0);
+            .from_block(0)
+            .to_block(to);
         let mut out = [Amount::ZERO; 2];
         for log in self.provider.get_logs(&filter).await? {
             let d = Adjudicator::Deposited::decode_log(&log.inner)?.data;
@@ -499,12 +539,24 @@ impl ChainClient {
 
     /// Payouts owed to `owner` in `asset` that could not be delivered (see `claim`).
     pub async fn unclaimed(&self, asset: Address, owner: Address) -> Result<U256, ChainError> {
-        Ok(self.adjudicator().unclaimed(asset, owner).call().await?)
+        let at = self.view_block().await?;
+        Ok(self
+            .adjudicator()
+            .unclaimed(asset, owner)
+            .call()
+            .block(at)
+            .await?)
     }
 
     /// Whether the lock with Merkle leaf `leaf` of channel `id` was settled by `unlock`.
     pub async fn lock_resolved(&self, id: ChannelId, leaf: B256) -> Result<bool, ChainError> {
-        Ok(self.adjudicator().lockResolved(id.0, leaf).call().await?)
+        let at = self.view_block().await?;
+        Ok(self
+            .adjudicator()
+            .lockResolved(id.0, leaf)
+            .call()
+            .block(at)
+            .await?)
     }
 
     /// The channel id as the contract computes it (must equal [`ChannelParams::id`]).

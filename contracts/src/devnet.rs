@@ -158,6 +158,17 @@ impl Devnet {
         Ok(())
     }
 
+    /// Reorganise the chain: drop the last `depth` blocks (and the transactions in them) and
+    /// mine `depth` empty blocks in their place, as a competing branch would (`anvil_reorg`).
+    pub async fn reorg(&self, depth: u64) -> Result<(), ChainError> {
+        let replayed: Vec<serde_json::Value> = Vec::new();
+        let _: serde_json::Value = self
+            .provider
+            .raw_request("anvil_reorg".into(), (depth, replayed))
+            .await?;
+        Ok(())
+    }
+
     /// Replace the code at `address` (for example, to give a participant's account the code
     /// of a hostile receiver, as an EIP-7702 delegation would).
     pub async fn set_code(&self, address: Address, code: Bytes) -> Result<(), ChainError> {

@@ -46,6 +46,8 @@
 //! chain_poll_ms = 500            # how often the adjudicator's events are polled (default 500)
 //! chain_retry_secs = 5           # how often failed transactions are sent again (default 5)
 //! close_grace_secs = 120         # wait before paying out a close the peer proposed (default 120)
+//! confirmations = 0              # blocks a deposit or dispute must be buried under before it is
+//!                                # believed (default 0: a local chain; 3 or more on a real one)
 //!
 //! # Hubs to connect to at start (a peer lists its hub). Default: none.
 //! [[connect]]
@@ -218,6 +220,9 @@ pub struct FundingConfig {
     /// After a cooperative close the peer proposed, seconds to let the peer pay it out before
     /// paying it out ourselves (the side that proposed the close pays at once).
     pub close_grace_secs: u64,
+    /// Blocks a deposit, dispute or payout must be buried under before the node believes it
+    /// (a reorganisation up to this deep is never seen).
+    pub confirmations: u64,
 }
 
 impl Default for FundingConfig {
@@ -229,6 +234,7 @@ impl Default for FundingConfig {
             chain_poll_ms: 500,
             chain_retry_secs: 5,
             close_grace_secs: 120,
+            confirmations: 0,
         }
     }
 }
@@ -426,6 +432,12 @@ impl Config {
         }
         if !(1..=3600).contains(&f.chain_retry_secs) {
             return bad("funding.chain_retry_secs", "must be between 1 and 3600");
+        }
+        if f.confirmations > 64 {
+            return bad(
+                "funding.confirmations",
+                "must be at most 64 (the watcher re-reads 64 blocks after a deeper reorganisation)",
+            );
         }
         if self.adjudicator == Some(Address::ZERO) {
             return bad("adjudicator", "must not be the zero address");

@@ -95,6 +95,21 @@ pub enum NodeEvent {
         /// Fee earned.
         fee: Amount,
     },
+    /// The chain watcher failed (the chain or the store) and starts again from its stored
+    /// cursor after `retry_in_ms` (doubling up to 30 s while it keeps failing).
+    WatcherRestarting {
+        /// What failed.
+        error: String,
+        /// Milliseconds until it starts again.
+        retry_in_ms: u64,
+    },
+    /// The block the watcher last read is no longer on the chain: a reorganisation deeper
+    /// than the confirmations it waits for. It reads again from block `from` and re-checks
+    /// every channel's deposits.
+    ChainReorganised {
+        /// The first block read again.
+        from: u64,
+    },
     /// A chain intent can never take effect and was dropped (operator attention needed).
     IntentDropped {
         /// The channel.

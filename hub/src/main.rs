@@ -466,6 +466,7 @@ async fn connect_chain(
     client.set_poll_interval(std::time::Duration::from_millis(
         config.funding.chain_poll_ms.min(250),
     ));
+    client.set_confirmations(config.funding.confirmations);
     Ok(client)
 }
 

@@ -23,6 +23,8 @@ use crate::error::{NodeError, Stage};
 use crate::events::NodeEvent;
 use crate::node::Node;
 use crate::store::{Batch, Cf};
+use alloy::primitives::B256;
+use alloy::providers::Provider;
 use contracts::bindings::Adjudicator::AdjudicatorEvents;
 use contracts::bindings::SecretRegistry::SecretRegistryEvents;
 use contracts::{EventKind, EventWatcher};
@@ -32,6 +34,12 @@ use tracing::{Instrument, info_span, warn};
 
 /// Key of the watcher's cursor in the `chain` column family.
 const CURSOR_KEY: &[u8] = b"cursor";
+/// Key of the number and hash of the last block the watcher read (reorganisation check).
+const CURSOR_HASH_KEY: &[u8] = b"cursor_hash";
+/// How far back the watcher reads again after a reorganisation deeper than its confirmations.
+pub const REORG_REWIND: u64 = 64;
+const WATCHER_BACKOFF_MIN: std::time::Duration = std::time::Duration::from_millis(200);
+const WATCHER_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl Node {
     fn submitter(&self) -> Result<&crate::chain::Submitter, NodeError> {
@@ -351,9 +359,35 @@ impl Node {
         let mut stop = self.inner.stopping.subscribe();
         tokio::spawn(
             async move {
-                tokio::select! {
-                    r = node.watch() => if let Err(e) = r { warn!(error = %e, "chain watcher stopped") },
-                    _ = stop.changed() => {}
+                // The watcher cannot die silently: whatever fails (the chain, the store, a
+                // handler), it is reported and started again from its stored cursor, with a
+                // backoff that doubles while it keeps failing (handlers are idempotent).
+                let mut backoff = WATCHER_BACKOFF_MIN;
+                loop {
+                    let started = std::time::Instant::now();
+                    let error = tokio::select! {
+                        r = node.watch() => match r {
+                            Ok(()) => break,
+                            Err(e) => e.to_string(),
+                        },
+                        _ = stop.changed() => break,
+                    };
+                    if started.elapsed() > WATCHER_BACKOFF_MAX {
+                        backoff = WATCHER_BACKOFF_MIN;
+                    }
+                    warn!(%error, retry_in_ms = backoff.as_millis() as u64, "chain watcher failed; restarting");
+                    node.inner.emit(NodeEvent::WatcherRestarting {
+                        error,
+                        retry_in_ms: backoff.as_millis() as u64,
+                    });
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = stop.changed() => break,
+                    }
+                    if *stop.borrow() {
+                        break;
+                    }
+                    backoff = (backoff * 2).min(WATCHER_BACKOFF_MAX);
                 }
             }
             .instrument(info_span!("chain-watcher")),
@@ -361,48 +395,90 @@ impl Node {
         Ok(())
     }
 
-    /// Follow the adjudicator's events from the stored cursor, forever.
+    /// Follow the adjudicator's and the registry's events from the stored cursor, `n` blocks
+    /// below the head (the client's confirmations), until something fails. Before each read it
+    /// checks that the last block it read is still on the chain; if a reorganisation deeper
+    /// than `n` replaced it, it reads again from [`REORG_REWIND`] blocks earlier and re-checks
+    /// every channel's deposits (handlers are idempotent; what is gone is seen gone).
     async fn watch(&self) -> Result<(), NodeError> {
         let submitter = self.submitter()?;
         let client = submitter.client();
         let store = &self.inner.store;
+        let chain_err =
+            |e: alloy::transports::TransportError| NodeError::Tx(TxError::Chain(e.into()));
         let from = match store.get::<u64>(Cf::Chain, CURSOR_KEY)? {
             Some(b) => b,
             None => {
                 // A new node: nothing before now concerns it.
-                use alloy::providers::Provider;
                 let head = client
                     .provider()
                     .get_block_number()
                     .await
-                    .map_err(|e| TxError::Chain(e.into()))?;
+                    .map_err(chain_err)?;
                 let mut b = Batch::new();
                 b.put(Cf::Chain, CURSOR_KEY, &head)?;
                 store.commit(b).await?;
                 head
             }
         };
-        let mut watcher = EventWatcher::new(client.provider().clone(), client.deployment(), from);
+        let confirmations = client.confirmations();
+        let mut watcher = EventWatcher::new(client.provider().clone(), client.deployment(), from)
+            .with_confirmations(confirmations);
         loop {
-            match watcher.poll().await {
-                Ok(events) => {
-                    let empty = events.is_empty();
-                    for ev in events {
-                        // Handlers are idempotent: a crash before the cursor moves repeats them.
-                        self.on_chain_event(ev).await?;
-                    }
-                    let mut b = Batch::new();
-                    b.put(Cf::Chain, CURSOR_KEY, &watcher.next_block())?;
-                    store.commit(b).await?;
-                    if empty {
-                        tokio::time::sleep(self.inner.opts.chain_poll).await;
-                    }
+            if let Some((block, hash)) = store.get::<(u64, B256)>(Cf::Chain, CURSOR_HASH_KEY)?
+                && block_hash(client, block).await? != Some(hash)
+            {
+                let from = block.saturating_sub(REORG_REWIND);
+                warn!(
+                    block,
+                    from, "the last block read was reorganised away; reading again"
+                );
+                self.inner.emit(NodeEvent::ChainReorganised { from });
+                let mut b = Batch::new();
+                b.put(Cf::Chain, CURSOR_KEY, &from)?;
+                b.delete(Cf::Chain, CURSOR_HASH_KEY);
+                store.commit(b).await?;
+                watcher = EventWatcher::new(client.provider().clone(), client.deployment(), from)
+                    .with_confirmations(confirmations);
+                for id in self.channel_ids() {
+                    self.check_funding(id).await?;
                 }
+            }
+            let events = match watcher.poll().await {
+                Ok(events) => events,
                 Err(e) => {
                     warn!(error = %e, "polling the chain failed; retrying");
                     tokio::time::sleep(self.inner.opts.chain_poll).await;
+                    continue;
                 }
+            };
+            let empty = events.is_empty();
+            for ev in events {
+                // Handlers are idempotent: a crash before the cursor moves repeats them.
+                self.on_chain_event(ev).await?;
+            }
+            let next = watcher.next_block();
+            let mut b = Batch::new();
+            b.put(Cf::Chain, CURSOR_KEY, &next)?;
+            if next > 0
+                && let Some(hash) = block_hash(client, next - 1).await?
+            {
+                b.put(Cf::Chain, CURSOR_HASH_KEY, &(next - 1, hash))?;
+            }
+            store.commit(b).await?;
+            if empty {
+                tokio::time::sleep(self.inner.opts.chain_poll).await;
             }
         }
     }
+}
+
+/// The hash of block `n`, if the chain has it.
+async fn block_hash(client: &contracts::ChainClient, n: u64) -> Result<Option<B256>, NodeError> {
+    let block = client
+        .provider()
+        .get_block_by_number(alloy::eips::BlockNumberOrTag::Number(n))
+        .await
+        .map_err(|e| NodeError::Tx(TxError::Chain(e.into())))?;
+    Ok(block.map(|b| b.header.hash))
 }

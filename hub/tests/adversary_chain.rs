@@ -20,8 +20,14 @@ use common::{TempDir, loopback};
 const ETH: u128 = 1_000_000_000_000_000_000;
 
 async fn hub_on(net: &Devnet, dir: &TempDir, collateral: u128) -> Node {
+    hub_with(net, dir, collateral, 0).await
+}
+
+/// A hub believing what is buried under `confirmations` blocks.
+async fn hub_with(net: &Devnet, dir: &TempDir, collateral: u128, confirmations: u64) -> Node {
     let client = net.client(1).await.unwrap();
     client.set_poll_interval(Duration::from_millis(10));
+    client.set_confirmations(confirmations);
     let opts = NodeOptions {
         chain_id: net.chain_id(),
         adjudicator: net.deployment().adjudicator,
@@ -684,4 +690,154 @@ async fn a_preimage_revealed_only_on_chain_settles_the_payment_upstream() {
     );
     hub.shutdown();
     payer.shutdown();
+}
+
+/// Issue 14: a reorganisation removes the peer's funding deposit. With confirmations the hub
+/// never believed it: the channel stays unusable until a deposit is buried deep enough again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposit_reorganised_away_never_funds_the_channel() {
+    let net = Devnet::start().await.unwrap();
+    let dir = TempDir::new("advc-reorg");
+    let hub = hub_with(&net, &dir, 0, 2).await;
+    let addr = hub.listen(loopback()).unwrap();
+    let mut evil = Adversary::connect(addr, Keys::from_signer(net.signer(2).unwrap())).await;
+    let chain = net.client(2).await.unwrap();
+    let latest = net.client(0).await.unwrap();
+    let (params, id) = open_and_deposit(&net, &mut evil, &hub, &chain).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(latest.holdings(id).await.unwrap(), Amount(ETH));
+    assert_eq!(
+        hub.is_funded(id).await,
+        Some(false),
+        "funded before 2 confirmations"
+    );
+    // The block with the deposit is replaced by an empty one; the chain grows past it.
+    net.reorg(1).await.unwrap();
+    assert_eq!(
+        latest.holdings(id).await.unwrap(),
+        Amount::ZERO,
+        "the deposit is gone"
+    );
+    for _ in 0..3 {
+        net.mine().await.unwrap();
+    }
+    evil.send(Body::Funded { channel_id: id }).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        hub.is_funded(id).await,
+        Some(false),
+        "funded by a deposit that is gone"
+    );
+    // Deposited again: not believed at one block, believed once buried under two.
+    chain
+        .deposit(&params, Amount::ZERO, Amount(ETH))
+        .await
+        .unwrap();
+    evil.send(Body::Funded { channel_id: id }).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        hub.is_funded(id).await,
+        Some(false),
+        "funded at one confirmation"
+    );
+    net.mine().await.unwrap();
+    net.mine().await.unwrap();
+    wait_funded(&hub, id).await;
+    hub.shutdown();
+}
+
+/// Issue 14: a reorganisation deeper than the confirmations replaces the last block the
+/// watcher read: the watcher notices, says so, and reads the chain again from before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reorganisation_deeper_than_the_confirmations_is_detected_and_read_again() {
+    let net = Devnet::start().await.unwrap();
+    let dir = TempDir::new("advc-reorg-deep");
+    let hub = hub_on(&net, &dir, 0).await;
+    let mut events = hub.subscribe();
+    let addr = hub.listen(loopback()).unwrap();
+    let mut evil = Adversary::connect(addr, Keys::from_signer(net.signer(2).unwrap())).await;
+    let chain = net.client(2).await.unwrap();
+    let (_, id) = open_and_deposit(&net, &mut evil, &hub, &chain).await;
+    wait_funded(&hub, id).await;
+    // Let the watcher read past the deposit's block, then replace that block.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    net.reorg(1).await.unwrap();
+    net.mine().await.unwrap();
+    let ev = common::wait_for(&mut events, |e| {
+        matches!(e, hub::events::NodeEvent::ChainReorganised { .. })
+    })
+    .await;
+    assert!(matches!(
+        ev,
+        hub::events::NodeEvent::ChainReorganised { .. }
+    ));
+    hub.shutdown();
+}
+
+/// Issue 14: the watcher cannot die silently. The chain's RPC is unreachable when the hub
+/// starts (it cannot even read the head) and goes away again later: the watcher reports each
+/// failure, starts again with a backoff, and sees the deposits made meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watcher_survives_the_chain_going_away() {
+    let net = Devnet::start().await.unwrap();
+    let dir = TempDir::new("advc-rpc-outage");
+    let target: std::net::SocketAddr = format!("127.0.0.1:{}", net.endpoint().port().unwrap())
+        .parse()
+        .unwrap();
+    let proxy = common::proxy::Proxy::start(target).await;
+    let url: alloy::transports::http::reqwest::Url =
+        format!("http://{}", proxy.addr).parse().unwrap();
+    let client =
+        contracts::ChainClient::connect_http(url, net.signer(1).unwrap().clone(), net.deployment())
+            .await
+            .unwrap();
+    client.set_poll_interval(Duration::from_millis(10));
+    proxy.set_up(false);
+    let hub = Node::start(
+        Keys::from_signer(net.signer(1).unwrap()),
+        Store::open(&dir.0).unwrap(),
+        NodeOptions {
+            chain_id: net.chain_id(),
+            adjudicator: net.deployment().adjudicator,
+            chain: Some(client),
+            min_peer_deposit: Amount(ETH / 100),
+            chain_poll: Duration::from_millis(50),
+            chain_retry: Duration::from_millis(300),
+            ..NodeOptions::default()
+        },
+    )
+    .unwrap();
+    let mut events = hub.subscribe();
+    common::wait_for(&mut events, |e| {
+        matches!(e, hub::events::NodeEvent::WatcherRestarting { .. })
+    })
+    .await;
+    let addr = hub.listen(loopback()).unwrap();
+    let mut evil = Adversary::connect(addr, Keys::from_signer(net.signer(2).unwrap())).await;
+    let chain = net.client(2).await.unwrap();
+    proxy.set_up(true);
+    // Let the watcher start again and take its cursor (a new node reads from the head).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // A deposit the hub is never told about: only the watcher can see it.
+    let watched = |evil: &Adversary| params_for(&net, evil, &hub);
+    let p1 = watched(&evil);
+    let id1 = evil
+        .open_params(p1.clone(), [Amount(ETH), Amount::ZERO])
+        .await
+        .unwrap();
+    chain.deposit(&p1, Amount::ZERO, Amount(ETH)).await.unwrap();
+    wait_funded(&hub, id1).await;
+    // The chain goes away again; a deposit lands meanwhile; the chain comes back.
+    let p2 = watched(&evil);
+    let id2 = evil
+        .open_params(p2.clone(), [Amount(ETH), Amount::ZERO])
+        .await
+        .unwrap();
+    proxy.set_up(false);
+    chain.deposit(&p2, Amount::ZERO, Amount(ETH)).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(hub.is_funded(id2).await, Some(false));
+    proxy.set_up(true);
+    wait_funded(&hub, id2).await;
+    hub.shutdown();
 }

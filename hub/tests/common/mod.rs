@@ -132,6 +132,8 @@ pub async fn reopen(dir: &Path) -> Store {
 }
 
 pub mod adversary;
+#[allow(dead_code)]
+pub mod proxy;
 
 /// Number of entries in each column family of a store (what a test compares before and after
 /// an attack: a stranger must not make the node write).
