@@ -111,6 +111,53 @@ pub struct ChainClient {
     deployment: Deployment,
     /// Views read the chain this many blocks below its head (shared by clones).
     confirmations: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// How transactions are made to land (shared by clones).
+    policy: std::sync::Arc<std::sync::Mutex<TxPolicy>>,
+    /// The nonce and fees (max fee, tip) of the last transaction sent and not seen mined: a
+    /// later send with that nonce starts above them, so it replaces it.
+    last_fees: std::sync::Arc<std::sync::Mutex<Option<(u64, u128, u128)>>>,
+}
+
+/// How [`ChainClient::send`] makes a transaction land.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TxPolicy {
+    /// How long to wait for a receipt before sending again with higher fees.
+    pub timeout: Duration,
+    /// How much each new attempt raises the fees, percent (at least 10: nodes refuse smaller
+    /// replacements).
+    pub bump_percent: u64,
+    /// The highest fee per gas ever offered, wei.
+    pub max_fee_per_gas: u128,
+}
+
+impl Default for TxPolicy {
+    fn default() -> Self {
+        TxPolicy {
+            timeout: Duration::from_secs(60),
+            bump_percent: 25,
+            max_fee_per_gas: 500_000_000_000,
+        }
+    }
+}
+
+impl TxPolicy {
+    /// `fee` raised by `bump_percent` (at least by 1 wei).
+    pub fn bump(&self, fee: u128) -> u128 {
+        let up = fee.saturating_mul(u128::from(self.bump_percent.max(10))) / 100;
+        fee.saturating_add(up.max(1))
+    }
+}
+
+/// Whether the node refused a transaction for its fee: below the block's base fee, or a
+/// replacement that does not outbid the transaction it replaces.
+fn fee_too_low(e: &alloy::contract::Error) -> bool {
+    let m = e.to_string().to_ascii_lowercase();
+    m.contains("base fee") || m.contains("underpriced") || m.contains("fee too low")
+}
+
+/// Lock a mutex whose holders never panic while holding it (plain field reads and writes).
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl ChainClient {
@@ -157,6 +204,8 @@ impl ChainClient {
             chain_id,
             deployment,
             confirmations: Default::default(),
+            policy: Default::default(),
+            last_fees: Default::default(),
         })
     }
 
@@ -239,22 +288,114 @@ impl ChainClient {
         }
     }
 
-    /// Send any call built from the bindings, wait for its receipt, decode a revert.
-    pub async fn send<P: Provider, C: SolCall>(
+    /// Send any call built from the bindings and wait for its receipt, so that it lands: the
+    /// call is simulated first (a revert comes back decoded, nothing is broadcast); if no
+    /// receipt comes within the policy's timeout, the same transaction is sent again with the
+    /// same nonce and fees raised by `bump_percent` (replacing the first), up to the fee cap.
+    /// At the cap it gives up with [`ChainError::Stuck`]; the next send of this client reuses
+    /// the nonce above the stuck fees, so a retry replaces the stuck transaction.
+    pub async fn send<P: Provider + Clone, C: SolCall + Clone>(
         &self,
         call: SolCallBuilder<P, C>,
     ) -> Result<TxOutcome, ChainError> {
-        let pending = call.send().await?;
-        let receipt = pending.get_receipt().await?;
-        if !receipt.status() {
-            return Err(ChainError::Failed(receipt.transaction_hash));
+        let policy = self.tx_policy();
+        let gas = call.estimate_gas().await?;
+        let nonce = self.provider.get_transaction_count(self.sender).await?;
+        let fees = self.provider.estimate_eip1559_fees().await?;
+        let (mut max_fee, mut tip) = (fees.max_fee_per_gas, fees.max_priority_fee_per_gas);
+        if let Some((n, f, t)) = *lock(&self.last_fees)
+            && n == nonce
+        {
+            max_fee = max_fee.max(policy.bump(f));
+            tip = tip.max(policy.bump(t));
         }
-        Ok(TxOutcome {
-            tx_hash: receipt.transaction_hash,
-            block_number: receipt.block_number,
-            gas_used: receipt.gas_used,
-            receipt,
-        })
+        let poll = self.provider.client().poll_interval();
+        let mut sent: Vec<TxHash> = Vec::new();
+        loop {
+            max_fee = max_fee.min(policy.max_fee_per_gas);
+            tip = tip.min(max_fee);
+            *lock(&self.last_fees) = Some((nonce, max_fee, tip));
+            let attempt = call
+                .clone()
+                .nonce(nonce)
+                .gas(gas)
+                .max_fee_per_gas(max_fee)
+                .max_priority_fee_per_gas(tip)
+                .send()
+                .await;
+            let mut wait = policy.timeout;
+            match attempt {
+                Ok(pending) => sent.push(*pending.tx_hash()),
+                // Refused for its fee (below the base fee, or too small a replacement): raise
+                // it at once.
+                Err(e) if fee_too_low(&e) => {
+                    tracing::warn!(error = %e, nonce, max_fee, "fee refused");
+                    wait = Duration::ZERO;
+                }
+                // An earlier attempt may have been mined meanwhile (nonce too low): the
+                // receipts below tell.
+                Err(e) if !sent.is_empty() => {
+                    tracing::warn!(error = %e, nonce, "replacement not accepted");
+                }
+                Err(e) => return Err(e.into()),
+            }
+            let deadline = std::time::Instant::now() + wait;
+            loop {
+                // The nonce used is checked before the receipts, so that a transaction of ours
+                // mined between the two reads is found by the second.
+                let used = self.provider.get_transaction_count(self.sender).await? > nonce;
+                if let Some(receipt) = self.first_receipt(&sent).await? {
+                    *lock(&self.last_fees) = None;
+                    if !receipt.status() {
+                        return Err(ChainError::Failed(receipt.transaction_hash));
+                    }
+                    return Ok(TxOutcome {
+                        tx_hash: receipt.transaction_hash,
+                        block_number: receipt.block_number,
+                        gas_used: receipt.gas_used,
+                        receipt,
+                    });
+                }
+                if used {
+                    // The nonce was used by a transaction that is none of ours.
+                    *lock(&self.last_fees) = None;
+                    return Err(ChainError::Replaced { nonce });
+                }
+                if std::time::Instant::now() >= deadline {
+                    break;
+                }
+                tokio::time::sleep(poll).await;
+            }
+            if max_fee >= policy.max_fee_per_gas {
+                return Err(ChainError::Stuck { nonce, max_fee });
+            }
+            tracing::warn!(nonce, max_fee, "no receipt in time: raising the fee");
+            max_fee = policy.bump(max_fee);
+            tip = policy.bump(tip);
+        }
+    }
+
+    /// The receipt of the first of `hashes` that is mined, if any.
+    async fn first_receipt(
+        &self,
+        hashes: &[TxHash],
+    ) -> Result<Option<TransactionReceipt>, ChainError> {
+        for h in hashes {
+            if let Some(r) = self.provider.get_transaction_receipt(*h).await? {
+                return Ok(Some(r));
+            }
+        }
+        Ok(None)
+    }
+
+    /// How transactions are made to land (see [`ChainClient::send`]).
+    pub fn tx_policy(&self) -> TxPolicy {
+        *lock(&self.policy)
+    }
+
+    /// Set how transactions are made to land; applies to every clone.
+    pub fn set_tx_policy(&self, policy: TxPolicy) {
+        *lock(&self.policy) = policy;
     }
 
     fn onchain_params(&self, params: &ChannelParams) -> Result<Adjudicator::Params, ChainError> {

@@ -67,6 +67,20 @@ pub enum ChainError {
     /// The transaction was mined but failed (it passed simulation, then the chain changed).
     #[error("transaction {0} was mined but reverted")]
     Failed(TxHash),
+    /// No receipt even at the highest fee the policy allows; the transaction may still land.
+    #[error("transaction with nonce {nonce} not mined even at {max_fee} wei per gas")]
+    Stuck {
+        /// Its nonce.
+        nonce: u64,
+        /// The last fee offered.
+        max_fee: u128,
+    },
+    /// The nonce was used by a transaction that is not one of this send's attempts.
+    #[error("nonce {nonce} was used by another transaction")]
+    Replaced {
+        /// The nonce.
+        nonce: u64,
+    },
     /// The channel's parameters name another chain than the node's.
     #[error("channel parameters are for chain {params}, the node is on chain {node}")]
     WrongChain {

@@ -24,7 +24,7 @@ pub mod devnet;
 pub mod error;
 pub mod events;
 
-pub use client::{ChainClient, OnChainChannel, Phase, TxOutcome, http_provider};
+pub use client::{ChainClient, OnChainChannel, Phase, TxOutcome, TxPolicy, http_provider};
 pub use deploy::Deployment;
 pub use devnet::Devnet;
 pub use error::{ChainError, Revert};

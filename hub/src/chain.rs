@@ -54,6 +54,32 @@ pub struct Submitter {
     store: Store,
     client: ChainClient,
     lock: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// Reverts in a row per intent key (in memory: a restart gives each intent its chances
+    /// again).
+    reverts: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<Vec<u8>, u32>>>,
+}
+
+/// Reverts in a row after which an intent is reported and dropped: the chain keeps refusing
+/// it (a token that refuses transfers or approvals, for instance), so retrying forever would
+/// only burn the RPC budget. RPC failures and unmined transactions never count.
+pub const MAX_REVERTS: u32 = 5;
+
+/// Lock a mutex whose holders never panic while holding it (map updates only).
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The order intents are sent in: those with a deadline first (rule 8 and rule 12).
+fn priority(i: &Intent) -> u8 {
+    match i {
+        Intent::Challenge { .. } => 0,
+        Intent::RegisterSecret { .. } => 1,
+        Intent::Close { .. } => 2,
+        Intent::Conclude { .. } => 3,
+        Intent::Unlock { .. } => 4,
+        Intent::CooperativeClose { .. } => 5,
+        Intent::Deposit { .. } => 6,
+    }
 }
 
 impl Submitter {
@@ -63,6 +89,7 @@ impl Submitter {
             store,
             client,
             lock: Default::default(),
+            reverts: Default::default(),
         }
     }
 
@@ -90,16 +117,21 @@ impl Submitter {
         let _one = self.lock.lock().await;
         let mut settled = Vec::new();
         let mut chain_now = None;
+        let mut stored = Vec::new();
         for (key, bytes) in self.store.scan_raw(Cf::Chain, INTENT_PREFIX)? {
             // One unreadable record (written by an older version) must not stop the others,
             // challenges among them: it is reported and left in place.
-            let intent = match postcard::from_bytes::<Intent>(&bytes) {
-                Ok(i) => i,
+            match postcard::from_bytes::<Intent>(&bytes) {
+                Ok(i) => stored.push((key, i)),
                 Err(e) => {
                     warn!(key = %alloy::primitives::hex::encode(&key), error = %e, "unreadable chain intent skipped");
-                    continue;
                 }
-            };
+            }
+        }
+        // What has a deadline goes first: answering a stale close, registering preimages,
+        // closing to claim, then the payouts; deposits last.
+        stored.sort_by_key(|(_, i)| priority(i));
+        for (key, intent) in stored {
             if !self.due(&intent, &mut chain_now).await {
                 // Not due (the chain's window or the registry's verdict is still open): kept.
                 settled.push(Settled::Later(intent));
@@ -196,8 +228,20 @@ impl Submitter {
             if let Err(e) = send(client, &intent).await
                 && !done(client, &intent).await?
             {
-                if let Some(reason) = hopeless(&e) {
+                let reverts = if e.revert().is_some() {
+                    let mut r = lock(&self.reverts);
+                    let n = r.entry(key.to_vec()).or_insert(0);
+                    *n += 1;
+                    *n
+                } else {
+                    0
+                };
+                let reason = hopeless(&e).or_else(|| {
+                    (reverts >= MAX_REVERTS).then(|| format!("reverted {reverts} times, last: {e}"))
+                });
+                if let Some(reason) = reason {
                     warn!(?intent, %reason, "intent can never take effect: dropped");
+                    lock(&self.reverts).remove(key);
                     self.forget(key).await?;
                     return Ok(Settled::Dropped(intent, reason));
                 }
@@ -205,6 +249,7 @@ impl Submitter {
             }
             crate::failpoint::point("after_tx");
         }
+        lock(&self.reverts).remove(key);
         // A top-up's intent is deleted by the batch that queues its credit (module
         // `onchain`), never before.
         if !matches!(intent, Intent::Deposit { credit: true, .. }) {
@@ -298,6 +343,8 @@ fn hopeless(e: &ChainError) -> Option<String> {
         || e.is::<Adjudicator::WrongSigner>()
         || e.is::<Adjudicator::InvalidSignature>()
         || e.is::<Adjudicator::StateMismatch>()
+        || e.is::<Adjudicator::TokenTransferFailed>()
+        || e.is::<Adjudicator::NotAToken>()
         || e.is::<Adjudicator::InvalidLockProof>()
         || e.is::<Adjudicator::LockAlreadyResolved>();
     cured_never.then(|| e.to_string())

@@ -48,6 +48,8 @@
 //! close_grace_secs = 120         # wait before paying out a close the peer proposed (default 120)
 //! confirmations = 0              # blocks a deposit or dispute must be buried under before it is
 //!                                # believed (default 0: a local chain; 3 or more on a real one)
+//! tx_timeout_secs = 60           # no receipt by then: sent again, same nonce, fees +25 % (default 60)
+//! max_fee_gwei = 500             # the highest fee per gas ever offered (default 500)
 //!
 //! # Hubs to connect to at start (a peer lists its hub). Default: none.
 //! [[connect]]
@@ -223,6 +225,10 @@ pub struct FundingConfig {
     /// Blocks a deposit, dispute or payout must be buried under before the node believes it
     /// (a reorganisation up to this deep is never seen).
     pub confirmations: u64,
+    /// Seconds to wait for a transaction's receipt before sending it again with higher fees.
+    pub tx_timeout_secs: u64,
+    /// The highest fee per gas the node ever offers, gwei.
+    pub max_fee_gwei: u64,
 }
 
 impl Default for FundingConfig {
@@ -235,6 +241,8 @@ impl Default for FundingConfig {
             chain_retry_secs: 5,
             close_grace_secs: 120,
             confirmations: 0,
+            tx_timeout_secs: 60,
+            max_fee_gwei: 500,
         }
     }
 }
@@ -433,6 +441,12 @@ impl Config {
         if !(1..=3600).contains(&f.chain_retry_secs) {
             return bad("funding.chain_retry_secs", "must be between 1 and 3600");
         }
+        if !(1..=3600).contains(&f.tx_timeout_secs) {
+            return bad("funding.tx_timeout_secs", "must be between 1 and 3600");
+        }
+        if !(1..=1_000_000).contains(&f.max_fee_gwei) {
+            return bad("funding.max_fee_gwei", "must be between 1 and 1000000");
+        }
         if f.confirmations > 64 {
             return bad(
                 "funding.confirmations",
@@ -553,6 +567,18 @@ mod tests {
             (
                 "key_file = \"k\"\n[funding]\ncollateral = \"lots\"",
                 "collateral",
+            ),
+            (
+                "key_file = \"k\"\n[funding]\nconfirmations = 65",
+                "confirmations",
+            ),
+            (
+                "key_file = \"k\"\n[funding]\ntx_timeout_secs = 0",
+                "tx_timeout_secs",
+            ),
+            (
+                "key_file = \"k\"\n[funding]\nmax_fee_gwei = 0",
+                "max_fee_gwei",
             ),
         ] {
             let e = Config::parse(text).unwrap_err().to_string();

@@ -467,6 +467,11 @@ async fn connect_chain(
         config.funding.chain_poll_ms.min(250),
     ));
     client.set_confirmations(config.funding.confirmations);
+    client.set_tx_policy(contracts::TxPolicy {
+        timeout: std::time::Duration::from_secs(config.funding.tx_timeout_secs),
+        max_fee_per_gas: u128::from(config.funding.max_fee_gwei) * 1_000_000_000,
+        ..contracts::TxPolicy::default()
+    });
     Ok(client)
 }
 

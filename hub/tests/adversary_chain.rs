@@ -841,3 +841,88 @@ async fn the_watcher_survives_the_chain_going_away() {
     wait_funded(&hub, id2).await;
     hub.shutdown();
 }
+
+/// Issue 14: an intent the chain keeps refusing is reported and dropped, not retried forever.
+/// The peer's channel is in a token that, once the peer has deposited, refuses every call: the
+/// hub's collateral can never be deposited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_that_refuses_everything_is_reported_not_retried_forever() {
+    use contracts::bindings::TestToken;
+    let net = Devnet::start().await.unwrap();
+    let dir = TempDir::new("advc-bad-token");
+    let token = contracts::deploy::deploy_test_token(net.provider(), "Bad", "BAD")
+        .await
+        .unwrap();
+    let t = TestToken::new(token, net.provider().clone());
+    for i in [1, 2] {
+        t.mint(net.signer(i).unwrap().address(), U256::from(10 * ETH))
+            .send()
+            .await
+            .unwrap()
+            .get_receipt()
+            .await
+            .unwrap();
+    }
+    let client = net.client(1).await.unwrap();
+    client.set_poll_interval(Duration::from_millis(10));
+    let hub = Node::start(
+        Keys::from_signer(net.signer(1).unwrap()),
+        Store::open(&dir.0).unwrap(),
+        NodeOptions {
+            chain_id: net.chain_id(),
+            adjudicator: net.deployment().adjudicator,
+            chain: Some(client),
+            collateral: Amount(ETH / 2),
+            min_peer_deposit: Amount(ETH / 100),
+            assets: vec![alloy::primitives::Address::ZERO, token],
+            chain_poll: Duration::from_millis(50),
+            chain_retry: Duration::from_millis(200),
+            ..NodeOptions::default()
+        },
+    )
+    .unwrap();
+    let mut events = hub.subscribe();
+    let addr = hub.listen(loopback()).unwrap();
+    let mut evil = Adversary::connect(addr, Keys::from_signer(net.signer(2).unwrap())).await;
+    let chain = net.client(2).await.unwrap();
+    let params = ChannelParams {
+        asset: token,
+        ..params_for(&net, &evil, &hub)
+    };
+    let id = evil
+        .open_params(params.clone(), [Amount(ETH), Amount::ZERO])
+        .await
+        .unwrap();
+    chain
+        .deposit(&params, Amount::ZERO, Amount(ETH))
+        .await
+        .unwrap();
+    // From now on the token reverts every call (PUSH1 0 PUSH1 0 REVERT).
+    net.set_code(
+        token,
+        alloy::primitives::Bytes::from(vec![0x60, 0x00, 0x60, 0x00, 0xfd]),
+    )
+    .await
+    .unwrap();
+    evil.send(Body::Funded { channel_id: id }).await;
+    let dropped = common::wait_for(&mut events, |e| {
+        matches!(e, hub::events::NodeEvent::IntentDropped { channel_id, .. } if *channel_id == id)
+    })
+    .await;
+    let hub::events::NodeEvent::IntentDropped { reason, .. } = dropped else {
+        unreachable!()
+    };
+    assert!(reason.contains("reverted"), "{reason}");
+    assert_eq!(
+        hub.pending_intents().unwrap(),
+        0,
+        "still stored after the report"
+    );
+    // Nothing of the hub's moved, and the channel still carries the peer's funds.
+    assert_eq!(
+        net.client(0).await.unwrap().holdings(id).await.unwrap(),
+        Amount(ETH)
+    );
+    assert_eq!(hub.is_funded(id).await, Some(true));
+    hub.shutdown();
+}
