@@ -926,3 +926,122 @@ async fn a_token_that_refuses_everything_is_reported_not_retried_forever() {
     assert_eq!(hub.is_funded(id).await, Some(true));
     hub.shutdown();
 }
+
+/// Issue 14: 100 peers, each with a transfer to the hub co-signed, close their channels on
+/// chain at once with their stale opening state. The hub challenges every one with its latest
+/// state inside its window: no stale state can be paid out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_closes_by_100_peers_at_once_are_each_answered_in_time() {
+    const PEERS: usize = 100;
+    let net = std::sync::Arc::new(Devnet::start().await.unwrap());
+    let dir = TempDir::new("advc-100-stale");
+    let client = net.client(1).await.unwrap();
+    client.set_poll_interval(Duration::from_millis(10));
+    let hub = Node::start(
+        Keys::from_signer(net.signer(1).unwrap()),
+        Store::open(&dir.0).unwrap(),
+        NodeOptions {
+            chain_id: net.chain_id(),
+            adjudicator: net.deployment().adjudicator,
+            chain: Some(client),
+            min_peer_deposit: Amount(ETH / 100),
+            chain_poll: Duration::from_millis(50),
+            chain_retry: Duration::from_millis(300),
+            handshakes_per_second: 10_000,
+            stranger_frames_per_second: 100_000,
+            ..NodeOptions::default()
+        },
+    )
+    .unwrap();
+    let addr = hub.listen(loopback()).unwrap();
+    // Each peer: a funded account, a channel with 0.1 ETH, 0.01 ETH transferred to the hub.
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..PEERS {
+        let (net, hub) = (net.clone(), hub.clone());
+        tasks.spawn(async move {
+            let signer = alloy::signers::local::PrivateKeySigner::random();
+            use alloy::providers::Provider;
+            let _: serde_json::Value = net
+                .provider()
+                .raw_request(
+                    "anvil_setBalance".into(),
+                    (signer.address(), U256::from(ETH)),
+                )
+                .await
+                .unwrap();
+            let chain = net.client_for(signer.clone()).await.unwrap();
+            chain.set_poll_interval(Duration::from_millis(10));
+            let mut evil = Adversary::connect(addr, Keys::from_signer(&signer)).await;
+            let params = params_for(&net, &evil, &hub);
+            let id = evil
+                .open_params(params.clone(), [Amount(ETH / 10), Amount::ZERO])
+                .await
+                .unwrap();
+            chain
+                .deposit(&params, Amount::ZERO, Amount(ETH / 10))
+                .await
+                .unwrap();
+            evil.send(Body::Funded { channel_id: id }).await;
+            wait_funded(&hub, id).await;
+            evil.honest(id, |m| m.transfer(Amount(ETH / 100))).await;
+            let stale = evil.openings[&id].clone();
+            (evil, chain, params, id, stale)
+        });
+    }
+    let mut peers = Vec::new();
+    while let Some(p) = tasks.join_next().await {
+        peers.push(p.unwrap());
+    }
+    for (_, _, _, id, _) in &peers {
+        let latest = hub.channel(*id).await.unwrap();
+        assert_eq!(latest.state.version, 1);
+        assert_eq!(latest.state.balances[1], Amount(ETH / 100));
+    }
+    // All close with the stale opening state at once.
+    let mut closes = tokio::task::JoinSet::new();
+    for (_, chain, params, _, stale) in &peers {
+        let (chain, params, stale) = (chain.clone(), params.clone(), stale.clone());
+        closes.spawn(async move {
+            chain
+                .close(&params, &stale.state, &stale.sigs)
+                .await
+                .unwrap()
+        });
+    }
+    while let Some(c) = closes.join_next().await {
+        c.unwrap();
+    }
+    let reader = net.client(0).await.unwrap();
+    let mut windows = std::collections::HashMap::new();
+    for (_, _, _, id, _) in &peers {
+        let c = reader.channel(*id).await.unwrap();
+        assert!(c.finalizes_at != 0);
+        windows.insert(*id, c.finalizes_at);
+    }
+    // Every dispute ends up at the hub's version 1, challenged before its window closed.
+    let until = std::time::Instant::now() + Duration::from_secs(120);
+    let mut answered = std::collections::HashSet::new();
+    while answered.len() < PEERS {
+        for (_, _, _, id, _) in &peers {
+            if answered.contains(id) {
+                continue;
+            }
+            let c = reader.channel(*id).await.unwrap();
+            if c.version == 1 {
+                assert!(!c.concluded);
+                answered.insert(*id);
+            }
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "{} of {PEERS} stale closes answered",
+            answered.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let now = reader.latest_timestamp().await.unwrap();
+    for (id, ends) in windows {
+        assert!(now < ends, "channel {id}: answered after its window");
+    }
+    hub.shutdown();
+}
