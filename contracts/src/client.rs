@@ -103,7 +103,7 @@ pub fn http_provider(url: Url, signer: PrivateKeySigner) -> DynProvider {
 }
 
 /// A connection to one chain and one deployment of the contracts, sending as one account.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ChainClient {
     provider: DynProvider,
     sender: Address,
@@ -116,6 +116,21 @@ pub struct ChainClient {
     /// The nonce and fees (max fee, tip) of the last transaction sent and not seen mined: a
     /// later send with that nonce starts above them, so it replaces it.
     last_fees: std::sync::Arc<std::sync::Mutex<Option<(u64, u128, u128)>>>,
+    /// Called after each transaction is handed to the node, before its receipt (crash tests
+    /// abort the process there).
+    on_sent: Option<std::sync::Arc<dyn Fn() + Send + Sync>>,
+}
+
+impl std::fmt::Debug for ChainClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChainClient")
+            .field("sender", &self.sender)
+            .field("chain_id", &self.chain_id)
+            .field("deployment", &self.deployment)
+            .field("confirmations", &self.confirmations())
+            .field("policy", &self.tx_policy())
+            .finish_non_exhaustive()
+    }
 }
 
 /// How [`ChainClient::send`] makes a transaction land.
@@ -206,6 +221,7 @@ impl ChainClient {
             confirmations: Default::default(),
             policy: Default::default(),
             last_fees: Default::default(),
+            on_sent: None,
         })
     }
 
@@ -325,7 +341,12 @@ impl ChainClient {
                 .await;
             let mut wait = policy.timeout;
             match attempt {
-                Ok(pending) => sent.push(*pending.tx_hash()),
+                Ok(pending) => {
+                    sent.push(*pending.tx_hash());
+                    if let Some(f) = &self.on_sent {
+                        f();
+                    }
+                }
                 // Refused for its fee (below the base fee, or too small a replacement): raise
                 // it at once.
                 Err(e) if fee_too_low(&e) => {
@@ -386,6 +407,13 @@ impl ChainClient {
             }
         }
         Ok(None)
+    }
+
+    /// Call `f` each time a transaction has been handed to the node, before its receipt (for
+    /// crash tests).
+    pub fn with_on_sent(mut self, f: std::sync::Arc<dyn Fn() + Send + Sync>) -> Self {
+        self.on_sent = Some(f);
+        self
     }
 
     /// How transactions are made to land (see [`ChainClient::send`]).

@@ -706,6 +706,17 @@ impl Channel {
         Ok(())
     }
 
+    /// Our proposal in flight as the message that carried it, to send again when the peer
+    /// refused it unread (it was not ready for the channel yet).
+    pub fn pending_message(&self) -> Option<Message> {
+        self.snap.pending.as_ref().map(|p| Message::Propose {
+            channel_id: self.id(),
+            version: p.state.version,
+            ops: p.ops.iter().map(|q| q.op.clone()).collect(),
+            sig: p.sig,
+        })
+    }
+
     /// Handle a message from the peer at time `now`.
     ///
     /// A proposal we refuse yields `Ok` with a [`Message::Reject`] to send and no state change.

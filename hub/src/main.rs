@@ -466,6 +466,8 @@ async fn connect_chain(
     client.set_poll_interval(std::time::Duration::from_millis(
         config.funding.chain_poll_ms.min(250),
     ));
+    // Crash tests abort the process right after a transaction is handed to the node.
+    let client = client.with_on_sent(std::sync::Arc::new(|| hub::failpoint::point("tx_sent")));
     client.set_confirmations(config.funding.confirmations);
     client.set_tx_policy(contracts::TxPolicy {
         timeout: std::time::Duration::from_secs(config.funding.tx_timeout_secs),

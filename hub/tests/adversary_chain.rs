@@ -519,8 +519,13 @@ async fn a_silent_payer_cannot_keep_a_lock_the_hub_can_claim_off_the_registry() 
         .await
         .unwrap();
     net.mine().await.unwrap();
+    // (The unlock is decided when the hub's watcher sees the payout: wait until the channel
+    // holds nothing more and the hub has nothing left to send.)
     let until = std::time::Instant::now() + Duration::from_secs(30);
-    while !(registry.channel(in_ch).await.unwrap().concluded && hub.pending_intents().unwrap() == 0)
+    while !(registry.channel(in_ch).await.unwrap().concluded
+        && registry.holdings(in_ch).await.unwrap() == Amount::ZERO
+        && hub.is_concluded(in_ch).await == Some(true)
+        && hub.pending_intents().unwrap() == 0)
     {
         assert!(
             std::time::Instant::now() < until,

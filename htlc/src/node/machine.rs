@@ -410,6 +410,8 @@ struct Pending {
 struct Entry {
     peer: Address,
     funded: bool,
+    /// The peer refused our proposal as not yet funded: send it again when it says `Funded`.
+    resend_on_funded: bool,
     concluded: bool,
     opened_at: u64,
     machine: Channel,
@@ -482,6 +484,7 @@ impl Node {
                 Entry {
                     peer: rec.peer,
                     funded: rec.funded,
+                    resend_on_funded: false,
                     concluded: rec.concluded,
                     opened_at: rec.opened_at,
                     machine,
@@ -734,6 +737,7 @@ impl Node {
             Entry {
                 peer,
                 funded: true,
+                resend_on_funded: false,
                 concluded: false,
                 opened_at: 0,
                 machine,
@@ -948,6 +952,7 @@ impl Node {
             Entry {
                 peer,
                 funded: !self.config.on_chain,
+                resend_on_funded: false,
                 concluded: false,
                 opened_at: now.0,
                 machine,
@@ -1238,6 +1243,19 @@ impl Node {
     /// Refuse `from`'s message `seq`. A peer with a funded channel gets a numbered, durable
     /// refusal; anyone else (and a peer that leaves too much unacknowledged) an unnumbered
     /// error, so a fresh key cannot make us write (rule 10). Returns whether it was durable.
+    /// `from` refused a message of ours with `code`: if it had not seen a channel funded yet,
+    /// our proposals to it in flight are made again when it says `Funded`.
+    fn refused_unfunded(&mut self, from: Address, code: ErrorCode) {
+        if code != ErrorCode::NotFunded {
+            return;
+        }
+        for e in self.channels.values_mut() {
+            if e.peer == from && e.machine.snapshot().pending().is_some() {
+                e.resend_on_funded = true;
+            }
+        }
+    }
+
     fn refuse(
         &mut self,
         from: Address,
@@ -1267,6 +1285,7 @@ impl Node {
                 }
             }
             Frame::Error { code, detail } => {
+                self.refused_unfunded(from, code);
                 p.out.events.push(NodeEvent::RefusedByPeer {
                     peer: from,
                     code,
@@ -1327,6 +1346,7 @@ impl Node {
         match body {
             Body::Ping => true,
             Body::Refused { code, detail, .. } => {
+                self.refused_unfunded(from, code);
                 p.out.events.push(NodeEvent::RefusedByPeer {
                     peer: from,
                     code,
@@ -1345,6 +1365,12 @@ impl Node {
                 }
                 // The holdings are read from the chain, never taken from the peer's word.
                 p.out.queries.push(channel_id);
+                if let Some(e) = self.channels.get_mut(&channel_id)
+                    && std::mem::take(&mut e.resend_on_funded)
+                    && let Some(msg) = e.machine.pending_message()
+                {
+                    self.send(from, Body::Channel(msg), p);
+                }
                 true
             }
             Body::Route {
@@ -1401,8 +1427,11 @@ impl Node {
                     );
                 };
                 if !e.funded {
+                    // Maybe the peer saw its deposit before we did: read the chain now; we
+                    // say `Funded` once we see it, and the peer proposes again.
+                    p.out.queries.push(id);
                     let detail = format!("channel {id} is not funded");
-                    return self.refuse(from, seq, ErrorCode::Protocol, detail, p);
+                    return self.refuse(from, seq, ErrorCode::NotFunded, detail, p);
                 }
                 match e.machine.handle(msg, now) {
                     Ok(effects) => {
@@ -1485,6 +1514,7 @@ impl Node {
             Entry {
                 peer: from,
                 funded: !self.config.on_chain,
+                resend_on_funded: false,
                 concluded: false,
                 opened_at: now.0,
                 machine,
@@ -1529,6 +1559,7 @@ impl Node {
         }
         e.funded |= decided.newly_funded;
         p.touched.insert(id);
+        let peer = e.peer;
         if decided.newly_funded {
             p.out.events.push(NodeEvent::Funded { channel_id: id });
         }
@@ -1540,6 +1571,10 @@ impl Node {
                 credit: true,
             };
             p.out.writes.push(Write::Intent(Box::new(intent)));
+        }
+        if decided.newly_funded {
+            // The peer may have proposed before we saw the deposits (and was refused).
+            self.send(peer, Body::Funded { channel_id: id }, p);
         }
     }
 

@@ -897,3 +897,80 @@ fn carries_fulfil(f: &Frame) -> bool {
         } if ops.iter().any(|o| matches!(o, crate::Op::FulfillHtlc { .. }))
     )
 }
+
+#[test]
+fn a_proposal_refused_as_not_yet_funded_is_made_again_when_the_peer_sees_the_funds() {
+    // The payer sees its deposit on chain before the hub does and proposes at once: the hub
+    // refuses it unread (and reads the chain); once it sees the funds it says so, and the
+    // payer proposes the same update again.
+    let mut config = config();
+    config.on_chain = true;
+    config.open.min_peer_deposit = Amount(100);
+    let (payer_k, hub_k) = (keys(4), keys(5));
+    let mut payer = Node::new(payer_k.clone(), config.clone());
+    let mut hub = Node::new(hub_k.clone(), config.clone());
+    let p = params(&payer_k, &hub_k, 10);
+    let id = p.id();
+    let out = payer
+        .open_channel(NOW, hub.address(), p.clone(), Amount(1_000))
+        .unwrap();
+    let mut wire: Vec<(bool, Frame)> = out.transmits.into_iter().map(|(_, f)| (true, f)).collect();
+    let funds = ChainEvent::Holdings {
+        channel_id: id,
+        held: Amount(1_000),
+        deposited: [Amount(1_000), Amount::ZERO],
+    };
+    let refused = std::cell::Cell::new(false);
+    let step = |payer: &mut Node, hub: &mut Node, wire: &mut Vec<(bool, Frame)>| {
+        while !wire.is_empty() {
+            let (to_hub, f) = wire.remove(0);
+            let out = if to_hub {
+                let out = hub.handle_frame(NOW, payer.address(), f);
+                if out.transmits.iter().any(|(_, f)| {
+                    matches!(
+                        f,
+                        Frame::Msg {
+                            body: Body::Refused {
+                                code: ErrorCode::NotFunded,
+                                ..
+                            },
+                            ..
+                        } | Frame::Error {
+                            code: ErrorCode::NotFunded,
+                            ..
+                        }
+                    )
+                }) {
+                    refused.set(true);
+                }
+                out
+            } else {
+                payer.handle_frame(NOW, hub.address(), f)
+            };
+            wire.extend(out.transmits.into_iter().map(|(_, f)| (!to_hub, f)));
+        }
+    };
+    step(&mut payer, &mut hub, &mut wire);
+    let out = payer.handle_chain(NOW, funds.clone());
+    assert!(out.events.contains(&NodeEvent::Funded { channel_id: id }));
+    wire.extend(out.transmits.into_iter().map(|(_, f)| (true, f)));
+    // The payer's `Funded` reaches the hub, which has not read the chain yet; the transfer
+    // follows at once.
+    let out = payer.transfer(NOW, id, Amount(10)).unwrap();
+    wire.extend(out.transmits.into_iter().map(|(_, f)| (true, f)));
+    step(&mut payer, &mut hub, &mut wire);
+    assert!(
+        refused.get(),
+        "the hub refused the early proposal as not funded"
+    );
+    assert_eq!(payer.channel(id).unwrap().latest().state.version, 0);
+    // The hub reads the chain: funded; it tells the payer, which proposes again.
+    let out = hub.handle_chain(NOW, funds);
+    assert!(out.events.contains(&NodeEvent::Funded { channel_id: id }));
+    wire.extend(out.transmits.into_iter().map(|(_, f)| (false, f)));
+    step(&mut payer, &mut hub, &mut wire);
+    let latest = payer.channel(id).unwrap().latest().clone();
+    assert_eq!(latest.state.version, 1);
+    assert_eq!(latest.state.balances, [Amount(990), Amount(10)]);
+    assert_eq!(hub.channel(id).unwrap().latest(), &latest);
+}

@@ -31,6 +31,9 @@ pub enum ErrorCode {
     Protocol,
     /// The peer sends too fast, or leaves too much waiting.
     RateLimited,
+    /// The message is for a channel not yet seen funded on chain: the receiver reads the
+    /// chain now and says `Funded` once it sees the deposits; the sender proposes again then.
+    NotFunded,
 }
 
 /// A numbered message of a link, delivered once and in order.

@@ -63,8 +63,15 @@ pub fn start_hub(cfg: &Path, crash_at: Option<&str>) -> HubProc {
     cmd.args(["serve", "--config"])
         .arg(cfg)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    cmd.env("RUST_LOG", "warn");
+        .stderr(if std::env::var_os("VHUB_TEST_HUB_LOG").is_some() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        });
+    cmd.env(
+        "RUST_LOG",
+        std::env::var("VHUB_TEST_HUB_LOG").unwrap_or_else(|_| "warn".into()),
+    );
     match crash_at {
         Some(spec) => cmd.env("VHUB_CRASH_AT", spec),
         None => cmd.env_remove("VHUB_CRASH_AT"),
