@@ -51,6 +51,15 @@
 //! tx_timeout_secs = 60           # no receipt by then: sent again, same nonce, fees +25 % (default 60)
 //! max_fee_gwei = 500             # the highest fee per gas ever offered (default 500)
 //!
+//! # Serve as a watchtower (`hub watchtower` turns it on with the defaults).
+//! [tower]
+//! max_watched = 10000            # channels watched at most, all clients together
+//!
+//! # Watchtowers this node hands its latest channel states to. Default: none.
+//! [[watchtower]]
+//! addr = "127.0.0.1:9736"
+//! address = "0x90F79bf6EB2c4f870365E785982E1f101E93b906"
+//!
 //! # Hubs to connect to at start (a peer lists its hub). Default: none.
 //! [[connect]]
 //! addr = "127.0.0.1:9735"
@@ -287,6 +296,29 @@ pub struct Config {
     /// Assets channels may hold (`0x0…0` is ETH). Default: ETH only.
     #[serde(default = "default_assets")]
     pub assets: Vec<Address>,
+    /// Serve as a watchtower for other nodes' channels (`hub watchtower` turns it on).
+    #[serde(default)]
+    pub tower: Option<TowerConfig>,
+    /// Watchtowers this node hands the latest state of each of its channels to (they answer
+    /// a stale close while the node is offline). Sessions are re-dialled when they drop.
+    #[serde(default)]
+    pub watchtower: Vec<ConnectConfig>,
+}
+
+/// What a watchtower accepts.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TowerConfig {
+    /// Channels watched at most, all clients together.
+    pub max_watched: usize,
+}
+
+impl Default for TowerConfig {
+    fn default() -> Self {
+        TowerConfig {
+            max_watched: 10_000,
+        }
+    }
 }
 
 fn default_assets() -> Vec<Address> {

@@ -77,6 +77,15 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Run a watchtower: a node that keeps the latest co-signed state its clients hand it for
+    /// each of their channels and answers a stale close of one on chain while the client is
+    /// offline. Same configuration as `serve` (its `[tower]` section, defaults if absent);
+    /// clients list it under `[[watchtower]]`.
+    Watchtower {
+        /// Path of the TOML configuration.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Deploy the contracts (the secret registry, then the adjudicator that reads it) from the
     /// account of `--key`, and print their addresses and the configuration lines that name them.
     Deploy {
@@ -294,7 +303,8 @@ fn run() -> Result<()> {
     match cli.command {
         Command::Keygen { out } => keygen(&out),
         Command::Deploy { rpc, key } => rt.block_on(deploy(&rpc, &key)),
-        Command::Serve { config } => rt.block_on(serve(config)),
+        Command::Serve { config } => rt.block_on(serve(config, false)),
+        Command::Watchtower { config } => rt.block_on(serve(config, true)),
         Command::Demo(args) => rt.block_on(demo::run(args)),
         Command::Bench {
             payers,
@@ -382,8 +392,11 @@ fn keygen(out: &PathBuf) -> Result<()> {
     Ok(())
 }
 
-async fn serve(path: PathBuf) -> Result<()> {
-    let config = Config::load(&path).with_context(|| format!("loading {}", path.display()))?;
+async fn serve(path: PathBuf, tower: bool) -> Result<()> {
+    let mut config = Config::load(&path).with_context(|| format!("loading {}", path.display()))?;
+    if tower && config.tower.is_none() {
+        config.tower = Some(hub::config::TowerConfig::default());
+    }
     let keys = load_key(&config.key_file)?;
     let chain = match config.adjudicator {
         None => None,
@@ -414,6 +427,8 @@ async fn serve(path: PathBuf) -> Result<()> {
         close_grace: std::time::Duration::from_secs(config.funding.close_grace_secs),
         chain,
         policy: config.forward_policy(),
+        tower: config.tower.as_ref().map(|t| t.max_watched),
+        towers: config.watchtower.iter().map(|t| t.address).collect(),
         ..NodeOptions::default()
     };
     let node = Node::start(keys, store, opts)?;
@@ -422,7 +437,7 @@ async fn serve(path: PathBuf) -> Result<()> {
         let bound = node.serve_api(api).await?;
         eprintln!("API and /metrics on http://{bound}");
     }
-    for c in &config.connect {
+    for c in config.connect.iter().chain(&config.watchtower) {
         node.keep_connected(c.addr, c.address, std::time::Duration::from_secs(2));
     }
     // One line on stdout that scripts and tests can wait for.

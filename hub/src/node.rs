@@ -86,6 +86,10 @@ pub struct NodeOptions {
     /// Frames per second read from all strangers (keys without a channel) together: fresh
     /// keys cannot buy themselves more of the node than this.
     pub stranger_frames_per_second: u32,
+    /// Serve as a watchtower watching at most this many channels (`None`: not a tower).
+    pub tower: Option<usize>,
+    /// Watchtowers we hand the latest state of each channel to.
+    pub towers: Vec<Address>,
 }
 
 impl NodeOptions {
@@ -128,6 +132,8 @@ impl Default for NodeOptions {
             abandon_after_secs: 24 * 3600,
             handshakes_per_second: 100,
             stranger_frames_per_second: 1000,
+            tower: None,
+            towers: Vec::new(),
         }
     }
 }
@@ -150,6 +156,14 @@ impl NodeOptions {
             abandon_after_secs: self.abandon_after_secs,
             max_durable_backlog: MAX_DURABLE_BACKLOG,
             reveal_preimages: self.reveal_preimages,
+            tower: self
+                .tower
+                .map(|max_watched| htlc::node::tower::TowerPolicy {
+                    max_watched,
+                    chain_id: self.chain_id,
+                    adjudicator: self.adjudicator,
+                }),
+            towers: self.towers.clone(),
         }
     }
 }
@@ -275,6 +289,16 @@ impl Node {
     /// Subscribe to events.
     pub fn subscribe(&self) -> broadcast::Receiver<NodeEvent> {
         self.inner.events.subscribe()
+    }
+
+    /// What this watchtower keeps for a client's channel, if it watches it.
+    pub fn watched(&self, id: ChannelId) -> Option<htlc::node::tower::Watched> {
+        self.read(|m| m.book().watched.get(&id).cloned())
+    }
+
+    /// How many channels this watchtower watches.
+    pub fn watched_count(&self) -> usize {
+        self.read(|m| m.book().watched.len())
     }
 
     /// The latest co-signed state of a channel.

@@ -16,6 +16,7 @@
 //! | `locks` | `invoice/‹hashlock›` | [`InvoiceRecord`] |
 //! | `locks` | `pay/‹payment id›` | [`PaymentRecord`] |
 //! | `chain` | [`Intent::key`] | [`Intent`] |
+//! | `locks` | `watch/‹channel›` | [`Watched`] (a watchtower's) |
 
 use crate::store::{Batch, Cf, Store, StoreError};
 use crate::wire::{self, Frame};
@@ -23,6 +24,7 @@ use alloy::primitives::{Address, B256};
 use htlc::forward::ForwardPolicy;
 use htlc::node::payment::ForwardRecord;
 use htlc::node::records::{ChannelRecord, InvoiceRecord, LinkRecord, PaymentRecord, Route};
+use htlc::node::tower::Watched;
 use htlc::node::{Node as Machine, Records, Write};
 use htlc::{ChannelId, Hashlock, HtlcId};
 
@@ -45,6 +47,9 @@ fn in_key(channel: ChannelId, id: HtlcId) -> Vec<u8> {
 }
 fn invoice_key(hashlock: Hashlock) -> Vec<u8> {
     key2("invoice/", hashlock.0.as_slice(), &[])
+}
+fn watch_key(id: ChannelId) -> Vec<u8> {
+    key2("watch/", id.0.as_slice(), &[])
 }
 fn pay_key(id: B256) -> Vec<u8> {
     key2("pay/", id.as_slice(), &[])
@@ -112,6 +117,10 @@ pub(crate) fn fill(
                 batch.put(Cf::Meta, &meta_key("policy", *peer), policy)?
             }
             Write::Intent(intent) => batch.put(Cf::Chain, &intent.key(), &**intent)?,
+            Write::Watched { id, record } => match record {
+                Some(w) => batch.put(Cf::Locks, &watch_key(*id), &**w)?,
+                None => batch.delete(Cf::Locks, &watch_key(*id)),
+            },
         }
     }
     Ok(())
@@ -233,6 +242,9 @@ pub(crate) fn load(store: &Store) -> Result<Records, StoreError> {
     }
     for (_, p) in store.scan::<PaymentRecord>(Cf::Locks, b"pay/")? {
         r.book.payments.insert(p.id, p);
+    }
+    for (_, w) in store.scan::<Watched>(Cf::Locks, b"watch/")? {
+        r.book.watched.insert(w.params.id(), w);
     }
     Ok(r)
 }

@@ -1050,3 +1050,101 @@ async fn stale_closes_by_100_peers_at_once_are_each_answered_in_time() {
     }
     hub.shutdown();
 }
+
+/// Issue 14: the watchtower answers a stale close for an offline peer. The hub P hands each
+/// co-signed state to its tower T; P goes offline; the counterparty closes on chain with the
+/// older state; T challenges with the state P handed it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watchtower_answers_a_stale_close_while_its_client_is_offline() {
+    let net = Devnet::start().await.unwrap();
+    let (dt, dp) = (
+        TempDir::new("advc-tower"),
+        TempDir::new("advc-tower-client"),
+    );
+    let opts = |i: usize, client: contracts::ChainClient| NodeOptions {
+        chain_id: net.chain_id(),
+        adjudicator: net.deployment().adjudicator,
+        chain: Some(client),
+        min_peer_deposit: Amount(ETH / 100),
+        chain_poll: Duration::from_millis(50),
+        chain_retry: Duration::from_millis(300),
+        tower: (i == 4).then_some(100),
+        ..NodeOptions::default()
+    };
+    let tower_client = net.client(4).await.unwrap();
+    tower_client.set_poll_interval(Duration::from_millis(10));
+    let tower = Node::start(
+        Keys::from_signer(net.signer(4).unwrap()),
+        Store::open(&dt.0).unwrap(),
+        opts(4, tower_client),
+    )
+    .unwrap();
+    let tower_addr = tower.listen(loopback()).unwrap();
+    let client = net.client(1).await.unwrap();
+    client.set_poll_interval(Duration::from_millis(10));
+    let hub = Node::start(
+        Keys::from_signer(net.signer(1).unwrap()),
+        Store::open(&dp.0).unwrap(),
+        NodeOptions {
+            towers: vec![tower.address()],
+            ..opts(1, client)
+        },
+    )
+    .unwrap();
+    hub.connect(tower_addr, Some(tower.address()))
+        .await
+        .unwrap();
+    let addr = hub.listen(loopback()).unwrap();
+    // The counterparty: a channel with 1 ETH, 0.01 ETH of it paid to the hub.
+    let mut evil = Adversary::connect(addr, Keys::from_signer(net.signer(2).unwrap())).await;
+    let chain = net.client(2).await.unwrap();
+    let (params, id) = open_and_deposit(&net, &mut evil, &hub, &chain).await;
+    wait_funded(&hub, id).await;
+    evil.honest(id, |m| m.transfer(Amount(ETH / 100))).await;
+    let latest = hub.channel(id).await.unwrap();
+    assert_eq!(latest.state.version, 1);
+    // The tower holds the hub's latest state.
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    while tower.watched(id).map(|w| w.state.state.version) != Some(1) {
+        assert!(
+            std::time::Instant::now() < until,
+            "the tower never got the state"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The hub goes offline; the counterparty closes with the opening state.
+    hub.shutdown();
+    drop(hub);
+    let stale = evil.openings[&id].clone();
+    chain
+        .close(&params, &stale.state, &stale.sigs)
+        .await
+        .unwrap();
+    let reader = net.client(0).await.unwrap();
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let c = reader.channel(id).await.unwrap();
+        if c.version == 1 {
+            assert!(!c.concluded);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "the tower never answered the stale close"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A stranger (no participant) cannot hand the tower a state.
+    let mut stranger =
+        Adversary::connect(tower_addr, Keys::from_signer(net.signer(5).unwrap())).await;
+    stranger
+        .send(Body::Watch {
+            params: Box::new(params.clone()),
+            state: Box::new(latest.clone()),
+        })
+        .await;
+    let (code, detail) = stranger.refusal().await;
+    assert_eq!(code, hub::wire::ErrorCode::Protocol);
+    assert!(detail.contains("participant"), "{detail}");
+    tower.shutdown();
+}

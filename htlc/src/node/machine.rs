@@ -48,6 +48,7 @@ use crate::node::records::{
     Book, ChannelRecord, InvoiceRecord, LinkRecord, PaymentRecord, Records, Route, Write,
 };
 use crate::node::timers::Timers;
+use crate::node::tower::{self, TowerPolicy};
 use crate::sig::Keys;
 use crate::state::ChannelParams;
 use crate::update::{
@@ -307,6 +308,11 @@ pub struct Config {
     pub max_durable_backlog: u64,
     /// Whether we reveal preimages of our invoices (off only to test holding payees).
     pub reveal_preimages: bool,
+    /// Serve as a watchtower: keep clients' latest states and answer stale closes of their
+    /// channels (module `tower`). `None`: refuse [`Body::Watch`].
+    pub tower: Option<TowerPolicy>,
+    /// Watchtowers we hand the latest co-signed state of each of our channels to.
+    pub towers: Vec<Address>,
 }
 
 impl Default for Config {
@@ -332,6 +338,8 @@ impl Default for Config {
             abandon_after_secs: 3600,
             max_durable_backlog: 1024,
             reveal_preimages: true,
+            tower: None,
+            towers: Vec::new(),
         }
     }
 }
@@ -455,6 +463,9 @@ pub struct Node {
     timers: Timers,
     /// Claims reported as due on chain since the start (reported again after a restart).
     claims_reported: HashSet<(ChannelId, HtlcId)>,
+    /// The version of each channel's state last handed to our watchtowers (in memory: after a
+    /// restart the latest is handed over again).
+    watch_sent: HashMap<ChannelId, u64>,
 }
 
 impl Node {
@@ -470,6 +481,7 @@ impl Node {
             paylocks: HashMap::new(),
             timers: Timers::default(),
             claims_reported: HashSet::new(),
+            watch_sent: HashMap::new(),
         }
     }
 
@@ -896,6 +908,16 @@ impl Node {
                 to_a,
                 to_b,
             } => {
+                if self.book.watched.contains_key(&channel_id) {
+                    // Paid out: nothing left to watch.
+                    self.write(
+                        &mut p,
+                        Write::Watched {
+                            id: channel_id,
+                            record: None,
+                        },
+                    );
+                }
                 self.freeze(channel_id, &mut p);
                 if let Some(e) = self.channels.get(&channel_id)
                     && !e.concluded
@@ -1339,7 +1361,8 @@ impl Node {
     ) -> bool {
         // A stranger (no channel with us) may only open one: anything else is refused
         // without a write (issue 12, attack 8).
-        if !self.has_channel(from) && !matches!(body, Body::OpenChannel { .. }) {
+        let tower_client = self.config.tower.is_some() && matches!(body, Body::Watch { .. });
+        if !self.has_channel(from) && !matches!(body, Body::OpenChannel { .. }) && !tower_client {
             let detail = "no channel with this peer".to_string();
             return self.refuse(from, seq, ErrorCode::UnknownChannel, detail, p);
         }
@@ -1353,6 +1376,30 @@ impl Node {
                     detail,
                 });
                 true
+            }
+            Body::Watch { params, state } => {
+                let id = params.id();
+                let kept = self.book.watched.get(&id);
+                let watched = self.book.watched.len();
+                match tower::admit(self.config.tower, from, &params, &state, kept, watched) {
+                    Ok(true) => {
+                        let record = tower::Watched {
+                            client: from,
+                            params: *params,
+                            state: *state,
+                        };
+                        self.write(
+                            p,
+                            Write::Watched {
+                                id,
+                                record: Some(Box::new(record)),
+                            },
+                        );
+                        true
+                    }
+                    Ok(false) => true,
+                    Err(e) => self.refuse(from, seq, ErrorCode::Protocol, e.to_string(), p),
+                }
             }
             Body::HubPolicy { policy } => {
                 self.write(p, Write::Policy { peer: from, policy });
@@ -1615,6 +1662,17 @@ impl Node {
     /// to the registry now (nothing settles them off chain any more), and its conclusion is
     /// written for the end of the window.
     fn disputed(&mut self, id: ChannelId, version: u64, finalizes_at: u64, p: &mut Pending) {
+        // A client's channel we watch: answered with the state it handed us (rule 8).
+        if let Some(w) = self.book.watched.get(&id)
+            && let Some(intent) = tower::answer(w, version)
+        {
+            p.out.writes.push(Write::Intent(Box::new(intent)));
+            p.out.events.push(NodeEvent::Challenged {
+                channel_id: id,
+                disputed: version,
+                ours: w.state.state.version,
+            });
+        }
         self.freeze(id, p);
         let Some(e) = self.channels.get(&id) else {
             return;
@@ -2021,6 +2079,36 @@ impl Node {
         p.to_propose.insert(in_channel);
     }
 
+    /// Hand the latest co-signed state of every channel the step touched to our watchtowers,
+    /// once per version (they answer a stale close while we are away).
+    fn hand_to_towers(&mut self, p: &mut Pending) {
+        if self.config.towers.is_empty() {
+            return;
+        }
+        let mut handed = Vec::new();
+        for id in &p.touched {
+            let Some(e) = self.channels.get(id) else {
+                continue;
+            };
+            let s = e.machine.snapshot();
+            let v = s.latest().state.version;
+            if e.awaiting_acceptance() || self.watch_sent.get(id).is_some_and(|sent| *sent >= v) {
+                continue;
+            }
+            handed.push((*id, v, s.params().clone(), s.latest().clone()));
+        }
+        for (id, v, params, state) in handed {
+            self.watch_sent.insert(id, v);
+            for tower in self.config.towers.clone() {
+                let body = Body::Watch {
+                    params: Box::new(params.clone()),
+                    state: Box::new(state.clone()),
+                };
+                self.send(tower, body, p);
+            }
+        }
+    }
+
     /// End a step: run its payment reactions, propose once on every channel they queued
     /// operations on, then write the record of every channel the step touched and set their
     /// timers.
@@ -2042,6 +2130,7 @@ impl Node {
             }
         }
         self.settle_closes(now, &mut p);
+        self.hand_to_towers(&mut p);
         for id in std::mem::take(&mut p.touched) {
             let Some(e) = self.channels.get(&id) else {
                 continue;

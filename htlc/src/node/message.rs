@@ -9,6 +9,7 @@ use crate::forward::{ForwardPolicy, NextHop};
 use crate::ids::{ChannelId, Hashlock};
 use crate::msg::Message;
 use crate::state::ChannelParams;
+use crate::update::SignedState;
 use alloy::primitives::{Address, Signature};
 use serde::{Deserialize, Serialize};
 
@@ -92,6 +93,14 @@ pub enum Body {
         next_peer: Address,
         /// Amount and expiry of the outgoing HTLC.
         next: NextHop,
+    },
+    /// To a watchtower: the latest co-signed state of one of the sender's channels, to be
+    /// answered on chain if the counterparty closes with an older one (module `tower`).
+    Watch {
+        /// The channel.
+        params: Box<ChannelParams>,
+        /// Its latest co-signed state.
+        state: Box<SignedState>,
     },
 }
 

@@ -32,6 +32,7 @@
 //! | [`chain`] | what the chain's figures mean: funded, collateral, challenge |
 //! | [`capacity`] | what a channel can carry out under a policy, and its next lock expiry |
 //! | [`timers`] | per channel, when the next offered lock must be taken back |
+//! | [`tower`] | the watchtower: which states it keeps for its clients, when it challenges |
 
 pub mod admission;
 pub mod capacity;
@@ -44,6 +45,7 @@ pub mod opening;
 pub mod payment;
 pub mod records;
 pub mod timers;
+pub mod tower;
 
 pub use machine::{Abandoned, ChainEvent, CommandError, Config, Node, NodeEvent, NotReady, Output};
 pub use message::{Body, ErrorCode, Frame};

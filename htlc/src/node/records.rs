@@ -192,6 +192,13 @@ pub enum Write {
     },
     /// A transaction to send: store it in the same batch (the chain's sender executes it).
     Intent(Box<crate::node::chain::Intent>),
+    /// A channel a watchtower watches (`Some`: its latest state) or no longer does (`None`).
+    Watched {
+        /// The channel.
+        id: ChannelId,
+        /// What is kept for it.
+        record: Option<Box<crate::node::tower::Watched>>,
+    },
 }
 
 /// The payment records of a node: routes, forwards, invoices, payments, hubs' policies.
@@ -209,6 +216,8 @@ pub struct Book {
     pub payments: BTreeMap<B256, PaymentRecord>,
     /// Policies hubs announced to us.
     pub policies: BTreeMap<Address, ForwardPolicy>,
+    /// Channels watched for clients (a watchtower's).
+    pub watched: BTreeMap<ChannelId, crate::node::tower::Watched>,
 }
 
 impl Book {
@@ -238,6 +247,14 @@ impl Book {
             Write::Policy { peer, policy } => {
                 self.policies.insert(*peer, *policy);
             }
+            Write::Watched { id, record } => match record {
+                Some(w) => {
+                    self.watched.insert(*id, (**w).clone());
+                }
+                None => {
+                    self.watched.remove(id);
+                }
+            },
             Write::Channel { .. }
             | Write::ForgetChannel { .. }
             | Write::Sent { .. }

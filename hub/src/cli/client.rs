@@ -248,6 +248,7 @@ pub async fn run(addr: SocketAddr, token: &str, cmd: Command) -> Result<()> {
             println!("close proposed; the payout follows on chain (see `hub channels`)");
         }
         Command::Serve { .. }
+        | Command::Watchtower { .. }
         | Command::Keygen { .. }
         | Command::Deploy { .. }
         | Command::Demo(_)
