@@ -316,7 +316,12 @@ impl ChainClient {
     ) -> Result<TxOutcome, ChainError> {
         let policy = self.tx_policy();
         let gas = call.estimate_gas().await?;
-        let nonce = self.provider.get_transaction_count(self.sender).await?;
+        // The count of mined transactions (not the pool's): a stuck one of ours is replaced.
+        let nonce = self
+            .provider
+            .get_transaction_count(self.sender)
+            .latest()
+            .await?;
         let fees = self.provider.estimate_eip1559_fees().await?;
         let (mut max_fee, mut tip) = (fees.max_fee_per_gas, fees.max_priority_fee_per_gas);
         if let Some((n, f, t)) = *lock(&self.last_fees)
@@ -364,8 +369,25 @@ impl ChainClient {
             loop {
                 // The nonce used is checked before the receipts, so that a transaction of ours
                 // mined between the two reads is found by the second.
-                let used = self.provider.get_transaction_count(self.sender).await? > nonce;
-                if let Some(receipt) = self.first_receipt(&sent).await? {
+                let used = self
+                    .provider
+                    .get_transaction_count(self.sender)
+                    .latest()
+                    .await?
+                    > nonce;
+                let mut found = self.first_receipt(&sent).await?;
+                if used && found.is_none() {
+                    // A node may count a mined transaction a moment before it serves its
+                    // receipt: look again before deciding it was not ours.
+                    for _ in 0..20 {
+                        tokio::time::sleep(poll).await;
+                        found = self.first_receipt(&sent).await?;
+                        if found.is_some() {
+                            break;
+                        }
+                    }
+                }
+                if let Some(receipt) = found {
                     *lock(&self.last_fees) = None;
                     if !receipt.status() {
                         return Err(ChainError::Failed(receipt.transaction_hash));
@@ -414,6 +436,12 @@ impl ChainClient {
     pub fn with_on_sent(mut self, f: std::sync::Arc<dyn Fn() + Send + Sync>) -> Self {
         self.on_sent = Some(f);
         self
+    }
+
+    /// The transaction sent and not yet seen mined, if any: its nonce, the highest fee per gas
+    /// and tip offered so far.
+    pub fn in_flight(&self) -> Option<(u64, u128, u128)> {
+        *lock(&self.last_fees)
     }
 
     /// How transactions are made to land (see [`ChainClient::send`]).

@@ -168,6 +168,58 @@ impl ChannelStatus {
     }
 }
 
+/// What the node has to do on chain, and by when (`GET /chain`, `hub chain`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainInfo {
+    /// Transactions decided and not yet seen in effect, in the order they are sent.
+    pub intents: Vec<IntentInfo>,
+    /// Channels disputed on chain and not yet paid out.
+    pub disputed: Vec<ChannelId>,
+    /// Locks of peers whose preimage we hold and that the peer has not settled off chain:
+    /// each goes on chain at its deadline (unix seconds).
+    pub claim_deadlines: Vec<ClaimDeadline>,
+    /// The transaction sent and not yet mined, if any.
+    pub in_flight: Option<TxInFlight>,
+    /// Blocks a deposit or dispute must be buried under before it is believed.
+    pub confirmations: u64,
+    /// Channels watched for clients (a watchtower's).
+    pub watched: usize,
+}
+
+/// One stored intent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IntentInfo {
+    /// What it does (`challenge`, `register_secret`, `close`, `conclude`, `unlock`,
+    /// `cooperative_close`, `deposit`).
+    pub kind: String,
+    /// The channel.
+    pub channel: ChannelId,
+    /// Not sent before this (unix seconds), if it waits.
+    pub not_before: Option<u64>,
+}
+
+/// A claim that goes on chain at `at` unless the peer settles it first.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClaimDeadline {
+    /// The channel.
+    pub channel: ChannelId,
+    /// The peer's lock.
+    pub lock: u64,
+    /// When (unix seconds).
+    pub at: u64,
+}
+
+/// A transaction waiting to be mined.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxInFlight {
+    /// Its nonce.
+    pub nonce: u64,
+    /// The highest fee per gas offered so far, wei (exact, as a decimal string).
+    pub max_fee: Wei,
+    /// The tip offered, wei.
+    pub tip: Wei,
+}
+
 /// Our totals over every open channel.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Balance {
@@ -337,6 +389,56 @@ impl Node {
         })
     }
 
+    /// What the node has to do on chain, and by when.
+    pub async fn chain_info(&self) -> Result<ChainInfo, NodeError> {
+        let (intents, in_flight, confirmations) = match &self.inner.submitter {
+            Some(s) => (
+                s.intents()?,
+                s.client().in_flight(),
+                s.client().confirmations(),
+            ),
+            None => (Vec::new(), None, 0),
+        };
+        let mut disputed = Vec::new();
+        let mut claim_deadlines = Vec::new();
+        for c in self.channels_info().await {
+            if c.status == ChannelStatus::Disputed {
+                disputed.push(c.id);
+            }
+            if let Some(r) = self.channel_record(c.id)
+                && !r.concluded
+            {
+                for (lock, _, at) in r.snapshot.claim_deadlines() {
+                    claim_deadlines.push(ClaimDeadline {
+                        channel: c.id,
+                        lock: lock.0,
+                        at: at.0,
+                    });
+                }
+            }
+        }
+        claim_deadlines.sort_by_key(|d| d.at);
+        Ok(ChainInfo {
+            intents: intents
+                .iter()
+                .map(|i| IntentInfo {
+                    kind: crate::chain::kind(i).to_string(),
+                    channel: i.params().id(),
+                    not_before: crate::chain::not_before(i),
+                })
+                .collect(),
+            disputed,
+            claim_deadlines,
+            in_flight: in_flight.map(|(nonce, max_fee, tip)| TxInFlight {
+                nonce,
+                max_fee: Amount(max_fee).into(),
+                tip: Amount(tip).into(),
+            }),
+            confirmations,
+            watched: self.watched_count(),
+        })
+    }
+
     /// The Prometheus exposition, with per-channel gauges read now.
     pub async fn metrics_text(&self) -> String {
         let m = &self.inner.metrics;
@@ -353,6 +455,9 @@ impl Node {
             m.pending
                 .with_label_values(&[ch.as_str()])
                 .set(i64::try_from(c.htlcs.len()).unwrap_or(i64::MAX));
+        }
+        if let Ok(c) = self.chain_info().await {
+            m.observe_chain(&c);
         }
         let st = self.inner.store.stats();
         m.sync_store(
@@ -620,9 +725,14 @@ pub fn router(node: Node) -> Router {
         .route("/pay", post(pay))
         .route("/open", post(open))
         .route("/close", post(close))
+        .route("/chain", get(chain))
         .route("/metrics", get(metrics))
         .layer(axum::middleware::from_fn_with_state(node.clone(), guard))
         .with_state(node)
+}
+
+async fn chain(State(n): State<Node>) -> Result<Json<ChainInfo>, ApiError> {
+    Ok(Json(n.chain_info().await?))
 }
 
 async fn info(State(n): State<Node>) -> Result<Json<NodeInfo>, ApiError> {

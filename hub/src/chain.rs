@@ -69,6 +69,31 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// What an intent does, in one word (API and metrics).
+pub fn kind(i: &Intent) -> &'static str {
+    match i {
+        Intent::Challenge { .. } => "challenge",
+        Intent::RegisterSecret { .. } => "register_secret",
+        Intent::Close { .. } => "close",
+        Intent::Conclude { .. } => "conclude",
+        Intent::Unlock { .. } => "unlock",
+        Intent::CooperativeClose { .. } => "cooperative_close",
+        Intent::Deposit { .. } => "deposit",
+    }
+}
+
+/// When an intent may be sent at the earliest (unix seconds; the chain's clock for a
+/// conclusion, the node's for a cooperative payout), if it waits.
+pub fn not_before(i: &Intent) -> Option<u64> {
+    match i {
+        Intent::Conclude { not_before, .. } | Intent::CooperativeClose { not_before, .. } => {
+            Some(*not_before).filter(|t| *t > 0)
+        }
+        Intent::Unlock { state, lock, .. } => state.lock(*lock).map(|l| l.expiry.0),
+        _ => None,
+    }
+}
+
 /// The order intents are sent in: those with a deadline first (rule 8 and rule 12).
 fn priority(i: &Intent) -> u8 {
     match i {
@@ -214,6 +239,18 @@ impl Submitter {
             },
             _ => true,
         }
+    }
+
+    /// Every stored intent (sent or not, not yet seen in effect), in the order they are sent.
+    pub fn intents(&self) -> Result<Vec<Intent>, TxError> {
+        let mut out: Vec<Intent> = self
+            .store
+            .scan_raw(Cf::Chain, INTENT_PREFIX)?
+            .into_iter()
+            .filter_map(|(_, b)| postcard::from_bytes(&b).ok())
+            .collect();
+        out.sort_by_key(priority);
+        Ok(out)
     }
 
     /// How many intents are stored (sent or not, not yet seen in effect).

@@ -131,6 +131,12 @@ enum Command {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Show what the node has to do on chain and by when: transactions decided and not yet in
+    /// effect, disputed channels, claim deadlines, the transaction waiting to be mined.
+    Chain {
+        #[command(flatten)]
+        conn: Conn,
+    },
     /// List the node's channels with balances and pending HTLCs.
     Channels {
         #[command(flatten)]
@@ -204,6 +210,7 @@ impl Command {
     fn conn(&self) -> Option<&Conn> {
         match self {
             Command::Info { conn }
+            | Command::Chain { conn }
             | Command::Channels { conn }
             | Command::Balance { conn }
             | Command::Htlcs { conn }

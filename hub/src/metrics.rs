@@ -37,6 +37,15 @@ pub struct Metrics {
     fees: IntCounter,
     pub(crate) balance: GaugeVec,
     pub(crate) pending: IntGaugeVec,
+    intents: IntGaugeVec,
+    disputed: prometheus::IntGauge,
+    watched: prometheus::IntGauge,
+    in_flight_fee: prometheus::Gauge,
+    next_claim: prometheus::IntGauge,
+    watcher_restarts: IntCounter,
+    reorgs: IntCounter,
+    intents_dropped: IntCounter,
+    challenges: IntCounter,
     store_batches: IntCounter,
     store_syncs: IntCounter,
     updates: IntCounter,
@@ -89,7 +98,62 @@ impl Metrics {
         )?;
         r.register(Box::new(pending.clone()))?;
         r.register(Box::new(store_sync.clone()))?;
+        let intents = IntGaugeVec::new(
+            Opts::new(
+                "chain_intents_pending",
+                "Transactions decided and not yet seen in effect, by kind",
+            ),
+            &["kind"],
+        )?;
+        r.register(Box::new(intents.clone()))?;
+        let int_gauge = |name: &str, help: &str| -> Result<prometheus::IntGauge, MetricsError> {
+            let g = prometheus::IntGauge::new(name, help)?;
+            r.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let disputed = int_gauge(
+            "channels_disputed",
+            "Channels disputed on chain, not yet paid out",
+        )?;
+        let watched = int_gauge(
+            "watched_channels",
+            "Channels watched for clients (a tower's)",
+        )?;
+        let next_claim = int_gauge(
+            "next_claim_deadline_seconds",
+            "Unix time of the next lock to claim on chain if its peer does not settle it (0: none)",
+        )?;
+        let in_flight_fee = prometheus::Gauge::new(
+            "tx_in_flight_max_fee_gwei",
+            "Highest fee per gas offered for the transaction waiting to be mined (0: none)",
+        )?;
+        r.register(Box::new(in_flight_fee.clone()))?;
         Ok(Metrics {
+            intents,
+            disputed,
+            watched,
+            in_flight_fee,
+            next_claim,
+            watcher_restarts: counter(
+                r,
+                "chain_watcher_restarts_total",
+                "Times the chain watcher failed and was restarted",
+            )?,
+            reorgs: counter(
+                r,
+                "chain_reorgs_total",
+                "Reorganisations deeper than the confirmations, detected",
+            )?,
+            intents_dropped: counter(
+                r,
+                "chain_intents_dropped_total",
+                "Intents that could never take effect, reported and dropped",
+            )?,
+            challenges: counter(
+                r,
+                "challenges_total",
+                "Stale closes answered with a newer state",
+            )?,
             attempted: counter(r, "payments_attempted_total", "Payments of ours sent")?,
             succeeded: counter(r, "payments_succeeded_total", "Payments of ours paid")?,
             received: counter(r, "payments_received_total", "Invoices of ours paid")?,
@@ -143,8 +207,34 @@ impl Metrics {
                 self.forwarded.inc();
                 self.fees.inc_by(u64::try_from(fee.0).unwrap_or(u64::MAX));
             }
+            NodeEvent::WatcherRestarting { .. } => self.watcher_restarts.inc(),
+            NodeEvent::ChainReorganised { .. } => self.reorgs.inc(),
+            NodeEvent::IntentDropped { .. } => self.intents_dropped.inc(),
+            NodeEvent::Challenged { .. } => self.challenges.inc(),
             _ => {}
         }
+    }
+
+    /// Set the on-chain gauges from what the node has to do on chain.
+    pub fn observe_chain(&self, c: &crate::api::ChainInfo) {
+        self.intents.reset();
+        for i in &c.intents {
+            self.intents.with_label_values(&[i.kind.as_str()]).inc();
+        }
+        self.disputed
+            .set(i64::try_from(c.disputed.len()).unwrap_or(i64::MAX));
+        self.watched
+            .set(i64::try_from(c.watched).unwrap_or(i64::MAX));
+        self.next_claim.set(
+            c.claim_deadlines
+                .first()
+                .map_or(0, |d| i64::try_from(d.at).unwrap_or(i64::MAX)),
+        );
+        self.in_flight_fee.set(
+            c.in_flight
+                .as_ref()
+                .map_or(0.0, |t| t.max_fee.0 as f64 / 1e9),
+        );
     }
 
     /// Co-signed states committed so far.

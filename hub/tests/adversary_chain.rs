@@ -445,8 +445,15 @@ async fn a_silent_payer_cannot_keep_a_lock_the_hub_can_claim_off_the_registry() 
         .pay_and_refuse_the_fulfil(&hub, &payee, in_ch, ETH / 10)
         .await;
     let registry = net.client(0).await.unwrap();
-    // Before the deadline nothing goes on chain.
+    // Before the deadline nothing goes on chain; the operator sees the deadline coming.
     let deadline = expiry.0 - htlc::forward::ON_CHAIN_CLAIM_SECS;
+    let info = hub.chain_info().await.unwrap();
+    assert!(
+        info.claim_deadlines
+            .iter()
+            .any(|d| d.channel == in_ch && d.at == deadline),
+        "{info:?}"
+    );
     clock.advance(deadline - now - 120);
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(
@@ -512,6 +519,21 @@ async fn a_silent_payer_cannot_keep_a_lock_the_hub_can_claim_off_the_registry() 
     assert!(
         !registry.channel(in_ch).await.unwrap().concluded,
         "concluded inside the window"
+    );
+    // The operator sees the dispute and the payout waiting for the window (API and metrics).
+    let info = hub.chain_info().await.unwrap();
+    assert_eq!(info.disputed, vec![in_ch]);
+    let c = registry.channel(in_ch).await.unwrap();
+    assert!(
+        matches!(&info.intents[..], [i] if i.kind == "conclude" && i.channel == in_ch
+            && i.not_before == Some(c.finalizes_at + 120)),
+        "{info:?}"
+    );
+    let metrics = hub.metrics_text().await;
+    assert!(metrics.contains("vhub_channels_disputed 1"), "{metrics}");
+    assert!(
+        metrics.contains("vhub_chain_intents_pending{kind=\"conclude\"} 1"),
+        "{metrics}"
     );
     // The window ends (and the grace of side B, the hub): the hub pays the dispute out, then
     // unlocks the payer's lock with the registry's verdict, and nothing else is left to send.

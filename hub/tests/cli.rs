@@ -100,11 +100,69 @@ fn only_client_commands_take_the_api_options() {
     };
     assert!(!help(&["serve", "--help"]).contains("--api"));
     assert!(!help(&["deploy", "--help"]).contains("--api"));
-    for cmd in ["info", "channels", "pay", "open", "close", "history"] {
+    for cmd in [
+        "info", "chain", "channels", "pay", "open", "close", "history",
+    ] {
         let h = help(&[cmd, "--help"]);
         assert!(
             h.contains("--api ") && h.contains("--api-token-file"),
             "{cmd}: {h}"
         );
     }
+}
+
+/// `hub watchtower` runs a tower from a node's configuration, and `hub chain` shows what a
+/// node has to do on chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watchtower_runs_from_its_config_and_hub_chain_reads_it() {
+    use std::io::{BufRead, BufReader};
+    let net = contracts::Devnet::start().await.unwrap();
+    let dir = TempDir::new("cli-tower");
+    let key = net.signer(4).unwrap().credential().to_bytes();
+    std::fs::write(dir.0.join("tower.key"), alloy::primitives::hex::encode(key)).unwrap();
+    let api = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let cfg = dir.0.join("tower.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen = \"127.0.0.1:0\"\nkey_file = \"{}\"\ndata_dir = \"{}\"\napi = \"{api}\"\n\
+             chain_rpc = \"{}\"\nchain_id = {}\nadjudicator = \"{}\"\n",
+            dir.0.join("tower.key").display(),
+            dir.0.join("data").display(),
+            net.endpoint(),
+            net.chain_id(),
+            net.deployment().adjudicator
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hub"))
+        .args(["watchtower", "--config"])
+        .arg(&cfg)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.contains("listening on"), "{line}");
+    let out = Command::new(env!("CARGO_BIN_EXE_hub"))
+        .args(["chain", "--api", &api.to_string(), "--api-token-file"])
+        .arg(dir.0.join("data").join("api.token"))
+        .output()
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("confirmations  0"), "{text}");
+    assert!(text.contains("nothing to send on chain"), "{text}");
 }

@@ -2,7 +2,9 @@
 
 use crate::Command;
 use anyhow::{Context, Result, bail};
-use hub::api::{Balance, ChannelInfo, HtlcInfo, NodeInfo, PaymentInfo, ReceivedInfo, Wei};
+use hub::api::{
+    Balance, ChainInfo, ChannelInfo, HtlcInfo, NodeInfo, PaymentInfo, ReceivedInfo, Wei,
+};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::de::DeserializeOwned;
 use std::net::SocketAddr;
@@ -114,6 +116,42 @@ pub async fn run(addr: SocketAddr, token: &str, cmd: Command) -> Result<()> {
                 eth(i.fees_earned),
                 i.fees_earned.0
             );
+        }
+        Command::Chain { .. } => {
+            let c: ChainInfo = api.get("/chain").await?;
+            println!("confirmations  {}", c.confirmations);
+            if c.watched > 0 {
+                println!("watching       {} channels for clients", c.watched);
+            }
+            match &c.in_flight {
+                Some(t) => println!(
+                    "in flight      nonce {}, up to {} gwei per gas",
+                    t.nonce,
+                    t.max_fee.0 / 1_000_000_000
+                ),
+                None => println!("in flight      nothing"),
+            }
+            if c.intents.is_empty() {
+                println!("nothing to send on chain");
+            }
+            for i in &c.intents {
+                match i.not_before {
+                    Some(t) => println!(
+                        "to send        {:<17} {}  not before {t}",
+                        i.kind, i.channel
+                    ),
+                    None => println!("to send        {:<17} {}", i.kind, i.channel),
+                }
+            }
+            for id in &c.disputed {
+                println!("disputed       {id}");
+            }
+            for d in &c.claim_deadlines {
+                println!(
+                    "claim          lock {} of {}  on chain at {} unless settled",
+                    d.lock, d.channel, d.at
+                );
+            }
         }
         Command::Channels { .. } => {
             let cs: Vec<ChannelInfo> = api.get("/channels").await?;
