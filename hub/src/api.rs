@@ -192,8 +192,8 @@ pub struct IntentInfo {
     /// What it does (`challenge`, `register_secret`, `close`, `conclude`, `unlock`,
     /// `cooperative_close`, `deposit`).
     pub kind: String,
-    /// The channel.
-    pub channel: ChannelId,
+    /// The channel (none for a claim of deferred payouts).
+    pub channel: Option<ChannelId>,
     /// Not sent before this (unix seconds), if it waits.
     pub not_before: Option<u64>,
 }
@@ -423,7 +423,7 @@ impl Node {
                 .iter()
                 .map(|i| IntentInfo {
                     kind: crate::chain::kind(i).to_string(),
-                    channel: i.params().id(),
+                    channel: i.params().map(|p| p.id()),
                     not_before: crate::chain::not_before(i),
                 })
                 .collect(),
@@ -457,7 +457,14 @@ impl Node {
                 .set(i64::try_from(c.htlcs.len()).unwrap_or(i64::MAX));
         }
         if let Ok(c) = self.chain_info().await {
-            m.observe_chain(&c);
+            let kinds: Vec<String> = c.intents.iter().map(|i| i.kind.clone()).collect();
+            m.observe_chain(
+                &kinds,
+                c.disputed.len(),
+                c.watched,
+                c.claim_deadlines.first().map(|d| d.at),
+                c.in_flight.as_ref().map(|t| t.max_fee.0),
+            );
         }
         let st = self.inner.store.stats();
         m.sync_store(

@@ -79,6 +79,7 @@ pub fn kind(i: &Intent) -> &'static str {
         Intent::Unlock { .. } => "unlock",
         Intent::CooperativeClose { .. } => "cooperative_close",
         Intent::Deposit { .. } => "deposit",
+        Intent::Claim { .. } => "claim",
     }
 }
 
@@ -103,7 +104,8 @@ fn priority(i: &Intent) -> u8 {
         Intent::Conclude { .. } => 3,
         Intent::Unlock { .. } => 4,
         Intent::CooperativeClose { .. } => 5,
-        Intent::Deposit { .. } => 6,
+        Intent::Claim { .. } => 6,
+        Intent::Deposit { .. } => 7,
     }
 }
 
@@ -350,6 +352,9 @@ async fn done(client: &ChainClient, intent: &Intent) -> Result<bool, ChainError>
             let verdict = unlock_verdict(client, state, *lock, *me, now).await?;
             Ok(verdict == Some(false))
         }
+        Intent::Claim { asset, .. } => {
+            Ok(client.unclaimed(*asset, client.sender()).await?.is_zero())
+        }
     }
 }
 
@@ -412,6 +417,7 @@ async fn send(client: &ChainClient, intent: &Intent) -> Result<(), ChainError> {
             lock,
             ..
         } => client.unlock(params, state, *lock).await,
+        Intent::Claim { asset, to } => client.claim(*asset, *to).await,
     };
     let outcome = r?;
     info!(tx = %outcome.tx_hash, gas = outcome.gas_used, "transaction mined");

@@ -50,6 +50,7 @@
 //!                                # believed (default 0: a local chain; 3 or more on a real one)
 //! tx_timeout_secs = 60           # no receipt by then: sent again, same nonce, fees +25 % (default 60)
 //! max_fee_gwei = 500             # the highest fee per gas ever offered (default 500)
+//! # withdraw_to = "0x..."        # where undeliverable payouts are claimed to (default: our address)
 //!
 //! # Serve as a watchtower (`hub watchtower` turns it on with the defaults).
 //! [tower]
@@ -238,6 +239,9 @@ pub struct FundingConfig {
     pub tx_timeout_secs: u64,
     /// The highest fee per gas the node ever offers, gwei.
     pub max_fee_gwei: u64,
+    /// Where payouts the adjudicator could not deliver to us (a token that blocks our
+    /// address, an account that refuses ETH) are withdrawn to. Default: our own address.
+    pub withdraw_to: Option<Address>,
 }
 
 impl Default for FundingConfig {
@@ -252,6 +256,7 @@ impl Default for FundingConfig {
             confirmations: 0,
             tx_timeout_secs: 60,
             max_fee_gwei: 500,
+            withdraw_to: None,
         }
     }
 }

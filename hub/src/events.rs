@@ -112,8 +112,8 @@ pub enum NodeEvent {
     },
     /// A chain intent can never take effect and was dropped (operator attention needed).
     IntentDropped {
-        /// The channel.
-        channel_id: ChannelId,
+        /// The channel (none for a claim of deferred payouts).
+        channel_id: Option<ChannelId>,
         /// Why.
         reason: String,
     },

@@ -436,6 +436,7 @@ async fn serve(path: PathBuf, tower: bool) -> Result<()> {
         policy: config.forward_policy(),
         tower: config.tower.as_ref().map(|t| t.max_watched),
         towers: config.watchtower.iter().map(|t| t.address).collect(),
+        withdraw_to: config.funding.withdraw_to,
         ..NodeOptions::default()
     };
     let node = Node::start(keys, store, opts)?;

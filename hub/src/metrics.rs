@@ -215,26 +215,28 @@ impl Metrics {
         }
     }
 
-    /// Set the on-chain gauges from what the node has to do on chain.
-    pub fn observe_chain(&self, c: &crate::api::ChainInfo) {
+    /// Set the on-chain gauges: the kinds of the intents pending, the channels disputed and
+    /// watched, the next claim deadline and the fee offered for the transaction in flight.
+    pub fn observe_chain(
+        &self,
+        kinds: &[String],
+        disputed: usize,
+        watched: usize,
+        next_claim: Option<u64>,
+        in_flight_max_fee: Option<u128>,
+    ) {
         self.intents.reset();
-        for i in &c.intents {
-            self.intents.with_label_values(&[i.kind.as_str()]).inc();
+        for k in kinds {
+            self.intents.with_label_values(&[k.as_str()]).inc();
         }
         self.disputed
-            .set(i64::try_from(c.disputed.len()).unwrap_or(i64::MAX));
-        self.watched
-            .set(i64::try_from(c.watched).unwrap_or(i64::MAX));
-        self.next_claim.set(
-            c.claim_deadlines
-                .first()
-                .map_or(0, |d| i64::try_from(d.at).unwrap_or(i64::MAX)),
-        );
-        self.in_flight_fee.set(
-            c.in_flight
-                .as_ref()
-                .map_or(0.0, |t| t.max_fee.0 as f64 / 1e9),
-        );
+            .set(i64::try_from(disputed).unwrap_or(i64::MAX));
+        self.watched.set(i64::try_from(watched).unwrap_or(i64::MAX));
+        self.next_claim
+            .set(next_claim.map_or(0, |t| i64::try_from(t).unwrap_or(i64::MAX)));
+        // u128 wei to f64 gwei rounds to the nearest representable value; a gauge needs no more.
+        self.in_flight_fee
+            .set(in_flight_max_fee.map_or(0.0, |f| f as f64 / 1e9));
     }
 
     /// Co-signed states committed so far.

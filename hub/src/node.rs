@@ -90,6 +90,9 @@ pub struct NodeOptions {
     pub tower: Option<usize>,
     /// Watchtowers we hand the latest state of each channel to.
     pub towers: Vec<Address>,
+    /// Where payouts the adjudicator could not deliver to us are withdrawn to (`None`: our
+    /// own address).
+    pub withdraw_to: Option<Address>,
 }
 
 impl NodeOptions {
@@ -134,6 +137,7 @@ impl Default for NodeOptions {
             stranger_frames_per_second: 1000,
             tower: None,
             towers: Vec::new(),
+            withdraw_to: None,
         }
     }
 }
@@ -164,6 +168,7 @@ impl NodeOptions {
                     adjudicator: self.adjudicator,
                 }),
             towers: self.towers.clone(),
+            withdraw_to: self.withdraw_to,
         }
     }
 }

@@ -289,6 +289,10 @@ impl Node {
                 version: d.version,
                 finalizes_at: d.finalizesAt.to::<u64>(),
             },
+            AdjudicatorEvents::PayoutDeferred(d) => ChainEvent::PayoutDeferred {
+                to: d.to,
+                asset: d.asset,
+            },
             AdjudicatorEvents::Concluded(c) => ChainEvent::Concluded {
                 channel_id: ChannelId(c.channelId),
                 version: c.version,
@@ -316,7 +320,7 @@ impl Node {
             Settled::Done(_) | Settled::Later(_) => {}
             Settled::Dropped(intent, reason) => {
                 self.inner.emit(NodeEvent::IntentDropped {
-                    channel_id: intent.params().id(),
+                    channel_id: intent.params().map(|p| p.id()),
                     reason,
                 });
             }

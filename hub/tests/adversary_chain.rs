@@ -525,7 +525,7 @@ async fn a_silent_payer_cannot_keep_a_lock_the_hub_can_claim_off_the_registry() 
     assert_eq!(info.disputed, vec![in_ch]);
     let c = registry.channel(in_ch).await.unwrap();
     assert!(
-        matches!(&info.intents[..], [i] if i.kind == "conclude" && i.channel == in_ch
+        matches!(&info.intents[..], [i] if i.kind == "conclude" && i.channel == Some(in_ch)
             && i.not_before == Some(c.finalizes_at + 120)),
         "{info:?}"
     );
@@ -933,7 +933,7 @@ async fn a_token_that_refuses_everything_is_reported_not_retried_forever() {
     .unwrap();
     evil.send(Body::Funded { channel_id: id }).await;
     let dropped = common::wait_for(&mut events, |e| {
-        matches!(e, hub::events::NodeEvent::IntentDropped { channel_id, .. } if *channel_id == id)
+        matches!(e, hub::events::NodeEvent::IntentDropped { channel_id, .. } if *channel_id == Some(id))
     })
     .await;
     let hub::events::NodeEvent::IntentDropped { reason, .. } = dropped else {
@@ -1169,4 +1169,113 @@ async fn the_watchtower_answers_a_stale_close_while_its_client_is_offline() {
     assert_eq!(code, hub::wire::ErrorCode::Protocol);
     assert!(detail.contains("participant"), "{detail}");
     tower.shutdown();
+}
+
+mod hostile {
+    #![allow(missing_docs)]
+    alloy::sol!(
+        #[sol(rpc)]
+        HostileToken,
+        "../contracts/artifacts/test/HostileToken.json"
+    );
+}
+
+/// Issue 14: a payout the adjudicator cannot deliver (the channel's token blocks the hub) is
+/// deferred; the hub claims it, to its withdrawal address, exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payout_the_token_refuses_is_claimed_to_the_withdrawal_address() {
+    let net = Devnet::start().await.unwrap();
+    let dir = TempDir::new("advc-deferred");
+    let token = hostile::HostileToken::deploy(net.provider().clone())
+        .await
+        .unwrap();
+    let evil_key = net.signer(2).unwrap().address();
+    token
+        .mint(evil_key, U256::from(10 * ETH))
+        .send()
+        .await
+        .unwrap()
+        .get_receipt()
+        .await
+        .unwrap();
+    let withdraw_to = alloy::primitives::Address::repeat_byte(0x77);
+    let client = net.client(1).await.unwrap();
+    client.set_poll_interval(Duration::from_millis(10));
+    let hub = Node::start(
+        Keys::from_signer(net.signer(1).unwrap()),
+        Store::open(&dir.0).unwrap(),
+        NodeOptions {
+            chain_id: net.chain_id(),
+            adjudicator: net.deployment().adjudicator,
+            chain: Some(client),
+            min_peer_deposit: Amount(ETH / 100),
+            assets: vec![alloy::primitives::Address::ZERO, *token.address()],
+            chain_poll: Duration::from_millis(50),
+            chain_retry: Duration::from_millis(200),
+            withdraw_to: Some(withdraw_to),
+            ..NodeOptions::default()
+        },
+    )
+    .unwrap();
+    let addr = hub.listen(loopback()).unwrap();
+    let mut evil = Adversary::connect(addr, Keys::from_signer(net.signer(2).unwrap())).await;
+    let chain = net.client(2).await.unwrap();
+    let params = ChannelParams {
+        asset: *token.address(),
+        ..params_for(&net, &evil, &hub)
+    };
+    let id = evil
+        .open_params(params.clone(), [Amount(ETH), Amount::ZERO])
+        .await
+        .unwrap();
+    chain
+        .deposit(&params, Amount::ZERO, Amount(ETH))
+        .await
+        .unwrap();
+    evil.send(Body::Funded { channel_id: id }).await;
+    wait_funded(&hub, id).await;
+    evil.honest(id, |m| m.transfer(Amount(ETH / 100))).await;
+    evil.honest(id, |m| m.close()).await;
+    let last = evil.channels[&id].latest().clone();
+    assert!(last.state.is_final);
+    // The token now refuses transfers to the hub; the payout defers the hub's share.
+    token
+        .setBlocked(hub.address())
+        .send()
+        .await
+        .unwrap()
+        .get_receipt()
+        .await
+        .unwrap();
+    chain
+        .cooperative_close(&params, &last.state, &last.sigs)
+        .await
+        .unwrap();
+    let reader = net.client(0).await.unwrap();
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = token.balanceOf(withdraw_to).call().await.unwrap();
+        if got == U256::from(ETH / 100) {
+            break;
+        }
+        assert!(got.is_zero(), "withdrew {got}, not the deferred payout");
+        assert!(
+            std::time::Instant::now() < until,
+            "the hub never claimed its deferred payout"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        reader
+            .unclaimed(*token.address(), hub.address())
+            .await
+            .unwrap()
+            .is_zero()
+    );
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while hub.pending_intents().unwrap() > 0 {
+        assert!(std::time::Instant::now() < until, "the claim intent stays");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    hub.shutdown();
 }

@@ -140,6 +140,14 @@ pub enum Intent {
         /// Our side of the channel.
         me: Side,
     },
+    /// Withdraw what the adjudicator owes us in `asset` and could not pay (our account refused
+    /// the payout, a token blocked us): sent to `to`.
+    Claim {
+        /// The asset (`Address::ZERO`: ETH).
+        asset: alloy::primitives::Address,
+        /// Where the withdrawal goes.
+        to: alloy::primitives::Address,
+    },
 }
 
 /// Whether settling `lock` on chain pays `me`, given when its preimage was registered (if it
@@ -196,6 +204,12 @@ impl Intent {
     /// The key of this intent in the `chain` column family: one per channel, purpose and
     /// distinguishing number (expected holdings for deposits, version for challenges).
     pub fn key(&self) -> Vec<u8> {
+        if let Intent::Claim { asset, .. } = self {
+            let mut k = INTENT_PREFIX.to_vec();
+            k.extend_from_slice(b"claim/");
+            k.extend_from_slice(asset.as_slice());
+            return k;
+        }
         let (tag, params, n): (&str, &ChannelParams, u128) = match self {
             Intent::Deposit {
                 params,
@@ -212,6 +226,8 @@ impl Intent {
                 ("conclude/", params, u128::from(state.version))
             }
             Intent::Unlock { params, lock, .. } => ("unlock/", params, u128::from(lock.0)),
+            // Handled above: a claim is per asset, not per channel.
+            Intent::Claim { .. } => return INTENT_PREFIX.to_vec(),
         };
         let mut k = INTENT_PREFIX.to_vec();
         k.extend_from_slice(tag.as_bytes());
@@ -220,8 +236,8 @@ impl Intent {
         k
     }
 
-    /// The channel the intent is about.
-    pub fn params(&self) -> &ChannelParams {
+    /// The channel the intent is about (a claim is about none).
+    pub fn params(&self) -> Option<&ChannelParams> {
         match self {
             Intent::Deposit { params, .. }
             | Intent::CooperativeClose { params, .. }
@@ -229,7 +245,8 @@ impl Intent {
             | Intent::RegisterSecret { params, .. }
             | Intent::Close { params, .. }
             | Intent::Conclude { params, .. }
-            | Intent::Unlock { params, .. } => params,
+            | Intent::Unlock { params, .. } => Some(params),
+            Intent::Claim { .. } => None,
         }
     }
 }

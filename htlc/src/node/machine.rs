@@ -270,6 +270,13 @@ pub enum ChainEvent {
     },
     /// An intent of ours is in effect on chain (a deposit landed, a close paid out).
     Landed(Box<Intent>),
+    /// The adjudicator could not pay `to` its payout in `asset` and keeps it claimable.
+    PayoutDeferred {
+        /// Who is owed.
+        to: Address,
+        /// The asset.
+        asset: Address,
+    },
     /// A preimage was registered in the secret registry at chain time `at` (rule 5: a lock we
     /// offered whose preimage is public in time can be claimed from us on chain, so the lock
     /// it pays for upstream is settled with it at once).
@@ -313,6 +320,9 @@ pub struct Config {
     pub tower: Option<TowerPolicy>,
     /// Watchtowers we hand the latest co-signed state of each of our channels to.
     pub towers: Vec<Address>,
+    /// Where payouts the adjudicator could not deliver to us are withdrawn to (`None`: our
+    /// own address again).
+    pub withdraw_to: Option<Address>,
 }
 
 impl Default for Config {
@@ -340,6 +350,7 @@ impl Default for Config {
             reveal_preimages: true,
             tower: None,
             towers: Vec::new(),
+            withdraw_to: None,
         }
     }
 }
@@ -931,6 +942,14 @@ impl Node {
                 self.conclude(channel_id, Some((to_a, to_b)), &mut p);
             }
             ChainEvent::Revealed { preimage, at } => self.revealed(preimage, at, &mut p),
+            ChainEvent::PayoutDeferred { to, asset } => {
+                // Ours: withdraw it (to the configured address, or back to us).
+                if to == self.address() {
+                    let to = self.config.withdraw_to.unwrap_or(to);
+                    let intent = Intent::Claim { asset, to };
+                    p.out.writes.push(Write::Intent(Box::new(intent)));
+                }
+            }
             ChainEvent::Landed(intent) => match *intent {
                 Intent::Deposit { params, .. } => {
                     let id = params.id();
@@ -944,7 +963,8 @@ impl Node {
                 | Intent::RegisterSecret { .. }
                 | Intent::Close { .. }
                 | Intent::Conclude { .. }
-                | Intent::Unlock { .. } => {}
+                | Intent::Unlock { .. }
+                | Intent::Claim { .. } => {}
             },
         }
         self.finish(now, p)

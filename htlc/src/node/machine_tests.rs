@@ -974,3 +974,43 @@ fn a_proposal_refused_as_not_yet_funded_is_made_again_when_the_peer_sees_the_fun
     assert_eq!(latest.state.balances, [Amount(990), Amount(10)]);
     assert_eq!(hub.channel(id).unwrap().latest(), &latest);
 }
+
+#[test]
+fn a_payout_deferred_to_us_is_claimed_and_one_to_others_is_not() {
+    let mut config = config();
+    let mut node = Node::new(keys(5), config.clone());
+    let token = Address::repeat_byte(0x70);
+    let ours = node.handle_chain(
+        NOW,
+        ChainEvent::PayoutDeferred {
+            to: keys(5).address(),
+            asset: token,
+        },
+    );
+    assert!(matches!(
+        ours.intents().collect::<Vec<_>>().as_slice(),
+        [Intent::Claim { asset, to }] if *asset == token && *to == keys(5).address()
+    ));
+    let theirs = node.handle_chain(
+        NOW,
+        ChainEvent::PayoutDeferred {
+            to: keys(6).address(),
+            asset: token,
+        },
+    );
+    assert!(theirs.is_empty());
+    // With a withdrawal address, the claim goes there.
+    config.withdraw_to = Some(Address::repeat_byte(0x77));
+    let mut node = Node::new(keys(5), config);
+    let out = node.handle_chain(
+        NOW,
+        ChainEvent::PayoutDeferred {
+            to: keys(5).address(),
+            asset: token,
+        },
+    );
+    assert!(matches!(
+        out.intents().collect::<Vec<_>>().as_slice(),
+        [Intent::Claim { to, .. }] if *to == Address::repeat_byte(0x77)
+    ));
+}

@@ -135,12 +135,10 @@ pub async fn run(addr: SocketAddr, token: &str, cmd: Command) -> Result<()> {
                 println!("nothing to send on chain");
             }
             for i in &c.intents {
+                let channel = i.channel.map_or_else(|| "-".to_string(), |c| c.to_string());
                 match i.not_before {
-                    Some(t) => println!(
-                        "to send        {:<17} {}  not before {t}",
-                        i.kind, i.channel
-                    ),
-                    None => println!("to send        {:<17} {}", i.kind, i.channel),
+                    Some(t) => println!("to send        {:<17} {channel}  not before {t}", i.kind),
+                    None => println!("to send        {:<17} {channel}", i.kind),
                 }
             }
             for id in &c.disputed {
