@@ -655,6 +655,10 @@ pub struct OpenRequest {
 pub struct CloseRequest {
     /// The channel.
     pub channel: ChannelId,
+    /// Close on chain with our latest co-signed state, without the peer (paid out after the
+    /// challenge window).
+    #[serde(default)]
+    pub force: bool,
 }
 
 /// Default validity of an invoice made through the API, seconds.
@@ -839,7 +843,11 @@ async fn close(
     State(n): State<Node>,
     JsonBody(r): JsonBody<CloseRequest>,
 ) -> Result<StatusCode, ApiError> {
-    n.close(r.channel).await?;
+    if r.force {
+        n.force_close(r.channel).await?;
+    } else {
+        n.close(r.channel).await?;
+    }
     Ok(StatusCode::ACCEPTED)
 }
 

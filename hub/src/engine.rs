@@ -587,6 +587,13 @@ impl Node {
         self.step_wait(|m| m.close(now, id)).await
     }
 
+    /// Close channel `id` on chain with our latest co-signed state, without the peer: the
+    /// payout follows after the challenge window (see `htlc::node::Node::force_close`).
+    pub async fn force_close(&self, id: ChannelId) -> Result<(), NodeError> {
+        let now = self.now();
+        self.step_wait(|m| m.force_close(now, id)).await
+    }
+
     /// Queue operations on a channel and propose them.
     pub async fn with_channel(
         &self,

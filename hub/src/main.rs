@@ -202,6 +202,10 @@ enum Command {
         /// The channel id.
         #[arg(value_parser = parse_id)]
         channel: alloy::primitives::B256,
+        /// Close on chain with our latest co-signed state, without the peer (when it is gone
+        /// or refuses everything); paid out after the challenge window.
+        #[arg(long)]
+        force: bool,
     },
 }
 

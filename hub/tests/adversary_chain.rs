@@ -1279,3 +1279,72 @@ async fn a_payout_the_token_refuses_is_claimed_to_the_withdrawal_address() {
     }
     hub.shutdown();
 }
+
+/// Issue 18 with issue 14's machinery: a channel whose hub is gone can always be closed, on
+/// chain with the latest co-signed state (`hub close --force`), and pays out exactly after
+/// the window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_whose_hub_is_gone_closes_with_force_and_is_paid_exactly() {
+    let net = Devnet::start().await.unwrap();
+    let (dh, dp) = (
+        TempDir::new("advc-force-hub"),
+        TempDir::new("advc-force-peer"),
+    );
+    let hub = hub_on(&net, &dh, 0).await;
+    let addr = hub.listen(loopback()).unwrap();
+    let client = net.client(3).await.unwrap();
+    client.set_poll_interval(Duration::from_millis(10));
+    let peer = Node::start(
+        Keys::from_signer(net.signer(3).unwrap()),
+        Store::open(&dp.0).unwrap(),
+        NodeOptions {
+            chain_id: net.chain_id(),
+            adjudicator: net.deployment().adjudicator,
+            chain: Some(client),
+            chain_poll: Duration::from_millis(50),
+            chain_retry: Duration::from_millis(300),
+            challenge_duration: MIN_CHALLENGE_DURATION_SECS,
+            ..NodeOptions::default()
+        },
+    )
+    .unwrap();
+    peer.connect(addr, Some(hub.address())).await.unwrap();
+    let id = peer.open_channel(hub.address(), Amount(ETH)).await.unwrap();
+    peer.fund(id).await.unwrap();
+    peer.transfer(id, Amount(ETH / 100)).await.unwrap();
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    while peer.channel(id).await.unwrap().state.version < 1 {
+        assert!(
+            std::time::Instant::now() < until,
+            "the transfer never co-signed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The hub is gone for good.
+    hub.shutdown();
+    drop(hub);
+    peer.force_close(id).await.unwrap();
+    let reader = net.client(0).await.unwrap();
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    while reader.channel(id).await.unwrap().finalizes_at == 0 {
+        assert!(std::time::Instant::now() < until, "never closed on chain");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(reader.channel(id).await.unwrap().version, 1);
+    assert!(peer.channel_record(id).unwrap().snapshot.frozen());
+    // After the window the peer (side A) pays the dispute out at once.
+    net.increase_time(MIN_CHALLENGE_DURATION_SECS + 5)
+        .await
+        .unwrap();
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    while !reader.channel(id).await.unwrap().concluded {
+        assert!(std::time::Instant::now() < until, "never paid out");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let hub_addr = net.signer(1).unwrap().address();
+    let paid = payouts(&reader, id, [peer.address(), hub_addr]).await;
+    assert_eq!(paid[&peer.address()], ETH - ETH / 100);
+    assert_eq!(paid[&hub_addr], ETH / 100);
+    assert_eq!(reader.holdings(id).await.unwrap(), Amount::ZERO);
+    peer.shutdown();
+}

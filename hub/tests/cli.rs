@@ -99,6 +99,7 @@ fn only_client_commands_take_the_api_options() {
         String::from_utf8(out.stdout).unwrap()
     };
     assert!(!help(&["serve", "--help"]).contains("--api"));
+    assert!(help(&["close", "--help"]).contains("--force"));
     assert!(!help(&["deploy", "--help"]).contains("--api"));
     for cmd in [
         "info", "chain", "channels", "pay", "open", "close", "history",

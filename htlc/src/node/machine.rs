@@ -1238,6 +1238,48 @@ impl Node {
         self.command(now, channel, Channel::close)
     }
 
+    /// Close channel `id` on chain with our latest co-signed state, without the peer (it is
+    /// gone, or refuses everything): the channel takes no new lock from now on, the dispute is
+    /// paid out after its window and every lock of ours settled as the chain decides (the
+    /// operator's `hub close --force`). A channel on chain already has nothing more to do.
+    pub fn force_close(&mut self, now: Expiry, id: ChannelId) -> Result<Output, CommandError> {
+        let e = self
+            .channels
+            .get_mut(&id)
+            .ok_or(CommandError::UnknownChannel(id))?;
+        if e.awaiting_acceptance() {
+            return Err(CommandError::NotReady(
+                id,
+                NotReady::AwaitingCountersignature,
+            ));
+        }
+        if !e.funded {
+            return Err(CommandError::NotReady(id, NotReady::NotFunded));
+        }
+        let mut p = Pending::default();
+        let s = e.machine.snapshot();
+        if e.concluded || s.frozen() {
+            return Ok(self.finish(now, p));
+        }
+        let intent = if s.latest().state.is_final {
+            // Co-signed final: paid out at once, no window.
+            Intent::CooperativeClose {
+                params: s.params().clone(),
+                state: s.latest().clone(),
+                not_before: 0,
+            }
+        } else {
+            Intent::Close {
+                params: s.params().clone(),
+                state: s.latest().clone(),
+            }
+        };
+        p.out.writes.push(Write::Intent(Box::new(intent)));
+        e.machine.freeze();
+        p.touched.insert(id);
+        Ok(self.finish(now, p))
+    }
+
     /// Queue operations on a funded channel with `f` and propose them.
     pub fn command(
         &mut self,

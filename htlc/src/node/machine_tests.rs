@@ -1014,3 +1014,31 @@ fn a_payout_deferred_to_us_is_claimed_and_one_to_others_is_not() {
         [Intent::Claim { to, .. }] if *to == Address::repeat_byte(0x77)
     ));
 }
+
+#[test]
+fn a_forced_close_goes_on_chain_with_the_latest_state_once() {
+    let mut net = Net::new(config());
+    let out = net.nodes[0].transfer(NOW, net.up, Amount(10)).unwrap();
+    net.carry(0, out);
+    net.run();
+    let latest = net.nodes[0].channel(net.up).unwrap().latest().clone();
+    assert_eq!(latest.state.version, 1);
+    let out = net.nodes[0].force_close(NOW, net.up).unwrap();
+    assert!(matches!(
+        out.intents().collect::<Vec<_>>().as_slice(),
+        [Intent::Close { state, .. }] if *state == latest
+    ));
+    assert!(out.transmits.is_empty(), "nothing is asked of the peer");
+    assert!(net.nodes[0].channel(net.up).unwrap().snapshot().frozen());
+    // Once on its way to the chain: nothing more, and no new payment over it.
+    let again = net.nodes[0].force_close(NOW, net.up).unwrap();
+    assert_eq!(again.intents().count(), 0);
+    let (inv, _) = net.invoice(1_000, 30, keys(3).address());
+    assert!(net.nodes[0].pay(NOW, B256::repeat_byte(30), &inv).is_err());
+    assert_eq!(
+        net.nodes[0].force_close(NOW, ChannelId(B256::repeat_byte(9))),
+        Err(CommandError::UnknownChannel(ChannelId(B256::repeat_byte(
+            9
+        ))))
+    );
+}

@@ -277,11 +277,20 @@ pub async fn run(addr: SocketAddr, token: &str, cmd: Command) -> Result<()> {
                 v.get("channel").and_then(|c| c.as_str()).unwrap_or("?")
             );
         }
-        Command::Close { channel, .. } => {
+        Command::Close { channel, force, .. } => {
             let _: serde_json::Value = api
-                .post("/close", serde_json::json!({"channel": channel}))
+                .post(
+                    "/close",
+                    serde_json::json!({"channel": channel, "force": force}),
+                )
                 .await?;
-            println!("close proposed; the payout follows on chain (see `hub channels`)");
+            if force {
+                println!(
+                    "closing on chain with our latest state; paid out after the challenge window (see `hub chain`)"
+                );
+            } else {
+                println!("close proposed; the payout follows on chain (see `hub channels`)");
+            }
         }
         Command::Serve { .. }
         | Command::Watchtower { .. }
