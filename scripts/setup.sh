@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install everything the project needs that cargo does not fetch by itself. Safe to run twice.
-#   - Debian's libclang-dev (librocksdb-sys generates its bindings with it)
+#   - Debian's libclang-dev (librocksdb-sys generates its bindings with it) and chromium (the
+#     dashboard test loads the page in it, headless)
 #   - the pinned npm tools in package.json / package-lock.json: anvil (local chain),
 #     cast (independent EIP-712 cross-check) and solc (Solidity compiler)
 #   - cargo-nextest (the test runner), if the machine lacks it
@@ -10,6 +11,8 @@ cd "$repo"
 
 need_apt=()
 dpkg -s libclang-dev >/dev/null 2>&1 || need_apt+=(libclang-dev)
+# The dashboard test drives a real headless browser.
+command -v chromium >/dev/null 2>&1 || [ -n "${VHUB_CHROMIUM:-}" ] || need_apt+=(chromium)
 if ((${#need_apt[@]})); then
   echo "setup: installing Debian packages: ${need_apt[*]}"
   sudo_cmd=""

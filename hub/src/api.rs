@@ -702,7 +702,9 @@ async fn guard(
         )
         .into_response();
     }
-    if req.uri().path() != "/metrics" {
+    // `/metrics` is for scrapers; `/dashboard` is a static page holding no data (it reads the
+    // API with the token the operator puts in its URL fragment, which is never sent).
+    if !matches!(req.uri().path(), "/metrics" | "/dashboard") {
         let presented = headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|h| h.to_str().ok())
@@ -737,9 +739,27 @@ pub fn router(node: Node) -> Router {
         .route("/open", post(open))
         .route("/close", post(close))
         .route("/chain", get(chain))
+        .route("/dashboard", get(dashboard))
         .route("/metrics", get(metrics))
         .layer(axum::middleware::from_fn_with_state(node.clone(), guard))
         .with_state(node)
+}
+
+/// The dashboard: one static page that polls the API every second (no build step, no
+/// dependency).
+const DASHBOARD: &str = include_str!("dashboard.html");
+
+async fn dashboard() -> impl IntoResponse {
+    (
+        [
+            (axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (
+                axum::http::header::CONTENT_SECURITY_POLICY,
+                "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'",
+            ),
+        ],
+        DASHBOARD,
+    )
 }
 
 async fn chain(State(n): State<Node>) -> Result<Json<ChainInfo>, ApiError> {

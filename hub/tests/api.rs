@@ -1223,3 +1223,136 @@ async fn the_api_requires_its_token_and_a_loopback_host() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
 }
+
+/// The browser the dashboard test drives: `VHUB_CHROMIUM`, or Debian's `chromium` (installed
+/// by `scripts/setup.sh`).
+fn chromium() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os("VHUB_CHROMIUM") {
+        return p.into();
+    }
+    for dir in std::env::var("PATH").unwrap_or_default().split(':') {
+        for name in ["chromium", "chromium-browser"] {
+            let p = std::path::Path::new(dir).join(name);
+            if p.is_file() {
+                return p;
+            }
+        }
+    }
+    panic!(
+        "no chromium: run scripts/setup.sh (it installs Debian's chromium) or set VHUB_CHROMIUM"
+    );
+}
+
+/// Run headless Chromium on `url` with `args`, killed after a minute.
+fn headless(url: &str, args: &[&str]) -> String {
+    let profile = TempDir::new("chromium-profile");
+    let mut child = std::process::Command::new(chromium())
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-dev-shm-usage",
+            "--virtual-time-budget=5000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.0.display()))
+        .args(args)
+        .arg(url)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("chromium starts");
+    let mut out = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut out, &mut s).unwrap();
+        s
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("chromium did not finish in a minute");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    reader.join().unwrap()
+}
+
+/// The text of the element with id `id` in `dom`.
+fn by_id<'a>(dom: &'a str, id: &str) -> &'a str {
+    let tag = format!("id=\"{id}\">");
+    let start = dom
+        .find(&tag)
+        .unwrap_or_else(|| panic!("no #{id} in the page"))
+        + tag.len();
+    let end = dom[start..].find('<').unwrap() + start;
+    &dom[start..end]
+}
+
+/// The dashboard in a real headless Chromium shows what the API says: fees, forwards, every
+/// channel's balances and status, every payment's outcome. `VHUB_DASHBOARD_SCREENSHOT=path`
+/// also writes a screenshot (the README's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_what_the_api_says() {
+    let net = start_net(2).await;
+    let addr = net.api.unwrap();
+    let token = net.hub.api_token().to_string();
+    for (from, to, amount) in [(0, 1, 1_000_000u128), (1, 0, 2_500_000), (0, 1, 333_333)] {
+        let out = net.pay(from, to, Amount(amount)).await.unwrap();
+        assert!(matches!(out, PayOutcome::Paid { .. }), "{out:?}");
+    }
+    let hub = Api::new(addr, &token);
+    let info: Value = hub.get("/info").await;
+    let channels: Vec<ChannelInfo> = hub.get("/channels").await;
+    // The page itself holds no data and needs no token; everything it shows does.
+    let page = reqwest::get(format!("http://{addr}/dashboard")).await.unwrap();
+    let status = page.status();
+    let body = page.text().await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.contains("<title>vhub node</title>"));
+    let url = format!("http://{addr}/dashboard#token={token}");
+    let dom = tokio::task::spawn_blocking({
+        let url = url.clone();
+        move || headless(&url, &["--dump-dom"])
+    })
+    .await
+    .unwrap();
+    assert!(
+        dom.contains("data-ready=\"1\""),
+        "the page never rendered: {dom}"
+    );
+    assert_eq!(by_id(&dom, "error"), "", "the page reported an error");
+    assert_eq!(
+        by_id(&dom, "fees-wei"),
+        info["fees_earned"].as_str().unwrap()
+    );
+    assert_eq!(by_id(&dom, "forwards"), info["forwards"].to_string());
+    assert_eq!(by_id(&dom, "channels-count"), channels.len().to_string());
+    for c in &channels {
+        let row = format!(
+            "data-channel=\"{}\" data-ours=\"{}\" data-theirs=\"{}\" data-status=\"{}\"",
+            c.id,
+            c.ours.0,
+            c.theirs.0,
+            c.status.as_str()
+        );
+        assert!(dom.contains(&row), "no row {row} in {dom}");
+    }
+    // Without the token the page shows the API's refusal, not data.
+    let refused = tokio::task::spawn_blocking({
+        let url = format!("http://{addr}/dashboard");
+        move || headless(&url, &["--dump-dom"])
+    })
+    .await
+    .unwrap();
+    assert!(!refused.contains("data-ready=\"1\""));
+    assert!(by_id(&refused, "error").contains("401"), "{refused}");
+    if let Some(path) = std::env::var_os("VHUB_DASHBOARD_SCREENSHOT") {
+        let arg = format!("--screenshot={}", std::path::Path::new(&path).display());
+        tokio::task::spawn_blocking(move || headless(&url, &[&arg, "--window-size=1100,1000"]))
+            .await
+            .unwrap();
+    }
+    net.shutdown();
+}
