@@ -1306,7 +1306,9 @@ async fn the_dashboard_shows_what_the_api_says() {
     let info: Value = hub.get("/info").await;
     let channels: Vec<ChannelInfo> = hub.get("/channels").await;
     // The page itself holds no data and needs no token; everything it shows does.
-    let page = reqwest::get(format!("http://{addr}/dashboard")).await.unwrap();
+    let page = reqwest::get(format!("http://{addr}/dashboard"))
+        .await
+        .unwrap();
     let status = page.status();
     let body = page.text().await.unwrap();
     assert_eq!(status, StatusCode::OK, "{body}");
