@@ -186,12 +186,21 @@ async fn two_peers_pay_each_other_through_the_hub_with_exact_fees() {
         Amount(fee(amount)),
         "the payer pays exactly the hub's policy"
     );
+    let got = outcome(&n.alice, &mut ev, id).await;
+    // What the hub said meanwhile, shown only if the payment failed (diagnostics).
+    let mut said = Vec::new();
+    if !matches!(got, NodeEvent::PaymentSucceeded { .. }) {
+        while let Ok(e) = hub_ev.try_recv() {
+            said.push(e);
+        }
+    }
     assert_eq!(
-        outcome(&n.alice, &mut ev, id).await,
+        got,
         NodeEvent::PaymentSucceeded {
             id,
             fee: Amount(fee(amount))
-        }
+        },
+        "the hub said: {said:#?}"
     );
     let earned = wait_for(&mut hub_ev, |e| matches!(e, NodeEvent::Forwarded { .. })).await;
     assert_eq!(
@@ -460,6 +469,9 @@ async fn a_flooding_peer_does_not_stop_the_others_payments() {
         })
     };
     let mut ev = n.alice.subscribe();
+    // What the hub and the payee said meanwhile, shown if a payment fails (diagnostics only).
+    let mut hub_said = n.hub.subscribe();
+    let mut bob_said = n.bob.subscribe();
     let mut ok = 0;
     let mut failed = Vec::new();
     for i in 0..10u8 {
@@ -478,9 +490,16 @@ async fn a_flooding_peer_does_not_stop_the_others_payments() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let junk = flood.await.unwrap();
     assert!(junk > 100, "the attacker really flooded ({junk} frames)");
+    let mut said = Vec::new();
+    while let Ok(e) = hub_said.try_recv() {
+        said.push(format!("hub: {e:?}"));
+    }
+    while let Ok(e) = bob_said.try_recv() {
+        said.push(format!("bob: {e:?}"));
+    }
     assert_eq!(
         ok, 10,
-        "every honest payment succeeded under the flood; failed: {failed:?}"
+        "every honest payment succeeded under the flood; failed: {failed:?}; events: {said:#?}"
     );
     n.shutdown();
 }
