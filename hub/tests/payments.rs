@@ -77,8 +77,11 @@ async fn peer_with_channel(
     n.connect(addr, Some(hub.address())).await.unwrap();
     let id = n.open_channel(hub.address(), Amount(ETH)).await.unwrap();
     n.fund(id).await.unwrap();
-    // The hub's collateral is credited by a co-signed update.
+    // The hub's collateral is credited by a co-signed update, seen by both sides: the peer
+    // countersigns it first, and the hub forwards over it only once the countersignature has
+    // reached it (a payment racing that forwards over no liquidity and fails, rightly).
     wait_state(&n, id, |s| s.state.balances[1] == Amount(COLLATERAL)).await;
+    wait_state(hub, id, |s| s.state.balances[1] == Amount(COLLATERAL)).await;
     (n, id)
 }
 
