@@ -25,6 +25,24 @@ async fn spike(net: &Devnet, fee: u128) {
         .unwrap();
 }
 
+/// Register `preimage` from `client` while a block is mined every 100 ms (up to 30 s).
+async fn register_while_mining(
+    net: &Devnet,
+    client: &contracts::ChainClient,
+    preimage: Preimage,
+) -> Result<contracts::TxOutcome, ChainError> {
+    let c = client.clone();
+    let send = tokio::spawn(async move { c.register_secret(&preimage).await });
+    for _ in 0..300 {
+        if send.is_finished() {
+            break;
+        }
+        net.mine().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    send.await.unwrap()
+}
+
 #[tokio::test]
 async fn a_transaction_under_a_fee_spike_is_replaced_with_higher_fees_until_it_lands() {
     let net = Devnet::start().await.unwrap();
@@ -45,17 +63,10 @@ async fn a_transaction_under_a_fee_spike_is_replaced_with_higher_fees_until_it_l
         .max_fee_per_gas;
     spike(&net, offered * 8).await;
     let preimage = Preimage([7; 32]);
-    let c = client.clone();
-    let send = tokio::spawn(async move { c.register_secret(&preimage).await });
     // Blocks keep coming (empty while the fee is below the base fee).
-    for _ in 0..300 {
-        if send.is_finished() {
-            break;
-        }
-        net.mine().await.unwrap();
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let outcome = send.await.unwrap().expect("the transaction never landed");
+    let outcome = register_while_mining(&net, &client, preimage)
+        .await
+        .expect("the transaction never landed");
     let tx = provider
         .get_transaction_by_hash(outcome.tx_hash)
         .await
@@ -118,16 +129,9 @@ async fn at_its_fee_cap_a_send_gives_up_and_a_retry_replaces_the_stuck_transacti
         .raw_request("evm_setAutomine".into(), (true,))
         .await
         .unwrap();
-    let c = client.clone();
-    let send = tokio::spawn(async move { c.register_secret(&preimage).await });
-    for _ in 0..300 {
-        if send.is_finished() {
-            break;
-        }
-        net.mine().await.unwrap();
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let outcome = send.await.unwrap().expect("the retry never landed");
+    let outcome = register_while_mining(&net, &client, preimage)
+        .await
+        .expect("the retry never landed");
     let tx = provider
         .get_transaction_by_hash(outcome.tx_hash)
         .await

@@ -448,6 +448,7 @@ impl Node {
                     self.check_funding(id).await?;
                 }
             }
+            let read_from = watcher.next_block();
             let events = match watcher.poll().await {
                 Ok(events) => events,
                 Err(e) => {
@@ -462,14 +463,17 @@ impl Node {
                 self.on_chain_event(ev).await?;
             }
             let next = watcher.next_block();
-            let mut b = Batch::new();
-            b.put(Cf::Chain, CURSOR_KEY, &next)?;
-            if next > 0
-                && let Some(hash) = block_hash(client, next - 1).await?
-            {
-                b.put(Cf::Chain, CURSOR_HASH_KEY, &(next - 1, hash))?;
+            // Nothing new read (an idle poll): the stored cursor and hash still hold.
+            if next != read_from {
+                let mut b = Batch::new();
+                b.put(Cf::Chain, CURSOR_KEY, &next)?;
+                if next > 0
+                    && let Some(hash) = block_hash(client, next - 1).await?
+                {
+                    b.put(Cf::Chain, CURSOR_HASH_KEY, &(next - 1, hash))?;
+                }
+                store.commit(b).await?;
             }
-            store.commit(b).await?;
             if empty {
                 tokio::time::sleep(self.inner.opts.chain_poll).await;
             }

@@ -25,20 +25,13 @@ const TRANSFERS: u128 = 5;
 const STEP: u128 = ETH / 100;
 
 fn write_config(dir: &Path, net: &Devnet) -> PathBuf {
-    let key = net.signer(1).unwrap().credential().to_bytes();
-    std::fs::write(dir.join("hub.key"), alloy::primitives::hex::encode(key)).unwrap();
-    let cfg = dir.join("hub.toml");
-    let text = format!(
-        "listen = \"127.0.0.1:0\"\nkey_file = \"hub.key\"\ndata_dir = \"data\"\n\
-         chain_rpc = \"{}\"\nchain_id = {}\nadjudicator = \"{}\"\n\n\
-         [funding]\ncollateral = {COLLATERAL}\nchain_poll_ms = 50\nchain_retry_secs = 1\n\
-         close_grace_secs = 1\n",
-        net.endpoint(),
-        net.chain_id(),
-        net.deployment().adjudicator
-    );
-    std::fs::write(&cfg, text).unwrap();
-    cfg
+    common::write_hub_config(
+        dir,
+        net,
+        &format!(
+            "collateral = {COLLATERAL}\nchain_poll_ms = 50\nchain_retry_secs = 1\nclose_grace_secs = 1\n"
+        ),
+    )
 }
 
 async fn peer_node(net: &Devnet, dir: &TempDir) -> Node {

@@ -26,19 +26,11 @@ const ETH: u128 = 1_000_000_000_000_000_000;
 const PAID: u128 = ETH / 100;
 
 fn write_config(dir: &Path, net: &Devnet) -> PathBuf {
-    let key = net.signer(1).unwrap().credential().to_bytes();
-    std::fs::write(dir.join("hub.key"), alloy::primitives::hex::encode(key)).unwrap();
-    let cfg = dir.join("hub.toml");
-    let text = format!(
-        "listen = \"127.0.0.1:0\"\nkey_file = \"hub.key\"\ndata_dir = \"data\"\n\
-         chain_rpc = \"{}\"\nchain_id = {}\nadjudicator = \"{}\"\n\n\
-         [funding]\nchain_poll_ms = 50\nchain_retry_secs = 1\nclose_grace_secs = 1\n",
-        net.endpoint(),
-        net.chain_id(),
-        net.deployment().adjudicator
-    );
-    std::fs::write(&cfg, text).unwrap();
-    cfg
+    common::write_hub_config(
+        dir,
+        net,
+        "chain_poll_ms = 50\nchain_retry_secs = 1\nclose_grace_secs = 1\n",
+    )
 }
 
 /// The channel's disputed versions and payouts, from the adjudicator's events.

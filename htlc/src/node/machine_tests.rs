@@ -1042,3 +1042,37 @@ fn a_forced_close_goes_on_chain_with_the_latest_state_once() {
         ))))
     );
 }
+
+#[test]
+fn a_node_that_is_not_a_tower_keeps_no_state_a_peer_hands_it() {
+    let mut net = Net::new(config());
+    let latest = net.nodes[0].channel(net.up).unwrap().latest().clone();
+    let params = net.nodes[0]
+        .channel(net.up)
+        .unwrap()
+        .snapshot()
+        .params()
+        .clone();
+    let from = net.addr(0);
+    let out = net.nodes[1].handle_frame(
+        NOW,
+        from,
+        Frame::Msg {
+            seq: 1,
+            body: Body::Watch {
+                params: Box::new(params),
+                state: Box::new(latest),
+            },
+        },
+    );
+    assert!(out.events.contains(&NodeEvent::Refused {
+        peer: from,
+        code: ErrorCode::Protocol
+    }));
+    assert!(
+        !out.writes
+            .iter()
+            .any(|w| matches!(w, crate::node::records::Write::Watched { .. }))
+    );
+    assert!(net.nodes[1].book().watched.is_empty());
+}

@@ -150,3 +150,21 @@ pub fn store_entries(store: &Store) -> Vec<(Cf, usize)> {
         .map(|cf| (cf, store.scan_raw(cf, &[]).unwrap().len()))
         .collect()
 }
+
+/// Write the real hub's configuration into `dir` for `net`: account 1's key, a `data`
+/// directory, and `funding` (the lines of its `[funding]` section). Returns its path.
+#[allow(dead_code)]
+pub fn write_hub_config(dir: &Path, net: &contracts::Devnet, funding: &str) -> std::path::PathBuf {
+    let key = net.signer(1).unwrap().credential().to_bytes();
+    std::fs::write(dir.join("hub.key"), alloy::primitives::hex::encode(key)).unwrap();
+    let cfg = dir.join("hub.toml");
+    let text = format!(
+        "listen = \"127.0.0.1:0\"\nkey_file = \"hub.key\"\ndata_dir = \"data\"\n\
+         chain_rpc = \"{}\"\nchain_id = {}\nadjudicator = \"{}\"\n\n[funding]\n{funding}",
+        net.endpoint(),
+        net.chain_id(),
+        net.deployment().adjudicator
+    );
+    std::fs::write(&cfg, text).unwrap();
+    cfg
+}
