@@ -43,6 +43,9 @@ contract Adjudicator {
         bytes32 virtualChannelId;
         uint256 fromA;
         uint256 fromB;
+        /// false: the ledger's participant A stands for the virtual channel's A (and B for B);
+        /// true: the ledger's B stands for the virtual channel's A (ADR 0011, ADR 0026).
+        bool crossed;
     }
 
     /// @notice A channel state as both participants sign it (EIP-712 `State`).
@@ -193,10 +196,10 @@ contract Adjudicator {
 
     /// @notice keccak256 of the EIP-712 `Guarantee` type.
     bytes32 public constant GUARANTEE_TYPEHASH =
-        keccak256("Guarantee(bytes32 virtualChannelId,uint256 fromA,uint256 fromB)");
+        keccak256("Guarantee(bytes32 virtualChannelId,uint256 fromA,uint256 fromB,bool crossed)");
     /// @notice keccak256 of the EIP-712 `State` type (with `Guarantee` appended).
     bytes32 public constant STATE_TYPEHASH = keccak256(
-        "State(bytes32 channelId,uint64 version,uint256 balanceA,uint256 balanceB,bytes32 locksRoot,uint256 locksTotal,Guarantee[] guarantees,bool isFinal)Guarantee(bytes32 virtualChannelId,uint256 fromA,uint256 fromB)"
+        "State(bytes32 channelId,uint64 version,uint256 balanceA,uint256 balanceB,bytes32 locksRoot,uint256 locksTotal,Guarantee[] guarantees,bool isFinal)Guarantee(bytes32 virtualChannelId,uint256 fromA,uint256 fromB,bool crossed)"
     );
     bytes32 private constant DOMAIN_TYPEHASH =
         keccak256("EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)");
@@ -434,7 +437,7 @@ contract Adjudicator {
         _settleVirtual(vid, virt, virtState, virtSigs);
         uint256 virtA = _virtualOutcomeA(virtState, virtLocks);
 
-        (uint256 toA, uint256 toB) = _splitGuarantee(ledger, virt, g, virtA);
+        (uint256 toA, uint256 toB) = _splitGuarantee(g, virtA);
         uint256 held = ch.holdings;
         if (toA > held) toA = held;
         held -= toA;
@@ -446,6 +449,49 @@ contract Adjudicator {
         emit GuaranteeResolved(cid, vid, index, toA, toB);
         _pay(ledger.asset, ledger.participantA, toA);
         _pay(ledger.asset, ledger.participantB, toB);
+    }
+
+    /// @notice Start a dispute of virtual channel `virt` from a guarantee for it in a ledger
+    /// state registered on chain (disputed or concluded): the virtual channel's opening as the
+    /// guarantee funded it (version 0, the side standing for its A gets that side's part, no
+    /// locks). Any co-signed state of the virtual channel with a higher version replaces it by
+    /// `challenge` within the window. A guarantee whose virtual channel never got a state
+    /// signed by both its participants is so never stuck: it settles back as it was funded
+    /// (ADR 0026).
+    function disputeVirtual(Params calldata ledger, State calldata ledgerState, uint256 index, Params calldata virt)
+        external
+        nonReentrant
+    {
+        bytes32 cid = _checkedChannelId(ledger, ledgerState);
+        if (fingerprints[cid] == bytes32(0) || fingerprints[cid] != _hashState(ledgerState)) revert StateMismatch();
+        if (index >= ledgerState.guarantees.length) revert GuaranteeIndexOutOfRange(index);
+        Guarantee calldata g = ledgerState.guarantees[index];
+        bytes32 vid = channelId(virt);
+        if (vid != g.virtualChannelId) revert GuaranteeMismatch();
+        if (virt.challengeDuration > MAX_CHALLENGE_DURATION) revert ChallengeDurationTooLong(virt.challengeDuration);
+        Channel memory vch = channels[vid];
+        if (vch.concluded) revert AlreadyConcluded();
+        if (vch.finalizesAt != 0) revert AlreadyDisputed();
+        State memory opening;
+        opening.channelId = vid;
+        (opening.balanceA, opening.balanceB) = g.crossed ? (g.fromB, g.fromA) : (g.fromA, g.fromB);
+        uint48 finalizesAt = uint48(block.timestamp + virt.challengeDuration);
+        vch.finalizesAt = finalizesAt;
+        channels[vid] = vch;
+        fingerprints[vid] = keccak256(
+            abi.encode(
+                STATE_TYPEHASH,
+                vid,
+                uint64(0),
+                opening.balanceA,
+                opening.balanceB,
+                bytes32(0),
+                uint256(0),
+                keccak256(""),
+                false
+            )
+        );
+        emit Disputed(vid, 0, finalizesAt, opening);
     }
 
     /// @notice Withdraw payouts that could not be delivered (see PayoutDeferred) to `to`.
@@ -538,19 +584,12 @@ contract Adjudicator {
         if (_merkleRoot(leaves) != virtState.locksRoot) revert VirtualLocksMismatch();
     }
 
-    /// @dev The ledger side standing for the virtual channel's A gets min(virtA, guarantee), the
-    /// other side the rest (ADR 0011). Orientation: crossed if the ledger shares a participant
-    /// with the virtual channel on the opposite side; straight otherwise (including hub-to-hub).
-    function _splitGuarantee(Params calldata ledger, Params calldata virt, Guarantee calldata g, uint256 virtA)
-        private
-        pure
-        returns (uint256 toA, uint256 toB)
-    {
+    /// @dev The ledger side standing for the virtual channel's A (named by the signed
+    /// guarantee's `crossed`) gets min(virtA, guarantee), the other side the rest (ADR 0011).
+    function _splitGuarantee(Guarantee calldata g, uint256 virtA) private pure returns (uint256 toA, uint256 toB) {
         uint256 total = g.fromA + g.fromB;
         uint256 left = virtA < total ? virtA : total;
-        bool straight = ledger.participantA == virt.participantA || ledger.participantB == virt.participantB;
-        bool crossed = !straight && (ledger.participantA == virt.participantB || ledger.participantB == virt.participantA);
-        toA = crossed ? total - left : left;
+        toA = g.crossed ? total - left : left;
         toB = total - toA;
     }
 
@@ -607,7 +646,7 @@ contract Adjudicator {
         bytes32[] memory hashes = new bytes32[](n);
         for (uint256 i = 0; i < n; ++i) {
             Guarantee calldata g = s.guarantees[i];
-            hashes[i] = keccak256(abi.encode(GUARANTEE_TYPEHASH, g.virtualChannelId, g.fromA, g.fromB));
+            hashes[i] = keccak256(abi.encode(GUARANTEE_TYPEHASH, g.virtualChannelId, g.fromA, g.fromB, g.crossed));
         }
         return keccak256(
             abi.encode(

@@ -678,6 +678,31 @@ impl ChainClient {
         .await
     }
 
+    /// Start the dispute of a virtual channel from its guarantee in `ledger_state`, the ledger
+    /// state registered on chain (disputed or concluded): the virtual channel's opening as the
+    /// guarantee funded it, which any co-signed state of it with a higher version replaces by
+    /// [`Self::challenge`] within its window (ADR 0026).
+    pub async fn dispute_virtual(
+        &self,
+        ledger_params: &ChannelParams,
+        ledger_state: &ChannelState,
+        virt_params: &ChannelParams,
+    ) -> Result<TxOutcome, ChainError> {
+        let (lp, ls) = self.onchain_state(ledger_params, ledger_state)?;
+        let vp = self.onchain_params(virt_params)?;
+        let vid = virt_params.id();
+        let index = ledger_state
+            .guarantees
+            .iter()
+            .position(|g| g.virtual_channel == vid)
+            .ok_or(ChainError::NoSuchGuarantee(vid))?;
+        self.send(
+            self.adjudicator()
+                .disputeVirtual(lp, ls, U256::from(index), vp),
+        )
+        .await
+    }
+
     /// Withdraw payouts the adjudicator could not deliver to this account, sending them to `to`.
     pub async fn claim(&self, asset: Address, to: Address) -> Result<TxOutcome, ChainError> {
         self.send(self.adjudicator().claim(asset, to)).await

@@ -37,6 +37,7 @@ pub fn typed_state(t: &typed::State) -> Adjudicator::State {
                 virtualChannelId: g.virtualChannelId,
                 fromA: g.fromA,
                 fromB: g.fromB,
+                crossed: g.crossed,
             })
             .collect(),
         isFinal: t.isFinal,

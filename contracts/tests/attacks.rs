@@ -13,7 +13,7 @@ use contracts::devnet::DevnetOptions;
 use contracts::{Devnet, OnChainChannel};
 use htlc::eip712::typed;
 use htlc::sig::{Keys, malleate};
-use htlc::{Amount, ChannelParams, ChannelState, Side};
+use htlc::{Amount, ChannelParams, ChannelState, Guarantee, Side};
 
 /// A fixture with one ETH channel funded 3 + 2.
 async fn funded() -> (Fixture, ChannelParams) {
@@ -721,6 +721,7 @@ async fn overflowing_amounts_are_refused() {
             virtualChannelId: B256::repeat_byte(1),
             fromA: U256::MAX,
             fromB: U256::ZERO,
+            crossed: false,
         }],
         isFinal: false,
         ..t
@@ -972,4 +973,169 @@ async fn virtual_final_state_cannot_override_a_finalized_dispute() {
         f.balance(Address::ZERO, f.a.address()).await,
         a0 + u(ETH / 2)
     );
+}
+
+// --- the guarantee's signed orientation and the dispute from a guarantee (ADR 0026) -------------
+
+/// Two guarantees in one ledger state for two virtual channels with the same participants
+/// (the ledger's B and C): the signed `crossed` flag, not the addresses, says which ledger side
+/// stands for the virtual channel's A, so each splits its own way.
+#[tokio::test]
+async fn the_signed_orientation_decides_who_stands_for_the_virtual_a() {
+    let (f, p) = funded().await;
+    let c = Keys::from_signer(f.net.signer(4).unwrap());
+    let virt = |nonce| {
+        f.w.channel_params(
+            [f.b.address(), c.address()],
+            Address::ZERO,
+            WINDOW,
+            U256::from(nonce),
+        )
+    };
+    let (v1, v2) = (virt(11), virt(12));
+    let crossed = Guarantee {
+        crossed: true,
+        ..guarantee(v1.id(), ETH, ETH)
+    };
+    let straight = guarantee(v2.id(), ETH, ETH);
+    let mut guarantees = vec![crossed, straight];
+    guarantees.sort_by_key(|g| g.virtual_channel);
+    let s = ChannelState {
+        guarantees,
+        ..state(&p, 1, [ETH / 2, ETH / 2])
+    };
+    f.w.close(&p, &s, &f.sign(&p, &s)).await.unwrap();
+    f.net.increase_time(WINDOW + 1).await.unwrap();
+    f.w.conclude(&p, &s).await.unwrap();
+    let (a, b) = (f.a.address(), f.b.address());
+    for (v, to_ledger_a) in [(&v1, ETH / 2), (&v2, 3 * ETH / 2)] {
+        // Both end with the virtual A (the ledger's B) holding 3/2 ETH of the 2 ETH.
+        let vf = final_state(v, 2, [3 * ETH / 2, ETH / 2]);
+        let sigs = sign_with([&f.b.keys, &c], v, &vf);
+        let (a0, b0) = (
+            f.balance(Address::ZERO, a).await,
+            f.balance(Address::ZERO, b).await,
+        );
+        f.w.resolve_guarantee(&p, &s, v, &vf, Some(&sigs))
+            .await
+            .unwrap();
+        assert_eq!(f.balance(Address::ZERO, a).await, a0 + u(to_ledger_a));
+        assert_eq!(
+            f.balance(Address::ZERO, b).await,
+            b0 + u(2 * ETH - to_ledger_a)
+        );
+    }
+}
+
+/// A ledger's guarantee whose virtual channel never got a state signed by both its parties
+/// (the peer vanished after the hub signed the guarantee): the dispute from the guarantee
+/// registers the virtual channel's opening as funded, and the guarantee settles back as it was
+/// funded. Every misuse of it is refused.
+#[tokio::test]
+async fn a_virtual_channel_never_cosigned_settles_back_as_funded() {
+    let (f, p) = funded().await;
+    let c = Keys::from_signer(f.net.signer(4).unwrap());
+    let v = f.w.channel_params(
+        [f.a.address(), c.address()],
+        Address::ZERO,
+        WINDOW,
+        U256::from(9),
+    );
+    let s = ChannelState {
+        guarantees: vec![guarantee(v.id(), 2 * ETH, ETH)],
+        ..state(&p, 1, [ETH, ETH])
+    };
+    // Not registered yet: nothing to start from.
+    assert_reverts::<StateMismatch>(f.w.dispute_virtual(&p, &s, &v).await);
+    f.w.close(&p, &s, &f.sign(&p, &s)).await.unwrap();
+    // Another state than the registered one.
+    let forged = ChannelState {
+        guarantees: vec![guarantee(v.id(), 3 * ETH, 0)],
+        ..state(&p, 1, [ETH, ETH])
+    };
+    assert_reverts::<StateMismatch>(f.w.dispute_virtual(&p, &forged, &v).await);
+    // A virtual channel the guarantee does not name.
+    let other = ChannelParams {
+        nonce: U256::from(10),
+        ..v.clone()
+    };
+    let adj = f.w.adjudicator();
+    let call = |virt: &ChannelParams, index: u64| {
+        adj.disputeVirtual(
+            convert::params(&p),
+            convert::state(&s).unwrap(),
+            U256::from(index),
+            convert::params(virt),
+        )
+    };
+    assert_reverts::<GuaranteeMismatch>(f.w.send(call(&other, 0)).await);
+    assert_reverts::<GuaranteeIndexOutOfRange>(f.w.send(call(&v, 1)).await);
+    // Allowed while the ledger's own dispute runs.
+    f.w.dispute_virtual(&p, &s, &v).await.unwrap();
+    assert_reverts::<AlreadyDisputed>(f.w.dispute_virtual(&p, &s, &v).await);
+    let opening = state(&v, 0, [2 * ETH, ETH]);
+    assert_eq!(
+        f.w.adjudicator()
+            .fingerprints(v.id().0)
+            .call()
+            .await
+            .unwrap(),
+        f.w.adjudicator()
+            .hashState(convert::state(&opening).unwrap())
+            .call()
+            .await
+            .unwrap()
+    );
+    f.net.increase_time(WINDOW + 1).await.unwrap();
+    f.w.conclude(&p, &s).await.unwrap();
+    let (a, b) = (f.a.address(), f.b.address());
+    let (a0, b0) = (
+        f.balance(Address::ZERO, a).await,
+        f.balance(Address::ZERO, b).await,
+    );
+    f.w.resolve_guarantee(&p, &s, &v, &opening, None)
+        .await
+        .unwrap();
+    assert_eq!(f.balance(Address::ZERO, a).await, a0 + u(2 * ETH));
+    assert_eq!(f.balance(Address::ZERO, b).await, b0 + u(ETH));
+    assert_eq!(onchain(&f, &p).await.holdings, Amount(0));
+}
+
+/// The opening registered from a guarantee is only a floor: a state the virtual channel's
+/// parties co-signed later replaces it by `challenge`, and the guarantees settle by that.
+#[tokio::test]
+async fn a_cosigned_virtual_state_replaces_the_opening_from_the_guarantee() {
+    let (f, p) = funded().await;
+    let c = Keys::from_signer(f.net.signer(4).unwrap());
+    let v = f.w.channel_params(
+        [f.a.address(), c.address()],
+        Address::ZERO,
+        WINDOW,
+        U256::from(9),
+    );
+    let s = ChannelState {
+        guarantees: vec![guarantee(v.id(), 2 * ETH, ETH)],
+        ..state(&p, 1, [ETH, ETH])
+    };
+    f.w.close(&p, &s, &f.sign(&p, &s)).await.unwrap();
+    f.w.dispute_virtual(&p, &s, &v).await.unwrap();
+    let later = state(&v, 3, [ETH / 2, 5 * ETH / 2]);
+    let sigs = sign_with([&f.a.keys, &c], &v, &later);
+    f.w.challenge(&v, &later, &sigs).await.unwrap();
+    f.net.increase_time(WINDOW + 1).await.unwrap();
+    f.w.conclude(&p, &s).await.unwrap();
+    assert_reverts::<StateMismatch>(
+        f.w.resolve_guarantee(&p, &s, &v, &state(&v, 0, [2 * ETH, ETH]), None)
+            .await,
+    );
+    let (a, b) = (f.a.address(), f.b.address());
+    let (a0, b0) = (
+        f.balance(Address::ZERO, a).await,
+        f.balance(Address::ZERO, b).await,
+    );
+    f.w.resolve_guarantee(&p, &s, &v, &later, None)
+        .await
+        .unwrap();
+    assert_eq!(f.balance(Address::ZERO, a).await, a0 + u(ETH / 2));
+    assert_eq!(f.balance(Address::ZERO, b).await, b0 + u(5 * ETH / 2));
 }

@@ -64,6 +64,7 @@ fn random_state(rng: &mut Rng, params: &ChannelParams) -> ChannelState {
                 virtual_channel: ChannelId(rng.word()),
                 from_a: rng.amount(),
                 from_b: rng.amount(),
+                crossed: rng.next() % 2 == 1,
             })
             .collect(),
         is_final: rng.next().is_multiple_of(2),

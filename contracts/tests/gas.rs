@@ -125,10 +125,17 @@ async fn measure(asset: Asset) -> Gas {
     let (lp, ls) = ledger(4, v.id());
     let (lp2, ls2) = ledger(5, v2.id());
     let (lp3, ls3) = ledger(7, v.id());
-    for (p, s) in [(&lp, &ls), (&lp2, &ls2), (&lp3, &ls3)] {
+    // A virtual channel never co-signed: its dispute starts from the guarantee (ADR 0026).
+    let v3 = virt(52);
+    let (lp4, ls4) = ledger(8, v3.id());
+    for (p, s) in [(&lp, &ls), (&lp2, &ls2), (&lp3, &ls3), (&lp4, &ls4)] {
         f.fund(p, 5 * ETH, 5 * ETH).await;
         f.w.close(p, s, &f.sign(p, s)).await.unwrap();
     }
+    g.insert(
+        "dispute_virtual",
+        f.w.dispute_virtual(&lp4, &ls4, &v3).await.unwrap().gas_used,
+    );
     g.insert(
         "close_virtual",
         f.w.close(&v2, &v2s, &sign_with([&f.a.keys, &c], &v2, &v2s))
@@ -246,7 +253,7 @@ fn tables(eth: &Gas, tok: &Gas) -> String {
             ],
         )
     };
-    let rows: [(&str, String, String, &str); 20] = [
+    let rows: [(&str, String, String, &str); 21] = [
         (
             "deposit, first into a channel",
             cell(eth, "deposit_first"),
@@ -318,6 +325,12 @@ fn tables(eth: &Gas, tok: &Gas) -> String {
             cell(eth, "close_virtual"),
             cell(tok, "close_virtual"),
             "virtual channel disputed on chain (holds nothing)",
+        ),
+        (
+            "disputeVirtual",
+            cell(eth, "dispute_virtual"),
+            cell(tok, "dispute_virtual"),
+            "a virtual channel's dispute started from a ledger's guarantee (its opening as funded)",
         ),
         (
             "conclude, state with a guarantee",

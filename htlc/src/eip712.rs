@@ -14,6 +14,7 @@ pub mod typed {
             bytes32 virtualChannelId;
             uint256 fromA;
             uint256 fromB;
+            bool crossed;
         }
 
         /// A channel state as signed (EIP-712 `State`).
@@ -64,6 +65,7 @@ pub fn typed_state(state: &ChannelState) -> Result<typed::State, crate::amount::
                 virtualChannelId: g.virtual_channel.0,
                 fromA: U256::from(g.from_a.0),
                 fromB: U256::from(g.from_b.0),
+                crossed: g.crossed,
             })
             .collect(),
         isFinal: state.is_final,

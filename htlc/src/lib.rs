@@ -19,6 +19,7 @@ pub mod ops;
 pub mod sig;
 pub mod state;
 pub mod update;
+pub mod vchan;
 
 pub use amount::{Amount, AmountOverflow};
 pub use failure::FailureReason;

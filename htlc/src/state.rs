@@ -102,6 +102,26 @@ pub struct Guarantee {
     pub from_a: Amount,
     /// Amount taken from B's balance.
     pub from_b: Amount,
+    /// Which ledger side stands for the virtual channel's participant A (ADR 0026): `false`,
+    /// this ledger's A does (and its B for the virtual channel's B); `true`, this ledger's B
+    /// does. Signed, so the adjudicator splits the guarantee without guessing from addresses.
+    pub crossed: bool,
+}
+
+impl Guarantee {
+    /// The ledger side that stands for the virtual channel's participant `virtual_side`.
+    pub fn ledger_side_for(&self, virtual_side: Side) -> Side {
+        if self.crossed {
+            virtual_side.other()
+        } else {
+            virtual_side
+        }
+    }
+
+    /// The guarantee's total: `from_a + from_b`.
+    pub fn total(&self) -> Result<Amount, AmountOverflow> {
+        self.from_a.checked_add(self.from_b)
+    }
 }
 
 /// One version of a channel's state: what both parties sign.

@@ -1010,7 +1010,19 @@ impl Channel {
             && index < ops.len()
         {
             let bad = ops.remove(index);
+            let with_fee = matches!(bad.op, Op::AddGuarantee(_));
             self.snap.doomed.push((version, bad.op, error));
+            if with_fee {
+                // A virtual channel's opening fee rides in the proposal of its guarantee (ADR
+                // 0026): refused, both go, so no fee is ever paid for nothing.
+                let (fees, rest): (Vec<QueuedOp>, Vec<QueuedOp>) = ops
+                    .into_iter()
+                    .partition(|q| matches!(q.op, Op::Transfer { .. }));
+                for f in fees {
+                    self.snap.doomed.push((version, f.op, error));
+                }
+                ops = rest;
+            }
         }
         if let RejectReason::BadVersion { min } = reason {
             let base = self.base_version();

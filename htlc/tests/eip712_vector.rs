@@ -55,11 +55,13 @@ fn fixture() -> (ChannelParams, ChannelState) {
                 virtual_channel: ChannelId(B256::repeat_byte(0x01)),
                 from_a: Amount(100),
                 from_b: Amount(200),
+                crossed: true,
             },
             Guarantee {
                 virtual_channel: ChannelId(B256::repeat_byte(0x02)),
                 from_a: Amount(0),
                 from_b: Amount(300),
+                crossed: false,
             },
         ],
         is_final: false,
@@ -70,7 +72,7 @@ fn fixture() -> (ChannelParams, ChannelState) {
 // Pinned values: a change to the format or the hashing breaks these first.
 const CHANNEL_ID: &str = "0x6e786ce6dd045495c7f16172faa80b18e764a36de337a6d19c34db67a8f2986b";
 const LOCKS_ROOT: &str = "0x379ae9d5407e93d44cfecd341aa1eea63923e567798b6f587ed10459dd8bd632";
-const DIGEST: &str = "0x0791fdd6ea5af44a7619cdadd6db3a1a23de318f5cfd64d824941bc43dba46df";
+const DIGEST: &str = "0x2744c637dca1136fa1070efa0599698a90c07b5e919c94343ca16113172afedc";
 
 #[test]
 fn pinned_vector() {
@@ -192,7 +194,8 @@ fn cast_agrees_with_channel_id_locks_root_and_digest() {
     "Guarantee": [
       {{"name": "virtualChannelId", "type": "bytes32"}},
       {{"name": "fromA", "type": "uint256"}},
-      {{"name": "fromB", "type": "uint256"}}
+      {{"name": "fromB", "type": "uint256"}},
+      {{"name": "crossed", "type": "bool"}}
     ]
   }},
   "primaryType": "State",
@@ -201,8 +204,8 @@ fn cast_agrees_with_channel_id_locks_root_and_digest() {
     "channelId": "{id}", "version": {version}, "balanceA": "{ba}", "balanceB": "{bb}",
     "locksRoot": "{root}", "locksTotal": "{total}",
     "guarantees": [
-      {{"virtualChannelId": "{g0}", "fromA": "{g0a}", "fromB": "{g0b}"}},
-      {{"virtualChannelId": "{g1}", "fromA": "{g1a}", "fromB": "{g1b}"}}
+      {{"virtualChannelId": "{g0}", "fromA": "{g0a}", "fromB": "{g0b}", "crossed": {g0c}}},
+      {{"virtualChannelId": "{g1}", "fromA": "{g1a}", "fromB": "{g1b}", "crossed": {g1c}}}
     ],
     "isFinal": false
   }}
@@ -218,9 +221,11 @@ fn cast_agrees_with_channel_id_locks_root_and_digest() {
         g0 = g[0].virtual_channel,
         g0a = g[0].from_a,
         g0b = g[0].from_b,
+        g0c = g[0].crossed,
         g1 = g[1].virtual_channel,
         g1a = g[1].from_a,
         g1b = g[1].from_b,
+        g1c = g[1].crossed,
     );
     let dir = std::env::temp_dir().join(format!("vhub-eip712-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -405,6 +405,7 @@ impl World {
                     virtual_channel: htlc::ChannelId(alloy::primitives::B256::repeat_byte(vc)),
                     from_a: Amount(a),
                     from_b: Amount(b),
+                    crossed: false,
                 };
                 let other = 1 - side(by).index();
                 if agreed && self.ch[other].agree(Op::AddGuarantee(g)).is_ok() {
@@ -449,6 +450,7 @@ impl World {
                         virtual_channel: vc,
                         from_a: from[0],
                         from_b: from[1],
+                        crossed: false,
                     }),
                     Op::RemoveGuarantee {
                         virtual_channel: vc,

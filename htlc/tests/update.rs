@@ -452,6 +452,7 @@ fn each_invalid_operation_is_rejected_with_its_reason() {
         virtual_channel: vc,
         from_a: Amount(10),
         from_b: Amount(10),
+        crossed: false,
     };
     assert_eq!(
         invalid_op(
@@ -498,6 +499,7 @@ fn each_invalid_operation_is_rejected_with_its_reason() {
             virtual_channel: vc,
             from_a: Amount(0),
             from_b: Amount(100),
+            crossed: false,
         }),
         Op::RemoveGuarantee {
             virtual_channel: vc,
@@ -517,6 +519,7 @@ fn each_invalid_operation_is_rejected_with_its_reason() {
                 virtual_channel: vc,
                 from_a: Amount(0),
                 from_b: Amount(100),
+                crossed: false,
             }))
             .unwrap();
         }),

@@ -15,6 +15,13 @@ pub enum NodeEvent {
         /// The counterparty.
         peer: Address,
     },
+    /// A virtual channel we take part in carries payments (ADR 0026).
+    VirtualOpened {
+        /// The virtual channel.
+        channel_id: ChannelId,
+        /// The other party (its A, for its hub).
+        peer: Address,
+    },
     /// A new co-signed state of a channel.
     Committed {
         /// The channel.
@@ -154,6 +161,7 @@ impl NodeEvent {
         use htlc::node::NodeEvent as D;
         Some(match ev {
             D::ChannelOpened { channel_id, peer } => NodeEvent::ChannelOpened { channel_id, peer },
+            D::VirtualOpened { channel_id, peer } => NodeEvent::VirtualOpened { channel_id, peer },
             D::Committed {
                 channel_id,
                 version,

@@ -93,6 +93,10 @@ pub struct NodeOptions {
     /// Where payouts the adjudicator could not deliver to us are withdrawn to (`None`: our
     /// own address).
     pub withdraw_to: Option<Address>,
+    /// Serve virtual channels between our peers under these rules (`None`: refuse to).
+    pub virtual_policy: Option<htlc::vchan::VirtualPolicy>,
+    /// The most of our own money a virtual channel offered to us may lock (default none).
+    pub virtual_max_own: Amount,
 }
 
 impl NodeOptions {
@@ -138,6 +142,8 @@ impl Default for NodeOptions {
             tower: None,
             towers: Vec::new(),
             withdraw_to: None,
+            virtual_policy: None,
+            virtual_max_own: Amount::ZERO,
         }
     }
 }
@@ -169,6 +175,8 @@ impl NodeOptions {
                 }),
             towers: self.towers.clone(),
             withdraw_to: self.withdraw_to,
+            virtual_policy: self.virtual_policy,
+            virtual_max_own: self.virtual_max_own,
         }
     }
 }

@@ -17,15 +17,20 @@
 //! | `locks` | `pay/‹payment id›` | [`PaymentRecord`] |
 //! | `chain` | [`Intent::key`] | [`Intent`] |
 //! | `locks` | `watch/‹channel›` | [`Watched`] (a watchtower's) |
+//! | `locks` | `virtual/‹channel›` | [`VirtualRecord`] (ADR 0026) |
+//! | `meta` | `vpolicy‹peer›` | the virtual-channel rules that hub announced |
 
 use crate::store::{Batch, Cf, Store, StoreError};
 use crate::wire::{self, Frame};
 use alloy::primitives::{Address, B256};
 use htlc::forward::ForwardPolicy;
 use htlc::node::payment::ForwardRecord;
-use htlc::node::records::{ChannelRecord, InvoiceRecord, LinkRecord, PaymentRecord, Route};
+use htlc::node::records::{
+    ChannelRecord, InvoiceRecord, LinkRecord, PaymentRecord, Route, VirtualRecord,
+};
 use htlc::node::tower::Watched;
 use htlc::node::{Node as Machine, Records, Write};
+use htlc::vchan::VirtualPolicy;
 use htlc::{ChannelId, Hashlock, HtlcId};
 
 fn key2(tag: &str, a: &[u8], b: &[u8]) -> Vec<u8> {
@@ -50,6 +55,9 @@ fn invoice_key(hashlock: Hashlock) -> Vec<u8> {
 }
 fn watch_key(id: ChannelId) -> Vec<u8> {
     key2("watch/", id.0.as_slice(), &[])
+}
+fn virtual_key(id: ChannelId) -> Vec<u8> {
+    key2("virtual/", id.0.as_slice(), &[])
 }
 fn pay_key(id: B256) -> Vec<u8> {
     key2("pay/", id.as_slice(), &[])
@@ -121,6 +129,10 @@ pub(crate) fn fill(
                 Some(w) => batch.put(Cf::Locks, &watch_key(*id), &**w)?,
                 None => batch.delete(Cf::Locks, &watch_key(*id)),
             },
+            Write::Virtual { id, record } => batch.put(Cf::Locks, &virtual_key(*id), &**record)?,
+            Write::VirtualPolicy { peer, policy } => {
+                batch.put(Cf::Meta, &meta_key("vpolicy", *peer), policy)?
+            }
         }
     }
     Ok(())
@@ -245,6 +257,14 @@ pub(crate) fn load(store: &Store) -> Result<Records, StoreError> {
     }
     for (_, w) in store.scan::<Watched>(Cf::Locks, b"watch/")? {
         r.book.watched.insert(w.params.id(), w);
+    }
+    for (_, v) in store.scan::<VirtualRecord>(Cf::Locks, b"virtual/")? {
+        r.book.virtuals.insert(v.terms.id(), v);
+    }
+    for (k, policy) in store.scan::<VirtualPolicy>(Cf::Meta, b"vpolicy")? {
+        if let Some(a) = tail::<20>(&k, 7) {
+            r.book.virtual_policies.insert(Address::from(a), policy);
+        }
     }
     Ok(r)
 }

@@ -56,6 +56,7 @@ async fn a_peer_cannot_move_the_hubs_balance_with_guarantees() {
             virtual_channel: vc,
             from_a: Amount(0),
             from_b: Amount(400),
+            crossed: false,
         }),
         Op::RemoveGuarantee {
             virtual_channel: vc,
@@ -76,6 +77,7 @@ async fn a_peer_cannot_move_the_hubs_balance_with_guarantees() {
         virtual_channel: vc,
         from_a: Amount(100),
         from_b: Amount(100),
+        crossed: false,
     })];
     assert!(matches!(
         evil.forge(id, lock_up).await,

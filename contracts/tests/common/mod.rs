@@ -197,6 +197,7 @@ pub fn guarantee(virtual_channel: ChannelId, from_a: u128, from_b: u128) -> Guar
         virtual_channel,
         from_a: Amount(from_a),
         from_b: Amount(from_b),
+        crossed: false,
     }
 }
 

@@ -54,6 +54,7 @@ use crate::state::ChannelParams;
 use crate::update::{
     Channel, CommittedHtlc, Effect, Event, MAX_CONSECUTIVE_REJECTS, ProtocolError,
 };
+use crate::vchan::VirtualPolicy;
 use crate::{Amount, FailureReason, Limits, Op, OpError};
 use alloy::primitives::{Address, B256};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
@@ -183,6 +184,14 @@ pub enum NodeEvent {
         locks: Vec<HtlcId>,
         /// The earliest of their deadlines.
         deadline: Expiry,
+    },
+    /// A virtual channel we take part in carries payments: our leg (every leg, for its hub)
+    /// locks its guarantee and both parties signed its opening.
+    VirtualOpened {
+        /// The virtual channel.
+        channel_id: ChannelId,
+        /// The other party (its A, for its hub).
+        peer: Address,
     },
     /// An operation we queued on a channel will never take effect.
     OpDropped {
@@ -323,6 +332,12 @@ pub struct Config {
     /// Where payouts the adjudicator could not deliver to us are withdrawn to (`None`: our
     /// own address again).
     pub withdraw_to: Option<Address>,
+    /// Serve virtual channels between our peers under these rules (a hub's; announced to
+    /// peers whose channel we accept). `None`: refuse to.
+    pub virtual_policy: Option<VirtualPolicy>,
+    /// The most of our own money a virtual channel offered to us (as its B) may lock on our
+    /// ledger: by default none, we only receive.
+    pub virtual_max_own: Amount,
 }
 
 impl Default for Config {
@@ -351,6 +366,8 @@ impl Default for Config {
             tower: None,
             towers: Vec::new(),
             withdraw_to: None,
+            virtual_policy: None,
+            virtual_max_own: Amount::ZERO,
         }
     }
 }
@@ -428,6 +445,8 @@ struct Pending {
 
 struct Entry {
     peer: Address,
+    /// The hub a virtual channel's messages travel over (`None`: a ledger, direct).
+    via: Option<Address>,
     funded: bool,
     /// The peer refused our proposal as not yet funded: send it again when it says `Funded`.
     resend_on_funded: bool,
@@ -506,6 +525,7 @@ impl Node {
                 id,
                 Entry {
                     peer: rec.peer,
+                    via: None,
                     funded: rec.funded,
                     resend_on_funded: false,
                     concluded: rec.concluded,
@@ -533,6 +553,11 @@ impl Node {
             .map(|p| ((p.channel, p.htlc), p.id))
             .collect();
         node.book = records.book;
+        for (id, r) in &node.book.virtuals {
+            if let Some(e) = node.channels.get_mut(id) {
+                e.via = Some(r.hub);
+            }
+        }
         Ok(node)
     }
 
@@ -653,7 +678,7 @@ impl Node {
         let cutoff = now.0.saturating_sub(self.config.abandon_after_secs);
         let mut a = Abandoned::default();
         for (id, e) in &self.channels {
-            if e.opened_at >= cutoff {
+            if e.opened_at >= cutoff || e.via.is_some() {
                 continue;
             }
             if e.awaiting_acceptance() {
@@ -759,6 +784,7 @@ impl Node {
             id,
             Entry {
                 peer,
+                via: None,
                 funded: true,
                 resend_on_funded: false,
                 concluded: false,
@@ -993,6 +1019,7 @@ impl Node {
             id,
             Entry {
                 peer,
+                via: None,
                 funded: !self.config.on_chain,
                 resend_on_funded: false,
                 concluded: false,
@@ -1519,41 +1546,40 @@ impl Node {
                     }
                 }
             }
-            Body::Channel(msg) => {
-                let id = msg.channel_id();
-                // Another peer's channel gets the same answer as an unknown one.
-                let Some(e) = self
-                    .channels
-                    .get_mut(&id)
-                    .filter(|e| e.peer == from && !e.awaiting_acceptance())
-                else {
-                    return self.refuse(
-                        from,
-                        seq,
-                        ErrorCode::UnknownChannel,
-                        format!("no channel {id}"),
-                        p,
-                    );
-                };
-                if !e.funded {
-                    // Maybe the peer saw its deposit before we did: read the chain now; we
-                    // say `Funded` once we see it, and the peer proposes again.
-                    p.out.queries.push(id);
-                    let detail = format!("channel {id} is not funded");
-                    return self.refuse(from, seq, ErrorCode::NotFunded, detail, p);
+            Body::Channel(msg) => self.on_channel_msg(now, from, None, seq, msg, p),
+            Body::Relayed { from: party, msg } => {
+                self.on_channel_msg(now, party, Some(from), seq, msg, p)
+            }
+            Body::Relay { to, msg } => match self.on_relay(from, to, msg, p) {
+                Ok(()) => true,
+                Err(detail) => self.refuse(from, seq, ErrorCode::UnknownChannel, detail, p),
+            },
+            Body::HubVirtualPolicy { policy } => {
+                self.write(p, Write::VirtualPolicy { peer: from, policy });
+                true
+            }
+            Body::VirtualOpen { ledger, terms, sig } => {
+                match self.on_virtual_open(now, from, ledger, *terms, sig, p) {
+                    Ok(()) => true,
+                    Err(detail) => self.refuse(from, seq, ErrorCode::Protocol, detail, p),
                 }
-                match e.machine.handle(msg, now) {
-                    Ok(effects) => {
-                        self.carry(id, effects, p);
-                        true
-                    }
-                    Err(err) => self.refuse(
-                        from,
-                        seq,
-                        ErrorCode::Protocol,
-                        format!("channel {id}: {err}"),
-                        p,
-                    ),
+            }
+            Body::VirtualOffer { ledger, terms, sig } => {
+                match self.on_virtual_offer(now, from, ledger, *terms, sig, p) {
+                    Ok(()) => true,
+                    Err(detail) => self.refuse(from, seq, ErrorCode::Protocol, detail, p),
+                }
+            }
+            Body::VirtualAccept { channel_id, sig } => {
+                match self.on_virtual_accept(from, channel_id, sig, p) {
+                    Ok(()) => true,
+                    Err(detail) => self.refuse(from, seq, ErrorCode::Protocol, detail, p),
+                }
+            }
+            Body::VirtualAccepted { channel_id, sig } => {
+                match self.on_virtual_accepted(now, from, channel_id, sig, p) {
+                    Ok(()) => true,
+                    Err(detail) => self.refuse(from, seq, ErrorCode::Protocol, detail, p),
                 }
             }
             Body::OpenChannel {
@@ -1586,6 +1612,59 @@ impl Node {
                     Err(err) => self.refuse(from, seq, ErrorCode::Protocol, err.to_string(), p),
                 }
             }
+        }
+    }
+
+    /// An update-protocol message of `peer` for one of our channels with it: sent on its own
+    /// link (`via` = `None`), or relayed by the hub `via` of a virtual channel. Refusals go back
+    /// on the link it came by.
+    fn on_channel_msg(
+        &mut self,
+        now: Expiry,
+        peer: Address,
+        via: Option<Address>,
+        seq: u64,
+        msg: Message,
+        p: &mut Pending,
+    ) -> bool {
+        let link = via.unwrap_or(peer);
+        let id = msg.channel_id();
+        // Another peer's channel gets the same answer as an unknown one; a virtual channel's
+        // messages come only from its party, directly or over its own hub.
+        let Some(e) = self.channels.get_mut(&id).filter(|e| {
+            e.peer == peer && !e.awaiting_acceptance() && (via.is_none() || e.via == via)
+        }) else {
+            return self.refuse(
+                link,
+                seq,
+                ErrorCode::UnknownChannel,
+                format!("no channel {id}"),
+                p,
+            );
+        };
+        if !e.funded {
+            if e.via.is_some() {
+                let detail = format!("virtual channel {id} is not funded yet");
+                return self.refuse(link, seq, ErrorCode::NotFunded, detail, p);
+            }
+            // Maybe the peer saw its deposit before we did: read the chain now; we
+            // say `Funded` once we see it, and the peer proposes again.
+            p.out.queries.push(id);
+            let detail = format!("channel {id} is not funded");
+            return self.refuse(link, seq, ErrorCode::NotFunded, detail, p);
+        }
+        match e.machine.handle(msg, now) {
+            Ok(effects) => {
+                self.carry(id, effects, p);
+                true
+            }
+            Err(err) => self.refuse(
+                link,
+                seq,
+                ErrorCode::Protocol,
+                format!("channel {id}: {err}"),
+                p,
+            ),
         }
     }
 
@@ -1622,6 +1701,7 @@ impl Node {
             id,
             Entry {
                 peer: from,
+                via: None,
                 funded: !self.config.on_chain,
                 resend_on_funded: false,
                 concluded: false,
@@ -1632,6 +1712,9 @@ impl Node {
         p.touched.insert(id);
         let policy = self.config.policy;
         self.send(from, Body::HubPolicy { policy }, p);
+        if let Some(policy) = self.config.virtual_policy {
+            self.send(from, Body::HubVirtualPolicy { policy }, p);
+        }
         self.send(
             from,
             Body::ChannelAccepted {
@@ -1861,11 +1944,15 @@ impl Node {
         let Some(peer) = self.peer_of(id) else {
             return;
         };
+        let via = self.channels.get(&id).and_then(|e| e.via);
         p.touched.insert(id);
         for e in effects {
             match e {
                 Effect::Persist => {}
-                Effect::Send(m) => self.send(peer, Body::Channel(m), p),
+                Effect::Send(msg) => match via {
+                    Some(hub) => self.send(hub, Body::Relay { to: peer, msg }, p),
+                    None => self.send(peer, Body::Channel(msg), p),
+                },
                 Effect::Event(ev) => self.on_event(id, ev, p),
             }
         }
@@ -1925,6 +2012,9 @@ impl Node {
                 {
                     p.closed_by_us.insert(id);
                 }
+                if ops.iter().any(|o| matches!(o, Op::AddGuarantee(_))) {
+                    self.on_guarantee_committed(id, proposer, &ops, p);
+                }
                 p.out.events.push(NodeEvent::Committed {
                     channel_id: id,
                     version,
@@ -1935,11 +2025,21 @@ impl Node {
                 p.closes.push((id, state));
             }
             Event::PeerStuck => p.out.events.push(NodeEvent::PeerStuck { channel_id: id }),
-            Event::OpDropped { op, error } => p.out.events.push(NodeEvent::OpDropped {
-                channel_id: id,
-                op,
-                error,
-            }),
+            Event::OpDropped { op, error } => {
+                if let Op::AddGuarantee(g) = &op {
+                    // A virtual channel whose guarantee was refused never opens.
+                    self.set_phase(
+                        g.virtual_channel,
+                        crate::node::records::VirtualPhase::Failed,
+                        p,
+                    );
+                }
+                p.out.events.push(NodeEvent::OpDropped {
+                    channel_id: id,
+                    op,
+                    error,
+                });
+            }
             Event::PreimageLearned { .. } => {}
         }
     }
@@ -1952,6 +2052,12 @@ impl Node {
             let Some(e) = self.channels.get(&id) else {
                 continue;
             };
+            if e.via.is_some() {
+                // A virtual channel holds nothing on chain: its final state releases the
+                // guarantees on its ledgers instead (ADR 0026).
+                self.set_phase(id, crate::node::records::VirtualPhase::Closed, p);
+                continue;
+            }
             if !self.config.auto_settle || e.concluded {
                 continue;
             }
@@ -2208,3 +2314,6 @@ impl Node {
 #[cfg(test)]
 #[path = "machine_tests.rs"]
 mod tests;
+
+#[path = "virtuals.rs"]
+mod virtuals;

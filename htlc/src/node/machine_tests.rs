@@ -1076,3 +1076,307 @@ fn a_node_that_is_not_a_tower_keeps_no_state_a_peer_hands_it() {
     );
     assert!(net.nodes[1].book().watched.is_empty());
 }
+
+// ---- virtual channels (ADR 0026) ----
+
+fn virtual_policy() -> crate::vchan::VirtualPolicy {
+    crate::vchan::VirtualPolicy {
+        open_fee_base: Amount(100),
+        open_fee_ppm: 1_000,
+        max_value: Amount(FUNDS),
+        max_lifetime_secs: 86_400,
+        max_window_secs: 86_400,
+    }
+}
+
+fn virtual_config() -> Config {
+    Config {
+        virtual_policy: Some(virtual_policy()),
+        ..config()
+    }
+}
+
+impl Net {
+    /// Deliver every frame on the wire now (one message delay); what they cause waits for
+    /// the next round.
+    fn round(&mut self) {
+        for (from, to, f) in std::mem::take(&mut self.wire) {
+            let from = self.addr(from);
+            let out = self.nodes[to].handle_frame(self.now, from, f);
+            self.carry(to, out);
+        }
+    }
+
+    fn opened(&self, n: usize) -> Option<ChannelId> {
+        self.events[n].iter().find_map(|e| match e {
+            NodeEvent::VirtualOpened { channel_id, .. } => Some(*channel_id),
+            _ => None,
+        })
+    }
+
+    /// The payer opens a virtual channel with the payee over the hub, depositing `deposit`;
+    /// returns its id and the round each node saw it open.
+    fn open_virtual(&mut self, deposit: u128) -> (ChannelId, [usize; 3]) {
+        let (hub, payee) = (self.addr(1), self.addr(2));
+        let out = self.nodes[0].set_virtual_policy(hub, virtual_policy());
+        self.carry(0, out);
+        let out = self.nodes[0]
+            .open_virtual(self.now, hub, payee, Amount(deposit), U256::from(1), 3600)
+            .unwrap();
+        self.carry(0, out);
+        let mut seen = [0; 3];
+        for round in 1..=10 {
+            self.round();
+            for (n, s) in seen.iter_mut().enumerate() {
+                if *s == 0 && self.opened(n).is_some() {
+                    *s = round;
+                }
+            }
+        }
+        (self.opened(2).expect("the payee saw it open"), seen)
+    }
+}
+
+use alloy::primitives::U256;
+
+#[test]
+fn a_virtual_channel_opens_over_the_hub_in_three_delays_and_carries_payments_both_ways() {
+    let mut net = Net::new(virtual_config());
+    let (v, seen) = net.open_virtual(50_000);
+    // The payee holds its funded leg and the co-signed opening after two message delays, the
+    // hub knows both legs after three, the payer after four (the payee's signature is relayed).
+    assert_eq!(seen, [4, 3, 2]);
+    let fee = 100 + 50_000 * 1_000 / 1_000_000;
+    // The payer's ledger: its deposit locked, the fee paid to the hub.
+    let up = net.nodes[1].channel(net.up).unwrap().latest().state.clone();
+    assert_eq!(up.balances, [Amount(FUNDS - 50_000 - fee), Amount(fee)]);
+    assert_eq!(up.guarantees.len(), 1);
+    assert_eq!(
+        (
+            up.guarantees[0].from_a,
+            up.guarantees[0].from_b,
+            up.guarantees[0].crossed
+        ),
+        (Amount(50_000), Amount::ZERO, false)
+    );
+    // The hub's ledger with the payee: the hub stands for the payer and locks as much.
+    let down = net.nodes[2]
+        .channel(net.down)
+        .unwrap()
+        .latest()
+        .state
+        .clone();
+    assert_eq!(down.balances, [Amount(FUNDS - 50_000), Amount::ZERO]);
+    assert_eq!(
+        (down.guarantees[0].from_a, down.guarantees[0].from_b),
+        (Amount(50_000), Amount::ZERO)
+    );
+    // Payments inside it, relayed by the hub, both ways.
+    let out = net.nodes[0].transfer(net.now, v, Amount(20_000)).unwrap();
+    net.carry(0, out);
+    net.run();
+    let out = net.nodes[2].transfer(net.now, v, Amount(5_000)).unwrap();
+    net.carry(2, out);
+    net.run();
+    for n in [0, 2] {
+        assert_eq!(
+            net.balances(n, v),
+            [Amount(35_000), Amount(15_000)],
+            "node {n}"
+        );
+    }
+    // The hub holds no state of it: it only passed the messages on.
+    assert!(net.nodes[1].channel(v).is_none());
+    for n in 0..3 {
+        assert_eq!(net.disks[n], net.nodes[n].records(), "node {n}");
+        let back =
+            Node::restore(keys(n as u8 + 1), virtual_config(), net.disks[n].clone()).unwrap();
+        assert_eq!(back.records(), net.nodes[n].records());
+    }
+    // And after a restart the relay goes on.
+    net.nodes = (0..3)
+        .map(|n| Node::restore(keys(n as u8 + 1), virtual_config(), net.disks[n].clone()).unwrap())
+        .collect();
+    let out = net.nodes[0].transfer(net.now, v, Amount(1_000)).unwrap();
+    net.carry(0, out);
+    net.run();
+    assert_eq!(net.balances(2, v), [Amount(34_000), Amount(16_000)]);
+}
+
+#[test]
+fn a_hub_that_serves_no_virtual_channels_locks_nothing() {
+    let mut net = Net::new(config());
+    let (v, _) = {
+        let (hub, payee) = (net.addr(1), net.addr(2));
+        let out = net.nodes[0].set_virtual_policy(hub, virtual_policy());
+        net.carry(0, out);
+        let out = net.nodes[0]
+            .open_virtual(net.now, hub, payee, Amount(50_000), U256::from(1), 3600)
+            .unwrap();
+        net.carry(0, out);
+        net.run();
+        (net.opened(2), ())
+    };
+    assert_eq!(v, None);
+    assert!(net.events[1].iter().any(|e| matches!(
+        e,
+        NodeEvent::Refused {
+            code: ErrorCode::Protocol,
+            ..
+        }
+    )));
+    // The guarantee proposed alongside was refused as not agreed: no ledger locks anything.
+    for (n, id) in [(0, net.up), (1, net.up), (1, net.down), (2, net.down)] {
+        let s = &net.nodes[n].channel(id).unwrap().latest().state;
+        assert!(s.guarantees.is_empty(), "node {n}");
+    }
+    assert_eq!(net.balances(0, net.up), [Amount(FUNDS), Amount::ZERO]);
+}
+
+/// Every peer is an attacker: frames a peer may send about virtual channels it has no right
+/// to, each refused with nothing changed.
+#[test]
+fn virtual_channel_frames_from_the_wrong_peer_are_refused() {
+    let mut net = Net::new(virtual_config());
+    let (v, _) = net.open_virtual(50_000);
+    let (payer, hub, payee) = (net.addr(0), net.addr(1), net.addr(2));
+    let before: Vec<Records> = net.nodes.iter().map(Node::records).collect();
+    // What the payee expects next from the hub (the hub's refusals below are not delivered).
+    let hub_to_payee = net.nodes[1].links[&payee].outbox.next_send();
+    let msg = Message::Reject {
+        channel_id: v,
+        version: 9,
+        reason: crate::RejectReason::Conflict,
+    };
+    // A second acceptance.
+    let seq = net.nodes[2].links[&hub].outbox.next_send();
+    let out = net.nodes[1].handle_frame(
+        NOW,
+        payee,
+        Frame::Msg {
+            seq,
+            body: Body::VirtualAccept {
+                channel_id: v,
+                sig: sign_state(
+                    &params(&keys(1), &keys(3), 1),
+                    &keys(3),
+                    &ChannelState::opening(v, [Amount(1), Amount(0)]),
+                )
+                .unwrap(),
+            },
+        },
+    );
+    assert_eq!(refusal_codes(&out), vec![ErrorCode::Protocol]);
+    // The payer asks the hub to relay to someone not in the channel.
+    let stranger = Address::repeat_byte(0x99);
+    let seq = net.nodes[0].links[&hub].outbox.next_send();
+    let out = net.nodes[1].handle_frame(
+        NOW,
+        payer,
+        Frame::Msg {
+            seq,
+            body: Body::Relay {
+                to: stranger,
+                msg: msg.clone(),
+            },
+        },
+    );
+    assert_eq!(refusal_codes(&out), vec![ErrorCode::UnknownChannel]);
+    assert!(!out.transmits.iter().any(|(to, _)| *to == stranger));
+    // The payee gets a "relayed" message of the channel from someone who is not its hub.
+    let out = net.nodes[2].handle_frame(
+        NOW,
+        payer,
+        Frame::Msg {
+            seq: 1,
+            body: Body::Relayed {
+                from: payer,
+                msg: msg.clone(),
+            },
+        },
+    );
+    assert_eq!(refusal_codes(&out), vec![ErrorCode::UnknownChannel]);
+    // The hub claims to relay a message of the channel from someone who is not its party.
+    let out = net.nodes[2].handle_frame(
+        NOW,
+        hub,
+        Frame::Msg {
+            seq: hub_to_payee,
+            body: Body::Relayed {
+                from: stranger,
+                msg,
+            },
+        },
+    );
+    assert_eq!(refusal_codes(&out), vec![ErrorCode::UnknownChannel]);
+    // Nothing of the channel changed anywhere (the refusals themselves are numbered messages).
+    for (n, before) in before.iter().enumerate() {
+        assert_eq!(
+            net.nodes[n].book().virtuals,
+            before.book.virtuals,
+            "node {n}"
+        );
+        for (id, c) in &before.channels {
+            assert_eq!(
+                net.nodes[n].channel(*id).unwrap().latest(),
+                c.snapshot.latest(),
+                "node {n}"
+            );
+        }
+    }
+}
+
+/// A hub offering a virtual channel that would lock the payee's own money, or a leg that does
+/// not lock its opening, is refused: the payee agrees to nothing.
+#[test]
+fn the_payee_refuses_an_offer_that_takes_its_money() {
+    let mut net = Net::new(virtual_config());
+    let (hub, payer, payee) = (net.addr(1), net.addr(0), net.addr(2));
+    let v = crate::ChannelParams {
+        participants: [payer, payee],
+        nonce: U256::from(5),
+        ..params(&keys(1), &keys(3), 0)
+    };
+    let terms = crate::vchan::VirtualTerms {
+        params: v.clone(),
+        opening: [Amount(10), Amount(20)],
+        expires_at: Expiry(NOW.0 + 100),
+    };
+    let sig = sign_state(&v, &keys(1), &terms.opening_state()).unwrap();
+    let seq = 1;
+    let out = net.nodes[2].handle_frame(
+        NOW,
+        hub,
+        Frame::Msg {
+            seq,
+            body: Body::VirtualOffer {
+                ledger: net.down,
+                terms: Box::new(terms.clone()),
+                sig,
+            },
+        },
+    );
+    assert_eq!(refusal_codes(&out), vec![ErrorCode::Protocol]);
+    assert!(net.nodes[2].book().virtuals.is_empty());
+    assert!(net.nodes[2].channel(v.id()).is_none());
+    // A's signature that is not A's.
+    let terms = crate::vchan::VirtualTerms {
+        opening: [Amount(10), Amount::ZERO],
+        ..terms
+    };
+    let forged = sign_state(&v, &keys(2), &terms.opening_state()).unwrap();
+    let out = net.nodes[2].handle_frame(
+        NOW,
+        hub,
+        Frame::Msg {
+            seq: seq + 1,
+            body: Body::VirtualOffer {
+                ledger: net.down,
+                terms: Box::new(terms),
+                sig: forged,
+            },
+        },
+    );
+    assert_eq!(refusal_codes(&out), vec![ErrorCode::Protocol]);
+    assert!(net.nodes[2].book().virtuals.is_empty());
+}

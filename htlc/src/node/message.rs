@@ -10,6 +10,7 @@ use crate::ids::{ChannelId, Hashlock};
 use crate::msg::Message;
 use crate::state::ChannelParams;
 use crate::update::SignedState;
+use crate::vchan::{VirtualPolicy, VirtualTerms};
 use alloy::primitives::{Address, Signature};
 use serde::{Deserialize, Serialize};
 
@@ -101,6 +102,61 @@ pub enum Body {
         params: Box<ChannelParams>,
         /// Its latest co-signed state.
         state: Box<SignedState>,
+    },
+    /// The hub's rules for virtual channels over it (sent with [`Body::HubPolicy`]).
+    HubVirtualPolicy {
+        /// Fees and limits.
+        policy: VirtualPolicy,
+    },
+    /// To the hub: open virtual channel `terms` (we are its A) over our ledger `ledger` with
+    /// the hub. Our proposal of that ledger's guarantee (and the opening fee) follows in the
+    /// same flight (ADR 0026).
+    VirtualOpen {
+        /// Our ledger with the hub that locks the guarantee.
+        ledger: ChannelId,
+        /// The virtual channel.
+        terms: Box<VirtualTerms>,
+        /// Our signature on its opening state.
+        sig: Signature,
+    },
+    /// From the hub to the virtual channel's B: A asks to open `terms`; the hub's proposal of
+    /// `ledger`'s guarantee follows in the same flight.
+    VirtualOffer {
+        /// The ledger between the hub and B that locks the guarantee.
+        ledger: ChannelId,
+        /// The virtual channel.
+        terms: Box<VirtualTerms>,
+        /// A's signature on its opening state.
+        sig: Signature,
+    },
+    /// From B to the hub: B accepts, with its signature on the opening state.
+    VirtualAccept {
+        /// The virtual channel.
+        channel_id: ChannelId,
+        /// B's signature on the opening state.
+        sig: Signature,
+    },
+    /// From the hub to A: B accepted; its signature on the opening state.
+    VirtualAccepted {
+        /// The virtual channel.
+        channel_id: ChannelId,
+        /// B's signature on the opening state.
+        sig: Signature,
+    },
+    /// To the hub: pass this update-protocol message of a virtual channel over the hub to its
+    /// other party `to`.
+    Relay {
+        /// The virtual channel's other party.
+        to: Address,
+        /// The message, signed by us where the protocol signs.
+        msg: Message,
+    },
+    /// From the hub: a virtual channel's message its other party `from` sent over the hub.
+    Relayed {
+        /// Who sent it.
+        from: Address,
+        /// The message.
+        msg: Message,
     },
 }
 

@@ -13,7 +13,8 @@ use crate::node::invoice::Invoice;
 use crate::node::message::Body;
 use crate::node::payment::{ForwardRecord, PaymentStatus};
 use crate::update::Snapshot;
-use alloy::primitives::{Address, B256};
+use crate::vchan::{VirtualPolicy, VirtualTerms};
+use alloy::primitives::{Address, B256, Signature};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::ops::RangeInclusive;
@@ -199,6 +200,62 @@ pub enum Write {
         /// What is kept for it.
         record: Option<Box<crate::node::tower::Watched>>,
     },
+    /// A virtual channel we take part in (as a party or as its hub).
+    Virtual {
+        /// The virtual channel.
+        id: ChannelId,
+        /// Its record.
+        record: Box<VirtualRecord>,
+    },
+    /// A hub's rules for virtual channels, as it announced them.
+    VirtualPolicy {
+        /// The hub.
+        peer: Address,
+        /// Its rules.
+        policy: VirtualPolicy,
+    },
+}
+
+/// Our part in a virtual channel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VirtualRole {
+    /// We are its A: we asked the hub to open it.
+    Opener,
+    /// We are its B: the hub offered it to us.
+    Acceptor,
+    /// We are the hub between its parties.
+    Hub,
+}
+
+/// Where a virtual channel stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VirtualPhase {
+    /// Asked for; not every leg locks its guarantee yet.
+    Opening,
+    /// Every leg we see locks its guarantee: it carries payments.
+    Open,
+    /// Its final state is co-signed.
+    Closed,
+    /// The open did not complete and never will (the leg's guarantee was refused).
+    Failed,
+}
+
+/// A virtual channel as the node stores it (ADR 0026).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VirtualRecord {
+    /// Its terms.
+    pub terms: VirtualTerms,
+    /// Our part.
+    pub role: VirtualRole,
+    /// The hub that relays it (ourselves as its hub).
+    pub hub: Address,
+    /// The ledgers that lock its guarantee, as we see them: a party's own ledger with the hub;
+    /// the hub's two, toward A then toward B.
+    pub ledgers: Vec<ChannelId>,
+    /// The parties' signatures on its opening state, as far as we hold them.
+    pub opening_sigs: [Option<Signature>; 2],
+    /// Where it stands.
+    pub phase: VirtualPhase,
 }
 
 /// The payment records of a node: routes, forwards, invoices, payments, hubs' policies.
@@ -218,6 +275,10 @@ pub struct Book {
     pub policies: BTreeMap<Address, ForwardPolicy>,
     /// Channels watched for clients (a watchtower's).
     pub watched: BTreeMap<ChannelId, crate::node::tower::Watched>,
+    /// Virtual channels we take part in.
+    pub virtuals: BTreeMap<ChannelId, VirtualRecord>,
+    /// Rules for virtual channels hubs announced to us.
+    pub virtual_policies: BTreeMap<Address, VirtualPolicy>,
 }
 
 impl Book {
@@ -255,6 +316,12 @@ impl Book {
                     self.watched.remove(id);
                 }
             },
+            Write::Virtual { id, record } => {
+                self.virtuals.insert(*id, (**record).clone());
+            }
+            Write::VirtualPolicy { peer, policy } => {
+                self.virtual_policies.insert(*peer, *policy);
+            }
             Write::Channel { .. }
             | Write::ForgetChannel { .. }
             | Write::Sent { .. }

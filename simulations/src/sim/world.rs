@@ -297,6 +297,7 @@ pub fn build(scenario: &Scenario) -> Result<World, SimError> {
                     virtual_channel: vid,
                     from_a: a_share,
                     from_b: b_share,
+                    crossed: false,
                 },
             ));
             node = next;

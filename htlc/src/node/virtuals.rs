@@ -1,0 +1,574 @@
+//! The node's part in virtual channels (ADR 0026): opening one as its A, accepting one as its
+//! B, serving one as the hub between them, and carrying its update messages over the hub.
+//!
+//! ```text
+//!  A                              H                               B
+//!  |-- VirtualOpen + L_AH +G ---->|  admit (vchan::admit), agree    |
+//!  |<-- countersign L_AH ---------|  L_AH committed: propose        |
+//!  |                              |-- VirtualOffer + L_HB +G ------>|  check its leg, sign V0,
+//!  |                              |<-- VirtualAccept + countersign -|  agree, countersign
+//!  |<-- VirtualAccepted ----------|                                 |
+//!  |== Relay(V msg) =============>|== Relayed(V msg) ==============>|  V's own update machine
+//! ```
+//!
+//! Who may do what: only a peer with a funded ledger with us asks us (the hub) to open, only as
+//! V's A, only over its own ledger, and only under [`Config::virtual_policy`]; the hub names
+//! the ledger toward B and proposes its guarantee only once A's leg is co-signed. B agrees to
+//! exactly the guarantee that locks V's opening on its ledger with it standing for V's B
+//! ([`vchan::check_leg`]), and to lock at most [`Config::virtual_max_own`] of its own. The hub
+//! relays a message only between the two parties of a virtual channel it serves; a party takes
+//! a relayed message only from the hub of that channel. A virtual channel carries updates only
+//! once its party's own leg locks the guarantee.
+
+use super::{Entry, Node, Pending};
+use crate::Amount;
+use crate::eip712::DomainSeparator;
+use crate::ids::{ChannelId, Expiry};
+use crate::msg::Message;
+use crate::node::machine::{CommandError, NodeEvent, Output};
+use crate::node::message::Body;
+use crate::node::records::{VirtualPhase, VirtualRecord, VirtualRole, Write};
+use crate::sig::verify;
+use crate::state::{ChannelParams, Guarantee};
+use crate::update::{Channel, ProtocolError, SignedState, sign_state};
+use crate::vchan::{self, VirtualTerms};
+use crate::{Op, Side};
+use alloy::primitives::{Address, Signature, U256};
+
+impl Node {
+    /// The virtual channels we take part in.
+    pub fn virtuals(&self) -> impl Iterator<Item = (&ChannelId, &VirtualRecord)> {
+        self.book.virtuals.iter()
+    }
+
+    /// Record the virtual-channel rules `hub` announced (as [`Body::HubVirtualPolicy`] does).
+    pub fn set_virtual_policy(
+        &mut self,
+        hub: Address,
+        policy: crate::vchan::VirtualPolicy,
+    ) -> Output {
+        let mut p = Pending::default();
+        self.write(&mut p, Write::VirtualPolicy { peer: hub, policy });
+        p.out
+    }
+
+    /// Open a virtual channel with `peer` over `hub` (ADR 0026): we are its A and put in
+    /// `deposit` from our ledger with the hub (plus the hub's opening fee); the peer starts at
+    /// zero. It lives `lifetime_secs` from `now` (chain time) and is told apart from others
+    /// between us by `nonce`. Opened when [`NodeEvent::VirtualOpened`] says so.
+    pub fn open_virtual(
+        &mut self,
+        now: Expiry,
+        hub: Address,
+        peer: Address,
+        deposit: Amount,
+        nonce: U256,
+        lifetime_secs: u64,
+    ) -> Result<Output, CommandError> {
+        if deposit.is_zero() {
+            return Err(CommandError::ZeroAmount);
+        }
+        let policy = *self
+            .book
+            .virtual_policies
+            .get(&hub)
+            .ok_or(CommandError::NoPolicy(hub))?;
+        let fee = policy
+            .fee(deposit)
+            .map_err(|_| CommandError::Protocol(ProtocolError::Overflow))?;
+        let need = deposit
+            .checked_add(fee)
+            .map_err(|_| CommandError::Protocol(ProtocolError::Overflow))?;
+        let ledger = self
+            .ledger_with(hub, need)
+            .ok_or(CommandError::NoChannel(hub))?;
+        let lp = self.channels[&ledger].machine.snapshot().params().clone();
+        let params = ChannelParams {
+            chain_id: lp.chain_id,
+            adjudicator: lp.adjudicator,
+            participants: [self.address(), peer],
+            asset: lp.asset,
+            challenge_duration: lp.challenge_duration,
+            nonce,
+        };
+        let id = params.id();
+        if self.channels.contains_key(&id) || self.book.virtuals.contains_key(&id) {
+            return Err(CommandError::ChannelExists(id));
+        }
+        let terms = VirtualTerms {
+            params,
+            opening: [deposit, Amount::ZERO],
+            expires_at: Expiry(now.0.saturating_add(lifetime_secs)),
+        };
+        let sig = sign_state(&terms.params, &self.keys, &terms.opening_state())?;
+        let me_in_ledger = lp
+            .side_of(self.address())
+            .ok_or(ProtocolError::InvalidState(
+                "not a participant of the ledger",
+            ))?;
+        let g = terms.guarantee(me_in_ledger);
+        let mut p = Pending::default();
+        let record = VirtualRecord {
+            terms: terms.clone(),
+            role: VirtualRole::Opener,
+            hub,
+            ledgers: vec![ledger],
+            opening_sigs: [Some(sig), None],
+            phase: VirtualPhase::Opening,
+        };
+        self.write_virtual(id, record, &mut p);
+        // The request goes first; our proposal of the ledger's guarantee (and the fee) follows
+        // in the same flight, and the hub agreed to it by then.
+        self.send(
+            hub,
+            Body::VirtualOpen {
+                ledger,
+                terms: Box::new(terms),
+                sig,
+            },
+            &mut p,
+        );
+        if let Some(e) = self.channels.get_mut(&ledger) {
+            if !fee.is_zero() {
+                e.machine.transfer(fee);
+            }
+            e.machine.add_guarantee(g);
+        }
+        p.to_propose.insert(ledger);
+        Ok(self.finish(now, p))
+    }
+
+    /// Our funded, open ledger with `peer` (not a virtual channel) with at least `need` free
+    /// on our side.
+    fn ledger_with(&self, peer: Address, need: Amount) -> Option<ChannelId> {
+        self.by_peer.get(&peer)?.iter().copied().find(|id| {
+            self.channels.get(id).is_some_and(|e| {
+                let s = e.machine.snapshot();
+                e.via.is_none()
+                    && e.funded
+                    && !e.concluded
+                    && !e.awaiting_acceptance()
+                    && !s.frozen()
+                    && !s.latest().state.is_final
+                    && s.free_balance() >= need
+            })
+        })
+    }
+
+    fn write_virtual(&mut self, id: ChannelId, record: VirtualRecord, p: &mut Pending) {
+        self.write(
+            p,
+            Write::Virtual {
+                id,
+                record: Box::new(record),
+            },
+        );
+    }
+
+    pub(super) fn set_phase(&mut self, id: ChannelId, phase: VirtualPhase, p: &mut Pending) {
+        if let Some(mut r) = self.book.virtuals.get(&id).cloned()
+            && r.phase != phase
+        {
+            r.phase = phase;
+            self.write_virtual(id, r, p);
+        }
+    }
+
+    /// Hub: A asks to open `terms` over its ledger `ledger` with us.
+    pub(super) fn on_virtual_open(
+        &mut self,
+        now: Expiry,
+        from: Address,
+        ledger: ChannelId,
+        terms: VirtualTerms,
+        sig: Signature,
+        p: &mut Pending,
+    ) -> Result<(), String> {
+        let policy = self
+            .config
+            .virtual_policy
+            .ok_or("this node serves no virtual channels")?;
+        let id = terms.id();
+        if self.channels.contains_key(&id) || self.book.virtuals.contains_key(&id) {
+            return Err(format!("virtual channel {id} exists already"));
+        }
+        if terms.params.participants[0] != from {
+            return Err("the opener must be the virtual channel's A".into());
+        }
+        let la = self
+            .channels
+            .get(&ledger)
+            .filter(|e| e.peer == from && e.via.is_none() && e.funded && !e.awaiting_acceptance())
+            .map(|e| e.machine.snapshot().params().clone())
+            .ok_or_else(|| format!("no funded ledger {ledger} with you"))?;
+        let b = terms.params.participants[1];
+        let lb_id = self
+            .ledger_with(b, terms.opening[0])
+            .ok_or_else(|| format!("no ledger with {b} that can lock {}", terms.opening[0]))?;
+        let lb = self.channels[&lb_id].machine.snapshot().params().clone();
+        let legs = vchan::admit(&policy, self.address(), &terms, &la, &lb, now)
+            .map_err(|e| e.to_string())?;
+        let digest = DomainSeparator::new(&terms.params)
+            .digest(&terms.opening_state())
+            .map_err(|_| "overflow".to_string())?;
+        verify(digest, &sig, from).map_err(|e| e.to_string())?;
+        let e = self
+            .channels
+            .get_mut(&ledger)
+            .ok_or("ledger vanished".to_string())?;
+        e.machine
+            .agree(Op::AddGuarantee(legs.toward_a))
+            .map_err(|e| e.to_string())?;
+        p.touched.insert(ledger);
+        let record = VirtualRecord {
+            terms,
+            role: VirtualRole::Hub,
+            hub: self.address(),
+            ledgers: vec![ledger, lb_id],
+            opening_sigs: [Some(sig), None],
+            phase: VirtualPhase::Opening,
+        };
+        self.write_virtual(id, record, p);
+        Ok(())
+    }
+
+    /// B: the hub offers `terms`, to be guaranteed on our ledger `ledger` with it.
+    pub(super) fn on_virtual_offer(
+        &mut self,
+        now: Expiry,
+        from: Address,
+        ledger: ChannelId,
+        terms: VirtualTerms,
+        sig: Signature,
+        p: &mut Pending,
+    ) -> Result<(), String> {
+        let id = terms.id();
+        if self.channels.contains_key(&id) || self.book.virtuals.contains_key(&id) {
+            return Err(format!("virtual channel {id} exists already"));
+        }
+        let me = self.address();
+        let a = terms.params.participants[0];
+        if terms.params.participants[1] != me || a == from || a == me {
+            return Err("we are not the virtual channel's B".into());
+        }
+        if terms.opening[1] > self.config.virtual_max_own {
+            return Err(format!(
+                "the virtual channel would lock {} of ours (at most {})",
+                terms.opening[1], self.config.virtual_max_own
+            ));
+        }
+        if terms.expires_at <= now {
+            return Err("the virtual channel's life is over".into());
+        }
+        let lp = self
+            .channels
+            .get(&ledger)
+            .filter(|e| e.peer == from && e.via.is_none() && e.funded && !e.awaiting_acceptance())
+            .map(|e| e.machine.snapshot().params().clone())
+            .ok_or_else(|| format!("no funded ledger {ledger} with you"))?;
+        let hub_side = lp.side_of(from).ok_or("not the ledger's participant")?;
+        let g = terms.guarantee(hub_side);
+        vchan::check_leg(&terms, &lp, me, &g).map_err(|e| e.to_string())?;
+        let ours = sign_state(&terms.params, &self.keys, &terms.opening_state())
+            .map_err(|e| e.to_string())?;
+        let machine = Channel::from_cosigned(
+            terms.params.clone(),
+            self.keys.clone(),
+            self.config.limits,
+            SignedState {
+                state: terms.opening_state(),
+                sigs: [sig, ours],
+            },
+        )
+        .map_err(|e| e.to_string())?;
+        let e = self
+            .channels
+            .get_mut(&ledger)
+            .ok_or("ledger vanished".to_string())?;
+        e.machine
+            .agree(Op::AddGuarantee(g))
+            .map_err(|e| e.to_string())?;
+        p.touched.insert(ledger);
+        self.insert(
+            id,
+            Entry {
+                peer: a,
+                via: Some(from),
+                funded: false,
+                resend_on_funded: false,
+                concluded: false,
+                opened_at: now.0,
+                machine,
+            },
+        );
+        p.touched.insert(id);
+        let record = VirtualRecord {
+            terms,
+            role: VirtualRole::Acceptor,
+            hub: from,
+            ledgers: vec![ledger],
+            opening_sigs: [Some(sig), Some(ours)],
+            phase: VirtualPhase::Opening,
+        };
+        self.write_virtual(id, record, p);
+        self.send(
+            from,
+            Body::VirtualAccept {
+                channel_id: id,
+                sig: ours,
+            },
+            p,
+        );
+        Ok(())
+    }
+
+    /// Hub: B accepted `id` with its signature on the opening state: pass it to A.
+    pub(super) fn on_virtual_accept(
+        &mut self,
+        from: Address,
+        id: ChannelId,
+        sig: Signature,
+        p: &mut Pending,
+    ) -> Result<(), String> {
+        let mut r = self
+            .book
+            .virtuals
+            .get(&id)
+            .filter(|r| r.role == VirtualRole::Hub && r.terms.params.participants[1] == from)
+            .cloned()
+            .ok_or_else(|| format!("no virtual channel {id} offered to you"))?;
+        if r.opening_sigs[1].is_some() {
+            return Err(format!("virtual channel {id} accepted already"));
+        }
+        let digest = DomainSeparator::new(&r.terms.params)
+            .digest(&r.terms.opening_state())
+            .map_err(|_| "overflow".to_string())?;
+        verify(digest, &sig, from).map_err(|e| e.to_string())?;
+        r.opening_sigs[1] = Some(sig);
+        let a = r.terms.params.participants[0];
+        self.write_virtual(id, r, p);
+        self.send(
+            a,
+            Body::VirtualAccepted {
+                channel_id: id,
+                sig,
+            },
+            p,
+        );
+        Ok(())
+    }
+
+    /// A: B's signature on the opening state, passed on by the hub: the channel exists.
+    pub(super) fn on_virtual_accepted(
+        &mut self,
+        now: Expiry,
+        from: Address,
+        id: ChannelId,
+        sig: Signature,
+        p: &mut Pending,
+    ) -> Result<(), String> {
+        let mut r = self
+            .book
+            .virtuals
+            .get(&id)
+            .filter(|r| r.role == VirtualRole::Opener && r.hub == from)
+            .cloned()
+            .ok_or_else(|| format!("no virtual channel {id} opened over you"))?;
+        if self.channels.contains_key(&id) {
+            return Err(format!("virtual channel {id} accepted already"));
+        }
+        let ours = r.opening_sigs[0].ok_or("our opening signature is missing")?;
+        let machine = Channel::from_cosigned(
+            r.terms.params.clone(),
+            self.keys.clone(),
+            self.config.limits,
+            SignedState {
+                state: r.terms.opening_state(),
+                sigs: [ours, sig],
+            },
+        )
+        .map_err(|e| e.to_string())?;
+        let funded = self.leg_locked(&r);
+        r.opening_sigs[1] = Some(sig);
+        if funded {
+            r.phase = VirtualPhase::Open;
+        }
+        let peer = r.terms.params.participants[1];
+        self.write_virtual(id, r, p);
+        self.insert(
+            id,
+            Entry {
+                peer,
+                via: Some(from),
+                funded,
+                resend_on_funded: false,
+                concluded: false,
+                opened_at: now.0,
+                machine,
+            },
+        );
+        p.touched.insert(id);
+        if funded {
+            p.out.events.push(NodeEvent::VirtualOpened {
+                channel_id: id,
+                peer,
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether a party's own leg of `r` locks its guarantee in a co-signed state.
+    fn leg_locked(&self, r: &VirtualRecord) -> bool {
+        let id = r.terms.id();
+        r.ledgers.first().is_some_and(|l| {
+            self.channels.get(l).is_some_and(|e| {
+                e.machine
+                    .latest()
+                    .state
+                    .guarantees
+                    .iter()
+                    .any(|g| g.virtual_channel == id)
+            })
+        })
+    }
+
+    /// A ledger's state with `ops` (proposed by `proposer`) is co-signed: a guarantee it added
+    /// moves the virtual channel it funds along.
+    pub(super) fn on_guarantee_committed(
+        &mut self,
+        ledger: ChannelId,
+        proposer: Side,
+        ops: &[Op],
+        p: &mut Pending,
+    ) {
+        for op in ops {
+            let Op::AddGuarantee(g) = op else {
+                continue;
+            };
+            let Some(r) = self.book.virtuals.get(&g.virtual_channel).cloned() else {
+                continue;
+            };
+            let id = g.virtual_channel;
+            match r.role {
+                VirtualRole::Hub if r.ledgers.first() == Some(&ledger) => {
+                    self.hub_leg_a_locked(ledger, proposer, ops, &r, p)
+                }
+                VirtualRole::Hub => {
+                    if r.phase == VirtualPhase::Opening {
+                        self.set_phase(id, VirtualPhase::Open, p);
+                        p.out.events.push(NodeEvent::VirtualOpened {
+                            channel_id: id,
+                            peer: r.terms.params.participants[0],
+                        });
+                    }
+                }
+                VirtualRole::Opener | VirtualRole::Acceptor => {
+                    let Some(e) = self.channels.get_mut(&id) else {
+                        // A: B's acceptance is still on its way.
+                        continue;
+                    };
+                    if !e.funded {
+                        e.funded = true;
+                        p.touched.insert(id);
+                        let peer = e.peer;
+                        self.set_phase(id, VirtualPhase::Open, p);
+                        p.out.events.push(NodeEvent::VirtualOpened {
+                            channel_id: id,
+                            peer,
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Hub: A's leg locks its guarantee. If A paid the opening fee in the same update, offer
+    /// the channel to B and propose B's leg; otherwise the open stops here (A's leg settles
+    /// back as funded, on chain if A does not release it).
+    fn hub_leg_a_locked(
+        &mut self,
+        ledger: ChannelId,
+        proposer: Side,
+        ops: &[Op],
+        r: &VirtualRecord,
+        p: &mut Pending,
+    ) {
+        let id = r.terms.id();
+        if r.phase != VirtualPhase::Opening {
+            return;
+        }
+        let fee = self
+            .config
+            .virtual_policy
+            .and_then(|pol| r.terms.value().ok().and_then(|v| pol.fee(v).ok()));
+        let a_side = self
+            .channels
+            .get(&ledger)
+            .map(|e| e.machine.me().other())
+            .unwrap_or(Side::A);
+        let paid: Amount = ops
+            .iter()
+            .filter_map(|o| match o {
+                Op::Transfer { amount } if proposer == a_side => Some(*amount),
+                _ => None,
+            })
+            .fold(Amount::ZERO, |acc, a| {
+                acc.checked_add(a).unwrap_or(Amount::MAX)
+            });
+        let Some(lb) = r.ledgers.get(1).copied() else {
+            return;
+        };
+        if fee.is_none_or(|f| paid < f) {
+            self.set_phase(id, VirtualPhase::Failed, p);
+            return;
+        }
+        let Some(e) = self.channels.get_mut(&lb) else {
+            self.set_phase(id, VirtualPhase::Failed, p);
+            return;
+        };
+        let Some(hub_side) = e.machine.snapshot().params().side_of(self.keys.address()) else {
+            return;
+        };
+        let g: Guarantee = r.terms.guarantee(hub_side);
+        let b = e.peer;
+        let Some(sig) = r.opening_sigs[0] else {
+            return;
+        };
+        // The offer goes first; our proposal of B's leg follows when the step proposes.
+        self.send(
+            b,
+            Body::VirtualOffer {
+                ledger: lb,
+                terms: Box::new(r.terms.clone()),
+                sig,
+            },
+            p,
+        );
+        if let Some(e) = self.channels.get_mut(&lb) {
+            e.machine.add_guarantee(g);
+        }
+        p.to_propose.insert(lb);
+    }
+
+    /// Hub: a party of a virtual channel we serve sends one of its messages to the other.
+    pub(super) fn on_relay(
+        &mut self,
+        from: Address,
+        to: Address,
+        msg: Message,
+        p: &mut Pending,
+    ) -> Result<(), String> {
+        let id = msg.channel_id();
+        let served = self.book.virtuals.get(&id).is_some_and(|r| {
+            let [a, b] = r.terms.params.participants;
+            r.role == VirtualRole::Hub
+                && r.phase != VirtualPhase::Failed
+                && ((from == a && to == b) || (from == b && to == a))
+        });
+        if !served {
+            return Err(format!("no virtual channel {id} between you and {to}"));
+        }
+        self.send(to, Body::Relayed { from, msg }, p);
+        Ok(())
+    }
+}
