@@ -2,7 +2,8 @@
 # The README's operator walk-through ("Running a hub"), run start to finish as an operator
 # would, each node a real `hub serve` process: a local chain (anvil), `hub deploy`, a hub and
 # two peers from their configuration files, `hub open` for each peer, `hub invoice` and
-# `hub pay`, then `hub close` for each channel; it checks the payouts on chain and exits 0 only
+# `hub pay`, a virtual channel between the peers over the hub (`hub virtual open`, `pay` both
+# ways, `list`, `close`), then `hub close` for each channel; it checks the payouts on chain and exits 0 only
 # if every step answered as documented. Everything runs on loopback and stops on exit.
 #   scripts/walkthrough.sh            (release build)
 #   HUB_BIN=path/to/hub scripts/walkthrough.sh   (use a given binary)
@@ -59,6 +60,10 @@ min_peer_deposit = "10000000000000000"
 chain_poll_ms = 100
 chain_retry_secs = 1
 close_grace_secs = 5
+
+[virtual]
+open_fee_base = "1000000000000"
+open_fee_ppm = 100
 TOML
 "$HUB_BIN" serve --config "$work/hub.toml" > "$work/hub.out" 2> "$work/hub.err" & pids+=($!)
 wait_line "$work/hub.out" "listening on"
@@ -116,13 +121,30 @@ again="$(client 2 pay "$invoice")"
 case "$again" in *"already paid"*) ;; *) echo "paying twice did not say 'already paid': $again" >&2; exit 1 ;; esac
 client 3 history | grep -q "^received" || { echo "the payee does not list what it received" >&2; exit 1; }
 
+step "hub virtual open (peer 2 with peer 3 over the hub, 0.5 ETH), pay both ways, close"
+read -r _ peer3_addr _ _ _ < "$work/peer3.out"
+v="$(client 2 virtual open --hub "$hub_addr" --peer "$peer3_addr" --deposit 500000000000000000)"
+echo "$v"
+v="${v##* }"
+client 2 virtual pay "$v" --amount 100000000000000000
+client 3 virtual pay "$v" --amount 20000000000000000
+client 3 virtual list
+client 3 virtual list | grep -q "open .*0.420000 ETH / 0.080000 ETH" \
+  || { echo "the virtual channel's balances are not 0.42 / 0.08 ETH" >&2; exit 1; }
+client 3 virtual close "$v"
+for _ in $(seq 150); do
+  client 2 virtual list | grep -q " settled " && client 3 virtual list | grep -q " settled " && break; sleep 0.2
+done
+client 2 virtual list
+client 2 virtual list | grep -q " settled " || { echo "the virtual channel's guarantees were not released" >&2; exit 1; }
+
 for p in 2 3; do
   step "hub close (peer $p)"
-  ch="$(client "$p" channels | awk '{print $1}' | head -1)"
+  ch="$(client "$p" channels | grep -v "$v" | awk '{print $1}' | head -1)"
   client "$p" close "$ch"
   for _ in $(seq 150); do
-    client "$p" channels | grep -q " closed " && break; sleep 0.2
+    client "$p" channels | grep "$ch" | grep -q " closed " && break; sleep 0.2
   done
-  client "$p" channels | grep -q " closed " || { echo "channel $ch not paid out" >&2; client "$p" channels >&2; exit 1; }
+  client "$p" channels | grep "$ch" | grep -q " closed " || { echo "channel $ch not paid out" >&2; client "$p" channels >&2; exit 1; }
 done
 step "every channel paid out on chain; the walk-through ran as written"

@@ -542,6 +542,18 @@ impl Channel {
         Ok(())
     }
 
+    /// Take back one agreement to `op` not used yet: the peer's proposal of it is refused from
+    /// now on. Returns whether there was one.
+    pub fn withdraw_agreement(&mut self, op: &Op) -> bool {
+        match self.snap.agreed.iter().position(|a| a == op) {
+            Some(i) => {
+                self.snap.agreed.remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Mark the channel disputed or concluded on chain: from now on it takes no new lock,
     /// guarantee or deposit, from either side (rule 12). It cannot be undone.
     pub fn freeze(&mut self) {

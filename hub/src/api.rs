@@ -11,6 +11,11 @@
 //! POST /pay                  {"invoice": "vhub1…", "id": "0x…" (optional)} → the payment
 //! POST /open                 {"hub": "0x…", "deposit": "1000"} → the channel, deposited and funded
 //! POST /close                {"channel": "0x…"} → 202; the payout follows on chain
+//! GET  /virtual              every virtual channel we take part in (ADR 0026)
+//! POST /virtual/open         {"hub": "0x…", "peer": "0x…", "deposit": "1000", "lifetime_secs": 86400}
+//!                            → the virtual channel, once it carries payments
+//! POST /virtual/pay          {"channel": "0x…", "amount": "10"} → 200 once the payment is co-signed
+//! POST /virtual/close        {"channel": "0x…"} → 202; its final state releases the guarantees
 //! GET  /metrics              Prometheus text exposition
 //! ```
 //!
@@ -310,6 +315,45 @@ pub struct NodeInfo {
 }
 
 impl Node {
+    /// Every virtual channel we take part in.
+    pub fn virtual_info(&self) -> Vec<VirtualInfo> {
+        use htlc::node::records::{VirtualPhase, VirtualRole};
+        self.virtual_channels()
+            .into_iter()
+            .map(|(id, r)| {
+                let latest = self
+                    .channel_record(id)
+                    .map(|c| c.snapshot.latest().state.clone());
+                VirtualInfo {
+                    channel: id,
+                    role: match r.role {
+                        VirtualRole::Opener => "opener",
+                        VirtualRole::Acceptor => "acceptor",
+                        VirtualRole::Hub => "hub",
+                    }
+                    .to_string(),
+                    hub: r.hub,
+                    parties: r.terms.params.participants,
+                    phase: match r.phase {
+                        VirtualPhase::Opening => "opening",
+                        VirtualPhase::Open => "open",
+                        VirtualPhase::Closed => "closed",
+                        VirtualPhase::Settled => "settled",
+                        VirtualPhase::Failed => "failed",
+                    }
+                    .to_string(),
+                    opening: [r.terms.opening[0].into(), r.terms.opening[1].into()],
+                    balances: latest
+                        .as_ref()
+                        .map(|s| [s.balances[0].into(), s.balances[1].into()]),
+                    version: latest.as_ref().map(|s| s.version),
+                    expires_at: r.terms.expires_at.0,
+                    ledgers: r.ledgers.clone(),
+                }
+            })
+            .collect()
+    }
+
     /// Every channel, in id order.
     pub async fn channels_info(&self) -> Vec<ChannelInfo> {
         let mut ids = self.channel_ids();
@@ -661,6 +705,59 @@ pub struct CloseRequest {
     pub force: bool,
 }
 
+/// `POST /virtual/open`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VirtualOpenRequest {
+    /// The hub (already connected, with a funded ledger) to open over.
+    pub hub: Address,
+    /// The other party (a peer of the hub).
+    pub peer: Address,
+    /// Our deposit into the virtual channel.
+    pub deposit: Wei,
+    /// How long it lives, seconds (default [`DEFAULT_VIRTUAL_SECS`]).
+    #[serde(default)]
+    pub lifetime_secs: Option<u64>,
+}
+
+/// `POST /virtual/pay`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VirtualPayRequest {
+    /// The virtual channel.
+    pub channel: ChannelId,
+    /// What to pay the other party.
+    pub amount: Wei,
+}
+
+/// One virtual channel in `GET /virtual`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VirtualInfo {
+    /// Its id.
+    pub channel: ChannelId,
+    /// Our part: "opener", "acceptor" or "hub".
+    pub role: String,
+    /// Its hub.
+    pub hub: Address,
+    /// Its parties, A then B.
+    pub parties: [Address; 2],
+    /// "opening", "open", "closed", "settled" or "failed".
+    pub phase: String,
+    /// Its opening balances, A's then B's.
+    pub opening: [Wei; 2],
+    /// Its balances now, A's then B's (a party's view; the hub keeps none).
+    pub balances: Option<[Wei; 2]>,
+    /// The version of its latest co-signed state (a party's view).
+    pub version: Option<u64>,
+    /// When it must be closed (unix seconds).
+    pub expires_at: u64,
+    /// The ledgers that lock its guarantee, as we see them.
+    pub ledgers: Vec<ChannelId>,
+}
+
+/// Default lifetime of a virtual channel opened through the API, seconds.
+pub const DEFAULT_VIRTUAL_SECS: u64 = 86_400;
+
 /// Default validity of an invoice made through the API, seconds.
 pub const DEFAULT_INVOICE_SECS: u64 = 3600;
 
@@ -738,6 +835,10 @@ pub fn router(node: Node) -> Router {
         .route("/pay", post(pay))
         .route("/open", post(open))
         .route("/close", post(close))
+        .route("/virtual", get(virtual_list))
+        .route("/virtual/open", post(virtual_open))
+        .route("/virtual/pay", post(virtual_pay))
+        .route("/virtual/close", post(close_virtual))
         .route("/chain", get(chain))
         .route("/dashboard", get(dashboard))
         .route("/metrics", get(metrics))
@@ -868,6 +969,49 @@ async fn close(
     } else {
         n.close(r.channel).await?;
     }
+    Ok(StatusCode::ACCEPTED)
+}
+
+async fn virtual_list(State(n): State<Node>) -> Json<Vec<VirtualInfo>> {
+    Json(n.virtual_info())
+}
+
+async fn virtual_open(
+    State(n): State<Node>,
+    JsonBody(r): JsonBody<VirtualOpenRequest>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let lifetime = r.lifetime_secs.unwrap_or(DEFAULT_VIRTUAL_SECS);
+    let id = n
+        .open_virtual(r.hub, r.peer, Amount(r.deposit.0), lifetime)
+        .await?;
+    Ok(Json(serde_json::json!({ "channel": id })))
+}
+
+async fn virtual_pay(
+    State(n): State<Node>,
+    JsonBody(r): JsonBody<VirtualPayRequest>,
+) -> Result<StatusCode, ApiError> {
+    if !n.virtual_channels().iter().any(|(id, _)| *id == r.channel) {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no virtual channel {}", r.channel),
+        ));
+    }
+    n.transfer(r.channel, Amount(r.amount.0)).await?;
+    Ok(StatusCode::OK)
+}
+
+async fn close_virtual(
+    State(n): State<Node>,
+    JsonBody(r): JsonBody<CloseRequest>,
+) -> Result<StatusCode, ApiError> {
+    if !n.virtual_channels().iter().any(|(id, _)| *id == r.channel) {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no virtual channel {}", r.channel),
+        ));
+    }
+    n.close(r.channel).await?;
     Ok(StatusCode::ACCEPTED)
 }
 

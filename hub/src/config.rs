@@ -61,6 +61,14 @@
 //! addr = "127.0.0.1:9736"
 //! address = "0x90F79bf6EB2c4f870365E785982E1f101E93b906"
 //!
+//! # Serve virtual channels between this hub's peers (ADR 0026). Default: none served.
+//! [virtual]
+//! open_fee_base = "1000000000"   # flat fee for opening one, wei (default 1 gwei)
+//! open_fee_ppm = 100             # proportional fee, millionths of its value (default 100)
+//! max_value = "100000000000000000000" # largest virtual channel, wei (default 100 ETH)
+//! max_lifetime_secs = 2592000    # longest life (default 30 days)
+//! max_window_secs = 86400        # longest challenge window (default 1 day)
+//!
 //! # Hubs to connect to at start (a peer lists its hub). Default: none.
 //! [[connect]]
 //! addr = "127.0.0.1:9735"
@@ -308,6 +316,53 @@ pub struct Config {
     /// a stale close while the node is offline). Sessions are re-dialled when they drop.
     #[serde(default)]
     pub watchtower: Vec<ConnectConfig>,
+    /// Serve virtual channels between our peers under these rules (a hub's). Default: none.
+    #[serde(default, rename = "virtual")]
+    pub virtual_channels: Option<VirtualConfig>,
+}
+
+/// The hub's rules for virtual channels over it (ADR 0026).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct VirtualConfig {
+    /// Flat fee for opening one, wei.
+    #[serde(with = "wei")]
+    pub open_fee_base: u128,
+    /// Proportional fee for opening one, millionths of its value.
+    pub open_fee_ppm: u32,
+    /// Largest value of one, wei.
+    #[serde(with = "wei")]
+    pub max_value: u128,
+    /// Longest life of one, seconds.
+    pub max_lifetime_secs: u64,
+    /// Longest challenge window of one, seconds.
+    pub max_window_secs: u64,
+}
+
+impl Default for VirtualConfig {
+    fn default() -> Self {
+        let d = htlc::vchan::VirtualPolicy::default();
+        VirtualConfig {
+            open_fee_base: d.open_fee_base.0,
+            open_fee_ppm: d.open_fee_ppm,
+            max_value: d.max_value.0,
+            max_lifetime_secs: d.max_lifetime_secs,
+            max_window_secs: d.max_window_secs,
+        }
+    }
+}
+
+impl VirtualConfig {
+    /// The node machine's rules.
+    pub fn policy(&self) -> htlc::vchan::VirtualPolicy {
+        htlc::vchan::VirtualPolicy {
+            open_fee_base: htlc::Amount(self.open_fee_base),
+            open_fee_ppm: self.open_fee_ppm,
+            max_value: htlc::Amount(self.max_value),
+            max_lifetime_secs: self.max_lifetime_secs,
+            max_window_secs: self.max_window_secs,
+        }
+    }
 }
 
 /// What a watchtower accepts.
@@ -397,6 +452,20 @@ impl Config {
         }
         if l.max_channels_per_peer == 0 {
             return bad("limits.max_channels_per_peer", "must be at least 1");
+        }
+        if let Some(v) = &self.virtual_channels {
+            if v.open_fee_ppm > 1_000_000 {
+                return bad("virtual.open_fee_ppm", "must be at most 1000000 (100 %)");
+            }
+            if v.max_value == 0 {
+                return bad("virtual.max_value", "must be at least 1 wei");
+            }
+            if v.max_lifetime_secs == 0 || v.max_window_secs == 0 {
+                return bad(
+                    "virtual.max_lifetime_secs",
+                    "max_lifetime_secs and max_window_secs must be at least 1",
+                );
+            }
         }
         if l.max_frames_per_second == 0 {
             return bad("limits.max_frames_per_second", "must be at least 1");

@@ -534,6 +534,66 @@ impl Node {
         }
     }
 
+    /// Open a virtual channel with `peer` over `hub` (ADR 0026): we put in `deposit` from our
+    /// ledger with the hub (plus its opening fee); the peer starts at zero. Returns once our
+    /// side of it carries payments (our leg locks its guarantee and the peer signed the
+    /// opening), or the hub's or the peer's refusal.
+    pub async fn open_virtual(
+        &self,
+        hub: Address,
+        peer: Address,
+        deposit: Amount,
+        lifetime_secs: u64,
+    ) -> Result<ChannelId, NodeError> {
+        if !self.is_connected(hub).await {
+            return Err(NodeError::NotConnected(hub));
+        }
+        let nonce = U256::from(rand::random::<u64>());
+        let mut events = self.subscribe();
+        let now = self.now();
+        self.step_wait(|m| m.open_virtual(now, hub, peer, deposit, nonce, lifetime_secs))
+            .await?;
+        let id = self
+            .read(|m| {
+                m.virtuals()
+                    .find(|(_, r)| {
+                        r.terms.params.nonce == nonce && r.terms.params.participants[1] == peer
+                    })
+                    .map(|(id, _)| *id)
+            })
+            .ok_or(NodeError::Stopped)?;
+        let wait = async {
+            loop {
+                match events.recv().await {
+                    Ok(NodeEvent::VirtualOpened { channel_id, .. }) if channel_id == id => {
+                        return Ok(id);
+                    }
+                    Ok(NodeEvent::RefusedByPeer {
+                        peer: p,
+                        code,
+                        detail,
+                    }) if p == hub => return Err(NodeError::RefusedByPeer { code, detail }),
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                        return Err(NodeError::Stopped);
+                    }
+                }
+            }
+        };
+        match tokio::time::timeout(VIRTUAL_OPEN_TIMEOUT, wait).await {
+            Ok(result) => result,
+            Err(_) => Err(NodeError::NotReady {
+                channel: id,
+                stage: crate::error::Stage::NotFunded,
+            }),
+        }
+    }
+
+    /// The virtual channels we take part in (as a party or as their hub).
+    pub fn virtual_channels(&self) -> Vec<(ChannelId, htlc::node::records::VirtualRecord)> {
+        self.read(|m| m.virtuals().map(|(id, r)| (*id, r.clone())).collect())
+    }
+
     /// Delete a channel we proposed that the peer never countersigned (nothing of it exists on
     /// chain or at the peer). A channel that may hold money is never deleted.
     async fn forget_unopened(&self, id: ChannelId) -> Result<(), NodeError> {
@@ -604,6 +664,9 @@ impl Node {
         self.step_wait(|m| m.command(now, id, f)).await
     }
 }
+
+/// How long [`Node::open_virtual`] waits for the hub and the peer.
+pub const VIRTUAL_OPEN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Frames of one session handed to the machine in one step, at most.
 const MAX_FRAMES_PER_STEP: usize = 256;

@@ -212,6 +212,7 @@ impl NodeEvent {
             D::ForwardFailed { .. }
             | D::PeerStuck { .. }
             | D::OpDropped { .. }
+            | D::VirtualSettled { .. }
             | D::MustClaimOnChain { .. } => return None,
         })
     }

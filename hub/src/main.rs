@@ -195,6 +195,10 @@ enum Command {
         #[arg(long)]
         deposit: u128,
     },
+    /// Virtual channels (ADR 0026): open one with another peer of a hub, pay inside it, list,
+    /// close.
+    #[command(subcommand)]
+    Virtual(VirtualCmd),
     /// Close a channel cooperatively; the payout follows on chain.
     Close {
         #[command(flatten)]
@@ -206,6 +210,55 @@ enum Command {
         /// or refuses everything); paid out after the challenge window.
         #[arg(long)]
         force: bool,
+    },
+}
+
+/// `hub virtual ...`.
+#[derive(Subcommand, Debug)]
+enum VirtualCmd {
+    /// Open a virtual channel with `--peer` over `--hub` (both connected through the hub's
+    /// ledger channels): our `--deposit` is locked on our ledger with the hub, the hub locks as
+    /// much toward the peer. Returns once it carries payments.
+    Open {
+        #[command(flatten)]
+        conn: Conn,
+        /// The hub.
+        #[arg(long)]
+        hub: alloy::primitives::Address,
+        /// The other party.
+        #[arg(long)]
+        peer: alloy::primitives::Address,
+        /// Our deposit, wei.
+        #[arg(long)]
+        deposit: u128,
+        /// Its life, seconds.
+        #[arg(long, default_value_t = hub::api::DEFAULT_VIRTUAL_SECS)]
+        lifetime: u64,
+    },
+    /// Pay the other party of a virtual channel (one update signed by the two of you; the hub
+    /// only passes it on).
+    Pay {
+        #[command(flatten)]
+        conn: Conn,
+        /// The virtual channel.
+        #[arg(value_parser = parse_id)]
+        channel: alloy::primitives::B256,
+        /// Amount, wei.
+        #[arg(long)]
+        amount: u128,
+    },
+    /// List the virtual channels we take part in.
+    List {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Close a virtual channel: its final state releases the guarantees on its ledgers.
+    Close {
+        #[command(flatten)]
+        conn: Conn,
+        /// The virtual channel.
+        #[arg(value_parser = parse_id)]
+        channel: alloy::primitives::B256,
     },
 }
 
@@ -222,7 +275,13 @@ impl Command {
             | Command::Invoice { conn, .. }
             | Command::Pay { conn, .. }
             | Command::Open { conn, .. }
-            | Command::Close { conn, .. } => Some(conn),
+            | Command::Close { conn, .. }
+            | Command::Virtual(
+                VirtualCmd::Open { conn, .. }
+                | VirtualCmd::Pay { conn, .. }
+                | VirtualCmd::List { conn }
+                | VirtualCmd::Close { conn, .. },
+            ) => Some(conn),
             _ => None,
         }
     }
@@ -441,6 +500,7 @@ async fn serve(path: PathBuf, tower: bool) -> Result<()> {
         tower: config.tower.as_ref().map(|t| t.max_watched),
         towers: config.watchtower.iter().map(|t| t.address).collect(),
         withdraw_to: config.funding.withdraw_to,
+        virtual_policy: config.virtual_channels.as_ref().map(|v| v.policy()),
         ..NodeOptions::default()
     };
     let node = Node::start(keys, store, opts)?;

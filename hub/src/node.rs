@@ -177,6 +177,7 @@ impl NodeOptions {
             withdraw_to: self.withdraw_to,
             virtual_policy: self.virtual_policy,
             virtual_max_own: self.virtual_max_own,
+            virtual_hold_secs: VIRTUAL_HOLD_SECS,
         }
     }
 }
@@ -186,6 +187,9 @@ pub use htlc::node::records::ChannelRecord;
 /// Unacknowledged frames in a peer's outbox beyond which its refusals are no longer written
 /// (rule 10: a peer that never acknowledges cannot grow our disk with them).
 pub const MAX_DURABLE_BACKLOG: u64 = 1024;
+
+/// Seconds a hub holds one party's release of a virtual channel's leg waiting for the other's.
+pub const VIRTUAL_HOLD_SECS: u64 = 60;
 
 /// Seconds a route instruction waits for its HTLC before it is deleted (the payer sends the
 /// HTLC right after it; rule 10: a peer cannot pile them up).

@@ -193,6 +193,12 @@ pub enum NodeEvent {
         /// The other party (its A, for its hub).
         peer: Address,
     },
+    /// A virtual channel's guarantees are released by its final state: on our leg (every
+    /// leg, for its hub).
+    VirtualSettled {
+        /// The virtual channel.
+        channel_id: ChannelId,
+    },
     /// An operation we queued on a channel will never take effect.
     OpDropped {
         /// Which channel.
@@ -338,6 +344,9 @@ pub struct Config {
     /// The most of our own money a virtual channel offered to us (as its B) may lock on our
     /// ledger: by default none, we only receive.
     pub virtual_max_own: Amount,
+    /// Hub: seconds a party's release of a virtual channel's leg is held waiting for the other
+    /// party's; then every release of it is refused (it settles on chain).
+    pub virtual_hold_secs: u64,
 }
 
 impl Default for Config {
@@ -368,6 +377,7 @@ impl Default for Config {
             withdraw_to: None,
             virtual_policy: None,
             virtual_max_own: Amount::ZERO,
+            virtual_hold_secs: 60,
         }
     }
 }
@@ -638,7 +648,10 @@ impl Node {
 
     /// When [`Node::handle_timeout`] is due next (`None`: nothing to wait for).
     pub fn poll_timeout(&self) -> Option<Expiry> {
-        self.timers.next()
+        match (self.timers.next(), self.next_hold_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Whether `peer` has a channel with us (funded or not).
@@ -886,6 +899,7 @@ impl Node {
                 self.timers.set(id, next);
             }
         }
+        self.expire_holds(now, &mut p);
         let cutoff = now.0.saturating_sub(self.config.route_ttl_secs);
         let stale: Vec<_> = self
             .book
@@ -1328,8 +1342,17 @@ impl Node {
             return Err(CommandError::NotReady(channel, NotReady::NotFunded));
         }
         f(&mut e.machine);
-        let effects = e.machine.propose(now)?;
         let mut p = Pending::default();
+        if self.holding(channel) {
+            // A party's release waits for our countersignature there (ADR 0026): this goes
+            // out after it.
+            p.touched.insert(channel);
+            return Ok(self.finish(now, p));
+        }
+        let Some(e) = self.channels.get_mut(&channel) else {
+            return Err(CommandError::UnknownChannel(channel));
+        };
+        let effects = e.machine.propose(now)?;
         self.carry(channel, effects, &mut p);
         Ok(self.finish(now, p))
     }
@@ -1576,6 +1599,12 @@ impl Node {
                     Err(detail) => self.refuse(from, seq, ErrorCode::Protocol, detail, p),
                 }
             }
+            Body::VirtualClose { final_state } => {
+                match self.on_virtual_close(from, *final_state, p) {
+                    Ok(()) => true,
+                    Err(detail) => self.refuse(from, seq, ErrorCode::Protocol, detail, p),
+                }
+            }
             Body::VirtualAccepted { channel_id, sig } => {
                 match self.on_virtual_accepted(now, from, channel_id, sig, p) {
                     Ok(()) => true,
@@ -1653,6 +1682,12 @@ impl Node {
             let detail = format!("channel {id} is not funded");
             return self.refuse(link, seq, ErrorCode::NotFunded, detail, p);
         }
+        if via.is_none() && self.hold_release(now, id, &msg, p) {
+            return true;
+        }
+        let Some(e) = self.channels.get_mut(&id) else {
+            return true;
+        };
         match e.machine.handle(msg, now) {
             Ok(effects) => {
                 self.carry(id, effects, p);
@@ -1923,6 +1958,12 @@ impl Node {
 
     /// Propose what channel `id` has queued, and carry out the effects.
     fn propose(&mut self, now: Expiry, id: ChannelId, p: &mut Pending) {
+        if self.holding(id) {
+            // A party's release waits for our countersignature there (ADR 0026): what we
+            // queued goes out after it.
+            p.touched.insert(id);
+            return;
+        }
         let Some(e) = self.channels.get_mut(&id) else {
             return;
         };
@@ -2015,6 +2056,9 @@ impl Node {
                 if ops.iter().any(|o| matches!(o, Op::AddGuarantee(_))) {
                     self.on_guarantee_committed(id, proposer, &ops, p);
                 }
+                if ops.iter().any(|o| matches!(o, Op::RemoveGuarantee { .. })) {
+                    self.on_release_committed(&ops, p);
+                }
                 p.out.events.push(NodeEvent::Committed {
                     channel_id: id,
                     version,
@@ -2022,7 +2066,11 @@ impl Node {
             }
             Event::Closed(state) => {
                 p.out.events.push(NodeEvent::Closed { channel_id: id });
-                p.closes.push((id, state));
+                if self.channels.get(&id).is_some_and(|e| e.via.is_some()) {
+                    self.on_virtual_final(id, state, p);
+                } else {
+                    p.closes.push((id, state));
+                }
             }
             Event::PeerStuck => p.out.events.push(NodeEvent::PeerStuck { channel_id: id }),
             Event::OpDropped { op, error } => {
@@ -2052,12 +2100,6 @@ impl Node {
             let Some(e) = self.channels.get(&id) else {
                 continue;
             };
-            if e.via.is_some() {
-                // A virtual channel holds nothing on chain: its final state releases the
-                // guarantees on its ledgers instead (ADR 0026).
-                self.set_phase(id, crate::node::records::VirtualPhase::Closed, p);
-                continue;
-            }
             if !self.config.auto_settle || e.concluded {
                 continue;
             }

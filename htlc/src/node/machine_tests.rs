@@ -1380,3 +1380,143 @@ fn the_payee_refuses_an_offer_that_takes_its_money() {
     assert_eq!(refusal_codes(&out), vec![ErrorCode::Protocol]);
     assert!(net.nodes[2].book().virtuals.is_empty());
 }
+
+impl Net {
+    fn settled(&self, n: usize, v: ChannelId) -> bool {
+        self.events[n]
+            .iter()
+            .any(|e| matches!(e, NodeEvent::VirtualSettled { channel_id } if *channel_id == v))
+    }
+
+    fn guarantees(&self, n: usize, id: ChannelId) -> usize {
+        self.nodes[n]
+            .channel(id)
+            .unwrap()
+            .latest()
+            .state
+            .guarantees
+            .len()
+    }
+}
+
+#[test]
+fn a_closed_virtual_channel_releases_both_legs_by_its_final_state() {
+    let mut net = Net::new(virtual_config());
+    let (v, _) = net.open_virtual(50_000);
+    let fee = 100 + 50;
+    let out = net.nodes[0].transfer(net.now, v, Amount(20_000)).unwrap();
+    net.carry(0, out);
+    net.run();
+    let out = net.nodes[2].close(net.now, v).unwrap();
+    net.carry(2, out);
+    net.run();
+    for n in 0..3 {
+        assert!(net.settled(n, v), "node {n} settled");
+    }
+    // The payer's ledger: its 30,000 back, the payee's 20,000 to the hub.
+    let up = &net.nodes[1].channel(net.up).unwrap().latest().state;
+    assert!(up.guarantees.is_empty());
+    assert_eq!(
+        up.balances,
+        [Amount(FUNDS - 50_000 - fee + 30_000), Amount(fee + 20_000)]
+    );
+    // The hub's ledger with the payee: the payer's 30,000 back to the hub, 20,000 to the payee.
+    let down = &net.nodes[2].channel(net.down).unwrap().latest().state;
+    assert!(down.guarantees.is_empty());
+    assert_eq!(
+        down.balances,
+        [Amount(FUNDS - 50_000 + 30_000), Amount(20_000)]
+    );
+    // The hub is whole: its two ledgers hold what they held, plus the fee.
+    let hub_total = up.balances[1].0 + down.balances[0].0;
+    assert_eq!(hub_total, FUNDS + fee);
+    // Both sides of each ledger agree, and the writes restore every node.
+    assert_eq!(net.balances(0, net.up), up.balances);
+    assert_eq!(net.balances(1, net.down), down.balances);
+    for n in 0..3 {
+        assert_eq!(net.disks[n], net.nodes[n].records(), "node {n}");
+    }
+    assert!(!net.nodes[1].holding(net.up) && !net.nodes[1].holding(net.down));
+}
+
+/// The two parties sign two contradictory final states and each hands the hub the one that
+/// robs it on the other's leg: the hub releases no leg at all (each keeps its guarantee, which
+/// the adjudicator settles by one recorded outcome).
+#[test]
+fn contradictory_final_states_release_no_leg() {
+    let mut net = Net::new(virtual_config());
+    let (v, _) = net.open_virtual(50_000);
+    let vp = net.nodes[0].channel(v).unwrap().snapshot().params().clone();
+    let final_state = |balances: [u128; 2]| {
+        let state = ChannelState {
+            version: 10,
+            is_final: true,
+            ..ChannelState::opening(v, [Amount(balances[0]), Amount(balances[1])])
+        };
+        let sigs = [
+            sign_state(&vp, &keys(1), &state).unwrap(),
+            sign_state(&vp, &keys(3), &state).unwrap(),
+        ];
+        SignedState { state, sigs }
+    };
+    // All to the payer (its leg gives it everything back); all to the payee (the hub's leg
+    // pays it everything).
+    let to_payer = final_state([50_000, 0]);
+    let to_payee = final_state([0, 50_000]);
+    for (n, fin) in [(0usize, to_payer), (2, to_payee)] {
+        // Each party's own step on "its" co-signed final state: hand it over, propose the
+        // release of its leg by it.
+        let mut p = super::Pending::default();
+        net.nodes[n].on_virtual_final(v, fin, &mut p);
+        let out = net.nodes[n].finish(net.now, p);
+        net.carry(n, out);
+    }
+    net.run();
+    // The hub refused the second final state and the release by it; it holds the first
+    // party's release and countersigns neither.
+    assert!(net.events[1].iter().any(|e| matches!(
+        e,
+        NodeEvent::Refused {
+            code: ErrorCode::Protocol,
+            ..
+        }
+    )));
+    for (n, id) in [(0, net.up), (1, net.up), (1, net.down), (2, net.down)] {
+        assert_eq!(net.guarantees(n, id), 1, "node {n} channel {id}");
+    }
+    assert!(net.nodes[1].holding(net.up));
+    assert!(!net.settled(1, v));
+    // The hub's money on its two legs is exactly what it was: nothing was released.
+    let hub_free = net.balances(1, net.up)[1].0 + net.balances(1, net.down)[0].0;
+    assert_eq!(hub_free, 150 + FUNDS - 50_000);
+    // The hub's patience ends: the held release is refused, the payer's ledger is free again,
+    // and still no leg is released.
+    assert_eq!(
+        net.nodes[1].poll_timeout(),
+        Some(Expiry(NOW.0 + net.nodes[1].config().virtual_hold_secs))
+    );
+    net.now = Expiry(NOW.0 + net.nodes[1].config().virtual_hold_secs);
+    let out = net.nodes[1].handle_timeout(net.now);
+    net.carry(1, out);
+    net.run();
+    assert!(!net.nodes[1].holding(net.up));
+    assert!(
+        net.nodes[0]
+            .channel(net.up)
+            .unwrap()
+            .snapshot()
+            .pending()
+            .is_none()
+    );
+    for (n, id) in [(0, net.up), (1, net.up), (1, net.down), (2, net.down)] {
+        assert_eq!(net.guarantees(n, id), 1, "node {n} channel {id}");
+    }
+    let before = net.balances(0, net.up);
+    let out = net.nodes[0].transfer(net.now, net.up, Amount(7)).unwrap();
+    net.carry(0, out);
+    net.run();
+    assert_eq!(net.balances(1, net.up)[1].0, before[1].0 + 7);
+    for n in 0..3 {
+        assert_eq!(net.disks[n], net.nodes[n].records(), "node {n}");
+    }
+}

@@ -158,6 +158,12 @@ pub enum Body {
         /// The message.
         msg: Message,
     },
+    /// To the hub: a virtual channel's final state, signed by both its parties; our proposal
+    /// releasing our leg's guarantee by it follows (ADR 0026).
+    VirtualClose {
+        /// The final state.
+        final_state: Box<SignedState>,
+    },
 }
 
 /// What travels on a link once both ends know each other.

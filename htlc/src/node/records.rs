@@ -9,10 +9,11 @@
 use crate::Amount;
 use crate::forward::{ForwardPolicy, NextHop};
 use crate::ids::{ChannelId, Hashlock, HtlcId, Preimage};
+use crate::msg::Message;
 use crate::node::invoice::Invoice;
 use crate::node::message::Body;
 use crate::node::payment::{ForwardRecord, PaymentStatus};
-use crate::update::Snapshot;
+use crate::update::{SignedState, Snapshot};
 use crate::vchan::{VirtualPolicy, VirtualTerms};
 use alloy::primitives::{Address, B256, Signature};
 use serde::{Deserialize, Serialize};
@@ -234,8 +235,10 @@ pub enum VirtualPhase {
     Opening,
     /// Every leg we see locks its guarantee: it carries payments.
     Open,
-    /// Its final state is co-signed.
+    /// Its final state is co-signed; the guarantees are being released.
     Closed,
+    /// Our leg's guarantee (every leg's, for its hub) is released by the final state.
+    Settled,
     /// The open did not complete and never will (the leg's guarantee was refused).
     Failed,
 }
@@ -256,6 +259,17 @@ pub struct VirtualRecord {
     pub opening_sigs: [Option<Signature>; 2],
     /// Where it stands.
     pub phase: VirtualPhase,
+    /// The final state (signed by both parties) that releases its guarantees, fixed the first
+    /// time a party hands it to us: every leg is released by this one, never by another.
+    pub outcome: Option<SignedState>,
+    /// Hub: each party's proposal releasing its leg, held (validated, not countersigned) until
+    /// every leg's is here; then all are countersigned at once (ADR 0026). By leg, as
+    /// `ledgers`.
+    pub held: Vec<Option<Message>>,
+    /// Hub: when the first of them was held (unix seconds); past
+    /// [`super::Config::virtual_hold_secs`] every release is refused and no leg is released
+    /// off chain.
+    pub held_since: Option<u64>,
 }
 
 /// The payment records of a node: routes, forwards, invoices, payments, hubs' policies.

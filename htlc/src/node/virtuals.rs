@@ -30,7 +30,7 @@ use crate::node::message::Body;
 use crate::node::records::{VirtualPhase, VirtualRecord, VirtualRole, Write};
 use crate::sig::verify;
 use crate::state::{ChannelParams, Guarantee};
-use crate::update::{Channel, ProtocolError, SignedState, sign_state};
+use crate::update::{Channel, Effect, ProtocolError, SignedState, sign_state};
 use crate::vchan::{self, VirtualTerms};
 use crate::{Op, Side};
 use alloy::primitives::{Address, Signature, U256};
@@ -115,6 +115,9 @@ impl Node {
             ledgers: vec![ledger],
             opening_sigs: [Some(sig), None],
             phase: VirtualPhase::Opening,
+            outcome: None,
+            held: Vec::new(),
+            held_since: None,
         };
         self.write_virtual(id, record, &mut p);
         // The request goes first; our proposal of the ledger's guarantee (and the fee) follows
@@ -227,6 +230,9 @@ impl Node {
             ledgers: vec![ledger, lb_id],
             opening_sigs: [Some(sig), None],
             phase: VirtualPhase::Opening,
+            outcome: None,
+            held: vec![None, None],
+            held_since: None,
         };
         self.write_virtual(id, record, p);
         Ok(())
@@ -309,6 +315,9 @@ impl Node {
             ledgers: vec![ledger],
             opening_sigs: [Some(sig), Some(ours)],
             phase: VirtualPhase::Opening,
+            outcome: None,
+            held: Vec::new(),
+            held_since: None,
         };
         self.write_virtual(id, record, p);
         self.send(
@@ -570,5 +579,342 @@ impl Node {
         }
         self.send(to, Body::Relayed { from, msg }, p);
         Ok(())
+    }
+}
+
+impl Node {
+    /// A party: the virtual channel `id`'s final state is co-signed. Hand it to the hub, then
+    /// propose the release of our leg by it: we sign first, the hub countersigns once every
+    /// leg's release is in (ADR 0026).
+    pub(super) fn on_virtual_final(&mut self, id: ChannelId, fin: SignedState, p: &mut Pending) {
+        let Some(mut r) = self.book.virtuals.get(&id).cloned() else {
+            return;
+        };
+        if r.role == VirtualRole::Hub || r.outcome.is_some() {
+            return;
+        }
+        let Some(ledger) = r.ledgers.first().copied() else {
+            return;
+        };
+        let Some(g) = self.channels.get(&ledger).and_then(|e| {
+            e.machine
+                .latest()
+                .state
+                .guarantees
+                .iter()
+                .find(|g| g.virtual_channel == id)
+                .copied()
+        }) else {
+            return;
+        };
+        let Ok([to_a, to_b]) = vchan::release(&g, &fin.state) else {
+            return;
+        };
+        let hub = r.hub;
+        r.phase = VirtualPhase::Closed;
+        r.outcome = Some(fin.clone());
+        self.write_virtual(id, r, p);
+        self.send(
+            hub,
+            Body::VirtualClose {
+                final_state: Box::new(fin),
+            },
+            p,
+        );
+        if let Some(e) = self.channels.get_mut(&ledger) {
+            e.machine.remove_guarantee(id, to_a, to_b);
+        }
+        p.to_propose.insert(ledger);
+    }
+
+    /// Hub: a party hands over the virtual channel's final state. The first one handed over
+    /// is the only one we release any leg by; we agree to each leg's release by it.
+    pub(super) fn on_virtual_close(
+        &mut self,
+        from: Address,
+        fin: SignedState,
+        p: &mut Pending,
+    ) -> Result<(), String> {
+        let id = fin.state.channel_id;
+        let mut r = self
+            .book
+            .virtuals
+            .get(&id)
+            .filter(|r| r.role == VirtualRole::Hub && r.terms.params.participants.contains(&from))
+            .cloned()
+            .ok_or_else(|| format!("no virtual channel {id} with you over us"))?;
+        if let Some(known) = &r.outcome {
+            return if *known == fin {
+                Ok(())
+            } else {
+                Err(format!(
+                    "virtual channel {id}: another final state was handed over first"
+                ))
+            };
+        }
+        let digest = DomainSeparator::new(&r.terms.params)
+            .digest(&fin.state)
+            .map_err(|_| "overflow".to_string())?;
+        for side in [Side::A, Side::B] {
+            verify(
+                digest,
+                &fin.sigs[side.index()],
+                r.terms.params.participant(side),
+            )
+            .map_err(|e| format!("final state: {e}"))?;
+        }
+        let mut releases = Vec::new();
+        for ledger in &r.ledgers {
+            let Some(g) = self.guarantee_on(*ledger, id) else {
+                continue;
+            };
+            let [to_a, to_b] = vchan::release(&g, &fin.state).map_err(|e| e.to_string())?;
+            releases.push((
+                *ledger,
+                Op::RemoveGuarantee {
+                    virtual_channel: id,
+                    to_a,
+                    to_b,
+                },
+            ));
+        }
+        for (ledger, op) in releases {
+            if let Some(e) = self.channels.get_mut(&ledger) {
+                e.machine.agree(op).map_err(|e| e.to_string())?;
+                p.touched.insert(ledger);
+            }
+        }
+        r.outcome = Some(fin);
+        r.phase = VirtualPhase::Closed;
+        self.write_virtual(id, r, p);
+        Ok(())
+    }
+
+    /// The guarantee for `virtual_channel` in `ledger`'s latest co-signed state.
+    fn guarantee_on(&self, ledger: ChannelId, virtual_channel: ChannelId) -> Option<Guarantee> {
+        self.channels.get(&ledger).and_then(|e| {
+            e.machine
+                .latest()
+                .state
+                .guarantees
+                .iter()
+                .find(|g| g.virtual_channel == virtual_channel)
+                .copied()
+        })
+    }
+
+    /// Hub: whether `ledger` holds a party's release proposal (we propose nothing on it
+    /// meanwhile: the party waits for our countersignature).
+    pub(super) fn holding(&self, ledger: ChannelId) -> bool {
+        self.book.virtuals.values().any(|r| {
+            r.role == VirtualRole::Hub
+                && r.ledgers
+                    .iter()
+                    .zip(&r.held)
+                    .any(|(l, h)| *l == ledger && h.is_some())
+        })
+    }
+
+    /// Hub: `msg` on `ledger` proposes the release of a leg of a virtual channel we serve and
+    /// would be countersigned: hold it instead, and countersign every leg's once all are in.
+    /// Returns whether it was held.
+    pub(super) fn hold_release(
+        &mut self,
+        now: Expiry,
+        ledger: ChannelId,
+        msg: &Message,
+        p: &mut Pending,
+    ) -> bool {
+        let Message::Propose { ops, .. } = msg else {
+            return false;
+        };
+        let Some((id, leg)) = ops.iter().find_map(|op| match op {
+            Op::RemoveGuarantee {
+                virtual_channel, ..
+            } => {
+                let r = self.book.virtuals.get(virtual_channel)?;
+                let leg = r.ledgers.iter().position(|l| *l == ledger)?;
+                (r.role == VirtualRole::Hub && r.held.get(leg)?.is_none())
+                    .then_some((*virtual_channel, leg))
+            }
+            _ => None,
+        }) else {
+            return false;
+        };
+        // Would our machine countersign it? Ask a copy; anything else goes to the machine
+        // itself, which refuses it as usual.
+        let Some(e) = self.channels.get(&ledger) else {
+            return false;
+        };
+        let mut probe = e.machine.clone();
+        let accepted = probe.handle(msg.clone(), now).is_ok_and(|effects| {
+            effects
+                .iter()
+                .any(|f| matches!(f, Effect::Send(Message::Accept { .. })))
+        });
+        if !accepted {
+            return false;
+        }
+        let Some(mut r) = self.book.virtuals.get(&id).cloned() else {
+            return false;
+        };
+        if let Some(slot) = r.held.get_mut(leg) {
+            *slot = Some(msg.clone());
+        }
+        r.held_since.get_or_insert(now.0);
+        self.write_virtual(id, r, p);
+        self.release_held(now, id, p);
+        true
+    }
+
+    /// Hub: once every leg that locks the virtual channel's guarantee has its party's release
+    /// held, countersign them all in this step.
+    fn release_held(&mut self, now: Expiry, id: ChannelId, p: &mut Pending) {
+        let Some(mut r) = self.book.virtuals.get(&id).cloned() else {
+            return;
+        };
+        let complete = r
+            .ledgers
+            .iter()
+            .zip(&r.held)
+            .all(|(l, h)| h.is_some() || self.guarantee_on(*l, id).is_none());
+        if !complete {
+            return;
+        }
+        // Every release is checked again against its ledger as it stands: all are
+        // countersigned, or none (a leg released alone could be robbed on the other, ADR 0026).
+        let all_accept = r.ledgers.iter().zip(&r.held).all(|(l, h)| {
+            h.as_ref().is_none_or(|m| {
+                self.channels.get(l).is_some_and(|e| {
+                    let mut probe = e.machine.clone();
+                    probe.handle(m.clone(), now).is_ok_and(|effects| {
+                        effects
+                            .iter()
+                            .any(|f| matches!(f, Effect::Send(Message::Accept { .. })))
+                    })
+                })
+            })
+        });
+        if !all_accept {
+            // Nothing changed a held ledger in between (we propose nothing on it and its party
+            // waits for us), so this does not happen; if it did, every release stays held and
+            // the legs keep their guarantees, settled on chain by one recorded outcome.
+            return;
+        }
+        let held: Vec<(ChannelId, Message)> = r
+            .ledgers
+            .iter()
+            .zip(r.held.iter_mut())
+            .filter_map(|(l, h)| h.take().map(|m| (*l, m)))
+            .collect();
+        r.held_since = None;
+        self.write_virtual(id, r, p);
+        for (ledger, msg) in held {
+            let Some(e) = self.channels.get_mut(&ledger) else {
+                continue;
+            };
+            if let Ok(effects) = e.machine.handle(msg, now) {
+                self.carry(ledger, effects, p);
+            }
+            // What we kept from proposing while holding goes out now.
+            p.to_propose.insert(ledger);
+        }
+    }
+
+    /// A ledger's release of a virtual channel's guarantee is co-signed: our leg (every leg,
+    /// for its hub) is settled.
+    pub(super) fn on_release_committed(&mut self, ops: &[Op], p: &mut Pending) {
+        for op in ops {
+            let Op::RemoveGuarantee {
+                virtual_channel, ..
+            } = op
+            else {
+                continue;
+            };
+            let id = *virtual_channel;
+            let Some(r) = self.book.virtuals.get(&id) else {
+                continue;
+            };
+            let settled = r
+                .ledgers
+                .iter()
+                .all(|l| self.guarantee_on(*l, id).is_none());
+            if settled {
+                self.set_phase(id, VirtualPhase::Settled, p);
+                p.out
+                    .events
+                    .push(NodeEvent::VirtualSettled { channel_id: id });
+            }
+        }
+    }
+}
+
+impl Node {
+    /// Hub: the earliest time a held release runs out of patience.
+    pub(super) fn next_hold_deadline(&self) -> Option<Expiry> {
+        self.book
+            .virtuals
+            .values()
+            .filter_map(|r| r.held_since)
+            .min()
+            .map(|t| Expiry(t.saturating_add(self.config.virtual_hold_secs)))
+    }
+
+    /// Hub: a party's release held longer than [`super::Config::virtual_hold_secs`] while the
+    /// other party never sent its own: refuse every held release and take back the agreements
+    /// to the others, so no leg is ever released alone. The parties' ledgers are free again;
+    /// the legs keep their guarantees, settled on chain by one recorded outcome (ADR 0026).
+    pub(super) fn expire_holds(&mut self, now: Expiry, p: &mut Pending) {
+        let due: Vec<ChannelId> = self
+            .book
+            .virtuals
+            .iter()
+            .filter(|(_, r)| {
+                r.held_since
+                    .is_some_and(|t| t.saturating_add(self.config.virtual_hold_secs) <= now.0)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            let Some(mut r) = self.book.virtuals.get(&id).cloned() else {
+                continue;
+            };
+            let Some(fin) = r.outcome.clone() else {
+                continue;
+            };
+            let held: Vec<(ChannelId, Option<Message>)> = r
+                .ledgers
+                .iter()
+                .zip(r.held.iter_mut())
+                .map(|(l, h)| (*l, h.take()))
+                .collect();
+            r.held_since = None;
+            self.write_virtual(id, r, p);
+            for (ledger, msg) in held {
+                let Some(g) = self.guarantee_on(ledger, id) else {
+                    continue;
+                };
+                let Ok([to_a, to_b]) = vchan::release(&g, &fin.state) else {
+                    continue;
+                };
+                let op = Op::RemoveGuarantee {
+                    virtual_channel: id,
+                    to_a,
+                    to_b,
+                };
+                let Some(e) = self.channels.get_mut(&ledger) else {
+                    continue;
+                };
+                e.machine.withdraw_agreement(&op);
+                p.touched.insert(ledger);
+                if let Some(msg) = msg
+                    && let Ok(effects) = e.machine.handle(msg, now)
+                {
+                    // Refused now that we no longer agree: the party's ledger is free.
+                    self.carry(ledger, effects, p);
+                }
+                p.to_propose.insert(ledger);
+            }
+        }
     }
 }

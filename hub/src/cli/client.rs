@@ -1,9 +1,10 @@
 //! Client commands: each is one request to a running node's HTTP API (see `hub::api`).
 
-use crate::Command;
+use crate::{Command, VirtualCmd};
 use anyhow::{Context, Result, bail};
 use hub::api::{
-    Balance, ChainInfo, ChannelInfo, HtlcInfo, NodeInfo, PaymentInfo, ReceivedInfo, Wei,
+    Balance, ChainInfo, ChannelInfo, HtlcInfo, NodeInfo, PaymentInfo, ReceivedInfo, VirtualInfo,
+    Wei,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::de::DeserializeOwned;
@@ -291,6 +292,69 @@ pub async fn run(addr: SocketAddr, token: &str, cmd: Command) -> Result<()> {
             } else {
                 println!("close proposed; the payout follows on chain (see `hub channels`)");
             }
+        }
+        Command::Virtual(VirtualCmd::Open {
+            hub,
+            peer,
+            deposit,
+            lifetime,
+            ..
+        }) => {
+            let bar = ProgressBar::new_spinner().with_message(
+                "opening: our leg's guarantee, the hub's toward the peer, its signature",
+            );
+            bar.enable_steady_tick(Duration::from_millis(100));
+            let v: serde_json::Value = api
+                .post(
+                    "/virtual/open",
+                    serde_json::json!({
+                        "hub": hub,
+                        "peer": peer,
+                        "deposit": deposit.to_string(),
+                        "lifetime_secs": lifetime,
+                    }),
+                )
+                .await?;
+            bar.finish_and_clear();
+            println!(
+                "virtual channel {}",
+                v.get("channel").and_then(|c| c.as_str()).unwrap_or("?")
+            );
+        }
+        Command::Virtual(VirtualCmd::Pay {
+            channel, amount, ..
+        }) => {
+            let _: serde_json::Value = api
+                .post(
+                    "/virtual/pay",
+                    serde_json::json!({"channel": channel, "amount": amount.to_string()}),
+                )
+                .await?;
+            println!("paid {} ({amount} wei)", eth(Wei(amount)));
+        }
+        Command::Virtual(VirtualCmd::List { .. }) => {
+            let list: Vec<VirtualInfo> = api.get("/virtual").await?;
+            if list.is_empty() {
+                println!("no virtual channels");
+            }
+            for v in list {
+                let balances = v.balances.map_or_else(
+                    || "(relayed by us)".to_string(),
+                    |b| format!("{} / {}", eth(b[0]), eth(b[1])),
+                );
+                println!(
+                    "{}  {:8} {:8} {} ↔ {}  via {}  {}",
+                    v.channel, v.role, v.phase, v.parties[0], v.parties[1], v.hub, balances
+                );
+            }
+        }
+        Command::Virtual(VirtualCmd::Close { channel, .. }) => {
+            let _: serde_json::Value = api
+                .post("/virtual/close", serde_json::json!({"channel": channel}))
+                .await?;
+            println!(
+                "close proposed; its final state releases the guarantees (see `hub virtual list`)"
+            );
         }
         Command::Serve { .. }
         | Command::Watchtower { .. }

@@ -1,0 +1,193 @@
+//! Virtual channels over one hub (ADR 0026) with real QUIC, real RocksDB and a real chain
+//! (anvil): opened over the two ledgers, paid inside both ways (relayed by the hub), closed by
+//! its final state releasing both legs, and the ledgers then paid out on chain to the wei.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use contracts::Devnet;
+use htlc::sig::Keys;
+use htlc::vchan::VirtualPolicy;
+use htlc::{Amount, ChannelId};
+use hub::events::NodeEvent;
+use hub::node::{Node, NodeOptions};
+use hub::store::Store;
+use std::time::Duration;
+
+mod common;
+use common::{TempDir, loopback, wait_state};
+
+const ETH: u128 = 1_000_000_000_000_000_000;
+const COLLATERAL: u128 = ETH;
+const FEE_BASE: u128 = 1_000_000;
+const FEE_PPM: u32 = 1_000;
+
+struct Net {
+    _dirs: Vec<TempDir>,
+    _chain: Devnet,
+    hub: Node,
+    alice: Node,
+    bob: Node,
+    /// alice–hub (alice is A) and bob–hub (bob is A: the hub stands for the virtual
+    /// channel's A on ledger side B, a crossed guarantee).
+    ledger: [ChannelId; 2],
+}
+
+async fn node(
+    net: &Devnet,
+    i: usize,
+    dirs: &mut Vec<TempDir>,
+    tune: impl Fn(&mut NodeOptions),
+) -> Node {
+    let client = net.client(i).await.unwrap();
+    client.set_poll_interval(Duration::from_millis(10));
+    let mut o = NodeOptions {
+        chain_id: net.chain_id(),
+        adjudicator: net.deployment().adjudicator,
+        chain: Some(client),
+        chain_poll: Duration::from_millis(50),
+        chain_retry: Duration::from_millis(500),
+        close_grace: Duration::from_secs(1),
+        ..NodeOptions::default()
+    };
+    tune(&mut o);
+    let d = TempDir::new("virtual");
+    let n = Node::start(
+        Keys::from_signer(net.signer(i).unwrap()),
+        Store::open(&d.0).unwrap(),
+        o,
+    )
+    .unwrap();
+    dirs.push(d);
+    n
+}
+
+async fn setup() -> Net {
+    let net = Devnet::start().await.unwrap();
+    let mut dirs = Vec::new();
+    let hub = node(&net, 1, &mut dirs, |o| {
+        o.collateral = Amount(COLLATERAL);
+        o.virtual_policy = Some(VirtualPolicy {
+            open_fee_base: Amount(FEE_BASE),
+            open_fee_ppm: FEE_PPM,
+            ..VirtualPolicy::default()
+        });
+    })
+    .await;
+    let addr = hub.listen(loopback()).unwrap();
+    let mut ledger = Vec::new();
+    let mut peers = Vec::new();
+    for i in [2, 3] {
+        let n = node(&net, i, &mut dirs, |_| {}).await;
+        n.connect(addr, Some(hub.address())).await.unwrap();
+        let id = n.open_channel(hub.address(), Amount(ETH)).await.unwrap();
+        n.fund(id).await.unwrap();
+        wait_state(&n, id, |s| s.state.balances[1] == Amount(COLLATERAL)).await;
+        wait_state(&hub, id, |s| s.state.balances[1] == Amount(COLLATERAL)).await;
+        ledger.push(id);
+        peers.push(n);
+    }
+    let bob = peers.pop().unwrap();
+    let alice = peers.pop().unwrap();
+    Net {
+        _dirs: dirs,
+        _chain: net,
+        hub,
+        alice,
+        bob,
+        ledger: [ledger[0], ledger[1]],
+    }
+}
+
+async fn concluded(
+    events: &mut tokio::sync::broadcast::Receiver<NodeEvent>,
+    id: ChannelId,
+) -> [Amount; 2] {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            if let Ok(NodeEvent::Concluded {
+                channel_id,
+                to_a,
+                to_b,
+            }) = events.recv().await
+                && channel_id == id
+            {
+                return [to_a, to_b];
+            }
+        }
+    })
+    .await
+    .expect("the ledger is paid out on chain")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_virtual_channel_opened_used_and_closed_over_a_hub_pays_out_exactly_on_chain() {
+    let net = setup().await;
+    let deposit = 4 * ETH / 10;
+    let fee = FEE_BASE + deposit * u128::from(FEE_PPM) / 1_000_000;
+    let v = net
+        .alice
+        .open_virtual(net.hub.address(), net.bob.address(), Amount(deposit), 3600)
+        .await
+        .unwrap();
+    // Both legs lock the guarantee; the hub's record lists both.
+    let hub_view = net.hub.virtual_info();
+    assert_eq!(hub_view.len(), 1);
+    assert_eq!(hub_view[0].channel, v);
+    assert_eq!(hub_view[0].ledgers, net.ledger.to_vec());
+    let g = |s: &htlc::SignedState| s.state.guarantees.first().copied();
+    wait_state(&net.hub, net.ledger[1], |s| g(s).is_some()).await;
+    let leg_b = g(&net.bob.channel(net.ledger[1]).await.unwrap()).unwrap();
+    assert!(
+        leg_b.crossed,
+        "the hub is B on bob's ledger and stands for the payer"
+    );
+    assert_eq!(
+        (leg_b.from_a, leg_b.from_b),
+        (Amount::ZERO, Amount(deposit))
+    );
+
+    // Payments inside it, both ways, relayed by the hub.
+    net.alice.transfer(v, Amount(ETH / 10)).await.unwrap();
+    wait_state(&net.bob, v, |s| s.state.balances[1] == Amount(ETH / 10)).await;
+    net.bob.transfer(v, Amount(3 * ETH / 100)).await.unwrap();
+    let (va, vb) = (deposit - ETH / 10 + 3 * ETH / 100, ETH / 10 - 3 * ETH / 100);
+    wait_state(&net.alice, v, |s| {
+        s.state.balances == [Amount(va), Amount(vb)]
+    })
+    .await;
+    assert!(
+        net.hub.channel(v).await.is_none(),
+        "the hub keeps no state of it"
+    );
+
+    // Closed: its final state releases both legs.
+    net.bob.close(v).await.unwrap();
+    for (n, id) in [
+        (&net.alice, net.ledger[0]),
+        (&net.hub, net.ledger[0]),
+        (&net.bob, net.ledger[1]),
+        (&net.hub, net.ledger[1]),
+    ] {
+        wait_state(n, id, |s| s.state.guarantees.is_empty()).await;
+    }
+    let up = net.hub.channel(net.ledger[0]).await.unwrap().state.balances;
+    let down = net.hub.channel(net.ledger[1]).await.unwrap().state.balances;
+    assert_eq!(
+        up,
+        [
+            Amount(ETH - deposit - fee + va),
+            Amount(COLLATERAL + fee + vb)
+        ]
+    );
+    assert_eq!(down, [Amount(ETH + vb), Amount(COLLATERAL - deposit + va)]);
+    assert!(net.hub.virtual_info()[0].phase == "settled");
+
+    // The ledgers close cooperatively and pay out on chain exactly those balances.
+    let mut ea = net.alice.subscribe();
+    let mut eb = net.bob.subscribe();
+    net.alice.close(net.ledger[0]).await.unwrap();
+    net.bob.close(net.ledger[1]).await.unwrap();
+    assert_eq!(concluded(&mut ea, net.ledger[0]).await, up);
+    assert_eq!(concluded(&mut eb, net.ledger[1]).await, down);
+    // The hub got back its collateral on both, plus the fee.
+    assert_eq!(up[1].0 + down[1].0, 2 * COLLATERAL + fee);
+}
