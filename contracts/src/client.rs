@@ -770,6 +770,17 @@ impl ChainClient {
             .await?)
     }
 
+    /// Whether guarantee `index` of channel `id`'s concluded state was paid out.
+    pub async fn guarantee_resolved(&self, id: ChannelId, index: u64) -> Result<bool, ChainError> {
+        let at = self.view_block().await?;
+        Ok(self
+            .adjudicator()
+            .guaranteeResolved(id.0, U256::from(index))
+            .call()
+            .block(at)
+            .await?)
+    }
+
     /// Whether the lock with Merkle leaf `leaf` of channel `id` was settled by `unlock`.
     pub async fn lock_resolved(&self, id: ChannelId, leaf: B256) -> Result<bool, ChainError> {
         let at = self.view_block().await?;

@@ -80,6 +80,7 @@ pub fn kind(i: &Intent) -> &'static str {
         Intent::CooperativeClose { .. } => "cooperative_close",
         Intent::Deposit { .. } => "deposit",
         Intent::Claim { .. } => "claim",
+        Intent::ResolveGuarantee(_) => "resolve_guarantee",
     }
 }
 
@@ -91,6 +92,7 @@ pub fn not_before(i: &Intent) -> Option<u64> {
             Some(*not_before).filter(|t| *t > 0)
         }
         Intent::Unlock { state, lock, .. } => state.lock(*lock).map(|l| l.expiry.0),
+        Intent::ResolveGuarantee(r) => Some(r.not_before).filter(|t| *t > 0),
         _ => None,
     }
 }
@@ -102,7 +104,7 @@ fn priority(i: &Intent) -> u8 {
         Intent::RegisterSecret { .. } => 1,
         Intent::Close { .. } => 2,
         Intent::Conclude { .. } => 3,
-        Intent::Unlock { .. } => 4,
+        Intent::Unlock { .. } | Intent::ResolveGuarantee(_) => 4,
         Intent::CooperativeClose { .. } => 5,
         Intent::Claim { .. } => 6,
         Intent::Deposit { .. } => 7,
@@ -214,20 +216,23 @@ impl Submitter {
     async fn due(&self, intent: &Intent, chain_now: &mut Option<u64>) -> bool {
         let client = &self.client;
         let clock = match intent {
-            Intent::Conclude { .. } | Intent::Unlock { .. } => match *chain_now {
-                Some(t) => t,
-                None => match client.latest_timestamp().await {
-                    Ok(t) => *chain_now.insert(t),
-                    Err(e) => {
-                        warn!(error = %e, "cannot read the chain's clock; will retry");
-                        return false;
-                    }
-                },
-            },
+            Intent::Conclude { .. } | Intent::Unlock { .. } | Intent::ResolveGuarantee { .. } => {
+                match *chain_now {
+                    Some(t) => t,
+                    None => match client.latest_timestamp().await {
+                        Ok(t) => *chain_now.insert(t),
+                        Err(e) => {
+                            warn!(error = %e, "cannot read the chain's clock; will retry");
+                            return false;
+                        }
+                    },
+                }
+            }
             _ => return true,
         };
         match intent {
             Intent::Conclude { not_before, .. } => clock >= *not_before,
+            Intent::ResolveGuarantee(r) => clock >= r.not_before,
             Intent::Unlock {
                 state, lock, me, ..
             } => match unlock_verdict(client, state, *lock, *me, clock).await {
@@ -355,6 +360,18 @@ async fn done(client: &ChainClient, intent: &Intent) -> Result<bool, ChainError>
         Intent::Claim { asset, .. } => {
             Ok(client.unclaimed(*asset, client.sender()).await?.is_zero())
         }
+        Intent::ResolveGuarantee(r) => {
+            let vid = r.virt.id();
+            let Some(index) = r
+                .ledger_state
+                .guarantees
+                .iter()
+                .position(|g| g.virtual_channel == vid)
+            else {
+                return Ok(true);
+            };
+            client.guarantee_resolved(r.ledger.id(), index as u64).await
+        }
     }
 }
 
@@ -388,7 +405,12 @@ fn hopeless(e: &ChainError) -> Option<String> {
         || e.is::<Adjudicator::TokenTransferFailed>()
         || e.is::<Adjudicator::NotAToken>()
         || e.is::<Adjudicator::InvalidLockProof>()
-        || e.is::<Adjudicator::LockAlreadyResolved>();
+        || e.is::<Adjudicator::LockAlreadyResolved>()
+        || e.is::<Adjudicator::GuaranteeAlreadyResolved>()
+        || e.is::<Adjudicator::GuaranteeMismatch>()
+        || e.is::<Adjudicator::VirtualOutcomeMismatch>()
+        || e.is::<Adjudicator::NestedGuarantees>()
+        || e.is::<Adjudicator::VirtualLocksMismatch>();
     cured_never.then(|| e.to_string())
 }
 
@@ -418,6 +440,17 @@ async fn send(client: &ChainClient, intent: &Intent) -> Result<(), ChainError> {
             ..
         } => client.unlock(params, state, *lock).await,
         Intent::Claim { asset, to } => client.claim(*asset, *to).await,
+        Intent::ResolveGuarantee(r) => {
+            client
+                .resolve_guarantee(
+                    &r.ledger,
+                    &r.ledger_state,
+                    &r.virt,
+                    &r.virt_state,
+                    r.sigs.as_ref(),
+                )
+                .await
+        }
     };
     let outcome = r?;
     info!(tx = %outcome.tx_hash, gas = outcome.gas_used, "transaction mined");

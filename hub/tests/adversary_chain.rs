@@ -15,7 +15,7 @@ use std::time::Duration;
 
 mod common;
 use common::adversary::{Adversary, Answer, HeldLock};
-use common::{TempDir, loopback};
+use common::{TempDir, loopback, payouts};
 
 const ETH: u128 = 1_000_000_000_000_000_000;
 
@@ -578,41 +578,6 @@ async fn a_silent_payer_cannot_keep_a_lock_the_hub_can_claim_off_the_registry() 
     assert_eq!(hub.is_concluded(in_ch).await, Some(true));
     hub.shutdown();
     payee.shutdown();
-}
-
-/// What the adjudicator paid each address out of channel `id` with `participants` [A, B]
-/// (conclusions and unlocks), read from its events.
-async fn payouts(
-    client: &contracts::ChainClient,
-    id: htlc::ChannelId,
-    participants: [alloy::primitives::Address; 2],
-) -> std::collections::HashMap<alloy::primitives::Address, u128> {
-    use contracts::EventKind;
-    use contracts::bindings::Adjudicator::AdjudicatorEvents as E;
-    let mut w = client.events(0);
-    let mut paid = std::collections::HashMap::new();
-    loop {
-        let events = w.poll().await.unwrap();
-        if events.is_empty() {
-            break;
-        }
-        for ev in events {
-            let EventKind::Adjudicator(ev) = ev.kind else {
-                continue;
-            };
-            match ev {
-                E::Concluded(c) if c.channelId == id.0 => {
-                    *paid.entry(participants[0]).or_insert(0u128) += c.toA.to::<u128>();
-                    *paid.entry(participants[1]).or_insert(0u128) += c.toB.to::<u128>();
-                }
-                E::LockResolved(l) if l.channelId == id.0 => {
-                    *paid.entry(l.to).or_insert(0u128) += l.amount.to::<u128>();
-                }
-                _ => {}
-            }
-        }
-    }
-    paid
 }
 
 /// The mirror case (issue 14): the payee takes the hub's lock and reveals its preimage only on

@@ -1,6 +1,7 @@
 //! Virtual channels over one hub (ADR 0026) with real QUIC, real RocksDB and a real chain
 //! (anvil): opened over the two ledgers, paid inside both ways (relayed by the hub), closed by
-//! its final state releasing both legs, and the ledgers then paid out on chain to the wei.
+//! its final state releasing both legs, and the ledgers then paid out on chain to the wei; and
+//! a hub that vanishes after the open, the parties settling the virtual channel on chain.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use contracts::Devnet;
@@ -13,7 +14,7 @@ use hub::store::Store;
 use std::time::Duration;
 
 mod common;
-use common::{TempDir, loopback, wait_state};
+use common::{TempDir, loopback, payouts, wait_state};
 
 const ETH: u128 = 1_000_000_000_000_000_000;
 const COLLATERAL: u128 = ETH;
@@ -22,7 +23,7 @@ const FEE_PPM: u32 = 1_000;
 
 struct Net {
     _dirs: Vec<TempDir>,
-    _chain: Devnet,
+    chain: Devnet,
     hub: Node,
     alice: Node,
     bob: Node,
@@ -89,7 +90,7 @@ async fn setup() -> Net {
     let alice = peers.pop().unwrap();
     Net {
         _dirs: dirs,
-        _chain: net,
+        chain: net,
         hub,
         alice,
         bob,
@@ -190,4 +191,87 @@ async fn a_virtual_channel_opened_used_and_closed_over_a_hub_pays_out_exactly_on
     assert_eq!(concluded(&mut eb, net.ledger[1]).await, down);
     // The hub got back its collateral on both, plus the fee.
     assert_eq!(up[1].0 + down[1].0, 2 * COLLATERAL + fee);
+}
+
+/// Wait (60 s at most) until `f` holds for what the chain shows of channel `id`.
+async fn wait_chain(
+    reader: &contracts::ChainClient,
+    id: ChannelId,
+    what: &str,
+    f: impl Fn(&contracts::OnChainChannel) -> bool,
+) {
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    while !f(&reader.channel(id).await.unwrap()) {
+        assert!(std::time::Instant::now() < until, "{what}: timed out");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The hub vanishes after the virtual channel opened and carried a payment. Each party closes
+/// its ledger on chain; once the ledgers are paid out, the parties take the virtual channel to
+/// chain with their latest state and resolve each ledger's guarantee by it. Everyone gets
+/// exactly its due: the parties their virtual balances, the hub (which did nothing) exactly its
+/// collateral back, plus the opening fee.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hub_vanishes_and_the_parties_settle_the_virtual_channel_on_chain() {
+    let net = setup().await;
+    let deposit = 4 * ETH / 10;
+    let fee = FEE_BASE + deposit * u128::from(FEE_PPM) / 1_000_000;
+    let v = net
+        .alice
+        .open_virtual(net.hub.address(), net.bob.address(), Amount(deposit), 3600)
+        .await
+        .unwrap();
+    net.alice.transfer(v, Amount(ETH / 10)).await.unwrap();
+    wait_state(&net.bob, v, |s| s.state.balances[1] == Amount(ETH / 10)).await;
+    wait_state(&net.alice, v, |s| s.state.balances[1] == Amount(ETH / 10)).await;
+    let hub_addr = net.hub.address();
+    net.hub.shutdown();
+
+    let reader = net.chain.client(0).await.unwrap();
+    net.alice.force_close(net.ledger[0]).await.unwrap();
+    net.bob.force_close(net.ledger[1]).await.unwrap();
+    for id in net.ledger {
+        wait_chain(&reader, id, "ledger disputed", |c| c.finalizes_at != 0).await;
+    }
+    let window = net
+        .alice
+        .channel_record(net.ledger[0])
+        .unwrap()
+        .snapshot
+        .params()
+        .challenge_duration;
+    net.chain.increase_time(window + 5).await.unwrap();
+    for id in net.ledger {
+        wait_chain(&reader, id, "ledger paid out", |c| c.concluded).await;
+    }
+    // The parties register the virtual channel's latest state; after its window they resolve.
+    wait_chain(&reader, v, "virtual channel disputed", |c| {
+        c.finalizes_at != 0
+    })
+    .await;
+    assert_eq!(reader.channel(v).await.unwrap().version, 1);
+    net.chain.increase_time(window + 5).await.unwrap();
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    for id in net.ledger {
+        while !reader.guarantee_resolved(id, 0).await.unwrap() {
+            assert!(
+                std::time::Instant::now() < until,
+                "guarantee never resolved"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let (alice, bob) = (net.alice.address(), net.bob.address());
+    let up = payouts(&reader, net.ledger[0], [alice, hub_addr]).await;
+    let down = payouts(&reader, net.ledger[1], [bob, hub_addr]).await;
+    let (va, vb) = (deposit - ETH / 10, ETH / 10);
+    assert_eq!(up[&alice], ETH - deposit - fee + va);
+    assert_eq!(down[&bob], ETH + vb);
+    assert_eq!(up[&hub_addr] + down[&hub_addr], 2 * COLLATERAL + fee);
+    for id in net.ledger {
+        assert_eq!(reader.holdings(id).await.unwrap(), Amount::ZERO);
+    }
+    net.alice.shutdown();
+    net.bob.shutdown();
 }

@@ -148,6 +148,30 @@ pub enum Intent {
         /// Where the withdrawal goes.
         to: alloy::primitives::Address,
     },
+    /// Split a virtual channel's guarantee in a concluded ledger state by the virtual
+    /// channel's outcome (ADR 0026); see [`Resolution`].
+    ResolveGuarantee(Box<Resolution>),
+}
+
+/// The resolution of a virtual channel's guarantee in a concluded ledger state by the virtual
+/// channel's outcome: its co-signed final state (`sigs` given), or the state of its finalized
+/// on-chain dispute (`sigs` `None`). Sent once the chain's clock reaches `not_before` (the
+/// virtual channel's window end, or its last lock's expiry); done once the guarantee is
+/// resolved, by us or anyone.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resolution {
+    /// The ledger channel.
+    pub ledger: ChannelParams,
+    /// Its concluded state, holding the guarantee.
+    pub ledger_state: ChannelState,
+    /// The virtual channel.
+    pub virt: ChannelParams,
+    /// Its outcome.
+    pub virt_state: ChannelState,
+    /// Both parties' signatures on a final outcome; `None` for a disputed one.
+    pub sigs: Option<[alloy::primitives::Signature; 2]>,
+    /// Not sent before the chain's clock reaches this (unix seconds).
+    pub not_before: u64,
 }
 
 /// Whether settling `lock` on chain pays `me`, given when its preimage was registered (if it
@@ -226,6 +250,12 @@ impl Intent {
                 ("conclude/", params, u128::from(state.version))
             }
             Intent::Unlock { params, lock, .. } => ("unlock/", params, u128::from(lock.0)),
+            Intent::ResolveGuarantee(r) => {
+                let (ledger, id) = (&r.ledger, r.virt.id().0);
+                let mut n = [0u8; 16];
+                n.copy_from_slice(&id[..16]);
+                ("resolve/", ledger, u128::from_be_bytes(n))
+            }
             // Handled above: a claim is per asset, not per channel.
             Intent::Claim { .. } => return INTENT_PREFIX.to_vec(),
         };
@@ -246,6 +276,7 @@ impl Intent {
             | Intent::Close { params, .. }
             | Intent::Conclude { params, .. }
             | Intent::Unlock { params, .. } => Some(params),
+            Intent::ResolveGuarantee(r) => Some(&r.ledger),
             Intent::Claim { .. } => None,
         }
     }

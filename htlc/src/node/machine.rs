@@ -978,6 +978,11 @@ impl Node {
                     for intent in unlocks(e.machine.snapshot(), state) {
                         p.out.writes.push(Write::Intent(Box::new(intent)));
                     }
+                    // And every virtual channel it still guarantees, by its outcome.
+                    if !state.guarantees.is_empty() {
+                        let state = state.clone();
+                        self.on_ledger_concluded(channel_id, &state, &mut p);
+                    }
                 }
                 self.conclude(channel_id, Some((to_a, to_b)), &mut p);
             }
@@ -1004,6 +1009,7 @@ impl Node {
                 | Intent::Close { .. }
                 | Intent::Conclude { .. }
                 | Intent::Unlock { .. }
+                | Intent::ResolveGuarantee(_)
                 | Intent::Claim { .. } => {}
             },
         }
@@ -1575,7 +1581,7 @@ impl Node {
             }
             Body::Relay { to, msg } => match self.on_relay(from, to, msg, p) {
                 Ok(()) => true,
-                Err(detail) => self.refuse(from, seq, ErrorCode::UnknownChannel, detail, p),
+                Err((code, detail)) => self.refuse(from, seq, code, detail, p),
             },
             Body::HubVirtualPolicy { policy } => {
                 self.write(p, Write::VirtualPolicy { peer: from, policy });
@@ -1888,6 +1894,12 @@ impl Node {
                 };
                 p.out.writes.push(Write::Intent(Box::new(intent)));
             }
+        }
+        if e.via.is_some() {
+            // A virtual channel holds nothing to pay out: its registered state settles the
+            // guarantees on its ledgers once the window is over.
+            self.on_virtual_disputed(id, finalizes_at, p);
+            return;
         }
         let grace = match s.me() {
             Side::A => 0,

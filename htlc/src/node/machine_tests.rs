@@ -1520,3 +1520,47 @@ fn contradictory_final_states_release_no_leg() {
         assert_eq!(net.disks[n], net.nodes[n].records(), "node {n}");
     }
 }
+
+/// The hub's collateral is frozen while the virtual channel's registered state holds a lock
+/// that is neither revealed nor expired: the hub passes on no lock expiring after the channel's
+/// end (nor a guarantee inside it), and the payee's state does not change.
+#[test]
+fn the_hub_relays_no_lock_that_outlives_the_virtual_channel() {
+    let mut net = Net::new(virtual_config());
+    let (v, _) = net.open_virtual(50_000);
+    let end = net.nodes[1].virtuals().next().unwrap().1.terms.expires_at;
+    let before = net.nodes[2].channel(v).unwrap().latest().clone();
+    let hashlock = Preimage([5; 32]).hashlock();
+    let out = net.nodes[0]
+        .command(net.now, v, |c| {
+            c.offer_htlc(Amount(1_000), hashlock, Expiry(end.0 + 1));
+        })
+        .unwrap();
+    net.carry(0, out);
+    net.run();
+    assert!(net.events[1].iter().any(|e| matches!(
+        e,
+        NodeEvent::Refused {
+            code: ErrorCode::Protocol,
+            ..
+        }
+    )));
+    assert_eq!(net.nodes[2].channel(v).unwrap().latest(), &before);
+    // A lock that ends with the channel passes.
+    let mut net = Net::new(virtual_config());
+    let (v, _) = net.open_virtual(50_000);
+    let end = net.nodes[1].virtuals().next().unwrap().1.terms.expires_at;
+    let out = net.nodes[0]
+        .command(net.now, v, |c| {
+            c.offer_htlc(Amount(1_000), hashlock, end);
+        })
+        .unwrap();
+    net.carry(0, out);
+    net.run();
+    // Committed at the payee (which then fails it back: it expects no such payment).
+    assert!(
+        net.events[2].iter().any(
+            |e| matches!(e, NodeEvent::Committed { channel_id, version: 1 } if *channel_id == v)
+        )
+    );
+}

@@ -13,6 +13,7 @@ use crate::msg::Message;
 use crate::node::invoice::Invoice;
 use crate::node::message::Body;
 use crate::node::payment::{ForwardRecord, PaymentStatus};
+use crate::state::ChannelState;
 use crate::update::{SignedState, Snapshot};
 use crate::vchan::{VirtualPolicy, VirtualTerms};
 use alloy::primitives::{Address, B256, Signature};
@@ -270,6 +271,11 @@ pub struct VirtualRecord {
     /// [`super::Config::virtual_hold_secs`] every release is refused and no leg is released
     /// off chain.
     pub held_since: Option<u64>,
+    /// A party: our ledger's state concluded on chain while it held this channel's guarantee
+    /// (the guarantee is then resolved on chain by the channel's outcome).
+    pub ledger_concluded: Option<ChannelState>,
+    /// A party: the end of this channel's on-chain dispute window, as last registered.
+    pub disputed_until: Option<u64>,
 }
 
 /// The payment records of a node: routes, forwards, invoices, payments, hubs' policies.

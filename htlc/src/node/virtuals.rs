@@ -25,8 +25,9 @@ use crate::Amount;
 use crate::eip712::DomainSeparator;
 use crate::ids::{ChannelId, Expiry};
 use crate::msg::Message;
+use crate::node::chain::{Intent, Resolution};
 use crate::node::machine::{CommandError, NodeEvent, Output};
-use crate::node::message::Body;
+use crate::node::message::{Body, ErrorCode};
 use crate::node::records::{VirtualPhase, VirtualRecord, VirtualRole, Write};
 use crate::sig::verify;
 use crate::state::{ChannelParams, Guarantee};
@@ -118,6 +119,8 @@ impl Node {
             outcome: None,
             held: Vec::new(),
             held_since: None,
+            ledger_concluded: None,
+            disputed_until: None,
         };
         self.write_virtual(id, record, &mut p);
         // The request goes first; our proposal of the ledger's guarantee (and the fee) follows
@@ -233,6 +236,8 @@ impl Node {
             outcome: None,
             held: vec![None, None],
             held_since: None,
+            ledger_concluded: None,
+            disputed_until: None,
         };
         self.write_virtual(id, record, p);
         Ok(())
@@ -318,6 +323,8 @@ impl Node {
             outcome: None,
             held: Vec::new(),
             held_since: None,
+            ledger_concluded: None,
+            disputed_until: None,
         };
         self.write_virtual(id, record, p);
         self.send(
@@ -566,7 +573,7 @@ impl Node {
         to: Address,
         msg: Message,
         p: &mut Pending,
-    ) -> Result<(), String> {
+    ) -> Result<(), (ErrorCode, String)> {
         let id = msg.channel_id();
         let served = self.book.virtuals.get(&id).is_some_and(|r| {
             let [a, b] = r.terms.params.participants;
@@ -575,7 +582,38 @@ impl Node {
                 && ((from == a && to == b) || (from == b && to == a))
         });
         if !served {
-            return Err(format!("no virtual channel {id} between you and {to}"));
+            return Err((
+                ErrorCode::UnknownChannel,
+                format!("no virtual channel {id} between you and {to}"),
+            ));
+        }
+        // Our collateral is at stake in its guarantee, which the adjudicator cannot resolve
+        // while its registered state holds a lock that is neither revealed nor expired, nor
+        // when it holds a guarantee itself: we pass on no lock expiring after the channel's
+        // end and no guarantee (ADR 0026).
+        if let Message::Propose { ops, .. } = &msg
+            && let Some(r) = self.book.virtuals.get(&id)
+        {
+            for op in ops {
+                match op {
+                    Op::AddHtlc { expiry, .. } if *expiry > r.terms.expires_at => {
+                        return Err((
+                            ErrorCode::Protocol,
+                            format!(
+                                "virtual channel {id}: a lock expiring at {} is after its end at {}",
+                                expiry.0, r.terms.expires_at.0
+                            ),
+                        ));
+                    }
+                    Op::AddGuarantee(_) => {
+                        return Err((
+                            ErrorCode::Protocol,
+                            format!("virtual channel {id}: no guarantees inside it"),
+                        ));
+                    }
+                    _ => {}
+                }
+            }
         }
         self.send(to, Body::Relayed { from, msg }, p);
         Ok(())
@@ -916,5 +954,119 @@ impl Node {
                 p.to_propose.insert(ledger);
             }
         }
+    }
+}
+
+impl Node {
+    /// A party: our ledger `ledger` concluded on chain in `state`. Each virtual channel whose
+    /// guarantee it still holds is settled on chain by its outcome (ADR 0026): at once by its
+    /// co-signed final state if we hold one, else by its dispute, which we start with our
+    /// latest state unless one is registered already. The resolution pays both sides of the
+    /// ledger, so the hub needs to do nothing (it may be gone).
+    pub(super) fn on_ledger_concluded(
+        &mut self,
+        ledger: ChannelId,
+        state: &crate::ChannelState,
+        p: &mut Pending,
+    ) {
+        let Some(lp) = self
+            .channels
+            .get(&ledger)
+            .filter(|e| e.via.is_none())
+            .map(|e| e.machine.snapshot().params().clone())
+        else {
+            return;
+        };
+        for g in &state.guarantees {
+            let vid = g.virtual_channel;
+            let Some(mut r) = self.book.virtuals.get(&vid).cloned() else {
+                continue;
+            };
+            let Some(v) = self.channels.get(&vid) else {
+                continue;
+            };
+            if r.role == VirtualRole::Hub || r.ledger_concluded.is_some() {
+                continue;
+            }
+            let latest = v.machine.latest().clone();
+            let vparams = v.machine.snapshot().params().clone();
+            r.ledger_concluded = Some(state.clone());
+            let until = r.disputed_until;
+            self.write_virtual(vid, r, p);
+            if latest.state.is_final {
+                self.resolve_intent(&lp, state, &vparams, latest.state, Some(latest.sigs), 0, p);
+            } else if let Some(until) = until {
+                self.resolve_intent(&lp, state, &vparams, latest.state, None, until, p);
+            } else {
+                let intent = Intent::Close {
+                    params: vparams,
+                    state: latest,
+                };
+                p.out.writes.push(Write::Intent(Box::new(intent)));
+            }
+        }
+    }
+
+    /// A party: the virtual channel `id` is disputed on chain until `finalizes_at` with a
+    /// state we do not challenge (ours). Once our ledger has concluded, its guarantee is
+    /// resolved by that state after the window. Returns whether `id` is a virtual channel.
+    pub(super) fn on_virtual_disputed(
+        &mut self,
+        id: ChannelId,
+        finalizes_at: u64,
+        p: &mut Pending,
+    ) -> bool {
+        let Some(mut r) = self.book.virtuals.get(&id).cloned() else {
+            return false;
+        };
+        let Some(v) = self.channels.get(&id) else {
+            return true;
+        };
+        let latest = v.machine.latest().clone();
+        let vparams = v.machine.snapshot().params().clone();
+        let ledger_state = r.ledger_concluded.clone();
+        let ledger = r.ledgers.first().copied();
+        r.disputed_until = Some(finalizes_at);
+        self.write_virtual(id, r, p);
+        if let (Some(state), Some(ledger)) = (ledger_state, ledger)
+            && let Some(lp) = self
+                .channels
+                .get(&ledger)
+                .map(|e| e.machine.snapshot().params().clone())
+        {
+            self.resolve_intent(&lp, &state, &vparams, latest.state, None, finalizes_at, p);
+        }
+        true
+    }
+
+    /// Write the intent resolving `virt`'s guarantee in `ledger_state` by `virt_state`, sent
+    /// once the chain's clock passes `not_before` and every lock of `virt_state` can be settled
+    /// (after the last one's expiry).
+    #[allow(clippy::too_many_arguments)]
+    fn resolve_intent(
+        &mut self,
+        ledger: &ChannelParams,
+        ledger_state: &crate::ChannelState,
+        virt: &ChannelParams,
+        virt_state: crate::ChannelState,
+        sigs: Option<[Signature; 2]>,
+        not_before: u64,
+        p: &mut Pending,
+    ) {
+        let last_lock = virt_state
+            .locks
+            .iter()
+            .map(|l| l.expiry.0.saturating_add(1))
+            .max()
+            .unwrap_or(0);
+        let intent = Intent::ResolveGuarantee(Box::new(Resolution {
+            ledger: ledger.clone(),
+            ledger_state: ledger_state.clone(),
+            virt: virt.clone(),
+            virt_state,
+            sigs,
+            not_before: not_before.max(last_lock),
+        }));
+        p.out.writes.push(Write::Intent(Box::new(intent)));
     }
 }

@@ -168,3 +168,39 @@ pub fn write_hub_config(dir: &Path, net: &contracts::Devnet, funding: &str) -> s
     std::fs::write(&cfg, text).unwrap();
     cfg
 }
+
+/// What the adjudicator paid each address out of channel `id` with `participants` [A, B]
+/// (conclusions, unlocks and guarantee resolutions), read from its events.
+pub async fn payouts(
+    client: &contracts::ChainClient,
+    id: htlc::ChannelId,
+    participants: [alloy::primitives::Address; 2],
+) -> std::collections::HashMap<alloy::primitives::Address, u128> {
+    use contracts::EventKind;
+    use contracts::bindings::Adjudicator::AdjudicatorEvents as E;
+    let mut w = client.events(0);
+    let mut paid = std::collections::HashMap::new();
+    loop {
+        let events = w.poll().await.unwrap();
+        if events.is_empty() {
+            break;
+        }
+        for ev in events {
+            let EventKind::Adjudicator(ev) = ev.kind else {
+                continue;
+            };
+            let (a, b) = match ev {
+                E::Concluded(c) if c.channelId == id.0 => (c.toA, c.toB),
+                E::GuaranteeResolved(g) if g.channelId == id.0 => (g.toA, g.toB),
+                E::LockResolved(l) if l.channelId == id.0 => {
+                    *paid.entry(l.to).or_insert(0u128) += l.amount.to::<u128>();
+                    continue;
+                }
+                _ => continue,
+            };
+            *paid.entry(participants[0]).or_insert(0u128) += a.to::<u128>();
+            *paid.entry(participants[1]).or_insert(0u128) += b.to::<u128>();
+        }
+    }
+    paid
+}

@@ -297,7 +297,8 @@ pub fn build(scenario: &Scenario) -> Result<World, SimError> {
                     virtual_channel: vid,
                     from_a: a_share,
                     from_b: b_share,
-                    crossed: false,
+                    // The node nearer the virtual channel's A stands for it on this ledger.
+                    crossed: side == Side::B,
                 },
             ));
             node = next;
