@@ -296,6 +296,11 @@ impl Node {
             }
             reader.abort();
             self.inner.sessions.remove(peer, generation);
+            self.inner
+                .machine
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .set_reachable(peer, false);
             drop(tx);
             let _ = writer.await;
             let by_peer = matches!(
@@ -317,7 +322,8 @@ impl Node {
         let sessions = Arc::downgrade(&self.inner);
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         {
-            let m = self.inner.machine.lock().unwrap_or_else(|p| p.into_inner());
+            let mut m = self.inner.machine.lock().unwrap_or_else(|p| p.into_inner());
+            m.set_reachable(peer, true);
             let resend: Vec<Vec<u8>> = m
                 .connected(peer)
                 .transmits

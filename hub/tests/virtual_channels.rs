@@ -275,3 +275,42 @@ async fn the_hub_vanishes_and_the_parties_settle_the_virtual_channel_on_chain() 
     net.alice.shutdown();
     net.bob.shutdown();
 }
+
+/// Once the two parties have a session of their own, the virtual channel's messages go over it:
+/// they pay each other inside it while the hub is stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_parties_pay_each_other_inside_the_virtual_channel_while_the_hub_is_stopped() {
+    let net = setup().await;
+    let deposit = 4 * ETH / 10;
+    let v = net
+        .alice
+        .open_virtual(net.hub.address(), net.bob.address(), Amount(deposit), 3600)
+        .await
+        .unwrap();
+    let bob_addr = net.bob.listen(loopback()).unwrap();
+    net.alice
+        .connect(bob_addr, Some(net.bob.address()))
+        .await
+        .unwrap();
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while !net.bob.is_connected(net.alice.address()).await {
+        assert!(
+            std::time::Instant::now() < until,
+            "the parties' session never came up"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    net.hub.shutdown();
+    net.alice.transfer(v, Amount(ETH / 10)).await.unwrap();
+    wait_state(&net.bob, v, |s| {
+        s.state.balances == [Amount(deposit - ETH / 10), Amount(ETH / 10)]
+    })
+    .await;
+    net.bob.transfer(v, Amount(ETH / 20)).await.unwrap();
+    let want = [Amount(deposit - ETH / 20), Amount(ETH / 20)];
+    wait_state(&net.alice, v, |s| s.state.balances == want).await;
+    wait_state(&net.bob, v, |s| s.state.balances == want).await;
+    assert_eq!(net.alice.channel(v).await.unwrap().state.version, 2);
+    net.alice.shutdown();
+    net.bob.shutdown();
+}

@@ -506,6 +506,9 @@ pub struct Node {
     /// The version of each channel's state last handed to our watchtowers (in memory: after a
     /// restart the latest is handed over again).
     watch_sent: HashMap<ChannelId, u64>,
+    /// Peers with a session up (as the caller says): a virtual channel's messages go to its
+    /// other party directly when it is here, over the hub otherwise.
+    reachable: HashSet<Address>,
 }
 
 impl Node {
@@ -522,6 +525,7 @@ impl Node {
             timers: Timers::default(),
             claims_reported: HashSet::new(),
             watch_sent: HashMap::new(),
+            reachable: HashSet::new(),
         }
     }
 
@@ -808,6 +812,17 @@ impl Node {
         let mut p = Pending::default();
         p.touched.insert(id);
         Ok(self.finish(Expiry(0), p))
+    }
+
+    /// Whether a session with `peer` is up (the caller says so as sessions come and go): the
+    /// messages of a virtual channel with `peer` then go to it directly, not over the hub, so
+    /// the two parties pay each other while the hub is down (ADR 0026).
+    pub fn set_reachable(&mut self, peer: Address, up: bool) {
+        if up {
+            self.reachable.insert(peer);
+        } else {
+            self.reachable.remove(&peer);
+        }
     }
 
     /// A session with `peer` is up: every message it has not acknowledged goes out again,
@@ -1997,7 +2012,12 @@ impl Node {
         let Some(peer) = self.peer_of(id) else {
             return;
         };
-        let via = self.channels.get(&id).and_then(|e| e.via);
+        // A virtual channel's other party reachable directly gets its messages directly.
+        let via = self
+            .channels
+            .get(&id)
+            .and_then(|e| e.via)
+            .filter(|_| !self.reachable.contains(&peer));
         p.touched.insert(id);
         for e in effects {
             match e {
