@@ -81,6 +81,7 @@ pub fn kind(i: &Intent) -> &'static str {
         Intent::Deposit { .. } => "deposit",
         Intent::Claim { .. } => "claim",
         Intent::ResolveGuarantee(_) => "resolve_guarantee",
+        Intent::DisputeVirtual(_) => "dispute_virtual",
     }
 }
 
@@ -102,7 +103,7 @@ fn priority(i: &Intent) -> u8 {
     match i {
         Intent::Challenge { .. } => 0,
         Intent::RegisterSecret { .. } => 1,
-        Intent::Close { .. } => 2,
+        Intent::Close { .. } | Intent::DisputeVirtual(_) => 2,
         Intent::Conclude { .. } => 3,
         Intent::Unlock { .. } | Intent::ResolveGuarantee(_) => 4,
         Intent::CooperativeClose { .. } => 5,
@@ -360,6 +361,10 @@ async fn done(client: &ChainClient, intent: &Intent) -> Result<bool, ChainError>
         Intent::Claim { asset, .. } => {
             Ok(client.unclaimed(*asset, client.sender()).await?.is_zero())
         }
+        Intent::DisputeVirtual(d) => {
+            let on_chain = client.channel(d.virt.id()).await?;
+            Ok(on_chain.concluded || on_chain.finalizes_at != 0)
+        }
         Intent::ResolveGuarantee(r) => {
             let vid = r.virt.id();
             let Some(index) = r
@@ -440,6 +445,11 @@ async fn send(client: &ChainClient, intent: &Intent) -> Result<(), ChainError> {
             ..
         } => client.unlock(params, state, *lock).await,
         Intent::Claim { asset, to } => client.claim(*asset, *to).await,
+        Intent::DisputeVirtual(d) => {
+            client
+                .dispute_virtual(&d.ledger, &d.ledger_state, &d.virt)
+                .await
+        }
         Intent::ResolveGuarantee(r) => {
             client
                 .resolve_guarantee(

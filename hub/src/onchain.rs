@@ -284,11 +284,38 @@ impl Node {
                 }
                 return Ok(());
             }
-            AdjudicatorEvents::Disputed(d) => ChainEvent::Disputed {
-                channel_id: ChannelId(d.channelId),
-                version: d.version,
-                finalizes_at: d.finalizesAt.to::<u64>(),
-            },
+            AdjudicatorEvents::Disputed(d) => {
+                let (channel_id, finalizes_at) =
+                    (ChannelId(d.channelId), d.finalizesAt.to::<u64>());
+                // The registered state itself, when the event shows all of it (no locks, no
+                // guarantees): what a virtual channel's hub settles its legs by.
+                let s = &d.state;
+                if s.locksRoot.is_zero()
+                    && s.guarantees.is_empty()
+                    && let (Ok(a), Ok(b)) = (u128::try_from(s.balanceA), u128::try_from(s.balanceB))
+                {
+                    let state = htlc::ChannelState {
+                        channel_id,
+                        version: s.version,
+                        balances: [Amount(a), Amount(b)],
+                        locks: Vec::new(),
+                        guarantees: Vec::new(),
+                        is_final: s.isFinal,
+                    };
+                    let registered = ChainEvent::Registered {
+                        channel_id,
+                        state: Box::new(state),
+                        finalizes_at,
+                    };
+                    self.step_wait(|m| Ok::<_, NodeError>(m.handle_chain(now, registered)))
+                        .await?;
+                }
+                ChainEvent::Disputed {
+                    channel_id,
+                    version: d.version,
+                    finalizes_at,
+                }
+            }
             AdjudicatorEvents::PayoutDeferred(d) => ChainEvent::PayoutDeferred {
                 to: d.to,
                 asset: d.asset,

@@ -314,3 +314,63 @@ async fn the_parties_pay_each_other_inside_the_virtual_channel_while_the_hub_is_
     net.alice.shutdown();
     net.bob.shutdown();
 }
+
+/// The payee vanishes after the virtual channel carried a payment. The hub closes its ledger
+/// with it on chain; once paid out, the hub starts the virtual channel's dispute from its
+/// guarantee (the opening as funded), the payer answers with its latest state, and the hub
+/// resolves its leg by it: the hub gets exactly its balance plus the payer's virtual balance
+/// it stood for, the vanished payee its own, nothing stays locked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payee_that_vanishes_cannot_keep_the_hubs_collateral_locked() {
+    let net = setup().await;
+    let deposit = 4 * ETH / 10;
+    let v = net
+        .alice
+        .open_virtual(net.hub.address(), net.bob.address(), Amount(deposit), 3600)
+        .await
+        .unwrap();
+    net.alice.transfer(v, Amount(ETH / 10)).await.unwrap();
+    wait_state(&net.bob, v, |s| s.state.balances[1] == Amount(ETH / 10)).await;
+    wait_state(&net.alice, v, |s| s.state.balances[1] == Amount(ETH / 10)).await;
+    let bob = net.bob.address();
+    net.bob.shutdown();
+
+    let reader = net.chain.client(0).await.unwrap();
+    let leg = net.ledger[1];
+    net.hub.force_close(leg).await.unwrap();
+    wait_chain(&reader, leg, "ledger disputed", |c| c.finalizes_at != 0).await;
+    let window = net
+        .hub
+        .channel_record(leg)
+        .unwrap()
+        .snapshot
+        .params()
+        .challenge_duration;
+    net.chain.increase_time(window + 5).await.unwrap();
+    wait_chain(&reader, leg, "ledger paid out", |c| c.concluded).await;
+    // The hub disputes the virtual channel from its guarantee; the payer answers with version 1.
+    wait_chain(&reader, v, "virtual channel at version 1", |c| {
+        c.finalizes_at != 0 && c.version == 1
+    })
+    .await;
+    net.chain.increase_time(window + 5).await.unwrap();
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    while !reader.guarantee_resolved(leg, 0).await.unwrap() {
+        assert!(
+            std::time::Instant::now() < until,
+            "the hub never resolved its leg"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let hub_addr = net.hub.address();
+    let paid = payouts(&reader, leg, [bob, hub_addr]).await;
+    // Bob's ledger (bob is A): the hub's balance, plus the payer's virtual balance it stood for.
+    assert_eq!(
+        paid[&hub_addr],
+        (COLLATERAL - deposit) + (deposit - ETH / 10)
+    );
+    assert_eq!(paid[&bob], ETH + ETH / 10);
+    assert_eq!(reader.holdings(leg).await.unwrap(), Amount::ZERO);
+    net.alice.shutdown();
+    net.hub.shutdown();
+}

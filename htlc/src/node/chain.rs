@@ -151,6 +151,11 @@ pub enum Intent {
     /// Split a virtual channel's guarantee in a concluded ledger state by the virtual
     /// channel's outcome (ADR 0026); see [`Resolution`].
     ResolveGuarantee(Box<Resolution>),
+    /// Start a virtual channel's dispute from its guarantee in a ledger state registered on
+    /// chain (`disputeVirtual`): its opening as funded, which its parties replace with their
+    /// latest co-signed state. The hub's way to a recorded outcome when neither party
+    /// registers one (ADR 0026). Done once the virtual channel is disputed, by anyone.
+    DisputeVirtual(Box<VirtualDispute>),
 }
 
 /// The resolution of a virtual channel's guarantee in a concluded ledger state by the virtual
@@ -172,6 +177,17 @@ pub struct Resolution {
     pub sigs: Option<[alloy::primitives::Signature; 2]>,
     /// Not sent before the chain's clock reaches this (unix seconds).
     pub not_before: u64,
+}
+
+/// What [`Intent::DisputeVirtual`] sends.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VirtualDispute {
+    /// The ledger channel.
+    pub ledger: ChannelParams,
+    /// Its state registered on chain, holding the guarantee.
+    pub ledger_state: ChannelState,
+    /// The virtual channel.
+    pub virt: ChannelParams,
 }
 
 /// Whether settling `lock` on chain pays `me`, given when its preimage was registered (if it
@@ -250,6 +266,12 @@ impl Intent {
                 ("conclude/", params, u128::from(state.version))
             }
             Intent::Unlock { params, lock, .. } => ("unlock/", params, u128::from(lock.0)),
+            Intent::DisputeVirtual(d) => {
+                let (ledger, id) = (&d.ledger, d.virt.id().0);
+                let mut n = [0u8; 16];
+                n.copy_from_slice(&id[..16]);
+                ("vdispute/", ledger, u128::from_be_bytes(n))
+            }
             Intent::ResolveGuarantee(r) => {
                 let (ledger, id) = (&r.ledger, r.virt.id().0);
                 let mut n = [0u8; 16];
@@ -277,6 +299,7 @@ impl Intent {
             | Intent::Conclude { params, .. }
             | Intent::Unlock { params, .. } => Some(params),
             Intent::ResolveGuarantee(r) => Some(&r.ledger),
+            Intent::DisputeVirtual(d) => Some(&d.ledger),
             Intent::Claim { .. } => None,
         }
     }

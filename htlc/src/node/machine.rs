@@ -263,6 +263,17 @@ pub enum ChainEvent {
         /// A's and B's deposits.
         deposited: [Amount; 2],
     },
+    /// The state registered by a close or challenge, as the event shows it: only a state
+    /// without locks or guarantees can be read back whole (the event carries their roots).
+    /// A virtual channel's hub settles its legs by it (ADR 0026).
+    Registered {
+        /// Which channel.
+        channel_id: ChannelId,
+        /// The state registered.
+        state: Box<crate::ChannelState>,
+        /// When its challenge window ends (chain time, unix seconds).
+        finalizes_at: u64,
+    },
     /// A close was registered with `version` (or a challenge replaced it).
     Disputed {
         /// Which channel.
@@ -1002,6 +1013,11 @@ impl Node {
                 self.conclude(channel_id, Some((to_a, to_b)), &mut p);
             }
             ChainEvent::Revealed { preimage, at } => self.revealed(preimage, at, &mut p),
+            ChainEvent::Registered {
+                channel_id,
+                state,
+                finalizes_at,
+            } => self.on_virtual_registered(channel_id, *state, finalizes_at, &mut p),
             ChainEvent::PayoutDeferred { to, asset } => {
                 // Ours: withdraw it (to the configured address, or back to us).
                 if to == self.address() {
@@ -1025,6 +1041,7 @@ impl Node {
                 | Intent::Conclude { .. }
                 | Intent::Unlock { .. }
                 | Intent::ResolveGuarantee(_)
+                | Intent::DisputeVirtual(_)
                 | Intent::Claim { .. } => {}
             },
         }

@@ -276,6 +276,10 @@ pub struct VirtualRecord {
     pub ledger_concluded: Option<ChannelState>,
     /// A party: the end of this channel's on-chain dispute window, as last registered.
     pub disputed_until: Option<u64>,
+    /// Hub: each leg's ledger state concluded on chain while holding the guarantee, by leg.
+    pub concluded_legs: Vec<Option<ChannelState>>,
+    /// Hub: the state registered on chain for this channel and the end of its window.
+    pub registered: Option<(ChannelState, u64)>,
 }
 
 /// The payment records of a node: routes, forwards, invoices, payments, hubs' policies.

@@ -25,7 +25,7 @@ use crate::Amount;
 use crate::eip712::DomainSeparator;
 use crate::ids::{ChannelId, Expiry};
 use crate::msg::Message;
-use crate::node::chain::{Intent, Resolution};
+use crate::node::chain::{Intent, Resolution, VirtualDispute};
 use crate::node::machine::{CommandError, NodeEvent, Output};
 use crate::node::message::{Body, ErrorCode};
 use crate::node::records::{VirtualPhase, VirtualRecord, VirtualRole, Write};
@@ -121,6 +121,8 @@ impl Node {
             held_since: None,
             ledger_concluded: None,
             disputed_until: None,
+            concluded_legs: Vec::new(),
+            registered: None,
         };
         self.write_virtual(id, record, &mut p);
         // The request goes first; our proposal of the ledger's guarantee (and the fee) follows
@@ -238,6 +240,8 @@ impl Node {
             held_since: None,
             ledger_concluded: None,
             disputed_until: None,
+            concluded_legs: Vec::new(),
+            registered: None,
         };
         self.write_virtual(id, record, p);
         Ok(())
@@ -325,6 +329,8 @@ impl Node {
             held_since: None,
             ledger_concluded: None,
             disputed_until: None,
+            concluded_legs: Vec::new(),
+            registered: None,
         };
         self.write_virtual(id, record, p);
         self.send(
@@ -982,6 +988,10 @@ impl Node {
             let Some(mut r) = self.book.virtuals.get(&vid).cloned() else {
                 continue;
             };
+            if r.role == VirtualRole::Hub {
+                self.hub_leg_concluded(ledger, &lp, state, r, p);
+                continue;
+            }
             let Some(v) = self.channels.get(&vid) else {
                 continue;
             };
@@ -1068,5 +1078,95 @@ impl Node {
             not_before: not_before.max(last_lock),
         }));
         p.out.writes.push(Write::Intent(Box::new(intent)));
+    }
+}
+
+impl Node {
+    /// Hub: our ledger `ledger` (leg of `r`) concluded on chain holding the virtual channel's
+    /// guarantee, its party perhaps gone. We resolve it ourselves: by the final state handed
+    /// to us if there is one, else by the state registered for the channel once its window is
+    /// over, else we start the channel's dispute from this guarantee (its opening as funded,
+    /// which the parties replace with their latest state).
+    fn hub_leg_concluded(
+        &mut self,
+        ledger: ChannelId,
+        lp: &ChannelParams,
+        state: &crate::ChannelState,
+        mut r: VirtualRecord,
+        p: &mut Pending,
+    ) {
+        let id = r.terms.id();
+        let Some(leg) = r.ledgers.iter().position(|l| *l == ledger) else {
+            return;
+        };
+        if r.concluded_legs.len() < r.ledgers.len() {
+            r.concluded_legs.resize(r.ledgers.len(), None);
+        }
+        if r.concluded_legs.get(leg).is_some_and(Option::is_some) {
+            return;
+        }
+        if let Some(slot) = r.concluded_legs.get_mut(leg) {
+            *slot = Some(state.clone());
+        }
+        let vparams = r.terms.params.clone();
+        let outcome = r.outcome.clone();
+        let registered = r.registered.clone();
+        self.write_virtual(id, r, p);
+        if let Some(fin) = outcome {
+            self.resolve_intent(lp, state, &vparams, fin.state, Some(fin.sigs), 0, p);
+        } else if let Some((st, until)) = registered {
+            self.resolve_intent(lp, state, &vparams, st, None, until, p);
+        } else {
+            let intent = Intent::DisputeVirtual(Box::new(VirtualDispute {
+                ledger: lp.clone(),
+                ledger_state: state.clone(),
+                virt: vparams,
+            }));
+            p.out.writes.push(Write::Intent(Box::new(intent)));
+        }
+    }
+
+    /// Hub: `state` is registered on chain for the virtual channel `id` until `finalizes_at`.
+    /// Every concluded leg is resolved by it after the window (a later registration replaces
+    /// the intent).
+    pub(super) fn on_virtual_registered(
+        &mut self,
+        id: ChannelId,
+        state: crate::ChannelState,
+        finalizes_at: u64,
+        p: &mut Pending,
+    ) {
+        let Some(mut r) = self
+            .book
+            .virtuals
+            .get(&id)
+            .filter(|r| r.role == VirtualRole::Hub)
+            .cloned()
+        else {
+            return;
+        };
+        if r.outcome.is_some() {
+            // A final state was handed to us: every leg resolves by it.
+            return;
+        }
+        r.registered = Some((state.clone(), finalizes_at));
+        let legs: Vec<(ChannelId, crate::ChannelState)> = r
+            .ledgers
+            .iter()
+            .zip(&r.concluded_legs)
+            .filter_map(|(l, s)| s.clone().map(|s| (*l, s)))
+            .collect();
+        let vparams = r.terms.params.clone();
+        self.write_virtual(id, r, p);
+        for (ledger, ls) in legs {
+            let Some(lp) = self
+                .channels
+                .get(&ledger)
+                .map(|e| e.machine.snapshot().params().clone())
+            else {
+                continue;
+            };
+            self.resolve_intent(&lp, &ls, &vparams, state.clone(), None, finalizes_at, p);
+        }
     }
 }
