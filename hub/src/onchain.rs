@@ -290,7 +290,8 @@ impl Node {
                 // The registered state itself, when the event shows all of it (no locks, no
                 // guarantees): what a virtual channel's hub settles its legs by.
                 let s = &d.state;
-                if s.locksRoot.is_zero()
+                if self.read(|m| m.serves_virtual(channel_id))
+                    && s.locksRoot.is_zero()
                     && s.guarantees.is_empty()
                     && let (Ok(a), Ok(b)) = (u128::try_from(s.balanceA), u128::try_from(s.balanceB))
                 {

@@ -272,11 +272,15 @@ impl Intent {
                 n.copy_from_slice(&id[..16]);
                 ("vdispute/", ledger, u128::from_be_bytes(n))
             }
+            // One per virtual state: a later registration writes its own, and the older one
+            // is dropped as soon as the chain refuses it (never deleting the newer one).
             Intent::ResolveGuarantee(r) => {
                 let (ledger, id) = (&r.ledger, r.virt.id().0);
-                let mut n = [0u8; 16];
-                n.copy_from_slice(&id[..16]);
-                ("resolve/", ledger, u128::from_be_bytes(n))
+                let mut n = [0u8; 8];
+                n.copy_from_slice(&id[..8]);
+                let n =
+                    (u128::from(u64::from_be_bytes(n)) << 64) | u128::from(r.virt_state.version);
+                ("resolve/", ledger, n)
             }
             // Handled above: a claim is per asset, not per channel.
             Intent::Claim { .. } => return INTENT_PREFIX.to_vec(),

@@ -37,6 +37,15 @@ use crate::{Op, Side};
 use alloy::primitives::{Address, Signature, U256};
 
 impl Node {
+    /// Whether we serve `id` as the hub of a virtual channel (the caller then hands us the
+    /// states registered for it, [`crate::node::ChainEvent::Registered`]).
+    pub fn serves_virtual(&self, id: ChannelId) -> bool {
+        self.book
+            .virtuals
+            .get(&id)
+            .is_some_and(|r| r.role == VirtualRole::Hub)
+    }
+
     /// The virtual channels we take part in.
     pub fn virtuals(&self) -> impl Iterator<Item = (&ChannelId, &VirtualRecord)> {
         self.book.virtuals.iter()
