@@ -98,6 +98,28 @@ async fn setup() -> Net {
     }
 }
 
+impl Net {
+    /// Alice opens a virtual channel with bob over the hub with `deposit`, pays him `paid`
+    /// inside it, and both see the payment co-signed.
+    async fn open_and_pay(&self, deposit: u128, paid: u128) -> ChannelId {
+        let v = self
+            .alice
+            .open_virtual(
+                self.hub.address(),
+                self.bob.address(),
+                Amount(deposit),
+                3600,
+            )
+            .await
+            .unwrap();
+        self.alice.transfer(v, Amount(paid)).await.unwrap();
+        for n in [&self.bob, &self.alice] {
+            wait_state(n, v, |s| s.state.balances[1] == Amount(paid)).await;
+        }
+        v
+    }
+}
+
 async fn concluded(
     events: &mut tokio::sync::broadcast::Receiver<NodeEvent>,
     id: ChannelId,
@@ -217,14 +239,7 @@ async fn the_hub_vanishes_and_the_parties_settle_the_virtual_channel_on_chain() 
     let net = setup().await;
     let deposit = 4 * ETH / 10;
     let fee = FEE_BASE + deposit * u128::from(FEE_PPM) / 1_000_000;
-    let v = net
-        .alice
-        .open_virtual(net.hub.address(), net.bob.address(), Amount(deposit), 3600)
-        .await
-        .unwrap();
-    net.alice.transfer(v, Amount(ETH / 10)).await.unwrap();
-    wait_state(&net.bob, v, |s| s.state.balances[1] == Amount(ETH / 10)).await;
-    wait_state(&net.alice, v, |s| s.state.balances[1] == Amount(ETH / 10)).await;
+    let v = net.open_and_pay(deposit, ETH / 10).await;
     let hub_addr = net.hub.address();
     net.hub.shutdown();
 
@@ -324,14 +339,7 @@ async fn the_parties_pay_each_other_inside_the_virtual_channel_while_the_hub_is_
 async fn a_payee_that_vanishes_cannot_keep_the_hubs_collateral_locked() {
     let net = setup().await;
     let deposit = 4 * ETH / 10;
-    let v = net
-        .alice
-        .open_virtual(net.hub.address(), net.bob.address(), Amount(deposit), 3600)
-        .await
-        .unwrap();
-    net.alice.transfer(v, Amount(ETH / 10)).await.unwrap();
-    wait_state(&net.bob, v, |s| s.state.balances[1] == Amount(ETH / 10)).await;
-    wait_state(&net.alice, v, |s| s.state.balances[1] == Amount(ETH / 10)).await;
+    let v = net.open_and_pay(deposit, ETH / 10).await;
     let bob = net.bob.address();
     net.bob.shutdown();
 

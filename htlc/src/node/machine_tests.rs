@@ -1564,3 +1564,93 @@ fn the_hub_relays_no_lock_that_outlives_the_virtual_channel() {
         )
     );
 }
+
+/// More frames a peer has no right to send, each refused with nothing recorded: an open that
+/// names the payee's ledger or the payer as B, an acceptance relayed by someone who is not the
+/// hub, and a final state the parties never signed.
+#[test]
+fn virtual_open_accept_and_close_frames_from_the_wrong_peer_are_refused() {
+    let mut net = Net::new(virtual_config());
+    let (payer, hub, payee) = (net.addr(0), net.addr(1), net.addr(2));
+    let v = crate::ChannelParams {
+        participants: [payer, payee],
+        nonce: U256::from(9),
+        ..params(&keys(1), &keys(3), 0)
+    };
+    let terms = crate::vchan::VirtualTerms {
+        params: v.clone(),
+        opening: [Amount(10), Amount::ZERO],
+        expires_at: Expiry(NOW.0 + 100),
+    };
+    let sig = sign_state(&v, &keys(1), &terms.opening_state()).unwrap();
+    // The payer asks the hub to lock the payee's ledger, then to open as someone else's A.
+    let swapped = crate::vchan::VirtualTerms {
+        params: crate::ChannelParams {
+            participants: [payee, payer],
+            ..v.clone()
+        },
+        ..terms.clone()
+    };
+    for (seq, ledger, t) in [(1, net.down, terms.clone()), (2, net.up, swapped)] {
+        let out = net.nodes[1].handle_frame(
+            NOW,
+            payer,
+            Frame::Msg {
+                seq,
+                body: Body::VirtualOpen {
+                    ledger,
+                    terms: Box::new(t),
+                    sig,
+                },
+            },
+        );
+        assert_eq!(refusal_codes(&out), vec![ErrorCode::Protocol]);
+    }
+    assert!(net.nodes[1].book().virtuals.is_empty());
+    // An acceptance for a channel the payer never opened over the sender.
+    let out = net.nodes[0].handle_frame(
+        NOW,
+        hub,
+        Frame::Msg {
+            seq: 1,
+            body: Body::VirtualAccepted {
+                channel_id: v.id(),
+                sig,
+            },
+        },
+    );
+    assert_eq!(refusal_codes(&out), vec![ErrorCode::Protocol]);
+    assert!(net.nodes[0].channel(v.id()).is_none());
+    // A final state of an open channel signed by one party only (a fresh network: the frames
+    // above were injected past the links' numbering).
+    let mut net = Net::new(virtual_config());
+    let (vid, _) = net.open_virtual(50_000);
+    let vp = net.nodes[0]
+        .channel(vid)
+        .unwrap()
+        .snapshot()
+        .params()
+        .clone();
+    let state = ChannelState {
+        version: 5,
+        is_final: true,
+        ..ChannelState::opening(vid, [Amount::ZERO, Amount(50_000)])
+    };
+    let one = sign_state(&vp, &keys(3), &state).unwrap();
+    let seq = net.nodes[2].links[&hub].outbox.next_send();
+    let out = net.nodes[1].handle_frame(
+        NOW,
+        payee,
+        Frame::Msg {
+            seq,
+            body: Body::VirtualClose {
+                final_state: Box::new(SignedState {
+                    state,
+                    sigs: [one, one],
+                }),
+            },
+        },
+    );
+    assert_eq!(refusal_codes(&out), vec![ErrorCode::Protocol]);
+    assert!(net.nodes[1].book().virtuals[&vid].outcome.is_none());
+}

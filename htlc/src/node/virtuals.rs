@@ -36,6 +36,14 @@ use crate::vchan::{self, VirtualTerms};
 use crate::{Op, Side};
 use alloy::primitives::{Address, Signature, U256};
 
+/// Check that `sig` is `who`'s signature on the opening state of `terms`.
+fn check_opening(terms: &VirtualTerms, sig: &Signature, who: Address) -> Result<(), String> {
+    let digest = DomainSeparator::new(&terms.params)
+        .digest(&terms.opening_state())
+        .map_err(|_| "overflow".to_string())?;
+    verify(digest, sig, who).map_err(|e| e.to_string())
+}
+
 impl Node {
     /// Whether we serve `id` as the hub of a virtual channel (the caller then hands us the
     /// states registered for it, [`crate::node::ChainEvent::Registered`]).
@@ -212,12 +220,7 @@ impl Node {
         if terms.params.participants[0] != from {
             return Err("the opener must be the virtual channel's A".into());
         }
-        let la = self
-            .channels
-            .get(&ledger)
-            .filter(|e| e.peer == from && e.via.is_none() && e.funded && !e.awaiting_acceptance())
-            .map(|e| e.machine.snapshot().params().clone())
-            .ok_or_else(|| format!("no funded ledger {ledger} with you"))?;
+        let la = self.funded_ledger(ledger, from)?;
         let b = terms.params.participants[1];
         let lb_id = self
             .ledger_with(b, terms.opening[0])
@@ -225,10 +228,7 @@ impl Node {
         let lb = self.channels[&lb_id].machine.snapshot().params().clone();
         let legs = vchan::admit(&policy, self.address(), &terms, &la, &lb, now)
             .map_err(|e| e.to_string())?;
-        let digest = DomainSeparator::new(&terms.params)
-            .digest(&terms.opening_state())
-            .map_err(|_| "overflow".to_string())?;
-        verify(digest, &sig, from).map_err(|e| e.to_string())?;
+        check_opening(&terms, &sig, from)?;
         let e = self
             .channels
             .get_mut(&ledger)
@@ -284,12 +284,7 @@ impl Node {
         if terms.expires_at <= now {
             return Err("the virtual channel's life is over".into());
         }
-        let lp = self
-            .channels
-            .get(&ledger)
-            .filter(|e| e.peer == from && e.via.is_none() && e.funded && !e.awaiting_acceptance())
-            .map(|e| e.machine.snapshot().params().clone())
-            .ok_or_else(|| format!("no funded ledger {ledger} with you"))?;
+        let lp = self.funded_ledger(ledger, from)?;
         let hub_side = lp.side_of(from).ok_or("not the ledger's participant")?;
         let g = terms.guarantee(hub_side);
         vchan::check_leg(&terms, &lp, me, &g).map_err(|e| e.to_string())?;
@@ -371,10 +366,7 @@ impl Node {
         if r.opening_sigs[1].is_some() {
             return Err(format!("virtual channel {id} accepted already"));
         }
-        let digest = DomainSeparator::new(&r.terms.params)
-            .digest(&r.terms.opening_state())
-            .map_err(|_| "overflow".to_string())?;
-        verify(digest, &sig, from).map_err(|e| e.to_string())?;
+        check_opening(&r.terms, &sig, from)?;
         r.opening_sigs[1] = Some(sig);
         let a = r.terms.params.participants[0];
         self.write_virtual(id, r, p);
@@ -450,15 +442,29 @@ impl Node {
 
     /// Whether a party's own leg of `r` locks its guarantee in a co-signed state.
     fn leg_locked(&self, r: &VirtualRecord) -> bool {
-        let id = r.terms.id();
-        r.ledgers.first().is_some_and(|l| {
-            self.channels.get(l).is_some_and(|e| {
-                e.machine
-                    .latest()
-                    .state
-                    .guarantees
+        r.ledgers
+            .first()
+            .is_some_and(|l| self.guarantee_on(*l, r.terms.id()).is_some())
+    }
+
+    /// Our funded, countersigned ledger `ledger` with `peer` (not a virtual channel).
+    fn funded_ledger(&self, ledger: ChannelId, peer: Address) -> Result<ChannelParams, String> {
+        self.channels
+            .get(&ledger)
+            .filter(|e| e.peer == peer && e.via.is_none() && e.funded && !e.awaiting_acceptance())
+            .map(|e| e.machine.snapshot().params().clone())
+            .ok_or_else(|| format!("no funded ledger {ledger} with you"))
+    }
+
+    /// Whether our machine of `ledger` would countersign `msg` now (asked of a copy: nothing
+    /// changes).
+    fn would_countersign(&self, ledger: ChannelId, msg: &Message, now: Expiry) -> bool {
+        self.channels.get(&ledger).is_some_and(|e| {
+            let mut probe = e.machine.clone();
+            probe.handle(msg.clone(), now).is_ok_and(|effects| {
+                effects
                     .iter()
-                    .any(|g| g.virtual_channel == id)
+                    .any(|f| matches!(f, Effect::Send(Message::Accept { .. })))
             })
         })
     }
@@ -649,15 +655,7 @@ impl Node {
         let Some(ledger) = r.ledgers.first().copied() else {
             return;
         };
-        let Some(g) = self.channels.get(&ledger).and_then(|e| {
-            e.machine
-                .latest()
-                .state
-                .guarantees
-                .iter()
-                .find(|g| g.virtual_channel == id)
-                .copied()
-        }) else {
+        let Some(g) = self.guarantee_on(ledger, id) else {
             return;
         };
         let Ok([to_a, to_b]) = vchan::release(&g, &fin.state) else {
@@ -796,16 +794,7 @@ impl Node {
         };
         // Would our machine countersign it? Ask a copy; anything else goes to the machine
         // itself, which refuses it as usual.
-        let Some(e) = self.channels.get(&ledger) else {
-            return false;
-        };
-        let mut probe = e.machine.clone();
-        let accepted = probe.handle(msg.clone(), now).is_ok_and(|effects| {
-            effects
-                .iter()
-                .any(|f| matches!(f, Effect::Send(Message::Accept { .. })))
-        });
-        if !accepted {
+        if !self.would_countersign(ledger, msg, now) {
             return false;
         }
         let Some(mut r) = self.book.virtuals.get(&id).cloned() else {
@@ -837,16 +826,8 @@ impl Node {
         // Every release is checked again against its ledger as it stands: all are
         // countersigned, or none (a leg released alone could be robbed on the other, ADR 0026).
         let all_accept = r.ledgers.iter().zip(&r.held).all(|(l, h)| {
-            h.as_ref().is_none_or(|m| {
-                self.channels.get(l).is_some_and(|e| {
-                    let mut probe = e.machine.clone();
-                    probe.handle(m.clone(), now).is_ok_and(|effects| {
-                        effects
-                            .iter()
-                            .any(|f| matches!(f, Effect::Send(Message::Accept { .. })))
-                    })
-                })
-            })
+            h.as_ref()
+                .is_none_or(|m| self.would_countersign(*l, m, now))
         });
         if !all_accept {
             // Nothing changed a held ledger in between (we propose nothing on it and its party
