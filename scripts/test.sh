@@ -4,8 +4,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$repo"
 scripts/setup.sh
-echo "== fmt";    cargo fmt --all -- --check
-echo "== clippy"; cargo clippy --workspace --all-targets --locked -- -D warnings
+scripts/lint.sh
 echo "== tests";  cargo nextest run --workspace --locked --no-fail-fast
 echo "== doctests"; cargo test --workspace --doc --locked
 echo "== operator walk-through"; cargo build --locked -q -p hub --bin hub
