@@ -33,6 +33,10 @@ pub enum FailureReason {
     /// The payee's invoice expired, or the final hop's expiry is too close.
     #[error("final expiry too soon")]
     FinalExpiryTooSoon,
+    /// The next node could not read its onion layer (its MAC failed or it did not decode); the
+    /// node before it reports this, since only the payer and the reader share the layer's key.
+    #[error("invalid onion")]
+    InvalidOnion,
 }
 
 impl FailureReason {
@@ -48,6 +52,7 @@ impl FailureReason {
             FailureReason::UnknownNextPeer => 7,
             FailureReason::IncorrectPaymentDetails => 8,
             FailureReason::FinalExpiryTooSoon => 9,
+            FailureReason::InvalidOnion => 10,
         }
     }
 
@@ -63,6 +68,7 @@ impl FailureReason {
             7 => FailureReason::UnknownNextPeer,
             8 => FailureReason::IncorrectPaymentDetails,
             9 => FailureReason::FinalExpiryTooSoon,
+            10 => FailureReason::InvalidOnion,
             _ => return None,
         })
     }

@@ -15,6 +15,7 @@ pub mod forward;
 pub mod ids;
 pub mod msg;
 pub mod node;
+pub mod onion;
 pub mod ops;
 pub mod sig;
 pub mod state;

@@ -35,6 +35,7 @@ pub fn reason_name(r: FailureReason) -> &'static str {
         FailureReason::UnknownNextPeer => "unknown_next_peer",
         FailureReason::IncorrectPaymentDetails => "incorrect_payment_details",
         FailureReason::FinalExpiryTooSoon => "final_expiry_too_soon",
+        FailureReason::InvalidOnion => "invalid_onion",
     }
 }
 
