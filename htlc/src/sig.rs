@@ -85,6 +85,25 @@ impl Keys {
         self.address
     }
 
+    /// The public key (what a payer builds onion layers for; its address is [`Keys::address`]).
+    pub fn public_key(&self) -> PublicKey {
+        PublicKey::from_secret_key(SECP256K1, &self.secret)
+    }
+
+    /// Peel our layer off an onion `packet` handed with an HTLC locked to `hashlock`.
+    pub fn peel(
+        &self,
+        packet: &crate::onion::Packet,
+        hashlock: B256,
+    ) -> Result<crate::onion::Peeled, crate::onion::OnionError> {
+        crate::onion::peel(packet, &self.secret, hashlock)
+    }
+
+    /// The onion session key of our payment `id` (derived, so the machine needs no randomness).
+    pub fn onion_session(&self, id: B256) -> Result<SecretKey, crate::onion::OnionError> {
+        crate::onion::session_key(&self.secret.secret_bytes(), id)
+    }
+
     /// Sign a 32-byte digest. libsecp256k1 always produces low-s signatures (RFC 6979 nonces).
     pub fn sign_digest(&self, digest: B256) -> Signature {
         let msg = Message::from_digest(digest.0);

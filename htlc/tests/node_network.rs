@@ -123,7 +123,8 @@ impl World {
             p.disk.apply_all(&out.writes, &p.node);
         }
         // The payer knows the hub's policy (in band it comes with the channel's acceptance).
-        let out = peers[PAYER].node.set_policy(a(HUB), policy());
+        let hub_key = peers[HUB].node.public_key();
+        let out = peers[PAYER].node.set_policy(a(HUB), policy(), hub_key);
         let p = &mut peers[PAYER];
         p.disk.apply_all(&out.writes, &p.node);
         World {
@@ -196,6 +197,7 @@ impl World {
         }
         let invoice = Invoice {
             payee: self.peers[PAYEE].keys.address(),
+            payee_key: self.peers[PAYEE].node.public_key(),
             hub: self.peers[HUB].keys.address(),
             amount: Amount(amount),
             hashlock,

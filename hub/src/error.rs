@@ -103,7 +103,12 @@ impl From<htlc::node::CommandError> for NodeError {
             C::Plan(e) => NodeError::Plan(e),
             C::Protocol(htlc::ProtocolError::Overflow) => NodeError::Overflow,
             C::Protocol(e) => NodeError::Protocol(e),
-            e @ (C::ChannelExists(_) | C::NotAbandoned(_)) => NodeError::Command(e),
+            e @ (C::ChannelExists(_)
+            | C::NotAbandoned(_)
+            | C::NoNodeKey(_)
+            | C::Onion(_)
+            | C::PlanMismatch { .. }
+            | C::ForeignInvoice) => NodeError::Command(e),
         }
     }
 }

@@ -303,6 +303,11 @@ impl Node {
         self.inner.keys.address()
     }
 
+    /// Our public key (payers build our onion layer with it).
+    pub fn public_key(&self) -> secp256k1::PublicKey {
+        self.inner.keys.public_key()
+    }
+
     /// Subscribe to events.
     pub fn subscribe(&self) -> broadcast::Receiver<NodeEvent> {
         self.inner.events.subscribe()

@@ -52,6 +52,7 @@ impl Node {
         let preimage = Preimage(rand::random());
         let invoice = Invoice {
             payee: self.address(),
+            payee_key: self.public_key(),
             hub,
             amount,
             hashlock: preimage.hashlock(),

@@ -10,6 +10,7 @@
 //! | `outbox` | peer (20) ‖ seq (8, BE) | the encoded wire frame `Msg { seq, body }` |
 //! | `meta` | `send‹peer›` / `recv‹peer›` | next number to give / last number processed |
 //! | `meta` | `policy‹peer›` | the forwarding policy that hub announced |
+//! | `meta` | `nodekey‹node›` | that node's public key (its onion key) |
 //! | `locks` | `route/‹channel›‹hashlock›` | [`Route`] |
 //! | `locks` | `fwd/‹out channel›‹out id›` | [`ForwardRecord`] |
 //! | `locks` | `in/‹in channel›‹in id›` | the outgoing (channel, id) |
@@ -32,6 +33,7 @@ use htlc::node::tower::Watched;
 use htlc::node::{Node as Machine, Records, Write};
 use htlc::vchan::VirtualPolicy;
 use htlc::{ChannelId, Hashlock, HtlcId};
+use secp256k1::PublicKey;
 
 fn key2(tag: &str, a: &[u8], b: &[u8]) -> Vec<u8> {
     let mut k = tag.as_bytes().to_vec();
@@ -124,6 +126,9 @@ pub(crate) fn fill(
             Write::Policy { peer, policy } => {
                 batch.put(Cf::Meta, &meta_key("policy", *peer), policy)?
             }
+            Write::NodeKey { node, key } => {
+                batch.put(Cf::Meta, &meta_key("nodekey", *node), key)?
+            }
             Write::Intent(intent) => batch.put(Cf::Chain, &intent.key(), &**intent)?,
             Write::Watched { id, record } => match record {
                 Some(w) => batch.put(Cf::Locks, &watch_key(*id), &**w)?,
@@ -138,10 +143,14 @@ pub(crate) fn fill(
     Ok(())
 }
 
-/// The layout of the records above, stored under `meta` key `schema`. A store without it was
-/// written by a hub before the key existed, with this same layout. Raise it with any change a
-/// reader of the older layout would misread, and teach [`check_schema`] to migrate.
-pub const SCHEMA: u32 = 1;
+/// The layout of the records above, stored under `meta` key `schema` (a store without it is
+/// new). Raise it with any change a reader of the older layout would misread, and teach
+/// [`check_schema`] to migrate.
+///
+/// 2: onion routing (ADR 0027): route instructions, invoices, payments, forwards and the
+/// link's queued messages changed shape. Schema 1 stores are refused (no migration: close
+/// their channels with the hub that wrote them).
+pub const SCHEMA: u32 = 2;
 
 const SCHEMA_KEY: &[u8] = b"schema";
 
@@ -150,6 +159,10 @@ const SCHEMA_KEY: &[u8] = b"schema";
 pub(crate) fn check_schema(store: &Store) -> Result<(), SchemaError> {
     match store.get::<u32>(Cf::Meta, SCHEMA_KEY)? {
         Some(found) if found > SCHEMA => Err(SchemaError::Newer {
+            found,
+            supported: SCHEMA,
+        }),
+        Some(found) if found < SCHEMA => Err(SchemaError::Older {
             found,
             supported: SCHEMA,
         }),
@@ -174,6 +187,16 @@ pub enum SchemaError {
         /// The schema found.
         found: u32,
         /// The newest this hub reads.
+        supported: u32,
+    },
+    /// Written by an older hub whose layout this one does not migrate.
+    #[error(
+        "the data directory was written by an older hub (store schema {found}; this hub reads {supported}): close its channels with that version, or start with an empty data_dir"
+    )]
+    Older {
+        /// The schema found.
+        found: u32,
+        /// The one this hub reads.
         supported: u32,
     },
     /// Reading or writing it failed.
@@ -226,6 +249,11 @@ pub(crate) fn load(store: &Store) -> Result<Records, StoreError> {
     for (k, policy) in store.scan::<ForwardPolicy>(Cf::Meta, b"policy")? {
         if let Some(a) = tail::<20>(&k, 6) {
             r.book.policies.insert(Address::from(a), policy);
+        }
+    }
+    for (k, key) in store.scan::<PublicKey>(Cf::Meta, b"nodekey")? {
+        if let Some(a) = tail::<20>(&k, 7) {
+            r.book.node_keys.insert(Address::from(a), key);
         }
     }
     for (k, route) in store.scan::<Route>(Cf::Locks, b"route/")? {

@@ -297,16 +297,18 @@ async fn strangers_write_nothing_and_instructions_are_bounded() {
             Body::Ping,
             Body::HubPolicy {
                 policy: htlc::forward::ForwardPolicy::default(),
+                key: evil_keys(0xE4).public_key(),
             },
             Body::Funded { channel_id: ghost },
             Body::Route {
                 channel_id: ghost,
                 hashlock: Preimage([1; 32]).hashlock(),
-                next_peer: Address::repeat_byte(9),
-                next: htlc::forward::NextHop {
-                    amount: Amount(1),
-                    expiry: Expiry(1),
-                },
+                onion: junk_onion(),
+            },
+            Body::RouteFailed {
+                channel_id: ghost,
+                htlc: htlc::HtlcId(0),
+                packet: htlc::onion::ErrorPacket(vec![0; htlc::onion::ERROR_LEN]),
             },
             Body::Channel(Message::Reject {
                 channel_id: ghost,
@@ -360,11 +362,7 @@ async fn strangers_write_nothing_and_instructions_are_bounded() {
         peer.send(Body::Route {
             channel_id: id,
             hashlock: Preimage([n; 32]).hashlock(),
-            next_peer: Address::repeat_byte(9),
-            next: htlc::forward::NextHop {
-                amount: Amount(1),
-                expiry: Expiry(1),
-            },
+            onion: junk_onion(),
         })
         .await;
     }
@@ -381,6 +379,16 @@ async fn strangers_write_nothing_and_instructions_are_bounded() {
     assert_eq!(code, ErrorCode::OutOfOrder);
     let routes = store.scan_raw(Cf::Locks, b"route/").unwrap().len();
     assert_eq!(routes, 5, "no more instructions than lock slots");
+}
+
+/// An onion no node can read (its HTLC would fail with InvalidOnion).
+fn junk_onion() -> Box<htlc::onion::Packet> {
+    Box::new(htlc::onion::Packet {
+        version: 0,
+        ephemeral: evil_keys(0xE9).public_key().serialize().to_vec(),
+        routing: vec![0; htlc::onion::ROUTING_LEN],
+        mac: B256::ZERO,
+    })
 }
 
 /// Attack 5: the upstream peer refuses the hub's fulfil, waits for the lock's expiry, and asks

@@ -623,6 +623,7 @@ async fn a_preimage_revealed_only_on_chain_settles_the_payment_upstream() {
     let preimage = Preimage(rand::random());
     let invoice = hub::payments::Invoice {
         payee: evil.address(),
+        payee_key: evil.keys.public_key(),
         hub: hub.address(),
         amount: Amount(ETH / 10),
         hashlock: preimage.hashlock(),

@@ -420,4 +420,21 @@ async fn a_store_written_by_a_newer_hub_is_refused_with_both_versions() {
         Some(hub::persist::SCHEMA + 98),
         "left as it was"
     );
+    // An older layout (schema 1: before onion routing) is refused too, not misread.
+    let mut b = Batch::new();
+    b.put(Cf::Meta, b"schema", &1u32).unwrap();
+    store.commit(b).await.unwrap();
+    let err = match Node::start(
+        Keys::from_bytes([1; 32]).unwrap(),
+        store.clone(),
+        NodeOptions::default(),
+    ) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("an older store was opened"),
+    };
+    assert!(
+        err.contains("older hub") && err.contains(&format!("reads {}", hub::persist::SCHEMA)),
+        "{err}"
+    );
+    assert_eq!(store.get::<u32>(Cf::Meta, b"schema").unwrap(), Some(1));
 }

@@ -77,7 +77,8 @@ impl Relay {
         nodes[PAYEE].add_channel(a(HUB), payee_down)?;
         // The payer routes with the hub's policy (in band it comes with the channel's
         // acceptance).
-        nodes[PAYER].set_policy(a(HUB), policy);
+        let hub_key = nodes[HUB].public_key();
+        nodes[PAYER].set_policy(a(HUB), policy, hub_key);
         Ok(Relay {
             nodes,
             queue: VecDeque::new(),
@@ -110,6 +111,7 @@ impl Relay {
         let hashlock = preimage.hashlock();
         let invoice = Invoice {
             payee: self.nodes[PAYEE].address(),
+            payee_key: self.nodes[PAYEE].public_key(),
             hub: self.nodes[HUB].address(),
             amount,
             hashlock,

@@ -4,8 +4,11 @@
 
 use crate::amount::Amount;
 use crate::forward::{MAX_CHALLENGE_DURATION_SECS, MIN_CHALLENGE_DURATION_SECS, NextHop};
+use crate::ids::Expiry;
+use crate::node::records::{Route, RouteHop};
+use crate::onion::{HopPayload, OnionError, Peeled};
 use crate::state::ChannelParams;
-use alloy::primitives::Address;
+use alloy::primitives::{Address, B256};
 
 /// What the node accepts in a channel a peer opens with it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -118,7 +121,7 @@ pub fn admit_open(
 /// Why a route instruction is refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RouteRefusal {
-    /// Not a channel of this peer, a zero amount, or a loop back to the sender.
+    /// Not a channel of this peer.
     #[error("no route instruction for this channel accepted")]
     Invalid,
     /// Rule 10: no more instructions waiting than the channel has lock slots (each is deleted
@@ -127,23 +130,67 @@ pub enum RouteRefusal {
     TooMany,
 }
 
-/// Whether to store a route instruction that `peer` leaves for its channel: `owned` says the
+/// Whether to read and store an onion that a peer leaves for its channel: `owned` says the
 /// channel is the peer's, `waiting` how many of its instructions wait already, `max` its lock
-/// slots.
-pub fn admit_route(
-    peer: Address,
-    owned: bool,
-    next_peer: Address,
-    next: &NextHop,
-    (waiting, max): (usize, usize),
-) -> Result<(), RouteRefusal> {
-    if !owned || next_peer == peer || next.amount.is_zero() {
+/// slots. Checked before the onion is peeled (the peel costs an ECDH).
+pub fn admit_route(owned: bool, (waiting, max): (usize, usize)) -> Result<(), RouteRefusal> {
+    if !owned {
         return Err(RouteRefusal::Invalid);
     }
     if waiting >= max {
         return Err(RouteRefusal::TooMany);
     }
     Ok(())
+}
+
+/// What we keep of our onion layer for an HTLC `peer` is about to lock: its instruction, or
+/// [`RouteHop::Unreadable`] when the layer does not read or asks the nonsensical (a zero
+/// amount, a forward back to the sender). An unreadable layer's HTLC fails with
+/// [`crate::FailureReason::InvalidOnion`]; with its secret when the MAC held (the payer reads
+/// it from us), else without (the node before us reports it).
+pub fn read_layer(peer: Address, layer: Result<Peeled, OnionError>, now: Expiry) -> Route {
+    let (hop, secret) = match layer {
+        Err(_) => (RouteHop::Unreadable, B256::ZERO),
+        Ok(Peeled {
+            payload,
+            next,
+            secret,
+        }) => {
+            let hop = match (payload, next) {
+                (
+                    HopPayload::Forward {
+                        next,
+                        amount,
+                        expiry,
+                    },
+                    Some(onion),
+                ) if next != peer && !amount.is_zero() => RouteHop::Forward {
+                    next_peer: next,
+                    next: NextHop { amount, expiry },
+                    onion: Box::new(onion),
+                },
+                (
+                    HopPayload::Final {
+                        amount,
+                        expiry,
+                        total,
+                    },
+                    None,
+                ) => RouteHop::Final {
+                    amount,
+                    expiry,
+                    total,
+                },
+                _ => RouteHop::Unreadable,
+            };
+            (hop, secret)
+        }
+    };
+    Route {
+        hop,
+        secret,
+        stored_at: now.0,
+    }
 }
 
 #[cfg(test)]
@@ -276,31 +323,58 @@ mod tests {
 
     #[test]
     fn each_route_refusal() {
+        assert_eq!(admit_route(true, (0, 1)), Ok(()));
+        assert_eq!(admit_route(false, (0, 1)), Err(RouteRefusal::Invalid));
+        assert_eq!(admit_route(true, (1, 1)), Err(RouteRefusal::TooMany));
+    }
+
+    /// A layer that reads is kept as it says; one that does not, or that asks for a zero
+    /// amount or a loop back to the sender, is kept as unreadable (its HTLC will fail).
+    #[test]
+    fn each_layer_reading() {
+        use crate::onion::Packet;
         let (peer, next_peer) = (Address::repeat_byte(1), Address::repeat_byte(3));
-        let next = NextHop {
-            amount: Amount(5),
-            expiry: Expiry(10),
+        let secret = B256::repeat_byte(9);
+        let packet = Packet {
+            version: 0,
+            ephemeral: vec![2; 33],
+            routing: vec![],
+            mac: B256::ZERO,
         };
-        assert_eq!(admit_route(peer, true, next_peer, &next, (0, 1)), Ok(()));
-        assert_eq!(
-            admit_route(peer, false, next_peer, &next, (0, 1)),
-            Err(RouteRefusal::Invalid)
-        );
-        assert_eq!(
-            admit_route(peer, true, peer, &next, (0, 1)),
-            Err(RouteRefusal::Invalid)
-        );
-        let zero = NextHop {
-            amount: Amount::ZERO,
-            ..next
+        let fwd = |next, amount| Peeled {
+            payload: HopPayload::Forward {
+                next,
+                amount: Amount(amount),
+                expiry: Expiry(10),
+            },
+            next: Some(packet.clone()),
+            secret,
         };
-        assert_eq!(
-            admit_route(peer, true, next_peer, &zero, (0, 1)),
-            Err(RouteRefusal::Invalid)
-        );
-        assert_eq!(
-            admit_route(peer, true, next_peer, &next, (1, 1)),
-            Err(RouteRefusal::TooMany)
-        );
+        let good = read_layer(peer, Ok(fwd(next_peer, 5)), Expiry(7));
+        assert_eq!(good.secret, secret);
+        assert_eq!(good.stored_at, 7);
+        assert!(matches!(good.hop, RouteHop::Forward { next_peer: n, .. } if n == next_peer));
+        for bad in [fwd(peer, 5), fwd(next_peer, 0)] {
+            let r = read_layer(peer, Ok(bad), Expiry(7));
+            assert_eq!((r.hop, r.secret), (RouteHop::Unreadable, secret));
+        }
+        let r = read_layer(peer, Err(OnionError::BadMac), Expiry(7));
+        assert_eq!((r.hop, r.secret), (RouteHop::Unreadable, B256::ZERO));
+        let fin = Peeled {
+            payload: HopPayload::Final {
+                amount: Amount(4),
+                expiry: Expiry(9),
+                total: Amount(4),
+            },
+            next: None,
+            secret,
+        };
+        assert!(matches!(
+            read_layer(peer, Ok(fin), Expiry(7)).hop,
+            RouteHop::Final {
+                amount: Amount(4),
+                ..
+            }
+        ));
     }
 }

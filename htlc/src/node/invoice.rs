@@ -3,6 +3,7 @@
 use crate::amount::Amount;
 use crate::ids::Hashlock;
 use alloy::primitives::Address;
+use secp256k1::PublicKey;
 use serde::{Deserialize, Serialize};
 
 /// Prefix of encoded invoices.
@@ -13,6 +14,9 @@ const INVOICE_PREFIX: &str = "vhub1";
 pub struct Invoice {
     /// Who is paid.
     pub payee: Address,
+    /// The payee's public key (the payer builds its onion layer with it); its address is
+    /// `payee` ([`Invoice::decode`] refuses an invoice where it is not).
+    pub payee_key: PublicKey,
     /// The hub the payee has its channel with.
     pub hub: Address,
     /// Amount the payee receives.
@@ -64,6 +68,11 @@ impl Invoice {
         if sha2::Sha256::digest(body)[..4] != *sum {
             return Err(InvoiceError::Corrupt("checksum mismatch"));
         }
-        postcard::from_bytes(body).map_err(|_| InvoiceError::Corrupt("bad encoding"))
+        let invoice: Invoice =
+            postcard::from_bytes(body).map_err(|_| InvoiceError::Corrupt("bad encoding"))?;
+        if crate::sig::address_of(&invoice.payee_key) != invoice.payee {
+            return Err(InvoiceError::Corrupt("the payee key is not the payee's"));
+        }
+        Ok(invoice)
     }
 }

@@ -35,20 +35,23 @@
 use crate::forward::ForwardPolicy;
 use crate::ids::{ChannelId, Expiry, Hashlock, HtlcId, Preimage, Side};
 use crate::msg::Message;
-use crate::node::admission::{OpenPolicy, OpenRefusal, RouteRefusal, admit_open, admit_route};
+use crate::node::admission::{
+    OpenPolicy, OpenRefusal, RouteRefusal, admit_open, admit_route, read_layer,
+};
 use crate::node::chain::{CollateralPolicy, Intent, funding, must_challenge, state_at, unlocks};
 use crate::node::invoice::Invoice;
 use crate::node::link::{Inbound, Inbox, Outbox};
 use crate::node::message::{Body, ErrorCode, Frame};
 use crate::node::payment::{
-    ForwardRecord, HtlcPlan, InvoiceTerms, Known, PaymentStatus, PlanError, Step, Upstream,
-    on_committed, outcomes,
+    ForwardRecord, HtlcPlan, InvoiceTerms, Known, PaymentStatus, PlanError, RoutePlan, Step,
+    Upstream, on_committed, outcomes,
 };
 use crate::node::records::{
-    Book, ChannelRecord, InvoiceRecord, LinkRecord, PaymentRecord, Records, Route, Write,
+    Book, ChannelRecord, InvoiceRecord, LinkRecord, PaymentRecord, Records, RouteHop, Write,
 };
 use crate::node::timers::Timers;
 use crate::node::tower::{self, TowerPolicy};
+use crate::onion::{ErrorPacket, Hop as OnionHop, HopPayload};
 use crate::sig::Keys;
 use crate::state::ChannelParams;
 use crate::update::{
@@ -414,12 +417,29 @@ pub enum CommandError {
     /// The hub never announced its policy to us.
     #[error("hub {0} announced no policy")]
     NoPolicy(Address),
+    /// No public key is known for a node on the route (it announces it with its policy).
+    #[error("no onion key known for {0}")]
+    NoNodeKey(Address),
+    /// The route's onion could not be built.
+    #[error(transparent)]
+    Onion(#[from] crate::onion::OnionError),
+    /// A plan does not have one hop per hub of the route.
+    #[error("the plan has {plan} hops for a route of {route} hubs")]
+    PlanMismatch {
+        /// Hops in the plan.
+        plan: usize,
+        /// Hubs on the route.
+        route: usize,
+    },
     /// The invoice expired.
     #[error("the invoice expired")]
     Expired,
     /// The invoice is our own.
     #[error("the invoice is our own")]
     OwnInvoice,
+    /// An invoice to be added is not ours (its payee or key is another node's).
+    #[error("the invoice names another payee")]
+    ForeignInvoice,
     /// The channel may hold money: it is never forgotten.
     #[error("channel {0} may hold money: not forgotten")]
     NotAbandoned(ChannelId),
@@ -591,6 +611,11 @@ impl Node {
     /// Our address.
     pub fn address(&self) -> Address {
         self.keys.address()
+    }
+
+    /// Our public key (payers build our onion layer with it).
+    pub fn public_key(&self) -> secp256k1::PublicKey {
+        self.keys.public_key()
     }
 
     /// The settings.
@@ -1138,11 +1163,19 @@ impl Node {
         self.finish(now, p)
     }
 
-    /// Record the forwarding policy `hub` announced out of band (in band it comes with
-    /// [`Body::HubPolicy`]).
-    pub fn set_policy(&mut self, hub: Address, policy: ForwardPolicy) -> Output {
+    /// Record the forwarding policy and public key `hub` announced out of band (in band they
+    /// come with [`Body::HubPolicy`]). A key that is not `hub`'s is not recorded.
+    pub fn set_policy(
+        &mut self,
+        hub: Address,
+        policy: ForwardPolicy,
+        key: secp256k1::PublicKey,
+    ) -> Output {
         let mut p = Pending::default();
         self.write(&mut p, Write::Policy { peer: hub, policy });
+        if crate::sig::address_of(&key) == hub {
+            self.write(&mut p, Write::NodeKey { node: hub, key });
+        }
         p.out
     }
 
@@ -1156,6 +1189,9 @@ impl Node {
     ) -> Result<Output, CommandError> {
         if invoice.amount.is_zero() {
             return Err(CommandError::ZeroAmount);
+        }
+        if invoice.payee != self.address() || invoice.payee_key != self.keys.public_key() {
+            return Err(CommandError::ForeignInvoice);
         }
         if self.best_channel_to(invoice.hub, None).is_none() {
             return Err(CommandError::NoChannel(invoice.hub));
@@ -1219,8 +1255,22 @@ impl Node {
         Ok(self.finish(now, p))
     }
 
-    /// Queue one payment into step `p`: the route instruction and the HTLC go out in the same
-    /// step (one batch, the instruction first on the link). Nothing changes if it fails.
+    /// Pay `invoice` as payment `id` over the hubs `hubs` (in order: the first is our peer,
+    /// the last the invoice's hub), priced with the policies they announced and carried by an
+    /// onion (each hub learns only its own instruction). Paying an id again changes nothing.
+    pub fn pay_route(
+        &mut self,
+        now: Expiry,
+        id: B256,
+        invoice: &Invoice,
+        hubs: &[Address],
+    ) -> Result<Output, CommandError> {
+        let mut p = Pending::default();
+        self.pay_over(now, id, invoice, hubs, None, &mut p)?;
+        Ok(self.finish(now, p))
+    }
+
+    /// Queue one payment through the invoice's hub into step `p`.
     fn pay_in(
         &mut self,
         now: Expiry,
@@ -1229,10 +1279,41 @@ impl Node {
         plan: Option<HtlcPlan>,
         p: &mut Pending,
     ) -> Result<(), CommandError> {
+        let hubs: &[Address] = if invoice.payee == invoice.hub {
+            &[]
+        } else {
+            std::slice::from_ref(&invoice.hub)
+        };
+        let plan = match (plan, hubs.is_empty()) {
+            // Paying the hub itself: the plan's HTLC is the payee's.
+            (Some(pl), true) => Some(RoutePlan {
+                sent: pl.sent,
+                expiry: pl.expiry,
+                hops: Vec::new(),
+            }),
+            (pl, _) => pl.map(RoutePlan::from),
+        };
+        self.pay_over(now, id, invoice, hubs, plan, p)
+    }
+
+    /// Queue one payment over `hubs` into step `p`: the onion and the HTLC go out in the same
+    /// step (one batch, the onion first on the link). Nothing changes if it fails.
+    fn pay_over(
+        &mut self,
+        now: Expiry,
+        id: B256,
+        invoice: &Invoice,
+        hubs: &[Address],
+        plan: Option<RoutePlan>,
+        p: &mut Pending,
+    ) -> Result<(), CommandError> {
         if self.book.payments.contains_key(&id) {
             return Ok(());
         }
-        let hub = invoice.hub;
+        let first = hubs.first().copied().unwrap_or(invoice.payee);
+        let (channel, available) = self
+            .best_channel_to(first, None)
+            .ok_or(CommandError::NoChannel(first))?;
         let plan = match plan {
             Some(plan) => plan,
             None => {
@@ -1242,38 +1323,74 @@ impl Node {
                 if invoice.payee == self.address() {
                     return Err(CommandError::OwnInvoice);
                 }
-                let policy = *self
-                    .book
-                    .policies
-                    .get(&hub)
-                    .ok_or(CommandError::NoPolicy(hub))?;
-                let (_, available) = self
-                    .best_channel_to(hub, None)
-                    .ok_or(CommandError::NoChannel(hub))?;
-                crate::node::payment::plan(
+                let policies = hubs
+                    .iter()
+                    .map(|h| {
+                        self.book
+                            .policies
+                            .get(h)
+                            .copied()
+                            .ok_or(CommandError::NoPolicy(*h))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                crate::node::payment::plan_route(
                     invoice.amount,
                     invoice.final_expiry_delta,
-                    &policy,
+                    &policies,
                     available,
                     now,
                 )?
             }
         };
-        let (channel, _) = self
-            .best_channel_to(hub, None)
-            .ok_or(CommandError::NoChannel(hub))?;
-        if invoice.payee != hub {
-            self.send(
-                hub,
-                Body::Route {
-                    channel_id: channel,
-                    hashlock: invoice.hashlock,
-                    next_peer: invoice.payee,
-                    next: plan.next,
-                },
-                p,
-            );
+        if plan.hops.len() != hubs.len() {
+            return Err(CommandError::PlanMismatch {
+                plan: plan.hops.len(),
+                route: hubs.len(),
+            });
         }
+        // The payee's HTLC: what the last hub offers, or ours when we pay it directly.
+        let (last_amount, last_expiry) = plan
+            .hops
+            .last()
+            .map_or((plan.sent, plan.expiry), |h| (h.amount, h.expiry));
+        let mut path = hubs.to_vec();
+        path.push(invoice.payee);
+        let mut layers = Vec::with_capacity(path.len());
+        for (i, node) in path.iter().enumerate() {
+            let key = if i == hubs.len() {
+                invoice.payee_key
+            } else {
+                *self
+                    .book
+                    .node_keys
+                    .get(node)
+                    .ok_or(CommandError::NoNodeKey(*node))?
+            };
+            let payload = match plan.hops.get(i) {
+                Some(h) if i < hubs.len() => HopPayload::Forward {
+                    next: path[i + 1],
+                    amount: h.amount,
+                    expiry: h.expiry,
+                },
+                _ => HopPayload::Final {
+                    amount: last_amount,
+                    expiry: last_expiry,
+                    total: invoice.amount,
+                },
+            };
+            layers.push(OnionHop { node: key, payload });
+        }
+        let session = self.keys.onion_session(id)?;
+        let (packet, secrets) = crate::onion::build(&session, &layers, invoice.hashlock.0)?;
+        self.send(
+            first,
+            Body::Route {
+                channel_id: channel,
+                hashlock: invoice.hashlock,
+                onion: Box::new(packet),
+            },
+            p,
+        );
         let Some(e) = self.channels.get_mut(&channel) else {
             return Err(CommandError::UnknownChannel(channel));
         };
@@ -1288,6 +1405,9 @@ impl Node {
             channel,
             htlc,
             status: PaymentStatus::Pending,
+            path,
+            secrets,
+            failed_at: None,
         };
         self.write(
             p,
@@ -1551,8 +1671,13 @@ impl Node {
                     Err(e) => self.refuse(from, seq, ErrorCode::Protocol, e.to_string(), p),
                 }
             }
-            Body::HubPolicy { policy } => {
+            Body::HubPolicy { policy, key } => {
+                if crate::sig::address_of(&key) != from {
+                    let detail = "the announced key is not the sender's".to_string();
+                    return self.refuse(from, seq, ErrorCode::Protocol, detail, p);
+                }
                 self.write(p, Write::Policy { peer: from, policy });
+                self.write(p, Write::NodeKey { node: from, key });
                 true
             }
             Body::Funded { channel_id } => {
@@ -1573,21 +1698,17 @@ impl Node {
             Body::Route {
                 channel_id,
                 hashlock,
-                next_peer,
-                next,
+                onion,
             } => {
                 let owned = self.peer_of(channel_id) == Some(from);
                 let lo = (channel_id, Hashlock(B256::ZERO));
                 let hi = (channel_id, Hashlock(B256::repeat_byte(0xff)));
                 let waiting = self.book.routes.range(lo..=hi).count();
                 let max = self.config.limits.max_pending_locks;
-                match admit_route(from, owned, next_peer, &next, (waiting, max)) {
+                match admit_route(owned, (waiting, max)) {
                     Ok(()) => {
-                        let route = Route {
-                            next_peer,
-                            next,
-                            stored_at: now.0,
-                        };
+                        let layer = self.keys.peel(&onion, hashlock.0);
+                        let route = read_layer(from, layer, now);
                         let key = (channel_id, hashlock);
                         self.write(
                             p,
@@ -1606,6 +1727,18 @@ impl Node {
                         self.refuse(from, seq, code, format!("channel {channel_id}: {e}"), p)
                     }
                 }
+            }
+            Body::RouteFailed {
+                channel_id,
+                htlc,
+                packet,
+            } => {
+                if self.peer_of(channel_id) != Some(from) {
+                    let detail = format!("no channel {channel_id}");
+                    return self.refuse(from, seq, ErrorCode::UnknownChannel, detail, p);
+                }
+                self.on_route_failed((channel_id, htlc), packet, p);
+                true
             }
             Body::Channel(msg) => self.on_channel_msg(now, from, None, seq, msg, p),
             Body::Relayed { from: party, msg } => {
@@ -1783,8 +1916,8 @@ impl Node {
             },
         );
         p.touched.insert(id);
-        let policy = self.config.policy;
-        self.send(from, Body::HubPolicy { policy }, p);
+        let (policy, key) = (self.config.policy, self.keys.public_key());
+        self.send(from, Body::HubPolicy { policy, key }, p);
         if let Some(policy) = self.config.virtual_policy {
             self.send(from, Body::HubVirtualPolicy { policy }, p);
         }
@@ -2066,8 +2199,14 @@ impl Node {
             }
             if let Some(pid) = self.paylocks.get(&(id, hid)).copied()
                 && let Some(mut pay) = self.book.payments.get(&pid).cloned()
-                && let Some(status) = pay.status.after(o)
+                && let Some(mut status) = pay.status.after(o)
             {
+                // The reason the failing node's MAC proves beats the one our peer passed on.
+                if let (PaymentStatus::Failed { reason }, Some((_, proven))) =
+                    (&mut status, pay.failed_at)
+                {
+                    *reason = proven;
+                }
                 p.out.events.push(match &status {
                     PaymentStatus::Succeeded { .. } => NodeEvent::PaymentSucceeded {
                         id: pid,
@@ -2189,22 +2328,19 @@ impl Node {
         }
         let (asset, frozen, we_opened) = (s.params().asset, s.frozen(), s.me() == Side::A);
         let invoice = self.book.invoices.get(&lock.hashlock).cloned();
-        let route = match invoice {
-            Some(_) => None,
-            None => self.book.routes.get(&(ch, lock.hashlock)).copied(),
-        };
+        let route = self.book.routes.get(&(ch, lock.hashlock)).cloned();
+        let secret = route.as_ref().map_or(B256::ZERO, |r| r.secret);
         // Only a channel in the incoming channel's asset can carry it on (a payment received
         // in one token is never paid out in another: issue 12, attack 4).
-        let out = match &route {
-            Some(r) if !frozen => {
-                self.best_channel_to(r.next_peer, Some(asset))
-                    .and_then(|(id, _)| {
-                        Some((
-                            id,
-                            self.channels.get(&id)?.machine.outgoing(self.config.policy),
-                        ))
-                    })
-            }
+        let out = match route.as_ref().map(|r| &r.hop) {
+            Some(RouteHop::Forward { next_peer, .. }) if !frozen => self
+                .best_channel_to(*next_peer, Some(asset))
+                .and_then(|(id, _)| {
+                    Some((
+                        id,
+                        self.channels.get(&id)?.machine.outgoing(self.config.policy),
+                    ))
+                }),
             _ => None,
         };
         let terms = invoice.as_ref().map(|r| InvoiceTerms {
@@ -2212,17 +2348,32 @@ impl Node {
             expires_at: Expiry(r.invoice.expires_at),
             preimage: r.preimage,
             paid: r.paid,
+            sent: match route.as_ref().map(|r| &r.hop) {
+                Some(RouteHop::Final { amount, expiry, .. }) => Some((*amount, *expiry)),
+                _ => None,
+            },
         });
-        let known = match (&terms, &route) {
+        let known = match (&terms, route.as_ref().map(|r| &r.hop)) {
+            (_, Some(RouteHop::Unreadable)) => Known::Unreadable,
             (Some(t), _) => Known::Invoice(t),
-            (None, Some(r)) => Known::Route {
-                next: &r.next,
+            (None, Some(RouteHop::Forward { next, .. })) => Known::Route {
+                next,
                 outgoing: out.as_ref().map(|(_, o)| o),
                 incoming_frozen: frozen,
             },
+            // Told we are the payee of a payment we have no invoice for.
+            (None, Some(RouteHop::Final { .. })) => Known::Nothing { we_opened: true },
             (None, None) => Known::Nothing { we_opened },
         };
         let step = on_committed(&h, known, now);
+        // A payee holding its preimages decides again later (after a restart): it keeps the
+        // instruction, which its decision then needs.
+        if matches!(step, Step::Claim(_)) && !self.config.reveal_preimages {
+            p.out.events.push(NodeEvent::Holding {
+                hashlock: lock.hashlock,
+            });
+            return;
+        }
         // The instruction is used up by this decision.
         if route.is_some() {
             self.write(
@@ -2233,14 +2384,12 @@ impl Node {
                 },
             );
         }
-        match (step, invoice, out) {
-            (Step::Claim(preimage), Some(record), _) => {
-                if !self.config.reveal_preimages {
-                    p.out.events.push(NodeEvent::Holding {
-                        hashlock: lock.hashlock,
-                    });
-                    return;
-                }
+        let next_onion = match route.map(|r| r.hop) {
+            Some(RouteHop::Forward { onion, .. }) => Some(onion),
+            _ => None,
+        };
+        match (step, invoice, out, next_onion) {
+            (Step::Claim(preimage), Some(record), _, _) => {
                 if let Some(e) = self.channels.get_mut(&ch) {
                     e.machine.fulfill_htlc(lock.id, preimage);
                 }
@@ -2261,12 +2410,25 @@ impl Node {
                 });
                 p.to_propose.insert(ch);
             }
-            (Step::Forward(fwd), _, Some((out_ch, _))) => {
+            (Step::Forward(fwd), _, Some((out_ch, _)), Some(onion)) => {
+                let Some(next_peer) = self.peer_of(out_ch) else {
+                    return;
+                };
+                // The next node's layer goes first on the link, then the HTLC's update.
+                self.send(
+                    next_peer,
+                    Body::Route {
+                        channel_id: out_ch,
+                        hashlock: lock.hashlock,
+                        onion,
+                    },
+                    p,
+                );
                 let Some(oe) = self.channels.get_mut(&out_ch) else {
                     return;
                 };
                 let out_id = oe.machine.offer_htlc(fwd.amount, fwd.hashlock, fwd.expiry);
-                let record = ForwardRecord::new((ch, lock.id), (out_ch, out_id), &fwd);
+                let record = ForwardRecord::new((ch, lock.id), (out_ch, out_id), &fwd, secret);
                 self.write(
                     p,
                     Write::Forward {
@@ -2283,18 +2445,83 @@ impl Node {
                 );
                 p.to_propose.insert(out_ch);
             }
-            (Step::Fail(reason), _, _) => self.fail_incoming(ch, lock.id, reason, p),
-            // `on_committed` claims only with an invoice and forwards only with a channel.
-            (Step::Claim(_) | Step::Forward(_), _, _) => {
-                self.fail_incoming(ch, lock.id, FailureReason::TemporaryChannelFailure, p)
+            (Step::Fail(reason), _, _, _) => {
+                self.fail_incoming(ch, lock.id, reason, (secret, None), p)
             }
+            // `on_committed` claims only with an invoice and forwards only with a channel
+            // (and a forward instruction always carries the next layer).
+            (Step::Claim(_) | Step::Forward(_), _, _, _) => self.fail_incoming(
+                ch,
+                lock.id,
+                FailureReason::TemporaryChannelFailure,
+                (secret, None),
+                p,
+            ),
         }
     }
 
-    fn fail_incoming(&mut self, ch: ChannelId, id: HtlcId, reason: FailureReason, p: &mut Pending) {
+    /// Fail the incoming HTLC `id` on `ch` with `reason`, first sending the payer's failure
+    /// packet upstream: the one from downstream wrapped in our layer, or our own made with the
+    /// secret of our layer (none when our layer did not read: the node before us reports it).
+    fn fail_incoming(
+        &mut self,
+        ch: ChannelId,
+        id: HtlcId,
+        reason: FailureReason,
+        (secret, downstream): (B256, Option<ErrorPacket>),
+        p: &mut Pending,
+    ) {
+        let packet = match downstream {
+            _ if secret == B256::ZERO => None,
+            Some(pkt) => Some(crate::onion::wrap(secret, pkt)),
+            None => Some(crate::onion::fail(secret, reason)),
+        };
+        if let (Some(packet), Some(peer)) = (packet, self.peer_of(ch)) {
+            let body = Body::RouteFailed {
+                channel_id: ch,
+                htlc: id,
+                packet,
+            };
+            self.send(peer, body, p);
+        }
         if let Some(e) = self.channels.get_mut(&ch) {
             e.machine.fail_htlc(id, reason);
             p.to_propose.insert(ch);
+        }
+    }
+
+    /// The next node sent a failure packet for our HTLC `out`: keep it with the forward (to
+    /// wrap and pass upstream when the HTLC's failure is co-signed), or, for our own payment,
+    /// read which node failed and why.
+    fn on_route_failed(&mut self, out: (ChannelId, HtlcId), packet: ErrorPacket, p: &mut Pending) {
+        if let Some(f) = self.book.forwards.get(&out)
+            && !f.done
+            && f.error.is_none()
+        {
+            let record = ForwardRecord {
+                error: Some(packet),
+                ..f.clone()
+            };
+            self.write(p, Write::Forward { out, record });
+            return;
+        }
+        if let Some(pid) = self.paylocks.get(&out).copied()
+            && let Some(pay) = self.book.payments.get(&pid)
+            && pay.status == PaymentStatus::Pending
+            && pay.failed_at.is_none()
+            && let Some((hop, reason)) = crate::onion::decode_error(&pay.secrets, &packet)
+            && let Some(node) = pay.path.get(hop).copied()
+        {
+            let record = PaymentRecord {
+                failed_at: Some((node, reason)),
+                ..pay.clone()
+            };
+            self.write(
+                p,
+                Write::Payment {
+                    record: Box::new(record),
+                },
+            );
         }
     }
 
@@ -2307,12 +2534,14 @@ impl Node {
         let Some(up) = f.upstream() else {
             return;
         };
-        let Some(e) = self.channels.get_mut(&f.in_channel) else {
+        if !self.channels.contains_key(&f.in_channel) {
             return;
-        };
+        }
         match up {
             Upstream::Fulfill(pre) => {
-                e.machine.fulfill_htlc(f.in_id, pre);
+                if let Some(e) = self.channels.get_mut(&f.in_channel) {
+                    e.machine.fulfill_htlc(f.in_id, pre);
+                }
                 p.out.events.push(NodeEvent::Forwarded {
                     in_channel: f.in_channel,
                     out_channel: f.out_channel,
@@ -2320,7 +2549,8 @@ impl Node {
                 });
             }
             Upstream::Fail(reason) => {
-                e.machine.fail_htlc(f.in_id, reason);
+                let down = (f.secret, f.error.clone());
+                self.fail_incoming(f.in_channel, f.in_id, reason, down, p);
                 p.out.events.push(NodeEvent::ForwardFailed {
                     in_channel: f.in_channel,
                     reason,
@@ -2405,6 +2635,10 @@ impl Node {
 #[cfg(test)]
 #[path = "machine_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "multihop_tests.rs"]
+mod multihop_tests;
 
 #[path = "virtuals.rs"]
 mod virtuals;

@@ -3,7 +3,7 @@
 //! disk built from its writes.
 
 use super::{ChainEvent, CommandError, Config, Node, NodeEvent, Output};
-use crate::forward::{ForwardPolicy, NextHop};
+use crate::forward::ForwardPolicy;
 use crate::node::chain::{CollateralPolicy, Intent};
 use crate::node::fixtures::{keys, params};
 use crate::node::invoice::Invoice;
@@ -74,7 +74,7 @@ impl Net {
         nodes[1].add_channel(a(1), h_up).unwrap();
         nodes[1].add_channel(a(3), h_down).unwrap();
         nodes[2].add_channel(a(2), q_down).unwrap();
-        nodes[0].set_policy(a(2), policy());
+        nodes[0].set_policy(a(2), policy(), keys(2).public_key());
         let disks = nodes.iter().map(Node::records).collect();
         Net {
             nodes,
@@ -112,8 +112,14 @@ impl Net {
 
     fn invoice(&mut self, amount: u128, secret: u8, payee: Address) -> (Invoice, Preimage) {
         let preimage = Preimage([secret; 32]);
+        let payee_key = self
+            .nodes
+            .iter()
+            .find(|n| n.address() == payee)
+            .map_or(keys(9).public_key(), Node::public_key);
         let inv = Invoice {
             payee,
+            payee_key,
             hub: self.addr(1),
             amount: Amount(amount),
             hashlock: preimage.hashlock(),
@@ -199,6 +205,11 @@ fn each_failure_reason_reaches_the_payer() {
         reason: Some(FailureReason::UnknownNextPeer)
     }));
     assert_eq!(net.balances(0, net.up), [Amount(FUNDS), Amount::ZERO]);
+    // The onion's failure packet names the hub as the failing node.
+    assert_eq!(
+        net.nodes[0].payment(id).unwrap().failed_at,
+        Some((net.addr(1), FailureReason::UnknownNextPeer))
+    );
     // The payee knows the hashlock, but the lock pays less than its invoice.
     let (inv, pre) = net.invoice(1_000, 2, keys(3).address());
     net.expect(&inv, pre);
@@ -213,14 +224,19 @@ fn each_failure_reason_reaches_the_payer() {
         ref s => panic!("not failed: {s:?}"),
     };
     assert_eq!(reason, FailureReason::IncorrectPaymentDetails);
-    // The payee does not know the hashlock: to it, a lock nobody told it about.
+    // The payee does not know the hashlock: its onion layer says it is the payee of a payment
+    // it has no invoice for, and the failure names it (through the hub's layer).
     let (inv, _) = net.invoice(1_000, 12, keys(3).address());
     let id = B256::repeat_byte(13);
     net.pay(id, &inv);
     assert!(net.events[0].contains(&NodeEvent::PaymentFailed {
         id,
-        reason: Some(FailureReason::UnknownNextPeer)
+        reason: Some(FailureReason::IncorrectPaymentDetails)
     }));
+    assert_eq!(
+        net.nodes[0].payment(id).unwrap().failed_at,
+        Some((net.addr(2), FailureReason::IncorrectPaymentDetails))
+    );
     // The hub cannot carry it (more than its downstream balance).
     let (inv, pre) = net.invoice(FUNDS / 2 + FUNDS / 4, 3, keys(3).address());
     net.expect(&inv, pre);
@@ -303,28 +319,27 @@ fn a_peer_touches_only_its_own_channels() {
         }
     )));
     assert_eq!(net.nodes[1].channel_record(net.down).unwrap(), before);
-    // Route instructions: for another's channel, back to the sender, or too many.
-    let next = NextHop {
-        amount: Amount(5),
-        expiry: Expiry(NOW.0 + 7200),
+    // Onions: for another's channel, or too many waiting (an unreadable one is kept as such:
+    // its HTLC fails with InvalidOnion).
+    let junk = || {
+        Box::new(crate::onion::Packet {
+            version: 0,
+            ephemeral: keys(9).public_key().serialize().to_vec(),
+            routing: vec![0; crate::onion::ROUTING_LEN],
+            mac: B256::ZERO,
+        })
     };
-    let route = |channel_id, next_peer, h: u8| Body::Route {
+    let route = |channel_id, h: u8| Body::Route {
         channel_id,
         hashlock: Hashlock(B256::repeat_byte(h)),
-        next_peer,
-        next,
+        onion: junk(),
     };
-    let payee = net.addr(2);
     let route_n = |channel_id, n: u64| Body::Route {
         channel_id,
         hashlock: Hashlock(alloy::primitives::U256::from(n + 1_000).into()),
-        next_peer: payee,
-        next,
+        onion: junk(),
     };
-    let cases = [
-        (route(net.down, payee, 1), ErrorCode::UnknownChannel),
-        (route(net.up, payer, 2), ErrorCode::UnknownChannel),
-    ];
+    let cases = [(route(net.down, 1), ErrorCode::UnknownChannel)];
     let mut seq = 2;
     for (body, code) in cases {
         let out = net.nodes[1].handle_frame(NOW, payer, Frame::Msg { seq, body });
@@ -349,7 +364,7 @@ fn a_peer_touches_only_its_own_channels() {
         payer,
         Frame::Msg {
             seq,
-            body: route(net.up, payee, 99),
+            body: route(net.up, 99),
         },
     );
     assert_eq!(refusal_codes(&out), [ErrorCode::RateLimited]);

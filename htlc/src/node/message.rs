@@ -5,13 +5,15 @@
 //! are only ever added at the end.
 
 use crate::amount::Amount;
-use crate::forward::{ForwardPolicy, NextHop};
-use crate::ids::{ChannelId, Hashlock};
+use crate::forward::ForwardPolicy;
+use crate::ids::{ChannelId, Hashlock, HtlcId};
 use crate::msg::Message;
+use crate::onion::{ErrorPacket, Packet};
 use crate::state::ChannelParams;
 use crate::update::SignedState;
 use crate::vchan::{VirtualPolicy, VirtualTerms};
 use alloy::primitives::{Address, Signature};
+use secp256k1::PublicKey;
 use serde::{Deserialize, Serialize};
 
 /// Why a frame or message was refused.
@@ -82,18 +84,30 @@ pub enum Body {
     HubPolicy {
         /// Fees, expiry delta and HTLC limits of the hub's outgoing channels.
         policy: ForwardPolicy,
+        /// The hub's public key (payers build its onion layer with it); its address must be
+        /// the sender's.
+        key: PublicKey,
     },
-    /// Forward the HTLC with `hashlock` that the sender offers on `channel_id` to `next_peer`,
-    /// as `next`. Sent before the HTLC itself; the hub acts on it once the HTLC is committed.
+    /// The onion for the HTLC with `hashlock` that the sender offers on `channel_id`: our
+    /// layer says what to do with it (forward, or: we are the payee). Sent before the HTLC
+    /// itself; acted on once the HTLC is committed (ADR 0027).
     Route {
         /// The channel the incoming HTLC arrives on.
         channel_id: ChannelId,
-        /// The HTLC's hashlock.
+        /// The HTLC's hashlock (the onion's MACs are bound to it).
         hashlock: Hashlock,
-        /// Who to offer the outgoing HTLC to.
-        next_peer: Address,
-        /// Amount and expiry of the outgoing HTLC.
-        next: NextHop,
+        /// The packet, our layer outermost.
+        onion: Box<Packet>,
+    },
+    /// The failure packet for our HTLC `htlc` on `channel_id`, which the sender is failing:
+    /// sent before the failure's update; the payer reads which node failed and why.
+    RouteFailed {
+        /// The channel of the failed HTLC.
+        channel_id: ChannelId,
+        /// The HTLC (ours, offered to the sender).
+        htlc: HtlcId,
+        /// The packet, wrapped by every node on the way back.
+        packet: ErrorPacket,
     },
     /// To a watchtower: the latest co-signed state of one of the sender's channels, to be
     /// answered on chain if the counterparty closes with an older one (module `tower`).

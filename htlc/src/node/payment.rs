@@ -6,6 +6,7 @@
 //!     Known::Invoice  ──► payee_accepts? ── yes ──► Step::Claim(preimage)   (fulfil upstream)
 //!                                         └─ no ──► Step::Fail(reason)
 //!     Known::Route    ──► forward::decide ──► Step::Forward(fwd) | Step::Fail(reason)
+//!     Known::Unreadable ─► Step::Fail(InvalidOnion)
 //!     Known::Nothing  ──► Step::Fail(IncorrectPaymentDetails | UnknownNextPeer)
 //!
 //!  event of the outgoing channel ──► outcomes(ev) ──► ForwardRecord::learn (persist it with
@@ -26,9 +27,11 @@ use crate::forward::{
     OutgoingChannel, decide,
 };
 use crate::ids::{ChannelId, Expiry, HtlcId, Preimage};
+use crate::onion::ErrorPacket;
 use crate::ops::Op;
 use crate::state::Lock;
 use crate::update::{CommittedHtlc, Event};
+use alloy::primitives::B256;
 use serde::{Deserialize, Serialize};
 
 /// The payee's terms for one hashlock (its invoice).
@@ -42,6 +45,10 @@ pub struct InvoiceTerms {
     pub preimage: Preimage,
     /// Paid already: a second HTLC for the same invoice is refused.
     pub paid: bool,
+    /// The amount and expiry the payer's onion says this HTLC carries. `None` (no readable
+    /// instruction came with it) is refused: without it the last hub could keep more than
+    /// its fee, or shorten the payee's time to claim.
+    pub sent: Option<(Amount, Expiry)>,
 }
 
 /// What the node knows about the hashlock of a committed incoming HTLC.
@@ -60,6 +67,8 @@ pub enum Known<'a> {
         /// on chain, so nothing is forwarded from it.
         incoming_frozen: bool,
     },
+    /// Our onion layer for it did not read.
+    Unreadable,
     /// Neither. `we_opened` says whether we opened the channel it came on: then the sender is
     /// our hub and we are a payee that does not know the payment; else we are a hub that was
     /// not told where to forward.
@@ -92,7 +101,10 @@ pub fn payee_accepts(lock: &Lock, terms: &InvoiceTerms, now: Expiry) -> Result<(
     if lock.hashlock != terms.preimage.hashlock() {
         return Err(FailureReason::IncorrectPaymentDetails);
     }
-    Ok(())
+    match terms.sent {
+        Some((amount, expiry)) if lock.amount >= amount && lock.expiry >= expiry => Ok(()),
+        _ => Err(FailureReason::IncorrectPaymentDetails),
+    }
 }
 
 /// Decide what to do with the committed incoming HTLC `h`, given what we know of its hashlock.
@@ -106,6 +118,7 @@ pub fn on_committed(h: &CommittedHtlc, known: Known<'_>, now: Expiry) -> Step {
             ..
         } => Err(FailureReason::TemporaryChannelFailure),
         Known::Route { next, outgoing, .. } => decide(h, next, outgoing, now).map(Step::Forward),
+        Known::Unreadable => Err(FailureReason::InvalidOnion),
         Known::Nothing { we_opened: true } => Err(FailureReason::IncorrectPaymentDetails),
         Known::Nothing { we_opened: false } => Err(FailureReason::UnknownNextPeer),
     };
@@ -190,6 +203,10 @@ pub struct ForwardRecord {
     pub failure: Option<FailureReason>,
     /// Settled or failed on both sides.
     pub done: bool,
+    /// The onion secret we share with the payer (the key of our layer of a failure).
+    pub secret: B256,
+    /// The failure packet the next node sent back, to wrap and pass upstream.
+    pub error: Option<ErrorPacket>,
 }
 
 impl ForwardRecord {
@@ -198,6 +215,7 @@ impl ForwardRecord {
         (in_channel, in_id): (ChannelId, HtlcId),
         (out_channel, out_id): (ChannelId, HtlcId),
         fwd: &Forward,
+        secret: B256,
     ) -> ForwardRecord {
         ForwardRecord {
             in_channel,
@@ -208,6 +226,8 @@ impl ForwardRecord {
             preimage: None,
             failure: None,
             done: false,
+            secret,
+            error: None,
         }
     }
 
@@ -349,51 +369,119 @@ pub fn plan(
     available: Amount,
     now: Expiry,
 ) -> Result<HtlcPlan, PlanError> {
-    if !policy.enabled {
-        return Err(PlanError::Disabled);
+    let route = plan_route(
+        amount,
+        final_expiry_delta,
+        std::slice::from_ref(policy),
+        available,
+        now,
+    )?;
+    let next = route
+        .hops
+        .first()
+        .copied()
+        .ok_or(PlanError::Overflow { amount })?;
+    Ok(HtlcPlan {
+        sent: route.sent,
+        expiry: route.expiry,
+        next,
+    })
+}
+
+/// A payment priced over a chain of hubs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoutePlan {
+    /// Amount locked toward the first hub (the payee's amount plus every hub's fee).
+    pub sent: Amount,
+    /// Expiry of the payer's HTLC.
+    pub expiry: Expiry,
+    /// What each hub is to offer the node after it, in route order (the last is the payee's
+    /// HTLC).
+    pub hops: Vec<NextHop>,
+}
+
+impl From<HtlcPlan> for RoutePlan {
+    fn from(p: HtlcPlan) -> RoutePlan {
+        RoutePlan {
+            sent: p.sent,
+            expiry: p.expiry,
+            hops: vec![p.next],
+        }
     }
-    if amount.is_zero() || amount < policy.min_htlc || amount > policy.max_htlc {
-        return Err(PlanError::OutOfBounds {
-            amount,
-            min: policy.min_htlc.max(Amount(1)),
-            max: policy.max_htlc,
-        });
-    }
+}
+
+/// Price a payment of `amount` over hubs with `policies` (in route order, the payer's hub
+/// first), backward from the payee: each hub's fee on what it forwards and its expiry delta
+/// (raised to the protocol minimum), every hub's bounds and horizon checked as its
+/// [`decide`] will check them. An empty `policies` pays the payee directly.
+pub fn plan_route(
+    amount: Amount,
+    final_expiry_delta: u64,
+    policies: &[ForwardPolicy],
+    available: Amount,
+    now: Expiry,
+) -> Result<RoutePlan, PlanError> {
+    let overflow = PlanError::Overflow { amount };
     if final_expiry_delta < MIN_OUTGOING_EXPIRY_SECS {
         return Err(PlanError::ExpiryTooSoon {
             secs: final_expiry_delta,
             min: MIN_OUTGOING_EXPIRY_SECS,
         });
     }
-    if final_expiry_delta > policy.max_expiry_horizon {
-        return Err(PlanError::ExpiryTooFar {
-            secs: final_expiry_delta,
-            max: policy.max_expiry_horizon,
+    let (mut out_amount, mut out_expiry) = (
+        amount,
+        now.0.checked_add(final_expiry_delta).ok_or(overflow)?,
+    );
+    let mut hops = Vec::with_capacity(policies.len());
+    for policy in policies.iter().rev() {
+        if !policy.enabled {
+            return Err(PlanError::Disabled);
+        }
+        if out_amount.is_zero() || out_amount < policy.min_htlc || out_amount > policy.max_htlc {
+            return Err(PlanError::OutOfBounds {
+                amount: out_amount,
+                min: policy.min_htlc.max(Amount(1)),
+                max: policy.max_htlc,
+            });
+        }
+        let ahead = out_expiry.saturating_sub(now.0);
+        if ahead > policy.max_expiry_horizon {
+            return Err(PlanError::ExpiryTooFar {
+                secs: ahead,
+                max: policy.max_expiry_horizon,
+            });
+        }
+        hops.push(NextHop {
+            amount: out_amount,
+            expiry: Expiry(out_expiry),
+        });
+        out_amount = policy
+            .fee(out_amount)
+            .and_then(|fee| out_amount.checked_add(fee))
+            .map_err(|_| overflow)?;
+        out_expiry = out_expiry
+            .checked_add(policy.expiry_delta.max(MIN_EXPIRY_DELTA_SECS))
+            .ok_or(overflow)?;
+    }
+    hops.reverse();
+    if amount.is_zero() {
+        return Err(PlanError::OutOfBounds {
+            amount,
+            min: Amount(1),
+            max: Amount::MAX,
         });
     }
-    let overflow = PlanError::Overflow { amount };
-    let needed = policy
-        .fee(amount)
-        .and_then(|fee| amount.checked_add(fee))
-        .map_err(|_| overflow)?;
-    if needed > available {
+    if out_amount > available {
         return Err(PlanError::Insufficient {
             amount,
-            needed,
+            needed: out_amount,
             available,
         });
     }
-    let out_expiry = now.0.checked_add(final_expiry_delta).ok_or(overflow)?;
-    let in_expiry = out_expiry
-        .checked_add(policy.expiry_delta.max(MIN_EXPIRY_DELTA_SECS))
-        .ok_or(overflow)?;
-    Ok(HtlcPlan {
-        sent: needed,
-        expiry: Expiry(in_expiry),
-        next: NextHop {
-            amount,
-            expiry: Expiry(out_expiry),
-        },
+    Ok(RoutePlan {
+        sent: out_amount,
+        expiry: Expiry(out_expiry),
+        hops,
     })
 }
 

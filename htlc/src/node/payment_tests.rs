@@ -39,6 +39,7 @@ fn terms() -> InvoiceTerms {
         expires_at: Expiry(NOW.0 + 3_600),
         preimage: P,
         paid: false,
+        sent: Some((Amount(1_000), Expiry(NOW.0 + MIN_OUTGOING_EXPIRY_SECS))),
     }
 }
 
@@ -260,7 +261,7 @@ fn a_forward_learns_one_outcome_and_settles_upstream_once() {
     )
     .unwrap();
     let c = |b| ChannelId(B256::repeat_byte(b));
-    let mut r = ForwardRecord::new((c(1), HtlcId(7)), (c(2), HtlcId(0)), &fwd);
+    let mut r = ForwardRecord::new((c(1), HtlcId(7)), (c(2), HtlcId(0)), &fwd, B256::ZERO);
     assert_eq!(r.fee, Amount(11));
     assert_eq!(
         r.upstream(),
@@ -274,7 +275,7 @@ fn a_forward_learns_one_outcome_and_settles_upstream_once() {
     r.done = true;
     assert_eq!(r.upstream(), None);
 
-    let mut r = ForwardRecord::new((c(1), HtlcId(7)), (c(2), HtlcId(0)), &fwd);
+    let mut r = ForwardRecord::new((c(1), HtlcId(7)), (c(2), HtlcId(0)), &fwd, B256::ZERO);
     assert!(r.learn(Outcome::Expired));
     assert!(!r.learn(Outcome::Fulfilled(P)));
     assert_eq!(
@@ -393,16 +394,22 @@ proptest! {
         }
     }
 
-    /// The payee claims exactly when the lock pays the invoice, the invoice is open and the
-    /// lock leaves the on-chain claim window.
+    /// The payee claims exactly when the lock pays the invoice, the invoice is open, the
+    /// lock leaves the on-chain claim window, and the lock carries at least what the payer's
+    /// onion says it sent (amount and expiry: the last hub keeps no more than its fee).
     #[test]
     fn payee_claims_iff_terms_hold(
         amount in 0u128..3_000, inv in 1u128..3_000, ttl in 0u64..10_000,
         valid in 0u64..10, paid in any::<bool>(),
+        sent in proptest::option::of((0u128..3_000, 0u64..10_000)),
     ) {
-        let t = InvoiceTerms { amount: Amount(inv), expires_at: Expiry(NOW.0 + valid), preimage: P, paid };
+        let t = InvoiceTerms {
+            amount: Amount(inv), expires_at: Expiry(NOW.0 + valid), preimage: P, paid,
+            sent: sent.map(|(a, e)| (Amount(a), Expiry(NOW.0 + e))),
+        };
         let h = htlc(amount, NOW.0 + ttl);
         let ok = payee_accepts(h.lock(), &t, NOW).is_ok();
-        prop_assert_eq!(ok, !paid && amount >= inv && valid > 0 && ttl >= MIN_OUTGOING_EXPIRY_SECS);
+        let onion_ok = sent.is_some_and(|(a, e)| amount >= a && ttl >= e);
+        prop_assert_eq!(ok, !paid && amount >= inv && valid > 0 && ttl >= MIN_OUTGOING_EXPIRY_SECS && onion_ok);
     }
 }

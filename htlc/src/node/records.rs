@@ -8,15 +8,17 @@
 
 use crate::Amount;
 use crate::forward::{ForwardPolicy, NextHop};
-use crate::ids::{ChannelId, Hashlock, HtlcId, Preimage};
+use crate::ids::{ChannelId, Expiry, Hashlock, HtlcId, Preimage};
 use crate::msg::Message;
 use crate::node::invoice::Invoice;
 use crate::node::message::Body;
 use crate::node::payment::{ForwardRecord, PaymentStatus};
+use crate::onion::Packet;
 use crate::state::ChannelState;
 use crate::update::{SignedState, Snapshot};
 use crate::vchan::{VirtualPolicy, VirtualTerms};
 use alloy::primitives::{Address, B256, Signature};
+use secp256k1::PublicKey;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::ops::RangeInclusive;
@@ -68,16 +70,44 @@ impl Default for LinkRecord {
     }
 }
 
-/// A payer's instruction for the HTLC it is about to lock on a channel (kept until that HTLC
-/// is decided, or collected after [`super::Config::route_ttl_secs`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// The payer's instruction for an HTLC about to be locked to us on a channel, as we read it
+/// from our onion layer (kept until that HTLC is decided, or collected after
+/// [`super::Config::route_ttl_secs`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Route {
-    /// Who to forward to.
-    pub next_peer: Address,
-    /// Amount and expiry of the outgoing HTLC.
-    pub next: NextHop,
+    /// What our layer says.
+    pub hop: RouteHop,
+    /// The secret our layer shares with the payer: the key of a failure we send back
+    /// (zero for an unreadable layer: the node before us reports that failure).
+    pub secret: B256,
     /// When it was stored (unix seconds).
     pub stored_at: u64,
+}
+
+/// What one node's onion layer told it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RouteHop {
+    /// Offer `next` to `next_peer`, handing it `onion` (its layer and those after it).
+    Forward {
+        /// Who to forward to.
+        next_peer: Address,
+        /// Amount and expiry of the outgoing HTLC.
+        next: NextHop,
+        /// The packet for the next node.
+        onion: Box<Packet>,
+    },
+    /// We are the payee: what the payer sent us.
+    Final {
+        /// The HTLC's amount as the payer priced it (the last hub may not keep more).
+        amount: Amount,
+        /// The HTLC's expiry as the payer set it.
+        expiry: Expiry,
+        /// The whole payment's amount.
+        total: Amount,
+    },
+    /// The layer did not read (MAC or instruction): its HTLC is failed with
+    /// [`crate::FailureReason::InvalidOnion`].
+    Unreadable,
 }
 
 /// The payee's record of an invoice of its own.
@@ -106,6 +136,13 @@ pub struct PaymentRecord {
     pub htlc: HtlcId,
     /// Where it stands.
     pub status: PaymentStatus,
+    /// The nodes after us on the route, in order (the payee last).
+    pub path: Vec<Address>,
+    /// The onion secrets shared with each node of `path`: the keys to read a failure.
+    pub secrets: Vec<B256>,
+    /// The node a failure came from and its reason, as its onion MAC proves (`None` while
+    /// pending, on success, or when no node's MAC held).
+    pub failed_at: Option<(Address, crate::FailureReason)>,
 }
 
 impl PaymentRecord {
@@ -192,6 +229,13 @@ pub enum Write {
         peer: Address,
         /// Its policy.
         policy: ForwardPolicy,
+    },
+    /// A node's public key (its onion key; its address derives from it).
+    NodeKey {
+        /// The node.
+        node: Address,
+        /// Its key.
+        key: PublicKey,
     },
     /// A transaction to send: store it in the same batch (the chain's sender executes it).
     Intent(Box<crate::node::chain::Intent>),
@@ -297,6 +341,8 @@ pub struct Book {
     pub payments: BTreeMap<B256, PaymentRecord>,
     /// Policies hubs announced to us.
     pub policies: BTreeMap<Address, ForwardPolicy>,
+    /// Public keys of the nodes we may route through, checked against their addresses.
+    pub node_keys: BTreeMap<Address, PublicKey>,
     /// Channels watched for clients (a watchtower's).
     pub watched: BTreeMap<ChannelId, crate::node::tower::Watched>,
     /// Virtual channels we take part in.
@@ -311,7 +357,7 @@ impl Book {
         match w {
             Write::Route { key, route } => match route {
                 Some(r) => {
-                    self.routes.insert(*key, *r);
+                    self.routes.insert(*key, r.clone());
                 }
                 None => {
                     self.routes.remove(key);
@@ -331,6 +377,9 @@ impl Book {
             }
             Write::Policy { peer, policy } => {
                 self.policies.insert(*peer, *policy);
+            }
+            Write::NodeKey { node, key } => {
+                self.node_keys.insert(*node, *key);
             }
             Write::Watched { id, record } => match record {
                 Some(w) => {

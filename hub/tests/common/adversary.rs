@@ -448,11 +448,31 @@ impl Adversary {
         };
         let expiry = Expiry(next.expiry.0 + policy.expiry_delta);
         let sent = Amount(amount + policy.fee(Amount(amount)).unwrap().0);
+        // The onion an honest payer would build: the hub forwards, the payee is paid.
+        let hops = [
+            htlc::onion::Hop {
+                node: hub.public_key(),
+                payload: htlc::onion::HopPayload::Forward {
+                    next: payee.address(),
+                    amount: next.amount,
+                    expiry: next.expiry,
+                },
+            },
+            htlc::onion::Hop {
+                node: invoice.payee_key,
+                payload: htlc::onion::HopPayload::Final {
+                    amount: next.amount,
+                    expiry: next.expiry,
+                    total: next.amount,
+                },
+            },
+        ];
+        let session = secp256k1::SecretKey::from_byte_array([7; 32]).unwrap();
+        let (onion, _) = htlc::onion::build(&session, &hops, invoice.hashlock.0).unwrap();
         self.send(Body::Route {
             channel_id: id,
             hashlock: invoice.hashlock,
-            next_peer: payee.address(),
-            next,
+            onion: Box::new(onion),
         })
         .await;
         let mut payee_ev = payee.subscribe();

@@ -1,0 +1,330 @@
+//! Payments across several hubs: a line of nodes, payer → hubs → payee, each joined to the next
+//! by a co-signed channel, over a perfect in-memory network. The payer knows every hub's
+//! policy and key (as gossip will give them); each hub learns only its own onion layer.
+
+use super::{CommandError, Config, Node, NodeEvent, Output};
+use crate::forward::ForwardPolicy;
+use crate::node::fixtures::{keys, params};
+use crate::node::invoice::Invoice;
+use crate::node::message::{Body, Frame};
+use crate::node::payment::PaymentStatus;
+use crate::node::records::Records;
+use crate::update::sign_state;
+use crate::{Amount, Channel, ChannelId, ChannelState, Expiry, FailureReason, Preimage};
+use crate::{Limits, SignedState};
+use alloy::primitives::{Address, B256};
+
+const NOW: Expiry = Expiry(1_700_000_000);
+const FUNDS: u128 = 1_000_000;
+
+/// Hub `i`'s policy: fees differ per hub, so a fee taken at the wrong hop shows.
+fn policy(i: usize) -> ForwardPolicy {
+    ForwardPolicy {
+        base_fee: Amount(10 * i as u128),
+        fee_ppm: 1_000 * i as u32,
+        ..ForwardPolicy::default()
+    }
+}
+
+fn config(i: usize) -> Config {
+    let mut c = Config {
+        policy: policy(i),
+        ..Config::default()
+    };
+    c.open.adjudicator = Address::repeat_byte(0xAD);
+    c
+}
+
+/// What a misbehaving node does to a frame from node `.0` to node `.1` before delivery.
+type Tamper = Box<dyn FnMut(usize, usize, &mut Frame)>;
+
+/// Node `i` has key `i + 1`; channel `i` joins node `i` (A, holding everything) to `i + 1`.
+struct Line {
+    nodes: Vec<Node>,
+    disks: Vec<Records>,
+    channels: Vec<ChannelId>,
+    wire: Vec<(usize, usize, Frame)>,
+    events: Vec<Vec<NodeEvent>>,
+    /// Applied to every frame before delivery (a misbehaving node's hands).
+    tamper: Option<Tamper>,
+}
+
+impl Line {
+    fn new(n: usize) -> Line {
+        let mut nodes: Vec<Node> = (0..n)
+            .map(|i| Node::new(keys(i as u8 + 1), config(i)))
+            .collect();
+        let mut channels = Vec::new();
+        for i in 0..n - 1 {
+            let (ka, kb) = (keys(i as u8 + 1), keys(i as u8 + 2));
+            let p = params(&ka, &kb, i as u64);
+            let state = ChannelState::opening(p.id(), [Amount(FUNDS), Amount::ZERO]);
+            let sigs = [
+                sign_state(&p, &ka, &state).unwrap(),
+                sign_state(&p, &kb, &state).unwrap(),
+            ];
+            let s = SignedState { state, sigs };
+            let a = Channel::from_cosigned(p.clone(), ka, Limits::default(), s.clone()).unwrap();
+            let b = Channel::from_cosigned(p.clone(), kb.clone(), Limits::default(), s).unwrap();
+            channels.push(p.id());
+            nodes[i].add_channel(kb.address(), a).unwrap();
+            nodes[i + 1]
+                .add_channel(keys(i as u8 + 1).address(), b)
+                .unwrap();
+        }
+        // The payer knows every hub's policy and key.
+        for h in 1..n - 1 {
+            let (addr, key) = (nodes[h].address(), nodes[h].public_key());
+            nodes[0].set_policy(addr, policy(h), key);
+        }
+        let disks = nodes.iter().map(Node::records).collect();
+        Line {
+            nodes,
+            disks,
+            channels,
+            wire: Vec::new(),
+            events: vec![Vec::new(); n],
+            tamper: None,
+        }
+    }
+
+    fn addr(&self, i: usize) -> Address {
+        self.nodes[i].address()
+    }
+
+    fn hubs(&self) -> Vec<Address> {
+        (1..self.nodes.len() - 1).map(|i| self.addr(i)).collect()
+    }
+
+    fn carry(&mut self, n: usize, out: Output) {
+        self.disks[n].apply_all(&out.writes, &self.nodes[n]);
+        for (to, f) in out.transmits {
+            if let Some(i) = self.nodes.iter().position(|x| x.address() == to) {
+                self.wire.push((n, i, f));
+            }
+        }
+        self.events[n].extend(out.events);
+    }
+
+    fn run(&mut self) {
+        while !self.wire.is_empty() {
+            let (from, to, mut f) = self.wire.remove(0);
+            if let Some(t) = self.tamper.as_mut() {
+                t(from, to, &mut f);
+            }
+            let sender = self.addr(from);
+            let out = self.nodes[to].handle_frame(NOW, sender, f);
+            self.carry(to, out);
+        }
+    }
+
+    /// The payee (last node) makes an invoice for `amount` through the last hub.
+    fn invoice(&mut self, amount: u128, secret: u8) -> Invoice {
+        let n = self.nodes.len();
+        let preimage = Preimage([secret; 32]);
+        let inv = Invoice {
+            payee: self.addr(n - 1),
+            payee_key: self.nodes[n - 1].public_key(),
+            hub: self.addr(n - 2),
+            amount: Amount(amount),
+            hashlock: preimage.hashlock(),
+            expires_at: NOW.0 + 3600,
+            final_expiry_delta: 7200,
+        };
+        let out = self.nodes[n - 1]
+            .add_invoice(inv.clone(), preimage)
+            .unwrap();
+        self.carry(n - 1, out);
+        inv
+    }
+
+    fn pay(&mut self, id: B256, inv: &Invoice) {
+        let hubs = self.hubs();
+        let out = self.nodes[0].pay_route(NOW, id, inv, &hubs).unwrap();
+        self.carry(0, out);
+        self.run();
+    }
+
+    /// Balances of channel `c` as node `c` (its A) holds them.
+    fn balances(&self, c: usize) -> [Amount; 2] {
+        let ch = self.nodes[c].channel(self.channels[c]).unwrap();
+        ch.latest().state.balances
+    }
+}
+
+/// Each hub's fee on what it forwards, backward from the payee: `(incoming, fee)` per hub.
+fn expected_fees(amount: u128, hubs: usize) -> Vec<(u128, u128)> {
+    let mut out = Vec::new();
+    let mut forwarded = amount;
+    for h in (1..=hubs).rev() {
+        let p = policy(h);
+        let fee = p.base_fee.0 + forwarded * u128::from(p.fee_ppm) / 1_000_000;
+        out.push((forwarded + fee, fee));
+        forwarded += fee;
+    }
+    out.reverse();
+    out
+}
+
+#[test]
+fn a_payment_crosses_three_hubs_with_each_fee_exact_on_every_channel() {
+    let mut line = Line::new(5);
+    let amount = 10_000;
+    let inv = line.invoice(amount, 7);
+    let id = B256::repeat_byte(1);
+    line.pay(id, &inv);
+    let fees = expected_fees(amount, 3);
+    let total_fee: u128 = fees.iter().map(|(_, f)| f).sum();
+    assert!(
+        line.events[0].contains(&NodeEvent::PaymentSucceeded {
+            id,
+            fee: Amount(total_fee)
+        }),
+        "{:?}",
+        line.events[0]
+    );
+    // Channel i carries what node i + 1 receives: hub i + 1's incoming, or the amount.
+    let moved = fees.iter().map(|(incoming, _)| *incoming).chain([amount]);
+    for (c, moved) in moved.enumerate() {
+        assert_eq!(
+            line.balances(c),
+            [Amount(FUNDS - moved), Amount(moved)],
+            "channel {c}"
+        );
+    }
+    for h in 1..=3 {
+        assert_eq!(
+            line.nodes[h].fees_earned(),
+            (Amount(fees[h - 1].1), 1),
+            "hub {h}"
+        );
+    }
+    let rec = line.nodes[0].payment(id).unwrap();
+    assert_eq!(
+        rec.path,
+        [line.addr(1), line.addr(2), line.addr(3), line.addr(4)]
+    );
+    assert_eq!(rec.sent, Amount(amount + total_fee));
+    assert!(line.nodes[4].book().invoices[&inv.hashlock].paid);
+    // No onion, route or forward is left waiting, and every node restores from its writes.
+    for n in 0..5 {
+        assert!(line.nodes[n].book().routes.is_empty(), "node {n}");
+        assert!(line.nodes[n].book().forwards.values().all(|f| f.done));
+        assert_eq!(line.disks[n], line.nodes[n].records(), "node {n}");
+    }
+}
+
+/// A hub deep in the route cannot carry the payment: every hop fails back, no balance moves,
+/// and the payer's record names that hub with its reason (proven by its onion MAC).
+#[test]
+fn a_failure_deep_in_the_route_names_the_failing_hub() {
+    let mut line = Line::new(5);
+    // Hub 3 has paid almost everything to the payee already: it cannot forward 10,000.
+    let out = line.nodes[3]
+        .transfer(NOW, line.channels[3], Amount(FUNDS - 5_000))
+        .unwrap();
+    line.carry(3, out);
+    line.run();
+    let before: Vec<[Amount; 2]> = (0..4).map(|c| line.balances(c)).collect();
+    let inv = line.invoice(10_000, 8);
+    let id = B256::repeat_byte(2);
+    line.pay(id, &inv);
+    let rec = line.nodes[0].payment(id).unwrap();
+    assert_eq!(
+        rec.status,
+        PaymentStatus::Failed {
+            reason: FailureReason::TemporaryChannelFailure
+        }
+    );
+    assert_eq!(
+        rec.failed_at,
+        Some((line.addr(3), FailureReason::TemporaryChannelFailure))
+    );
+    let after: Vec<[Amount; 2]> = (0..4).map(|c| line.balances(c)).collect();
+    assert_eq!(before, after);
+    for h in 1..=3 {
+        assert_eq!(line.nodes[h].fees_earned(), (Amount::ZERO, 0), "hub {h}");
+    }
+}
+
+/// A hub that changes the onion it hands on: the next hub cannot read its layer, the payment
+/// fails on every hop with nothing moved, and the payer learns it at the tamperer's link.
+#[test]
+fn a_hub_that_tampers_with_the_onion_moves_nothing_and_is_pointed_at() {
+    let mut line = Line::new(5);
+    line.tamper = Some(Box::new(|from, to, f: &mut Frame| {
+        if (from, to) == (1, 2)
+            && let Frame::Msg {
+                body: Body::Route { onion, .. },
+                ..
+            } = f
+        {
+            onion.routing[100] ^= 1;
+        }
+    }));
+    let inv = line.invoice(10_000, 9);
+    let id = B256::repeat_byte(3);
+    line.pay(id, &inv);
+    let rec = line.nodes[0].payment(id).unwrap();
+    assert_eq!(
+        rec.status,
+        PaymentStatus::Failed {
+            reason: FailureReason::InvalidOnion
+        }
+    );
+    // Hub 2 could not read its layer; hub 1 (the node before it) reports that, with its MAC.
+    assert_eq!(
+        rec.failed_at,
+        Some((line.addr(1), FailureReason::InvalidOnion))
+    );
+    for c in 0..4 {
+        assert_eq!(
+            line.balances(c),
+            [Amount(FUNDS), Amount::ZERO],
+            "channel {c}"
+        );
+    }
+}
+
+/// A hub that rewrites a failure on its way back cannot blame a node behind it: the payer
+/// reads no node's MAC and blames nobody, and still gets its money back.
+#[test]
+fn a_hub_that_forges_a_failure_blames_nobody() {
+    let mut line = Line::new(5);
+    let out = line.nodes[3]
+        .transfer(NOW, line.channels[3], Amount(FUNDS - 5_000))
+        .unwrap();
+    line.carry(3, out);
+    line.run();
+    line.tamper = Some(Box::new(|from, to, f: &mut Frame| {
+        if (from, to) == (2, 1)
+            && let Frame::Msg {
+                body: Body::RouteFailed { packet, .. },
+                ..
+            } = f
+        {
+            packet.0[5] ^= 1;
+        }
+    }));
+    let inv = line.invoice(10_000, 10);
+    let id = B256::repeat_byte(4);
+    line.pay(id, &inv);
+    let rec = line.nodes[0].payment(id).unwrap();
+    assert!(matches!(rec.status, PaymentStatus::Failed { .. }));
+    assert_eq!(rec.failed_at, None);
+    assert_eq!(line.balances(0), [Amount(FUNDS), Amount::ZERO]);
+}
+
+/// A route through a hub whose key the payer does not know is refused before anything moves.
+#[test]
+fn a_route_through_an_unknown_hub_is_refused() {
+    let mut line = Line::new(4);
+    let inv = line.invoice(1_000, 11);
+    let stranger = keys(9).address();
+    let hubs = [line.addr(1), stranger, line.addr(2)];
+    let err = line.nodes[0]
+        .pay_route(NOW, B256::repeat_byte(5), &inv, &hubs)
+        .unwrap_err();
+    assert_eq!(err, CommandError::NoPolicy(stranger));
+    assert!(line.nodes[0].book().payments.is_empty());
+}
