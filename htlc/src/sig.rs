@@ -122,6 +122,11 @@ pub fn address_of(public: &PublicKey) -> Address {
 
 /// Recover who signed `digest`, refusing high-s signatures.
 pub fn recover(digest: B256, sig: &Signature) -> Result<Address, SignatureError> {
+    recover_public(digest, sig).map(|k| address_of(&k))
+}
+
+/// The public key that signed `digest` (high-s refused).
+fn recover_public(digest: B256, sig: &Signature) -> Result<PublicKey, SignatureError> {
     if sig.s() > SECP256K1_HALF_ORDER {
         return Err(SignatureError::HighS);
     }
@@ -131,10 +136,25 @@ pub fn recover(digest: B256, sig: &Signature) -> Result<Address, SignatureError>
     let recid = RecoveryId::try_from(i32::from(sig.v())).map_err(|_| SignatureError::Malformed)?;
     let rsig = RecoverableSignature::from_compact(&compact, recid)
         .map_err(|_| SignatureError::Malformed)?;
-    let public = SECP256K1
+    SECP256K1
         .recover_ecdsa(Message::from_digest(digest.0), &rsig)
-        .map_err(|_| SignatureError::Malformed)?;
-    Ok(address_of(&public))
+        .map_err(|_| SignatureError::Malformed)
+}
+
+/// The public key of `expected`, from its signature over `digest` (refused if someone else
+/// signed).
+pub fn recover_key(
+    digest: B256,
+    sig: &Signature,
+    expected: Address,
+) -> Result<PublicKey, SignatureError> {
+    let key = recover_public(digest, sig)?;
+    let actual = address_of(&key);
+    if actual == expected {
+        Ok(key)
+    } else {
+        Err(SignatureError::WrongSigner { expected, actual })
+    }
 }
 
 /// Check that `expected` signed `digest` (low-s, right recovery id).

@@ -16,6 +16,9 @@
 //! data_dir = "./hub-data"
 //! # HTTP/JSON API and Prometheus /metrics, loopback only. Default: none (no API).
 //! api = "127.0.0.1:9736"
+//! # Announce channels with other hubs (both sides of a hub-to-hub channel must), relay their
+//! # announcements and serve the network map to peers (a hub's; ADR 0027). Default false.
+//! announce = true
 //!
 //! # Assets channels may hold; opens in any other are refused. Default: ETH only.
 //! assets = ["0x0000000000000000000000000000000000000000"]
@@ -319,6 +322,11 @@ pub struct Config {
     /// Serve virtual channels between our peers under these rules (a hub's). Default: none.
     #[serde(default, rename = "virtual")]
     pub virtual_channels: Option<VirtualConfig>,
+    /// Announce our channels with other hubs (hub-to-hub channels: both sides must announce),
+    /// relay what other hubs announce, and serve that network map to our peers, whose routers
+    /// use it (a hub's; ADR 0027). Default: off (a client).
+    #[serde(default)]
+    pub announce: bool,
 }
 
 /// The hub's rules for virtual channels over it (ADR 0026).

@@ -430,6 +430,7 @@ impl Node {
             match f {
                 Frame::Msg { seq, body } => decided.push(htlc::node::Frame::Msg { seq, body }),
                 Frame::Ack { seq } => decided.push(htlc::node::Frame::Ack { seq }),
+                Frame::Gossip(msg) => decided.push(htlc::node::Frame::Gossip(msg)),
                 Frame::Error { code, detail } => {
                     decided.push(htlc::node::Frame::Error { code, detail })
                 }

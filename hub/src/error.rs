@@ -145,6 +145,9 @@ pub enum PayError {
     /// No open, funded channel with the invoice's hub.
     #[error("no open channel with hub {0}")]
     NoChannel(alloy::primitives::Address),
+    /// The invoice's hub is not ours and the known network has no route to it.
+    #[error("{0}")]
+    NoRoute(String),
 }
 
 #[cfg(test)]

@@ -30,6 +30,7 @@ pub mod onchain;
 pub mod payments;
 pub mod persist;
 pub mod pump;
+pub mod routing;
 pub mod session;
 pub mod store;
 pub mod transport;

@@ -501,6 +501,7 @@ async fn serve(path: PathBuf, tower: bool) -> Result<()> {
         towers: config.watchtower.iter().map(|t| t.address).collect(),
         withdraw_to: config.funding.withdraw_to,
         virtual_policy: config.virtual_channels.as_ref().map(|v| v.policy()),
+        announce: config.announce,
         ..NodeOptions::default()
     };
     let node = Node::start(keys, store, opts)?;

@@ -97,6 +97,8 @@ pub struct NodeOptions {
     pub virtual_policy: Option<htlc::vchan::VirtualPolicy>,
     /// The most of our own money a virtual channel offered to us may lock (default none).
     pub virtual_max_own: Amount,
+    /// Announce our channels with other hubs, relay gossip and serve it to peers (a hub's).
+    pub announce: bool,
 }
 
 impl NodeOptions {
@@ -144,6 +146,7 @@ impl Default for NodeOptions {
             withdraw_to: None,
             virtual_policy: None,
             virtual_max_own: Amount::ZERO,
+            announce: false,
         }
     }
 }
@@ -178,6 +181,7 @@ impl NodeOptions {
             virtual_policy: self.virtual_policy,
             virtual_max_own: self.virtual_max_own,
             virtual_hold_secs: VIRTUAL_HOLD_SECS,
+            announce: self.announce,
         }
     }
 }

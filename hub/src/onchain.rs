@@ -111,7 +111,8 @@ impl Node {
         let Some(submitter) = &self.inner.submitter else {
             return Ok(());
         };
-        let Some(params) = self.channel_params(id).await else {
+        // Ours, or a channel announced to us (believed once funded: gossip).
+        let Some(params) = self.read(|m| m.query_params(id)) else {
             return Ok(());
         };
         let client = submitter.client();

@@ -24,7 +24,7 @@
 //! operator's payment commands into steps and reads the payment records back
 //! (their keys: `crate::persist`).
 
-use crate::error::NodeError;
+use crate::error::{NodeError, PayError};
 use crate::node::Node;
 use alloy::primitives::{Address, B256};
 use htlc::forward::ForwardPolicy;
@@ -91,6 +91,21 @@ impl Node {
         Ok(self.read(|m| m.fees_earned()))
     }
 
+    /// The announced channels we believe, with their policies (gossip).
+    pub fn gossip(
+        &self,
+    ) -> std::collections::BTreeMap<htlc::ChannelId, htlc::node::gossip::GossipChannel> {
+        self.read(|m| m.book().gossip.clone())
+    }
+
+    /// Change our forwarding policy; every channel we announced gets a signed update relayed
+    /// to the network.
+    pub async fn update_policy(&self, policy: ForwardPolicy) -> Result<(), NodeError> {
+        let now = self.now();
+        self.step_wait(|m| Ok::<_, NodeError>(m.update_policy(now, policy)))
+            .await
+    }
+
     /// The hub policy `hub` announced to us, if any.
     pub fn hub_policy(&self, hub: Address) -> Result<Option<ForwardPolicy>, NodeError> {
         Ok(self.read(|m| m.book().policies.get(&hub).copied()))
@@ -100,9 +115,22 @@ impl Node {
     /// outcome arrives as [`crate::events::NodeEvent::PaymentSucceeded`] /
     /// [`crate::events::NodeEvent::PaymentFailed`] and in [`Node::payment`]. Paying an id
     /// again never pays twice: it returns the existing record.
+    ///
+    /// An invoice of a hub we hold a channel with is paid through it; any other over the hubs
+    /// the router chooses from gossip (each learns only its own onion layer).
     pub async fn pay(&self, invoice: &Invoice, id: B256) -> Result<PaymentRecord, NodeError> {
         let now = self.now();
-        self.step(|m| m.pay(now, id, invoice))?.wait().await?;
+        let direct = self.read(|m| m.has_funded_channel(invoice.hub) || m.payment(id).is_some());
+        if direct {
+            self.step(|m| m.pay(now, id, invoice))?.wait().await?;
+        } else {
+            let hubs = self
+                .read(|m| crate::routing::choose_hubs(m, invoice, now))
+                .map_err(|e| PayError::NoRoute(e.to_string()))?;
+            self.step(|m| m.pay_route(now, id, invoice, &hubs))?
+                .wait()
+                .await?;
+        }
         self.paid(id)
     }
 

@@ -11,6 +11,7 @@
 //! | `meta` | `send‹peer›` / `recv‹peer›` | next number to give / last number processed |
 //! | `meta` | `policy‹peer›` | the forwarding policy that hub announced |
 //! | `meta` | `nodekey‹node›` | that node's public key (its onion key) |
+//! | `meta` | `gossip/‹channel›` | [`GossipChannel`]: an announced channel we believe |
 //! | `locks` | `route/‹channel›‹hashlock›` | [`Route`] |
 //! | `locks` | `fwd/‹out channel›‹out id›` | [`ForwardRecord`] |
 //! | `locks` | `in/‹in channel›‹in id›` | the outgoing (channel, id) |
@@ -25,6 +26,7 @@ use crate::store::{Batch, Cf, Store, StoreError};
 use crate::wire::{self, Frame};
 use alloy::primitives::{Address, B256};
 use htlc::forward::ForwardPolicy;
+use htlc::node::gossip::GossipChannel;
 use htlc::node::payment::ForwardRecord;
 use htlc::node::records::{
     ChannelRecord, InvoiceRecord, LinkRecord, PaymentRecord, Route, VirtualRecord,
@@ -70,6 +72,11 @@ pub(crate) fn meta_key(kind: &str, peer: Address) -> Vec<u8> {
     k.extend_from_slice(peer.as_slice());
     k
 }
+/// Key of an announced channel's gossip record.
+fn gossip_key(id: ChannelId) -> Vec<u8> {
+    [b"gossip/".as_slice(), id.0.as_slice()].concat()
+}
+
 /// Key of one outbox frame.
 fn outbox_key(peer: Address, seq: u64) -> Vec<u8> {
     let mut k = peer.to_vec();
@@ -129,6 +136,10 @@ pub(crate) fn fill(
             Write::NodeKey { node, key } => {
                 batch.put(Cf::Meta, &meta_key("nodekey", *node), key)?
             }
+            Write::Gossip { id, record } => match record {
+                Some(c) => batch.put(Cf::Meta, &gossip_key(*id), &**c)?,
+                None => batch.delete(Cf::Meta, &gossip_key(*id)),
+            },
             Write::Intent(intent) => batch.put(Cf::Chain, &intent.key(), &**intent)?,
             Write::Watched { id, record } => match record {
                 Some(w) => batch.put(Cf::Locks, &watch_key(*id), &**w)?,
@@ -249,6 +260,11 @@ pub(crate) fn load(store: &Store) -> Result<Records, StoreError> {
     for (k, policy) in store.scan::<ForwardPolicy>(Cf::Meta, b"policy")? {
         if let Some(a) = tail::<20>(&k, 6) {
             r.book.policies.insert(Address::from(a), policy);
+        }
+    }
+    for (k, c) in store.scan::<GossipChannel>(Cf::Meta, b"gossip/")? {
+        if let Some(id) = tail::<32>(&k, 7) {
+            r.book.gossip.insert(ChannelId(id.into()), c);
         }
     }
     for (k, key) in store.scan::<PublicKey>(Cf::Meta, b"nodekey")? {

@@ -51,6 +51,9 @@ pub enum Frame {
         /// Human-readable detail, for logs.
         detail: String,
     },
+    /// Gossip about announced channels: unnumbered, best effort (added at the end: variants
+    /// are tagged by index).
+    Gossip(Box<htlc::node::gossip::GossipMsg>),
 }
 
 pub use htlc::node::{Body, ErrorCode};
@@ -61,6 +64,7 @@ impl From<htlc::node::Frame> for Frame {
             htlc::node::Frame::Msg { seq, body } => Frame::Msg { seq, body },
             htlc::node::Frame::Ack { seq } => Frame::Ack { seq },
             htlc::node::Frame::Error { code, detail } => Frame::Error { code, detail },
+            htlc::node::Frame::Gossip(msg) => Frame::Gossip(msg),
         }
     }
 }

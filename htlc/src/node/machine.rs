@@ -361,6 +361,9 @@ pub struct Config {
     /// Hub: seconds a party's release of a virtual channel's leg is held waiting for the other
     /// party's; then every release of it is refused (it settles on chain).
     pub virtual_hold_secs: u64,
+    /// Announce our channels with other announcing nodes (hub-to-hub channels), relay gossip
+    /// and serve the table to peers (a hub's; module `gossip`).
+    pub announce: bool,
 }
 
 impl Default for Config {
@@ -392,6 +395,7 @@ impl Default for Config {
             virtual_policy: None,
             virtual_max_own: Amount::ZERO,
             virtual_hold_secs: 60,
+            announce: false,
         }
     }
 }
@@ -540,6 +544,9 @@ pub struct Node {
     /// Peers with a session up (as the caller says): a virtual channel's messages go to its
     /// other party directly when it is here, over the hub otherwise.
     reachable: HashSet<Address>,
+    /// Announcements waiting for the chain to show their channel funded (in memory: a lost
+    /// one comes again with the next copy of a hub's table).
+    pending_gossip: BTreeMap<ChannelId, crate::node::gossip::GossipChannel>,
 }
 
 impl Node {
@@ -557,6 +564,7 @@ impl Node {
             claims_reported: HashSet::new(),
             watch_sent: HashMap::new(),
             reachable: HashSet::new(),
+            pending_gossip: BTreeMap::new(),
         }
     }
 
@@ -876,6 +884,7 @@ impl Node {
                 ));
             }
         }
+        out.transmits.extend(self.gossip_table(peer));
         out
     }
 
@@ -962,6 +971,7 @@ impl Node {
         for key in stale {
             self.write(&mut p, Write::Route { key, route: None });
         }
+        self.gossip_timeout(now, &mut p);
         self.finish(now, p)
     }
 
@@ -995,10 +1005,15 @@ impl Node {
         let mut p = Pending::default();
         match ev {
             ChainEvent::Holdings {
+                channel_id, held, ..
+            } if !self.channels.contains_key(&channel_id) => {
+                self.on_gossip_holdings(now, channel_id, held, &mut p)
+            }
+            ChainEvent::Holdings {
                 channel_id,
                 held,
                 deposited,
-            } => self.observe(channel_id, held, deposited, &mut p),
+            } => self.observe(now, channel_id, (held, deposited), &mut p),
             ChainEvent::Disputed {
                 channel_id,
                 version,
@@ -1270,6 +1285,36 @@ impl Node {
         Ok(self.finish(now, p))
     }
 
+    /// The policy `hub` forwards to `next` with: the one it announced for its channel with
+    /// `next` (gossip), else the one it announced to us (its global policy: a hub announces the
+    /// same on every channel, and the payee's channel with it is not announced).
+    fn hop_policy(&self, hub: Address, next: Address) -> Option<ForwardPolicy> {
+        let announced = self.book.gossip.values().find_map(|c| {
+            let p = c.ann.params.participants;
+            let side = p.iter().position(|x| *x == hub)?;
+            (p[1 - side] == next).then_some(())?;
+            c.policies[side].as_ref().map(|u| u.policy)
+        });
+        announced
+            .or_else(|| self.book.policies.get(&hub).copied())
+            .or_else(|| {
+                self.book.gossip.values().find_map(|c| {
+                    let side = c.ann.params.participants.iter().position(|x| *x == hub)?;
+                    c.policies[side].as_ref().map(|u| u.policy)
+                })
+            })
+    }
+
+    /// A node's public key: announced to us with its policy, or from a channel announcement.
+    fn node_key(&self, node: Address) -> Option<secp256k1::PublicKey> {
+        self.book.node_keys.get(&node).copied().or_else(|| {
+            self.book.gossip.values().find_map(|c| {
+                let side = c.ann.params.participants.iter().position(|x| *x == node)?;
+                Some(c.keys[side])
+            })
+        })
+    }
+
     /// Queue one payment through the invoice's hub into step `p`.
     fn pay_in(
         &mut self,
@@ -1325,12 +1370,10 @@ impl Node {
                 }
                 let policies = hubs
                     .iter()
-                    .map(|h| {
-                        self.book
-                            .policies
-                            .get(h)
-                            .copied()
-                            .ok_or(CommandError::NoPolicy(*h))
+                    .enumerate()
+                    .map(|(i, h)| {
+                        let next = hubs.get(i + 1).copied().unwrap_or(invoice.payee);
+                        self.hop_policy(*h, next).ok_or(CommandError::NoPolicy(*h))
                     })
                     .collect::<Result<Vec<_>, _>>()?;
                 crate::node::payment::plan_route(
@@ -1360,11 +1403,7 @@ impl Node {
             let key = if i == hubs.len() {
                 invoice.payee_key
             } else {
-                *self
-                    .book
-                    .node_keys
-                    .get(node)
-                    .ok_or(CommandError::NoNodeKey(*node))?
+                self.node_key(*node).ok_or(CommandError::NoNodeKey(*node))?
             };
             let payload = match plan.hops.get(i) {
                 Some(h) if i < hubs.len() => HopPayload::Forward {
@@ -1576,6 +1615,7 @@ impl Node {
                     p.out.writes.push(Write::Acked { peer: from, seqs });
                 }
             }
+            Frame::Gossip(msg) => self.on_gossip(now, from, *msg, p),
             Frame::Error { code, detail } => {
                 self.refused_unfunded(from, code);
                 p.out.events.push(NodeEvent::RefusedByPeer {
@@ -1728,6 +1768,11 @@ impl Node {
                     }
                 }
             }
+            Body::AnnounceSig {
+                channel_id,
+                sig,
+                policy,
+            } => self.on_announce_sig(now, from, seq, (channel_id, sig, *policy), p),
             Body::RouteFailed {
                 channel_id,
                 htlc,
@@ -1939,7 +1984,13 @@ impl Node {
     /// Record what the chain shows for a channel: its holdings and each participant's
     /// deposits. Funded once they cover the opening state; our collateral added once, to a
     /// channel a peer opened and funded ([`funding`]).
-    fn observe(&mut self, id: ChannelId, held: Amount, deposited: [Amount; 2], p: &mut Pending) {
+    fn observe(
+        &mut self,
+        now: Expiry,
+        id: ChannelId,
+        (held, deposited): (Amount, [Amount; 2]),
+        p: &mut Pending,
+    ) {
         let Some(e) = self.channels.get_mut(&id) else {
             return;
         };
@@ -1973,6 +2024,10 @@ impl Node {
         if decided.newly_funded {
             // The peer may have proposed before we saw the deposits (and was refused).
             self.send(peer, Body::Funded { channel_id: id }, p);
+            self.announce_own(now, id, p);
+            // A peer whose channel is now funded gets our gossip table (if we serve one).
+            let table = self.gossip_table(peer);
+            p.out.transmits.extend(table);
         }
     }
 
@@ -2642,3 +2697,6 @@ mod multihop_tests;
 
 #[path = "virtuals.rs"]
 mod virtuals;
+
+#[path = "gossip_steps.rs"]
+mod gossip_steps;

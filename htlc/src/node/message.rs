@@ -99,6 +99,16 @@ pub enum Body {
         /// The packet, our layer outermost.
         onion: Box<Packet>,
     },
+    /// Our signature announcing channel `channel_id` (both participants' make the channel's
+    /// announcement: module `gossip`).
+    AnnounceSig {
+        /// The channel (ours with the receiver).
+        channel_id: ChannelId,
+        /// The sender's signature over its announcement digest.
+        sig: Signature,
+        /// The sender's policy for its direction of the channel.
+        policy: Box<crate::node::gossip::PolicyUpdate>,
+    },
     /// The failure packet for our HTLC `htlc` on `channel_id`, which the sender is failing:
     /// sent before the failure's update; the payer reads which node failed and why.
     RouteFailed {
@@ -197,6 +207,8 @@ pub enum Frame {
         /// The last number processed.
         seq: u64,
     },
+    /// Gossip, unnumbered and best effort (module `gossip`).
+    Gossip(Box<crate::node::gossip::GossipMsg>),
     /// A refusal that is not numbered: a gap, or an answer to a peer we keep nothing for.
     Error {
         /// What was wrong.

@@ -31,12 +31,14 @@
 //! | [`payment`] | the payee's acceptance rule, the forwarding step, failure reasons, outcomes |
 //! | [`chain`] | what the chain's figures mean: funded, collateral, challenge |
 //! | [`capacity`] | what a channel can carry out under a policy, and its next lock expiry |
+//! | [`gossip`] | announcements of hub-to-hub channels and their policies: what is believed |
 //! | [`timers`] | per channel, when the next offered lock must be taken back |
 //! | [`tower`] | the watchtower: which states it keeps for its clients, when it challenges |
 
 pub mod admission;
 pub mod capacity;
 pub mod chain;
+pub mod gossip;
 pub mod invoice;
 pub mod link;
 pub mod machine;

@@ -51,8 +51,24 @@ struct Line {
 
 impl Line {
     fn new(n: usize) -> Line {
+        let mut line = Line::new_with(n, |_, _| {});
+        // The payer knows every hub's policy and key (out of band).
+        for h in 1..n - 1 {
+            let (addr, key) = (line.nodes[h].address(), line.nodes[h].public_key());
+            let out = line.nodes[0].set_policy(addr, policy(h), key);
+            line.carry(0, out);
+        }
+        line
+    }
+
+    /// A line whose node `i` has its configuration edited by `edit(i, config)`.
+    fn new_with(n: usize, edit: impl Fn(usize, &mut Config)) -> Line {
         let mut nodes: Vec<Node> = (0..n)
-            .map(|i| Node::new(keys(i as u8 + 1), config(i)))
+            .map(|i| {
+                let mut c = config(i);
+                edit(i, &mut c);
+                Node::new(keys(i as u8 + 1), c)
+            })
             .collect();
         let mut channels = Vec::new();
         for i in 0..n - 1 {
@@ -71,11 +87,6 @@ impl Line {
             nodes[i + 1]
                 .add_channel(keys(i as u8 + 1).address(), b)
                 .unwrap();
-        }
-        // The payer knows every hub's policy and key.
-        for h in 1..n - 1 {
-            let (addr, key) = (nodes[h].address(), nodes[h].public_key());
-            nodes[0].set_policy(addr, policy(h), key);
         }
         let disks = nodes.iter().map(Node::records).collect();
         Line {
@@ -327,4 +338,200 @@ fn a_route_through_an_unknown_hub_is_refused() {
         .unwrap_err();
     assert_eq!(err, CommandError::NoPolicy(stranger));
     assert!(line.nodes[0].book().payments.is_empty());
+}
+
+/// A line whose hubs announce their channels with each other (the payer and payee are
+/// clients: their channels are not announced).
+fn announced_line(n: usize) -> Line {
+    let mut line = Line::new_with(n, |i, c| {
+        c.announce = i != 0 && i != n - 1;
+    });
+    // The hubs announce their channels with each other (on chain: once seen funded).
+    for i in 1..n - 2 {
+        let id = line.channels[i];
+        let out = line.nodes[i].announce_channel(NOW, id);
+        line.carry(i, out);
+        let out = line.nodes[i + 1].announce_channel(NOW, id);
+        line.carry(i + 1, out);
+    }
+    line.run();
+    // Nodes connect: each hands its table to the other (a client catches up from its hub).
+    for i in 0..n - 1 {
+        for (a, b) in [(i, i + 1), (i + 1, i)] {
+            let peer = line.addr(b);
+            let out = line.nodes[a].connected(peer);
+            line.carry(a, out);
+        }
+    }
+    line.run();
+    line
+}
+
+/// Gossip: each hub-to-hub channel is announced by both its hubs, believed by every node of
+/// the line (the clients through their hub), and carries both directions' policies; the payer
+/// then routes over hubs it was never told about directly, with exact fees.
+#[test]
+fn gossip_reaches_every_node_and_the_payer_routes_with_it() {
+    let mut line = announced_line(5);
+    let hub_channels = [line.channels[1], line.channels[2]];
+    for n in 0..5 {
+        let g = &line.nodes[n].book().gossip;
+        assert_eq!(
+            g.keys().copied().collect::<Vec<_>>().len(),
+            2,
+            "node {n} knows both hub-to-hub channels"
+        );
+        for id in hub_channels {
+            let c = &g[&id];
+            assert!(
+                c.policies.iter().all(Option::is_some),
+                "node {n}: both directions"
+            );
+        }
+        // Client channels are never announced.
+        assert!(!g.contains_key(&line.channels[0]) && !g.contains_key(&line.channels[3]));
+    }
+    // The payer was told nothing out of band: its route is priced from gossip alone.
+    assert!(line.nodes[0].book().policies.is_empty());
+    let inv = line.invoice(10_000, 20);
+    let id = B256::repeat_byte(20);
+    line.pay(id, &inv);
+    let fees = expected_fees(10_000, 3);
+    let total: u128 = fees.iter().map(|(_, f)| f).sum();
+    assert!(line.events[0].contains(&NodeEvent::PaymentSucceeded {
+        id,
+        fee: Amount(total)
+    }));
+}
+
+/// A policy change of hub 3 reaches the payer, a client two hubs away, and the payer's next
+/// payment pays exactly the new fee.
+#[test]
+fn a_policy_update_reaches_a_client_two_hubs_away() {
+    let mut line = announced_line(5);
+    let mut cheaper = policy(3);
+    cheaper.base_fee = Amount(1);
+    cheaper.fee_ppm = 7;
+    let later = Expiry(NOW.0 + 60);
+    let out = line.nodes[3].update_policy(later, cheaper);
+    line.carry(3, out);
+    line.run();
+    let h3 = line.addr(3);
+    let seen = line.nodes[0]
+        .book()
+        .gossip
+        .get(&line.channels[2])
+        .and_then(|c| {
+            let side = c.ann.params.participants.iter().position(|x| *x == h3)?;
+            c.policies[side].clone()
+        })
+        .expect("the payer holds hub 3's policy");
+    assert_eq!(seen.policy, cheaper);
+}
+
+/// Forged gossip is dropped: an announcement with a stranger's signature, an update signed by
+/// someone else, and anything from a node we hold no channel with.
+#[test]
+fn forged_gossip_is_ignored() {
+    use crate::node::gossip::{Announcement, GossipMsg, PolicyUpdate};
+    let mut line = announced_line(5);
+    let (ka, kb) = (keys(1), keys(40));
+    let p = params(&ka, &kb, 77);
+    let forged = Announcement {
+        sigs: [
+            Announcement::sign(&p, &ka),
+            Announcement::sign(&p, &keys(41)),
+        ],
+        params: p,
+    };
+    let before = line.nodes[1].book().gossip.clone();
+    let msgs = [
+        GossipMsg::Announce(Box::new(forged)),
+        GossipMsg::Policy(Box::new(PolicyUpdate {
+            node: line.addr(2),
+            ..PolicyUpdate::sign(
+                line.channels[1],
+                ForwardPolicy::default(),
+                NOW.0 + 30,
+                &keys(41),
+            )
+        })),
+    ];
+    let client = line.addr(0);
+    for m in msgs {
+        let out = line.nodes[1].handle_frame(NOW, client, Frame::Gossip(Box::new(m)));
+        assert!(out.writes.is_empty() && out.transmits.is_empty());
+    }
+    // A stranger's valid-looking update of a real channel: dropped without a look.
+    let genuine = PolicyUpdate::sign(
+        line.channels[1],
+        ForwardPolicy::default(),
+        NOW.0 + 30,
+        &keys(2),
+    );
+    let out = line.nodes[1].handle_frame(
+        NOW,
+        keys(50).address(),
+        Frame::Gossip(Box::new(GossipMsg::Policy(Box::new(genuine)))),
+    );
+    assert!(out.writes.is_empty() && out.transmits.is_empty());
+    assert_eq!(line.nodes[1].book().gossip, before);
+}
+
+/// On chain, an announcement is believed only once the adjudicator holds funds for it: one
+/// for a channel never funded is dropped after the chain's answer.
+#[test]
+fn an_announcement_without_funds_on_chain_is_not_believed() {
+    use crate::node::ChainEvent;
+    use crate::node::gossip::{Announcement, GossipMsg};
+    let (ka, kb) = (keys(30), keys(31));
+    let mut node = Node::new(
+        keys(1),
+        Config {
+            on_chain: true,
+            announce: true,
+            ..config(1)
+        },
+    );
+    // Our funded channel with the sender (added directly: funded at once).
+    let pa = params(&keys(1), &keys(2), 99);
+    let state = ChannelState::opening(pa.id(), [Amount(FUNDS), Amount::ZERO]);
+    let s = SignedState {
+        sigs: [
+            sign_state(&pa, &keys(1), &state).unwrap(),
+            sign_state(&pa, &keys(2), &state).unwrap(),
+        ],
+        state,
+    };
+    let ch = Channel::from_cosigned(pa, keys(1), Limits::default(), s).unwrap();
+    node.add_channel(keys(2).address(), ch).unwrap();
+    for (nonce, held) in [(1u64, 0u128), (2, 500)] {
+        let p = params(&ka, &kb, nonce);
+        let id = p.id();
+        let ann = Announcement {
+            sigs: [Announcement::sign(&p, &ka), Announcement::sign(&p, &kb)],
+            params: p,
+        };
+        let out = node.handle_frame(
+            NOW,
+            keys(2).address(),
+            Frame::Gossip(Box::new(GossipMsg::Announce(Box::new(ann)))),
+        );
+        assert_eq!(out.queries, vec![id], "the chain is asked first");
+        assert!(node.book().gossip.is_empty());
+        assert!(node.query_params(id).is_some());
+        node.handle_chain(
+            NOW,
+            ChainEvent::Holdings {
+                channel_id: id,
+                held: Amount(held),
+                deposited: [Amount(held), Amount::ZERO],
+            },
+        );
+        assert_eq!(
+            node.book().gossip.get(&id).map(|c| c.capacity),
+            (held > 0).then_some(Amount(held)),
+            "nonce {nonce}"
+        );
+    }
 }

@@ -230,6 +230,13 @@ pub enum Write {
         /// Its policy.
         policy: ForwardPolicy,
     },
+    /// A channel announced to us and believed (`Some`), or pruned (`None`).
+    Gossip {
+        /// The channel.
+        id: ChannelId,
+        /// What we know of it.
+        record: Option<Box<crate::node::gossip::GossipChannel>>,
+    },
     /// A node's public key (its onion key; its address derives from it).
     NodeKey {
         /// The node.
@@ -343,6 +350,8 @@ pub struct Book {
     pub policies: BTreeMap<Address, ForwardPolicy>,
     /// Public keys of the nodes we may route through, checked against their addresses.
     pub node_keys: BTreeMap<Address, PublicKey>,
+    /// Announced channels we believe, with their policies (module `gossip`).
+    pub gossip: BTreeMap<ChannelId, crate::node::gossip::GossipChannel>,
     /// Channels watched for clients (a watchtower's).
     pub watched: BTreeMap<ChannelId, crate::node::tower::Watched>,
     /// Virtual channels we take part in.
@@ -381,6 +390,14 @@ impl Book {
             Write::NodeKey { node, key } => {
                 self.node_keys.insert(*node, *key);
             }
+            Write::Gossip { id, record } => match record {
+                Some(c) => {
+                    self.gossip.insert(*id, (**c).clone());
+                }
+                None => {
+                    self.gossip.remove(id);
+                }
+            },
             Write::Watched { id, record } => match record {
                 Some(w) => {
                     self.watched.insert(*id, (**w).clone());

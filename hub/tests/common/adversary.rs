@@ -121,7 +121,7 @@ impl Adversary {
                         detail,
                     });
                 }
-                Frame::Ack { .. } | Frame::Auth { .. } => {}
+                Frame::Ack { .. } | Frame::Auth { .. } | Frame::Gossip(_) => {}
             }
         }
     }

@@ -1,0 +1,258 @@
+//! Many hubs (issue 16) with real QUIC, real RocksDB and a real chain (anvil): hubs open
+//! channels with each other, announce them (gossip, believed once the chain shows them
+//! funded), and a payment crosses a line of three hubs carried by an onion, each hub taking
+//! exactly its own fee; a failure deep in the route names its hub.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use contracts::Devnet;
+use htlc::forward::ForwardPolicy;
+use htlc::sig::Keys;
+use htlc::{Amount, ChannelId, FailureReason};
+use hub::events::NodeEvent;
+use hub::node::{Node, NodeOptions};
+use hub::payments::PaymentStatus;
+use hub::store::Store;
+use std::time::{Duration, Instant};
+
+mod common;
+use common::{TempDir, loopback, wait_for, wait_state};
+
+const ETH: u128 = 1_000_000_000_000_000_000;
+
+/// Hub `i`'s policy (i = 1, 2, 3): fees differ, so a fee taken at the wrong hop shows.
+fn policy(i: u128) -> ForwardPolicy {
+    ForwardPolicy {
+        base_fee: Amount(1_000 * i),
+        fee_ppm: 100 * i as u32,
+        ..ForwardPolicy::default()
+    }
+}
+
+async fn node(net: &Devnet, i: usize, dirs: &mut Vec<TempDir>, hub: Option<u128>) -> Node {
+    let client = net.client(i).await.unwrap();
+    client.set_poll_interval(Duration::from_millis(10));
+    let mut o = NodeOptions {
+        chain_id: net.chain_id(),
+        adjudicator: net.deployment().adjudicator,
+        chain: Some(client),
+        chain_poll: Duration::from_millis(50),
+        chain_retry: Duration::from_millis(500),
+        close_grace: Duration::from_secs(1),
+        ..NodeOptions::default()
+    };
+    if let Some(h) = hub {
+        o.collateral = Amount(ETH);
+        o.policy = policy(h);
+        o.announce = true;
+    }
+    let d = TempDir::new("multihub");
+    let n = Node::start(
+        Keys::from_signer(net.signer(i).unwrap()),
+        Store::open(&d.0).unwrap(),
+        o,
+    )
+    .unwrap();
+    dirs.push(d);
+    n
+}
+
+/// `from` connects to `to` and opens a funded channel of one ether; `to` adds one ether of
+/// collateral (both directions can carry payments).
+async fn channel(from: &Node, to: &Node, to_addr: std::net::SocketAddr) -> ChannelId {
+    from.connect(to_addr, Some(to.address())).await.unwrap();
+    let id = from.open_channel(to.address(), Amount(ETH)).await.unwrap();
+    from.fund(id).await.unwrap();
+    for n in [from, to] {
+        wait_state(n, id, |s| s.state.balances[1] == Amount(ETH)).await;
+    }
+    id
+}
+
+async fn until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !f() {
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+struct Line {
+    _dirs: Vec<TempDir>,
+    _chain: Devnet,
+    payer: Node,
+    hubs: Vec<Node>,
+    payee: Node,
+    /// payer–h1, h1–h2, h2–h3, payee–h3.
+    channels: Vec<ChannelId>,
+}
+
+async fn line() -> Line {
+    let net = Devnet::start().await.unwrap();
+    let mut dirs = Vec::new();
+    let mut hubs = Vec::new();
+    let mut addrs = Vec::new();
+    for i in 1..=3 {
+        let h = node(&net, i, &mut dirs, Some(i as u128)).await;
+        addrs.push(h.listen(loopback()).unwrap());
+        hubs.push(h);
+    }
+    let payer = node(&net, 4, &mut dirs, None).await;
+    let payee = node(&net, 5, &mut dirs, None).await;
+    let channels = vec![
+        channel(&payer, &hubs[0], addrs[0]).await,
+        channel(&hubs[0], &hubs[1], addrs[1]).await,
+        channel(&hubs[1], &hubs[2], addrs[2]).await,
+        channel(&payee, &hubs[2], addrs[2]).await,
+    ];
+    Line {
+        _dirs: dirs,
+        _chain: net,
+        payer,
+        hubs,
+        payee,
+        channels,
+    }
+}
+
+/// Each hub's (incoming, fee) for delivering `amount`, backward from the payee.
+fn fees(amount: u128) -> Vec<(u128, u128)> {
+    let mut out = Vec::new();
+    let mut fwd = amount;
+    for h in (1..=3).rev() {
+        let f = policy(h).fee(Amount(fwd)).unwrap().0;
+        out.push((fwd + f, f));
+        fwd += f;
+    }
+    out.reverse();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payment_crosses_three_hubs_with_each_fee_exact_on_every_channel() {
+    let l = line().await;
+    // Gossip: the payer (a client of hub 1) comes to believe both hub-to-hub channels (checked
+    // on chain) and every hub's policy on them.
+    let hub_channels = [l.channels[1], l.channels[2]];
+    until("the payer to learn the hub-to-hub channels", || {
+        let g = l.payer.gossip();
+        hub_channels.iter().all(|id| {
+            g.get(id)
+                .is_some_and(|c| c.policies.iter().all(Option::is_some))
+        })
+    })
+    .await;
+    for id in hub_channels {
+        // What the chain held when the payer looked: the opener's deposit at least (the
+        // collateral may have landed since).
+        let cap = l.payer.gossip()[&id].capacity;
+        assert!(
+            cap == Amount(ETH) || cap == Amount(2 * ETH),
+            "capacity {cap:?}"
+        );
+    }
+    assert!(
+        !l.payer.gossip().contains_key(&l.channels[3]),
+        "client channels are private"
+    );
+
+    let amount = 1_000_000_000u128;
+    let invoice = l
+        .payee
+        .create_invoice(Amount(amount), 3600, l.hubs[2].address())
+        .await
+        .unwrap();
+    let mut ev = l.payer.subscribe();
+    let id = alloy::primitives::B256::repeat_byte(1);
+    let rec = l.payer.pay(&invoice, id).await.unwrap();
+    let path: Vec<_> = l
+        .hubs
+        .iter()
+        .map(Node::address)
+        .chain([l.payee.address()])
+        .collect();
+    assert_eq!(rec.path, path, "the router chose the line");
+    wait_for(
+        &mut ev,
+        |e| matches!(e, NodeEvent::PaymentSucceeded { id: p, .. } if *p == id),
+    )
+    .await;
+    let f = fees(amount);
+    let total: u128 = f.iter().map(|(_, x)| x).sum();
+    assert_eq!(l.payer.payment(id).unwrap().unwrap().fee(), Amount(total));
+    // Every channel moved exactly what its receiver got: hub i's incoming, or the amount.
+    let moved = [f[0].0, f[1].0, f[2].0];
+    for (c, m) in moved.iter().enumerate() {
+        let id = l.channels[c];
+        let sender = if c == 0 { &l.payer } else { &l.hubs[c - 1] };
+        wait_state(sender, id, |s| s.state.locks.is_empty()).await;
+        let st = sender.channel(id).await.unwrap().state;
+        assert_eq!(
+            st.balances,
+            [Amount(ETH - m), Amount(ETH + m)],
+            "channel {c}"
+        );
+    }
+    // The payee's channel: it opened it (A), the hub paid it the amount.
+    wait_state(&l.payee, l.channels[3], |s| s.state.locks.is_empty()).await;
+    let st = l.payee.channel(l.channels[3]).await.unwrap().state;
+    assert_eq!(st.balances, [Amount(ETH + amount), Amount(ETH - amount)]);
+    for (i, h) in l.hubs.iter().enumerate() {
+        until("the hub's forward to settle", || {
+            h.fees_earned().unwrap() == (Amount(f[i].1), 1)
+        })
+        .await;
+    }
+}
+
+/// Hub 3 cannot pay the payee (it has given away its side of that channel): the failure
+/// comes back through hubs 2 and 1 naming hub 3, and nothing moves anywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_deep_in_the_route_reaches_the_payer_naming_the_failing_hub() {
+    let l = line().await;
+    until("the payer to learn the network", || {
+        l.payer.gossip().len() == 2
+    })
+    .await;
+    until("the policies", || {
+        l.payer
+            .gossip()
+            .values()
+            .all(|c| c.policies.iter().all(Option::is_some))
+    })
+    .await;
+    // Hub 3 pays almost all its side of the payee's channel out.
+    l.hubs[2]
+        .transfer(l.channels[3], Amount(ETH - 1_000))
+        .await
+        .unwrap();
+    wait_state(&l.payee, l.channels[3], |s| {
+        s.state.balances[0] == Amount(2 * ETH - 1_000)
+    })
+    .await;
+    let invoice = l
+        .payee
+        .create_invoice(Amount(1_000_000), 3600, l.hubs[2].address())
+        .await
+        .unwrap();
+    let mut ev = l.payer.subscribe();
+    let id = alloy::primitives::B256::repeat_byte(2);
+    l.payer.pay(&invoice, id).await.unwrap();
+    wait_for(
+        &mut ev,
+        |e| matches!(e, NodeEvent::PaymentFailed { id: p, .. } if *p == id),
+    )
+    .await;
+    let rec = l.payer.payment(id).unwrap().unwrap();
+    assert_eq!(
+        rec.failed_at,
+        Some((l.hubs[2].address(), FailureReason::TemporaryChannelFailure))
+    );
+    assert_eq!(
+        rec.status,
+        PaymentStatus::Failed {
+            reason: FailureReason::TemporaryChannelFailure
+        }
+    );
+    let st = l.payer.channel(l.channels[0]).await.unwrap().state;
+    assert_eq!(st.balances, [Amount(ETH), Amount(ETH)]);
+}
