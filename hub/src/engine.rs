@@ -255,6 +255,12 @@ impl Node {
             });
             if let Err(e) = self.install(peer, generation, tx.clone()).await {
                 warn!(error = %e, "cannot resume session");
+                // `install` told the machine the session was up.
+                self.inner
+                    .machine
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .set_reachable(peer, false);
                 conn.close(2u32.into(), b"store");
                 return;
             }
@@ -295,12 +301,13 @@ impl Node {
                 }
             }
             reader.abort();
-            self.inner.sessions.remove(peer, generation);
+            // Unreachable first (a forward to it fails fast from now), then off the live map.
             self.inner
                 .machine
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .set_reachable(peer, false);
+            self.inner.sessions.remove(peer, generation);
             drop(tx);
             let _ = writer.await;
             let by_peer = matches!(

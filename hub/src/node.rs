@@ -182,6 +182,7 @@ impl NodeOptions {
             virtual_max_own: self.virtual_max_own,
             virtual_hold_secs: VIRTUAL_HOLD_SECS,
             announce: self.announce,
+            forward_only_to_reachable: true,
         }
     }
 }

@@ -125,13 +125,72 @@ impl Node {
             self.step(|m| m.pay(now, id, invoice))?.wait().await?;
         } else {
             let hubs = self
-                .read(|m| crate::routing::choose_hubs(m, invoice, now))
+                .read(|m| crate::routing::choose_hubs(m, invoice, &[]))
                 .map_err(|e| PayError::NoRoute(e.to_string()))?;
             self.step(|m| m.pay_route(now, id, invoice, &hubs))?
                 .wait()
                 .await?;
         }
         self.paid(id)
+    }
+
+    /// Pay `invoice` and wait for the outcome, trying other routes when an attempt fails at a
+    /// hub on the way: each failure names its hub (the onion's MAC proves it), and the
+    /// direction that failed is left out of the next search, up to `attempts` attempts, each
+    /// waited for at most `wait`. Attempt 0 has id `id`, attempt k the hash of `id` and k.
+    /// Returns every attempt's record, the last one settled (succeeded, or the last failure).
+    pub async fn pay_with_retries(
+        &self,
+        invoice: &Invoice,
+        id: B256,
+        attempts: usize,
+        wait: std::time::Duration,
+    ) -> Result<Vec<PaymentRecord>, NodeError> {
+        let mut excluded: Vec<(Address, Address)> = Vec::new();
+        let mut records = Vec::new();
+        for k in 0..attempts.max(1) {
+            let aid = if k == 0 {
+                id
+            } else {
+                alloy::primitives::keccak256([id.as_slice(), &(k as u64).to_be_bytes()].concat())
+            };
+            let now = self.now();
+            let hubs = self
+                .read(|m| crate::routing::choose_hubs(m, invoice, &excluded))
+                .map_err(|e| PayError::NoRoute(e.to_string()))?;
+            self.step(|m| m.pay_route(now, aid, invoice, &hubs))?
+                .wait()
+                .await?;
+            self.paid(aid)?;
+            let deadline = tokio::time::Instant::now() + wait;
+            let rec = loop {
+                let rec = self.payment(aid)?.ok_or(NodeError::Stopped)?;
+                if rec.status != PaymentStatus::Pending || tokio::time::Instant::now() >= deadline {
+                    break rec;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            };
+            let retry = match (&rec.status, rec.failed_at) {
+                (PaymentStatus::Failed { .. }, Some((node, reason)))
+                    if crate::routing::worth_another_route(reason) && node != invoice.payee =>
+                {
+                    // The failing hub could not pass it to the next node on the path.
+                    let i = rec.path.iter().position(|n| *n == node);
+                    let next = i.and_then(|i| rec.path.get(i + 1)).copied();
+                    next.map(|next| (node, next))
+                }
+                _ => None,
+            };
+            records.push(rec);
+            match retry {
+                Some(dir) => {
+                    warn!(payment = %id, from = %dir.0, to = %dir.1, "attempt failed at a hub; routing around it");
+                    excluded.push(dir);
+                }
+                None => break,
+            }
+        }
+        Ok(records)
     }
 
     /// Pay `invoice` as payment `id` with amounts and expiries chosen by the caller instead of

@@ -6,8 +6,11 @@
 use alloy::primitives::Address;
 use htlc::node::Node as Machine;
 use htlc::node::invoice::Invoice;
-use htlc::{Amount, ChannelId, Expiry};
-use router::{Channel, ChannelGraph, ChannelKind, PathFinder, Policy, RouteQuery, ScoringParams};
+use htlc::{Amount, ChannelId, FailureReason};
+use router::{
+    Channel, ChannelGraph, ChannelKind, DirectedChannel, PathFinder, Policy, RouteQuery,
+    ScoringParams,
+};
 
 /// Why no route was found.
 #[derive(Debug, thiserror::Error)]
@@ -121,19 +124,33 @@ fn add(g: &mut ChannelGraph, c: Channel) -> Result<(), RoutingError> {
         .map_err(|e| RoutingError::Graph(e.to_string()))
 }
 
-/// The hubs (in order, our peer first) the cheapest route to `invoice`'s payee crosses.
+/// The hubs (in order, our peer first) the cheapest route to `invoice`'s payee crosses,
+/// avoiding the directions `(from, to)` in `excluded` (ones that failed this payment).
 pub fn choose_hubs(
     m: &Machine,
     invoice: &Invoice,
-    _now: Expiry,
+    excluded: &[(Address, Address)],
 ) -> Result<Vec<Address>, RoutingError> {
     let g = graph_for(m, invoice)?;
-    let query = RouteQuery::new(
+    let mut query = RouteQuery::new(
         m.address(),
         invoice.payee,
         invoice.amount,
         invoice.final_expiry_delta,
     );
+    for (from, to) in excluded {
+        for id in g.channels_of(*from).unwrap_or_default() {
+            if let Some(c) = g.channel(&id)
+                && let Some(side) = c.side_of(*from)
+                && c.node(side.other()) == *to
+            {
+                query.excluded.push(DirectedChannel {
+                    channel: id,
+                    from: side,
+                });
+            }
+        }
+    }
     let mut finder = PathFinder::new(ScoringParams::default());
     let route = finder
         .find_route(&g, &query)
@@ -148,4 +165,13 @@ pub fn choose_hubs(
         .take(n.saturating_sub(1))
         .map(|h| h.to)
         .collect())
+}
+
+/// Whether a payment that failed at `node` with `reason` may succeed over another route
+/// (a channel's or a hub's trouble), rather than never (the payee refused it).
+pub fn worth_another_route(reason: FailureReason) -> bool {
+    !matches!(
+        reason,
+        FailureReason::IncorrectPaymentDetails | FailureReason::FinalExpiryTooSoon
+    )
 }

@@ -69,7 +69,7 @@ async fn channel(from: &Node, to: &Node, to_addr: std::net::SocketAddr) -> Chann
 }
 
 async fn until(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(30);
     while !f() {
         assert!(Instant::now() < deadline, "never happened: {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -255,4 +255,97 @@ async fn a_failure_deep_in_the_route_reaches_the_payer_naming_the_failing_hub() 
     );
     let st = l.payer.channel(l.channels[0]).await.unwrap().state;
     assert_eq!(st.balances, [Amount(ETH), Amount(ETH)]);
+}
+
+/// A ring of four hubs; the payer is a client of hub 1, the payee of hub 3. Hub 2 (on the
+/// cheaper side) is stopped: the first attempt fails at hub 1 (hub 2 is away), and the retry
+/// goes round the other side through hub 4 and succeeds with exactly that route's fees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ring_of_four_hubs_routes_around_a_stopped_hub() {
+    let net = Devnet::start().await.unwrap();
+    let mut dirs = Vec::new();
+    let mut hubs = Vec::new();
+    let mut addrs = Vec::new();
+    for i in 1..=4 {
+        let h = node(&net, i, &mut dirs, Some(i as u128)).await;
+        addrs.push(h.listen(loopback()).unwrap());
+        hubs.push(h);
+    }
+    let mut ring = Vec::new();
+    for i in 0..4 {
+        let j = (i + 1) % 4;
+        ring.push(channel(&hubs[i], &hubs[j], addrs[j]).await);
+    }
+    let payer = node(&net, 5, &mut dirs, None).await;
+    let payee = node(&net, 6, &mut dirs, None).await;
+    let up = channel(&payer, &hubs[0], addrs[0]).await;
+    channel(&payee, &hubs[2], addrs[2]).await;
+    until("the payer to learn the ring", || {
+        let g = payer.gossip();
+        ring.iter().all(|id| {
+            g.get(id)
+                .is_some_and(|c| c.policies.iter().all(Option::is_some))
+        })
+    })
+    .await;
+    // Hub 2 goes away; hub 1 sees its session end.
+    let h2 = hubs[1].address();
+    hubs[1].shutdown();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while hubs[0].is_connected(h2).await {
+        assert!(
+            Instant::now() < deadline,
+            "hub 1 never noticed hub 2 is away"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let amount = 1_000_000_000u128;
+    let invoice = payee
+        .create_invoice(Amount(amount), 3600, hubs[2].address())
+        .await
+        .unwrap();
+    let id = alloy::primitives::B256::repeat_byte(3);
+    let attempts = payer
+        .pay_with_retries(&invoice, id, 3, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(attempts.len(), 2, "{attempts:?}");
+    let first = &attempts[0];
+    assert_eq!(
+        first.path[0..2],
+        [hubs[0].address(), h2],
+        "the cheaper side first"
+    );
+    assert_eq!(
+        first.failed_at,
+        Some((hubs[0].address(), FailureReason::TemporaryChannelFailure))
+    );
+    let second = &attempts[1];
+    assert_eq!(
+        second.path,
+        [
+            hubs[0].address(),
+            hubs[3].address(),
+            hubs[2].address(),
+            payee.address()
+        ]
+    );
+    assert!(matches!(second.status, PaymentStatus::Succeeded { .. }));
+    // Fees of the route through hub 4: hub 3 forwards the amount, hub 4 that plus hub 3's
+    // fee, hub 1 that plus hub 4's.
+    let f3 = policy(3).fee(Amount(amount)).unwrap().0;
+    let f4 = policy(4).fee(Amount(amount + f3)).unwrap().0;
+    let f1 = policy(1).fee(Amount(amount + f3 + f4)).unwrap().0;
+    assert_eq!(second.fee(), Amount(f1 + f3 + f4));
+    wait_state(&payer, up, |s| s.state.locks.is_empty()).await;
+    let st = payer.channel(up).await.unwrap().state;
+    assert_eq!(
+        st.balances,
+        [
+            Amount(ETH - amount - f1 - f3 - f4),
+            Amount(ETH + amount + f1 + f3 + f4)
+        ],
+        "the failed attempt moved nothing; the second paid exactly its fees"
+    );
 }

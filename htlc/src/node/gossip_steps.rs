@@ -102,6 +102,7 @@ impl Node {
         } else {
             Amount::MAX
         };
+        let our_sig = ann.sigs[me];
         let ours = PolicyUpdate::sign(id, self.config.policy, now.0, &self.keys);
         let mut record = GossipChannel {
             ann: ann.clone(),
@@ -125,10 +126,21 @@ impl Node {
             },
         );
         self.relay(GossipMsg::Announce(Box::new(ann)), None, p);
-        self.relay(GossipMsg::Policy(Box::new(ours)), None, p);
+        self.relay(GossipMsg::Policy(Box::new(ours.clone())), None, p);
         if let Some((_, u)) = theirs {
             self.relay(GossipMsg::Policy(Box::new(u)), None, p);
         }
+        // Ours again: the peer may have had ours before it saw the channel funded, and ignored
+        // it then (one that has the announcement already ignores this one).
+        self.send(
+            from,
+            Body::AnnounceSig {
+                channel_id: id,
+                sig: our_sig,
+                policy: Box::new(ours),
+            },
+            p,
+        );
         true
     }
 

@@ -364,6 +364,11 @@ pub struct Config {
     /// Announce our channels with other announcing nodes (hub-to-hub channels), relay gossip
     /// and serve the table to peers (a hub's; module `gossip`).
     pub announce: bool,
+    /// Forward to a peer known to be away (its session ended, as [`Node::set_reachable`]
+    /// says) never: the HTLC fails at once (temporary channel failure) and the payer routes
+    /// around it, instead of waiting locked until the peer returns or the HTLC expires. A peer
+    /// not heard of since we started (after a restart, before it reconnects) is tried.
+    pub forward_only_to_reachable: bool,
 }
 
 impl Default for Config {
@@ -396,6 +401,7 @@ impl Default for Config {
             virtual_max_own: Amount::ZERO,
             virtual_hold_secs: 60,
             announce: false,
+            forward_only_to_reachable: false,
         }
     }
 }
@@ -543,7 +549,7 @@ pub struct Node {
     watch_sent: HashMap<ChannelId, u64>,
     /// Peers with a session up (as the caller says): a virtual channel's messages go to its
     /// other party directly when it is here, over the hub otherwise.
-    reachable: HashSet<Address>,
+    reachable: HashMap<Address, u32>,
     /// Announcements waiting for the chain to show their channel funded (in memory: a lost
     /// one comes again with the next copy of a hub's table).
     pending_gossip: BTreeMap<ChannelId, crate::node::gossip::GossipChannel>,
@@ -563,7 +569,7 @@ impl Node {
             timers: Timers::default(),
             claims_reported: HashSet::new(),
             watch_sent: HashMap::new(),
-            reachable: HashSet::new(),
+            reachable: HashMap::new(),
             pending_gossip: BTreeMap::new(),
         }
     }
@@ -858,15 +864,30 @@ impl Node {
         Ok(self.finish(Expiry(0), p))
     }
 
-    /// Whether a session with `peer` is up (the caller says so as sessions come and go): the
-    /// messages of a virtual channel with `peer` then go to it directly, not over the hub, so
-    /// the two parties pay each other while the hub is down (ADR 0026).
+    /// A session with `peer` came up (`true`) or ended (`false`); the caller says so once
+    /// each, for every session. The peer is reachable while any of its sessions is up (a new
+    /// session may come up before the old one's end is told): the messages of a virtual
+    /// channel with it then go to it directly, not over the hub, so the two parties pay each
+    /// other while the hub is down (ADR 0026), and forwards to it are tried.
     pub fn set_reachable(&mut self, peer: Address, up: bool) {
+        let n = self.reachable.entry(peer).or_insert(0);
         if up {
-            self.reachable.insert(peer);
+            *n = n.saturating_add(1);
         } else {
-            self.reachable.remove(&peer);
+            // Kept at zero: known to be away (a peer not heard of since we started, say after
+            // a restart before it reconnects, is not).
+            *n = n.saturating_sub(1);
         }
+    }
+
+    /// Whether a session with `peer` is up.
+    fn is_up(&self, peer: Address) -> bool {
+        self.reachable.get(&peer).is_some_and(|n| *n > 0)
+    }
+
+    /// Whether `peer` had a session since we started and has none now.
+    fn is_known_away(&self, peer: Address) -> bool {
+        self.reachable.get(&peer) == Some(&0)
     }
 
     /// A session with `peer` is up: every message it has not acknowledged goes out again,
@@ -1733,6 +1754,10 @@ impl Node {
                 {
                     self.send(from, Body::Channel(msg), p);
                 }
+                // The peer now takes gossip from us (it drops what comes before it sees its
+                // channel funded): our table, if we serve one and see the channel funded too.
+                let table = self.gossip_table(from);
+                p.out.transmits.extend(table);
                 true
             }
             Body::Route {
@@ -2222,7 +2247,7 @@ impl Node {
             .channels
             .get(&id)
             .and_then(|e| e.via)
-            .filter(|_| !self.reachable.contains(&peer));
+            .filter(|_| !self.is_up(peer));
         p.touched.insert(id);
         for e in effects {
             match e {
@@ -2391,10 +2416,13 @@ impl Node {
             Some(RouteHop::Forward { next_peer, .. }) if !frozen => self
                 .best_channel_to(*next_peer, Some(asset))
                 .and_then(|(id, _)| {
-                    Some((
-                        id,
-                        self.channels.get(&id)?.machine.outgoing(self.config.policy),
-                    ))
+                    let mut o = self.channels.get(&id)?.machine.outgoing(self.config.policy);
+                    // A peer that is away cannot take the HTLC now: it fails as a temporary
+                    // channel failure, and the payer routes around it.
+                    if self.config.forward_only_to_reachable && self.is_known_away(*next_peer) {
+                        o.policy.enabled = false;
+                    }
+                    Some((id, o))
                 }),
             _ => None,
         };
