@@ -98,6 +98,14 @@ impl Node {
         self.read(|m| m.book().gossip.clone())
     }
 
+    /// Announce our funded channel `id` to its peer (channels seen funded on chain are
+    /// announced by themselves; this is for a node without a chain: tests and benchmarks).
+    pub async fn announce_channel(&self, id: htlc::ChannelId) -> Result<(), NodeError> {
+        let now = self.now();
+        self.step_wait(|m| Ok::<_, NodeError>(m.announce_channel(now, id)))
+            .await
+    }
+
     /// Change our forwarding policy; every channel we announced gets a signed update relayed
     /// to the network.
     pub async fn update_policy(&self, policy: ForwardPolicy) -> Result<(), NodeError> {

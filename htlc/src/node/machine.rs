@@ -1877,6 +1877,12 @@ impl Node {
                             channel_id,
                             peer: from,
                         });
+                        // Without a chain the channel is funded now on both sides: our gossip
+                        // table to the peer (on chain it goes on the peer's `Funded`).
+                        if !self.config.on_chain {
+                            let table = self.gossip_table(from);
+                            p.out.transmits.extend(table);
+                        }
                         true
                     }
                     Err(err) => self.refuse(from, seq, ErrorCode::Protocol, err.to_string(), p),
@@ -2003,6 +2009,13 @@ impl Node {
             channel_id: id,
             peer: from,
         });
+        // Without a chain the channel is funded at once (on both sides once the acceptance
+        // arrives, just before these): our gossip table follows it. On chain it goes when the
+        // peer says the channel is funded.
+        if !self.config.on_chain {
+            let table = self.gossip_table(from);
+            p.out.transmits.extend(table);
+        }
         Ok(())
     }
 
