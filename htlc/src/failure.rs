@@ -37,6 +37,10 @@ pub enum FailureReason {
     /// node before it reports this, since only the payer and the reader share the layer's key.
     #[error("invalid onion")]
     InvalidOnion,
+    /// The payee held parts of a multi-path payment that never added up to the invoice in
+    /// time: every part is failed back.
+    #[error("multi-path payment timed out")]
+    MppTimeout,
 }
 
 impl FailureReason {
@@ -53,6 +57,7 @@ impl FailureReason {
             FailureReason::IncorrectPaymentDetails => 8,
             FailureReason::FinalExpiryTooSoon => 9,
             FailureReason::InvalidOnion => 10,
+            FailureReason::MppTimeout => 11,
         }
     }
 
@@ -69,6 +74,7 @@ impl FailureReason {
             8 => FailureReason::IncorrectPaymentDetails,
             9 => FailureReason::FinalExpiryTooSoon,
             10 => FailureReason::InvalidOnion,
+            11 => FailureReason::MppTimeout,
             _ => return None,
         })
     }

@@ -468,6 +468,11 @@ impl Channel {
         });
     }
 
+    /// The id the next [`Self::offer_htlc`] gets (the onion sent ahead of an HTLC names it).
+    pub fn next_offer_id(&self) -> HtlcId {
+        HtlcId(self.snap.alloc_id)
+    }
+
     /// Queue an HTLC we pay; returns its id. It takes effect with the next [`Self::propose`].
     pub fn offer_htlc(&mut self, amount: Amount, hashlock: Hashlock, expiry: Expiry) -> HtlcId {
         let id = HtlcId(self.snap.alloc_id);

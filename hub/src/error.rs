@@ -108,6 +108,7 @@ impl From<htlc::node::CommandError> for NodeError {
             | C::NoNodeKey(_)
             | C::Onion(_)
             | C::PlanMismatch { .. }
+            | C::PartsMismatch { .. }
             | C::ForeignInvoice) => NodeError::Command(e),
         }
     }

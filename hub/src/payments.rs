@@ -201,6 +201,33 @@ impl Node {
         Ok(records)
     }
 
+    /// Pay `invoice` in parts, each over its own hubs (`parts`: the hubs in order, our peer
+    /// first, and the amount the part delivers; they must add up to the invoice). The payee
+    /// holds the parts until all arrived, then claims them together, or fails them all after
+    /// a minute. Returns the parts' payment ids (see [`htlc::node::machine::part_id`]) once
+    /// every HTLC is offered.
+    pub async fn pay_parts(
+        &self,
+        invoice: &Invoice,
+        id: B256,
+        parts: &[(Vec<Address>, Amount)],
+    ) -> Result<Vec<B256>, NodeError> {
+        let now = self.now();
+        let mut ids = Vec::new();
+        self.step(|m| {
+            m.pay_parts(now, id, invoice, parts).map(|(out, i)| {
+                ids = i;
+                out
+            })
+        })?
+        .wait()
+        .await?;
+        for pid in &ids {
+            self.paid(*pid)?;
+        }
+        Ok(ids)
+    }
+
     /// Pay `invoice` as payment `id` with amounts and expiries chosen by the caller instead of
     /// the router (tests of the hub's checks; advanced callers). Same idempotence as
     /// [`Node::pay`]; the hub and the payee apply their checks as always.

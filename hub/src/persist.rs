@@ -12,7 +12,7 @@
 //! | `meta` | `policy‹peer›` | the forwarding policy that hub announced |
 //! | `meta` | `nodekey‹node›` | that node's public key (its onion key) |
 //! | `meta` | `gossip/‹channel›` | [`GossipChannel`]: an announced channel we believe |
-//! | `locks` | `route/‹channel›‹hashlock›` | [`Route`] |
+//! | `locks` | `route/‹channel›‹htlc id›` | [`Route`]: our onion layer for that HTLC |
 //! | `locks` | `fwd/‹out channel›‹out id›` | [`ForwardRecord`] |
 //! | `locks` | `in/‹in channel›‹in id›` | the outgoing (channel, id) |
 //! | `locks` | `invoice/‹hashlock›` | [`InvoiceRecord`] |
@@ -45,8 +45,8 @@ fn key2(tag: &str, a: &[u8], b: &[u8]) -> Vec<u8> {
 }
 
 /// Key of a route instruction.
-pub(crate) fn route_key(channel: ChannelId, hashlock: Hashlock) -> Vec<u8> {
-    key2("route/", channel.0.as_slice(), hashlock.0.as_slice())
+pub(crate) fn route_key(channel: ChannelId, id: HtlcId) -> Vec<u8> {
+    key2("route/", channel.0.as_slice(), &id.0.to_be_bytes())
 }
 fn fwd_key(channel: ChannelId, id: HtlcId) -> Vec<u8> {
     key2("fwd/", channel.0.as_slice(), &id.0.to_be_bytes())
@@ -273,10 +273,10 @@ pub(crate) fn load(store: &Store) -> Result<Records, StoreError> {
         }
     }
     for (k, route) in store.scan::<Route>(Cf::Locks, b"route/")? {
-        if let (Some(c), Some(h)) = (tail::<32>(&k, 6), tail::<32>(&k, 38)) {
+        if let (Some(c), Some(i)) = (tail::<32>(&k, 6), tail::<8>(&k, 38)) {
             r.book
                 .routes
-                .insert((ChannelId(c.into()), Hashlock(h.into())), route);
+                .insert((ChannelId(c.into()), HtlcId(u64::from_be_bytes(i))), route);
         }
     }
     for (k, f) in store.scan::<ForwardRecord>(Cf::Locks, b"fwd/")? {

@@ -303,6 +303,7 @@ async fn strangers_write_nothing_and_instructions_are_bounded() {
             Body::Route {
                 channel_id: ghost,
                 hashlock: Preimage([1; 32]).hashlock(),
+                htlc: htlc::HtlcId(0),
                 onion: junk_onion(),
             },
             Body::RouteFailed {
@@ -362,6 +363,7 @@ async fn strangers_write_nothing_and_instructions_are_bounded() {
         peer.send(Body::Route {
             channel_id: id,
             hashlock: Preimage([n; 32]).hashlock(),
+            htlc: htlc::HtlcId(u64::from(n)),
             onion: junk_onion(),
         })
         .await;

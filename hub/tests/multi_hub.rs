@@ -349,3 +349,83 @@ async fn a_ring_of_four_hubs_routes_around_a_stopped_hub() {
         "the failed attempt moved nothing; the second paid exactly its fees"
     );
 }
+
+/// A diamond: hub 1 reaches hub 4 through hub 2 and through hub 3. A payment in two parts, one
+/// over each side, is held by the payee until both arrived and claimed whole; each side's hub
+/// earns exactly its fee on its part.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multi_path_payment_crosses_different_hubs() {
+    let net = Devnet::start().await.unwrap();
+    let mut dirs = Vec::new();
+    let mut hubs = Vec::new();
+    let mut addrs = Vec::new();
+    for i in 1..=4 {
+        let h = node(&net, i, &mut dirs, Some(i as u128)).await;
+        addrs.push(h.listen(loopback()).unwrap());
+        hubs.push(h);
+    }
+    for (a, b) in [(0, 1), (0, 2), (1, 3), (2, 3)] {
+        channel(&hubs[a], &hubs[b], addrs[b]).await;
+    }
+    let payer = node(&net, 5, &mut dirs, None).await;
+    let payee = node(&net, 6, &mut dirs, None).await;
+    let up = channel(&payer, &hubs[0], addrs[0]).await;
+    let down = channel(&payee, &hubs[3], addrs[3]).await;
+    until("the payer to learn the diamond", || {
+        let g = payer.gossip();
+        g.len() == 4 && g.values().all(|c| c.policies.iter().all(Option::is_some))
+    })
+    .await;
+    let amount = 600_000_000u128;
+    let invoice = payee
+        .create_invoice(Amount(amount), 3600, hubs[3].address())
+        .await
+        .unwrap();
+    let a = |i: usize| hubs[i].address();
+    let parts = [
+        (vec![a(0), a(1), a(3)], Amount(amount / 2)),
+        (vec![a(0), a(2), a(3)], Amount(amount / 2)),
+    ];
+    let mut received = payee.subscribe();
+    let ids = payer
+        .pay_parts(&invoice, alloy::primitives::B256::repeat_byte(9), &parts)
+        .await
+        .unwrap();
+    wait_for(
+        &mut received,
+        |e| matches!(e, NodeEvent::PaymentReceived { amount: got, .. } if *got == Amount(amount)),
+    )
+    .await;
+    let mut fees = 0;
+    for pid in &ids {
+        until("each part to succeed", || {
+            matches!(
+                payer.payment(*pid).unwrap().map(|r| r.status),
+                Some(PaymentStatus::Succeeded { .. })
+            )
+        })
+        .await;
+        fees += payer.payment(*pid).unwrap().unwrap().fee().0;
+    }
+    // Each side's hub forwarded one part and earned its fee on it.
+    let f4 = policy(4).fee(Amount(amount / 2)).unwrap().0;
+    for side in [1usize, 2] {
+        let f = policy(side as u128 + 1)
+            .fee(Amount(amount / 2 + f4))
+            .unwrap()
+            .0;
+        until("the side hub's forward to settle", || {
+            hubs[side].fees_earned().unwrap() == (Amount(f), 1)
+        })
+        .await;
+    }
+    wait_state(&payee, down, |s| s.state.locks.is_empty()).await;
+    let st = payee.channel(down).await.unwrap().state;
+    assert_eq!(st.balances, [Amount(ETH + amount), Amount(ETH - amount)]);
+    wait_state(&payer, up, |s| s.state.locks.is_empty()).await;
+    let st = payer.channel(up).await.unwrap().state;
+    assert_eq!(
+        st.balances,
+        [Amount(ETH - amount - fees), Amount(ETH + amount + fees)]
+    );
+}

@@ -4,7 +4,7 @@
 
 use crate::amount::Amount;
 use crate::forward::{MAX_CHALLENGE_DURATION_SECS, MIN_CHALLENGE_DURATION_SECS, NextHop};
-use crate::ids::Expiry;
+use crate::ids::{Expiry, Hashlock};
 use crate::node::records::{Route, RouteHop};
 use crate::onion::{HopPayload, OnionError, Peeled};
 use crate::state::ChannelParams;
@@ -148,7 +148,12 @@ pub fn admit_route(owned: bool, (waiting, max): (usize, usize)) -> Result<(), Ro
 /// amount, a forward back to the sender). An unreadable layer's HTLC fails with
 /// [`crate::FailureReason::InvalidOnion`]; with its secret when the MAC held (the payer reads
 /// it from us), else without (the node before us reports it).
-pub fn read_layer(peer: Address, layer: Result<Peeled, OnionError>, now: Expiry) -> Route {
+pub fn read_layer(
+    peer: Address,
+    hashlock: Hashlock,
+    layer: Result<Peeled, OnionError>,
+    now: Expiry,
+) -> Route {
     let (hop, secret) = match layer {
         Err(_) => (RouteHop::Unreadable, B256::ZERO),
         Ok(Peeled {
@@ -187,6 +192,7 @@ pub fn read_layer(peer: Address, layer: Result<Peeled, OnionError>, now: Expiry)
         }
     };
     Route {
+        hashlock,
         hop,
         secret,
         stored_at: now.0,
@@ -196,7 +202,7 @@ pub fn read_layer(peer: Address, layer: Result<Peeled, OnionError>, now: Expiry)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::Expiry;
+    use crate::ids::{Expiry, Hashlock};
     use alloy::primitives::U256;
 
     fn setup() -> (OpenPolicy, ChannelParams, Address, Address) {
@@ -350,15 +356,20 @@ mod tests {
             next: Some(packet.clone()),
             secret,
         };
-        let good = read_layer(peer, Ok(fwd(next_peer, 5)), Expiry(7));
+        let good = read_layer(peer, Hashlock(B256::ZERO), Ok(fwd(next_peer, 5)), Expiry(7));
         assert_eq!(good.secret, secret);
         assert_eq!(good.stored_at, 7);
         assert!(matches!(good.hop, RouteHop::Forward { next_peer: n, .. } if n == next_peer));
         for bad in [fwd(peer, 5), fwd(next_peer, 0)] {
-            let r = read_layer(peer, Ok(bad), Expiry(7));
+            let r = read_layer(peer, Hashlock(B256::ZERO), Ok(bad), Expiry(7));
             assert_eq!((r.hop, r.secret), (RouteHop::Unreadable, secret));
         }
-        let r = read_layer(peer, Err(OnionError::BadMac), Expiry(7));
+        let r = read_layer(
+            peer,
+            Hashlock(B256::ZERO),
+            Err(OnionError::BadMac),
+            Expiry(7),
+        );
         assert_eq!((r.hop, r.secret), (RouteHop::Unreadable, B256::ZERO));
         let fin = Peeled {
             payload: HopPayload::Final {
@@ -370,7 +381,7 @@ mod tests {
             secret,
         };
         assert!(matches!(
-            read_layer(peer, Ok(fin), Expiry(7)).hop,
+            read_layer(peer, Hashlock(B256::ZERO), Ok(fin), Expiry(7)).hop,
             RouteHop::Final {
                 amount: Amount(4),
                 ..

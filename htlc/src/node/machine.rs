@@ -406,6 +406,23 @@ impl Default for Config {
     }
 }
 
+/// The id of part `k` of multi-path payment `id`.
+pub fn part_id(id: B256, k: usize) -> B256 {
+    alloy::primitives::keccak256([id.as_slice(), b"part", &(k as u64).to_be_bytes()].concat())
+}
+
+/// One payment decided but not yet made (see `Node::prepare_payment`).
+struct Prepared {
+    first: Address,
+    channel: ChannelId,
+    available: Amount,
+    amount: Amount,
+    plan: RoutePlan,
+    path: Vec<Address>,
+    packet: crate::onion::Packet,
+    secrets: Vec<B256>,
+}
+
 /// A command the node refuses; nothing changed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum CommandError {
@@ -433,6 +450,14 @@ pub enum CommandError {
     /// The route's onion could not be built.
     #[error(transparent)]
     Onion(#[from] crate::onion::OnionError),
+    /// The parts of a multi-path payment do not add up to the invoice.
+    #[error("the parts add up to {parts}, the invoice asks {invoice}")]
+    PartsMismatch {
+        /// What the parts deliver together.
+        parts: Amount,
+        /// The invoice's amount.
+        invoice: Amount,
+    },
     /// A plan does not have one hop per hub of the route.
     #[error("the plan has {plan} hops for a route of {route} hubs")]
     PlanMismatch {
@@ -553,6 +578,10 @@ pub struct Node {
     /// Announcements waiting for the chain to show their channel funded (in memory: a lost
     /// one comes again with the next copy of a hub's table).
     pending_gossip: BTreeMap<ChannelId, crate::node::gossip::GossipChannel>,
+    /// Payee: parts of multi-path payments held until they add up to the invoice, by
+    /// hashlock: each part's channel, HTLC, amount and when it came (in memory: after a
+    /// restart `resume` decides the committed parts again and they are held anew).
+    parts: BTreeMap<Hashlock, Vec<(ChannelId, HtlcId, Amount, u64)>>,
 }
 
 impl Node {
@@ -571,6 +600,7 @@ impl Node {
             watch_sent: HashMap::new(),
             reachable: HashMap::new(),
             pending_gossip: BTreeMap::new(),
+            parts: BTreeMap::new(),
         }
     }
 
@@ -702,10 +732,14 @@ impl Node {
 
     /// When [`Node::handle_timeout`] is due next (`None`: nothing to wait for).
     pub fn poll_timeout(&self) -> Option<Expiry> {
-        match (self.timers.next(), self.next_hold_deadline()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [
+            self.timers.next(),
+            self.next_hold_deadline(),
+            self.next_parts_deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Whether `peer` has a channel with us (funded or not).
@@ -981,6 +1015,7 @@ impl Node {
             }
         }
         self.expire_holds(now, &mut p);
+        self.expire_parts(now, &mut p);
         let cutoff = now.0.saturating_sub(self.config.route_ttl_secs);
         let stale: Vec<_> = self
             .book
@@ -1302,8 +1337,66 @@ impl Node {
         hubs: &[Address],
     ) -> Result<Output, CommandError> {
         let mut p = Pending::default();
-        self.pay_over(now, id, invoice, hubs, None, &mut p)?;
+        self.pay_over(now, id, invoice, hubs, (invoice.amount, None), &mut p)?;
         Ok(self.finish(now, p))
+    }
+
+    /// Pay `invoice` in parts, each over its own hubs (`parts`: the hubs in order and the
+    /// amount the part delivers), one HTLC each with the invoice's hashlock: the payee holds
+    /// them until they add up to the invoice, then claims all (or fails all after
+    /// [`crate::node::payment::MPP_TIMEOUT_SECS`]). Part `k` is payment `keccak(id ‖ k)`.
+    /// Nothing is paid unless every part can be planned.
+    pub fn pay_parts(
+        &mut self,
+        now: Expiry,
+        id: B256,
+        invoice: &Invoice,
+        parts: &[(Vec<Address>, Amount)],
+    ) -> Result<(Output, Vec<B256>), CommandError> {
+        let total = parts
+            .iter()
+            .try_fold(Amount::ZERO, |acc, (_, a)| acc.checked_add(*a))
+            .map_err(|_| CommandError::Protocol(ProtocolError::Overflow))?;
+        if parts.iter().any(|(_, a)| a.is_zero()) {
+            return Err(CommandError::ZeroAmount);
+        }
+        if total != invoice.amount {
+            return Err(CommandError::PartsMismatch {
+                parts: total,
+                invoice: invoice.amount,
+            });
+        }
+        // Every part is planned before any is paid; parts leaving on one channel must fit in
+        // it together.
+        let mut prepared = Vec::with_capacity(parts.len());
+        let mut needed: BTreeMap<ChannelId, (Amount, Amount)> = BTreeMap::new();
+        for (k, (hubs, amount)) in parts.iter().enumerate() {
+            let pid = part_id(id, k);
+            if self.book.payments.contains_key(&pid) {
+                continue;
+            }
+            let prep = self.prepare_payment(now, pid, invoice, hubs, (*amount, None))?;
+            let e = needed
+                .entry(prep.channel)
+                .or_insert((Amount::ZERO, prep.available));
+            e.0 =
+                e.0.checked_add(prep.plan.sent)
+                    .map_err(|_| CommandError::Protocol(ProtocolError::Overflow))?;
+            if e.0 > e.1 {
+                return Err(CommandError::Plan(PlanError::Insufficient {
+                    amount: invoice.amount,
+                    needed: e.0,
+                    available: e.1,
+                }));
+            }
+            prepared.push((pid, prep));
+        }
+        let mut p = Pending::default();
+        let ids = (0..parts.len()).map(|k| part_id(id, k)).collect();
+        for (pid, prep) in prepared {
+            self.commit_payment(pid, invoice, prep, &mut p)?;
+        }
+        Ok((self.finish(now, p), ids))
     }
 
     /// The policy `hub` forwards to `next` with: the one it announced for its channel with
@@ -1359,7 +1452,7 @@ impl Node {
             }),
             (pl, _) => pl.map(RoutePlan::from),
         };
-        self.pay_over(now, id, invoice, hubs, plan, p)
+        self.pay_over(now, id, invoice, hubs, (invoice.amount, plan), p)
     }
 
     /// Queue one payment over `hubs` into step `p`: the onion and the HTLC go out in the same
@@ -1370,12 +1463,26 @@ impl Node {
         id: B256,
         invoice: &Invoice,
         hubs: &[Address],
-        plan: Option<RoutePlan>,
+        (amount, plan): (Amount, Option<RoutePlan>),
         p: &mut Pending,
     ) -> Result<(), CommandError> {
         if self.book.payments.contains_key(&id) {
             return Ok(());
         }
+        let prepared = self.prepare_payment(now, id, invoice, hubs, (amount, plan))?;
+        self.commit_payment(id, invoice, prepared, p)
+    }
+
+    /// Everything about one payment that is decided before anything changes: the channel it
+    /// leaves on, its price over `hubs`, and its onion.
+    fn prepare_payment(
+        &self,
+        now: Expiry,
+        id: B256,
+        invoice: &Invoice,
+        hubs: &[Address],
+        (amount, plan): (Amount, Option<RoutePlan>),
+    ) -> Result<Prepared, CommandError> {
         let first = hubs.first().copied().unwrap_or(invoice.payee);
         let (channel, available) = self
             .best_channel_to(first, None)
@@ -1398,7 +1505,7 @@ impl Node {
                     })
                     .collect::<Result<Vec<_>, _>>()?;
                 crate::node::payment::plan_route(
-                    invoice.amount,
+                    amount,
                     invoice.final_expiry_delta,
                     &policies,
                     available,
@@ -1432,35 +1539,74 @@ impl Node {
                     amount: h.amount,
                     expiry: h.expiry,
                 },
+                // A whole payment names what this HTLC delivers as the total (so an underpaid
+                // one is refused at once, not held as a part); a part names the invoice's.
                 _ => HopPayload::Final {
                     amount: last_amount,
                     expiry: last_expiry,
-                    total: invoice.amount,
+                    total: if amount < invoice.amount {
+                        invoice.amount
+                    } else {
+                        last_amount
+                    },
                 },
             };
             layers.push(OnionHop { node: key, payload });
         }
         let session = self.keys.onion_session(id)?;
         let (packet, secrets) = crate::onion::build(&session, &layers, invoice.hashlock.0)?;
-        self.send(
+        Ok(Prepared {
             first,
-            Body::Route {
-                channel_id: channel,
-                hashlock: invoice.hashlock,
-                onion: Box::new(packet),
-            },
-            p,
-        );
+            channel,
+            available,
+            amount,
+            plan,
+            path,
+            packet,
+            secrets,
+        })
+    }
+
+    /// Send a prepared payment's onion, offer its HTLC and record it, in step `p`.
+    fn commit_payment(
+        &mut self,
+        id: B256,
+        invoice: &Invoice,
+        prepared: Prepared,
+        p: &mut Pending,
+    ) -> Result<(), CommandError> {
+        let Prepared {
+            first,
+            channel,
+            amount,
+            plan,
+            path,
+            packet,
+            secrets,
+            ..
+        } = prepared;
         let Some(e) = self.channels.get_mut(&channel) else {
             return Err(CommandError::UnknownChannel(channel));
         };
         let htlc = e
             .machine
             .offer_htlc(plan.sent, invoice.hashlock, plan.expiry);
+        // The onion goes on the link now; the HTLC's update at the end of the step, after it.
+        self.send(
+            first,
+            Body::Route {
+                channel_id: channel,
+                hashlock: invoice.hashlock,
+                htlc,
+                onion: Box::new(packet),
+            },
+            p,
+        );
         self.paylocks.insert((channel, htlc), id);
         let record = PaymentRecord {
             id,
             invoice: invoice.clone(),
+            amount,
             sent: plan.sent,
             channel,
             htlc,
@@ -1763,18 +1909,19 @@ impl Node {
             Body::Route {
                 channel_id,
                 hashlock,
+                htlc,
                 onion,
             } => {
                 let owned = self.peer_of(channel_id) == Some(from);
-                let lo = (channel_id, Hashlock(B256::ZERO));
-                let hi = (channel_id, Hashlock(B256::repeat_byte(0xff)));
+                let lo = (channel_id, HtlcId(0));
+                let hi = (channel_id, HtlcId(u64::MAX));
                 let waiting = self.book.routes.range(lo..=hi).count();
                 let max = self.config.limits.max_pending_locks;
                 match admit_route(owned, (waiting, max)) {
                     Ok(()) => {
                         let layer = self.keys.peel(&onion, hashlock.0);
-                        let route = read_layer(from, layer, now);
-                        let key = (channel_id, hashlock);
+                        let route = read_layer(from, hashlock, layer, now);
+                        let key = (channel_id, htlc);
                         self.write(
                             p,
                             Write::Route {
@@ -2421,7 +2568,12 @@ impl Node {
         }
         let (asset, frozen, we_opened) = (s.params().asset, s.frozen(), s.me() == Side::A);
         let invoice = self.book.invoices.get(&lock.hashlock).cloned();
-        let route = self.book.routes.get(&(ch, lock.hashlock)).cloned();
+        let route = self
+            .book
+            .routes
+            .get(&(ch, lock.id))
+            .filter(|r| r.hashlock == lock.hashlock)
+            .cloned();
         let secret = route.as_ref().map_or(B256::ZERO, |r| r.secret);
         // Only a channel in the incoming channel's asset can carry it on (a payment received
         // in one token is never paid out in another: issue 12, attack 4).
@@ -2439,6 +2591,36 @@ impl Node {
                 }),
             _ => None,
         };
+        // A part of a multi-path payment: checked like a whole one against what the payer
+        // sent it, then held until the parts add up to the invoice.
+        if let (
+            Some(rec),
+            Some(RouteHop::Final {
+                amount,
+                expiry,
+                total,
+            }),
+        ) = (&invoice, route.as_ref().map(|r| &r.hop))
+            && lock.amount < rec.invoice.amount
+            && *total >= rec.invoice.amount
+        {
+            let terms = InvoiceTerms {
+                amount: *amount,
+                expires_at: Expiry(rec.invoice.expires_at),
+                preimage: rec.preimage,
+                paid: rec.paid,
+                sent: Some((*amount, *expiry)),
+            };
+            match crate::node::payment::payee_accepts(&lock, &terms, now) {
+                Ok(()) => self.hold_part(now, ch, &lock, rec.clone(), p),
+                Err(reason) => {
+                    let key = (ch, lock.id);
+                    self.write(p, Write::Route { key, route: None });
+                    self.fail_incoming(ch, lock.id, reason, (secret, None), p);
+                }
+            }
+            return;
+        }
         let terms = invoice.as_ref().map(|r| InvoiceTerms {
             amount: r.invoice.amount,
             expires_at: Expiry(r.invoice.expires_at),
@@ -2475,7 +2657,7 @@ impl Node {
             self.write(
                 p,
                 Write::Route {
-                    key: (ch, lock.hashlock),
+                    key: (ch, lock.id),
                     route: None,
                 },
             );
@@ -2510,20 +2692,21 @@ impl Node {
                 let Some(next_peer) = self.peer_of(out_ch) else {
                     return;
                 };
+                let Some(oe) = self.channels.get_mut(&out_ch) else {
+                    return;
+                };
+                let out_id = oe.machine.offer_htlc(fwd.amount, fwd.hashlock, fwd.expiry);
                 // The next node's layer goes first on the link, then the HTLC's update.
                 self.send(
                     next_peer,
                     Body::Route {
                         channel_id: out_ch,
                         hashlock: lock.hashlock,
+                        htlc: out_id,
                         onion,
                     },
                     p,
                 );
-                let Some(oe) = self.channels.get_mut(&out_ch) else {
-                    return;
-                };
-                let out_id = oe.machine.offer_htlc(fwd.amount, fwd.hashlock, fwd.expiry);
                 let record = ForwardRecord::new((ch, lock.id), (out_ch, out_id), &fwd, secret);
                 self.write(
                     p,
@@ -2554,6 +2737,90 @@ impl Node {
                 p,
             ),
         }
+    }
+
+    /// Hold part `lock` (on `ch`) of the multi-path payment for `record`; once the held parts
+    /// add up to the invoice, claim them all in this step and mark the invoice paid.
+    fn hold_part(
+        &mut self,
+        now: Expiry,
+        ch: ChannelId,
+        lock: &crate::state::Lock,
+        record: InvoiceRecord,
+        p: &mut Pending,
+    ) {
+        let parts = self.parts.entry(lock.hashlock).or_default();
+        if !parts.iter().any(|(c, i, ..)| *c == ch && *i == lock.id) {
+            parts.push((ch, lock.id, lock.amount, now.0));
+        }
+        let sum = parts
+            .iter()
+            .try_fold(Amount::ZERO, |acc, part| acc.checked_add(part.2))
+            .unwrap_or(Amount::MAX);
+        if sum < record.invoice.amount {
+            return;
+        }
+        if !self.config.reveal_preimages {
+            p.out.events.push(NodeEvent::Holding {
+                hashlock: lock.hashlock,
+            });
+            return;
+        }
+        for (c, id, _, _) in self.parts.remove(&lock.hashlock).unwrap_or_default() {
+            if let Some(e) = self.channels.get_mut(&c) {
+                e.machine.fulfill_htlc(id, record.preimage);
+                p.to_propose.insert(c);
+            }
+            let key = (c, id);
+            self.write(p, Write::Route { key, route: None });
+        }
+        let paid = InvoiceRecord {
+            paid: true,
+            ..record
+        };
+        self.write(
+            p,
+            Write::Invoice {
+                hashlock: lock.hashlock,
+                record: Box::new(paid),
+            },
+        );
+        p.out.events.push(NodeEvent::PaymentReceived {
+            hashlock: lock.hashlock,
+            amount: sum,
+        });
+    }
+
+    /// Fail every part of a multi-path payment held longer than
+    /// [`crate::node::payment::MPP_TIMEOUT_SECS`] without the rest arriving.
+    fn expire_parts(&mut self, now: Expiry, p: &mut Pending) {
+        let due: Vec<Hashlock> = self
+            .parts
+            .iter()
+            .filter(|(_, v)| {
+                v.iter().map(|x| x.3).min().is_some_and(|t| {
+                    t.saturating_add(crate::node::payment::MPP_TIMEOUT_SECS) <= now.0
+                })
+            })
+            .map(|(h, _)| *h)
+            .collect();
+        for h in due {
+            for (c, id, _, _) in self.parts.remove(&h).unwrap_or_default() {
+                let key = (c, id);
+                let secret = self.book.routes.get(&key).map_or(B256::ZERO, |r| r.secret);
+                self.write(p, Write::Route { key, route: None });
+                self.fail_incoming(c, id, FailureReason::MppTimeout, (secret, None), p);
+            }
+        }
+    }
+
+    /// When the oldest held part of a multi-path payment times out.
+    fn next_parts_deadline(&self) -> Option<Expiry> {
+        self.parts
+            .values()
+            .flat_map(|v| v.iter().map(|x| x.3))
+            .min()
+            .map(|t| Expiry(t.saturating_add(crate::node::payment::MPP_TIMEOUT_SECS)))
     }
 
     /// Fail the incoming HTLC `id` on `ch` with `reason`, first sending the payer's failure

@@ -332,11 +332,13 @@ fn a_peer_touches_only_its_own_channels() {
     let route = |channel_id, h: u8| Body::Route {
         channel_id,
         hashlock: Hashlock(B256::repeat_byte(h)),
+        htlc: crate::HtlcId(u64::from(h)),
         onion: junk(),
     };
     let route_n = |channel_id, n: u64| Body::Route {
         channel_id,
         hashlock: Hashlock(alloy::primitives::U256::from(n + 1_000).into()),
+        htlc: crate::HtlcId(n),
         onion: junk(),
     };
     let cases = [(route(net.down, 1), ErrorCode::UnknownChannel)];

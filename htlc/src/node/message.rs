@@ -96,6 +96,9 @@ pub enum Body {
         channel_id: ChannelId,
         /// The HTLC's hashlock (the onion's MACs are bound to it).
         hashlock: Hashlock,
+        /// The HTLC's id (several HTLCs of one hashlock, the parts of a multi-path payment,
+        /// may cross one channel).
+        htlc: HtlcId,
         /// The packet, our layer outermost.
         onion: Box<Packet>,
     },

@@ -535,3 +535,104 @@ fn an_announcement_without_funds_on_chain_is_not_believed() {
         );
     }
 }
+
+/// A payment in two parts over two hubs: the payee holds the first part until the second
+/// arrives, then claims both in one step; each part pays exactly its own fees.
+#[test]
+fn a_payment_in_parts_is_held_until_complete_then_claimed_whole() {
+    let mut line = Line::new(4);
+    let inv = line.invoice(10_000, 30);
+    let hubs = line.hubs();
+    let parts = [(hubs.clone(), Amount(6_000)), (hubs.clone(), Amount(4_000))];
+    let (out, ids) = line.nodes[0]
+        .pay_parts(NOW, B256::repeat_byte(30), &inv, &parts)
+        .unwrap();
+    line.carry(0, out);
+    line.run();
+    let mut fees = 0;
+    for (id, (_, a)) in ids.iter().zip(&parts) {
+        let rec = line.nodes[0].payment(*id).unwrap();
+        assert!(
+            matches!(rec.status, PaymentStatus::Succeeded { .. }),
+            "{rec:?}"
+        );
+        let f: u128 = expected_fees(a.0, 2).iter().map(|(_, f)| f).sum();
+        assert_eq!(rec.fee(), Amount(f));
+        fees += f;
+    }
+    assert!(line.nodes[3].book().invoices[&inv.hashlock].paid);
+    assert!(line.events[3].contains(&NodeEvent::PaymentReceived {
+        hashlock: inv.hashlock,
+        amount: Amount(10_000)
+    }));
+    assert_eq!(line.balances(2), [Amount(FUNDS - 10_000), Amount(10_000)]);
+    assert_eq!(
+        line.balances(0),
+        [Amount(FUNDS - 10_000 - fees), Amount(10_000 + fees)]
+    );
+    // Parts that do not add up to the invoice are refused before anything moves.
+    let inv2 = line.invoice(10_000, 31);
+    let short = [(hubs, Amount(9_999))];
+    assert_eq!(
+        line.nodes[0]
+            .pay_parts(NOW, B256::repeat_byte(31), &inv2, &short)
+            .unwrap_err(),
+        CommandError::PartsMismatch {
+            parts: Amount(9_999),
+            invoice: Amount(10_000)
+        }
+    );
+}
+
+/// One part never arrives (a hub garbles its onion): the payee holds the other until the
+/// timeout, then fails it back; the payer gets everything back and learns why from the payee.
+#[test]
+fn parts_that_never_add_up_fail_back_after_the_timeout() {
+    let mut line = Line::new(4);
+    let inv = line.invoice(10_000, 32);
+    let hubs = line.hubs();
+    // Hub 1 garbles the second onion it hands hub 2.
+    let mut seen = 0;
+    line.tamper = Some(Box::new(move |from, to, f: &mut Frame| {
+        if (from, to) == (1, 2)
+            && let Frame::Msg {
+                body: Body::Route { onion, .. },
+                ..
+            } = f
+        {
+            seen += 1;
+            if seen == 2 {
+                onion.routing[3] ^= 1;
+            }
+        }
+    }));
+    let parts = [(hubs.clone(), Amount(6_000)), (hubs, Amount(4_000))];
+    let (out, ids) = line.nodes[0]
+        .pay_parts(NOW, B256::repeat_byte(32), &inv, &parts)
+        .unwrap();
+    line.carry(0, out);
+    line.run();
+    let first = line.nodes[0].payment(ids[0]).unwrap();
+    assert_eq!(first.status, PaymentStatus::Pending, "held by the payee");
+    assert_eq!(
+        line.nodes[3].poll_timeout(),
+        Some(Expiry(NOW.0 + crate::node::payment::MPP_TIMEOUT_SECS))
+    );
+    let later = Expiry(NOW.0 + crate::node::payment::MPP_TIMEOUT_SECS);
+    let out = line.nodes[3].handle_timeout(later);
+    line.carry(3, out);
+    line.run();
+    let first = line.nodes[0].payment(ids[0]).unwrap();
+    assert_eq!(
+        first.failed_at,
+        Some((line.addr(3), FailureReason::MppTimeout))
+    );
+    assert!(!line.nodes[3].book().invoices[&inv.hashlock].paid);
+    for c in 0..3 {
+        assert_eq!(
+            line.balances(c),
+            [Amount(FUNDS), Amount::ZERO],
+            "channel {c}"
+        );
+    }
+}

@@ -34,6 +34,10 @@ use crate::update::{CommittedHtlc, Event};
 use alloy::primitives::B256;
 use serde::{Deserialize, Serialize};
 
+/// Seconds a payee holds the first part of a multi-path payment waiting for the rest; then
+/// every part is failed back ([`FailureReason::MppTimeout`]).
+pub const MPP_TIMEOUT_SECS: u64 = 60;
+
 /// The payee's terms for one hashlock (its invoice).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InvoiceTerms {

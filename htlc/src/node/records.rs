@@ -75,6 +75,9 @@ impl Default for LinkRecord {
 /// [`super::Config::route_ttl_secs`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Route {
+    /// The HTLC's hashlock (the onion's MACs are bound to it; an HTLC with this id but
+    /// another hashlock does not get this instruction).
+    pub hashlock: Hashlock,
     /// What our layer says.
     pub hop: RouteHop,
     /// The secret our layer shares with the payer: the key of a failure we send back
@@ -128,6 +131,9 @@ pub struct PaymentRecord {
     pub id: B256,
     /// The invoice paid.
     pub invoice: Invoice,
+    /// What this HTLC delivers to the payee: the invoice's amount, or one part's of a
+    /// multi-path payment.
+    pub amount: Amount,
     /// What we locked: the amount and the fees.
     pub sent: Amount,
     /// The channel the HTLC left on.
@@ -148,7 +154,7 @@ pub struct PaymentRecord {
 impl PaymentRecord {
     /// The fees paid (or to be paid) on the way.
     pub fn fee(&self) -> Amount {
-        Amount(self.sent.0.saturating_sub(self.invoice.amount.0))
+        Amount(self.sent.0.saturating_sub(self.amount.0))
     }
 }
 
@@ -192,8 +198,8 @@ pub enum Write {
     },
     /// A route instruction stored (`Some`) or used up / collected (`None`).
     Route {
-        /// The channel its HTLC comes on, and its hashlock.
-        key: (ChannelId, Hashlock),
+        /// The channel its HTLC comes on, and the HTLC's id.
+        key: (ChannelId, HtlcId),
         /// The instruction.
         route: Option<Route>,
     },
@@ -337,7 +343,7 @@ pub struct VirtualRecord {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Book {
     /// Route instructions waiting for their HTLC.
-    pub routes: BTreeMap<(ChannelId, Hashlock), Route>,
+    pub routes: BTreeMap<(ChannelId, HtlcId), Route>,
     /// Forwards by outgoing HTLC.
     pub forwards: BTreeMap<(ChannelId, HtlcId), ForwardRecord>,
     /// Incoming HTLCs forwarded, with their outgoing HTLC.

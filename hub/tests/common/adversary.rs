@@ -469,9 +469,11 @@ impl Adversary {
         ];
         let session = secp256k1::SecretKey::from_byte_array([7; 32]).unwrap();
         let (onion, _) = htlc::onion::build(&session, &hops, invoice.hashlock.0).unwrap();
+        let htlc = self.channels[&id].next_offer_id();
         self.send(Body::Route {
             channel_id: id,
             hashlock: invoice.hashlock,
+            htlc,
             onion: Box::new(onion),
         })
         .await;

@@ -36,6 +36,7 @@ pub fn reason_name(r: FailureReason) -> &'static str {
         FailureReason::IncorrectPaymentDetails => "incorrect_payment_details",
         FailureReason::FinalExpiryTooSoon => "final_expiry_too_soon",
         FailureReason::InvalidOnion => "invalid_onion",
+        FailureReason::MppTimeout => "mpp_timeout",
     }
 }
 
