@@ -36,6 +36,8 @@ pub struct DevnetOptions {
     pub chain_id: Option<u64>,
     /// Timestamp of the genesis block (wall clock if `None`).
     pub genesis_timestamp: Option<u64>,
+    /// Funded dev accounts (anvil's default 10 if `None`).
+    pub accounts: Option<usize>,
 }
 
 /// A running anvil with the SecretRegistry and Adjudicator deployed by dev account 0.
@@ -91,6 +93,9 @@ impl Devnet {
         }
         if let Some(t) = options.genesis_timestamp {
             anvil = anvil.arg("--timestamp").arg(t.to_string());
+        }
+        if let Some(n) = options.accounts {
+            anvil = anvil.arg("--accounts").arg(n.to_string());
         }
         Ok(anvil.try_spawn()?)
     }

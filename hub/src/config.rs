@@ -178,7 +178,7 @@ impl LimitsConfig {
 
 /// Wei amounts in TOML: an integer, or a decimal string for values beyond TOML's 64-bit
 /// integers (10 ETH is already more than `i64::MAX` wei).
-mod wei {
+pub(crate) mod wei {
     use serde::{Deserialize, Deserializer};
 
     #[derive(Deserialize)]

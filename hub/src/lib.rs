@@ -25,6 +25,7 @@ pub mod events;
 pub mod failpoint;
 pub mod localnet;
 pub mod metrics;
+pub mod network;
 pub mod node;
 pub mod onchain;
 pub mod payments;

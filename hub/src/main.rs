@@ -13,7 +13,7 @@ use clap::{Parser, Subcommand};
 use hub::config::{Config, load_key, load_signer};
 use hub::node::{Node, NodeOptions};
 use hub::store::Store;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 mod cli;
 use cli::{client, demo};
@@ -106,6 +106,18 @@ enum Command {
     /// payments between the peers, printing balances, fees and payments per second; on Ctrl-C
     /// (or at --payments / --seconds) close every channel and check the on-chain payouts.
     Demo(DemoArgs),
+    /// Run a network of hubs and peers from a topology file on a local chain (anvil, the
+    /// contracts, every channel funded), stream payments routed across the hubs printing the
+    /// success rate, latency and fees, then close every channel and check each payout on chain.
+    Net {
+        /// The topology (TOML: shape, hubs, peers_per_hub, payments...; see
+        /// `examples/topologies/`).
+        #[arg(long)]
+        topology: PathBuf,
+        /// Override the topology's number of payments.
+        #[arg(long)]
+        payments: Option<usize>,
+    },
     /// Measure A → hub → B payments: throughput and p50/p99 latency for each number of
     /// concurrent payers, durable storage on, real QUIC on loopback (no chain).
     Bench {
@@ -310,6 +322,25 @@ struct DemoArgs {
     hub_api: std::net::SocketAddr,
 }
 
+/// `hub net`: run a topology file.
+async fn net(path: &Path, payments: Option<usize>) -> Result<()> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the topology {}", path.display()))?;
+    let mut t =
+        hub::network::Topology::parse(&text).with_context(|| format!("in {}", path.display()))?;
+    if let Some(p) = payments {
+        t.payments = p;
+    }
+    let dir = std::env::temp_dir().join(format!("vhub-net-{}", std::process::id()));
+    let r = hub::network::run(&t, dir.clone(), true).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    let r = r?;
+    if r.succeeded == 0 && r.payments > 0 {
+        anyhow::bail!("no payment succeeded");
+    }
+    Ok(())
+}
+
 /// The API address as an operator writes it: `127.0.0.1:9736`, `localhost:9736`,
 /// `http://localhost:9736/` or `[::1]:9736`.
 fn parse_api_addr(s: &str) -> std::result::Result<std::net::SocketAddr, String> {
@@ -376,6 +407,7 @@ fn run() -> Result<()> {
         Command::Serve { config } => rt.block_on(serve(config, false)),
         Command::Watchtower { config } => rt.block_on(serve(config, true)),
         Command::Demo(args) => rt.block_on(demo::run(args)),
+        Command::Net { topology, payments } => rt.block_on(net(&topology, payments)),
         Command::Bench {
             payers,
             seconds,

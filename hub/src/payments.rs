@@ -166,18 +166,33 @@ impl Node {
             let hubs = self
                 .read(|m| crate::routing::choose_hubs(m, invoice, &excluded))
                 .map_err(|e| PayError::NoRoute(e.to_string()))?;
+            let mut events = self.subscribe();
             self.step(|m| m.pay_route(now, aid, invoice, &hubs))?
                 .wait()
                 .await?;
             self.paid(aid)?;
-            let deadline = tokio::time::Instant::now() + wait;
-            let rec = loop {
-                let rec = self.payment(aid)?.ok_or(NodeError::Stopped)?;
-                if rec.status != PaymentStatus::Pending || tokio::time::Instant::now() >= deadline {
-                    break rec;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            // Its outcome is told as an event once durable; the record is read after it (or at
+            // the deadline, or if events were missed).
+            let settled = |n: &Node| {
+                n.payment(aid)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|r| r.status != PaymentStatus::Pending)
             };
+            let _ = tokio::time::timeout(wait, async {
+                while !settled(self) {
+                    match events.recv().await {
+                        Ok(
+                            crate::events::NodeEvent::PaymentSucceeded { id, .. }
+                            | crate::events::NodeEvent::PaymentFailed { id, .. },
+                        ) if id == aid => break,
+                        Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(_) => break,
+                    }
+                }
+            })
+            .await;
+            let rec = self.payment(aid)?.ok_or(NodeError::Stopped)?;
             let retry = match (&rec.status, rec.failed_at) {
                 (PaymentStatus::Failed { .. }, Some((node, reason)))
                     if crate::routing::worth_another_route(reason) && node != invoice.payee =>

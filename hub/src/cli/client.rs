@@ -361,6 +361,7 @@ pub async fn run(addr: SocketAddr, token: &str, cmd: Command) -> Result<()> {
         | Command::Keygen { .. }
         | Command::Deploy { .. }
         | Command::Demo(_)
+        | Command::Net { .. }
         | Command::Bench { .. } => {
             bail!("not a client command")
         }
