@@ -37,6 +37,9 @@ pub const MIN_UPDATE_INTERVAL_SECS: u64 = 10;
 pub const MAX_CLOCK_SKEW_SECS: u64 = 600;
 /// The most announcements a node keeps waiting for their chain check.
 pub const MAX_PENDING: usize = 1_000;
+/// The most of them one peer may have waiting (each costs us a chain read; a peer can sign
+/// announcements of channels between keys of its own that were never funded).
+pub const MAX_PENDING_PER_PEER: usize = 16;
 
 /// A hub-to-hub channel, signed by both participants.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -21,8 +21,8 @@ use super::{Node, Pending};
 use crate::Amount;
 use crate::ids::{ChannelId, Expiry};
 use crate::node::gossip::{
-    Announcement, GossipChannel, GossipMsg, MAX_PENDING, MIN_UPDATE_INTERVAL_SECS, PolicyUpdate,
-    REFRESH_SECS, STALE_SECS,
+    Announcement, GossipChannel, GossipMsg, MAX_PENDING, MAX_PENDING_PER_PEER,
+    MIN_UPDATE_INTERVAL_SECS, PolicyUpdate, REFRESH_SECS, STALE_SECS,
 };
 use crate::node::message::{Body, ErrorCode, Frame};
 use crate::node::records::Write;
@@ -159,10 +159,16 @@ impl Node {
         match msg {
             GossipMsg::Announce(ann) => {
                 let id = ann.params.id();
+                let from_peer = self
+                    .pending_gossip
+                    .values()
+                    .filter(|(by, _)| *by == from)
+                    .count();
                 if self.book.gossip.contains_key(&id)
                     || self.pending_gossip.contains_key(&id)
                     || self.channels.contains_key(&id)
                     || self.pending_gossip.len() >= MAX_PENDING
+                    || from_peer >= MAX_PENDING_PER_PEER
                 {
                     return;
                 }
@@ -177,7 +183,7 @@ impl Node {
                 };
                 if self.config.on_chain {
                     // Believed once the chain shows the adjudicator holding funds for it.
-                    self.pending_gossip.insert(id, record);
+                    self.pending_gossip.insert(id, (from, record));
                     p.out.queries.push(id);
                 } else {
                     self.believe(
@@ -210,7 +216,7 @@ impl Node {
                         p.out.queries.push(id);
                     }
                     self.relay(GossipMsg::Policy(u), Some(from), p);
-                } else if let Some(c) = self.pending_gossip.get_mut(&id)
+                } else if let Some((_, c)) = self.pending_gossip.get_mut(&id)
                     && let Ok(side) = u.check(c, now.0)
                 {
                     c.policies[side] = Some(*u);
@@ -227,7 +233,7 @@ impl Node {
         held: Amount,
         p: &mut Pending,
     ) {
-        let Some(record) = self.pending_gossip.remove(&id) else {
+        let Some((_, record)) = self.pending_gossip.remove(&id) else {
             // A believed channel checked again: pruned once paid out, else its capacity kept
             // current.
             if let Some(c) = self.book.gossip.get(&id)
@@ -408,7 +414,11 @@ impl Node {
         self.channels
             .get(&id)
             .map(|e| e.machine.snapshot().params().clone())
-            .or_else(|| self.pending_gossip.get(&id).map(|c| c.ann.params.clone()))
+            .or_else(|| {
+                self.pending_gossip
+                    .get(&id)
+                    .map(|(_, c)| c.ann.params.clone())
+            })
             .or_else(|| self.book.gossip.get(&id).map(|c| c.ann.params.clone()))
     }
 }

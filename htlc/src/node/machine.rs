@@ -577,7 +577,9 @@ pub struct Node {
     reachable: HashMap<Address, u32>,
     /// Announcements waiting for the chain to show their channel funded (in memory: a lost
     /// one comes again with the next copy of a hub's table).
-    pending_gossip: BTreeMap<ChannelId, crate::node::gossip::GossipChannel>,
+    /// Each waits with the peer that told us (a peer may keep only a few waiting: each costs a
+    /// chain read).
+    pending_gossip: BTreeMap<ChannelId, (Address, crate::node::gossip::GossipChannel)>,
     /// Payee: parts of multi-path payments held until they add up to the invoice, by
     /// hashlock: each part's channel, HTLC, amount and when it came (in memory: after a
     /// restart `resume` decides the committed parts again and they are held anew).
@@ -1953,6 +1955,11 @@ impl Node {
                 if self.peer_of(channel_id) != Some(from) {
                     let detail = format!("no channel {channel_id}");
                     return self.refuse(from, seq, ErrorCode::UnknownChannel, detail, p);
+                }
+                // A failure packet has one size: a bigger one would be stored with the forward.
+                if packet.0.len() != crate::onion::ERROR_LEN {
+                    let detail = format!("a failure packet is {} bytes", crate::onion::ERROR_LEN);
+                    return self.refuse(from, seq, ErrorCode::Protocol, detail, p);
                 }
                 self.on_route_failed((channel_id, htlc), packet, p);
                 true

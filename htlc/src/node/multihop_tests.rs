@@ -636,3 +636,74 @@ fn parts_that_never_add_up_fail_back_after_the_timeout() {
         );
     }
 }
+
+/// A peer that signs announcements of channels between keys of its own (never funded) can
+/// keep only a few waiting for their chain check: each costs us a chain read.
+#[test]
+fn a_peer_cannot_make_us_read_the_chain_without_bound() {
+    use crate::node::gossip::{Announcement, GossipMsg, MAX_PENDING_PER_PEER};
+    let mut node = Node::new(
+        keys(1),
+        Config {
+            on_chain: true,
+            announce: true,
+            ..config(1)
+        },
+    );
+    let pa = params(&keys(1), &keys(2), 99);
+    let state = ChannelState::opening(pa.id(), [Amount(FUNDS), Amount::ZERO]);
+    let s = SignedState {
+        sigs: [
+            sign_state(&pa, &keys(1), &state).unwrap(),
+            sign_state(&pa, &keys(2), &state).unwrap(),
+        ],
+        state,
+    };
+    node.add_channel(
+        keys(2).address(),
+        Channel::from_cosigned(pa, keys(1), Limits::default(), s).unwrap(),
+    )
+    .unwrap();
+    let mut queries = 0;
+    for nonce in 0..(MAX_PENDING_PER_PEER as u64 + 10) {
+        let (ka, kb) = (keys(60), keys(61));
+        let p = params(&ka, &kb, 1_000 + nonce);
+        let ann = Announcement {
+            sigs: [Announcement::sign(&p, &ka), Announcement::sign(&p, &kb)],
+            params: p,
+        };
+        let out = node.handle_frame(
+            NOW,
+            keys(2).address(),
+            Frame::Gossip(Box::new(GossipMsg::Announce(Box::new(ann)))),
+        );
+        queries += out.queries.len();
+    }
+    assert_eq!(queries, MAX_PENDING_PER_PEER);
+}
+
+/// A failure packet of another size is refused (it would be stored with the forward).
+#[test]
+fn an_oversized_failure_packet_is_refused() {
+    let mut line = Line::new(3);
+    let before = line.nodes[1].records();
+    let (from, channel_id) = (line.addr(2), line.channels[1]);
+    let out = line.nodes[1].handle_frame(
+        NOW,
+        from,
+        Frame::Msg {
+            seq: 1,
+            body: Body::RouteFailed {
+                channel_id,
+                htlc: crate::HtlcId(0),
+                packet: crate::onion::ErrorPacket(vec![0; 100_000]),
+            },
+        },
+    );
+    assert!(
+        out.events
+            .iter()
+            .any(|e| matches!(e, NodeEvent::Refused { .. }))
+    );
+    assert_eq!(line.nodes[1].records().book, before.book);
+}
