@@ -56,6 +56,22 @@ async fn node(net: &Devnet, i: usize, dirs: &mut Vec<TempDir>, hub: Option<u128>
     n
 }
 
+/// Hubs 1..=n (dev accounts 1..=n, policies 1..=n), each listening.
+async fn start_hubs(
+    net: &Devnet,
+    n: usize,
+    dirs: &mut Vec<TempDir>,
+) -> (Vec<Node>, Vec<std::net::SocketAddr>) {
+    let mut hubs = Vec::new();
+    let mut addrs = Vec::new();
+    for i in 1..=n {
+        let h = node(net, i, dirs, Some(i as u128)).await;
+        addrs.push(h.listen(loopback()).unwrap());
+        hubs.push(h);
+    }
+    (hubs, addrs)
+}
+
 /// `from` connects to `to` and opens a funded channel of one ether; `to` adds one ether of
 /// collateral (both directions can carry payments).
 async fn channel(from: &Node, to: &Node, to_addr: std::net::SocketAddr) -> ChannelId {
@@ -89,13 +105,7 @@ struct Line {
 async fn line() -> Line {
     let net = Devnet::start().await.unwrap();
     let mut dirs = Vec::new();
-    let mut hubs = Vec::new();
-    let mut addrs = Vec::new();
-    for i in 1..=3 {
-        let h = node(&net, i, &mut dirs, Some(i as u128)).await;
-        addrs.push(h.listen(loopback()).unwrap());
-        hubs.push(h);
-    }
+    let (hubs, addrs) = start_hubs(&net, 3, &mut dirs).await;
     let payer = node(&net, 4, &mut dirs, None).await;
     let payee = node(&net, 5, &mut dirs, None).await;
     let channels = vec![
@@ -264,13 +274,7 @@ async fn a_failure_deep_in_the_route_reaches_the_payer_naming_the_failing_hub() 
 async fn a_ring_of_four_hubs_routes_around_a_stopped_hub() {
     let net = Devnet::start().await.unwrap();
     let mut dirs = Vec::new();
-    let mut hubs = Vec::new();
-    let mut addrs = Vec::new();
-    for i in 1..=4 {
-        let h = node(&net, i, &mut dirs, Some(i as u128)).await;
-        addrs.push(h.listen(loopback()).unwrap());
-        hubs.push(h);
-    }
+    let (hubs, addrs) = start_hubs(&net, 4, &mut dirs).await;
     let mut ring = Vec::new();
     for i in 0..4 {
         let j = (i + 1) % 4;
@@ -357,13 +361,7 @@ async fn a_ring_of_four_hubs_routes_around_a_stopped_hub() {
 async fn a_multi_path_payment_crosses_different_hubs() {
     let net = Devnet::start().await.unwrap();
     let mut dirs = Vec::new();
-    let mut hubs = Vec::new();
-    let mut addrs = Vec::new();
-    for i in 1..=4 {
-        let h = node(&net, i, &mut dirs, Some(i as u128)).await;
-        addrs.push(h.listen(loopback()).unwrap());
-        hubs.push(h);
-    }
+    let (hubs, addrs) = start_hubs(&net, 4, &mut dirs).await;
     for (a, b) in [(0, 1), (0, 2), (1, 3), (2, 3)] {
         channel(&hubs[a], &hubs[b], addrs[b]).await;
     }

@@ -2678,21 +2678,7 @@ impl Node {
                 if let Some(e) = self.channels.get_mut(&ch) {
                     e.machine.fulfill_htlc(lock.id, preimage);
                 }
-                let paid = InvoiceRecord {
-                    paid: true,
-                    ..record
-                };
-                self.write(
-                    p,
-                    Write::Invoice {
-                        hashlock: lock.hashlock,
-                        record: Box::new(paid),
-                    },
-                );
-                p.out.events.push(NodeEvent::PaymentReceived {
-                    hashlock: lock.hashlock,
-                    amount: lock.amount,
-                });
+                self.mark_paid(record, lock.amount, p);
                 p.to_propose.insert(ch);
             }
             (Step::Forward(fwd), _, Some((out_ch, _)), Some(onion)) => {
@@ -2781,6 +2767,13 @@ impl Node {
             let key = (c, id);
             self.write(p, Write::Route { key, route: None });
         }
+        self.mark_paid(record, sum, p);
+    }
+
+    /// Our invoice `record` is paid with `amount` (its HTLCs' claims are queued in this step):
+    /// record it paid, so no second payment of it is taken, and tell.
+    fn mark_paid(&mut self, record: InvoiceRecord, amount: Amount, p: &mut Pending) {
+        let hashlock = record.invoice.hashlock;
         let paid = InvoiceRecord {
             paid: true,
             ..record
@@ -2788,14 +2781,13 @@ impl Node {
         self.write(
             p,
             Write::Invoice {
-                hashlock: lock.hashlock,
+                hashlock,
                 record: Box::new(paid),
             },
         );
-        p.out.events.push(NodeEvent::PaymentReceived {
-            hashlock: lock.hashlock,
-            amount: sum,
-        });
+        p.out
+            .events
+            .push(NodeEvent::PaymentReceived { hashlock, amount });
     }
 
     /// Fail every part of a multi-path payment held longer than

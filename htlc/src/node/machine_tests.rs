@@ -35,7 +35,8 @@ fn config() -> Config {
     c
 }
 
-fn cosigned(a: u8, b: u8, nonce: u64) -> (Channel, Channel) {
+/// Both sides of a channel between keys `a` (A, holding everything) and `b`, co-signed.
+pub(super) fn cosigned(a: u8, b: u8, nonce: u64) -> (Channel, Channel) {
     let (ka, kb) = (keys(a), keys(b));
     let p = params(&ka, &kb, nonce);
     let state = ChannelState::opening(p.id(), [Amount(FUNDS), Amount::ZERO]);

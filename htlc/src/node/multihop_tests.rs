@@ -2,6 +2,7 @@
 //! by a co-signed channel, over a perfect in-memory network. The payer knows every hub's
 //! policy and key (as gossip will give them); each hub learns only its own onion layer.
 
+use super::tests::cosigned;
 use super::{CommandError, Config, Node, NodeEvent, Output};
 use crate::forward::ForwardPolicy;
 use crate::node::fixtures::{keys, params};
@@ -9,9 +10,7 @@ use crate::node::invoice::Invoice;
 use crate::node::message::{Body, Frame};
 use crate::node::payment::PaymentStatus;
 use crate::node::records::Records;
-use crate::update::sign_state;
-use crate::{Amount, Channel, ChannelId, ChannelState, Expiry, FailureReason, Preimage};
-use crate::{Limits, SignedState};
+use crate::{Amount, ChannelId, Expiry, FailureReason, Preimage};
 use alloy::primitives::{Address, B256};
 
 const NOW: Expiry = Expiry(1_700_000_000);
@@ -72,18 +71,11 @@ impl Line {
             .collect();
         let mut channels = Vec::new();
         for i in 0..n - 1 {
-            let (ka, kb) = (keys(i as u8 + 1), keys(i as u8 + 2));
-            let p = params(&ka, &kb, i as u64);
-            let state = ChannelState::opening(p.id(), [Amount(FUNDS), Amount::ZERO]);
-            let sigs = [
-                sign_state(&p, &ka, &state).unwrap(),
-                sign_state(&p, &kb, &state).unwrap(),
-            ];
-            let s = SignedState { state, sigs };
-            let a = Channel::from_cosigned(p.clone(), ka, Limits::default(), s.clone()).unwrap();
-            let b = Channel::from_cosigned(p.clone(), kb.clone(), Limits::default(), s).unwrap();
-            channels.push(p.id());
-            nodes[i].add_channel(kb.address(), a).unwrap();
+            let (a, b) = cosigned(i as u8 + 1, i as u8 + 2, i as u64);
+            channels.push(a.id());
+            nodes[i]
+                .add_channel(keys(i as u8 + 2).address(), a)
+                .unwrap();
             nodes[i + 1]
                 .add_channel(keys(i as u8 + 1).address(), b)
                 .unwrap();
@@ -494,17 +486,8 @@ fn an_announcement_without_funds_on_chain_is_not_believed() {
         },
     );
     // Our funded channel with the sender (added directly: funded at once).
-    let pa = params(&keys(1), &keys(2), 99);
-    let state = ChannelState::opening(pa.id(), [Amount(FUNDS), Amount::ZERO]);
-    let s = SignedState {
-        sigs: [
-            sign_state(&pa, &keys(1), &state).unwrap(),
-            sign_state(&pa, &keys(2), &state).unwrap(),
-        ],
-        state,
-    };
-    let ch = Channel::from_cosigned(pa, keys(1), Limits::default(), s).unwrap();
-    node.add_channel(keys(2).address(), ch).unwrap();
+    node.add_channel(keys(2).address(), cosigned(1, 2, 99).0)
+        .unwrap();
     for (nonce, held) in [(1u64, 0u128), (2, 500)] {
         let p = params(&ka, &kb, nonce);
         let id = p.id();
@@ -650,20 +633,8 @@ fn a_peer_cannot_make_us_read_the_chain_without_bound() {
             ..config(1)
         },
     );
-    let pa = params(&keys(1), &keys(2), 99);
-    let state = ChannelState::opening(pa.id(), [Amount(FUNDS), Amount::ZERO]);
-    let s = SignedState {
-        sigs: [
-            sign_state(&pa, &keys(1), &state).unwrap(),
-            sign_state(&pa, &keys(2), &state).unwrap(),
-        ],
-        state,
-    };
-    node.add_channel(
-        keys(2).address(),
-        Channel::from_cosigned(pa, keys(1), Limits::default(), s).unwrap(),
-    )
-    .unwrap();
+    node.add_channel(keys(2).address(), cosigned(1, 2, 99).0)
+        .unwrap();
     let mut queries = 0;
     for nonce in 0..(MAX_PENDING_PER_PEER as u64 + 10) {
         let (ka, kb) = (keys(60), keys(61));
