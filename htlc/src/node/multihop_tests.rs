@@ -678,3 +678,62 @@ fn an_oversized_failure_packet_is_refused() {
     );
     assert_eq!(line.nodes[1].records().book, before.book);
 }
+
+/// An announcement signature from a peer for a channel that is not its own, or signed by
+/// another key, is refused and announces nothing.
+#[test]
+fn announcement_signatures_from_the_wrong_peer_or_key_are_refused() {
+    use crate::node::gossip::{Announcement, PolicyUpdate};
+    let mut line = Line::new_with(4, |i, c| c.announce = i == 1 || i == 2);
+    let params_of = |line: &Line, c: usize| {
+        line.nodes[c]
+            .channel(line.channels[c])
+            .unwrap()
+            .snapshot()
+            .params()
+            .clone()
+    };
+    let (p0, p1) = (params_of(&line, 0), params_of(&line, 1));
+    let hub2 = line.addr(2);
+    let cases = [
+        // Hub 2 signs for channel 0 (client 0 with hub 1), not its channel.
+        (
+            line.channels[0],
+            Announcement::sign(&p0, &keys(3)),
+            crate::node::message::ErrorCode::UnknownChannel,
+        ),
+        // Hub 2's own channel with hub 1, signed by a stranger's key.
+        (
+            line.channels[1],
+            Announcement::sign(&p1, &keys(9)),
+            crate::node::message::ErrorCode::Protocol,
+        ),
+    ];
+    for (seq, (channel_id, sig, code)) in cases.into_iter().enumerate() {
+        let policy = Box::new(PolicyUpdate::sign(channel_id, policy(2), NOW.0, &keys(3)));
+        let out = line.nodes[1].handle_frame(
+            NOW,
+            hub2,
+            Frame::Msg {
+                seq: seq as u64 + 1,
+                body: Body::AnnounceSig {
+                    channel_id,
+                    sig,
+                    policy,
+                },
+            },
+        );
+        assert!(
+            out.events
+                .iter()
+                .any(|e| matches!(e, NodeEvent::Refused { code: c, .. } if *c == code)),
+            "{out:?}"
+        );
+        assert!(line.nodes[1].book().gossip.is_empty());
+        assert!(
+            out.transmits
+                .iter()
+                .all(|(_, f)| !matches!(f, Frame::Gossip(_)))
+        );
+    }
+}
