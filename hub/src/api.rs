@@ -8,8 +8,12 @@
 //! GET  /payments             every payment we made (history), oldest id first
 //! GET  /payments/{id}        one payment
 //! POST /invoice              {"amount": "1000", "hub": "0x…", "valid_secs": 3600} → {"invoice": "vhub1…"}
-//! POST /pay                  {"invoice": "vhub1…", "id": "0x…" (optional)} → the payment
+//! POST /pay                  {"invoice": "vhub1…", "id": "0x…" (optional), "attempts": 3 (optional)}
+//!                            → the payment (with attempts > 1: its outcome, after retries)
 //! POST /open                 {"hub": "0x…", "deposit": "1000"} → the channel, deposited and funded
+//! POST /connect              {"addr": "127.0.0.1:9735", "address": "0x…"} → once a session is up;
+//!                            kept up (redialled) from then on, like a configured [[connect]]
+//! GET  /gossip               the network map this node believes: announced channels, policies
 //! POST /close                {"channel": "0x…"} → 202; the payout follows on chain
 //! GET  /virtual              every virtual channel we take part in (ADR 0026)
 //! POST /virtual/open         {"hub": "0x…", "peer": "0x…", "deposit": "1000", "lifetime_secs": 86400}
@@ -262,6 +266,13 @@ pub struct PaymentInfo {
     /// This id was paid before: the record is that first payment's, nothing new was sent.
     #[serde(default)]
     pub repeated: bool,
+    /// Routes tried (a `POST /pay` with `attempts`; 1 otherwise). The id is the last one's.
+    #[serde(default = "one")]
+    pub attempts: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl From<&PaymentRecord> for PaymentInfo {
@@ -284,6 +295,7 @@ impl From<&PaymentRecord> for PaymentInfo {
             reason,
             preimage,
             repeated: false,
+            attempts: 1,
         }
     }
 }
@@ -681,6 +693,74 @@ pub struct PayRequest {
     /// The payment id (default: the invoice's hashlock, so one invoice is paid once).
     #[serde(default)]
     pub id: Option<B256>,
+    /// Routes to try, at most [`MAX_PAY_ATTEMPTS`] (default 1). With more than one the request
+    /// waits for the outcome (at most [`PAY_ATTEMPT_WAIT`] per attempt), leaving out of each
+    /// new search the hop the last failure named, and returns the last attempt.
+    #[serde(default)]
+    pub attempts: Option<usize>,
+}
+
+/// Most routes one `POST /pay` tries.
+pub const MAX_PAY_ATTEMPTS: usize = 10;
+
+/// Longest wait for one attempt's outcome when a `POST /pay` retries.
+pub const PAY_ATTEMPT_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// `POST /connect`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectRequest {
+    /// Where the node listens (QUIC).
+    pub addr: SocketAddr,
+    /// Its address (its key is checked in the handshake).
+    pub address: Address,
+}
+
+/// `GET /gossip`: one channel of the network map this node believes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GossipInfo {
+    /// The channel.
+    pub id: ChannelId,
+    /// Its participants A and B.
+    pub nodes: [Address; 2],
+    /// What the adjudicator held for it when checked.
+    pub capacity: Wei,
+    /// A's and B's forwarding policies (for their outgoing direction), once heard.
+    pub policies: [Option<PolicyInfo>; 2],
+}
+
+/// One direction's forwarding policy, as gossiped.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyInfo {
+    /// Flat fee per forwarded HTLC.
+    pub base_fee: Wei,
+    /// Proportional fee, millionths.
+    pub fee_ppm: u32,
+    /// Expiry delta, seconds.
+    pub expiry_delta: u64,
+    /// Whether the direction forwards at all.
+    pub enabled: bool,
+    /// When it was signed (unix seconds).
+    pub timestamp: u64,
+}
+
+impl From<&htlc::node::gossip::GossipChannel> for GossipInfo {
+    fn from(g: &htlc::node::gossip::GossipChannel) -> GossipInfo {
+        GossipInfo {
+            id: g.ann.params.id(),
+            nodes: g.ann.params.participants,
+            capacity: g.capacity.into(),
+            policies: g.policies.clone().map(|p| {
+                p.map(|u| PolicyInfo {
+                    base_fee: u.policy.base_fee.into(),
+                    fee_ppm: u.policy.fee_ppm,
+                    expiry_delta: u.policy.expiry_delta,
+                    enabled: u.policy.enabled,
+                    timestamp: u.timestamp,
+                })
+            }),
+        }
+    }
 }
 
 /// `POST /open`.
@@ -834,6 +914,8 @@ pub fn router(node: Node) -> Router {
         .route("/invoice", post(invoice))
         .route("/pay", post(pay))
         .route("/open", post(open))
+        .route("/connect", post(connect))
+        .route("/gossip", get(gossip))
         .route("/close", post(close))
         .route("/virtual", get(virtual_list))
         .route("/virtual/open", post(virtual_open))
@@ -947,8 +1029,54 @@ async fn pay(
             ..PaymentInfo::from(&first)
         }));
     }
-    let rec = n.pay(&inv, id).await?;
-    Ok(Json(PaymentInfo::from(&rec)))
+    let attempts = r.attempts.unwrap_or(1);
+    if attempts == 0 || attempts > MAX_PAY_ATTEMPTS {
+        return Err(bad(format!("attempts must be 1 to {MAX_PAY_ATTEMPTS}")));
+    }
+    if attempts == 1 {
+        let rec = n.pay(&inv, id).await?;
+        return Ok(Json(PaymentInfo::from(&rec)));
+    }
+    let recs = n
+        .pay_with_retries(&inv, id, attempts, PAY_ATTEMPT_WAIT)
+        .await?;
+    let last = recs.last().ok_or_else(|| bad("no attempt was made"))?;
+    Ok(Json(PaymentInfo {
+        attempts: recs.len(),
+        ..PaymentInfo::from(last)
+    }))
+}
+
+async fn connect(
+    State(n): State<Node>,
+    JsonBody(r): JsonBody<ConnectRequest>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if r.address == n.address() {
+        return Err(bad("that is this node's own address"));
+    }
+    // Kept up like a configured `[[connect]]`: redialled whenever the session ends.
+    n.keep_connected(r.addr, r.address, std::time::Duration::from_secs(2));
+    let deadline = tokio::time::Instant::now() + CONNECT_WAIT;
+    while !n.is_connected(r.address).await {
+        if tokio::time::Instant::now() > deadline {
+            return Err(ApiError(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!(
+                    "no session with {} at {} yet (still trying every 2 s)",
+                    r.address, r.addr
+                ),
+            ));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    Ok(Json(serde_json::json!({ "connected": r.address })))
+}
+
+/// How long `POST /connect` waits for the first session.
+const CONNECT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+async fn gossip(State(n): State<Node>) -> Json<Vec<GossipInfo>> {
+    Json(n.gossip().values().map(GossipInfo::from).collect())
 }
 
 async fn open(

@@ -15,6 +15,7 @@
 //! implement a protocol rule itself: those live in `htlc`.
 
 pub mod api;
+pub mod api_client;
 pub mod auth;
 pub mod chain;
 pub mod clock;

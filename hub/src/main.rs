@@ -195,6 +195,26 @@ enum Command {
         /// Return at once instead of waiting for the outcome.
         #[arg(long)]
         no_wait: bool,
+        /// Routes to try: after a failure at a hub on the way, route again around the hop it
+        /// names (1 to 10; with more than one, the command waits for the outcome).
+        #[arg(long, default_value_t = 1)]
+        attempts: usize,
+    },
+    /// Connect to another node (a hub, or a hub's peer hub) and keep the session up.
+    Connect {
+        #[command(flatten)]
+        conn: Conn,
+        /// Where it listens (QUIC).
+        addr: std::net::SocketAddr,
+        /// Its address (checked in the handshake).
+        #[arg(long)]
+        address: alloy::primitives::Address,
+    },
+    /// Show the network map the node believes: announced channels (checked on chain) and each
+    /// direction's fees.
+    Gossip {
+        #[command(flatten)]
+        conn: Conn,
     },
     /// Open a ledger channel with a connected hub and deposit on chain.
     Open {
@@ -286,6 +306,8 @@ impl Command {
             | Command::History { conn }
             | Command::Invoice { conn, .. }
             | Command::Pay { conn, .. }
+            | Command::Connect { conn, .. }
+            | Command::Gossip { conn }
             | Command::Open { conn, .. }
             | Command::Close { conn, .. }
             | Command::Virtual(
@@ -332,9 +354,25 @@ async fn net(path: &Path, payments: Option<usize>) -> Result<()> {
         t.payments = p;
     }
     let dir = std::env::temp_dir().join(format!("vhub-net-{}", std::process::id()));
-    let r = hub::network::run(&t, dir.clone(), true).await;
-    let _ = std::fs::remove_dir_all(&dir);
-    let r = r?;
+    let opts = hub::network::NetOptions {
+        hub_exe: std::env::current_exe().context("finding the hub binary")?,
+        verbose: true,
+        log: std::env::var("VHUB_NET_LOG").unwrap_or_else(|_| "warn".into()),
+    };
+    let r = match hub::network::run(&t, dir.clone(), &opts).await {
+        Ok(r) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            r
+        }
+        Err(e) => {
+            // Kept for the post-mortem: every node's configuration, database and log.
+            eprintln!(
+                "the nodes' configurations, databases and logs: {}",
+                dir.display()
+            );
+            return Err(e.into());
+        }
+    };
     if r.succeeded == 0 && r.payments > 0 {
         anyhow::bail!("no payment succeeded");
     }
@@ -538,15 +576,19 @@ async fn serve(path: PathBuf, tower: bool) -> Result<()> {
     };
     let node = Node::start(keys, store, opts)?;
     let local = node.listen(config.listen)?;
-    if let Some(api) = config.api {
-        let bound = node.serve_api(api).await?;
-        eprintln!("API and /metrics on http://{bound}");
-    }
+    let api = match config.api {
+        Some(api) => Some(node.serve_api(api).await?),
+        None => None,
+    };
     for c in config.connect.iter().chain(&config.watchtower) {
         node.keep_connected(c.addr, c.address, std::time::Duration::from_secs(2));
     }
-    // One line on stdout that scripts and tests can wait for.
+    // The first line on stdout is the one scripts and tests wait for; the API's address (its
+    // port may be chosen by the OS: `api = "127.0.0.1:0"`) follows on the second.
     println!("node {} listening on {local}", node.address());
+    if let Some(bound) = api {
+        println!("api on http://{bound}");
+    }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}

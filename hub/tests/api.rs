@@ -478,6 +478,7 @@ async fn every_endpoint_reports_exactly_what_the_payments_did() {
                     reason: None,
                     preimage: Some(preimage),
                     repeated: false,
+                    attempts: 1,
                 }
             })
             .collect();
@@ -492,6 +493,7 @@ async fn every_endpoint_reports_exactly_what_the_payments_did() {
                 reason: Some("FeeInsufficient".into()),
                 preimage: None,
                 repeated: false,
+                attempts: 1,
             });
         }
         assert_eq!(got, want, "peer {i}'s payments");
@@ -743,6 +745,7 @@ async fn a_payment_held_by_its_payee_shows_on_both_sides_of_the_hub() {
             reason: None,
             preimage: None,
             repeated: false,
+            attempts: 1,
         }
     );
 
@@ -817,6 +820,7 @@ async fn an_invoice_made_through_one_api_is_paid_through_another_once() {
             reason: None,
             preimage: None,
             repeated: false,
+            attempts: 1,
         },
         "the id defaults to the hashlock; the fee is the hub's policy"
     );
@@ -958,6 +962,7 @@ async fn bad_requests_get_a_4xx_with_a_json_error_and_change_nothing() {
         net.peers[1].api_token(),
     );
     let hub_addr = net.hub.address();
+    let payer_addr = net.peers[0].address();
     // One payment first, so there is history to keep.
     let (_, out) = pay(&net, 0, 1, 1_000_000, B256::repeat_byte(1)).await;
     assert!(matches!(out, PayOutcome::Paid { .. }));
@@ -1110,6 +1115,38 @@ async fn bad_requests_get_a_4xx_with_a_json_error_and_change_nothing() {
             json_ct,
             StatusCode::BAD_REQUEST,
             "expired",
+        ),
+        (
+            &payer,
+            "/pay",
+            json!({ "invoice": good, "attempts": 0 }).to_string(),
+            json_ct,
+            StatusCode::BAD_REQUEST,
+            "attempts must be 1 to 10",
+        ),
+        (
+            &payer,
+            "/pay",
+            json!({ "invoice": good, "attempts": 11 }).to_string(),
+            json_ct,
+            StatusCode::BAD_REQUEST,
+            "attempts must be 1 to 10",
+        ),
+        (
+            &payer,
+            "/connect",
+            json!({ "addr": "127.0.0.1:1", "address": payer_addr }).to_string(),
+            json_ct,
+            StatusCode::BAD_REQUEST,
+            "own address",
+        ),
+        (
+            &payer,
+            "/connect",
+            json!({ "addr": "somewhere", "address": hub_addr }).to_string(),
+            json_ct,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "addr",
         ),
     ];
     for (api, path, body, ct, status, needle) in &cases {

@@ -94,12 +94,14 @@ async fn until(what: &str, mut f: impl FnMut() -> bool) {
 
 struct Line {
     _dirs: Vec<TempDir>,
-    _chain: Devnet,
+    chain: Devnet,
     payer: Node,
     hubs: Vec<Node>,
     payee: Node,
     /// payer–h1, h1–h2, h2–h3, payee–h3.
     channels: Vec<ChannelId>,
+    /// Where the hubs listen.
+    addrs: Vec<std::net::SocketAddr>,
 }
 
 async fn line() -> Line {
@@ -116,11 +118,12 @@ async fn line() -> Line {
     ];
     Line {
         _dirs: dirs,
-        _chain: net,
+        chain: net,
         payer,
         hubs,
         payee,
         channels,
+        addrs,
     }
 }
 
@@ -425,5 +428,264 @@ async fn a_multi_path_payment_crosses_different_hubs() {
     assert_eq!(
         st.balances,
         [Amount(ETH - amount - fees), Amount(ETH + amount + fees)]
+    );
+}
+
+/// Two ways from hub 1 to hub 3: through hub 2 (cheaper) and through hub 4. Hub 2 has paid out
+/// almost all its side of its channel to hub 3, so the first attempt fails at hub 2 — the
+/// second hub on the route, its failure wrapped by hub 1 on the way back — and names it; the
+/// retry leaves out hub 2 → hub 3 and succeeds through hub 4 with exactly that route's fees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_deep_in_the_route_names_its_hub_and_the_retry_succeeds() {
+    let net = Devnet::start().await.unwrap();
+    let mut dirs = Vec::new();
+    let (hubs, addrs) = start_hubs(&net, 4, &mut dirs).await;
+    let h12 = channel(&hubs[0], &hubs[1], addrs[1]).await;
+    let h23 = channel(&hubs[1], &hubs[2], addrs[2]).await;
+    let h14 = channel(&hubs[0], &hubs[3], addrs[3]).await;
+    let h43 = channel(&hubs[3], &hubs[2], addrs[2]).await;
+    let payer = node(&net, 5, &mut dirs, None).await;
+    let payee = node(&net, 6, &mut dirs, None).await;
+    let up = channel(&payer, &hubs[0], addrs[0]).await;
+    let down = channel(&payee, &hubs[2], addrs[2]).await;
+    until("the payer to learn the four hub channels", || {
+        let g = payer.gossip();
+        [h12, h23, h14, h43].iter().all(|id| {
+            g.get(id)
+                .is_some_and(|c| c.policies.iter().all(Option::is_some))
+        })
+    })
+    .await;
+    // Hub 2 pays all but 1,000 wei of its side of hub 2 – hub 3 over to hub 3.
+    hubs[1].transfer(h23, Amount(ETH - 1_000)).await.unwrap();
+    wait_state(&hubs[2], h23, |s| s.state.balances[0] == Amount(1_000)).await;
+
+    let amount = 1_000_000_000u128;
+    let invoice = payee
+        .create_invoice(Amount(amount), 3600, hubs[2].address())
+        .await
+        .unwrap();
+    let id = alloy::primitives::B256::repeat_byte(4);
+    let attempts = payer
+        .pay_with_retries(&invoice, id, 3, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(attempts.len(), 2, "{attempts:?}");
+    let [first, second] = [&attempts[0], &attempts[1]];
+    let through = |h: usize| {
+        [
+            hubs[0].address(),
+            hubs[h].address(),
+            hubs[2].address(),
+            payee.address(),
+        ]
+    };
+    assert_eq!(first.path, through(1), "the cheaper side first");
+    assert_eq!(
+        first.failed_at,
+        Some((hubs[1].address(), FailureReason::TemporaryChannelFailure)),
+        "the failure names hub 2, two hops from the payer"
+    );
+    assert!(matches!(first.status, PaymentStatus::Failed { .. }));
+    assert_eq!(second.path, through(3));
+    assert!(matches!(second.status, PaymentStatus::Succeeded { .. }));
+    let f3 = policy(3).fee(Amount(amount)).unwrap().0;
+    let f4 = policy(4).fee(Amount(amount + f3)).unwrap().0;
+    let f1 = policy(1).fee(Amount(amount + f3 + f4)).unwrap().0;
+    assert_eq!(second.fee(), Amount(f1 + f4 + f3));
+    // Every channel: the failed attempt moved nothing, the second moved exactly its amounts.
+    let settled = |id| {
+        let hubs = &hubs;
+        async move {
+            for n in hubs {
+                if n.channel(id).await.is_some() {
+                    wait_state(n, id, |s| s.state.locks.is_empty()).await;
+                    return n.channel(id).await.unwrap().state.balances;
+                }
+            }
+            unreachable!("a hub holds every channel")
+        }
+    };
+    let a = |x: u128| Amount(x);
+    assert_eq!(
+        settled(up).await,
+        [
+            a(ETH - amount - f1 - f4 - f3),
+            a(ETH + amount + f1 + f4 + f3)
+        ]
+    );
+    assert_eq!(
+        settled(h14).await,
+        [a(ETH - amount - f4 - f3), a(ETH + amount + f4 + f3)],
+        "hub 1 kept f1"
+    );
+    assert_eq!(
+        settled(h43).await,
+        [a(ETH - amount - f3), a(ETH + amount + f3)],
+        "hub 4 kept f4"
+    );
+    assert_eq!(
+        settled(down).await,
+        [a(ETH + amount), a(ETH - amount)],
+        "hub 3 kept f3, the payee got the amount"
+    );
+    assert_eq!(
+        settled(h12).await,
+        [a(ETH), a(ETH)],
+        "nothing moved on the failed side"
+    );
+    assert_eq!(settled(h23).await, [a(1_000), a(2 * ETH - 1_000)]);
+}
+
+/// Gossip over real QUIC on a real chain: a peer with a funded channel to hub 3 sends hub 3
+/// forged gossip — an announcement of a channel between two keys it holds that was never
+/// funded, an announcement of its own channel with a signature hub 3 never made, and a fee
+/// update in hub 2's name that hub 2 never signed; none is believed anywhere. Hub 3 then
+/// changes its fee: the change reaches the payer, a client of hub 1 two hubs away, which then
+/// pays exactly the new fee.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_gossip_is_ignored_and_a_policy_update_reaches_a_client_two_hubs_away() {
+    use htlc::node::gossip::{Announcement, GossipMsg, PolicyUpdate};
+    use htlc::state::ChannelParams;
+    use hub::wire::Frame;
+    let l = line().await;
+    let h3 = &l.hubs[2];
+    until("the payer to learn the line", || {
+        let g = l.payer.gossip();
+        g.len() == 2 && g.values().all(|c| c.policies.iter().all(Option::is_some))
+    })
+    .await;
+    let before = l.payer.gossip();
+
+    // The attacker: dev account 6, a channel with hub 3 funded on chain (gossip from a peer
+    // without a funded channel is dropped before any look).
+    let keys6 = Keys::from_signer(l.chain.signer(6).unwrap());
+    let mut evil = common::adversary::Adversary::connect(l.addrs[2], keys6.clone()).await;
+    let params = ChannelParams {
+        chain_id: l.chain.chain_id(),
+        adjudicator: l.chain.deployment().adjudicator,
+        participants: [evil.address(), h3.address()],
+        asset: alloy::primitives::Address::ZERO,
+        challenge_duration: htlc::forward::MIN_CHALLENGE_DURATION_SECS,
+        nonce: alloy::primitives::U256::from(66u64),
+    };
+    let evil_id = evil
+        .open_params(params.clone(), [Amount(ETH / 10), Amount::ZERO])
+        .await
+        .unwrap();
+    let chain6 = l.chain.client(6).await.unwrap();
+    chain6
+        .deposit(&params, Amount::ZERO, Amount(ETH / 10))
+        .await
+        .unwrap();
+    until("hub 3 to see the attacker's channel funded", || {
+        h3.channel_record(evil_id).is_some_and(|r| r.funded)
+    })
+    .await;
+
+    // 1. Two keys of the attacker's, both signatures valid, never funded on chain.
+    let (k1, k2) = (
+        Keys::from_bytes([0x61; 32]).unwrap(),
+        Keys::from_bytes([0x62; 32]).unwrap(),
+    );
+    let ghost = ChannelParams {
+        participants: [k1.address(), k2.address()],
+        nonce: alloy::primitives::U256::from(67u64),
+        ..params.clone()
+    };
+    let unfunded = Announcement {
+        sigs: [
+            Announcement::sign(&ghost, &k1),
+            Announcement::sign(&ghost, &k2),
+        ],
+        params: ghost.clone(),
+    };
+    // 2. Its own channel with hub 3, hub 3's signature made by another key.
+    let forged_sig = Announcement {
+        sigs: [
+            Announcement::sign(&params, &keys6),
+            Announcement::sign(&params, &k1),
+        ],
+        params: params.clone(),
+    };
+    // 3. A zero fee for hub 2's direction of hub 2 – hub 3, signed by the attacker.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let free = ForwardPolicy {
+        base_fee: Amount::ZERO,
+        fee_ppm: 0,
+        ..ForwardPolicy::default()
+    };
+    let forged_update = PolicyUpdate {
+        node: l.hubs[1].address(),
+        ..PolicyUpdate::sign(l.channels[2], free, now + 5, &keys6)
+    };
+    for m in [
+        GossipMsg::Announce(Box::new(unfunded)),
+        GossipMsg::Announce(Box::new(forged_sig)),
+        GossipMsg::Policy(Box::new(forged_update)),
+    ] {
+        evil.send_frame(&Frame::Gossip(Box::new(m))).await;
+    }
+
+    // Hub 3 raises its fee; the payer, two hubs away, hears of it.
+    let dearer = ForwardPolicy {
+        base_fee: Amount(77_000),
+        fee_ppm: 700,
+        ..policy(3)
+    };
+    h3.update_policy(dearer).await.unwrap();
+    until("hub 3's new fee to reach the payer", || {
+        l.payer
+            .gossip()
+            .get(&l.channels[2])
+            .and_then(|c| c.policies[1].as_ref())
+            .is_some_and(|u| u.policy == dearer)
+    })
+    .await;
+    // The forgeries: nowhere, not even after a while.
+    for _ in 0..25 {
+        for n in [&l.payer, &l.hubs[0], &l.hubs[1], h3] {
+            let g = n.gossip();
+            assert_eq!(g.len(), 2, "only the line's two channels are believed");
+            assert!(!g.contains_key(&ghost.id()) && !g.contains_key(&evil_id));
+            assert_eq!(
+                g[&l.channels[2]].policies[0], before[&l.channels[2]].policies[0],
+                "hub 2's direction keeps hub 2's own policy"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // The payer prices hub 3 at its new fee and pays exactly that.
+    let amount = 1_000_000_000u128;
+    let invoice = l
+        .payee
+        .create_invoice(Amount(amount), 3600, h3.address())
+        .await
+        .unwrap();
+    let id = alloy::primitives::B256::repeat_byte(5);
+    let attempts = l
+        .payer
+        .pay_with_retries(&invoice, id, 1, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let rec = attempts.last().unwrap();
+    assert!(
+        matches!(rec.status, PaymentStatus::Succeeded { .. }),
+        "{rec:?}"
+    );
+    let f3 = dearer.fee(Amount(amount)).unwrap().0;
+    let f2 = policy(2).fee(Amount(amount + f3)).unwrap().0;
+    let f1 = policy(1).fee(Amount(amount + f3 + f2)).unwrap().0;
+    assert_eq!(rec.fee(), Amount(f1 + f2 + f3));
+    wait_state(h3, l.channels[3], |s| s.state.locks.is_empty()).await;
+    let st = h3.channel(l.channels[2]).await.unwrap().state;
+    assert_eq!(
+        st.balances,
+        [Amount(ETH - amount - f3), Amount(ETH + amount + f3)],
+        "hub 3 earned exactly its new fee"
     );
 }

@@ -1,10 +1,10 @@
 //! The network harness (`hub net`, issue 16): the example topologies parse and have the shape
 //! they say, bad ones are refused with a clear error, and a ring of hubs runs end to end on
-//! anvil (every payment routed across hubs succeeds, every channel is paid out on chain exactly
-//! as its final state says).
+//! anvil with every node a real `hub serve` process (every payment routed across hubs
+//! succeeds, every channel is paid out on chain exactly as its final state says).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use hub::network::{Shape, Topology, run};
+use hub::network::{NetOptions, Shape, Topology, run};
 
 mod common;
 use common::TempDir;
@@ -15,6 +15,14 @@ fn example(name: &str) -> Topology {
         env!("CARGO_MANIFEST_DIR")
     );
     Topology::parse(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn options() -> NetOptions {
+    NetOptions {
+        hub_exe: env!("CARGO_BIN_EXE_hub").into(),
+        verbose: false,
+        log: std::env::var("VHUB_TEST_HUB_LOG").unwrap_or_else(|_| "warn".into()),
+    }
 }
 
 #[test]
@@ -62,6 +70,14 @@ fn bad_topologies_are_refused_with_a_clear_error() {
         ),
         ("shape = \"line\"\nhubs = 2\nmax_amount = \"5\"\n", "1 gwei"),
         ("shape = \"hexagon\"\nhubs = 2\n", "unknown variant"),
+        (
+            "shape = \"line\"\nhubs = 1\npeers_per_hub = 1\nworkload = \"across\"\n",
+            "two peers",
+        ),
+        (
+            "shape = \"line\"\nhubs = 2\nworkload = \"sideways\"\n",
+            "unknown variant",
+        ),
         ("shape = \"line\"\nhubs = 2\ncolour = 1\n", "unknown field"),
     ] {
         let err = Topology::parse(toml).unwrap_err().to_string();
@@ -74,7 +90,7 @@ async fn a_ring_of_hubs_runs_end_to_end_and_every_payout_is_exact() {
     let mut t = example("ring4");
     t.payments = 12;
     let dir = TempDir::new("net-harness");
-    let r = run(&t, dir.0.join("net"), false).await.unwrap();
+    let r = run(&t, dir.0.join("net"), &options()).await.unwrap();
     assert_eq!(r.succeeded, 12, "{r:?}");
     assert!(r.fees > 0);
     assert_eq!(

@@ -3,18 +3,13 @@
 use crate::{Command, VirtualCmd};
 use anyhow::{Context, Result, bail};
 use hub::api::{
-    Balance, ChainInfo, ChannelInfo, HtlcInfo, NodeInfo, PaymentInfo, ReceivedInfo, VirtualInfo,
-    Wei,
+    Balance, ChainInfo, ChannelInfo, GossipInfo, HtlcInfo, NodeInfo, PaymentInfo, ReceivedInfo,
+    VirtualInfo, Wei,
 };
+use hub::api_client::ApiClient;
 use indicatif::{ProgressBar, ProgressStyle};
-use serde::de::DeserializeOwned;
 use std::net::SocketAddr;
 use std::time::Duration;
-
-struct Api {
-    base: String,
-    http: reqwest::Client,
-}
 
 /// The API token: `VHUB_API_TOKEN`, else the first line of `file`.
 pub fn read_token(file: &std::path::Path) -> Result<String> {
@@ -33,68 +28,6 @@ pub fn read_token(file: &std::path::Path) -> Result<String> {
     Ok(text.trim().to_string())
 }
 
-impl Api {
-    fn new(addr: SocketAddr, token: &str) -> Result<Api> {
-        let mut headers = reqwest::header::HeaderMap::new();
-        let mut auth = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
-            .context("the API token holds characters a header cannot carry")?;
-        auth.set_sensitive(true);
-        headers.insert(reqwest::header::AUTHORIZATION, auth);
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(120))
-            .default_headers(headers)
-            .build()
-            .context("building the HTTP client")?;
-        Ok(Api {
-            base: format!("http://{addr}"),
-            http,
-        })
-    }
-
-    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
-        let r = self.http.get(format!("{}{path}", self.base)).send().await;
-        self.read(path, r).await
-    }
-
-    async fn post<T: DeserializeOwned>(&self, path: &str, body: serde_json::Value) -> Result<T> {
-        let r = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .json(&body)
-            .send()
-            .await;
-        self.read(path, r).await
-    }
-
-    async fn read<T: DeserializeOwned>(
-        &self,
-        path: &str,
-        r: reqwest::Result<reqwest::Response>,
-    ) -> Result<T> {
-        let r = r.with_context(|| {
-            format!(
-                "no node answers at {} (is `hub serve` running with api = ... in its config? \
-                 set --api or VHUB_API)",
-                self.base
-            )
-        })?;
-        let status = r.status();
-        let text = r.text().await.context("reading the reply")?;
-        if !status.is_success() {
-            let msg = serde_json::from_str::<serde_json::Value>(&text)
-                .ok()
-                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(String::from))
-                .unwrap_or(text);
-            bail!("{path}: {status}: {msg}");
-        }
-        if text.is_empty() {
-            // 202 Accepted carries no body.
-            return serde_json::from_str("null").context("empty reply");
-        }
-        serde_json::from_str(&text).with_context(|| format!("{path}: unexpected reply {text}"))
-    }
-}
-
 /// Ether with six decimals, for people.
 pub fn eth(w: Wei) -> String {
     let whole = w.0 / 1_000_000_000_000_000_000;
@@ -104,7 +37,7 @@ pub fn eth(w: Wei) -> String {
 
 /// Run one client command against the node at `addr`.
 pub async fn run(addr: SocketAddr, token: &str, cmd: Command) -> Result<()> {
-    let api = Api::new(addr, token)?;
+    let api = ApiClient::new(addr, token, Duration::from_secs(120))?;
     match cmd {
         Command::Info { .. } => {
             let i: NodeInfo = api.get("/info").await?;
@@ -233,11 +166,18 @@ pub async fn run(addr: SocketAddr, token: &str, cmd: Command) -> Result<()> {
             invoice,
             id,
             no_wait,
+            attempts,
             ..
         } => {
             let mut p: PaymentInfo = api
-                .post("/pay", serde_json::json!({"invoice": invoice, "id": id}))
+                .post(
+                    "/pay",
+                    serde_json::json!({"invoice": invoice, "id": id, "attempts": attempts}),
+                )
                 .await?;
+            if p.attempts > 1 {
+                println!("{} routes tried", p.attempts);
+            }
             if p.repeated {
                 println!(
                     "already paid: payment {} was made before; its outcome:",
@@ -260,6 +200,37 @@ pub async fn run(addr: SocketAddr, token: &str, cmd: Command) -> Result<()> {
             print_payment(&p);
             if p.status == "failed" || p.status == "expired" {
                 bail!("payment {} {}", p.id, p.status);
+            }
+        }
+        Command::Connect { addr, address, .. } => {
+            let _: serde_json::Value = api
+                .post(
+                    "/connect",
+                    serde_json::json!({"addr": addr, "address": address}),
+                )
+                .await?;
+            println!("connected to {address} at {addr} (kept up while the node runs)");
+        }
+        Command::Gossip { .. } => {
+            let g: Vec<GossipInfo> = api.get("/gossip").await?;
+            if g.is_empty() {
+                println!("no announced channels known (hubs announce theirs with announce = true)");
+            }
+            for c in g {
+                let dir = |p: &Option<hub::api::PolicyInfo>| match p {
+                    Some(p) if p.enabled => format!("{} wei + {} ppm", p.base_fee.0, p.fee_ppm),
+                    Some(_) => "disabled".to_string(),
+                    None => "no policy heard".to_string(),
+                };
+                println!(
+                    "{}  {} ⇄ {}  capacity {}  A→B {}  B→A {}",
+                    c.id,
+                    c.nodes[0],
+                    c.nodes[1],
+                    eth(c.capacity),
+                    dir(&c.policies[0]),
+                    dir(&c.policies[1])
+                );
             }
         }
         Command::Open { hub, deposit, .. } => {
