@@ -318,6 +318,15 @@ pub async fn wait_payment(
 pub struct BenchReport {
     /// Concurrent payers.
     pub payers: usize,
+    /// Payments each payer kept in flight.
+    pub in_flight: usize,
+    /// CPU time of the whole process (hub and payers together, all threads) per successful
+    /// payment, microseconds.
+    pub cpu_us_per_payment: f64,
+    /// CPU time over wall time during the measured part (2.0 = both cores of this machine).
+    pub cpu_share: f64,
+    /// Resident memory of the process at the end, KiB.
+    pub rss_kib: u64,
     /// Payments that succeeded.
     pub paid: u64,
     /// Payments that failed.
@@ -353,17 +362,38 @@ impl BenchReport {
     }
 }
 
+/// What one `hub bench` run does.
+#[derive(Clone, Debug)]
+pub struct BenchOptions {
+    /// Payer nodes, each paying the next in a ring.
+    pub payers: usize,
+    /// Payments each payer keeps in flight at once (a wallet or a hub paying many invoices).
+    pub in_flight: usize,
+    /// Measured time.
+    pub duration: Duration,
+    /// Time before measuring.
+    pub warmup: Duration,
+    /// Each payment's amount.
+    pub amount: Amount,
+    /// Where the nodes' databases go.
+    pub dir: PathBuf,
+    /// Strangers flooding the hub with frames it must refuse.
+    pub flood: usize,
+}
+
 /// Run `payers` peers on a local network without a chain, each paying the next one in a ring
-/// (so no channel depletes) one payment at a time, for `duration` after a warm-up of
-/// `warmup`; report throughput and latency. Storage is durable (every batch synced).
-pub async fn bench(
-    payers: usize,
-    duration: Duration,
-    warmup: Duration,
-    amount: Amount,
-    dir: PathBuf,
-    flood: usize,
-) -> Result<BenchReport, LocalNetError> {
+/// (so no channel depletes), `in_flight` payments at a time each, for `duration` after a
+/// warm-up of `warmup`; report throughput and latency. Storage is durable (every batch synced).
+pub async fn bench(o: BenchOptions) -> Result<BenchReport, LocalNetError> {
+    let BenchOptions {
+        payers,
+        in_flight,
+        duration,
+        warmup,
+        amount,
+        dir,
+        flood,
+    } = o;
     let net = std::sync::Arc::new(
         LocalNet::start(LocalNetOptions {
             peers: payers,
@@ -378,25 +408,27 @@ pub async fn bench(
     let start = Instant::now();
     let measure_from = start + warmup;
     let end = measure_from + duration;
-    let mut tasks = Vec::with_capacity(payers);
+    let mut tasks = Vec::with_capacity(payers * in_flight.max(1));
     for i in 0..payers {
-        let net = net.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::new();
-            let mut failed = 0u64;
-            while Instant::now() < end {
-                let t0 = Instant::now();
-                let r = net.pay(i, (i + 1) % net.peers.len(), amount).await;
-                let counted = t0 >= measure_from;
-                match r {
-                    Ok(PayOutcome::Paid { .. }) if counted => lat.push(t0.elapsed()),
-                    Ok(PayOutcome::Paid { .. }) => {}
-                    Ok(PayOutcome::Failed(_)) | Err(_) if counted => failed += 1,
-                    Ok(PayOutcome::Failed(_)) | Err(_) => {}
+        for _ in 0..in_flight.max(1) {
+            let net = net.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut lat = Vec::new();
+                let mut failed = 0u64;
+                while Instant::now() < end {
+                    let t0 = Instant::now();
+                    let r = net.pay(i, (i + 1) % net.peers.len(), amount).await;
+                    let counted = t0 >= measure_from;
+                    match r {
+                        Ok(PayOutcome::Paid { .. }) if counted => lat.push(t0.elapsed()),
+                        Ok(PayOutcome::Paid { .. }) => {}
+                        Ok(PayOutcome::Failed(_)) | Err(_) if counted => failed += 1,
+                        Ok(PayOutcome::Failed(_)) | Err(_) => {}
+                    }
                 }
-            }
-            (lat, failed)
-        }));
+                (lat, failed)
+            }));
+        }
     }
     // Strangers flooding the hub with frames it must refuse (issue 12): each a fresh key per
     // connection, sending as fast as the hub reads.
@@ -424,6 +456,7 @@ pub async fn bench(
     tokio::time::sleep_until(measure_from.into()).await;
     let entries0 = store_entries(&net.hub.inner.store);
     let rss0 = rss_kib();
+    let cpu0 = cpu_secs();
     let stats = net.hub.inner.store.stats();
     let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
     let (u0, b0, s0) = (
@@ -441,11 +474,13 @@ pub async fn bench(
         failed += f;
     }
     let secs = measure_from.elapsed().as_secs_f64();
+    let cpu = cpu_secs() - cpu0;
+    let rss_kib_now = rss_kib();
     for f in flooders {
         let _ = f.await;
     }
     let store_growth = store_entries(&net.hub.inner.store) as i64 - entries0 as i64;
-    let rss_growth_kib = rss_kib() as i64 - rss0 as i64;
+    let rss_growth_kib = rss_kib_now as i64 - rss0 as i64;
     let (u1, b1, s1) = (
         net.hub.metrics().updates(),
         load(&stats.batches),
@@ -462,6 +497,14 @@ pub async fn bench(
     let paid = lat.len() as u64;
     Ok(BenchReport {
         payers,
+        in_flight: in_flight.max(1),
+        cpu_us_per_payment: if paid > 0 {
+            cpu * 1e6 / paid as f64
+        } else {
+            0.0
+        },
+        cpu_share: cpu / secs.max(1e-9),
+        rss_kib: rss_kib_now,
         paid,
         failed,
         secs,
@@ -557,6 +600,22 @@ fn store_entries(store: &Store) -> usize {
 }
 
 /// This process's resident memory, KiB (0 where /proc is not available).
+/// CPU time (user + system) of this process so far, all threads, seconds; from
+/// `/proc/self/stat`, in the kernel's user-visible ticks (100 per second on Linux).
+fn cpu_secs() -> f64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            // Fields after the command name (which may hold spaces) and its closing ')'.
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            // utime and stime are fields 14 and 15 of the line: 12 and 13 after ')'.
+            let t = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+            Some(t as f64 / 100.0)
+        })
+        .unwrap_or(0.0)
+}
+
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()

@@ -124,6 +124,9 @@ enum Command {
         /// Numbers of concurrent payers, comma-separated.
         #[arg(long, value_delimiter = ',', default_value = "2,16,128")]
         payers: Vec<usize>,
+        /// Payments each payer keeps in flight, comma-separated (each value is a run).
+        #[arg(long, value_delimiter = ',', default_value = "1")]
+        in_flight: Vec<usize>,
         /// Seconds measured per run.
         #[arg(long, default_value_t = 10)]
         seconds: u64,
@@ -448,11 +451,14 @@ fn run() -> Result<()> {
         Command::Net { topology, payments } => rt.block_on(net(&topology, payments)),
         Command::Bench {
             payers,
+            in_flight,
             seconds,
             warmup,
             amount,
             flood,
-        } => rt.block_on(demo::bench(payers, seconds, warmup, amount, flood)),
+        } => rt.block_on(demo::bench(
+            payers, in_flight, seconds, warmup, amount, flood,
+        )),
         cmd => {
             let Some(conn) = cmd.conn().cloned() else {
                 anyhow::bail!("not a client command");

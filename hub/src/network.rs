@@ -431,7 +431,7 @@ pub async fn run(t: &Topology, dir: PathBuf, opts: &NetOptions) -> Result<NetRep
         }
     };
     say(format!(
-        "chain {} (adjudicator {}); {} hubs, {} hub-to-hub channels, {peers} peers; \
+        "chain {} (adjudicator {}); hubs {}, hub-to-hub channels {}, peers {peers}; \
          every node a `hub serve` process (configurations and logs in {})",
         devnet.endpoint(),
         devnet.deployment().adjudicator,

@@ -4,7 +4,7 @@
 //! succeeds, every channel is paid out on chain exactly as its final state says).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use hub::network::{NetOptions, Shape, Topology, run};
+use hub::network::{NetOptions, Shape, Topology, Workload, run};
 
 mod common;
 use common::TempDir;
@@ -50,6 +50,11 @@ fn the_example_topologies_have_the_shapes_they_say() {
     }
     assert!(seen.iter().all(|s| *s));
     assert_eq!(random.edges().unwrap(), e, "seeded: the same every time");
+    for n in 1..=3 {
+        let across = example(&format!("across{n}"));
+        assert_eq!((across.hubs, across.workload), (n, Workload::Across));
+        assert_eq!(across.edges().unwrap().len(), n - 1);
+    }
 }
 
 #[test]

@@ -214,6 +214,7 @@ async fn close_all(net: &LocalNet) -> Result<()> {
 /// Run the benchmark and print its table.
 pub async fn bench(
     payers: Vec<usize>,
+    in_flight: Vec<usize>,
     seconds: u64,
     warmup: u64,
     amount: u128,
@@ -221,6 +222,9 @@ pub async fn bench(
 ) -> Result<()> {
     if payers.iter().any(|p| *p < 2) {
         bail!("--payers: each run needs at least 2 payers");
+    }
+    if in_flight.iter().any(|k| *k == 0 || *k > 1_000) {
+        bail!("--in-flight: 1 to 1000 payments in flight per payer");
     }
     println!(
         "A → hub → B payments, durable RocksDB (synced group commits), QUIC on loopback, {} cores",
@@ -232,8 +236,9 @@ pub async fn bench(
         );
     }
     println!(
-        "{:>7} {:>9} {:>7} {:>10} {:>9} {:>9} {:>14} {:>15} {:>12} {:>12} {:>12}",
+        "{:>7} {:>9} {:>9} {:>7} {:>10} {:>9} {:>9} {:>12} {:>14} {:>11} {:>8} {:>12} {:>12} {:>10}",
         "payers",
+        "in flight",
         "paid",
         "failed",
         "pay/s",
@@ -241,38 +246,47 @@ pub async fn bench(
         "p99 ms",
         "updates/pay",
         "batches/fsync",
+        "CPU µs/pay",
+        "cores",
         "flood frames",
         "store +keys",
-        "RSS +KiB"
+        "RSS MiB"
     );
     for n in payers {
-        let bar = ProgressBar::new_spinner()
-            .with_message(format!("{n} payers: {warmup} s warm-up + {seconds} s"));
-        bar.enable_steady_tick(Duration::from_millis(200));
-        let r = hub::localnet::bench(
-            n,
-            Duration::from_secs(seconds),
-            Duration::from_secs(warmup),
-            Amount(amount),
-            scratch(&format!("bench-{n}")),
-            flood,
-        )
-        .await?;
-        bar.finish_and_clear();
-        println!(
-            "{:>7} {:>9} {:>7} {:>10.0} {:>9.2} {:>9.2} {:>14.2} {:>15.1} {:>12} {:>12} {:>12}",
-            r.payers,
-            r.paid,
-            r.failed,
-            r.per_sec(),
-            r.p50_ms,
-            r.p99_ms,
-            r.updates_per_payment,
-            r.batches_per_sync,
-            r.flood_frames,
-            r.store_growth,
-            r.rss_growth_kib
-        );
+        for &k in &in_flight {
+            let bar = ProgressBar::new_spinner().with_message(format!(
+                "{n} payers × {k} in flight: {warmup} s warm-up + {seconds} s"
+            ));
+            bar.enable_steady_tick(Duration::from_millis(200));
+            let r = hub::localnet::bench(hub::localnet::BenchOptions {
+                payers: n,
+                in_flight: k,
+                duration: Duration::from_secs(seconds),
+                warmup: Duration::from_secs(warmup),
+                amount: Amount(amount),
+                dir: scratch(&format!("bench-{n}-{k}")),
+                flood,
+            })
+            .await?;
+            bar.finish_and_clear();
+            println!(
+                "{:>7} {:>9} {:>9} {:>7} {:>10.0} {:>9.2} {:>9.2} {:>12.2} {:>14.1} {:>11.0} {:>8.2} {:>12} {:>12} {:>10.0}",
+                r.payers,
+                r.in_flight,
+                r.paid,
+                r.failed,
+                r.per_sec(),
+                r.p50_ms,
+                r.p99_ms,
+                r.updates_per_payment,
+                r.batches_per_sync,
+                r.cpu_us_per_payment,
+                r.cpu_share,
+                r.flood_frames,
+                r.store_growth,
+                r.rss_kib as f64 / 1024.0
+            );
+        }
     }
     Ok(())
 }
