@@ -11,6 +11,7 @@ use alloy::signers::local::PrivateKeySigner;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use htlc::eip712::DomainSeparator;
 use htlc::ids::{Expiry, Preimage};
+use htlc::onion;
 use htlc::ops::Limits;
 use htlc::sig::{Keys, recover};
 use htlc::update::sign_state;
@@ -116,6 +117,45 @@ fn bench(c: &mut Criterion) {
                 .verify_ecdsa(SecpMessage::from_digest(d.0), &plain, &public)
                 .unwrap()
         })
+    });
+    g.finish();
+
+    // The onion every HTLC carries (ADR 0027): the payer builds one per payment, each hub
+    // peels its layer (two scalar multiplications: the shared secret and the next key), the
+    // payee peels the last (one).
+    let mut g = c.benchmark_group("onion");
+    let hub = Keys::from_bytes([0xB2; 32]).unwrap();
+    let payee = Keys::from_bytes([0xC3; 32]).unwrap();
+    let hashlock = B256::repeat_byte(7);
+    let hops = [
+        onion::Hop {
+            node: hub.public_key(),
+            payload: onion::HopPayload::Forward {
+                next: payee.address(),
+                amount: Amount(1_000_000),
+                expiry: Expiry(NOW.0 + 3600),
+            },
+        },
+        onion::Hop {
+            node: payee.public_key(),
+            payload: onion::HopPayload::Final {
+                amount: Amount(1_000_000),
+                expiry: Expiry(NOW.0 + 3600),
+                total: Amount(1_000_000),
+            },
+        },
+    ];
+    let session = keys.onion_session(B256::repeat_byte(1)).unwrap();
+    g.bench_function("build (one hub + payee)", |b| {
+        b.iter(|| onion::build(black_box(&session), &hops, hashlock).unwrap())
+    });
+    let (packet, _) = onion::build(&session, &hops, hashlock).unwrap();
+    g.bench_function("peel at a hub", |b| {
+        b.iter(|| hub.peel(black_box(&packet), hashlock).unwrap())
+    });
+    let last = hub.peel(&packet, hashlock).unwrap().next.unwrap();
+    g.bench_function("peel at the payee", |b| {
+        b.iter(|| payee.peel(black_box(&last), hashlock).unwrap())
     });
     g.finish();
 

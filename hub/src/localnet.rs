@@ -14,7 +14,7 @@ use crate::events::NodeEvent;
 use crate::node::{Node, NodeOptions};
 use crate::payments::PaymentStatus;
 use crate::store::Store;
-use alloy::primitives::B256;
+use alloy::primitives::{Address, B256};
 use htlc::forward::ForwardPolicy;
 use htlc::sig::Keys;
 use htlc::{Amount, ChannelId, FailureReason};
@@ -45,6 +45,9 @@ pub struct LocalNetOptions {
     pub dir: PathBuf,
     /// Where the hub's HTTP API listens, if anywhere.
     pub api: Option<SocketAddr>,
+    /// Connections the hub serves at once, and accepts per second (room for idle peers
+    /// beyond the default 10,000 and 100/s); `None`: the defaults.
+    pub connections: Option<usize>,
 }
 
 /// Why a local network could not be built.
@@ -154,6 +157,11 @@ impl LocalNet {
         };
         let mut ho = node_opts(client_for(1).await?);
         ho.policy = o.policy;
+        if let Some(n) = o.connections {
+            ho.max_connections = n;
+            ho.handshakes_per_second = u32::try_from(n).unwrap_or(u32::MAX);
+            ho.stranger_frames_per_second = u32::try_from(n).unwrap_or(u32::MAX);
+        }
         if o.chain {
             ho.collateral = o.deposit;
         }
@@ -167,7 +175,10 @@ impl LocalNet {
         let mut channels = Vec::with_capacity(o.peers);
         for i in 0..o.peers {
             let po = node_opts(client_for(i + 2).await?);
-            let store = Store::open(&o.dir.join(format!("peer-{i}")))?;
+            let store = Store::open_with(
+                &o.dir.join(format!("peer-{i}")),
+                crate::store::Profile::Client,
+            )?;
             let peer = Node::start(keys_for(i + 2)?, store, po)?;
             peer.connect(hub_addr, Some(hub.address())).await?;
             let id = if o.chain {
@@ -316,6 +327,10 @@ pub async fn wait_payment(
 /// What one benchmark run measured.
 #[derive(Clone, Debug, PartialEq)]
 pub struct BenchReport {
+    /// Idle peers connected, each with a channel.
+    pub idle: usize,
+    /// What connecting them added to the hub's resident memory, KiB.
+    pub idle_rss_kib: u64,
     /// Concurrent payers.
     pub payers: usize,
     /// Payments each payer kept in flight.
@@ -340,6 +355,14 @@ pub struct BenchReport {
     /// Co-signed states the hub committed per payment (each payment is four HTLC operations
     /// at the hub: two adds, two settles; under one update each that is 4.0).
     pub updates_per_payment: f64,
+    /// Share of the measured time the hub's store writer spent writing and syncing (1.0: it
+    /// never waited for work, so it bounds the rate).
+    pub writer_busy: f64,
+    /// Share of the measured time the hub's steps held its machine's lock (1.0: every step
+    /// waited for the one before, so it bounds the rate).
+    pub machine_busy: f64,
+    /// Synced writes (fsyncs) of the hub's store per payment.
+    pub syncs_per_payment: f64,
     /// Store batches the hub committed per synced write (group commit).
     pub batches_per_sync: f64,
     /// Frames the flooding strangers sent during the measured part (0 without a flood).
@@ -379,6 +402,12 @@ pub struct BenchOptions {
     pub dir: PathBuf,
     /// Strangers flooding the hub with frames it must refuse.
     pub flood: usize,
+    /// Idle peers, each with a channel, connected to the hub while the payers pay (run by
+    /// `idle_exe idle-peers` in a process of their own, so that the RSS measured is the
+    /// hub's); 0: none.
+    pub idle: usize,
+    /// The `hub` binary that runs the idle peers.
+    pub idle_exe: Option<PathBuf>,
 }
 
 /// Run `payers` peers on a local network without a chain, each paying the next one in a ring
@@ -393,6 +422,8 @@ pub async fn bench(o: BenchOptions) -> Result<BenchReport, LocalNetError> {
         amount,
         dir,
         flood,
+        idle,
+        idle_exe,
     } = o;
     let net = std::sync::Arc::new(
         LocalNet::start(LocalNetOptions {
@@ -402,9 +433,22 @@ pub async fn bench(o: BenchOptions) -> Result<BenchReport, LocalNetError> {
             policy: ForwardPolicy::default(),
             dir,
             api: None,
+            connections: (idle > 0).then_some(idle + payers + 64),
         })
         .await?,
     );
+    // Idle peers first, in their own process; the hub's memory is measured before and after.
+    let rss_before_idle = rss_kib();
+    let _idle = match (idle, idle_exe) {
+        (0, _) => None,
+        (_, None) => {
+            return Err(LocalNetError::Invalid(
+                "idle peers need the hub binary".into(),
+            ));
+        }
+        (n, Some(exe)) => Some(IdlePeers::start(&exe, net.hub_addr, net.hub.address(), n)?),
+    };
+    let idle_rss_kib = rss_kib().saturating_sub(rss_before_idle);
     let start = Instant::now();
     let measure_from = start + warmup;
     let end = measure_from + duration;
@@ -459,10 +503,12 @@ pub async fn bench(o: BenchOptions) -> Result<BenchReport, LocalNetError> {
     let cpu0 = cpu_secs();
     let stats = net.hub.inner.store.stats();
     let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
-    let (u0, b0, s0) = (
+    let m0 = net.hub.step_micros();
+    let (u0, b0, s0, w0) = (
         net.hub.metrics().updates(),
         load(&stats.batches),
         load(&stats.syncs),
+        load(&stats.sync_micros),
     );
     let mut lat = Vec::new();
     let mut failed = 0;
@@ -481,10 +527,12 @@ pub async fn bench(o: BenchOptions) -> Result<BenchReport, LocalNetError> {
     }
     let store_growth = store_entries(&net.hub.inner.store) as i64 - entries0 as i64;
     let rss_growth_kib = rss_kib_now as i64 - rss0 as i64;
-    let (u1, b1, s1) = (
+    let m1 = net.hub.step_micros();
+    let (u1, b1, s1, w1) = (
         net.hub.metrics().updates(),
         load(&stats.batches),
         load(&stats.syncs),
+        load(&stats.sync_micros),
     );
     lat.sort();
     let pct = |p: f64| -> f64 {
@@ -496,6 +544,8 @@ pub async fn bench(o: BenchOptions) -> Result<BenchReport, LocalNetError> {
     };
     let paid = lat.len() as u64;
     Ok(BenchReport {
+        idle,
+        idle_rss_kib,
         payers,
         in_flight: in_flight.max(1),
         cpu_us_per_payment: if paid > 0 {
@@ -512,6 +562,13 @@ pub async fn bench(o: BenchOptions) -> Result<BenchReport, LocalNetError> {
         p99_ms: pct(0.99),
         updates_per_payment: if paid > 0 {
             (u1 - u0) as f64 / paid as f64
+        } else {
+            0.0
+        },
+        writer_busy: (w1 - w0) as f64 / (secs * 1e6).max(1.0),
+        machine_busy: (m1 - m0) as f64 / (secs * 1e6).max(1.0),
+        syncs_per_payment: if paid > 0 {
+            (s1 - s0) as f64 / paid as f64
         } else {
             0.0
         },
@@ -626,4 +683,144 @@ fn rss_kib() -> u64 {
                 .and_then(|v| v.parse().ok())
         })
         .unwrap_or(0)
+}
+
+/// Idle peers in a child process (`hub idle-peers`), killed on drop.
+struct IdlePeers(std::process::Child);
+
+impl IdlePeers {
+    /// Start `count` idle peers of the hub at `addr` and wait until each holds a channel.
+    fn start(
+        exe: &std::path::Path,
+        addr: SocketAddr,
+        hub: Address,
+        count: usize,
+    ) -> Result<IdlePeers, LocalNetError> {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(exe)
+            .args(["idle-peers", "--hub-addr"])
+            .arg(addr.to_string())
+            .arg("--hub")
+            .arg(hub.to_string())
+            .arg("--count")
+            .arg(count.to_string())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| LocalNetError::Invalid(format!("cannot run {}: {e}", exe.display())))?;
+        let out = child.stdout.take();
+        let mut guard = IdlePeers(child);
+        let mut line = String::new();
+        let ok = out
+            .map(std::io::BufReader::new)
+            .is_some_and(|mut r| r.read_line(&mut line).is_ok());
+        if !ok || !line.starts_with("ready") {
+            let _ = guard.0.kill();
+            return Err(LocalNetError::Invalid(format!(
+                "the idle peers did not all get a channel: {}",
+                line.trim()
+            )));
+        }
+        Ok(guard)
+    }
+}
+
+impl Drop for IdlePeers {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Run `count` idle peers of the hub `hub` at `addr` (the `hub idle-peers` process of
+/// [`bench`]): each connects under a fresh key, opens a channel (0.01 ETH on its side,
+/// without a chain, as the bench's hub expects), acknowledges what the hub sends, and then
+/// stays connected and silent. Prints `ready <count>` once every channel is accepted, then
+/// holds the connections until killed.
+pub async fn idle_peers(addr: SocketAddr, hub: Address, count: usize) -> Result<(), LocalNetError> {
+    use crate::wire::{Body, Frame};
+    let defaults = NodeOptions::default();
+    let endpoint =
+        crate::transport::client(SocketAddr::from(([127, 0, 0, 1], 0))).map_err(NodeError::from)?;
+    let (accepted_tx, mut accepted) = tokio::sync::mpsc::channel::<()>(count.max(1));
+    let mut held = Vec::with_capacity(count);
+    for i in 0..count {
+        let keys = htlc::sig::Keys::from_bytes(rand::random())
+            .ok_or_else(|| LocalNetError::Invalid("random key".into()))?;
+        let mut s = loop {
+            match crate::transport::connect(
+                &endpoint,
+                addr,
+                &keys,
+                Some(hub),
+                crate::wire::DEFAULT_MAX_FRAME,
+            )
+            .await
+            {
+                Ok(s) => break s,
+                // The hub's handshake budget: try again shortly.
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        };
+        let params = htlc::ChannelParams {
+            chain_id: defaults.chain_id,
+            adjudicator: defaults.adjudicator,
+            participants: [keys.address(), hub],
+            asset: Address::ZERO,
+            challenge_duration: defaults.challenge_duration,
+            nonce: alloy::primitives::U256::from(i as u64 + 1),
+        };
+        let balances = [defaults.min_peer_deposit, Amount::ZERO];
+        let state = htlc::ChannelState::opening(params.id(), balances);
+        let sig = htlc::update::sign_state(&params, &keys, &state)
+            .map_err(|e| LocalNetError::Invalid(e.to_string()))?;
+        let open = Frame::Msg {
+            seq: 1,
+            body: Body::OpenChannel {
+                params,
+                balances,
+                sig,
+            },
+        };
+        crate::wire::write_frame(&mut s.send, &open)
+            .await
+            .map_err(|e| LocalNetError::Invalid(e.to_string()))?;
+        let (mut send, mut recv) = (s.send, s.recv);
+        let tx = accepted_tx.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(f)) =
+                crate::wire::read_frame(&mut recv, crate::wire::DEFAULT_MAX_FRAME).await
+            {
+                if let Frame::Msg { seq, body } = f {
+                    if crate::wire::write_frame(&mut send, &Frame::Ack { seq })
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    if matches!(body, Body::ChannelAccepted { .. }) {
+                        let _ = tx.send(()).await;
+                    }
+                }
+            }
+        });
+        held.push(s.conn);
+    }
+    drop(accepted_tx);
+    for n in 0..count {
+        if tokio::time::timeout(Duration::from_secs(60), accepted.recv())
+            .await
+            .ok()
+            .flatten()
+            .is_none()
+        {
+            println!("failed: {n} of {count} channels accepted");
+            return Err(LocalNetError::Timeout("the idle peers' channels"));
+        }
+    }
+    println!("ready {count}");
+    // Held until the bench kills this process.
+    std::future::pending::<()>().await;
+    drop(held);
+    Ok(())
 }

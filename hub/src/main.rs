@@ -140,6 +140,23 @@ enum Command {
         /// compare the honest payers' latency with and without.
         #[arg(long, default_value_t = 0)]
         flood: usize,
+        /// Idle peers connected to the hub during each run, each with a channel (run in a
+        /// process of their own; the hub's added memory is reported).
+        #[arg(long, default_value_t = 0)]
+        idle: usize,
+    },
+    /// The idle peers of `hub bench --idle` (internal: started by the bench).
+    #[command(hide = true)]
+    IdlePeers {
+        /// The hub's QUIC address.
+        #[arg(long)]
+        hub_addr: std::net::SocketAddr,
+        /// The hub's address.
+        #[arg(long)]
+        hub: alloy::primitives::Address,
+        /// How many.
+        #[arg(long)]
+        count: usize,
     },
     /// Show the node: address, channels, payments, fees earned.
     Info {
@@ -456,9 +473,23 @@ fn run() -> Result<()> {
             warmup,
             amount,
             flood,
-        } => rt.block_on(demo::bench(
-            payers, in_flight, seconds, warmup, amount, flood,
-        )),
+            idle,
+        } => rt.block_on(demo::bench(demo::BenchArgs {
+            payers,
+            in_flight,
+            seconds,
+            warmup,
+            amount,
+            flood,
+            idle,
+        })),
+        Command::IdlePeers {
+            hub_addr,
+            hub,
+            count,
+        } => rt
+            .block_on(hub::localnet::idle_peers(hub_addr, hub, count))
+            .context("idle peers"),
         cmd => {
             let Some(conn) = cmd.conn().cloned() else {
                 anyhow::bail!("not a client command");

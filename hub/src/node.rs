@@ -228,6 +228,9 @@ pub(crate) struct Inner {
     pub(crate) endpoints: std::sync::Mutex<Vec<(u64, quinn::Endpoint)>>,
     /// Prometheus metrics.
     pub(crate) metrics: crate::metrics::Metrics,
+    /// Time steps held the machine's lock, microseconds in all (what bounds a node's rate
+    /// when it nears the wall time).
+    pub(crate) step_micros: std::sync::atomic::AtomicU64,
 }
 
 /// A hub or a peer: channels, sessions, storage.
@@ -269,6 +272,7 @@ impl Node {
                     NonZeroU32::new(node_stranger_rate).unwrap_or(NonZeroU32::MIN),
                 )),
                 stopping: tokio::sync::watch::Sender::new(false),
+                step_micros: std::sync::atomic::AtomicU64::new(0),
             }),
         };
         if node.inner.submitter.is_some() {
@@ -276,6 +280,13 @@ impl Node {
         }
         node.spawn_payment_tasks();
         Ok(node)
+    }
+
+    /// Time steps have held the node machine's lock so far, microseconds.
+    pub fn step_micros(&self) -> u64 {
+        self.inner
+            .step_micros
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Read the node machine (never across an await).

@@ -191,6 +191,7 @@ impl Node {
         }
         let (tx, rx) = oneshot::channel();
         let mut m = self.inner.machine.lock().unwrap_or_else(|p| p.into_inner());
+        let held = std::time::Instant::now();
         let out = f(&mut m)?;
         let mut batch = extra;
         let filled = crate::persist::fill(&mut batch, &out.writes, &m);
@@ -223,6 +224,9 @@ impl Node {
         }
         self.inner.store.submit(batch, move |r| carry.run(r));
         drop(m);
+        self.inner
+            .step_micros
+            .fetch_add(held.elapsed().as_micros() as u64, Ordering::Relaxed);
         Ok(Done(rx))
     }
 

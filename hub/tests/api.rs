@@ -83,6 +83,7 @@ async fn start_net(peers: usize) -> LocalNet {
         policy: POLICY,
         dir,
         api: Some(loopback()),
+        connections: None,
     })
     .await
     .unwrap()

@@ -507,9 +507,10 @@ async fn a_flooding_peer_does_not_stop_the_others_payments() {
     n.shutdown();
 }
 
-/// `hub bench`'s workload with several payments in flight per payer (issue 17): every payment
-/// succeeds and the report's counters are filled. The figures themselves are the README's
-/// (speed is measured by the benchmark, never asserted here).
+/// `hub bench`'s workload with several payments in flight per payer (issue 17), beside 20 idle
+/// peers (the real `hub idle-peers` process, each opening a channel the hub accepts): every
+/// payment succeeds and the report's counters are filled. The figures themselves are the
+/// README's (speed is measured by the benchmark, never asserted here).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bench_workload_with_payments_in_flight_pays_every_one() {
     let dir = TempDir::new("bench-smoke");
@@ -521,11 +522,13 @@ async fn the_bench_workload_with_payments_in_flight_pays_every_one() {
         amount: Amount(1_000_000),
         dir: dir.0.clone(),
         flood: 0,
+        idle: 20,
+        idle_exe: Some(env!("CARGO_BIN_EXE_hub").into()),
     })
     .await
     .unwrap();
     assert!(r.paid > 0, "{r:?}");
     assert_eq!(r.failed, 0, "{r:?}");
-    assert_eq!(r.in_flight, 4);
+    assert_eq!((r.in_flight, r.idle), (4, 20));
     assert!(r.updates_per_payment > 0.0 && r.cpu_us_per_payment > 0.0 && r.rss_kib > 0);
 }

@@ -333,7 +333,8 @@ pub async fn run(addr: SocketAddr, token: &str, cmd: Command) -> Result<()> {
         | Command::Deploy { .. }
         | Command::Demo(_)
         | Command::Net { .. }
-        | Command::Bench { .. } => {
+        | Command::Bench { .. }
+        | Command::IdlePeers { .. } => {
             bail!("not a client command")
         }
     }

@@ -41,6 +41,7 @@ pub async fn run(a: DemoArgs) -> Result<()> {
         policy,
         dir: scratch("demo"),
         api: Some(a.hub_api),
+        connections: None,
     })
     .await
     .context("starting the local network")?;
@@ -211,15 +212,35 @@ async fn close_all(net: &LocalNet) -> Result<()> {
     Ok(())
 }
 
+/// What `hub bench` measures (its command-line options).
+pub struct BenchArgs {
+    /// Numbers of concurrent payers (each a run).
+    pub payers: Vec<usize>,
+    /// Payments in flight per payer (each a run).
+    pub in_flight: Vec<usize>,
+    /// Seconds measured per run.
+    pub seconds: u64,
+    /// Seconds of warm-up per run.
+    pub warmup: u64,
+    /// Each payment's amount, wei.
+    pub amount: u128,
+    /// Strangers flooding the hub.
+    pub flood: usize,
+    /// Idle peers with a channel each, connected during every run.
+    pub idle: usize,
+}
+
 /// Run the benchmark and print its table.
-pub async fn bench(
-    payers: Vec<usize>,
-    in_flight: Vec<usize>,
-    seconds: u64,
-    warmup: u64,
-    amount: u128,
-    flood: usize,
-) -> Result<()> {
+pub async fn bench(a: BenchArgs) -> Result<()> {
+    let BenchArgs {
+        payers,
+        in_flight,
+        seconds,
+        warmup,
+        amount,
+        flood,
+        idle,
+    } = a;
     if payers.iter().any(|p| *p < 2) {
         bail!("--payers: each run needs at least 2 payers");
     }
@@ -230,13 +251,18 @@ pub async fn bench(
         "A → hub → B payments, durable RocksDB (synced group commits), QUIC on loopback, {} cores",
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
+    if idle > 0 {
+        println!(
+            "with {idle} idle peers connected to the hub, each with a channel (in a process of their own)"
+        );
+    }
     if flood > 0 {
         println!(
             "with {flood} strangers flooding the hub with frames it must refuse (a fresh key per connection)"
         );
     }
     println!(
-        "{:>7} {:>9} {:>9} {:>7} {:>10} {:>9} {:>9} {:>12} {:>14} {:>11} {:>8} {:>12} {:>12} {:>10}",
+        "{:>7} {:>9} {:>9} {:>7} {:>10} {:>9} {:>9} {:>12} {:>10} {:>14} {:>12} {:>13} {:>11} {:>8} {:>12} {:>12} {:>10}",
         "payers",
         "in flight",
         "paid",
@@ -245,7 +271,10 @@ pub async fn bench(
         "p50 ms",
         "p99 ms",
         "updates/pay",
+        "fsyncs/pay",
         "batches/fsync",
+        "writer busy",
+        "machine busy",
         "CPU µs/pay",
         "cores",
         "flood frames",
@@ -266,11 +295,21 @@ pub async fn bench(
                 amount: Amount(amount),
                 dir: scratch(&format!("bench-{n}-{k}")),
                 flood,
+                idle,
+                idle_exe: Some(std::env::current_exe().context("finding the hub binary")?),
             })
             .await?;
             bar.finish_and_clear();
+            if r.idle > 0 {
+                println!(
+                    "  {} idle peers added {:.0} MiB to the hub's resident memory ({:.1} KiB each)",
+                    r.idle,
+                    r.idle_rss_kib as f64 / 1024.0,
+                    r.idle_rss_kib as f64 / r.idle as f64
+                );
+            }
             println!(
-                "{:>7} {:>9} {:>9} {:>7} {:>10.0} {:>9.2} {:>9.2} {:>12.2} {:>14.1} {:>11.0} {:>8.2} {:>12} {:>12} {:>10.0}",
+                "{:>7} {:>9} {:>9} {:>7} {:>10.0} {:>9.2} {:>9.2} {:>12.2} {:>10.2} {:>14.1} {:>11.0}% {:>12.0}% {:>11.0} {:>8.2} {:>12} {:>12} {:>10.0}",
                 r.payers,
                 r.in_flight,
                 r.paid,
@@ -279,7 +318,10 @@ pub async fn bench(
                 r.p50_ms,
                 r.p99_ms,
                 r.updates_per_payment,
+                r.syncs_per_payment,
                 r.batches_per_sync,
+                r.writer_busy * 100.0,
+                r.machine_busy * 100.0,
                 r.cpu_us_per_payment,
                 r.cpu_share,
                 r.flood_frames,
