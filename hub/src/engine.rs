@@ -470,6 +470,28 @@ impl Node {
                 }
             }
         }
+        // Onion layers of route instructions on the peer's own channels are peeled here, in
+        // the session's task, outside the machine's lock (two scalar multiplications each;
+        // the machine uses each only for the packet it was peeled from). Instructions for
+        // channels that are not the peer's are refused by the machine unpeeled.
+        let owned: Vec<bool> = self.read(|m| {
+            decided
+                .iter()
+                .map(|f| match f {
+                    htlc::node::Frame::Msg {
+                        body: wire::Body::Route { channel_id, .. },
+                        ..
+                    } => m.peer_of(*channel_id) == Some(peer),
+                    _ => false,
+                })
+                .collect()
+        });
+        let peeled: Vec<htlc::node::PeeledAhead> = decided
+            .iter()
+            .zip(owned)
+            .filter(|(_, owned)| *owned)
+            .filter_map(|(f, _)| htlc::node::PeeledAhead::of(&self.inner.keys, f))
+            .collect();
         crate::failpoint::point("before_process");
         let now = self.now();
         let done = self.step(|m| {
@@ -484,7 +506,7 @@ impl Node {
                     },
                 ));
             }
-            out.extend(m.handle_frames(now, peer, decided));
+            out.extend(m.handle_frames_peeled(now, peer, decided, peeled));
             Ok::<_, NodeError>(out)
         })?;
         Ok(Some(done))

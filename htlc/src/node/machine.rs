@@ -584,6 +584,43 @@ pub struct Node {
     /// hashlock: each part's channel, HTLC, amount and when it came (in memory: after a
     /// restart `resume` decides the committed parts again and they are held anew).
     parts: BTreeMap<Hashlock, Vec<(ChannelId, HtlcId, Amount, u64)>>,
+    /// Onion layers peeled before this step, outside the caller's lock
+    /// ([`Node::handle_frames_peeled`]); used by the route instructions they were peeled
+    /// from and emptied at the end of the step.
+    prepeeled: Vec<PeeledAhead>,
+}
+
+/// An onion layer peeled ahead of a step: the packet and hashlock it was peeled for, and what
+/// [`Keys::peel`] gave. Peeling is a pure function of our key and these two, so a caller may do
+/// it outside the lock it steps the machine under (two of a payment's scalar multiplications).
+#[derive(Debug)]
+pub struct PeeledAhead {
+    /// The packet as it came.
+    pub onion: Box<crate::onion::Packet>,
+    /// The HTLC's hashlock it was peeled against.
+    pub hashlock: alloy::primitives::B256,
+    /// The layer.
+    pub layer: Result<crate::onion::Peeled, crate::onion::OnionError>,
+}
+
+impl PeeledAhead {
+    /// Peel `frame`'s onion if it carries a route instruction: `None` otherwise.
+    pub fn of(keys: &Keys, frame: &Frame) -> Option<PeeledAhead> {
+        let Frame::Msg {
+            body: Body::Route {
+                hashlock, onion, ..
+            },
+            ..
+        } = frame
+        else {
+            return None;
+        };
+        Some(PeeledAhead {
+            onion: onion.clone(),
+            hashlock: hashlock.0,
+            layer: keys.peel(onion, hashlock.0),
+        })
+    }
 }
 
 impl Node {
@@ -603,6 +640,7 @@ impl Node {
             reachable: HashMap::new(),
             pending_gossip: BTreeMap::new(),
             parts: BTreeMap::new(),
+            prepeeled: Vec::new(),
         }
     }
 
@@ -957,6 +995,39 @@ impl Node {
             self.on_frame(now, from, f, &mut p);
         }
         self.finish(now, p)
+    }
+
+    /// As [`Node::handle_frames`], with the onion layers of the frames' route instructions
+    /// already peeled ([`PeeledAhead::of`]): each is used only for the very packet and hashlock
+    /// it was peeled from; a route instruction without one is peeled here. The output is the
+    /// same as [`Node::handle_frames`]'s.
+    pub fn handle_frames_peeled(
+        &mut self,
+        now: Expiry,
+        from: Address,
+        frames: impl IntoIterator<Item = Frame>,
+        peeled: Vec<PeeledAhead>,
+    ) -> Output {
+        self.prepeeled = peeled;
+        let out = self.handle_frames(now, from, frames);
+        self.prepeeled.clear();
+        out
+    }
+
+    /// Our layer of `onion` for `hashlock`: peeled ahead if it was, else now.
+    fn peel(
+        &mut self,
+        onion: &crate::onion::Packet,
+        hashlock: alloy::primitives::B256,
+    ) -> Result<crate::onion::Peeled, crate::onion::OnionError> {
+        match self
+            .prepeeled
+            .iter()
+            .position(|a| a.hashlock == hashlock && *a.onion == *onion)
+        {
+            Some(i) => self.prepeeled.swap_remove(i).layer,
+            None => self.keys.peel(onion, hashlock),
+        }
     }
 
     /// Handle one frame from `from`.
@@ -1921,7 +1992,7 @@ impl Node {
                 let max = self.config.limits.max_pending_locks;
                 match admit_route(owned, (waiting, max)) {
                     Ok(()) => {
-                        let layer = self.keys.peel(&onion, hashlock.0);
+                        let layer = self.peel(&onion, hashlock.0);
                         let route = read_layer(from, hashlock, layer, now);
                         let key = (channel_id, htlc);
                         self.write(

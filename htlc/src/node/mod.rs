@@ -49,7 +49,9 @@ pub mod records;
 pub mod timers;
 pub mod tower;
 
-pub use machine::{Abandoned, ChainEvent, CommandError, Config, Node, NodeEvent, NotReady, Output};
+pub use machine::{
+    Abandoned, ChainEvent, CommandError, Config, Node, NodeEvent, NotReady, Output, PeeledAhead,
+};
 pub use message::{Body, ErrorCode, Frame};
 pub use records::{Records, Write};
 
