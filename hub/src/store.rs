@@ -204,8 +204,8 @@ impl Drop for Closer {
 pub enum Profile {
     /// A hub's: RocksDB's default 64 MiB memtables and preallocated logs.
     Hub,
-    /// A client's (a wallet with a few channels): 1 MiB memtables and little disk reserved
-    /// ahead, so a thousand clients fit on one machine (the benchmark's payers).
+    /// A client's (a wallet with a few channels): 1 MiB memtables, 4 MiB in all, and little
+    /// disk reserved ahead, so a thousand clients fit on one machine (the benchmark's payers).
     Client,
 }
 
@@ -231,6 +231,11 @@ impl Store {
             // 4 MiB per manifest).
             cf_opts.set_write_buffer_size(CLIENT_WRITE_BUFFER);
             opts.set_write_buffer_size(CLIENT_WRITE_BUFFER);
+            // All memtables together, the "default" family's included (opened with RocksDB's
+            // defaults): this also caps each log file's preallocation, which RocksDB sizes
+            // from the largest write buffer (70 MiB otherwise: hundreds of clients filled the
+            // disk with reserved log space).
+            opts.set_db_write_buffer_size(4 * CLIENT_WRITE_BUFFER);
             opts.set_manifest_preallocation_size(CLIENT_WRITE_BUFFER / 16);
         }
         let cfs = Cf::ALL
