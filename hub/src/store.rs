@@ -489,6 +489,32 @@ mod tests {
         std::fs::remove_dir_all(dir).ok();
     }
 
+    /// A client store is as durable as a hub's, and reserves little disk: no log file takes
+    /// more than a few MiB (RocksDB's defaults reserve 70 MiB each, where the filesystem can).
+    #[tokio::test]
+    async fn a_client_store_is_durable_and_reserves_little_disk() {
+        use std::os::unix::fs::MetadataExt;
+        let client = tmp();
+        {
+            let s = Store::open_with(&client, Profile::Client).unwrap();
+            let mut b = Batch::new();
+            b.put(Cf::Channels, b"a", &1u64).unwrap();
+            s.commit(b).await.unwrap();
+            let largest_log = std::fs::read_dir(&client)
+                .unwrap()
+                .flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+                .map(|e| e.metadata().unwrap().blocks() * 512)
+                .max()
+                .unwrap_or(0);
+            assert!(largest_log <= 8 << 20, "{largest_log} bytes reserved");
+        }
+        let s = Store::open_with(&client, Profile::Client).unwrap();
+        assert_eq!(s.get::<u64>(Cf::Channels, b"a").unwrap(), Some(1));
+        drop(s);
+        std::fs::remove_dir_all(client).ok();
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_commits_share_syncs() {
         let dir = tmp();
