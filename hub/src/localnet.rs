@@ -48,6 +48,9 @@ pub struct LocalNetOptions {
     /// Connections the hub serves at once, and accepts per second (room for idle peers
     /// beyond the default 10,000 and 100/s); `None`: the defaults.
     pub connections: Option<usize>,
+    /// A runtime of its own for the hub's tasks (the bench measures their threads' CPU);
+    /// `None`: the caller's.
+    pub hub_runtime: Option<tokio::runtime::Handle>,
 }
 
 /// Why a local network could not be built.
@@ -165,8 +168,12 @@ impl LocalNet {
         if o.chain {
             ho.collateral = o.deposit;
         }
-        let hub = Node::start(keys_for(1)?, Store::open(&o.dir.join("hub"))?, ho)?;
-        let hub_addr = hub.listen(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+        let (hub, hub_addr) = {
+            let _in_hub_runtime = o.hub_runtime.as_ref().map(|h| h.enter());
+            let hub = Node::start(keys_for(1)?, Store::open(&o.dir.join("hub"))?, ho)?;
+            let addr = hub.listen(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+            (hub, addr)
+        };
         let api = match o.api {
             Some(a) => Some(hub.serve_api(a).await?),
             None => None,
@@ -338,6 +345,10 @@ pub struct BenchReport {
     /// CPU time of the whole process (hub and payers together, all threads) per successful
     /// payment, microseconds.
     pub cpu_us_per_payment: f64,
+    /// CPU time of the hub's own threads (its runtime and its store's writer) per
+    /// successful payment, microseconds: what one payment costs the hub itself (with
+    /// [`BenchOptions::hub_cpu`]; 0 otherwise).
+    pub hub_cpu_us_per_payment: f64,
     /// CPU time over wall time during the measured part (2.0 = both cores of this machine).
     pub cpu_share: f64,
     /// Resident memory of the process at the end, KiB.
@@ -408,12 +419,38 @@ pub struct BenchOptions {
     pub idle: usize,
     /// The `hub` binary that runs the idle peers.
     pub idle_exe: Option<PathBuf>,
+    /// Run the hub on a runtime of its own and report its threads' CPU per payment.
+    pub hub_cpu: bool,
 }
 
 /// Run `payers` peers on a local network without a chain, each paying the next one in a ring
 /// (so no channel depletes), `in_flight` payments at a time each, for `duration` after a
 /// warm-up of `warmup`; report throughput and latency. Storage is durable (every batch synced).
 pub async fn bench(o: BenchOptions) -> Result<BenchReport, LocalNetError> {
+    if !o.hub_cpu {
+        return bench_on(o, None).await;
+    }
+    // The hub's tasks on two threads of their own, so that its CPU can be told from the
+    // payers' (they share the machine's two cores all the same; the extra thread switches
+    // cost some throughput).
+    let hub_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name(HUB_THREADS)
+        .enable_all()
+        .build()
+        .map_err(|e| LocalNetError::Invalid(format!("the hub's runtime: {e}")))?;
+    let report = bench_on(o, Some(hub_rt.handle().clone())).await;
+    hub_rt.shutdown_background();
+    report
+}
+
+/// The hub's runtime threads' name in the bench.
+const HUB_THREADS: &str = "hub-rt";
+
+async fn bench_on(
+    o: BenchOptions,
+    hub_rt: Option<tokio::runtime::Handle>,
+) -> Result<BenchReport, LocalNetError> {
     let BenchOptions {
         payers,
         in_flight,
@@ -424,9 +461,12 @@ pub async fn bench(o: BenchOptions) -> Result<BenchReport, LocalNetError> {
         flood,
         idle,
         idle_exe,
+        ..
     } = o;
+    let measure_hub = hub_rt.is_some();
     let net = std::sync::Arc::new(
         LocalNet::start(LocalNetOptions {
+            hub_runtime: hub_rt,
             peers: payers,
             deposit: Amount(amount.0.saturating_mul(1_000_000_000)),
             chain: false,
@@ -501,6 +541,7 @@ pub async fn bench(o: BenchOptions) -> Result<BenchReport, LocalNetError> {
     let entries0 = store_entries(&net.hub.inner.store);
     let rss0 = rss_kib();
     let cpu0 = cpu_secs();
+    let hub_cpu0 = threads_cpu_secs(|name| name.starts_with(HUB_THREADS) || name == "store hub");
     let stats = net.hub.inner.store.stats();
     let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
     let m0 = net.hub.step_micros();
@@ -521,6 +562,8 @@ pub async fn bench(o: BenchOptions) -> Result<BenchReport, LocalNetError> {
     }
     let secs = measure_from.elapsed().as_secs_f64();
     let cpu = cpu_secs() - cpu0;
+    let hub_cpu =
+        threads_cpu_secs(|name| name.starts_with(HUB_THREADS) || name == "store hub") - hub_cpu0;
     let rss_kib_now = rss_kib();
     for f in flooders {
         let _ = f.await;
@@ -554,6 +597,11 @@ pub async fn bench(o: BenchOptions) -> Result<BenchReport, LocalNetError> {
             0.0
         },
         cpu_share: cpu / secs.max(1e-9),
+        hub_cpu_us_per_payment: if paid > 0 && measure_hub {
+            hub_cpu * 1e6 / paid as f64
+        } else {
+            0.0
+        },
         rss_kib: rss_kib_now,
         paid,
         failed,
@@ -671,6 +719,28 @@ fn cpu_secs() -> f64 {
             Some(t as f64 / 100.0)
         })
         .unwrap_or(0.0)
+}
+
+/// CPU time (user + system) of this process's threads whose name `pick` accepts, seconds.
+fn threads_cpu_secs(pick: impl Fn(&str) -> bool) -> f64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0.0;
+    };
+    let mut ticks = 0u64;
+    for t in tasks.flatten() {
+        let name = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        if !pick(name.trim()) {
+            continue;
+        }
+        if let Ok(stat) = std::fs::read_to_string(t.path().join("stat"))
+            && let Some((_, rest)) = stat.rsplit_once(')')
+        {
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let parse = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            ticks += parse(11) + parse(12);
+        }
+    }
+    ticks as f64 / 100.0
 }
 
 fn rss_kib() -> u64 {

@@ -144,6 +144,10 @@ enum Command {
         /// process of their own; the hub's added memory is reported).
         #[arg(long, default_value_t = 0)]
         idle: usize,
+        /// Run the hub on threads of its own and report their CPU per payment (the extra
+        /// thread switches lower the throughput somewhat).
+        #[arg(long)]
+        hub_cpu: bool,
     },
     /// The idle peers of `hub bench --idle` (internal: started by the bench).
     #[command(hide = true)]
@@ -474,6 +478,7 @@ fn run() -> Result<()> {
             amount,
             flood,
             idle,
+            hub_cpu,
         } => rt.block_on(demo::bench(demo::BenchArgs {
             payers,
             in_flight,
@@ -482,6 +487,7 @@ fn run() -> Result<()> {
             amount,
             flood,
             idle,
+            hub_cpu,
         })),
         Command::IdlePeers {
             hub_addr,

@@ -246,7 +246,13 @@ impl Store {
         let (tx, rx) = mpsc::channel::<Job>();
         let (wdb, wstats) = (db.clone(), stats.clone());
         let thread = std::thread::Builder::new()
-            .name("store-writer".into())
+            // Named for its database's folder ("store peer-3"; Linux keeps 15 bytes), so a
+            // process running several nodes can tell their writers apart.
+            .name(format!(
+                "store {}",
+                dir.file_name()
+                    .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+            ))
             .spawn(move || writer_loop(wdb, &rx, &wstats))
             .map_err(|e| StoreError::Write(e.to_string()))?;
         Ok(Store {

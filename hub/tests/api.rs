@@ -84,6 +84,7 @@ async fn start_net(peers: usize) -> LocalNet {
         dir,
         api: Some(loopback()),
         connections: None,
+        hub_runtime: None,
     })
     .await
     .unwrap()

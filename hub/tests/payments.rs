@@ -524,6 +524,7 @@ async fn the_bench_workload_with_payments_in_flight_pays_every_one() {
         flood: 0,
         idle: 20,
         idle_exe: Some(env!("CARGO_BIN_EXE_hub").into()),
+        hub_cpu: true,
     })
     .await
     .unwrap();
@@ -531,4 +532,8 @@ async fn the_bench_workload_with_payments_in_flight_pays_every_one() {
     assert_eq!(r.failed, 0, "{r:?}");
     assert_eq!((r.in_flight, r.idle), (4, 20));
     assert!(r.updates_per_payment > 0.0 && r.cpu_us_per_payment > 0.0 && r.rss_kib > 0);
+    assert!(
+        r.hub_cpu_us_per_payment > 0.0 && r.hub_cpu_us_per_payment < r.cpu_us_per_payment,
+        "the hub's threads are some of the process's: {r:?}"
+    );
 }

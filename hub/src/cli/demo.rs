@@ -42,6 +42,7 @@ pub async fn run(a: DemoArgs) -> Result<()> {
         dir: scratch("demo"),
         api: Some(a.hub_api),
         connections: None,
+        hub_runtime: None,
     })
     .await
     .context("starting the local network")?;
@@ -228,6 +229,8 @@ pub struct BenchArgs {
     pub flood: usize,
     /// Idle peers with a channel each, connected during every run.
     pub idle: usize,
+    /// Run the hub on threads of its own and report their CPU per payment.
+    pub hub_cpu: bool,
 }
 
 /// Run the benchmark and print its table.
@@ -240,6 +243,7 @@ pub async fn bench(a: BenchArgs) -> Result<()> {
         amount,
         flood,
         idle,
+        hub_cpu,
     } = a;
     if payers.iter().any(|p| *p < 2) {
         bail!("--payers: each run needs at least 2 payers");
@@ -262,7 +266,7 @@ pub async fn bench(a: BenchArgs) -> Result<()> {
         );
     }
     println!(
-        "{:>7} {:>9} {:>9} {:>7} {:>10} {:>9} {:>9} {:>12} {:>10} {:>14} {:>12} {:>13} {:>11} {:>8} {:>12} {:>12} {:>10}",
+        "{:>7} {:>9} {:>9} {:>7} {:>10} {:>9} {:>9} {:>12} {:>10} {:>14} {:>12} {:>13} {:>11} {:>12} {:>8} {:>12} {:>12} {:>10}",
         "payers",
         "in flight",
         "paid",
@@ -276,6 +280,7 @@ pub async fn bench(a: BenchArgs) -> Result<()> {
         "writer busy",
         "machine busy",
         "CPU µs/pay",
+        "hub µs/pay",
         "cores",
         "flood frames",
         "store +keys",
@@ -297,6 +302,7 @@ pub async fn bench(a: BenchArgs) -> Result<()> {
                 flood,
                 idle,
                 idle_exe: Some(std::env::current_exe().context("finding the hub binary")?),
+                hub_cpu,
             })
             .await?;
             bar.finish_and_clear();
@@ -309,7 +315,7 @@ pub async fn bench(a: BenchArgs) -> Result<()> {
                 );
             }
             println!(
-                "{:>7} {:>9} {:>9} {:>7} {:>10.0} {:>9.2} {:>9.2} {:>12.2} {:>10.2} {:>14.1} {:>11.0}% {:>12.0}% {:>11.0} {:>8.2} {:>12} {:>12} {:>10.0}",
+                "{:>7} {:>9} {:>9} {:>7} {:>10.0} {:>9.2} {:>9.2} {:>12.2} {:>10.2} {:>14.1} {:>11.0}% {:>12.0}% {:>11.0} {:>12.0} {:>8.2} {:>12} {:>12} {:>10.0}",
                 r.payers,
                 r.in_flight,
                 r.paid,
@@ -323,6 +329,7 @@ pub async fn bench(a: BenchArgs) -> Result<()> {
                 r.writer_busy * 100.0,
                 r.machine_busy * 100.0,
                 r.cpu_us_per_payment,
+                r.hub_cpu_us_per_payment,
                 r.cpu_share,
                 r.flood_frames,
                 r.store_growth,
