@@ -52,8 +52,11 @@ fn each_hop_reads_its_own_instruction() {
     for n in 1..=MAX_HOPS {
         let (keys, hops) = route(n);
         let (mut packet, secrets) = build(&key(1), &hops, HL).unwrap();
+        let mut seen = std::collections::HashSet::new();
         for (i, k) in keys.iter().enumerate() {
             assert_eq!(packet.routing.len(), ROUTING_LEN);
+            // Every hop gets an ephemeral key of its own (the payer chose each one).
+            assert!(seen.insert(packet.ephemeral.clone()), "route {n}, hop {i}");
             let peeled = peel(&packet, k, HL).unwrap();
             assert_eq!(peeled.payload, hops[i].payload, "route {n}, hop {i}");
             assert_eq!(peeled.secret, secrets[i]);
@@ -113,9 +116,12 @@ fn malformed_packets_are_refused_with_a_typed_error() {
     let mut short = packet.clone();
     short.routing.pop();
     assert_eq!(peel(&short, &keys[0], HL), Err(OnionError::Malformed));
-    let mut version = packet.clone();
-    version.version = 1;
-    assert_eq!(peel(&version, &keys[0], HL), Err(OnionError::Malformed));
+    // Version 0 (each node blinded the next key) and unknown versions are refused.
+    for v in [0, 2, 255] {
+        let mut version = packet.clone();
+        version.version = v;
+        assert_eq!(peel(&version, &keys[0], HL), Err(OnionError::Malformed));
+    }
     let mut eph = packet.clone();
     eph.ephemeral = vec![2; 33];
     assert!(matches!(
