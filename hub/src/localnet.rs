@@ -805,9 +805,13 @@ impl Drop for IdlePeers {
 /// Run `count` idle peers of the hub `hub` at `addr` (the `hub idle-peers` process of
 /// [`bench`]): each connects under a fresh key, opens a channel (0.01 ETH on its side,
 /// without a chain, as the bench's hub expects), acknowledges what the hub sends, and then
-/// stays connected and silent. Prints `ready <count>` once every channel is accepted, then
-/// holds the connections until killed.
-pub async fn idle_peers(addr: SocketAddr, hub: Address, count: usize) -> Result<(), LocalNetError> {
+/// stays connected and silent. Returns once every channel is accepted; the peers stay
+/// connected while the returned endpoint and connections (and the runtime) live.
+pub async fn idle_peers(
+    addr: SocketAddr,
+    hub: Address,
+    count: usize,
+) -> Result<(quinn::Endpoint, Vec<quinn::Connection>), LocalNetError> {
     use crate::wire::{Body, Frame};
     let defaults = NodeOptions::default();
     let endpoint =
@@ -884,13 +888,10 @@ pub async fn idle_peers(addr: SocketAddr, hub: Address, count: usize) -> Result<
             .flatten()
             .is_none()
         {
-            println!("failed: {n} of {count} channels accepted");
-            return Err(LocalNetError::Timeout("the idle peers' channels"));
+            return Err(LocalNetError::Invalid(format!(
+                "{n} of {count} idle peers' channels accepted in time"
+            )));
         }
     }
-    println!("ready {count}");
-    // Held until the bench kills this process.
-    std::future::pending::<()>().await;
-    drop(held);
-    Ok(())
+    Ok((endpoint, held))
 }

@@ -493,9 +493,16 @@ fn run() -> Result<()> {
             hub_addr,
             hub,
             count,
-        } => rt
-            .block_on(hub::localnet::idle_peers(hub_addr, hub, count))
-            .context("idle peers"),
+        } => rt.block_on(async {
+            let held = hub::localnet::idle_peers(hub_addr, hub, count)
+                .await
+                .context("idle peers")?;
+            // The line `hub bench` waits for; then the peers stay until it kills us.
+            println!("ready {}", held.1.len());
+            std::future::pending::<()>().await;
+            drop(held);
+            Ok(())
+        }),
         cmd => {
             let Some(conn) = cmd.conn().cloned() else {
                 anyhow::bail!("not a client command");
