@@ -120,35 +120,7 @@ enum Command {
     },
     /// Measure A → hub → B payments: throughput and p50/p99 latency for each number of
     /// concurrent payers, durable storage on, real QUIC on loopback (no chain).
-    Bench {
-        /// Numbers of concurrent payers, comma-separated.
-        #[arg(long, value_delimiter = ',', default_value = "2,16,128")]
-        payers: Vec<usize>,
-        /// Payments each payer keeps in flight, comma-separated (each value is a run).
-        #[arg(long, value_delimiter = ',', default_value = "1")]
-        in_flight: Vec<usize>,
-        /// Seconds measured per run.
-        #[arg(long, default_value_t = 10)]
-        seconds: u64,
-        /// Seconds of warm-up before measuring.
-        #[arg(long, default_value_t = 2)]
-        warmup: u64,
-        /// Amount of each payment, wei.
-        #[arg(long, default_value_t = 1_000_000)]
-        amount: u128,
-        /// Strangers flooding the hub with frames it must refuse during each run (issue 12):
-        /// compare the honest payers' latency with and without.
-        #[arg(long, default_value_t = 0)]
-        flood: usize,
-        /// Idle peers connected to the hub during each run, each with a channel (run in a
-        /// process of their own; the hub's added memory is reported).
-        #[arg(long, default_value_t = 0)]
-        idle: usize,
-        /// Run the hub on threads of its own and report their CPU per payment (the extra
-        /// thread switches lower the throughput somewhat).
-        #[arg(long)]
-        hub_cpu: bool,
-    },
+    Bench(BenchArgs),
     /// The idle peers of `hub bench --idle` (internal: started by the bench).
     #[command(hide = true)]
     IdlePeers {
@@ -345,6 +317,38 @@ impl Command {
     }
 }
 
+/// Options of `hub bench`.
+#[derive(clap::Args, Debug)]
+struct BenchArgs {
+    /// Numbers of concurrent payers, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "2,16,128")]
+    payers: Vec<usize>,
+    /// Payments each payer keeps in flight, comma-separated (each value is a run).
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    in_flight: Vec<usize>,
+    /// Seconds measured per run.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Seconds of warm-up before measuring.
+    #[arg(long, default_value_t = 2)]
+    warmup: u64,
+    /// Amount of each payment, wei.
+    #[arg(long, default_value_t = 1_000_000)]
+    amount: u128,
+    /// Strangers flooding the hub with frames it must refuse during each run (issue 12):
+    /// compare the honest payers' latency with and without.
+    #[arg(long, default_value_t = 0)]
+    flood: usize,
+    /// Idle peers connected to the hub during each run, each with a channel (run in a
+    /// process of their own; the hub's added memory is reported).
+    #[arg(long, default_value_t = 0)]
+    idle: usize,
+    /// Run the hub on threads of its own and report their CPU per payment (the extra
+    /// thread switches lower the throughput somewhat).
+    #[arg(long)]
+    hub_cpu: bool,
+}
+
 /// Options of `hub demo`.
 #[derive(clap::Args, Debug)]
 struct DemoArgs {
@@ -470,25 +474,7 @@ fn run() -> Result<()> {
         Command::Watchtower { config } => rt.block_on(serve(config, true)),
         Command::Demo(args) => rt.block_on(demo::run(args)),
         Command::Net { topology, payments } => rt.block_on(net(&topology, payments)),
-        Command::Bench {
-            payers,
-            in_flight,
-            seconds,
-            warmup,
-            amount,
-            flood,
-            idle,
-            hub_cpu,
-        } => rt.block_on(demo::bench(demo::BenchArgs {
-            payers,
-            in_flight,
-            seconds,
-            warmup,
-            amount,
-            flood,
-            idle,
-            hub_cpu,
-        })),
+        Command::Bench(args) => rt.block_on(demo::bench(args)),
         Command::IdlePeers {
             hub_addr,
             hub,

@@ -11,40 +11,26 @@ use alloy::primitives::B256;
 use contracts::Devnet;
 use htlc::sig::Keys;
 use htlc::{Amount, ChannelId};
-use hub::node::{Node, NodeOptions};
+use hub::node::Node;
 use hub::payments::PaymentStatus;
-use hub::store::Store;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{HubProc, TempDir, start_hub, wait_state};
+use common::{TempDir, chain_node, restart_hub, wait_state};
 
 const ETH: u128 = 1_000_000_000_000_000_000;
 const KILLS: usize = 3;
 const PAYMENTS: usize = 24;
 
 async fn node(net: &Devnet, i: usize, dir: &Path, hub: bool) -> Node {
-    let client = net.client(i).await.unwrap();
-    client.set_poll_interval(Duration::from_millis(10));
-    let mut o = NodeOptions {
-        chain_id: net.chain_id(),
-        adjudicator: net.deployment().adjudicator,
-        chain: Some(client),
-        chain_poll: Duration::from_millis(50),
-        chain_retry: Duration::from_millis(500),
-        ..NodeOptions::default()
-    };
-    if hub {
-        o.collateral = Amount(ETH);
-        o.announce = true;
-    }
-    Node::start(
-        Keys::from_signer(net.signer(i).unwrap()),
-        Store::open(&dir.join(format!("node{i}"))).unwrap(),
-        o,
-    )
-    .unwrap()
+    chain_node(net, i, &dir.join(format!("node{i}")), |o| {
+        if hub {
+            o.collateral = Amount(ETH);
+            o.announce = true;
+        }
+    })
+    .await
 }
 
 fn write_config(net: &Devnet, dir: &Path) -> PathBuf {
@@ -66,13 +52,6 @@ fn write_config(net: &Devnet, dir: &Path) -> PathBuf {
     )
     .unwrap();
     cfg
-}
-
-async fn restart(cfg: &Path) -> HubProc {
-    let cfg = cfg.to_path_buf();
-    tokio::task::spawn_blocking(move || start_hub(&cfg, None))
-        .await
-        .unwrap()
 }
 
 /// Hubs 1 and 3 (re)connect to hub 2 at `addr`.
@@ -108,7 +87,7 @@ async fn a_middle_hub_sigkilled_while_payments_cross_it_loses_nothing_for_anyone
     let net = Devnet::start().await.unwrap();
     let dir = TempDir::new("crash-multihub");
     let cfg = write_config(&net, &dir.0);
-    let mut h2 = restart(&cfg).await;
+    let mut h2 = restart_hub(&cfg).await;
     let h2_addr = Keys::from_signer(net.signer(2).unwrap()).address();
     let h1 = node(&net, 1, &dir.0, true).await;
     let h3 = node(&net, 3, &dir.0, true).await;
@@ -169,7 +148,7 @@ async fn a_middle_hub_sigkilled_while_payments_cross_it_loses_nothing_for_anyone
             // A payment that cannot be routed or offered right now simply fails.
             let _ = t.await.unwrap();
         }
-        h2 = restart(&cfg).await;
+        h2 = restart_hub(&cfg).await;
         reconnect([&h1, &h3], h2_addr, h2.addr).await;
     }
     // Only payments the payer recorded count (one refused before an HTLC left moved nothing).

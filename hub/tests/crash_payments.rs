@@ -39,7 +39,7 @@ use std::time::Duration;
 use tokio::sync::broadcast;
 
 mod common;
-use common::{HubProc, TempDir, start_hub, wait_state};
+use common::{HubProc, TempDir, restart_hub, wait_state};
 
 const HUB_KEY: [u8; 32] = [0x42; 32];
 const PEERS: usize = 3;
@@ -64,14 +64,6 @@ fn write_config(dir: &Path) -> PathBuf {
     )
     .unwrap();
     cfg
-}
-
-/// Start the hub off the async workers (it blocks until the banner).
-async fn restart(cfg: &Path) -> HubProc {
-    let cfg = cfg.to_path_buf();
-    tokio::task::spawn_blocking(move || start_hub(&cfg, None))
-        .await
-        .unwrap()
 }
 
 /// SIGKILL the hub (std's `Child::kill` is SIGKILL on Unix) and reap it.
@@ -194,7 +186,7 @@ async fn hub_sigkilled_while_payments_are_in_flight_loses_nothing() {
     let cfg = write_config(&dir.0);
     let data = dir.0.join("data");
     let hub_addr = Keys::from_bytes(HUB_KEY).unwrap().address();
-    let mut hub = restart(&cfg).await;
+    let mut hub = restart_hub(&cfg).await;
 
     // Peers with funded channels; the hub gets its liquidity by a transfer of half.
     let mut peers = Vec::new();
@@ -316,7 +308,7 @@ async fn hub_sigkilled_while_payments_are_in_flight_loses_nothing() {
         kills_done.fetch_add(1, Ordering::SeqCst);
         // Payments the hub died with (sent, no outcome yet).
         in_flight_at_kill.push(pending_payments(&peers).await);
-        hub = restart(&cfg).await;
+        hub = restart_hub(&cfg).await;
         connect_all(&peers, &hub, true).await;
     }
     tokio::time::timeout(Duration::from_secs(60), stream)
@@ -405,7 +397,7 @@ async fn hub_sigkilled_while_payments_are_in_flight_loses_nothing() {
         if agree || attempts >= 10 {
             break (states, forwards);
         }
-        hub = restart(&cfg).await;
+        hub = restart_hub(&cfg).await;
         connect_all(&peers, &hub, true).await;
         tokio::time::sleep(Duration::from_millis(500)).await;
     };

@@ -9,13 +9,12 @@ use htlc::forward::ForwardPolicy;
 use htlc::sig::Keys;
 use htlc::{Amount, ChannelId, FailureReason};
 use hub::events::NodeEvent;
-use hub::node::{Node, NodeOptions};
+use hub::node::Node;
 use hub::payments::PaymentStatus;
-use hub::store::Store;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{TempDir, loopback, wait_for, wait_state};
+use common::{TempDir, chain_node, loopback, wait_for, wait_state};
 
 const ETH: u128 = 1_000_000_000_000_000_000;
 
@@ -29,29 +28,15 @@ fn policy(i: u128) -> ForwardPolicy {
 }
 
 async fn node(net: &Devnet, i: usize, dirs: &mut Vec<TempDir>, hub: Option<u128>) -> Node {
-    let client = net.client(i).await.unwrap();
-    client.set_poll_interval(Duration::from_millis(10));
-    let mut o = NodeOptions {
-        chain_id: net.chain_id(),
-        adjudicator: net.deployment().adjudicator,
-        chain: Some(client),
-        chain_poll: Duration::from_millis(50),
-        chain_retry: Duration::from_millis(500),
-        close_grace: Duration::from_secs(1),
-        ..NodeOptions::default()
-    };
-    if let Some(h) = hub {
-        o.collateral = Amount(ETH);
-        o.policy = policy(h);
-        o.announce = true;
-    }
     let d = TempDir::new("multihub");
-    let n = Node::start(
-        Keys::from_signer(net.signer(i).unwrap()),
-        Store::open(&d.0).unwrap(),
-        o,
-    )
-    .unwrap();
+    let n = chain_node(net, i, &d.0, |o| {
+        if let Some(h) = hub {
+            o.collateral = Amount(ETH);
+            o.policy = policy(h);
+            o.announce = true;
+        }
+    })
+    .await;
     dirs.push(d);
     n
 }
@@ -90,6 +75,37 @@ async fn until(what: &str, mut f: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "never happened: {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Wait until `node` believes exactly the channels `ids`, each with both directions' policy.
+async fn learn(node: &Node, ids: &[ChannelId], what: &str) {
+    until(what, || {
+        let g = node.gossip();
+        g.len() == ids.len()
+            && ids.iter().all(|id| {
+                g.get(id)
+                    .is_some_and(|c| c.policies.iter().all(Option::is_some))
+            })
+    })
+    .await;
+}
+
+/// `payer` pays `payee` `amount` through `hub` (the payee's), trying up to three routes.
+async fn pay_retrying(
+    payer: &Node,
+    payee: &Node,
+    hub: alloy::primitives::Address,
+    amount: u128,
+    id: alloy::primitives::B256,
+) -> Vec<hub::payments::PaymentRecord> {
+    let invoice = payee
+        .create_invoice(Amount(amount), 3600, hub)
+        .await
+        .unwrap();
+    payer
+        .pay_with_retries(&invoice, id, 3, Duration::from_secs(30))
+        .await
+        .unwrap()
 }
 
 struct Line {
@@ -146,13 +162,11 @@ async fn a_payment_crosses_three_hubs_with_each_fee_exact_on_every_channel() {
     // Gossip: the payer (a client of hub 1) comes to believe both hub-to-hub channels (checked
     // on chain) and every hub's policy on them.
     let hub_channels = [l.channels[1], l.channels[2]];
-    until("the payer to learn the hub-to-hub channels", || {
-        let g = l.payer.gossip();
-        hub_channels.iter().all(|id| {
-            g.get(id)
-                .is_some_and(|c| c.policies.iter().all(Option::is_some))
-        })
-    })
+    learn(
+        &l.payer,
+        &hub_channels,
+        "the payer to learn the hub-to-hub channels",
+    )
     .await;
     for id in hub_channels {
         // What the chain held when the payer looked: the opener's deposit at least (the
@@ -222,16 +236,11 @@ async fn a_payment_crosses_three_hubs_with_each_fee_exact_on_every_channel() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failure_deep_in_the_route_reaches_the_payer_naming_the_failing_hub() {
     let l = line().await;
-    until("the payer to learn the network", || {
-        l.payer.gossip().len() == 2
-    })
-    .await;
-    until("the policies", || {
-        l.payer
-            .gossip()
-            .values()
-            .all(|c| c.policies.iter().all(Option::is_some))
-    })
+    learn(
+        &l.payer,
+        &l.channels[1..3],
+        "the payer to learn the network",
+    )
     .await;
     // Hub 3 pays almost all its side of the payee's channel out.
     l.hubs[2]
@@ -287,14 +296,7 @@ async fn a_ring_of_four_hubs_routes_around_a_stopped_hub() {
     let payee = node(&net, 6, &mut dirs, None).await;
     let up = channel(&payer, &hubs[0], addrs[0]).await;
     channel(&payee, &hubs[2], addrs[2]).await;
-    until("the payer to learn the ring", || {
-        let g = payer.gossip();
-        ring.iter().all(|id| {
-            g.get(id)
-                .is_some_and(|c| c.policies.iter().all(Option::is_some))
-        })
-    })
-    .await;
+    learn(&payer, &ring, "the payer to learn the ring").await;
     // Hub 2 goes away; hub 1 sees its session end.
     let h2 = hubs[1].address();
     hubs[1].shutdown();
@@ -308,15 +310,8 @@ async fn a_ring_of_four_hubs_routes_around_a_stopped_hub() {
     }
 
     let amount = 1_000_000_000u128;
-    let invoice = payee
-        .create_invoice(Amount(amount), 3600, hubs[2].address())
-        .await
-        .unwrap();
     let id = alloy::primitives::B256::repeat_byte(3);
-    let attempts = payer
-        .pay_with_retries(&invoice, id, 3, Duration::from_secs(30))
-        .await
-        .unwrap();
+    let attempts = pay_retrying(&payer, &payee, hubs[2].address(), amount, id).await;
     assert_eq!(attempts.len(), 2, "{attempts:?}");
     let first = &attempts[0];
     assert_eq!(
@@ -365,18 +360,15 @@ async fn a_multi_path_payment_crosses_different_hubs() {
     let net = Devnet::start().await.unwrap();
     let mut dirs = Vec::new();
     let (hubs, addrs) = start_hubs(&net, 4, &mut dirs).await;
+    let mut diamond = Vec::new();
     for (a, b) in [(0, 1), (0, 2), (1, 3), (2, 3)] {
-        channel(&hubs[a], &hubs[b], addrs[b]).await;
+        diamond.push(channel(&hubs[a], &hubs[b], addrs[b]).await);
     }
     let payer = node(&net, 5, &mut dirs, None).await;
     let payee = node(&net, 6, &mut dirs, None).await;
     let up = channel(&payer, &hubs[0], addrs[0]).await;
     let down = channel(&payee, &hubs[3], addrs[3]).await;
-    until("the payer to learn the diamond", || {
-        let g = payer.gossip();
-        g.len() == 4 && g.values().all(|c| c.policies.iter().all(Option::is_some))
-    })
-    .await;
+    learn(&payer, &diamond, "the payer to learn the diamond").await;
     let amount = 600_000_000u128;
     let invoice = payee
         .create_invoice(Amount(amount), 3600, hubs[3].address())
@@ -448,28 +440,19 @@ async fn a_failure_deep_in_the_route_names_its_hub_and_the_retry_succeeds() {
     let payee = node(&net, 6, &mut dirs, None).await;
     let up = channel(&payer, &hubs[0], addrs[0]).await;
     let down = channel(&payee, &hubs[2], addrs[2]).await;
-    until("the payer to learn the four hub channels", || {
-        let g = payer.gossip();
-        [h12, h23, h14, h43].iter().all(|id| {
-            g.get(id)
-                .is_some_and(|c| c.policies.iter().all(Option::is_some))
-        })
-    })
+    learn(
+        &payer,
+        &[h12, h23, h14, h43],
+        "the payer to learn the four hub channels",
+    )
     .await;
     // Hub 2 pays all but 1,000 wei of its side of hub 2 – hub 3 over to hub 3.
     hubs[1].transfer(h23, Amount(ETH - 1_000)).await.unwrap();
     wait_state(&hubs[2], h23, |s| s.state.balances[0] == Amount(1_000)).await;
 
     let amount = 1_000_000_000u128;
-    let invoice = payee
-        .create_invoice(Amount(amount), 3600, hubs[2].address())
-        .await
-        .unwrap();
     let id = alloy::primitives::B256::repeat_byte(4);
-    let attempts = payer
-        .pay_with_retries(&invoice, id, 3, Duration::from_secs(30))
-        .await
-        .unwrap();
+    let attempts = pay_retrying(&payer, &payee, hubs[2].address(), amount, id).await;
     assert_eq!(attempts.len(), 2, "{attempts:?}");
     let [first, second] = [&attempts[0], &attempts[1]];
     let through = |h: usize| {
@@ -550,11 +533,7 @@ async fn forged_gossip_is_ignored_and_a_policy_update_reaches_a_client_two_hubs_
     use hub::wire::Frame;
     let l = line().await;
     let h3 = &l.hubs[2];
-    until("the payer to learn the line", || {
-        let g = l.payer.gossip();
-        g.len() == 2 && g.values().all(|c| c.policies.iter().all(Option::is_some))
-    })
-    .await;
+    learn(&l.payer, &l.channels[1..3], "the payer to learn the line").await;
     let before = l.payer.gossip();
 
     // The attacker: dev account 6, a channel with hub 3 funded on chain (gossip from a peer

@@ -5,16 +5,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use contracts::Devnet;
-use htlc::sig::Keys;
 use htlc::vchan::VirtualPolicy;
 use htlc::{Amount, ChannelId};
 use hub::events::NodeEvent;
 use hub::node::{Node, NodeOptions};
-use hub::store::Store;
 use std::time::Duration;
 
 mod common;
-use common::{TempDir, loopback, payouts, wait_state};
+use common::{TempDir, chain_node, loopback, payouts, wait_state};
 
 const ETH: u128 = 1_000_000_000_000_000_000;
 const COLLATERAL: u128 = ETH;
@@ -38,25 +36,8 @@ async fn node(
     dirs: &mut Vec<TempDir>,
     tune: impl Fn(&mut NodeOptions),
 ) -> Node {
-    let client = net.client(i).await.unwrap();
-    client.set_poll_interval(Duration::from_millis(10));
-    let mut o = NodeOptions {
-        chain_id: net.chain_id(),
-        adjudicator: net.deployment().adjudicator,
-        chain: Some(client),
-        chain_poll: Duration::from_millis(50),
-        chain_retry: Duration::from_millis(500),
-        close_grace: Duration::from_secs(1),
-        ..NodeOptions::default()
-    };
-    tune(&mut o);
     let d = TempDir::new("virtual");
-    let n = Node::start(
-        Keys::from_signer(net.signer(i).unwrap()),
-        Store::open(&d.0).unwrap(),
-        o,
-    )
-    .unwrap();
+    let n = chain_node(net, i, &d.0, tune).await;
     dirs.push(d);
     n
 }

@@ -333,7 +333,7 @@ pub async fn run(addr: SocketAddr, token: &str, cmd: Command) -> Result<()> {
         | Command::Deploy { .. }
         | Command::Demo(_)
         | Command::Net { .. }
-        | Command::Bench { .. }
+        | Command::Bench(_)
         | Command::IdlePeers { .. } => {
             bail!("not a client command")
         }

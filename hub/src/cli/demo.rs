@@ -1,7 +1,7 @@
 //! `hub demo` (a local network on a real chain with a stream of payments) and `hub bench`.
 
 use super::client::eth;
-use crate::DemoArgs;
+use crate::{BenchArgs, DemoArgs};
 use anyhow::{Context, Result, bail};
 use htlc::Amount;
 use hub::api::Wei;
@@ -211,26 +211,6 @@ async fn close_all(net: &LocalNet) -> Result<()> {
     }
     println!("every channel paid out on chain as its final co-signed state says");
     Ok(())
-}
-
-/// What `hub bench` measures (its command-line options).
-pub struct BenchArgs {
-    /// Numbers of concurrent payers (each a run).
-    pub payers: Vec<usize>,
-    /// Payments in flight per payer (each a run).
-    pub in_flight: Vec<usize>,
-    /// Seconds measured per run.
-    pub seconds: u64,
-    /// Seconds of warm-up per run.
-    pub warmup: u64,
-    /// Each payment's amount, wei.
-    pub amount: u128,
-    /// Strangers flooding the hub.
-    pub flood: usize,
-    /// Idle peers with a channel each, connected during every run.
-    pub idle: usize,
-    /// Run the hub on threads of its own and report their CPU per payment.
-    pub hub_cpu: bool,
 }
 
 /// Run the benchmark and print its table.

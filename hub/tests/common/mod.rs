@@ -4,7 +4,7 @@
 
 use htlc::ChannelId;
 use hub::events::NodeEvent;
-use hub::node::{ChannelRecord, Node};
+use hub::node::{ChannelRecord, Node, NodeOptions};
 use hub::store::{Cf, Store};
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -203,4 +203,41 @@ pub async fn payouts(
         }
     }
     paid
+}
+
+/// Start a node on `net` as dev account `i` with its database in `dir`: the chain polled every
+/// 10 ms and its events every 50 ms, failed sends retried after 500 ms, a close the peer
+/// proposed paid out after 1 s; `tune` edits the options before the start.
+pub async fn chain_node(
+    net: &contracts::Devnet,
+    i: usize,
+    dir: &Path,
+    tune: impl FnOnce(&mut NodeOptions),
+) -> Node {
+    let client = net.client(i).await.unwrap();
+    client.set_poll_interval(Duration::from_millis(10));
+    let mut o = NodeOptions {
+        chain_id: net.chain_id(),
+        adjudicator: net.deployment().adjudicator,
+        chain: Some(client),
+        chain_poll: Duration::from_millis(50),
+        chain_retry: Duration::from_millis(500),
+        close_grace: Duration::from_secs(1),
+        ..NodeOptions::default()
+    };
+    tune(&mut o);
+    Node::start(
+        htlc::sig::Keys::from_signer(net.signer(i).unwrap()),
+        Store::open(dir).unwrap(),
+        o,
+    )
+    .unwrap()
+}
+
+/// [`start_hub`] from async code (it blocks until the banner), unarmed.
+pub async fn restart_hub(cfg: &Path) -> HubProc {
+    let cfg = cfg.to_path_buf();
+    tokio::task::spawn_blocking(move || start_hub(&cfg, None))
+        .await
+        .unwrap()
 }
