@@ -450,11 +450,27 @@ impl Node {
         if decided.is_empty() {
             return Ok(None);
         }
-        let wanted: Vec<ChannelId> = self.read(|m| {
-            decided
+        // One look at the machine for the whole batch: the channels whose top-up needs the
+        // chain's figures, and which route instructions are on the peer's own channels (their
+        // onion layers are peeled below, in the session's task, outside the machine's lock:
+        // two scalar multiplications each; the machine uses each only for the packet it was
+        // peeled from, and refuses instructions for channels not the peer's unpeeled).
+        let (wanted, owned): (Vec<ChannelId>, Vec<bool>) = self.read(|m| {
+            let wanted = decided
                 .iter()
                 .filter_map(|f| m.wants_chain_figures(peer, f))
-                .collect()
+                .collect();
+            let owned = decided
+                .iter()
+                .map(|f| match f {
+                    htlc::node::Frame::Msg {
+                        body: wire::Body::Route { channel_id, .. },
+                        ..
+                    } => m.peer_of(*channel_id) == Some(peer),
+                    _ => false,
+                })
+                .collect();
+            (wanted, owned)
         });
         let mut figures = Vec::new();
         if let Some(chain) = &self.inner.opts.chain {
@@ -470,22 +486,6 @@ impl Node {
                 }
             }
         }
-        // Onion layers of route instructions on the peer's own channels are peeled here, in
-        // the session's task, outside the machine's lock (two scalar multiplications each;
-        // the machine uses each only for the packet it was peeled from). Instructions for
-        // channels that are not the peer's are refused by the machine unpeeled.
-        let owned: Vec<bool> = self.read(|m| {
-            decided
-                .iter()
-                .map(|f| match f {
-                    htlc::node::Frame::Msg {
-                        body: wire::Body::Route { channel_id, .. },
-                        ..
-                    } => m.peer_of(*channel_id) == Some(peer),
-                    _ => false,
-                })
-                .collect()
-        });
         let peeled: Vec<htlc::node::PeeledAhead> = decided
             .iter()
             .zip(owned)

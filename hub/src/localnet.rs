@@ -705,19 +705,11 @@ fn store_entries(store: &Store) -> usize {
 }
 
 /// This process's resident memory, KiB (0 where /proc is not available).
-/// CPU time (user + system) of this process so far, all threads, seconds; from
-/// `/proc/self/stat`, in the kernel's user-visible ticks (100 per second on Linux).
+/// CPU time (user + system) of this process so far, all threads, seconds.
 fn cpu_secs() -> f64 {
     std::fs::read_to_string("/proc/self/stat")
         .ok()
-        .and_then(|s| {
-            // Fields after the command name (which may hold spaces) and its closing ')'.
-            let rest = s.rsplit_once(')')?.1;
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            // utime and stime are fields 14 and 15 of the line: 12 and 13 after ')'.
-            let t = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-            Some(t as f64 / 100.0)
-        })
+        .and_then(|s| stat_cpu_secs(&s))
         .unwrap_or(0.0)
 }
 
@@ -726,21 +718,27 @@ fn threads_cpu_secs(pick: impl Fn(&str) -> bool) -> f64 {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
         return 0.0;
     };
-    let mut ticks = 0u64;
-    for t in tasks.flatten() {
-        let name = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
-        if !pick(name.trim()) {
-            continue;
-        }
-        if let Ok(stat) = std::fs::read_to_string(t.path().join("stat"))
-            && let Some((_, rest)) = stat.rsplit_once(')')
-        {
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            let parse = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-            ticks += parse(11) + parse(12);
-        }
-    }
-    ticks as f64 / 100.0
+    tasks
+        .flatten()
+        .filter(|t| {
+            pick(
+                std::fs::read_to_string(t.path().join("comm"))
+                    .unwrap_or_default()
+                    .trim(),
+            )
+        })
+        .filter_map(|t| stat_cpu_secs(&std::fs::read_to_string(t.path().join("stat")).ok()?))
+        .sum()
+}
+
+/// utime + stime of a `/proc/.../stat` line, seconds (the kernel's user-visible ticks: 100
+/// per second on Linux).
+fn stat_cpu_secs(stat: &str) -> Option<f64> {
+    // Fields after the command name (which may hold spaces) and its closing ')': utime and
+    // stime are fields 14 and 15 of the line, 12 and 13 after ')'.
+    let f: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
 }
 
 fn rss_kib() -> u64 {
