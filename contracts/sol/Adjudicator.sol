@@ -46,6 +46,10 @@ contract Adjudicator {
         /// false: the ledger's participant A stands for the virtual channel's A (and B for B);
         /// true: the ledger's B stands for the virtual channel's A (ADR 0011, ADR 0026).
         bool crossed;
+        /// The virtual channel's locks settle by this time at the latest: a lock expiring later
+        /// counts as expiring now (revealed only if revealed by then, else refunded), so no lock
+        /// inside the virtual channel can keep this collateral from being resolved (ADR 0026).
+        uint64 locksUntil;
     }
 
     /// @notice A channel state as both participants sign it (EIP-712 `State`).
@@ -196,10 +200,10 @@ contract Adjudicator {
 
     /// @notice keccak256 of the EIP-712 `Guarantee` type.
     bytes32 public constant GUARANTEE_TYPEHASH =
-        keccak256("Guarantee(bytes32 virtualChannelId,uint256 fromA,uint256 fromB,bool crossed)");
+        keccak256("Guarantee(bytes32 virtualChannelId,uint256 fromA,uint256 fromB,bool crossed,uint64 locksUntil)");
     /// @notice keccak256 of the EIP-712 `State` type (with `Guarantee` appended).
     bytes32 public constant STATE_TYPEHASH = keccak256(
-        "State(bytes32 channelId,uint64 version,uint256 balanceA,uint256 balanceB,bytes32 locksRoot,uint256 locksTotal,Guarantee[] guarantees,bool isFinal)Guarantee(bytes32 virtualChannelId,uint256 fromA,uint256 fromB,bool crossed)"
+        "State(bytes32 channelId,uint64 version,uint256 balanceA,uint256 balanceB,bytes32 locksRoot,uint256 locksTotal,Guarantee[] guarantees,bool isFinal)Guarantee(bytes32 virtualChannelId,uint256 fromA,uint256 fromB,bool crossed,uint64 locksUntil)"
     );
     bytes32 private constant DOMAIN_TYPEHASH =
         keccak256("EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)");
@@ -415,7 +419,8 @@ contract Adjudicator {
     /// empty), otherwise a state marked final and signed by both virtual participants
     /// (`virtSigs` = [A's, B's]). Later resolutions must present the same state.
     /// `virtLocks` are all of the virtual state's pending locks in id order (each must be
-    /// settleable now: revealed in time, or expired).
+    /// settleable now: revealed in time, or expired; a lock counts as expiring at the
+    /// guarantee's `locksUntil` if that is sooner).
     function resolveGuarantee(
         Params calldata ledger,
         State calldata ledgerState,
@@ -435,7 +440,7 @@ contract Adjudicator {
         if (vid != g.virtualChannelId || virtState.channelId != vid) revert GuaranteeMismatch();
         if (guaranteeResolved[cid][index]) revert GuaranteeAlreadyResolved();
         _settleVirtual(vid, virt, virtState, virtSigs);
-        uint256 virtA = _virtualOutcomeA(virtState, virtLocks);
+        uint256 virtA = _virtualOutcomeA(virtState, virtLocks, g.locksUntil);
 
         (uint256 toA, uint256 toB) = _splitGuarantee(g, virtA);
         uint256 held = ch.holdings;
@@ -569,15 +574,20 @@ contract Adjudicator {
     }
 
     /// @dev What the virtual channel's A side ends with: its balance plus every lock that settles
-    /// in A's favour. Also checks that `locks` are exactly the state's locks.
-    function _virtualOutcomeA(State calldata virtState, Lock[] calldata locks) private view returns (uint256 a) {
+    /// in A's favour, each lock settled by `until` at the latest. Also checks that `locks` are
+    /// exactly the state's locks.
+    function _virtualOutcomeA(State calldata virtState, Lock[] calldata locks, uint64 until)
+        private
+        view
+        returns (uint256 a)
+    {
         a = virtState.balanceA;
         uint256 n = locks.length;
         bytes32[] memory leaves = new bytes32[](n);
         for (uint256 i = 0; i < n; ++i) {
             Lock calldata lock = locks[i];
             leaves[i] = _leaf(lock);
-            bool revealed = _lockRevealed(lock);
+            bool revealed = _revealedBy(lock, lock.expiry < until ? lock.expiry : until);
             // A receives when B sent a revealed lock, or when A's own lock is refunded.
             if ((lock.sender == 1) == revealed) a = _add(a, lock.amount);
         }
@@ -596,11 +606,16 @@ contract Adjudicator {
     /// @dev True if the lock's preimage was revealed at or before expiry; false if it was not and
     /// the lock has expired; reverts while it can still be revealed.
     function _lockRevealed(Lock calldata lock) private view returns (bool) {
+        return _revealedBy(lock, lock.expiry);
+    }
+
+    /// @dev As `_lockRevealed`, with the lock settling at `expiry` (its own or an earlier bound).
+    function _revealedBy(Lock calldata lock, uint64 expiry) private view returns (bool) {
         if (lock.sender > 1) revert InvalidLockSender(lock.sender);
         uint256 revealedAt = registry.revealedAt(lock.hashlock);
-        if (revealedAt != 0 && revealedAt <= lock.expiry) return true;
-        if (block.timestamp > lock.expiry) return false;
-        revert LockNotExpired(lock.expiry);
+        if (revealedAt != 0 && revealedAt <= expiry) return true;
+        if (block.timestamp > expiry) return false;
+        revert LockNotExpired(expiry);
     }
 
     function _checkedChannelId(Params calldata p, State calldata s) private view returns (bytes32 cid) {
@@ -646,7 +661,9 @@ contract Adjudicator {
         bytes32[] memory hashes = new bytes32[](n);
         for (uint256 i = 0; i < n; ++i) {
             Guarantee calldata g = s.guarantees[i];
-            hashes[i] = keccak256(abi.encode(GUARANTEE_TYPEHASH, g.virtualChannelId, g.fromA, g.fromB, g.crossed));
+            hashes[i] = keccak256(
+                abi.encode(GUARANTEE_TYPEHASH, g.virtualChannelId, g.fromA, g.fromB, g.crossed, g.locksUntil)
+            );
         }
         return keccak256(
             abi.encode(

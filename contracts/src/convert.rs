@@ -38,6 +38,7 @@ pub fn typed_state(t: &typed::State) -> Adjudicator::State {
                 fromA: g.fromA,
                 fromB: g.fromB,
                 crossed: g.crossed,
+                locksUntil: g.locksUntil,
             })
             .collect(),
         isFinal: t.isFinal,

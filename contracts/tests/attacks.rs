@@ -722,6 +722,7 @@ async fn overflowing_amounts_are_refused() {
             fromA: U256::MAX,
             fromB: U256::ZERO,
             crossed: false,
+            locksUntil: u64::MAX,
         }],
         isFinal: false,
         ..t
@@ -1138,4 +1139,75 @@ async fn a_cosigned_virtual_state_replaces_the_opening_from_the_guarantee() {
         .unwrap();
     assert_eq!(f.balance(Address::ZERO, a).await, a0 + u(ETH / 2));
     assert_eq!(f.balance(Address::ZERO, b).await, b0 + u(5 * ETH / 2));
+}
+
+// --- far-future locks inside a virtual channel (ADR 0026) ---------------------------------------
+
+/// A virtual channel's parties collude to freeze the hub's collateral: they sign a final state
+/// whose locks expire long after the channel's end. The guarantee's signed `locksUntil`
+/// settles every lock by then at the latest: before it the resolution waits for the bound (not
+/// the locks' own far expiries), after it a lock counts as revealed only if its preimage was
+/// registered by the bound, and the hub is paid exactly by that reading.
+#[tokio::test]
+async fn far_future_virtual_locks_settle_at_the_guarantees_bound() {
+    let f = Fixture::new().await;
+    let c_keys = Keys::from_signer(&f.net.signer(4).unwrap().clone());
+    let (a, h, c) = (f.a.address(), f.b.address(), c_keys.address());
+    // Ledger (A, H) guarantees V (A, C): 1 ETH from each side, locks settled by `bound`.
+    let ledger = f.params(Asset::Eth, 1);
+    f.fund(&ledger, 2 * ETH, 2 * ETH).await;
+    let v =
+        f.w.channel_params([a, c], Address::ZERO, WINDOW, U256::from(2));
+    let now = f.now().await;
+    let bound = now + 3 * WINDOW;
+    let ls = ChannelState {
+        guarantees: vec![Guarantee {
+            locks_until: htlc::Expiry(bound),
+            ..guarantee(v.id(), ETH, ETH)
+        }],
+        ..state(&ledger, 3, [ETH, ETH])
+    };
+    // V's final state: 0.5 each, and three locks expiring a year after the bound.
+    let far = bound + 365 * 86_400;
+    let (k0, _) = lock(0, ETH / 4, far, Side::A, 1); // A -> C, never revealed: back to A
+    let (k1, pre1) = lock(2, ETH / 4, far, Side::A, 2); // A -> C, revealed in time: C's
+    let (k2, pre2) = lock(1, ETH / 2, far, Side::B, 3); // C -> A, revealed after the bound: C's
+    let vs = ChannelState {
+        locks: vec![k0, k2, k1],
+        is_final: true,
+        ..state(&v, 9, [ETH / 2, ETH / 2])
+    };
+    let v_sigs = sign_with([&f.a.keys, &c_keys], &v, &vs);
+    f.w.close(&ledger, &ls, &f.sign(&ledger, &ls))
+        .await
+        .unwrap();
+    f.net.increase_time(WINDOW + 1).await.unwrap();
+    f.w.conclude(&ledger, &ls).await.unwrap();
+    f.w.register_secret(&pre1).await.unwrap();
+    // Before the bound an unrevealed lock still waits, but only for the bound.
+    match f
+        .w
+        .resolve_guarantee(&ledger, &ls, &v, &vs, Some(&v_sigs))
+        .await
+    {
+        Err(e) => match e.adjudicator_error() {
+            Some(AdjudicatorErrors::LockNotExpired(LockNotExpired { expiry })) => {
+                assert_eq!(*expiry, bound)
+            }
+            _ => panic!("expected LockNotExpired, got {e}"),
+        },
+        Ok(o) => panic!("resolved before the bound: {:?}", o.tx_hash),
+    }
+    f.net.increase_time(3 * WINDOW).await.unwrap();
+    f.w.register_secret(&pre2).await.unwrap();
+    let (a0, h0) = (
+        f.balance(Address::ZERO, a).await,
+        f.balance(Address::ZERO, h).await,
+    );
+    f.w.resolve_guarantee(&ledger, &ls, &v, &vs, Some(&v_sigs))
+        .await
+        .unwrap();
+    // V's A ends with 0.5 + 0.25 (k0 back) = 0.75; k1 and k2 (revealed too late) are C's.
+    assert_eq!(f.balance(Address::ZERO, a).await, a0 + u(3 * ETH / 4));
+    assert_eq!(f.balance(Address::ZERO, h).await, h0 + u(5 * ETH / 4));
 }

@@ -65,6 +65,7 @@ fn random_state(rng: &mut Rng, params: &ChannelParams) -> ChannelState {
                 from_a: rng.amount(),
                 from_b: rng.amount(),
                 crossed: rng.next() % 2 == 1,
+                locks_until: Expiry(rng.next()),
             })
             .collect(),
         is_final: rng.next().is_multiple_of(2),

@@ -15,6 +15,7 @@ pub mod typed {
             uint256 fromA;
             uint256 fromB;
             bool crossed;
+            uint64 locksUntil;
         }
 
         /// A channel state as signed (EIP-712 `State`).
@@ -66,6 +67,7 @@ pub fn typed_state(state: &ChannelState) -> Result<typed::State, crate::amount::
                 fromA: U256::from(g.from_a.0),
                 fromB: U256::from(g.from_b.0),
                 crossed: g.crossed,
+                locksUntil: g.locks_until.0,
             })
             .collect(),
         isFinal: state.is_final,

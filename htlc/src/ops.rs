@@ -104,6 +104,9 @@ pub struct Limits {
     /// Longest time ahead (seconds from now) a new lock may expire: bounds how long a lock can
     /// hold the channel's slots and value (rule 10, jamming).
     pub max_expiry_secs: u64,
+    /// Latest chain time a lock may expire at, whatever the time now: a virtual channel's end
+    /// (its guarantees settle every lock by then on chain, ADR 0026); `u64::MAX` for ledgers.
+    pub latest_expiry: Expiry,
 }
 
 impl Default for Limits {
@@ -115,6 +118,7 @@ impl Default for Limits {
             max_ops_per_update: 1024,
             max_guarantees: 64,
             max_expiry_secs: u64::MAX,
+            latest_expiry: Expiry(u64::MAX),
         }
     }
 }
@@ -309,7 +313,9 @@ fn apply_one(
             if expiry <= now {
                 return Err(OpError::ExpiryInPast);
             }
-            if expiry.0 > now.0.saturating_add(limits.max_expiry_secs) {
+            if expiry.0 > now.0.saturating_add(limits.max_expiry_secs)
+                || expiry > limits.latest_expiry
+            {
                 return Err(OpError::ExpiryTooFar);
             }
             if state.locks.len() >= limits.max_pending_locks {

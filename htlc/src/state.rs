@@ -106,6 +106,10 @@ pub struct Guarantee {
     /// this ledger's A does (and its B for the virtual channel's B); `true`, this ledger's B
     /// does. Signed, so the adjudicator splits the guarantee without guessing from addresses.
     pub crossed: bool,
+    /// The virtual channel's locks settle by this chain time at the latest (its `expires_at`):
+    /// on chain a lock expiring later counts as expiring here, so no lock inside the virtual
+    /// channel can keep this collateral from being resolved (ADR 0026).
+    pub locks_until: Expiry,
 }
 
 impl Guarantee {

@@ -14,6 +14,7 @@
 
 use crate::amount::{Amount, AmountOverflow};
 use crate::ids::{ChannelId, Expiry, Side};
+use crate::ops::Limits;
 use crate::state::{ChannelParams, ChannelState, Guarantee};
 use alloy::primitives::Address;
 use serde::{Deserialize, Serialize};
@@ -46,6 +47,15 @@ impl VirtualTerms {
         ChannelState::opening(self.id(), self.opening)
     }
 
+    /// The bounds V's own states get: the node's `limits`, and no lock expiring after V's end
+    /// (every guarantee settles V's locks by then on chain: [`Guarantee::locks_until`]).
+    pub fn limits(&self, limits: Limits) -> Limits {
+        Limits {
+            latest_expiry: self.expires_at.min(limits.latest_expiry),
+            ..limits
+        }
+    }
+
     /// The guarantee a ledger locks for V when its side `side_for_a` stands for V's A: that
     /// side gives V's A's opening balance, the other side V's B's.
     pub fn guarantee(&self, side_for_a: Side) -> Guarantee {
@@ -58,6 +68,7 @@ impl VirtualTerms {
             from_a,
             from_b,
             crossed: side_for_a == Side::B,
+            locks_until: self.expires_at,
         }
     }
 }

@@ -56,12 +56,14 @@ fn fixture() -> (ChannelParams, ChannelState) {
                 from_a: Amount(100),
                 from_b: Amount(200),
                 crossed: true,
+                locks_until: Expiry(1_700_086_400),
             },
             Guarantee {
                 virtual_channel: ChannelId(B256::repeat_byte(0x02)),
                 from_a: Amount(0),
                 from_b: Amount(300),
                 crossed: false,
+                locks_until: Expiry(u64::MAX),
             },
         ],
         is_final: false,
@@ -72,7 +74,7 @@ fn fixture() -> (ChannelParams, ChannelState) {
 // Pinned values: a change to the format or the hashing breaks these first.
 const CHANNEL_ID: &str = "0x6e786ce6dd045495c7f16172faa80b18e764a36de337a6d19c34db67a8f2986b";
 const LOCKS_ROOT: &str = "0x379ae9d5407e93d44cfecd341aa1eea63923e567798b6f587ed10459dd8bd632";
-const DIGEST: &str = "0x2744c637dca1136fa1070efa0599698a90c07b5e919c94343ca16113172afedc";
+const DIGEST: &str = "0xbcb3180103f3ec0ee61725422d9ef0547a12612ddf11c1e6ad6d05dcd9906577";
 
 #[test]
 fn pinned_vector() {
@@ -195,7 +197,8 @@ fn cast_agrees_with_channel_id_locks_root_and_digest() {
       {{"name": "virtualChannelId", "type": "bytes32"}},
       {{"name": "fromA", "type": "uint256"}},
       {{"name": "fromB", "type": "uint256"}},
-      {{"name": "crossed", "type": "bool"}}
+      {{"name": "crossed", "type": "bool"}},
+      {{"name": "locksUntil", "type": "uint64"}}
     ]
   }},
   "primaryType": "State",
@@ -204,8 +207,8 @@ fn cast_agrees_with_channel_id_locks_root_and_digest() {
     "channelId": "{id}", "version": {version}, "balanceA": "{ba}", "balanceB": "{bb}",
     "locksRoot": "{root}", "locksTotal": "{total}",
     "guarantees": [
-      {{"virtualChannelId": "{g0}", "fromA": "{g0a}", "fromB": "{g0b}", "crossed": {g0c}}},
-      {{"virtualChannelId": "{g1}", "fromA": "{g1a}", "fromB": "{g1b}", "crossed": {g1c}}}
+      {{"virtualChannelId": "{g0}", "fromA": "{g0a}", "fromB": "{g0b}", "crossed": {g0c}, "locksUntil": {g0u}}},
+      {{"virtualChannelId": "{g1}", "fromA": "{g1a}", "fromB": "{g1b}", "crossed": {g1c}, "locksUntil": "{g1u}"}}
     ],
     "isFinal": false
   }}
@@ -222,10 +225,12 @@ fn cast_agrees_with_channel_id_locks_root_and_digest() {
         g0a = g[0].from_a,
         g0b = g[0].from_b,
         g0c = g[0].crossed,
+        g0u = g[0].locks_until.0,
         g1 = g[1].virtual_channel,
         g1a = g[1].from_a,
         g1b = g[1].from_b,
         g1c = g[1].crossed,
+        g1u = g[1].locks_until.0,
     );
     let dir = std::env::temp_dir().join(format!("vhub-eip712-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

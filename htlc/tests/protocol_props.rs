@@ -406,6 +406,7 @@ impl World {
                     from_a: Amount(a),
                     from_b: Amount(b),
                     crossed: false,
+                    locks_until: htlc::ids::Expiry(u64::MAX),
                 };
                 let other = 1 - side(by).index();
                 if agreed && self.ch[other].agree(Op::AddGuarantee(g)).is_ok() {
@@ -451,6 +452,7 @@ impl World {
                         from_a: from[0],
                         from_b: from[1],
                         crossed: false,
+                        locks_until: htlc::ids::Expiry(u64::MAX),
                     }),
                     Op::RemoveGuarantee {
                         virtual_channel: vc,

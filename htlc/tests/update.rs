@@ -453,6 +453,7 @@ fn each_invalid_operation_is_rejected_with_its_reason() {
         from_a: Amount(10),
         from_b: Amount(10),
         crossed: false,
+        locks_until: htlc::ids::Expiry(u64::MAX),
     };
     assert_eq!(
         invalid_op(
@@ -500,6 +501,7 @@ fn each_invalid_operation_is_rejected_with_its_reason() {
             from_a: Amount(0),
             from_b: Amount(100),
             crossed: false,
+            locks_until: htlc::ids::Expiry(u64::MAX),
         }),
         Op::RemoveGuarantee {
             virtual_channel: vc,
@@ -520,6 +522,7 @@ fn each_invalid_operation_is_rejected_with_its_reason() {
                 from_a: Amount(0),
                 from_b: Amount(100),
                 crossed: false,
+                locks_until: htlc::ids::Expiry(u64::MAX),
             }))
             .unwrap();
         }),

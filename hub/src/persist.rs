@@ -161,7 +161,11 @@ pub(crate) fn fill(
 /// 2: onion routing (ADR 0027): route instructions, invoices, payments, forwards and the
 /// link's queued messages changed shape. Schema 1 stores are refused (no migration: close
 /// their channels with the hub that wrote them).
-pub const SCHEMA: u32 = 2;
+///
+/// 3: a guarantee signs the bound by which its virtual channel's locks settle
+/// (`Guarantee::locks_until`), and channel limits carry the latest expiry a lock may have
+/// (ADR 0026). Schema 2 stores are refused likewise.
+pub const SCHEMA: u32 = 3;
 
 const SCHEMA_KEY: &[u8] = b"schema";
 

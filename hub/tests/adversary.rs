@@ -57,6 +57,7 @@ async fn a_peer_cannot_move_the_hubs_balance_with_guarantees() {
             from_a: Amount(0),
             from_b: Amount(400),
             crossed: false,
+            locks_until: Expiry(u64::MAX),
         }),
         Op::RemoveGuarantee {
             virtual_channel: vc,
@@ -78,6 +79,7 @@ async fn a_peer_cannot_move_the_hubs_balance_with_guarantees() {
         from_a: Amount(100),
         from_b: Amount(100),
         crossed: false,
+        locks_until: Expiry(u64::MAX),
     })];
     assert!(matches!(
         evil.forge(id, lock_up).await,

@@ -198,6 +198,7 @@ pub fn guarantee(virtual_channel: ChannelId, from_a: u128, from_b: u128) -> Guar
         from_a: Amount(from_a),
         from_b: Amount(from_b),
         crossed: false,
+        locks_until: Expiry(u64::MAX),
     }
 }
 

@@ -10,7 +10,7 @@ use crate::node::invoice::Invoice;
 use crate::node::message::{Body, ErrorCode, Frame};
 use crate::node::payment::PaymentStatus;
 use crate::node::records::Records;
-use crate::update::sign_state;
+use crate::update::{Effect, sign_state};
 use crate::{Amount, Channel, ChannelId, ChannelState, Expiry, FailureReason, Hashlock, Preimage};
 use crate::{Limits, Message, SignedState};
 use alloy::primitives::{Address, B256};
@@ -1540,8 +1540,9 @@ fn contradictory_final_states_release_no_leg() {
 }
 
 /// The hub's collateral is frozen while the virtual channel's registered state holds a lock
-/// that is neither revealed nor expired: the hub passes on no lock expiring after the channel's
-/// end (nor a guarantee inside it), and the payee's state does not change.
+/// that is neither revealed nor expired (unless the guarantee's signed `locks_until` bounds
+/// it): no lock expiring after the channel's end is proposed by its party, passed on by the
+/// hub, or taken by the other party, and nothing changes anywhere.
 #[test]
 fn the_hub_relays_no_lock_that_outlives_the_virtual_channel() {
     let mut net = Net::new(virtual_config());
@@ -1549,6 +1550,7 @@ fn the_hub_relays_no_lock_that_outlives_the_virtual_channel() {
     let end = net.nodes[1].virtuals().next().unwrap().1.terms.expires_at;
     let before = net.nodes[2].channel(v).unwrap().latest().clone();
     let hashlock = Preimage([5; 32]).hashlock();
+    // The payer's own machine does not propose it (the channel's limits end with it).
     let out = net.nodes[0]
         .command(net.now, v, |c| {
             c.offer_htlc(Amount(1_000), hashlock, Expiry(end.0 + 1));
@@ -1556,13 +1558,74 @@ fn the_hub_relays_no_lock_that_outlives_the_virtual_channel() {
         .unwrap();
     net.carry(0, out);
     net.run();
-    assert!(net.events[1].iter().any(|e| matches!(
-        e,
-        NodeEvent::Refused {
-            code: ErrorCode::Protocol,
-            ..
-        }
-    )));
+    assert_eq!(net.nodes[0].channel(v).unwrap().latest(), &before);
+    assert_eq!(net.nodes[2].channel(v).unwrap().latest(), &before);
+    // A payer that signs one anyway (a machine without the bound): the hub refuses to pass it
+    // on, and the payee refuses it when it comes straight from the payer.
+    let forged = {
+        let mut c = Channel::from_cosigned(
+            net.nodes[0].channel(v).unwrap().snapshot().params().clone(),
+            keys(1),
+            Limits::default(),
+            before.clone(),
+        )
+        .unwrap();
+        c.offer_htlc(Amount(1_000), hashlock, Expiry(end.0 + 1));
+        let sent = c
+            .propose(net.now)
+            .unwrap()
+            .into_iter()
+            .find_map(|e| match e {
+                Effect::Send(m @ Message::Propose { .. }) => Some(m),
+                _ => None,
+            });
+        sent.unwrap()
+    };
+    let (payer, hub, payee) = (net.addr(0), net.addr(1), net.addr(2));
+    let seq = net.nodes[0].links[&hub].outbox.next_send();
+    let out = net.nodes[1].handle_frame(
+        net.now,
+        payer,
+        Frame::Msg {
+            seq,
+            body: Body::Relay {
+                to: payee,
+                msg: forged.clone(),
+            },
+        },
+    );
+    assert_eq!(refusal_codes(&out), vec![ErrorCode::Protocol]);
+    assert!(!out.transmits.iter().any(|(to, _)| *to == payee));
+    net.nodes[2].set_reachable(payer, true);
+    let seq = net.nodes[0]
+        .links
+        .get(&payee)
+        .map_or(1, |l| l.outbox.next_send());
+    let out = net.nodes[2].handle_frame(
+        net.now,
+        payer,
+        Frame::Msg {
+            seq,
+            body: Body::Channel(forged),
+        },
+    );
+    assert!(
+        out.transmits.iter().any(|(to, f)| *to == payer
+            && matches!(
+                f,
+                Frame::Msg {
+                    body: Body::Channel(Message::Reject {
+                        reason: crate::RejectReason::InvalidOp {
+                            error: crate::OpError::ExpiryTooFar,
+                            ..
+                        },
+                        ..
+                    }),
+                    ..
+                }
+            )),
+        "the payee must not countersign a lock outliving the channel"
+    );
     assert_eq!(net.nodes[2].channel(v).unwrap().latest(), &before);
     // A lock that ends with the channel passes.
     let mut net = Net::new(virtual_config());

@@ -293,7 +293,7 @@ impl Node {
         let machine = Channel::from_cosigned(
             terms.params.clone(),
             self.keys.clone(),
-            self.config.limits,
+            terms.limits(self.config.limits),
             SignedState {
                 state: terms.opening_state(),
                 sigs: [sig, ours],
@@ -404,7 +404,7 @@ impl Node {
         let machine = Channel::from_cosigned(
             r.terms.params.clone(),
             self.keys.clone(),
-            self.config.limits,
+            r.terms.limits(self.config.limits),
             SignedState {
                 state: r.terms.opening_state(),
                 sigs: [ours, sig],
@@ -1041,7 +1041,7 @@ impl Node {
 
     /// Write the intent resolving `virt`'s guarantee in `ledger_state` by `virt_state`, sent
     /// once the chain's clock passes `not_before` and every lock of `virt_state` can be settled
-    /// (after the last one's expiry).
+    /// (after the last one's expiry, or the guarantee's `locks_until` if sooner).
     #[allow(clippy::too_many_arguments)]
     fn resolve_intent(
         &mut self,
@@ -1053,10 +1053,16 @@ impl Node {
         not_before: u64,
         p: &mut Pending,
     ) {
+        // The adjudicator settles each lock by its expiry or the guarantee's bound, the sooner.
+        let until = ledger_state
+            .guarantees
+            .iter()
+            .find(|g| g.virtual_channel == virt_state.channel_id)
+            .map_or(u64::MAX, |g| g.locks_until.0);
         let last_lock = virt_state
             .locks
             .iter()
-            .map(|l| l.expiry.0.saturating_add(1))
+            .map(|l| l.expiry.0.min(until).saturating_add(1))
             .max()
             .unwrap_or(0);
         let intent = Intent::ResolveGuarantee(Box::new(Resolution {

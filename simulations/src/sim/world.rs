@@ -299,6 +299,8 @@ pub fn build(scenario: &Scenario) -> Result<World, SimError> {
                     from_b: b_share,
                     // The node nearer the virtual channel's A stands for it on this ledger.
                     crossed: side == Side::B,
+                    // The simulator settles no locks inside virtual channels on chain.
+                    locks_until: htlc::Expiry(u64::MAX),
                 },
             ));
             node = next;
