@@ -36,4 +36,5 @@ pub mod routing;
 pub mod session;
 pub mod store;
 pub mod transport;
+pub mod virtual_bench;
 pub mod wire;

@@ -51,6 +51,8 @@ pub struct LocalNetOptions {
     /// A runtime of its own for the hub's tasks (the bench measures their threads' CPU);
     /// `None`: the caller's.
     pub hub_runtime: Option<tokio::runtime::Handle>,
+    /// The hub serves virtual channels between its peers under these rules (`None`: not).
+    pub virtual_policy: Option<htlc::vchan::VirtualPolicy>,
 }
 
 /// Why a local network could not be built.
@@ -160,6 +162,7 @@ impl LocalNet {
         };
         let mut ho = node_opts(client_for(1).await?);
         ho.policy = o.policy;
+        ho.virtual_policy = o.virtual_policy;
         if let Some(n) = o.connections {
             ho.max_connections = n;
             ho.handshakes_per_second = u32::try_from(n).unwrap_or(u32::MAX);
@@ -423,6 +426,15 @@ pub struct BenchOptions {
     pub hub_cpu: bool,
 }
 
+/// The `p` quantile (0..=1) of `sorted` durations, in milliseconds (0 when empty).
+pub fn percentile_ms(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i].as_secs_f64() * 1000.0
+}
+
 /// Run `payers` peers on a local network without a chain, each paying the next one in a ring
 /// (so no channel depletes), `in_flight` payments at a time each, for `duration` after a
 /// warm-up of `warmup`; report throughput and latency. Storage is durable (every batch synced).
@@ -474,6 +486,7 @@ async fn bench_on(
             dir,
             api: None,
             connections: (idle > 0).then_some(idle + payers + 64),
+            virtual_policy: None,
         })
         .await?,
     );
@@ -578,13 +591,7 @@ async fn bench_on(
         load(&stats.sync_micros),
     );
     lat.sort();
-    let pct = |p: f64| -> f64 {
-        if lat.is_empty() {
-            return 0.0;
-        }
-        let i = ((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1;
-        lat[i].as_secs_f64() * 1000.0
-    };
+    let pct = |p: f64| percentile_ms(&lat, p);
     let paid = lat.len() as u64;
     Ok(BenchReport {
         idle,

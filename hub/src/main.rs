@@ -121,6 +121,9 @@ enum Command {
     /// Measure A → hub → B payments: throughput and p50/p99 latency for each number of
     /// concurrent payers, durable storage on, real QUIC on loopback (no chain).
     Bench(BenchArgs),
+    /// Measure virtual channels over one hub: open and close latency, and payments inside one
+    /// per second for each batch size, durable storage on, real QUIC on loopback (no chain).
+    BenchVirtual(BenchVirtualArgs),
     /// The idle peers of `hub bench --idle` (internal: started by the bench).
     #[command(hide = true)]
     IdlePeers {
@@ -349,6 +352,20 @@ struct BenchArgs {
     hub_cpu: bool,
 }
 
+/// Options of `hub bench-virtual`.
+#[derive(clap::Args, Debug)]
+struct BenchVirtualArgs {
+    /// Virtual channels opened and closed one after the other (latency samples).
+    #[arg(long, default_value_t = 100)]
+    opens: usize,
+    /// Transfers A issues together per round, comma-separated (each value is a run).
+    #[arg(long, value_delimiter = ',', default_value = "1,10,100,1000")]
+    batch: Vec<usize>,
+    /// Seconds measured per run of payments.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+}
+
 /// Options of `hub demo`.
 #[derive(clap::Args, Debug)]
 struct DemoArgs {
@@ -475,6 +492,7 @@ fn run() -> Result<()> {
         Command::Demo(args) => rt.block_on(demo::run(args)),
         Command::Net { topology, payments } => rt.block_on(net(&topology, payments)),
         Command::Bench(args) => rt.block_on(demo::bench(args)),
+        Command::BenchVirtual(args) => rt.block_on(demo::bench_virtual(args)),
         Command::IdlePeers {
             hub_addr,
             hub,

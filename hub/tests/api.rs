@@ -85,6 +85,7 @@ async fn start_net(peers: usize) -> LocalNet {
         api: Some(loopback()),
         connections: None,
         hub_runtime: None,
+        virtual_policy: None,
     })
     .await
     .unwrap()

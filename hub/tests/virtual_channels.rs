@@ -363,3 +363,41 @@ async fn a_payee_that_vanishes_cannot_keep_the_hubs_collateral_locked() {
     net.alice.shutdown();
     net.hub.shutdown();
 }
+
+/// `hub bench-virtual`'s workload (no chain): virtual channels opened and closed one after the
+/// other, then transfers inside one in rounds; the bench waits for the exact co-signed balance
+/// after every round (a lost or doubled transfer times it out). Transfers issued together are
+/// co-signed in fewer updates than transfers. The figures are the README's, never asserted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_virtual_bench_workload_opens_closes_and_pays_every_transfer() {
+    let dir = common::TempDir::new("vbench-smoke");
+    let r = hub::virtual_bench::bench_virtual(hub::virtual_bench::VirtualBenchOptions {
+        opens: 3,
+        batches: vec![1, 50],
+        duration: Duration::from_millis(500),
+        dir: dir.0.clone(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(r.opens, 3);
+    assert!(r.open_ms[0] > 0.0 && r.close_ms[0] > 0.0, "{r:?}");
+    assert_eq!(r.rows.len(), 2);
+    assert!(r.rows.iter().all(|row| row.paid > 0), "{r:?}");
+    assert!(
+        r.rows[0].updates_per_payment >= 1.0,
+        "one transfer at a time: one update each: {r:?}"
+    );
+    assert!(
+        r.rows[1].updates_per_payment < 1.0,
+        "transfers issued together share updates: {r:?}"
+    );
+    // Bad options are refused.
+    let bad = hub::virtual_bench::bench_virtual(hub::virtual_bench::VirtualBenchOptions {
+        opens: 1,
+        batches: vec![0],
+        duration: Duration::from_millis(10),
+        dir: dir.0.join("bad"),
+    })
+    .await;
+    assert!(matches!(bad, Err(hub::localnet::LocalNetError::Invalid(_))));
+}

@@ -334,6 +334,7 @@ pub async fn run(addr: SocketAddr, token: &str, cmd: Command) -> Result<()> {
         | Command::Demo(_)
         | Command::Net { .. }
         | Command::Bench(_)
+        | Command::BenchVirtual(_)
         | Command::IdlePeers { .. } => {
             bail!("not a client command")
         }

@@ -1,7 +1,7 @@
 //! `hub demo` (a local network on a real chain with a stream of payments) and `hub bench`.
 
 use super::client::eth;
-use crate::{BenchArgs, DemoArgs};
+use crate::{BenchArgs, BenchVirtualArgs, DemoArgs};
 use anyhow::{Context, Result, bail};
 use htlc::Amount;
 use hub::api::Wei;
@@ -43,6 +43,7 @@ pub async fn run(a: DemoArgs) -> Result<()> {
         api: Some(a.hub_api),
         connections: None,
         hub_runtime: None,
+        virtual_policy: None,
     })
     .await
     .context("starting the local network")?;
@@ -316,6 +317,46 @@ pub async fn bench(a: BenchArgs) -> Result<()> {
                 r.rss_kib as f64 / 1024.0
             );
         }
+    }
+    Ok(())
+}
+
+/// `hub bench-virtual`: open/close latency and payments inside a virtual channel.
+pub async fn bench_virtual(a: BenchVirtualArgs) -> Result<()> {
+    println!(
+        "virtual channel A ⇄ B over one hub, durable RocksDB (synced group commits), QUIC on loopback, {} cores",
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    let bar = ProgressBar::new_spinner().with_message(format!(
+        "{} opens and closes, then {} s per batch size",
+        a.opens, a.seconds
+    ));
+    bar.enable_steady_tick(Duration::from_millis(200));
+    let r = hub::virtual_bench::bench_virtual(hub::virtual_bench::VirtualBenchOptions {
+        opens: a.opens,
+        batches: a.batch,
+        duration: Duration::from_secs(a.seconds),
+        dir: scratch("bench-virtual"),
+    })
+    .await?;
+    bar.finish_and_clear();
+    println!(
+        "open  (until A may pay: 4 message delays)      p50 {:>7.2} ms  p99 {:>7.2} ms  ({} samples)",
+        r.open_ms[0], r.open_ms[1], r.opens
+    );
+    println!(
+        "close (until both legs are released)            p50 {:>7.2} ms  p99 {:>7.2} ms",
+        r.close_ms[0], r.close_ms[1]
+    );
+    println!(
+        "{:>7} {:>9} {:>10} {:>9} {:>9} {:>12}",
+        "batch", "paid", "pay/s", "p50 ms", "p99 ms", "updates/pay"
+    );
+    for row in &r.rows {
+        println!(
+            "{:>7} {:>9} {:>10.0} {:>9.2} {:>9.2} {:>12.3}",
+            row.batch, row.paid, row.per_sec, row.p50_ms, row.p99_ms, row.updates_per_payment
+        );
     }
     Ok(())
 }
