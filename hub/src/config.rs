@@ -49,6 +49,8 @@
 //! chain_poll_ms = 500            # how often the adjudicator's events are polled (default 500)
 //! chain_retry_secs = 5           # how often failed transactions are sent again (default 5)
 //! close_grace_secs = 120         # wait before paying out a close the peer proposed (default 120)
+//! virtual_end_margin_secs = 600  # a party closes a virtual channel this long before its end; a
+//!                                # hub takes one left open on chain this long after (default 600)
 //! confirmations = 0              # blocks a deposit or dispute must be buried under before it is
 //!                                # believed (default 0: a local chain; 3 or more on a real one)
 //! tx_timeout_secs = 60           # no receipt by then: sent again, same nonce, fees +25 % (default 60)
@@ -243,6 +245,9 @@ pub struct FundingConfig {
     /// After a cooperative close the peer proposed, seconds to let the peer pay it out before
     /// paying it out ourselves (the side that proposed the close pays at once).
     pub close_grace_secs: u64,
+    /// A party closes each virtual channel this long before its end (seconds); a hub takes one
+    /// its parties left open on chain this long after it (ADR 0026).
+    pub virtual_end_margin_secs: u64,
     /// Blocks a deposit, dispute or payout must be buried under before the node believes it
     /// (a reorganisation up to this deep is never seen).
     pub confirmations: u64,
@@ -264,6 +269,7 @@ impl Default for FundingConfig {
             chain_poll_ms: 500,
             chain_retry_secs: 5,
             close_grace_secs: 120,
+            virtual_end_margin_secs: 600,
             confirmations: 0,
             tx_timeout_secs: 60,
             max_fee_gwei: 500,
@@ -551,6 +557,12 @@ impl Config {
         }
         if !(1..=86_400).contains(&f.close_grace_secs) {
             return bad("funding.close_grace_secs", "must be between 1 and 86400");
+        }
+        if !(1..=7 * 86_400).contains(&f.virtual_end_margin_secs) {
+            return bad(
+                "funding.virtual_end_margin_secs",
+                "must be between 1 and 604800 (a week)",
+            );
         }
         if !(1..=3600).contains(&f.chain_retry_secs) {
             return bad("funding.chain_retry_secs", "must be between 1 and 3600");

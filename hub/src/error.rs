@@ -106,6 +106,7 @@ impl From<htlc::node::CommandError> for NodeError {
             e @ (C::ChannelExists(_)
             | C::NotAbandoned(_)
             | C::NoNodeKey(_)
+            | C::LifetimeTooShort { .. }
             | C::Onion(_)
             | C::PlanMismatch { .. }
             | C::PartsMismatch { .. }

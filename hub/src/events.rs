@@ -22,6 +22,14 @@ pub enum NodeEvent {
         /// The other party (its A, for its hub).
         peer: Address,
     },
+    /// Hub: a virtual channel outlived its end without its parties closing it; our `ledger`
+    /// that locks its guarantee goes on chain to settle it there (ADR 0026).
+    VirtualExpired {
+        /// The virtual channel.
+        channel_id: ChannelId,
+        /// Our ledger closed on chain.
+        ledger: ChannelId,
+    },
     /// A new co-signed state of a channel.
     Committed {
         /// The channel.
@@ -162,6 +170,9 @@ impl NodeEvent {
         Some(match ev {
             D::ChannelOpened { channel_id, peer } => NodeEvent::ChannelOpened { channel_id, peer },
             D::VirtualOpened { channel_id, peer } => NodeEvent::VirtualOpened { channel_id, peer },
+            D::VirtualExpired { channel_id, ledger } => {
+                NodeEvent::VirtualExpired { channel_id, ledger }
+            }
             D::Committed {
                 channel_id,
                 version,

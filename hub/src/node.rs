@@ -97,6 +97,9 @@ pub struct NodeOptions {
     pub virtual_policy: Option<htlc::vchan::VirtualPolicy>,
     /// The most of our own money a virtual channel offered to us may lock (default none).
     pub virtual_max_own: Amount,
+    /// A party closes each virtual channel this long before its end; a hub takes one its
+    /// parties left open on chain this long after it (default 600 s).
+    pub virtual_end_margin: std::time::Duration,
     /// Announce our channels with other hubs, relay gossip and serve it to peers (a hub's).
     pub announce: bool,
 }
@@ -146,6 +149,7 @@ impl Default for NodeOptions {
             withdraw_to: None,
             virtual_policy: None,
             virtual_max_own: Amount::ZERO,
+            virtual_end_margin: std::time::Duration::from_secs(600),
             announce: false,
         }
     }
@@ -181,6 +185,7 @@ impl NodeOptions {
             virtual_policy: self.virtual_policy,
             virtual_max_own: self.virtual_max_own,
             virtual_hold_secs: VIRTUAL_HOLD_SECS,
+            virtual_end_margin_secs: self.virtual_end_margin.as_secs(),
             announce: self.announce,
             forward_only_to_reachable: true,
         }

@@ -7,6 +7,7 @@
 use contracts::Devnet;
 use htlc::vchan::VirtualPolicy;
 use htlc::{Amount, ChannelId};
+use hub::clock::Clock;
 use hub::events::NodeEvent;
 use hub::node::{Node, NodeOptions};
 use std::time::Duration;
@@ -34,18 +35,28 @@ async fn node(
     net: &Devnet,
     i: usize,
     dirs: &mut Vec<TempDir>,
+    clock: &Clock,
     tune: impl Fn(&mut NodeOptions),
 ) -> Node {
     let d = TempDir::new("virtual");
-    let n = chain_node(net, i, &d.0, tune).await;
+    let n = chain_node(net, i, &d.0, |o| {
+        o.clock = clock.clone();
+        tune(o);
+    })
+    .await;
     dirs.push(d);
     n
 }
 
 async fn setup() -> Net {
+    setup_with(&Clock::system()).await
+}
+
+/// As [`setup`], every node on `clock` (a test moves it forward).
+async fn setup_with(clock: &Clock) -> Net {
     let net = Devnet::start().await.unwrap();
     let mut dirs = Vec::new();
-    let hub = node(&net, 1, &mut dirs, |o| {
+    let hub = node(&net, 1, &mut dirs, clock, |o| {
         o.collateral = Amount(COLLATERAL);
         o.virtual_policy = Some(VirtualPolicy {
             open_fee_base: Amount(FEE_BASE),
@@ -58,7 +69,7 @@ async fn setup() -> Net {
     let mut ledger = Vec::new();
     let mut peers = Vec::new();
     for i in [2, 3] {
-        let n = node(&net, i, &mut dirs, |_| {}).await;
+        let n = node(&net, i, &mut dirs, clock, |_| {}).await;
         n.connect(addr, Some(hub.address())).await.unwrap();
         let id = n.open_channel(hub.address(), Amount(ETH)).await.unwrap();
         n.fund(id).await.unwrap();
@@ -361,6 +372,84 @@ async fn a_payee_that_vanishes_cannot_keep_the_hubs_collateral_locked() {
     assert_eq!(paid[&bob], ETH + ETH / 10);
     assert_eq!(reader.holdings(leg).await.unwrap(), Amount::ZERO);
     net.alice.shutdown();
+    net.hub.shutdown();
+}
+
+/// Both parties vanish with the virtual channel open and let its end pass: the hub, its margin
+/// after the end, closes its two ledgers holding the guarantee on chain by itself, starts the
+/// channel's dispute from its guarantee (nobody else does) and resolves both legs by the
+/// opening as funded: it gets back exactly its collateral plus the opening fee, the parties
+/// exactly their ledger balances and the channel's opening split; nothing stays locked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hub_settles_on_chain_a_virtual_channel_left_open_past_its_end() {
+    let clock = Clock::system();
+    let net = setup_with(&clock).await;
+    let deposit = 4 * ETH / 10;
+    let fee = FEE_BASE + deposit * u128::from(FEE_PPM) / 1_000_000;
+    let v = net.open_and_pay(deposit, ETH / 10).await;
+    let (alice, bob, hub_addr) = (net.alice.address(), net.bob.address(), net.hub.address());
+    net.alice.shutdown();
+    net.bob.shutdown();
+    let mut events = net.hub.subscribe();
+    // Past the end and the hub's margin (the nodes' clock; the chain's is moved below).
+    clock.advance(3600 + 600 + 1);
+    let reader = net.chain.client(0).await.unwrap();
+    for id in net.ledger {
+        wait_chain(&reader, id, "ledger disputed by the hub", |c| {
+            c.finalizes_at != 0
+        })
+        .await;
+    }
+    let mut said = Vec::new();
+    while let Ok(Ok(e)) = tokio::time::timeout(Duration::from_millis(200), events.recv()).await {
+        if let NodeEvent::VirtualExpired { channel_id, ledger } = e {
+            assert_eq!(channel_id, v);
+            said.push(ledger);
+        }
+    }
+    said.sort();
+    let mut want = net.ledger.to_vec();
+    want.sort();
+    assert_eq!(said, want, "the hub says which ledgers it took on chain");
+    let window = net
+        .hub
+        .channel_record(net.ledger[0])
+        .unwrap()
+        .snapshot
+        .params()
+        .challenge_duration;
+    net.chain.increase_time(window + 5).await.unwrap();
+    for id in net.ledger {
+        wait_chain(&reader, id, "ledger paid out", |c| c.concluded).await;
+    }
+    wait_chain(
+        &reader,
+        v,
+        "virtual channel disputed from the guarantee",
+        |c| c.finalizes_at != 0,
+    )
+    .await;
+    net.chain.increase_time(window + 5).await.unwrap();
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    for id in net.ledger {
+        while !reader.guarantee_resolved(id, 0).await.unwrap() {
+            assert!(
+                std::time::Instant::now() < until,
+                "the hub never resolved its legs"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let up = payouts(&reader, net.ledger[0], [alice, hub_addr]).await;
+    let down = payouts(&reader, net.ledger[1], [bob, hub_addr]).await;
+    // The opening as funded: alice keeps her whole deposit (her payment inside, never
+    // registered by the vanished parties, does not count), bob nothing from it.
+    assert_eq!(up[&alice], ETH - fee);
+    assert_eq!(down[&bob], ETH);
+    assert_eq!(up[&hub_addr] + down[&hub_addr], 2 * COLLATERAL + fee);
+    for id in net.ledger {
+        assert_eq!(reader.holdings(id).await.unwrap(), Amount::ZERO);
+    }
     net.hub.shutdown();
 }
 

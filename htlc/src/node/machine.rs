@@ -202,6 +202,14 @@ pub enum NodeEvent {
         /// The virtual channel.
         channel_id: ChannelId,
     },
+    /// Hub: a virtual channel outlived its end (and the margin) without being closed by its
+    /// parties: we closed `ledger`, which locks its guarantee, on chain to settle it there.
+    VirtualExpired {
+        /// The virtual channel.
+        channel_id: ChannelId,
+        /// Our ledger going on chain.
+        ledger: ChannelId,
+    },
     /// An operation we queued on a channel will never take effect.
     OpDropped {
         /// Which channel.
@@ -361,6 +369,11 @@ pub struct Config {
     /// Hub: seconds a party's release of a virtual channel's leg is held waiting for the other
     /// party's; then every release of it is refused (it settles on chain).
     pub virtual_hold_secs: u64,
+    /// A party: seconds before a virtual channel's end at which we close it (its final state,
+    /// then the release of both legs). Hub: seconds after the end at which a channel its
+    /// parties have not closed goes on chain: we close our ledgers that still lock its
+    /// guarantee, and settle it there (ADR 0026).
+    pub virtual_end_margin_secs: u64,
     /// Announce our channels with other announcing nodes (hub-to-hub channels), relay gossip
     /// and serve the table to peers (a hub's; module `gossip`).
     pub announce: bool,
@@ -400,6 +413,7 @@ impl Default for Config {
             virtual_policy: None,
             virtual_max_own: Amount::ZERO,
             virtual_hold_secs: 60,
+            virtual_end_margin_secs: 600,
             announce: false,
             forward_only_to_reachable: false,
         }
@@ -444,6 +458,16 @@ pub enum CommandError {
     /// The hub never announced its policy to us.
     #[error("hub {0} announced no policy")]
     NoPolicy(Address),
+    /// A virtual channel's lifetime within our closing margin: we would close it at once.
+    #[error(
+        "a virtual channel must live longer than our closing margin of {margin} s, not {lifetime} s"
+    )]
+    LifetimeTooShort {
+        /// The lifetime asked for, seconds.
+        lifetime: u64,
+        /// [`Config::virtual_end_margin_secs`].
+        margin: u64,
+    },
     /// No public key is known for a node on the route (it announces it with its policy).
     #[error("no onion key known for {0}")]
     NoNodeKey(Address),
@@ -775,6 +799,7 @@ impl Node {
         [
             self.timers.next(),
             self.next_hold_deadline(),
+            self.next_virtual_end(),
             self.next_parts_deadline(),
         ]
         .into_iter()
@@ -1088,6 +1113,7 @@ impl Node {
             }
         }
         self.expire_holds(now, &mut p);
+        self.end_virtuals(now, &mut p);
         self.expire_parts(now, &mut p);
         let cutoff = now.0.saturating_sub(self.config.route_ttl_secs);
         let stale: Vec<_> = self

@@ -9,7 +9,7 @@ use crate::node::fixtures::{keys, params};
 use crate::node::invoice::Invoice;
 use crate::node::message::{Body, ErrorCode, Frame};
 use crate::node::payment::PaymentStatus;
-use crate::node::records::Records;
+use crate::node::records::{Records, Write};
 use crate::update::{Effect, sign_state};
 use crate::{Amount, Channel, ChannelId, ChannelState, Expiry, FailureReason, Hashlock, Preimage};
 use crate::{Limits, Message, SignedState};
@@ -1734,4 +1734,113 @@ fn virtual_open_accept_and_close_frames_from_the_wrong_peer_are_refused() {
     );
     assert_eq!(refusal_codes(&out), vec![ErrorCode::Protocol]);
     assert!(net.nodes[1].book().virtuals[&vid].outcome.is_none());
+}
+
+/// A virtual channel's parties close it before its end, unasked: at `end - margin` both queue
+/// the close at once (their final-state proposals cross, one wins), the final state is
+/// co-signed, both legs are released by it, and nothing more is due.
+#[test]
+fn the_parties_close_a_virtual_channel_before_its_end() {
+    let mut net = Net::new(virtual_config());
+    let down_before = net.balances(2, net.down);
+    let (v, _) = net.open_virtual(50_000);
+    let out = net.nodes[0].transfer(net.now, v, Amount(700)).unwrap();
+    net.carry(0, out);
+    net.run();
+    let end = net.nodes[1].virtuals().next().unwrap().1.terms.expires_at;
+    let margin = net.nodes[0].config().virtual_end_margin_secs;
+    let due = Expiry(end.0 - margin);
+    for n in [0, 2] {
+        assert_eq!(net.nodes[n].poll_timeout(), Some(due), "party {n}");
+    }
+    // Nothing happens before.
+    let out = net.nodes[0].handle_timeout(Expiry(due.0 - 1));
+    assert!(out.transmits.is_empty());
+    net.now = due;
+    for n in [0, 2] {
+        let out = net.nodes[n].handle_timeout(net.now);
+        net.carry(n, out);
+    }
+    net.run();
+    for n in 0..3 {
+        assert!(net.settled(n, v), "node {n} sees both legs released");
+    }
+    for (n, id) in [(0, net.up), (1, net.up), (1, net.down), (2, net.down)] {
+        assert_eq!(net.guarantees(n, id), 0, "node {n} channel {id}");
+    }
+    // The payee's ledger carries the 700 it was paid inside, from the hub's side (which got
+    // the rest of its 50,000 back).
+    let down = net.balances(2, net.down);
+    assert_eq!(
+        (down[0].0, down[1].0),
+        (down_before[0].0 - 700, down_before[1].0 + 700)
+    );
+    // Nothing is due any more at V's end for anyone (no timer spinning on it).
+    for n in 0..3 {
+        assert!(
+            net.nodes[n].poll_timeout().is_none_or(|t| t > end),
+            "node {n}: {:?}",
+            net.nodes[n].poll_timeout()
+        );
+    }
+    // The opener refuses a lifetime within its own closing margin.
+    let hub = net.addr(1);
+    let payee = net.addr(2);
+    assert!(matches!(
+        net.nodes[0].open_virtual(net.now, hub, payee, Amount(10), U256::from(7), margin),
+        Err(CommandError::LifetimeTooShort { .. })
+    ));
+}
+
+/// Parties that leave a virtual channel open past its end cannot keep the hub's collateral:
+/// at `end + margin` the hub closes on chain each of its ledgers that locks the guarantee
+/// (once: a ledger on its way to chain is not closed again, and no timer spins), and says so.
+#[test]
+fn the_hub_takes_a_virtual_channel_left_open_past_its_end_on_chain() {
+    let mut net = Net::new(virtual_config());
+    let (v, _) = net.open_virtual(50_000);
+    let end = net.nodes[1].virtuals().next().unwrap().1.terms.expires_at;
+    let margin = net.nodes[1].config().virtual_end_margin_secs;
+    let due = Expiry(end.0 + margin);
+    assert_eq!(net.nodes[1].poll_timeout(), Some(due));
+    assert!(
+        net.nodes[1]
+            .handle_timeout(Expiry(due.0 - 1))
+            .writes
+            .iter()
+            .all(|w| !matches!(
+                w,
+                Write::Intent(i) if matches!(**i, Intent::Close { .. })
+            ))
+    );
+    let out = net.nodes[1].handle_timeout(due);
+    let closed: Vec<ChannelId> = out
+        .writes
+        .iter()
+        .filter_map(|w| match w {
+            Write::Intent(i) => match &**i {
+                Intent::Close { params, state } => {
+                    assert_eq!(state.state.guarantees.len(), 1);
+                    Some(params.id())
+                }
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    assert_eq!(closed, vec![net.up, net.down]);
+    let expired: Vec<ChannelId> = out
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            NodeEvent::VirtualExpired { channel_id, ledger } if *channel_id == v => Some(*ledger),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(expired, vec![net.up, net.down]);
+    net.carry(1, out);
+    // Once only, and nothing left due.
+    let again = net.nodes[1].handle_timeout(Expiry(due.0 + 5));
+    assert!(!again.writes.iter().any(|w| matches!(w, Write::Intent(_))));
+    assert!(net.nodes[1].poll_timeout().is_none_or(|t| t > due));
 }

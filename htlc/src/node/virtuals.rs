@@ -86,6 +86,13 @@ impl Node {
         if deposit.is_zero() {
             return Err(CommandError::ZeroAmount);
         }
+        let margin = self.config.virtual_end_margin_secs;
+        if lifetime_secs <= margin {
+            return Err(CommandError::LifetimeTooShort {
+                lifetime: lifetime_secs,
+                margin,
+            });
+        }
         let policy = *self
             .book
             .virtual_policies
@@ -884,6 +891,110 @@ impl Node {
 }
 
 impl Node {
+    /// What the end of virtual channel `r`'s life asks of us, and from when: a party closes it
+    /// [`super::Config::virtual_end_margin_secs`] before its end unless it is closing already;
+    /// the hub takes it on chain as long after its end unless every ledger of ours that
+    /// locks its guarantee is on chain already. `None`: nothing to do.
+    fn virtual_end_due(&self, id: ChannelId, r: &VirtualRecord) -> Option<Expiry> {
+        let margin = self.config.virtual_end_margin_secs;
+        match (r.role, r.phase) {
+            (VirtualRole::Hub, VirtualPhase::Open | VirtualPhase::Closed) => {
+                let pending = r.ledgers.iter().any(|l| {
+                    self.channels.get(l).is_some_and(|e| {
+                        let s = e.machine.snapshot();
+                        e.funded
+                            && !e.concluded
+                            && !s.frozen()
+                            && s.latest()
+                                .state
+                                .guarantees
+                                .iter()
+                                .any(|g| g.virtual_channel == id)
+                    })
+                });
+                pending.then(|| Expiry(r.terms.expires_at.0.saturating_add(margin)))
+            }
+            (VirtualRole::Opener | VirtualRole::Acceptor, VirtualPhase::Open) => {
+                let e = self.channels.get(&id)?;
+                let s = e.machine.snapshot();
+                let closing = s.latest().state.is_final
+                    || s.pending().is_some_and(|p| p.state.is_final)
+                    || s.queue().iter().any(|q| q.op == Op::Close)
+                    || s.frozen();
+                // A close waits for the channel's locks to end (each expires by its end).
+                let last_lock = s
+                    .latest()
+                    .state
+                    .locks
+                    .iter()
+                    .map(|l| l.expiry.0.saturating_add(1))
+                    .max();
+                let due = r
+                    .terms
+                    .expires_at
+                    .0
+                    .saturating_sub(margin)
+                    .max(last_lock.unwrap_or(0));
+                (!closing && e.funded).then_some(Expiry(due))
+            }
+            _ => None,
+        }
+    }
+
+    /// The earliest [`Self::virtual_end_due`].
+    pub(super) fn next_virtual_end(&self) -> Option<Expiry> {
+        self.book
+            .virtuals
+            .iter()
+            .filter_map(|(id, r)| self.virtual_end_due(*id, r))
+            .min()
+    }
+
+    /// Act on every virtual channel whose end asks something of us now: a party proposes its
+    /// close (the final state, then its leg's release, as `close` does); the hub, its parties
+    /// having left it open past its end, closes on chain each of its ledgers still locking the
+    /// guarantee (as `force_close` does), and the chain's outcome settles it (ADR 0026: the
+    /// hub's collateral is never held beyond a channel's end and its margin).
+    pub(super) fn end_virtuals(&mut self, now: Expiry, p: &mut Pending) {
+        let due: Vec<(ChannelId, VirtualRole, Vec<ChannelId>)> = self
+            .book
+            .virtuals
+            .iter()
+            .filter(|(id, r)| self.virtual_end_due(**id, r).is_some_and(|t| t <= now))
+            .map(|(id, r)| (*id, r.role, r.ledgers.clone()))
+            .collect();
+        for (id, role, ledgers) in due {
+            if role != VirtualRole::Hub {
+                if let Some(e) = self.channels.get_mut(&id) {
+                    e.machine.close();
+                    p.to_propose.insert(id);
+                    p.touched.insert(id);
+                }
+                continue;
+            }
+            for ledger in ledgers {
+                let Some(e) = self.channels.get_mut(&ledger) else {
+                    continue;
+                };
+                let s = e.machine.snapshot();
+                if e.concluded || s.frozen() || !e.funded {
+                    continue;
+                }
+                let intent = Intent::Close {
+                    params: s.params().clone(),
+                    state: s.latest().clone(),
+                };
+                p.out.writes.push(Write::Intent(Box::new(intent)));
+                e.machine.freeze();
+                p.touched.insert(ledger);
+                p.out.events.push(NodeEvent::VirtualExpired {
+                    channel_id: id,
+                    ledger,
+                });
+            }
+        }
+    }
+
     /// Hub: the earliest time a held release runs out of patience.
     pub(super) fn next_hold_deadline(&self) -> Option<Expiry> {
         self.book
