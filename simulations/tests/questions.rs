@@ -31,14 +31,60 @@ fn a_virtual_channel_between_the_busiest_peers_saves_their_fees_and_hops() {
         ["dave".to_owned(), "frank".to_owned()]
     };
     assert_eq!(names, expected);
-    let ans = virtual_channel_savings(&s, None, None, None, Protocol::Fast, RunOptions::default())
-        .unwrap();
+    let policy = htlc::vchan::VirtualPolicy::default();
+    let ans = virtual_channel_savings(
+        &s,
+        None,
+        None,
+        None,
+        &policy,
+        Protocol::Fast,
+        RunOptions::default(),
+    )
+    .unwrap();
     assert_eq!(ans.before.payments, ans.after.payments);
     assert!(ans.fund[0].0 > 0);
     // Through the virtual channel a payment is one hop and free.
     assert!(ans.after.succeeded > 0);
     assert!(ans.after.fees_paid < ans.before.fees_paid, "{ans:?}");
     assert!(ans.after.hops < ans.before.hops, "{ans:?}");
+    // Its cost by the product's rules: each hub's opening fee on the channel's value, one
+    // update per ledger leg plus the channel's own to open and to close, no gas when all
+    // cooperate; the saving is the pair's fees saved less the opening fees.
+    let c = &ans.cost;
+    assert!(c.hubs >= 1, "{c:?}");
+    let value = htlc::Amount(ans.fund[0].0 + ans.fund[1].0);
+    assert_eq!(c.open_fee.0, c.hubs as u128 * policy.fee(value).unwrap().0);
+    assert_eq!(
+        (c.open_updates, c.close_updates),
+        (c.hubs as u64 + 2, c.hubs as u64 + 2)
+    );
+    assert_eq!(c.happy_gas, 0);
+    assert_eq!(
+        c.net_saving,
+        ans.before.fees_paid.0 as i128 - ans.after.fees_paid.0 as i128 - c.open_fee.0 as i128
+    );
+}
+
+/// The sad-exit gas the `virtual` question quotes is the one the contracts' gas report measured.
+#[test]
+fn the_virtual_sad_exit_gas_is_the_gas_reports() {
+    let report =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../contracts/GAS.md"))
+            .unwrap();
+    let line = report
+        .lines()
+        .find(|l| l.starts_with("| virtually-funded sad exit"))
+        .expect("the gas report has the virtually-funded sad exit");
+    let figure: u64 = line
+        .split('|')
+        .nth(2)
+        .unwrap()
+        .trim()
+        .replace(',', "")
+        .parse()
+        .unwrap();
+    assert_eq!(figure, simulations::sim::questions::VIRTUAL_SAD_EXIT_GAS);
 }
 
 #[test]

@@ -151,6 +151,12 @@ enum Command {
         /// Intermediaries of the funding path, comma-separated.
         #[arg(long, value_delimiter = ',')]
         via: Vec<String>,
+        /// Each hub's flat fee for opening a virtual channel (default: the hub's default).
+        #[arg(long)]
+        open_fee_base: Option<u128>,
+        /// Each hub's opening fee in millionths of the channel's value (default: the hub's).
+        #[arg(long)]
+        open_fee_ppm: Option<u32>,
     },
     /// Measure the simulator's speed: random payments over a generated network.
     #[command(
@@ -582,8 +588,17 @@ fn main() -> Result<()> {
             fund_a,
             fund_b,
             via,
+            open_fee_base,
+            open_fee_ppm,
         } => {
             let scenario = input.load()?;
+            let mut policy = htlc::vchan::VirtualPolicy::default();
+            if let Some(b) = open_fee_base {
+                policy.open_fee_base = Amount(b);
+            }
+            if let Some(p) = open_fee_ppm {
+                policy.open_fee_ppm = p;
+            }
             let pair = match peers.as_slice() {
                 [] => None,
                 [a, b] => Some((
@@ -610,6 +625,7 @@ fn main() -> Result<()> {
                 pair,
                 fund,
                 via,
+                &policy,
                 input.protocol(),
                 input.options(),
             )?;
@@ -664,6 +680,22 @@ fn main() -> Result<()> {
                 a.network_before.channel_updates.to_string(),
                 a.network_after.channel_updates.to_string(),
             );
+            let c = &a.cost;
+            println!(
+                "its cost over {} hub(s): opening fees {}; {} co-signed updates to open, {} to close, \
+                 no gas when all cooperate ({} gas per leg if it ends on chain)",
+                c.hubs,
+                amt(c.open_fee.0),
+                c.open_updates,
+                c.close_updates,
+                c.sad_gas_per_leg
+            );
+            let saving = if c.net_saving < 0 {
+                format!("-{}", amt(c.net_saving.unsigned_abs()))
+            } else {
+                amt(c.net_saving.unsigned_abs())
+            };
+            println!("the pair's fees saved less the opening fees: {saving}");
             Ok(())
         }
         Command::Bench {

@@ -343,6 +343,65 @@ pub struct VirtualAnswer {
     pub network_before: RunFigures,
     /// With it.
     pub network_after: RunFigures,
+    /// What opening and closing it costs, by the protocol's own rules.
+    pub cost: VirtualCost,
+}
+
+/// What a virtual channel costs to open and close over a path of hubs (ADR 0026), with the
+/// product's rules: each hub's opening fee (`htlc::vchan::VirtualPolicy`), the co-signed
+/// updates the open and the close take, and the gas of the happy path (none: both are off
+/// chain) and of the virtually-funded sad exit (contracts/GAS.md).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct VirtualCost {
+    /// Hubs between the two peers.
+    pub hubs: usize,
+    /// Opening fees, all hubs together (paid by the first peer with its leg's guarantee).
+    pub open_fee: Amount,
+    /// Co-signed updates to open: one per ledger leg (its guarantee) and the opening state.
+    pub open_updates: u64,
+    /// Co-signed updates to close: the final state and one release per ledger leg.
+    pub close_updates: u64,
+    /// Gas of the open and the close when everyone cooperates.
+    pub happy_gas: u64,
+    /// Gas of the sad exit per ledger leg: ledger close, virtual close, ledger conclude and
+    /// `resolveGuarantee` (the figure measured for one leg, contracts/GAS.md).
+    pub sad_gas_per_leg: u64,
+    /// Fees the pair saved (without minus with) less the opening fees; negative: a loss.
+    pub net_saving: i128,
+}
+
+/// Gas of the virtually-funded sad exit measured in `contracts/GAS.md` (ledger close, virtual
+/// close, ledger conclude, `resolveGuarantee`), ETH.
+pub const VIRTUAL_SAD_EXIT_GAS: u64 = 333_163;
+
+impl VirtualCost {
+    /// The cost of a virtual channel of value `value` over `hubs` hubs, each charging by
+    /// `policy`, that changed the pair's fees from `before` to `after`.
+    pub fn of(
+        hubs: usize,
+        value: Amount,
+        policy: &htlc::vchan::VirtualPolicy,
+        before: Amount,
+        after: Amount,
+    ) -> Result<VirtualCost, SimError> {
+        let each = policy.fee(value)?;
+        let mut open_fee = Amount::ZERO;
+        for _ in 0..hubs {
+            open_fee = open_fee.checked_add(each)?;
+        }
+        let legs = hubs as u64 + 1;
+        let saved = i128::try_from(before.0).unwrap_or(i128::MAX)
+            - i128::try_from(after.0).unwrap_or(i128::MAX);
+        Ok(VirtualCost {
+            hubs,
+            open_fee,
+            open_updates: legs + 1,
+            close_updates: legs + 1,
+            happy_gas: 0,
+            sad_gas_per_leg: VIRTUAL_SAD_EXIT_GAS,
+            net_saving: saved.saturating_sub(i128::try_from(open_fee.0).unwrap_or(i128::MAX)),
+        })
+    }
 }
 
 /// Statistics of the payments between `a` and `b` among `records`.
@@ -403,6 +462,7 @@ pub fn virtual_channel_savings(
     pair: Option<(u32, u32)>,
     fund: Option<[Amount; 2]>,
     via: Option<Vec<u32>>,
+    policy: &htlc::vchan::VirtualPolicy,
     protocol: Protocol,
     options: RunOptions,
 ) -> Result<VirtualAnswer, SimError> {
@@ -440,6 +500,7 @@ pub fn virtual_channel_savings(
             "the two peers exchanged nothing: give the funding explicitly",
         ));
     }
+    let (_, path) = crate::sim::world::funding_path(scenario, [a, b], via.clone())?;
     let mut with = scenario.clone();
     with.virtual_channels.push(VirtualChannel {
         between: [a, b],
@@ -448,12 +509,21 @@ pub fn virtual_channel_savings(
     });
     let mut collect_after = Collect::default();
     let after_run = run(&with, protocol, options, &mut collect_after)?;
+    let after = pair_stats(&collect_after.records, a, b);
+    let cost = VirtualCost::of(
+        path.len().saturating_sub(1),
+        fund[0].checked_add(fund[1])?,
+        policy,
+        before.fees_paid,
+        after.fees_paid,
+    )?;
     Ok(VirtualAnswer {
         peers: [scenario.network.label(a), scenario.network.label(b)],
         fund,
         before,
-        after: pair_stats(&collect_after.records, a, b),
+        after,
         network_before: RunFigures::of(&before_run),
         network_after: RunFigures::of(&after_run),
+        cost,
     })
 }

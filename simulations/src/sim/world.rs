@@ -381,14 +381,7 @@ pub fn fundable(
     between: [u32; 2],
     via: Option<Vec<u32>>,
 ) -> Result<[Amount; 2], SimError> {
-    let w = build(scenario)?;
-    let vc = VirtualChannel {
-        between,
-        via,
-        fund: [Amount::ZERO, Amount(1)],
-    };
-    let vi = scenario.virtual_channels.len();
-    let path = virtual_path(scenario, &w.graph, &w.chans, &w.chan_index, &vc, vi)?;
+    let (w, path) = funding_path(scenario, between, via)?;
     let mut max = [u128::MAX; 2];
     let mut node = between[0];
     for ci in path {
@@ -408,6 +401,24 @@ pub fn fundable(
         node = info.nodes[side.other().index()];
     }
     Ok([Amount(max[0]), Amount(max[1])])
+}
+
+/// The world and the ledger channels (indices) that would lock a virtual channel between
+/// `between` funded through `via` (default: the router's cheapest path), from the first peer.
+pub fn funding_path(
+    scenario: &Scenario,
+    between: [u32; 2],
+    via: Option<Vec<u32>>,
+) -> Result<(World, Vec<u32>), SimError> {
+    let w = build(scenario)?;
+    let vc = VirtualChannel {
+        between,
+        via,
+        fund: [Amount::ZERO, Amount(1)],
+    };
+    let vi = scenario.virtual_channels.len();
+    let path = virtual_path(scenario, &w.graph, &w.chans, &w.chan_index, &vc, vi)?;
+    Ok((w, path))
 }
 
 fn virtual_id(scenario: &Scenario, vc: &VirtualChannel, i: usize) -> ChannelId {
