@@ -24,6 +24,13 @@
 //! no node in between can forge or hide (it can only garble the packet, and then the payer
 //! knows the garbling happened at or before the first hop it cannot decode).
 //!
+//! A payment through a single hub (or none), paid whole, carries a [`Packet::Plain`] instead
+//! (ADR 0029): each hop's instruction in the clear with a per-hop secret for its failure
+//! packet, because there it hides nothing (the hub knows the payer and the payee either way)
+//! and the Sphinx layers cost the three nodes about 240 µs. The payee's checks of its invoice
+//! bound what a hub can do with it; failure attribution between the hub and the payee then
+//! rests on the hub's word.
+//!
 //! The payer's session key is derived from its own key and the payment id ([`session_key`]),
 //! so the node machine stays deterministic (no randomness is an input) and a restarted payer
 //! recomputes the shared secrets instead of storing them.
@@ -92,9 +99,55 @@ pub struct Hop {
     pub payload: HopPayload,
 }
 
-/// The onion handed with an HTLC: fixed size whatever the route's length.
+/// The route instruction handed with an HTLC.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Packet {
+pub enum Packet {
+    /// Onion layers: each node reads only its own ([`build`]).
+    Sphinx(Sphinx),
+    /// Each hop's instruction in the clear, with the secret of its failure packet, first hop
+    /// first ([`plain`]): for routes through at most one hub, paid whole (ADR 0029).
+    Plain(Vec<PlainHop>),
+}
+
+impl std::fmt::Debug for Packet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Packet::Sphinx(s) => write!(f, "Packet(mac {})", s.mac),
+            Packet::Plain(hops) => write!(f, "Packet(plain, {} hops)", hops.len()),
+        }
+    }
+}
+
+impl Packet {
+    /// The onion layers, if this is an onion.
+    pub fn as_sphinx(&self) -> Option<&Sphinx> {
+        match self {
+            Packet::Sphinx(s) => Some(s),
+            Packet::Plain(_) => None,
+        }
+    }
+
+    /// As [`Packet::as_sphinx`], to change (tests that garble a packet).
+    pub fn as_sphinx_mut(&mut self) -> Option<&mut Sphinx> {
+        match self {
+            Packet::Sphinx(s) => Some(s),
+            Packet::Plain(_) => None,
+        }
+    }
+}
+
+/// One hop of a [`Packet::Plain`] route.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlainHop {
+    /// Its instruction.
+    pub payload: HopPayload,
+    /// The key of its failure packet ([`fail`]), derived by the payer from its session key.
+    pub secret: B256,
+}
+
+/// The onion layers handed with an HTLC: fixed size whatever the route's length.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sphinx {
     /// Format version (1: the payer chooses every hop's ephemeral key).
     pub version: u8,
     /// The ephemeral public key for this hop (33 bytes, compressed).
@@ -105,9 +158,9 @@ pub struct Packet {
     pub mac: B256,
 }
 
-impl std::fmt::Debug for Packet {
+impl std::fmt::Debug for Sphinx {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Packet(mac {})", self.mac)
+        write!(f, "Sphinx(mac {})", self.mac)
     }
 }
 
@@ -214,13 +267,36 @@ pub fn build(
             .into_bytes()
             .into();
     }
-    let packet = Packet {
+    let packet = Packet::Sphinx(Sphinx {
         version: VERSION,
         ephemeral: ephemerals[0].serialize().to_vec(),
         routing,
         mac: B256::from(mac),
-    };
+    });
     Ok((packet, secrets))
+}
+
+/// The plain route instruction for `hops` (ADR 0029: through at most one hub, paid whole),
+/// with each hop's failure secret derived from `session`. Returns the packet and the secrets
+/// (to read failures with [`decode_error`], as for [`build`]).
+pub fn plain(session: &SecretKey, hops: &[Hop]) -> Result<(Packet, Vec<B256>), OnionError> {
+    let n = hops.len();
+    if n == 0 || n > MAX_HOPS {
+        return Err(OnionError::RouteLength(n));
+    }
+    let hops: Vec<PlainHop> = hops
+        .iter()
+        .enumerate()
+        .map(|(i, h)| PlainHop {
+            payload: h.payload,
+            secret: hmac(
+                &session.secret_bytes(),
+                &[b"vhub plain hop".as_slice(), &(i as u64).to_be_bytes()].concat(),
+            ),
+        })
+        .collect();
+    let secrets = hops.iter().map(|h| h.secret).collect();
+    Ok((Packet::Plain(hops), secrets))
 }
 
 /// The shared secrets of a route the payer built with `session` (to read a failure after a
@@ -229,8 +305,45 @@ pub fn route_secrets(session: &SecretKey, nodes: &[PublicKey]) -> Result<Vec<B25
     shared_secrets(session, nodes.iter()).map(|(_, s)| s)
 }
 
-/// Peel this node's layer off `packet` with its key `own`, checking it is bound to `hashlock`.
+/// Peel this node's layer off `packet` with its key `own`, checking it is bound to `hashlock`
+/// (a plain route's first hop is ours, in the clear).
 pub fn peel(packet: &Packet, own: &SecretKey, hashlock: B256) -> Result<Peeled, OnionError> {
+    let (payload, next, secret) = match packet {
+        Packet::Sphinx(s) => peel_sphinx(s, own, hashlock)?,
+        Packet::Plain(hops) => {
+            let (first, rest) = match hops.split_first() {
+                Some(x) if hops.len() <= MAX_HOPS => x,
+                _ => return Err(OnionError::Malformed),
+            };
+            // Plain routes are for whole payments only (ADR 0029): a part of a multi-path
+            // payment keeps its onion, so a hub cannot rewrite what a part says it carries.
+            if let HopPayload::Final { amount, total, .. } = first.payload
+                && amount != total
+            {
+                return Err(OnionError::BadPayload);
+            }
+            let next = (!rest.is_empty()).then(|| Packet::Plain(rest.to_vec()));
+            (first.payload, next, first.secret)
+        }
+    };
+    // The payee's layer must say so, and a forward must have a next layer: a mismatch means
+    // the payer built it wrong, and it is refused rather than guessed at.
+    match (&payload, &next) {
+        (HopPayload::Final { .. }, None) | (HopPayload::Forward { .. }, Some(_)) => {}
+        _ => return Err(OnionError::BadPayload),
+    }
+    Ok(Peeled {
+        payload,
+        next,
+        secret,
+    })
+}
+
+fn peel_sphinx(
+    packet: &Sphinx,
+    own: &SecretKey,
+    hashlock: B256,
+) -> Result<(HopPayload, Option<Packet>, B256), OnionError> {
     if packet.version != VERSION || packet.routing.len() != ROUTING_LEN {
         return Err(OnionError::Malformed);
     }
@@ -254,24 +367,14 @@ pub fn peel(packet: &Packet, own: &SecretKey, hashlock: B256) -> Result<Peeled, 
     } else {
         // The payer chose the next hop's key and wrote it here (MAC-protected with the rest);
         // passed on as written: the next node parses it (and refuses a malformed one).
-        Some(Packet {
+        Some(Packet::Sphinx(Sphinx {
             version: VERSION,
             ephemeral: extended[NEXT_KEY_AT..PAYLOAD_LEN].to_vec(),
             routing: extended[FRAME_LEN..].to_vec(),
             mac: B256::from(next_mac),
-        })
+        }))
     };
-    // The payee's layer must say so, and a forward must have a next layer: a mismatch means
-    // the payer built it wrong, and it is refused rather than guessed at.
-    match (&payload, &next) {
-        (HopPayload::Final { .. }, None) | (HopPayload::Forward { .. }, Some(_)) => {}
-        _ => return Err(OnionError::BadPayload),
-    }
-    Ok(Peeled {
-        payload,
-        next,
-        secret: ss,
-    })
+    Ok((payload, next, ss))
 }
 
 /// The failing node's error packet: `reason`, MACed and encrypted with its shared secret.

@@ -54,9 +54,12 @@ fn each_hop_reads_its_own_instruction() {
         let (mut packet, secrets) = build(&key(1), &hops, HL).unwrap();
         let mut seen = std::collections::HashSet::new();
         for (i, k) in keys.iter().enumerate() {
-            assert_eq!(packet.routing.len(), ROUTING_LEN);
+            assert_eq!(packet.as_sphinx().unwrap().routing.len(), ROUTING_LEN);
             // Every hop gets an ephemeral key of its own (the payer chose each one).
-            assert!(seen.insert(packet.ephemeral.clone()), "route {n}, hop {i}");
+            assert!(
+                seen.insert(packet.as_sphinx().unwrap().ephemeral.clone()),
+                "route {n}, hop {i}"
+            );
             let peeled = peel(&packet, k, HL).unwrap();
             assert_eq!(peeled.payload, hops[i].payload, "route {n}, hop {i}");
             assert_eq!(peeled.secret, secrets[i]);
@@ -93,7 +96,7 @@ fn wrong_node_wrong_hashlock_or_tampering_fails_the_mac() {
     );
     for at in [0, PAYLOAD_LEN, ROUTING_LEN / 2, ROUTING_LEN - 1] {
         let mut bad = packet.clone();
-        bad.routing[at] ^= 1;
+        bad.as_sphinx_mut().unwrap().routing[at] ^= 1;
         assert_eq!(
             peel(&bad, &keys[0], HL),
             Err(OnionError::BadMac),
@@ -101,11 +104,11 @@ fn wrong_node_wrong_hashlock_or_tampering_fails_the_mac() {
         );
     }
     let mut bad = packet.clone();
-    bad.mac.0[3] ^= 1;
+    bad.as_sphinx_mut().unwrap().mac.0[3] ^= 1;
     assert_eq!(peel(&bad, &keys[0], HL), Err(OnionError::BadMac));
     // A change made for the next hop by this hop is caught by the next hop.
     let mut next = peel(&packet, &keys[0], HL).unwrap().next.unwrap();
-    next.routing[17] ^= 0x80;
+    next.as_sphinx_mut().unwrap().routing[17] ^= 0x80;
     assert_eq!(peel(&next, &keys[1], HL), Err(OnionError::BadMac));
 }
 
@@ -114,21 +117,21 @@ fn malformed_packets_are_refused_with_a_typed_error() {
     let (keys, hops) = route(2);
     let (packet, _) = build(&key(1), &hops, HL).unwrap();
     let mut short = packet.clone();
-    short.routing.pop();
+    short.as_sphinx_mut().unwrap().routing.pop();
     assert_eq!(peel(&short, &keys[0], HL), Err(OnionError::Malformed));
     // Version 0 (each node blinded the next key) and unknown versions are refused.
     for v in [0, 2, 255] {
         let mut version = packet.clone();
-        version.version = v;
+        version.as_sphinx_mut().unwrap().version = v;
         assert_eq!(peel(&version, &keys[0], HL), Err(OnionError::Malformed));
     }
     let mut eph = packet.clone();
-    eph.ephemeral = vec![2; 33];
+    eph.as_sphinx_mut().unwrap().ephemeral = vec![2; 33];
     assert!(matches!(
         peel(&eph, &keys[0], HL),
         Err(OnionError::Malformed | OnionError::BadMac)
     ));
-    eph.ephemeral = vec![];
+    eph.as_sphinx_mut().unwrap().ephemeral = vec![];
     assert_eq!(peel(&eph, &keys[0], HL), Err(OnionError::Malformed));
 }
 
@@ -230,7 +233,7 @@ proptest! {
         }).collect();
         let (packet, _) = build(&key(session), &hops, HL).unwrap();
         let mut bad = packet.clone();
-        bad.routing[flip] ^= 0x01;
+        bad.as_sphinx_mut().unwrap().routing[flip] ^= 0x01;
         prop_assert_eq!(peel(&bad, &keys[0], HL), Err(OnionError::BadMac));
         let mut p = packet;
         for (i, k) in keys.iter().enumerate() {
@@ -238,5 +241,70 @@ proptest! {
             prop_assert_eq!(peeled.payload, hops[i].payload);
             if let Some(next) = peeled.next { p = next; }
         }
+    }
+}
+
+/// ADR 0029: a plain route reads hop by hop, in order, each with its own failure secret (the
+/// ones the payer keeps); empty or oversized routes, a payee's hop with more after it, a
+/// forward with nothing after it, and a part of a multi-path payment are refused.
+#[test]
+fn a_plain_route_reads_in_order_and_refuses_what_an_onion_would_not_carry() {
+    use crate::onion::{Packet, PlainHop, plain};
+    for n in 1..=MAX_HOPS {
+        let (keys, hops) = route(n);
+        let (mut packet, secrets) = plain(&key(1), &hops).unwrap();
+        assert_eq!(
+            secrets
+                .iter()
+                .collect::<std::collections::HashSet<_>>()
+                .len(),
+            n,
+            "a secret per hop"
+        );
+        for (i, k) in keys.iter().enumerate() {
+            let peeled = peel(&packet, k, HL).unwrap();
+            assert_eq!(peeled.payload, hops[i].payload);
+            assert_eq!(peeled.secret, secrets[i]);
+            match peeled.next {
+                Some(next) => packet = next,
+                None => assert_eq!(i + 1, n),
+            }
+        }
+    }
+    assert_eq!(plain(&key(1), &[]).unwrap_err(), OnionError::RouteLength(0));
+    let (_, long) = route(MAX_HOPS + 1);
+    assert_eq!(
+        plain(&key(1), &long).unwrap_err(),
+        OnionError::RouteLength(MAX_HOPS + 1)
+    );
+    let (keys, hops) = route(2);
+    let (packet, _) = plain(&key(1), &hops).unwrap();
+    let Packet::Plain(h) = packet else {
+        panic!("plain")
+    };
+    let hop = |payload| PlainHop {
+        payload,
+        secret: B256::ZERO,
+    };
+    let bad = [
+        Packet::Plain(vec![]),
+        Packet::Plain(vec![h[0]; MAX_HOPS + 1]),
+        Packet::Plain(vec![h[1], h[1]]),
+        Packet::Plain(vec![h[0]]),
+        Packet::Plain(vec![hop(HopPayload::Final {
+            amount: Amount(5),
+            expiry: Expiry(9),
+            total: Amount(10),
+        })]),
+    ];
+    let want = [
+        OnionError::Malformed,
+        OnionError::Malformed,
+        OnionError::BadPayload,
+        OnionError::BadPayload,
+        OnionError::BadPayload,
+    ];
+    for (p, w) in bad.iter().zip(want) {
+        assert_eq!(peel(p, &keys[0], HL).unwrap_err(), w, "{p:?}");
     }
 }

@@ -164,7 +164,8 @@ pub(crate) fn fill(
 ///
 /// 3: a guarantee signs the bound by which its virtual channel's locks settle
 /// (`Guarantee::locks_until`), and channel limits carry the latest expiry a lock may have
-/// (ADR 0026). Schema 2 stores are refused likewise.
+/// (ADR 0026), and a route instruction may be plain (ADR 0029). Schema 2 stores are refused
+/// likewise.
 pub const SCHEMA: u32 = 3;
 
 const SCHEMA_KEY: &[u8] = b"schema";

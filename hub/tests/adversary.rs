@@ -387,12 +387,12 @@ async fn strangers_write_nothing_and_instructions_are_bounded() {
 
 /// An onion no node can read (its HTLC would fail with InvalidOnion).
 fn junk_onion() -> Box<htlc::onion::Packet> {
-    Box::new(htlc::onion::Packet {
+    Box::new(htlc::onion::Packet::Sphinx(htlc::onion::Sphinx {
         version: 0,
         ephemeral: evil_keys(0xE9).public_key().serialize().to_vec(),
         routing: vec![0; htlc::onion::ROUTING_LEN],
         mac: B256::ZERO,
-    })
+    }))
 }
 
 /// Attack 5: the upstream peer refuses the hub's fulfil, waits for the lock's expiry, and asks

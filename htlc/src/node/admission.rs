@@ -338,15 +338,15 @@ mod tests {
     /// amount or a loop back to the sender, is kept as unreadable (its HTLC will fail).
     #[test]
     fn each_layer_reading() {
-        use crate::onion::Packet;
+        use crate::onion::{Packet, Sphinx};
         let (peer, next_peer) = (Address::repeat_byte(1), Address::repeat_byte(3));
         let secret = B256::repeat_byte(9);
-        let packet = Packet {
+        let packet = Packet::Sphinx(Sphinx {
             version: 0,
             ephemeral: vec![2; 33],
             routing: vec![],
             mac: B256::ZERO,
-        };
+        });
         let fwd = |next, amount| Peeled {
             payload: HopPayload::Forward {
                 next,

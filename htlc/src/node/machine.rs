@@ -1653,7 +1653,14 @@ impl Node {
             layers.push(OnionHop { node: key, payload });
         }
         let session = self.keys.onion_session(id)?;
-        let (packet, secrets) = crate::onion::build(&session, &layers, invoice.hashlock.0)?;
+        // Through at most one hub and paid whole, an onion hides nothing: the instruction
+        // goes in the clear (ADR 0029); longer routes and every part of a multi-path payment
+        // keep their onion.
+        let (packet, secrets) = if hubs.len() <= 1 && amount >= invoice.amount {
+            crate::onion::plain(&session, &layers)?
+        } else {
+            crate::onion::build(&session, &layers, invoice.hashlock.0)?
+        };
         Ok(Prepared {
             first,
             channel,

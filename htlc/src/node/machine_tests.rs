@@ -323,12 +323,12 @@ fn a_peer_touches_only_its_own_channels() {
     // Onions: for another's channel, or too many waiting (an unreadable one is kept as such:
     // its HTLC fails with InvalidOnion).
     let junk = || {
-        Box::new(crate::onion::Packet {
+        Box::new(crate::onion::Packet::Sphinx(crate::onion::Sphinx {
             version: 0,
             ephemeral: keys(9).public_key().serialize().to_vec(),
             routing: vec![0; crate::onion::ROUTING_LEN],
             mac: B256::ZERO,
-        })
+        }))
     };
     let route = |channel_id, h: u8| Body::Route {
         channel_id,

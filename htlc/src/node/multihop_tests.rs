@@ -285,7 +285,7 @@ fn a_hub_that_tampers_with_the_onion_moves_nothing_and_is_pointed_at() {
                 ..
             } = f
         {
-            onion.routing[100] ^= 1;
+            onion.as_sphinx_mut().unwrap().routing[100] ^= 1;
         }
     }));
     let inv = line.invoice(10_000, 9);
@@ -602,7 +602,7 @@ fn parts_that_never_add_up_fail_back_after_the_timeout() {
         {
             seen += 1;
             if seen == 2 {
-                onion.routing[3] ^= 1;
+                onion.as_sphinx_mut().unwrap().routing[3] ^= 1;
             }
         }
     }));
@@ -782,7 +782,7 @@ fn a_layer_peeled_for_another_packet_is_not_used() {
         let Some(mut a) = super::PeeledAhead::of(k, f) else {
             return Vec::new();
         };
-        a.onion.routing[7] ^= 1;
+        a.onion.as_sphinx_mut().unwrap().routing[7] ^= 1;
         a.layer = Err(crate::onion::OnionError::BadMac);
         let mut other = super::PeeledAhead::of(k, f).unwrap();
         other.hashlock = B256::repeat_byte(0xEE);
@@ -796,4 +796,118 @@ fn a_layer_peeled_for_another_packet_is_not_used() {
         line.nodes[0].payment(id).unwrap().status,
         PaymentStatus::Succeeded { .. }
     ));
+}
+
+/// The route instructions each node handed on, by link (ADR 0029 tests).
+type Seen = std::rc::Rc<std::cell::RefCell<Vec<((usize, usize), crate::onion::Packet)>>>;
+
+fn watch_routes(line: &mut Line) -> Seen {
+    let seen: Seen = Default::default();
+    let s = seen.clone();
+    line.tamper = Some(Box::new(move |from, to, f: &mut Frame| {
+        if let Frame::Msg {
+            body: Body::Route { onion, .. },
+            ..
+        } = f
+        {
+            s.borrow_mut().push(((from, to), (**onion).clone()));
+        }
+    }));
+    seen
+}
+
+/// ADR 0029: a payment through one hub, paid whole, carries its instructions in the clear (no
+/// onion to build or peel) and pays exactly as an onion would: the hub its fee, the payee the
+/// invoice; a route of two hubs keeps its onion on every link.
+#[test]
+fn a_single_hub_payment_goes_without_an_onion_and_pays_exactly() {
+    let mut line = Line::new(3);
+    let seen = watch_routes(&mut line);
+    let amount = 10_000;
+    let inv = line.invoice(amount, 7);
+    let id = B256::repeat_byte(1);
+    line.pay(id, &inv);
+    let fees = expected_fees(amount, 1);
+    assert!(line.events[0].contains(&NodeEvent::PaymentSucceeded {
+        id,
+        fee: Amount(fees[0].1)
+    }));
+    assert_eq!(
+        line.balances(0),
+        [Amount(FUNDS - fees[0].0), Amount(fees[0].0)]
+    );
+    assert_eq!(line.balances(1), [Amount(FUNDS - amount), Amount(amount)]);
+    let links: Vec<((usize, usize), usize)> = seen
+        .borrow()
+        .iter()
+        .map(|(l, p)| match p {
+            crate::onion::Packet::Plain(hops) => (*l, hops.len()),
+            crate::onion::Packet::Sphinx(_) => panic!("an onion on link {l:?}"),
+        })
+        .collect();
+    assert_eq!(links, vec![((0, 1), 2), ((1, 2), 1)]);
+    for n in 0..3 {
+        assert_eq!(line.disks[n], line.nodes[n].records(), "node {n}");
+    }
+    // Two hubs: onions on every link.
+    let mut line = Line::new(4);
+    let seen = watch_routes(&mut line);
+    let inv = line.invoice(amount, 8);
+    line.pay(B256::repeat_byte(2), &inv);
+    assert!(line.nodes[3].book().invoices[&inv.hashlock].paid);
+    let seen = seen.borrow();
+    assert_eq!(seen.len(), 3);
+    assert!(
+        seen.iter()
+            .all(|(_, p)| matches!(p, crate::onion::Packet::Sphinx(_)))
+    );
+}
+
+/// ADR 0029's attack: the hub reads and could rewrite a plain instruction. A hub that keeps
+/// more than its fee (offers the payee less than the invoice, with an instruction saying so)
+/// gets no preimage: the payee refuses less than its invoice, the payment fails with nothing
+/// moved. A plain instruction for a part of a multi-path payment is refused too (parts keep
+/// their onion, so a hub cannot rewrite what a part carries).
+#[test]
+fn a_hub_that_rewrites_a_plain_instruction_cannot_underpay_the_payee() {
+    use crate::onion::{HopPayload, Packet};
+    for part in [false, true] {
+        let mut line = Line::new(3);
+        line.tamper = Some(Box::new(move |from, to, f: &mut Frame| {
+            if (from, to) != (0, 1) {
+                return;
+            }
+            let Frame::Msg {
+                body: Body::Route { onion, .. },
+                ..
+            } = f
+            else {
+                return;
+            };
+            let Packet::Plain(hops) = &mut **onion else {
+                panic!("a single-hub payment goes in the clear")
+            };
+            // What the hub would do if it wrote its own instruction: forward one less.
+            if let HopPayload::Forward { amount, .. } = &mut hops[0].payload {
+                amount.0 -= 1;
+            }
+            if let HopPayload::Final { amount, total, .. } = &mut hops[1].payload {
+                amount.0 -= 1;
+                if !part {
+                    total.0 -= 1;
+                }
+            }
+        }));
+        let inv = line.invoice(10_000, 9);
+        let id = B256::repeat_byte(4);
+        line.pay(id, &inv);
+        let rec = line.nodes[0].payment(id).unwrap();
+        assert!(
+            matches!(rec.status, PaymentStatus::Failed { .. }),
+            "part {part}: {:?}",
+            rec.status
+        );
+        assert!(!line.nodes[2].book().invoices[&inv.hashlock].paid);
+        line.assert_nothing_moved();
+    }
 }
