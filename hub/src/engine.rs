@@ -671,6 +671,13 @@ impl Node {
         Ok(())
     }
 
+    /// Tell `peer` our forwarding policy and key, so it may route payments through us (a
+    /// party forwarding over its virtual channels announces itself this way).
+    pub async fn announce_policy(&self, peer: Address) -> Result<(), NodeError> {
+        self.step_wait(|m| Ok::<_, NodeError>(m.announce_policy(peer)))
+            .await
+    }
+
     /// Pay `amount` directly to the counterparty of `id` (one signed update).
     pub async fn transfer(&self, id: ChannelId, amount: Amount) -> Result<(), NodeError> {
         let now = self.now();

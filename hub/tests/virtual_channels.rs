@@ -453,6 +453,93 @@ async fn the_hub_settles_on_chain_a_virtual_channel_left_open_past_its_end() {
     net.hub.shutdown();
 }
 
+/// A payment routed over a ledger edge and then a virtual edge (issue 15): the hub pays bob's
+/// invoice through alice, who forwards it over her virtual channel with bob; the route
+/// instruction and the virtual channel's updates go over the hub (alice and bob have no session
+/// of their own). Fulfilled, with alice's fee exact on the ledger and the amount exact inside
+/// the virtual channel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payment_routed_over_a_ledger_edge_then_a_virtual_edge_pays_exact_fees() {
+    let net = setup().await;
+    let deposit = 4 * ETH / 10;
+    // Long enough for the payee's lock (its default final delta, two hours) to end inside it.
+    let v = net
+        .alice
+        .open_virtual(
+            net.hub.address(),
+            net.bob.address(),
+            Amount(deposit),
+            4 * 3600,
+        )
+        .await
+        .unwrap();
+    net.alice.announce_policy(net.hub.address()).await.unwrap();
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while net.hub.hub_policy(net.alice.address()).unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < until,
+            "the hub never heard alice's policy"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let up0 = net
+        .alice
+        .channel(net.ledger[0])
+        .await
+        .unwrap()
+        .state
+        .balances;
+    let amount = ETH / 1000;
+    let inv = net
+        .bob
+        .create_invoice(Amount(amount), 3600, net.alice.address())
+        .await
+        .unwrap();
+    let mut events = net.hub.subscribe();
+    let id = alloy::primitives::B256::repeat_byte(0x51);
+    net.hub.pay(&inv, id).await.unwrap();
+    let policy = NodeOptions::default().policy;
+    let fee = policy.base_fee.0 + amount * u128::from(policy.fee_ppm) / 1_000_000;
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match events.recv().await.unwrap() {
+                NodeEvent::PaymentSucceeded { id: p, fee: f } if p == id => {
+                    assert_eq!(f, Amount(fee));
+                    return;
+                }
+                NodeEvent::PaymentFailed { id: p, reason } if p == id => {
+                    panic!("the payment failed: {reason:?}")
+                }
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("the payment ends");
+    // Ledger alice–hub: the hub's side paid alice amount + fee; inside the virtual channel
+    // alice paid bob the amount.
+    let want_up = [
+        Amount(up0[0].0 + amount + fee),
+        Amount(up0[1].0 - amount - fee),
+    ];
+    wait_state(&net.alice, net.ledger[0], |s| s.state.balances == want_up).await;
+    wait_state(&net.hub, net.ledger[0], |s| s.state.balances == want_up).await;
+    let want_v = [Amount(deposit - amount), Amount(amount)];
+    wait_state(&net.bob, v, |s| s.state.balances == want_v).await;
+    wait_state(&net.alice, v, |s| s.state.balances == want_v).await;
+    assert!(!net.alice.is_connected(net.bob.address()).await);
+    assert!(
+        net.bob
+            .received()
+            .unwrap()
+            .iter()
+            .any(|i| i.hashlock == inv.hashlock)
+    );
+    net.alice.shutdown();
+    net.bob.shutdown();
+    net.hub.shutdown();
+}
+
 /// `hub bench-virtual`'s workload (no chain): virtual channels opened and closed one after the
 /// other, then transfers inside one in rounds; the bench waits for the exact co-signed balance
 /// after every round (a lost or doubled transfer times it out). Transfers issued together are

@@ -1698,7 +1698,7 @@ impl Node {
             .machine
             .offer_htlc(plan.sent, invoice.hashlock, plan.expiry);
         // The onion goes on the link now; the HTLC's update at the end of the step, after it.
-        self.send(
+        self.send_route(
             first,
             Body::Route {
                 channel_id: channel,
@@ -2076,6 +2076,28 @@ impl Node {
                 Ok(()) => true,
                 Err((code, detail)) => self.refuse(from, seq, code, detail, p),
             },
+            Body::RelayRoute { to, body } => match self.on_relay_route(from, to, *body, p) {
+                Ok(()) => true,
+                Err((code, detail)) => self.refuse(from, seq, code, detail, p),
+            },
+            Body::RelayedRoute { from: party, body } => {
+                // Only a route instruction or failure packet on a virtual channel between us
+                // and `party` whose hub is the sender; then handled as if `party` sent it.
+                let channel = match &*body {
+                    Body::Route { channel_id, .. } | Body::RouteFailed { channel_id, .. } => {
+                        Some(*channel_id)
+                    }
+                    _ => None,
+                };
+                let ours = channel
+                    .and_then(|c| self.channels.get(&c))
+                    .is_some_and(|e| e.peer == party && e.via == Some(from));
+                if !ours {
+                    let detail = "no virtual channel of ours with that party over you".into();
+                    return self.refuse(from, seq, ErrorCode::UnknownChannel, detail, p);
+                }
+                self.on_body(now, party, seq, *body, p)
+            }
             Body::HubVirtualPolicy { policy } => {
                 self.write(p, Write::VirtualPolicy { peer: from, policy });
                 true
@@ -2507,6 +2529,33 @@ impl Node {
         }
     }
 
+    /// Send `peer` a route instruction or failure packet about one of our channels with it
+    /// (`body` names the channel): over the hub when the channel is virtual and the peer is
+    /// not reachable directly, the way the channel's own messages go ([`Node::carry`]).
+    fn send_route(&mut self, peer: Address, body: Body, p: &mut Pending) {
+        let channel = match &body {
+            Body::Route { channel_id, .. } | Body::RouteFailed { channel_id, .. } => {
+                Some(*channel_id)
+            }
+            _ => None,
+        };
+        let via = channel
+            .and_then(|c| self.channels.get(&c))
+            .and_then(|e| e.via)
+            .filter(|_| !self.is_up(peer));
+        match via {
+            Some(hub) => self.send(
+                hub,
+                Body::RelayRoute {
+                    to: peer,
+                    body: Box::new(body),
+                },
+                p,
+            ),
+            None => self.send(peer, body, p),
+        }
+    }
+
     /// Carry out channel `id`'s effects: its record is written at the end of the step, its
     /// messages are numbered and stored, its events recorded and reacted to.
     fn carry(&mut self, id: ChannelId, effects: Vec<Effect>, p: &mut Pending) {
@@ -2794,7 +2843,7 @@ impl Node {
                 };
                 let out_id = oe.machine.offer_htlc(fwd.amount, fwd.hashlock, fwd.expiry);
                 // The next node's layer goes first on the link, then the HTLC's update.
-                self.send(
+                self.send_route(
                     next_peer,
                     Body::Route {
                         channel_id: out_ch,
@@ -2948,7 +2997,7 @@ impl Node {
                 htlc: id,
                 packet,
             };
-            self.send(peer, body, p);
+            self.send_route(peer, body, p);
         }
         if let Some(e) = self.channels.get_mut(&ch) {
             e.machine.fail_htlc(id, reason);

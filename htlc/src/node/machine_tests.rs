@@ -1844,3 +1844,135 @@ fn the_hub_takes_a_virtual_channel_left_open_past_its_end_on_chain() {
     assert!(!again.writes.iter().any(|w| matches!(w, Write::Intent(_))));
     assert!(net.nodes[1].poll_timeout().is_none_or(|t| t > due));
 }
+
+/// A route over a ledger edge and then a virtual edge (issue 15): the hub pays the payee's
+/// invoice through the payer, which forwards over its virtual channel with the payee. The
+/// route instruction and the virtual channel's messages go over the hub (the parties have no
+/// session of their own); each fee is exact and every node restores from its writes.
+#[test]
+fn a_payment_routed_over_a_ledger_edge_then_a_virtual_edge_pays_exact_fees() {
+    let mut net = Net::new(virtual_config());
+    let (v, _) = net.open_virtual(50_000);
+    let (a, hub, b) = (net.addr(0), net.addr(1), net.addr(2));
+    // The hub needs money on its side of the ledger with the forwarder, and its policy.
+    let out = net.nodes[0]
+        .transfer(net.now, net.up, Amount(20_000))
+        .unwrap();
+    net.carry(0, out);
+    let out = net.nodes[0].announce_policy(hub);
+    net.carry(0, out);
+    net.run();
+    let up0 = net.balances(1, net.up);
+    let v0 = net.nodes[2].channel(v).unwrap().latest().state.balances;
+    // The payee's invoice names the forwarder (its virtual channel's other party) as its hub;
+    // its lock must expire within the virtual channel's life (an hour here).
+    let preimage = Preimage([0x77; 32]);
+    let amount = 3_000u128;
+    let inv = Invoice {
+        payee: b,
+        payee_key: net.nodes[2].public_key(),
+        hub: a,
+        amount: Amount(amount),
+        hashlock: preimage.hashlock(),
+        expires_at: NOW.0 + 3600,
+        final_expiry_delta: 1800,
+    };
+    let out = net.nodes[2].add_invoice(inv.clone(), preimage).unwrap();
+    net.carry(2, out);
+    let id = B256::repeat_byte(0x5A);
+    let out = net.nodes[1].pay_route(net.now, id, &inv, &[a]).unwrap();
+    net.carry(1, out);
+    net.run();
+    let fee = policy().base_fee.0 + amount * u128::from(policy().fee_ppm) / 1_000_000;
+    assert!(
+        net.events[1].contains(&NodeEvent::PaymentSucceeded {
+            id,
+            fee: Amount(fee)
+        }),
+        "{:?}",
+        net.events[1]
+    );
+    // The ledger carried amount + fee from the hub to the forwarder (ledger side A is the
+    // forwarder's), the virtual channel the amount from the forwarder to the payee.
+    let up = net.balances(1, net.up);
+    assert_eq!(
+        (up[0].0, up[1].0),
+        (up0[0].0 + amount + fee, up0[1].0 - amount - fee)
+    );
+    let vb = net.nodes[2].channel(v).unwrap().latest().state.balances;
+    assert_eq!((vb[0].0, vb[1].0), (v0[0].0 - amount, v0[1].0 + amount));
+    assert_eq!(net.nodes[0].fees_earned(), (Amount(fee), 1));
+    assert!(net.nodes[2].book().invoices[&inv.hashlock].paid);
+    // Nothing went straight between the parties: they have no link with each other.
+    assert!(!net.nodes[0].links.contains_key(&b) && !net.nodes[2].links.contains_key(&a));
+    for n in 0..3 {
+        assert!(net.nodes[n].book().routes.is_empty(), "node {n}");
+        assert_eq!(net.disks[n], net.nodes[n].records(), "node {n}");
+    }
+}
+
+/// Every peer is an attacker: route instructions relayed over a hub for a channel that is not
+/// a virtual channel between the two, or relayed by someone who is not its hub, are refused.
+#[test]
+fn relayed_route_instructions_outside_a_served_virtual_channel_are_refused() {
+    let mut net = Net::new(virtual_config());
+    let (v, _) = net.open_virtual(50_000);
+    let (a, hub, b) = (net.addr(0), net.addr(1), net.addr(2));
+    let route = |channel_id| Body::Route {
+        channel_id,
+        hashlock: Hashlock(B256::repeat_byte(3)),
+        htlc: crate::HtlcId(0),
+        onion: Box::new(crate::onion::Packet::Plain(vec![])),
+    };
+    // To the hub: relay over a ledger channel, or to someone outside the virtual channel.
+    for (to, channel) in [(b, net.up), (Address::repeat_byte(0x99), v)] {
+        let seq = net.nodes[0].links[&hub].outbox.next_send();
+        let out = net.nodes[1].handle_frame(
+            net.now,
+            a,
+            Frame::Msg {
+                seq,
+                body: Body::RelayRoute {
+                    to,
+                    body: Box::new(route(channel)),
+                },
+            },
+        );
+        assert_eq!(refusal_codes(&out), vec![ErrorCode::UnknownChannel]);
+        assert!(!out.transmits.iter().any(|(t, _)| *t == to));
+        net.nodes[0]
+            .links
+            .get_mut(&hub)
+            .unwrap()
+            .outbox
+            .sent(seq + 1);
+    }
+    // Anything but a route instruction or a failure packet.
+    let seq = net.nodes[0].links[&hub].outbox.next_send();
+    let out = net.nodes[1].handle_frame(
+        net.now,
+        a,
+        Frame::Msg {
+            seq,
+            body: Body::RelayRoute {
+                to: b,
+                body: Box::new(Body::Funded { channel_id: v }),
+            },
+        },
+    );
+    assert_eq!(refusal_codes(&out), vec![ErrorCode::Protocol]);
+    // To the payee: "relayed" by someone who is not the channel's hub (the payer itself).
+    let out = net.nodes[2].handle_frame(
+        net.now,
+        a,
+        Frame::Msg {
+            seq: 1,
+            body: Body::RelayedRoute {
+                from: a,
+                body: Box::new(route(v)),
+            },
+        },
+    );
+    assert_eq!(refusal_codes(&out), vec![ErrorCode::UnknownChannel]);
+    assert!(net.nodes[2].book().routes.is_empty());
+}

@@ -185,6 +185,23 @@ pub enum Body {
         /// The message.
         msg: Message,
     },
+    /// To the hub: pass this route instruction or failure packet (a [`Body::Route`] or
+    /// [`Body::RouteFailed`] on a virtual channel) to the channel's other party `to`: an HTLC
+    /// inside a virtual channel is one hop of a route (ADR 0026).
+    RelayRoute {
+        /// The virtual channel's other party.
+        to: Address,
+        /// The `Route` or `RouteFailed` body.
+        body: Box<Body>,
+    },
+    /// From the hub: a virtual channel's route instruction or failure packet its other party
+    /// `from` sent over the hub.
+    RelayedRoute {
+        /// Who sent it.
+        from: Address,
+        /// The `Route` or `RouteFailed` body.
+        body: Box<Body>,
+    },
     /// To the hub: a virtual channel's final state, signed by both its parties; our proposal
     /// releasing our leg's guarantee by it follows (ADR 0026).
     VirtualClose {

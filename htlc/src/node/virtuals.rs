@@ -59,6 +59,19 @@ impl Node {
         self.book.virtuals.iter()
     }
 
+    /// Tell `peer` our forwarding policy and key (as a hub does to the peers whose channels it
+    /// accepts): a party that forwards over its virtual channels announces it to the payers
+    /// that may route through it (the virtual channel is then one hop of their routes).
+    pub fn announce_policy(&mut self, peer: Address) -> Output {
+        let mut p = Pending::default();
+        let body = Body::HubPolicy {
+            policy: self.config.policy,
+            key: self.keys.public_key(),
+        };
+        self.send(peer, body, &mut p);
+        p.out
+    }
+
     /// Record the virtual-channel rules `hub` announced (as [`Body::HubVirtualPolicy`] does).
     pub fn set_virtual_policy(
         &mut self,
@@ -644,6 +657,49 @@ impl Node {
             }
         }
         self.send(to, Body::Relayed { from, msg }, p);
+        Ok(())
+    }
+}
+
+impl Node {
+    /// Hub: pass a route instruction or failure packet of a virtual channel we serve from one
+    /// of its parties to the other (it means nothing to us; the party checks it as its peer's).
+    pub(super) fn on_relay_route(
+        &mut self,
+        from: Address,
+        to: Address,
+        body: Body,
+        p: &mut Pending,
+    ) -> Result<(), (ErrorCode, String)> {
+        let id = match &body {
+            Body::Route { channel_id, .. } | Body::RouteFailed { channel_id, .. } => *channel_id,
+            _ => {
+                return Err((
+                    ErrorCode::Protocol,
+                    "only route instructions and failure packets are relayed".into(),
+                ));
+            }
+        };
+        let served = self.book.virtuals.get(&id).is_some_and(|r| {
+            let [a, b] = r.terms.params.participants;
+            r.role == VirtualRole::Hub
+                && r.phase != VirtualPhase::Failed
+                && ((from == a && to == b) || (from == b && to == a))
+        });
+        if !served {
+            return Err((
+                ErrorCode::UnknownChannel,
+                format!("no virtual channel {id} between you and {to}"),
+            ));
+        }
+        self.send(
+            to,
+            Body::RelayedRoute {
+                from,
+                body: Box::new(body),
+            },
+            p,
+        );
         Ok(())
     }
 }
