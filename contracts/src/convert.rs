@@ -64,6 +64,44 @@ pub fn lock(l: &Lock) -> Adjudicator::Lock {
     }
 }
 
+/// The virtual channel's state and locks a `resolveGuarantee` call presented, in the core's
+/// types: `None` if a field does not fit them (an amount above `u128`, a sender other than 0
+/// or 1, guarantees inside it) or the locks do not hash to the state's root.
+pub fn resolved_virtual_state(
+    state: &Adjudicator::State,
+    locks: &[Adjudicator::Lock],
+) -> Option<ChannelState> {
+    let amount = |x: U256| u128::try_from(x).ok().map(htlc::Amount);
+    if !state.guarantees.is_empty() {
+        return None;
+    }
+    let locks = locks
+        .iter()
+        .map(|l| {
+            Some(Lock {
+                id: htlc::HtlcId(l.id),
+                amount: amount(l.amount)?,
+                hashlock: htlc::Hashlock(l.hashlock),
+                expiry: htlc::Expiry(l.expiry),
+                sender: match l.sender {
+                    0 => Side::A,
+                    1 => Side::B,
+                    _ => return None,
+                },
+            })
+        })
+        .collect::<Option<Vec<_>>>()?;
+    let s = ChannelState {
+        channel_id: htlc::ChannelId(state.channelId),
+        version: state.version,
+        balances: [amount(state.balanceA)?, amount(state.balanceB)?],
+        locks,
+        guarantees: Vec::new(),
+        is_final: state.isFinal,
+    };
+    (s.locks_root() == state.locksRoot).then_some(s)
+}
+
 /// The ABI form of a signature: `r`, `s` and `v` ∈ {27, 28}.
 pub fn sig(s: &Signature) -> Adjudicator::Sig {
     Adjudicator::Sig {

@@ -252,6 +252,7 @@ impl Node {
 
     async fn on_chain_event(&self, ev: contracts::ChainEvent) -> Result<(), NodeError> {
         let now = self.now();
+        let tx = ev.tx_hash;
         let ev = match ev.kind {
             EventKind::Adjudicator(ev) => ev,
             EventKind::Registry(SecretRegistryEvents::SecretRevealed(r)) => {
@@ -316,6 +317,32 @@ impl Node {
                     channel_id,
                     version: d.version,
                     finalizes_at,
+                }
+            }
+            AdjudicatorEvents::GuaranteeResolved(g) => {
+                // A guarantee of a virtual channel we serve was resolved, perhaps by one of its
+                // parties with a state holding locks, which no event shows: its transaction
+                // does (the state and every lock), and our legs resolve by the same one.
+                let vid = ChannelId(g.virtualChannelId);
+                if !self.read(|m| m.serves_virtual(vid)) {
+                    return Ok(());
+                }
+                let Some(tx) = tx else {
+                    return Ok(());
+                };
+                let client = self.submitter()?.client();
+                let Some(state) = client
+                    .resolved_virtual_state(tx)
+                    .await
+                    .map_err(TxError::from)?
+                    .filter(|s| s.channel_id == vid)
+                else {
+                    return Ok(());
+                };
+                ChainEvent::Registered {
+                    channel_id: vid,
+                    state: Box::new(state),
+                    finalizes_at: 0,
                 }
             }
             AdjudicatorEvents::PayoutDeferred(d) => ChainEvent::PayoutDeferred {

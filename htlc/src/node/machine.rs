@@ -274,9 +274,11 @@ pub enum ChainEvent {
         /// A's and B's deposits.
         deposited: [Amount; 2],
     },
-    /// The state registered by a close or challenge, as the event shows it: only a state
-    /// without locks or guarantees can be read back whole (the event carries their roots).
-    /// A virtual channel's hub settles its legs by it (ADR 0026).
+    /// A virtual channel's state as the chain shows it: registered by a close or challenge (an
+    /// event shows only a state without locks or guarantees whole, it carries their roots), or
+    /// presented with its locks by a `resolveGuarantee` (read from its transaction; the
+    /// adjudicator then recorded it as the outcome; `finalizes_at` 0). A virtual channel's hub
+    /// settles its legs by it (ADR 0026).
     Registered {
         /// Which channel.
         channel_id: ChannelId,

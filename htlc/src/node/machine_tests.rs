@@ -1976,3 +1976,74 @@ fn relayed_route_instructions_outside_a_served_virtual_channel_are_refused() {
     assert_eq!(refusal_codes(&out), vec![ErrorCode::UnknownChannel]);
     assert!(net.nodes[2].book().routes.is_empty());
 }
+
+/// The hub's leg concluded on chain still holding the guarantee; a party then resolved its own
+/// leg by a state of the virtual channel with locks (which no event shows whole: the hub reads
+/// it from the resolution's transaction). The hub resolves its leg by exactly that state, locks
+/// included, once every lock can be settled: at its expiry, or at the guarantee's bound for a
+/// lock expiring later; the same state reported again changes nothing.
+#[test]
+fn the_hub_resolves_its_leg_by_a_locked_state_a_party_resolved_with() {
+    let mut net = Net::new(virtual_config());
+    let (v, _) = net.open_virtual(50_000);
+    let end = net.nodes[1].virtuals().next().unwrap().1.terms.expires_at;
+    let latest = net.nodes[1].channel(net.up).unwrap().latest().state.clone();
+    let out = net.nodes[1].handle_chain(
+        NOW,
+        ChainEvent::Concluded {
+            channel_id: net.up,
+            version: latest.version,
+            to_a: latest.balances[0],
+            to_b: latest.balances[1],
+        },
+    );
+    net.carry(1, out);
+    let lock = |id: u64, expiry: u64| crate::Lock {
+        id: crate::HtlcId(id),
+        amount: Amount(1_000),
+        hashlock: Hashlock(B256::repeat_byte(id as u8 + 1)),
+        expiry: Expiry(expiry),
+        sender: crate::Side::A,
+    };
+    for (expiry, settles) in [(NOW.0 + 500, NOW.0 + 501), (end.0 + 10_000, end.0 + 1)] {
+        let state = ChannelState {
+            channel_id: v,
+            version: 7,
+            balances: [Amount(40_000), Amount(9_000)],
+            locks: vec![lock(0, expiry)],
+            guarantees: Vec::new(),
+            is_final: false,
+        };
+        let out = net.nodes[1].handle_chain(
+            NOW,
+            ChainEvent::Registered {
+                channel_id: v,
+                state: Box::new(state.clone()),
+                finalizes_at: 0,
+            },
+        );
+        let resolutions: Vec<_> = out
+            .intents()
+            .filter_map(|i| match i {
+                Intent::ResolveGuarantee(r) => Some(r.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(resolutions.len(), 1, "{:?}", out.writes);
+        let r = &resolutions[0];
+        assert_eq!(r.ledger.id(), net.up);
+        assert_eq!(r.virt_state, state, "the very state, its locks included");
+        assert_eq!(r.sigs, None);
+        assert_eq!(r.not_before, settles);
+        net.carry(1, out);
+        let again = net.nodes[1].handle_chain(
+            NOW,
+            ChainEvent::Registered {
+                channel_id: v,
+                state: Box::new(state),
+                finalizes_at: 0,
+            },
+        );
+        assert!(again.writes.is_empty(), "{:?}", again.writes);
+    }
+}

@@ -1312,6 +1312,10 @@ impl Node {
             // A final state was handed to us: every leg resolves by it.
             return;
         }
+        if r.registered.as_ref().is_some_and(|(s, _)| *s == state) {
+            // Known already (our own resolutions report it again).
+            return;
+        }
         r.registered = Some((state.clone(), finalizes_at));
         let legs: Vec<(ChannelId, crate::ChannelState)> = r
             .ledgers
