@@ -540,6 +540,74 @@ async fn a_payment_routed_over_a_ledger_edge_then_a_virtual_edge_pays_exact_fees
     net.hub.shutdown();
 }
 
+/// The other way round: a virtual edge and then a ledger edge. Bob tells alice his forwarding
+/// policy over the hub (they have no session of their own); alice pays an invoice of the hub
+/// through bob: over their virtual channel to bob, then over bob's ledger to the hub. Bob's fee
+/// exact, the amounts exact on both edges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payment_routed_over_a_virtual_edge_then_a_ledger_edge_pays_exact_fees() {
+    let net = setup().await;
+    let deposit = 4 * ETH / 10;
+    let v = net
+        .alice
+        .open_virtual(
+            net.hub.address(),
+            net.bob.address(),
+            Amount(deposit),
+            4 * 3600,
+        )
+        .await
+        .unwrap();
+    net.bob.announce_policy(net.alice.address()).await.unwrap();
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while net.alice.hub_policy(net.bob.address()).unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < until,
+            "alice never heard bob's policy"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let down0 = net.bob.channel(net.ledger[1]).await.unwrap().state.balances;
+    let amount = ETH / 1000;
+    let inv = net
+        .hub
+        .create_invoice(Amount(amount), 3600, net.bob.address())
+        .await
+        .unwrap();
+    let mut events = net.alice.subscribe();
+    let id = alloy::primitives::B256::repeat_byte(0x52);
+    net.alice.pay(&inv, id).await.unwrap();
+    let policy = NodeOptions::default().policy;
+    let fee = policy.base_fee.0 + (amount) * u128::from(policy.fee_ppm) / 1_000_000;
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match events.recv().await.unwrap() {
+                NodeEvent::PaymentSucceeded { id: p, fee: f } if p == id => {
+                    assert_eq!(f, Amount(fee));
+                    return;
+                }
+                NodeEvent::PaymentFailed { id: p, reason } if p == id => {
+                    panic!("the payment failed: {reason:?}")
+                }
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("the payment ends");
+    // Inside the virtual channel alice paid bob amount + fee; on bob's ledger (bob is its A)
+    // bob paid the hub the amount.
+    let want_v = [Amount(deposit - amount - fee), Amount(amount + fee)];
+    wait_state(&net.bob, v, |s| s.state.balances == want_v).await;
+    let want_down = [Amount(down0[0].0 - amount), Amount(down0[1].0 + amount)];
+    wait_state(&net.bob, net.ledger[1], |s| s.state.balances == want_down).await;
+    wait_state(&net.hub, net.ledger[1], |s| s.state.balances == want_down).await;
+    assert!(!net.alice.is_connected(net.bob.address()).await);
+    net.alice.shutdown();
+    net.bob.shutdown();
+    net.hub.shutdown();
+}
+
 /// `hub bench-virtual`'s workload (no chain): virtual channels opened and closed one after the
 /// other, then transfers inside one in rounds; the bench waits for the exact co-signed balance
 /// after every round (a lost or doubled transfer times it out). Transfers issued together are

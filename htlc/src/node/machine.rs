@@ -2084,16 +2084,16 @@ impl Node {
             },
             Body::RelayedRoute { from: party, body } => {
                 // Only a route instruction or failure packet on a virtual channel between us
-                // and `party` whose hub is the sender; then handled as if `party` sent it.
-                let channel = match &*body {
+                // and `party` whose hub is the sender, or `party`'s policy when we have such a
+                // channel; then handled as if `party` sent it.
+                let over = |e: &Entry| e.peer == party && e.via == Some(from);
+                let ours = match &*body {
                     Body::Route { channel_id, .. } | Body::RouteFailed { channel_id, .. } => {
-                        Some(*channel_id)
+                        self.channels.get(channel_id).is_some_and(over)
                     }
-                    _ => None,
+                    Body::HubPolicy { .. } => self.channels.values().any(over),
+                    _ => false,
                 };
-                let ours = channel
-                    .and_then(|c| self.channels.get(&c))
-                    .is_some_and(|e| e.peer == party && e.via == Some(from));
                 if !ours {
                     let detail = "no virtual channel of ours with that party over you".into();
                     return self.refuse(from, seq, ErrorCode::UnknownChannel, detail, p);

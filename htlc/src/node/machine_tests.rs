@@ -1961,6 +1961,55 @@ fn relayed_route_instructions_outside_a_served_virtual_channel_are_refused() {
         },
     );
     assert_eq!(refusal_codes(&out), vec![ErrorCode::Protocol]);
+    net.nodes[0]
+        .links
+        .get_mut(&hub)
+        .unwrap()
+        .outbox
+        .sent(seq + 1);
+    // A policy to someone the sender has no virtual channel with over us.
+    let seq = net.nodes[0].links[&hub].outbox.next_send();
+    let out = net.nodes[1].handle_frame(
+        net.now,
+        a,
+        Frame::Msg {
+            seq,
+            body: Body::RelayRoute {
+                to: Address::repeat_byte(0x99),
+                body: Box::new(Body::HubPolicy {
+                    policy: policy(),
+                    key: keys(1).public_key(),
+                }),
+            },
+        },
+    );
+    assert_eq!(refusal_codes(&out), vec![ErrorCode::UnknownChannel]);
+    net.nodes[0]
+        .links
+        .get_mut(&hub)
+        .unwrap()
+        .outbox
+        .sent(seq + 1);
+    // The hub passes on a policy in another node's name: the payee refuses it (the key must
+    // be the party's), and knows no policy of the payer's.
+    let seq = net.nodes[1].links[&b].outbox.next_send();
+    let out = net.nodes[2].handle_frame(
+        net.now,
+        hub,
+        Frame::Msg {
+            seq,
+            body: Body::RelayedRoute {
+                from: a,
+                body: Box::new(Body::HubPolicy {
+                    policy: policy(),
+                    key: keys(9).public_key(),
+                }),
+            },
+        },
+    );
+    assert_eq!(refusal_codes(&out), vec![ErrorCode::Protocol]);
+    assert!(!net.nodes[2].book().policies.contains_key(&a));
+    net.nodes[1].links.get_mut(&b).unwrap().outbox.sent(seq + 1);
     // To the payee: "relayed" by someone who is not the channel's hub (the payer itself).
     let out = net.nodes[2].handle_frame(
         net.now,

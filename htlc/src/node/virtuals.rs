@@ -68,7 +68,25 @@ impl Node {
             policy: self.config.policy,
             key: self.keys.public_key(),
         };
-        self.send(peer, body, &mut p);
+        // The other party of a virtual channel without a session of its own with us hears it
+        // over the channel's hub, as the channel's messages go.
+        let via = self
+            .channels
+            .values()
+            .find(|e| e.peer == peer && e.via.is_some())
+            .and_then(|e| e.via)
+            .filter(|_| !self.is_up(peer));
+        match via {
+            Some(hub) => self.send(
+                hub,
+                Body::RelayRoute {
+                    to: peer,
+                    body: Box::new(body),
+                },
+                &mut p,
+            ),
+            None => self.send(peer, body, &mut p),
+        }
         p.out
     }
 
@@ -671,25 +689,29 @@ impl Node {
         body: Body,
         p: &mut Pending,
     ) -> Result<(), (ErrorCode, String)> {
-        let id = match &body {
-            Body::Route { channel_id, .. } | Body::RouteFailed { channel_id, .. } => *channel_id,
-            _ => {
-                return Err((
-                    ErrorCode::Protocol,
-                    "only route instructions and failure packets are relayed".into(),
-                ));
-            }
-        };
-        let served = self.book.virtuals.get(&id).is_some_and(|r| {
+        let pair = |r: &VirtualRecord| {
             let [a, b] = r.terms.params.participants;
             r.role == VirtualRole::Hub
                 && r.phase != VirtualPhase::Failed
                 && ((from == a && to == b) || (from == b && to == a))
-        });
+        };
+        let served = match &body {
+            Body::Route { channel_id, .. } | Body::RouteFailed { channel_id, .. } => {
+                self.book.virtuals.get(channel_id).is_some_and(pair)
+            }
+            // A party tells the other its forwarding policy (it forwards over their channel).
+            Body::HubPolicy { .. } => self.book.virtuals.values().any(pair),
+            _ => {
+                return Err((
+                    ErrorCode::Protocol,
+                    "only route instructions, failure packets and policies are relayed".into(),
+                ));
+            }
+        };
         if !served {
             return Err((
                 ErrorCode::UnknownChannel,
-                format!("no virtual channel {id} between you and {to}"),
+                format!("no virtual channel between you and {to} over us"),
             ));
         }
         self.send(
