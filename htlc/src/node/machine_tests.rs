@@ -2033,20 +2033,6 @@ fn relayed_route_instructions_outside_a_served_virtual_channel_are_refused() {
 /// lock expiring later; the same state reported again changes nothing.
 #[test]
 fn the_hub_resolves_its_leg_by_a_locked_state_a_party_resolved_with() {
-    let mut net = Net::new(virtual_config());
-    let (v, _) = net.open_virtual(50_000);
-    let end = net.nodes[1].virtuals().next().unwrap().1.terms.expires_at;
-    let latest = net.nodes[1].channel(net.up).unwrap().latest().state.clone();
-    let out = net.nodes[1].handle_chain(
-        NOW,
-        ChainEvent::Concluded {
-            channel_id: net.up,
-            version: latest.version,
-            to_a: latest.balances[0],
-            to_b: latest.balances[1],
-        },
-    );
-    net.carry(1, out);
     let lock = |id: u64, expiry: u64| crate::Lock {
         id: crate::HtlcId(id),
         amount: Amount(1_000),
@@ -2054,7 +2040,28 @@ fn the_hub_resolves_its_leg_by_a_locked_state_a_party_resolved_with() {
         expiry: Expiry(expiry),
         sender: crate::Side::A,
     };
-    for (expiry, settles) in [(NOW.0 + 500, NOW.0 + 501), (end.0 + 10_000, end.0 + 1)] {
+    // A lock expiring within the channel's life settles at its expiry; one expiring after
+    // the channel's end at the guarantee's bound (the end).
+    for far in [false, true] {
+        let mut net = Net::new(virtual_config());
+        let (v, _) = net.open_virtual(50_000);
+        let end = net.nodes[1].virtuals().next().unwrap().1.terms.expires_at;
+        let latest = net.nodes[1].channel(net.up).unwrap().latest().state.clone();
+        let out = net.nodes[1].handle_chain(
+            NOW,
+            ChainEvent::Concluded {
+                channel_id: net.up,
+                version: latest.version,
+                to_a: latest.balances[0],
+                to_b: latest.balances[1],
+            },
+        );
+        net.carry(1, out);
+        let (expiry, settles) = if far {
+            (end.0 + 10_000, end.0 + 1)
+        } else {
+            (NOW.0 + 500, NOW.0 + 501)
+        };
         let state = ChannelState {
             channel_id: v,
             version: 7,
@@ -2094,5 +2101,18 @@ fn the_hub_resolves_its_leg_by_a_locked_state_a_party_resolved_with() {
             },
         );
         assert!(again.writes.is_empty(), "{:?}", again.writes);
+        // A dispute registered later (the hub's own, from its guarantee, landing after the
+        // party's resolution) does not replace the recorded outcome.
+        let before = net.nodes[1].virtuals().next().unwrap().1.registered.clone();
+        let out = net.nodes[1].handle_chain(
+            NOW,
+            ChainEvent::Registered {
+                channel_id: v,
+                state: Box::new(ChannelState::opening(v, [Amount(50_000), Amount::ZERO])),
+                finalizes_at: NOW.0 + 100,
+            },
+        );
+        assert!(out.intents().next().is_none());
+        assert_eq!(net.nodes[1].virtuals().next().unwrap().1.registered, before);
     }
 }

@@ -335,7 +335,9 @@ pub struct VirtualRecord {
     pub disputed_until: Option<u64>,
     /// Hub: each leg's ledger state concluded on chain while holding the guarantee, by leg.
     pub concluded_legs: Vec<Option<ChannelState>>,
-    /// Hub: the state registered on chain for this channel and the end of its window.
+    /// Hub: the state registered on chain for this channel and the end of its window; a window
+    /// end of 0 marks the outcome the adjudicator recorded (read from a party's resolution),
+    /// which nothing replaces.
     pub registered: Option<(ChannelState, u64)>,
 }
 

@@ -1334,8 +1334,13 @@ impl Node {
             // A final state was handed to us: every leg resolves by it.
             return;
         }
-        if r.registered.as_ref().is_some_and(|(s, _)| *s == state) {
-            // Known already (our own resolutions report it again).
+        if r.registered
+            .as_ref()
+            .is_some_and(|(s, f)| *s == state || *f == 0)
+        {
+            // Known already (our own resolutions report it again), or the adjudicator's
+            // recorded outcome (read from a resolution, `finalizes_at` 0), which no state
+            // registered later can replace: every leg must be resolved by it.
             return;
         }
         r.registered = Some((state.clone(), finalizes_at));
