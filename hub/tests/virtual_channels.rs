@@ -608,6 +608,97 @@ async fn a_payment_routed_over_a_virtual_edge_then_a_ledger_edge_pays_exact_fees
     net.hub.shutdown();
 }
 
+/// The virtual channel's parties sign two contradictory final states and try to settle the
+/// hub's two ledgers with different ones (issue 15): alice resolves her ledger's guarantee by
+/// F1 (all of it hers), bob his by F2 (all of it his). The adjudicator recorded F1 as the
+/// channel's outcome, so bob's attempt reverts; the hub reads F1 from alice's resolution and
+/// resolves its other leg by it. The hub loses nothing: exactly its collateral plus the fee.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contradictory_final_states_cannot_rob_the_hub_end_to_end() {
+    let net = setup().await;
+    let deposit = 4 * ETH / 10;
+    let fee = FEE_BASE + deposit * u128::from(FEE_PPM) / 1_000_000;
+    let v = net
+        .alice
+        .open_virtual(net.hub.address(), net.bob.address(), Amount(deposit), 3600)
+        .await
+        .unwrap();
+    let vp = net.alice.channel_params(v).await.unwrap();
+    let ka = htlc::sig::Keys::from_signer(net.chain.signer(2).unwrap());
+    let kb = htlc::sig::Keys::from_signer(net.chain.signer(3).unwrap());
+    let fin = |version, balances| htlc::ChannelState {
+        is_final: true,
+        version,
+        ..htlc::ChannelState::opening(v, balances)
+    };
+    let f1 = fin(10, [Amount(deposit), Amount::ZERO]);
+    let f2 = fin(11, [Amount::ZERO, Amount(deposit)]);
+    let sign = |s: &htlc::ChannelState| {
+        [
+            htlc::update::sign_state(&vp, &ka, s).unwrap(),
+            htlc::update::sign_state(&vp, &kb, s).unwrap(),
+        ]
+    };
+    let (s1, s2) = (sign(&f1), sign(&f2));
+
+    // Both ledgers go on chain and are paid out (balances; the guarantees stay).
+    let reader = net.chain.client(0).await.unwrap();
+    net.alice.force_close(net.ledger[0]).await.unwrap();
+    net.bob.force_close(net.ledger[1]).await.unwrap();
+    for id in net.ledger {
+        wait_chain(&reader, id, "ledger disputed", |c| c.finalizes_at != 0).await;
+    }
+    let window = vp.challenge_duration;
+    net.chain.increase_time(window + 5).await.unwrap();
+    for id in net.ledger {
+        wait_chain(&reader, id, "ledger paid out", |c| c.concluded).await;
+    }
+    let (la, lb) = (
+        net.alice.channel(net.ledger[0]).await.unwrap().state,
+        net.bob.channel(net.ledger[1]).await.unwrap().state,
+    );
+    let (pa, pb) = (
+        net.alice.channel_params(net.ledger[0]).await.unwrap(),
+        net.bob.channel_params(net.ledger[1]).await.unwrap(),
+    );
+    // Alice first, by F1; then bob, by F2: refused, the outcome is F1.
+    let alice_chain = net.chain.client(2).await.unwrap();
+    let bob_chain = net.chain.client(3).await.unwrap();
+    alice_chain
+        .resolve_guarantee(&pa, &la, &vp, &f1, Some(&s1))
+        .await
+        .unwrap();
+    let err = bob_chain
+        .resolve_guarantee(&pb, &lb, &vp, &f2, Some(&s2))
+        .await
+        .unwrap_err();
+    assert!(
+        err.is::<contracts::bindings::Adjudicator::VirtualOutcomeMismatch>(),
+        "{err}"
+    );
+    // The hub resolves bob's ledger by F1 by itself.
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    while !reader.guarantee_resolved(net.ledger[1], 0).await.unwrap() {
+        assert!(
+            std::time::Instant::now() < until,
+            "the hub never resolved its other leg"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (alice, bob, hub) = (net.alice.address(), net.bob.address(), net.hub.address());
+    let up = payouts(&reader, net.ledger[0], [alice, hub]).await;
+    let down = payouts(&reader, net.ledger[1], [bob, hub]).await;
+    assert_eq!(up[&alice], ETH - fee, "F1: alice keeps her deposit");
+    assert_eq!(down[&bob], ETH, "bob gets nothing of the channel");
+    assert_eq!(up[&hub] + down[&hub], 2 * COLLATERAL + fee);
+    for id in net.ledger {
+        assert_eq!(reader.holdings(id).await.unwrap(), Amount::ZERO);
+    }
+    net.alice.shutdown();
+    net.bob.shutdown();
+    net.hub.shutdown();
+}
+
 /// `hub bench-virtual`'s workload (no chain): virtual channels opened and closed one after the
 /// other, then transfers inside one in rounds; the bench waits for the exact co-signed balance
 /// after every round (a lost or doubled transfer times it out). Transfers issued together are
