@@ -157,7 +157,8 @@ contract Adjudicator {
     error GuaranteeAlreadyResolved();
     /// @notice The virtual channel has neither a co-signed final state nor a finalized dispute.
     error VirtualNotFinal();
-    /// @notice The supplied virtual-channel locks do not hash to its locksRoot.
+    /// @notice The supplied virtual-channel locks do not hash to its locksRoot or do not add up
+    /// to its locksTotal.
     error VirtualLocksMismatch();
     /// @notice Another state of the virtual channel already settled one of its guarantees.
     error VirtualOutcomeMismatch(bytes32 recorded);
@@ -185,6 +186,10 @@ contract Adjudicator {
     event Concluded(bytes32 indexed channelId, uint64 version, uint256 toA, uint256 toB, bool cooperative);
     /// @notice A lock was paid to its receiver (preimage revealed in time) or refunded.
     event LockResolved(bytes32 indexed channelId, uint64 lockId, address to, uint256 amount, bool revealed);
+    /// @notice A virtual channel's outcome was recorded by the first resolution of one of its
+    /// guarantees: the state and every one of its locks, whole, so every other ledger holding a
+    /// guarantee for it can be resolved by the same (ADR 0026).
+    event VirtualOutcome(bytes32 indexed virtualChannelId, State state, Lock[] locks);
     /// @notice A guarantee was split between the ledger channel's participants.
     event GuaranteeResolved(
         bytes32 indexed channelId, bytes32 indexed virtualChannelId, uint256 index, uint256 toA, uint256 toB
@@ -439,8 +444,9 @@ contract Adjudicator {
         bytes32 vid = channelId(virt);
         if (vid != g.virtualChannelId || virtState.channelId != vid) revert GuaranteeMismatch();
         if (guaranteeResolved[cid][index]) revert GuaranteeAlreadyResolved();
-        _settleVirtual(vid, virt, virtState, virtSigs);
+        bool first = _settleVirtual(vid, virt, virtState, virtSigs);
         uint256 virtA = _virtualOutcomeA(virtState, virtLocks, g.locksUntil);
+        if (first) emit VirtualOutcome(vid, virtState, virtLocks);
 
         (uint256 toA, uint256 toB) = _splitGuarantee(g, virtA);
         uint256 held = ch.holdings;
@@ -552,15 +558,17 @@ contract Adjudicator {
     /// @dev Fix the virtual channel's outcome the first time one of its guarantees is resolved,
     /// so every ledger channel guaranteeing it is split by the same state (ADR 0011): its
     /// finalized on-chain dispute if it has one, else a final state both its participants signed.
+    /// Returns true when this call recorded it (the first resolution).
     function _settleVirtual(bytes32 vid, Params calldata virt, State calldata virtState, Sig[] calldata virtSigs)
         private
+        returns (bool)
     {
         if (virtState.guarantees.length != 0) revert NestedGuarantees();
         bytes32 stateHash = _hashState(virtState);
         bytes32 recorded = virtualOutcomes[vid];
         if (recorded != bytes32(0)) {
             if (recorded != stateHash) revert VirtualOutcomeMismatch(recorded);
-            return;
+            return false;
         }
         Channel memory vch = channels[vid];
         bytes32 fingerprint = fingerprints[vid];
@@ -571,11 +579,13 @@ contract Adjudicator {
             _checkSignatures(virt, _digest(stateHash), virtSigs[0], virtSigs[1]);
         }
         virtualOutcomes[vid] = stateHash;
+        return true;
     }
 
     /// @dev What the virtual channel's A side ends with: its balance plus every lock that settles
     /// in A's favour, each lock settled by `until` at the latest. Also checks that `locks` are
-    /// exactly the state's locks.
+    /// exactly the state's locks, and that they add up to its `locksTotal` (a state whose total
+    /// disagrees with its locks is one no honest node signs or can reproduce).
     function _virtualOutcomeA(State calldata virtState, Lock[] calldata locks, uint64 until)
         private
         view
@@ -584,14 +594,18 @@ contract Adjudicator {
         a = virtState.balanceA;
         uint256 n = locks.length;
         bytes32[] memory leaves = new bytes32[](n);
+        uint256 total;
         for (uint256 i = 0; i < n; ++i) {
             Lock calldata lock = locks[i];
             leaves[i] = _leaf(lock);
+            total = _add(total, lock.amount);
             bool revealed = _revealedBy(lock, lock.expiry < until ? lock.expiry : until);
             // A receives when B sent a revealed lock, or when A's own lock is refunded.
             if ((lock.sender == 1) == revealed) a = _add(a, lock.amount);
         }
-        if (_merkleRoot(leaves) != virtState.locksRoot) revert VirtualLocksMismatch();
+        if (_merkleRoot(leaves) != virtState.locksRoot || total != virtState.locksTotal) {
+            revert VirtualLocksMismatch();
+        }
     }
 
     /// @dev The ledger side standing for the virtual channel's A (named by the signed

@@ -770,30 +770,6 @@ impl ChainClient {
             .await?)
     }
 
-    /// The virtual channel's state (with its locks, which no event shows) that the
-    /// `resolveGuarantee` call of transaction `tx` presented: what the adjudicator recorded as
-    /// the channel's outcome, by which every other ledger guaranteeing it must be resolved
-    /// (ADR 0026). `None` if `tx` is not a direct call of `resolveGuarantee` on our adjudicator.
-    pub async fn resolved_virtual_state(
-        &self,
-        tx: TxHash,
-    ) -> Result<Option<ChannelState>, ChainError> {
-        use alloy::consensus::Transaction as _;
-        let Some(t) = self.provider().get_transaction_by_hash(tx).await? else {
-            return Ok(None);
-        };
-        if t.to() != Some(self.deployment().adjudicator) {
-            return Ok(None);
-        }
-        let Ok(call) = Adjudicator::resolveGuaranteeCall::abi_decode(t.input()) else {
-            return Ok(None);
-        };
-        Ok(convert::resolved_virtual_state(
-            &call.virtState,
-            &call.virtLocks,
-        ))
-    }
-
     /// Whether guarantee `index` of channel `id`'s concluded state was paid out.
     pub async fn guarantee_resolved(&self, id: ChannelId, index: u64) -> Result<bool, ChainError> {
         let at = self.view_block().await?;

@@ -64,9 +64,11 @@ pub fn lock(l: &Lock) -> Adjudicator::Lock {
     }
 }
 
-/// The virtual channel's state and locks a `resolveGuarantee` call presented, in the core's
-/// types: `None` if a field does not fit them (an amount above `u128`, a sender other than 0
-/// or 1, guarantees inside it) or the locks do not hash to the state's root.
+/// A virtual channel's state as an event shows it with its `locks` (the recorded outcome of
+/// `VirtualOutcome`; a `Disputed` state read with none, whole only if it holds none), in the
+/// core's types: `None` if a field does not fit them (an amount above
+/// `u128`, a sender other than 0 or 1, guarantees inside it) or the locks do not hash to the
+/// state's root or add up to its total (the adjudicator refuses both).
 pub fn resolved_virtual_state(
     state: &Adjudicator::State,
     locks: &[Adjudicator::Lock],
@@ -99,7 +101,8 @@ pub fn resolved_virtual_state(
         guarantees: Vec::new(),
         is_final: state.isFinal,
     };
-    (s.locks_root() == state.locksRoot).then_some(s)
+    let total = s.locks_total().ok()?;
+    (s.locks_root() == state.locksRoot && U256::from(total.0) == state.locksTotal).then_some(s)
 }
 
 /// The ABI form of a signature: `r`, `s` and `v` ∈ {27, 28}.

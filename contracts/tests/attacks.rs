@@ -1211,3 +1211,60 @@ async fn far_future_virtual_locks_settle_at_the_guarantees_bound() {
     assert_eq!(f.balance(Address::ZERO, a).await, a0 + u(3 * ETH / 4));
     assert_eq!(f.balance(Address::ZERO, h).await, h0 + u(5 * ETH / 4));
 }
+
+/// A virtual channel's parties sign a final state whose `locksTotal` disagrees with its locks
+/// (no honest node signs one, and a hub could not reproduce its hash to resolve its other
+/// legs by it): the adjudicator refuses to record it; the same state with the true total
+/// resolves.
+#[tokio::test]
+async fn a_virtual_state_whose_lock_total_lies_is_refused() {
+    let (f, ledger) = {
+        let f = Fixture::new().await;
+        let p = f.params(Asset::Eth, 1);
+        f.fund(&p, 2 * ETH, 2 * ETH).await;
+        (f, p)
+    };
+    let v = f.w.channel_params(
+        [f.a.address(), f.b.address()],
+        Address::ZERO,
+        WINDOW,
+        U256::from(2),
+    );
+    let ls = ChannelState {
+        guarantees: vec![guarantee(v.id(), ETH, ETH)],
+        ..state(&ledger, 3, [ETH, ETH])
+    };
+    f.w.close(&ledger, &ls, &f.sign(&ledger, &ls))
+        .await
+        .unwrap();
+    let now = f.now().await;
+    let (k0, _) = lock(0, ETH / 2, now + 10, Side::A, 1);
+    f.net.increase_time(WINDOW + 1).await.unwrap();
+    f.w.conclude(&ledger, &ls).await.unwrap();
+    let vs = ChannelState {
+        locks: vec![k0.clone()],
+        is_final: true,
+        ..state(&v, 9, [ETH, ETH / 2])
+    };
+    let honest = htlc::eip712::typed_state(&vs).unwrap();
+    let lying = typed::State {
+        locksTotal: U256::from(ETH / 4),
+        ..honest.clone()
+    };
+    let adj = f.w.adjudicator();
+    let typed_ledger = convert::state(&ls).unwrap();
+    let resolve = |t: &typed::State| {
+        let [sa, sb] = sign_typed(&f, &v, t);
+        adj.resolveGuarantee(
+            convert::params(&ledger),
+            typed_ledger.clone(),
+            U256::ZERO,
+            convert::params(&v),
+            convert::typed_state(t),
+            vec![sa, sb],
+            vec![convert::lock(&k0)],
+        )
+    };
+    assert_reverts::<VirtualLocksMismatch>(f.w.send(resolve(&lying)).await);
+    f.w.send(resolve(&honest)).await.unwrap();
+}

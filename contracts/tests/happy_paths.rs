@@ -357,10 +357,9 @@ async fn resolve_guarantee_crossed_orientation_with_virtual_locks() {
         guarantees: vec![guarantee(v.id(), ETH, 3 * ETH)],
         ..state(&ledger, 3, [3 * ETH, ETH])
     };
-    let closed =
-        f.w.close(&ledger, &ls, &sign_with([&c_keys, &f.b.keys], &ledger, &ls))
-            .await
-            .unwrap();
+    f.w.close(&ledger, &ls, &sign_with([&c_keys, &f.b.keys], &ledger, &ls))
+        .await
+        .unwrap();
 
     // V (A, C) total 4: A 1, C 1, plus three pending locks.
     let now = f.now().await;
@@ -381,20 +380,28 @@ async fn resolve_guarantee_crossed_orientation_with_virtual_locks() {
         f.balance(Address::ZERO, c).await,
         f.balance(Address::ZERO, h).await,
     );
-    let resolved =
-        f.w.resolve_guarantee(&ledger, &ls, &v, &vs, Some(&v_sigs))
-            .await
-            .unwrap();
-    // The state and locks the resolution presented read back from its transaction (what a hub
-    // resolves its other legs by, ADR 0026); any other transaction reads as none.
-    assert_eq!(
-        f.w.resolved_virtual_state(resolved.tx_hash).await.unwrap(),
-        Some(vs.clone())
-    );
-    assert_eq!(
-        f.w.resolved_virtual_state(closed.tx_hash).await.unwrap(),
-        None
-    );
+    f.w.resolve_guarantee(&ledger, &ls, &v, &vs, Some(&v_sigs))
+        .await
+        .unwrap();
+    // The first resolution shows the recorded outcome whole, its locks included (what a hub
+    // resolves its other legs by, ADR 0026).
+    let mut w = f.w.events(0);
+    let mut outcomes = Vec::new();
+    loop {
+        let events = w.poll().await.unwrap();
+        if events.is_empty() {
+            break;
+        }
+        for e in events {
+            if let contracts::EventKind::Adjudicator(AdjudicatorEvents::VirtualOutcome(o)) = e.kind
+            {
+                outcomes.push(contracts::convert::resolved_virtual_state(
+                    &o.state, &o.locks,
+                ));
+            }
+        }
+    }
+    assert_eq!(outcomes, vec![Some(vs.clone())]);
     // V's A ends with 1 + 0.5 (refund k1) + 0.5 (k2) = 2; V's C with 1 + 1 (k0) = 2.
     // The hub stands for V's A in this ledger (crossed): H gets 2, C gets 4 - 2 = 2.
     assert_eq!(f.balance(Address::ZERO, h).await, h0 + u(2 * ETH));

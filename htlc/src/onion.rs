@@ -32,8 +32,8 @@
 //! rests on the hub's word.
 //!
 //! The payer's session key is derived from its own key and the payment id ([`session_key`]),
-//! so the node machine stays deterministic (no randomness is an input) and a restarted payer
-//! recomputes the shared secrets instead of storing them.
+//! so the node machine stays deterministic (no randomness is an input); the payer keeps each
+//! payment's secrets with its record to read a failure.
 
 use crate::amount::Amount;
 use crate::failure::FailureReason;
@@ -299,8 +299,8 @@ pub fn plain(session: &SecretKey, hops: &[Hop]) -> Result<(Packet, Vec<B256>), O
     Ok((Packet::Plain(hops), secrets))
 }
 
-/// The shared secrets of a route the payer built with `session` (to read a failure after a
-/// restart, from the hops' keys alone).
+/// The shared secrets of an onion route the payer built with `session` (as [`build`] returns
+/// them), from the hops' keys alone; not those of a [`Packet::Plain`] route.
 pub fn route_secrets(session: &SecretKey, nodes: &[PublicKey]) -> Result<Vec<B256>, OnionError> {
     shared_secrets(session, nodes.iter()).map(|(_, s)| s)
 }

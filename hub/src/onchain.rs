@@ -252,7 +252,6 @@ impl Node {
 
     async fn on_chain_event(&self, ev: contracts::ChainEvent) -> Result<(), NodeError> {
         let now = self.now();
-        let tx = ev.tx_hash;
         let ev = match ev.kind {
             EventKind::Adjudicator(ev) => ev,
             EventKind::Registry(SecretRegistryEvents::SecretRevealed(r)) => {
@@ -291,20 +290,10 @@ impl Node {
                     (ChannelId(d.channelId), d.finalizesAt.to::<u64>());
                 // The registered state itself, when the event shows all of it (no locks, no
                 // guarantees): what a virtual channel's hub settles its legs by.
-                let s = &d.state;
                 if self.read(|m| m.serves_virtual(channel_id))
-                    && s.locksRoot.is_zero()
-                    && s.guarantees.is_empty()
-                    && let (Ok(a), Ok(b)) = (u128::try_from(s.balanceA), u128::try_from(s.balanceB))
+                    && let Some(state) = contracts::convert::resolved_virtual_state(&d.state, &[])
+                        .filter(|s| s.channel_id == channel_id)
                 {
-                    let state = htlc::ChannelState {
-                        channel_id,
-                        version: s.version,
-                        balances: [Amount(a), Amount(b)],
-                        locks: Vec::new(),
-                        guarantees: Vec::new(),
-                        is_final: s.isFinal,
-                    };
                     let registered = ChainEvent::Registered {
                         channel_id,
                         state: Box::new(state),
@@ -319,24 +308,18 @@ impl Node {
                     finalizes_at,
                 }
             }
-            AdjudicatorEvents::GuaranteeResolved(g) => {
-                // A guarantee of a virtual channel we serve was resolved, perhaps by one of its
-                // parties with a state holding locks, which no event shows: its transaction
-                // does (the state and every lock), and our legs resolve by the same one.
-                let vid = ChannelId(g.virtualChannelId);
+            AdjudicatorEvents::VirtualOutcome(o) => {
+                // A virtual channel we serve had its outcome recorded by a resolution (perhaps
+                // a party's, by a state with locks that no dispute event shows whole): our legs
+                // resolve by exactly that state.
+                let vid = ChannelId(o.virtualChannelId);
                 if !self.read(|m| m.serves_virtual(vid)) {
                     return Ok(());
                 }
-                let Some(tx) = tx else {
-                    return Ok(());
-                };
-                let client = self.submitter()?.client();
-                let Some(state) = client
-                    .resolved_virtual_state(tx)
-                    .await
-                    .map_err(TxError::from)?
+                let Some(state) = contracts::convert::resolved_virtual_state(&o.state, &o.locks)
                     .filter(|s| s.channel_id == vid)
                 else {
+                    warn!(channel = %vid, "a virtual channel's recorded outcome does not read");
                     return Ok(());
                 };
                 ChainEvent::Registered {

@@ -208,7 +208,12 @@ async fn the_hub_crashed_between_guarantee_updates_leaves_the_legs_agreeing() {
                 if pa.as_deref() == Some("open") && pb.as_deref() == Some("open") && ga && gb {
                     break Some(v);
                 }
-                if pa.as_deref() == Some("failed") && pb.as_deref() != Some("open") && !ga && !gb {
+                // Failed: bob never accepted it (no record) or failed it too.
+                if pa.as_deref() == Some("failed")
+                    && matches!(pb.as_deref(), None | Some("failed"))
+                    && !ga
+                    && !gb
+                {
                     break None;
                 }
                 assert!(
@@ -220,7 +225,19 @@ async fn the_hub_crashed_between_guarantee_updates_leaves_the_legs_agreeing() {
         };
         let _ = open.await.unwrap();
         let Some(v) = v else {
-            // Refused or failed before a leg locked anything: nothing moved.
+            // Refused or failed before a leg locked anything: nothing moved, on either ledger.
+            let sa = alice.channel(la).await.unwrap().state.balances;
+            let sb = bob.channel(lb).await.unwrap().state.balances;
+            assert_eq!(
+                sa,
+                [Amount(on_a[0]), Amount(on_a[1])],
+                "{spec}: alice's ledger"
+            );
+            assert_eq!(
+                sb,
+                [Amount(on_b[0]), Amount(on_b[1])],
+                "{spec}: bob's ledger"
+            );
             continue;
         };
         on_a = [on_a[0] - deposit - fee, on_a[1] + fee];
@@ -277,9 +294,26 @@ async fn the_hub_crashed_between_guarantee_updates_leaves_the_legs_agreeing() {
         "the crash points are reached while the guarantees change"
     );
 
-    // The hub's own records, read from its database once stopped, match the peers' states.
+    // The hub's own records, read from its database once stopped, match the peers' states,
+    // and it sees every virtual channel as its parties do.
     let data = dir.0.join("hub-data");
     drop(hub);
+    let store = hub::store::Store::open(&data).unwrap();
+    let hub_virtuals: Vec<htlc::node::records::VirtualRecord> = store
+        .scan::<htlc::node::records::VirtualRecord>(hub::store::Cf::Locks, b"virtual/")
+        .unwrap()
+        .into_iter()
+        .map(|(_, r)| r)
+        .collect();
+    drop(store);
+    for info in alice.virtual_info() {
+        let Some(r) = hub_virtuals.iter().find(|r| r.terms.id() == info.channel) else {
+            assert_eq!(info.phase, "failed", "the hub never saw {}", info.channel);
+            continue;
+        };
+        let hub_phase = format!("{:?}", r.phase).to_lowercase();
+        assert_eq!(hub_phase, info.phase, "virtual channel {}", info.channel);
+    }
     for (n, id) in [(&alice, la), (&bob, lb)] {
         let ours = n.channel(id).await.unwrap();
         let hubs = hub_record(&data, id).unwrap();

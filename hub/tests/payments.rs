@@ -424,7 +424,8 @@ async fn an_htlc_the_payee_never_reveals_expires_and_is_refunded_on_both_sides()
     })
     .await;
     assert!(held.is_ok(), "bob never held the HTLC");
-    assert_eq!(n.alice.channel(n.ch[0]).await.unwrap().state.locks.len(), 1);
+    // Alice's view of her lock (the hub's countersignature may still be on its way to her).
+    wait_state(&n.alice, n.ch[0], |s| s.state.locks.len() == 1).await;
     // Past the hub's outgoing expiry (final delta 7200 s): the hub takes its lock back, bob
     // co-signs, and the hub fails the incoming one back.
     n.clock.advance(7200 + 60);

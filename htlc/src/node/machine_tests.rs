@@ -2116,3 +2116,147 @@ fn the_hub_resolves_its_leg_by_a_locked_state_a_party_resolved_with() {
         assert_eq!(net.nodes[1].virtuals().next().unwrap().1.registered, before);
     }
 }
+
+/// The hub holds a final state handed to it, but the chain recorded another one (the parties
+/// resolved a ledger by a contradictory co-signed final state first): only the recorded one can
+/// resolve the hub's other legs, so the hub resolves them by it (review finding: it kept using
+/// the handed one, whose resolutions would revert forever).
+#[test]
+fn the_chains_recorded_outcome_replaces_a_final_state_handed_to_the_hub() {
+    let mut net = Net::new(virtual_config());
+    let (v, _) = net.open_virtual(50_000);
+    let vp = net.nodes[0].channel(v).unwrap().snapshot().params().clone();
+    let final_state = |balances: [u128; 2]| {
+        let state = ChannelState {
+            version: 10,
+            is_final: true,
+            ..ChannelState::opening(v, [Amount(balances[0]), Amount(balances[1])])
+        };
+        let sigs = [
+            sign_state(&vp, &keys(1), &state).unwrap(),
+            sign_state(&vp, &keys(3), &state).unwrap(),
+        ];
+        SignedState { state, sigs }
+    };
+    let handed = final_state([50_000, 0]);
+    let recorded = final_state([0, 50_000]);
+    let mut p = super::Pending::default();
+    net.nodes[0].on_virtual_final(v, handed.clone(), &mut p);
+    let out = net.nodes[0].finish(net.now, p);
+    net.carry(0, out);
+    net.run();
+    let resolutions = |out: &Output| -> Vec<ChannelState> {
+        out.intents()
+            .filter_map(|i| match i {
+                Intent::ResolveGuarantee(r) => Some(r.virt_state.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    // The hub's leg toward the payee concludes on chain: resolved by the handed state.
+    let latest = net.nodes[1]
+        .channel(net.down)
+        .unwrap()
+        .latest()
+        .state
+        .clone();
+    let out = net.nodes[1].handle_chain(
+        NOW,
+        ChainEvent::Concluded {
+            channel_id: net.down,
+            version: latest.version,
+            to_a: latest.balances[0],
+            to_b: latest.balances[1],
+        },
+    );
+    assert_eq!(resolutions(&out), vec![handed.state.clone()]);
+    net.carry(1, out);
+    // The chain recorded the other one: the leg is resolved by it instead.
+    let out = net.nodes[1].handle_chain(
+        NOW,
+        ChainEvent::Registered {
+            channel_id: v,
+            state: Box::new(recorded.state.clone()),
+            finalizes_at: 0,
+        },
+    );
+    assert_eq!(resolutions(&out), vec![recorded.state.clone()]);
+    net.carry(1, out);
+    // And a leg concluding later is resolved by the recorded one too.
+    let latest = net.nodes[1].channel(net.up).unwrap().latest().state.clone();
+    let out = net.nodes[1].handle_chain(
+        NOW,
+        ChainEvent::Concluded {
+            channel_id: net.up,
+            version: latest.version,
+            to_a: latest.balances[0],
+            to_b: latest.balances[1],
+        },
+    );
+    assert_eq!(resolutions(&out), vec![recorded.state]);
+}
+
+/// A party does not try to close a virtual channel that still holds a lock (its close would be
+/// dropped at once and come due again, a timer spinning): it waits for the lock to end; the
+/// hub's own deadline (end + margin) stays. Review finding.
+#[test]
+fn a_party_waits_for_the_virtual_channels_locks_before_closing_it() {
+    let mut net = Net::new(virtual_config());
+    let (v, _) = net.open_virtual(50_000);
+    let (a, hub, b) = (net.addr(0), net.addr(1), net.addr(2));
+    // The payee holds the HTLC it is paid with (never reveals): a lock stays in the channel,
+    // expiring after the party's closing time (end - margin) and before the end.
+    net.nodes[2].config.reveal_preimages = false;
+    let out = net.nodes[0]
+        .transfer(net.now, net.up, Amount(20_000))
+        .unwrap();
+    net.carry(0, out);
+    let out = net.nodes[0].announce_policy(hub);
+    net.carry(0, out);
+    net.run();
+    let preimage = Preimage([0x78; 32]);
+    let inv = Invoice {
+        payee: b,
+        payee_key: net.nodes[2].public_key(),
+        hub: a,
+        amount: Amount(1_000),
+        hashlock: preimage.hashlock(),
+        expires_at: NOW.0 + 3600,
+        final_expiry_delta: 3300,
+    };
+    let out = net.nodes[2].add_invoice(inv.clone(), preimage).unwrap();
+    net.carry(2, out);
+    let out = net.nodes[1]
+        .pay_route(net.now, B256::repeat_byte(0x5B), &inv, &[a])
+        .unwrap();
+    net.carry(1, out);
+    net.run();
+    assert_eq!(
+        net.nodes[0].channel(v).unwrap().latest().state.locks.len(),
+        1
+    );
+    let end = net.nodes[1].virtuals().next().unwrap().1.terms.expires_at;
+    let margin = net.nodes[0].config().virtual_end_margin_secs;
+    // Not due for the party while the lock is in (its own HTLC timers aside).
+    let out = net.nodes[0].handle_timeout(Expiry(end.0 - margin));
+    assert!(
+        !out.events
+            .iter()
+            .any(|e| matches!(e, NodeEvent::OpDropped { .. })),
+        "{:?}",
+        out.events
+    );
+    assert!(
+        net.nodes[0]
+            .channel(v)
+            .unwrap()
+            .snapshot()
+            .queue()
+            .is_empty()
+    );
+    assert!(
+        net.nodes[0]
+            .poll_timeout()
+            .is_none_or(|t| t != Expiry(end.0 - margin))
+    );
+}

@@ -336,8 +336,8 @@ pub struct VirtualRecord {
     /// Hub: each leg's ledger state concluded on chain while holding the guarantee, by leg.
     pub concluded_legs: Vec<Option<ChannelState>>,
     /// Hub: the state registered on chain for this channel and the end of its window; a window
-    /// end of 0 marks the outcome the adjudicator recorded (read from a party's resolution),
-    /// which nothing replaces.
+    /// end of 0 marks the outcome the adjudicator recorded (the `VirtualOutcome` of the first
+    /// resolution), which replaces a final state handed to us and which nothing replaces.
     pub registered: Option<(ChannelState, u64)>,
 }
 

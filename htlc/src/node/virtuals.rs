@@ -36,6 +36,15 @@ use crate::vchan::{self, VirtualTerms};
 use crate::{Op, Side};
 use alloy::primitives::{Address, Signature, U256};
 
+/// Whether `r` is a virtual channel we serve as its hub, not failed, between `from` and `to`
+/// (either way round): the only pairs we relay anything between.
+fn serves_pair(r: &VirtualRecord, from: Address, to: Address) -> bool {
+    let [a, b] = r.terms.params.participants;
+    r.role == VirtualRole::Hub
+        && r.phase != VirtualPhase::Failed
+        && ((from == a && to == b) || (from == b && to == a))
+}
+
 /// Check that `sig` is `who`'s signature on the opening state of `terms`.
 fn check_opening(terms: &VirtualTerms, sig: &Signature, who: Address) -> Result<(), String> {
     let digest = DomainSeparator::new(&terms.params)
@@ -321,6 +330,14 @@ impl Node {
         }
         if terms.expires_at <= now {
             return Err("the virtual channel's life is over".into());
+        }
+        // We would close it at once (our closing margin), and its opener paid for nothing.
+        if terms.expires_at.0 - now.0 <= self.config.virtual_end_margin_secs {
+            return Err(format!(
+                "the virtual channel lives {} s, within our closing margin of {} s",
+                terms.expires_at.0 - now.0,
+                self.config.virtual_end_margin_secs
+            ));
         }
         let lp = self.funded_ledger(ledger, from)?;
         let hub_side = lp.side_of(from).ok_or("not the ledger's participant")?;
@@ -634,22 +651,21 @@ impl Node {
         p: &mut Pending,
     ) -> Result<(), (ErrorCode, String)> {
         let id = msg.channel_id();
-        let served = self.book.virtuals.get(&id).is_some_and(|r| {
-            let [a, b] = r.terms.params.participants;
-            r.role == VirtualRole::Hub
-                && r.phase != VirtualPhase::Failed
-                && ((from == a && to == b) || (from == b && to == a))
-        });
+        let served = self
+            .book
+            .virtuals
+            .get(&id)
+            .is_some_and(|r| serves_pair(r, from, to));
         if !served {
             return Err((
                 ErrorCode::UnknownChannel,
                 format!("no virtual channel {id} between you and {to}"),
             ));
         }
-        // Our collateral is at stake in its guarantee, which the adjudicator cannot resolve
-        // while its registered state holds a lock that is neither revealed nor expired, nor
-        // when it holds a guarantee itself: we pass on no lock expiring after the channel's
-        // end and no guarantee (ADR 0026).
+        // Our collateral is at stake in its guarantee. The adjudicator settles the channel's
+        // locks by the guarantee's bound (its end) at the latest, and refuses a state holding
+        // a guarantee itself; as a second line we pass on no lock expiring after the channel's
+        // end (its parties' machines refuse those too) and no guarantee (ADR 0026).
         if let Message::Propose { ops, .. } = &msg
             && let Some(r) = self.book.virtuals.get(&id)
         {
@@ -689,12 +705,7 @@ impl Node {
         body: Body,
         p: &mut Pending,
     ) -> Result<(), (ErrorCode, String)> {
-        let pair = |r: &VirtualRecord| {
-            let [a, b] = r.terms.params.participants;
-            r.role == VirtualRole::Hub
-                && r.phase != VirtualPhase::Failed
-                && ((from == a && to == b) || (from == b && to == a))
-        };
+        let pair = |r: &VirtualRecord| serves_pair(r, from, to);
         let served = match &body {
             Body::Route { channel_id, .. } | Body::RouteFailed { channel_id, .. } => {
                 self.book.virtuals.get(channel_id).is_some_and(pair)
@@ -999,21 +1010,11 @@ impl Node {
                     || s.pending().is_some_and(|p| p.state.is_final)
                     || s.queue().iter().any(|q| q.op == Op::Close)
                     || s.frozen();
-                // A close waits for the channel's locks to end (each expires by its end).
-                let last_lock = s
-                    .latest()
-                    .state
-                    .locks
-                    .iter()
-                    .map(|l| l.expiry.0.saturating_add(1))
-                    .max();
-                let due = r
-                    .terms
-                    .expires_at
-                    .0
-                    .saturating_sub(margin)
-                    .max(last_lock.unwrap_or(0));
-                (!closing && e.funded).then_some(Expiry(due))
+                // A close waits for the channel's locks to end (each expires by its end and is
+                // then taken out, which brings this back): proposed with a lock in, it would be
+                // dropped and due again at once.
+                let due = r.terms.expires_at.0.saturating_sub(margin);
+                (!closing && e.funded && s.latest().state.locks.is_empty()).then_some(Expiry(due))
             }
             _ => None,
         }
@@ -1297,7 +1298,10 @@ impl Node {
         let outcome = r.outcome.clone();
         let registered = r.registered.clone();
         self.write_virtual(id, r, p);
-        if let Some(fin) = outcome {
+        if let Some((st, 0)) = registered {
+            // The chain recorded the outcome already: only it resolves this leg.
+            self.resolve_intent(lp, state, &vparams, st, None, 0, p);
+        } else if let Some(fin) = outcome {
             self.resolve_intent(lp, state, &vparams, fin.state, Some(fin.sigs), 0, p);
         } else if let Some((st, until)) = registered {
             self.resolve_intent(lp, state, &vparams, st, None, until, p);
@@ -1330,17 +1334,18 @@ impl Node {
         else {
             return;
         };
-        if r.outcome.is_some() {
-            // A final state was handed to us: every leg resolves by it.
+        // The adjudicator's recorded outcome (`finalizes_at` 0, from the first resolution) is
+        // the only state any leg can still be resolved by: it replaces whatever we had (a final
+        // state handed to us, a dispute's state), and nothing replaces it.
+        let recorded = finalizes_at == 0;
+        if r.registered.as_ref().is_some_and(|(_, f)| *f == 0) {
             return;
         }
-        if r.registered
-            .as_ref()
-            .is_some_and(|(s, f)| *s == state || *f == 0)
+        if !recorded
+            && (r.outcome.is_some() || r.registered.as_ref().is_some_and(|(s, _)| *s == state))
         {
-            // Known already (our own resolutions report it again), or the adjudicator's
-            // recorded outcome (read from a resolution, `finalizes_at` 0), which no state
-            // registered later can replace: every leg must be resolved by it.
+            // A final state was handed to us (every leg resolves by it unless the chain
+            // records another), or this dispute state is known already.
             return;
         }
         r.registered = Some((state.clone(), finalizes_at));

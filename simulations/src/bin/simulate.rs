@@ -683,12 +683,12 @@ fn main() -> Result<()> {
             let c = &a.cost;
             println!(
                 "its cost over {} hub(s): opening fees {}; {} co-signed updates to open, {} to close, \
-                 no gas when all cooperate ({} gas per leg if it ends on chain)",
+                 no gas when all cooperate ({} gas for one leg's sad exit with the channel's close)",
                 c.hubs,
                 amt(c.open_fee.0),
                 c.open_updates,
                 c.close_updates,
-                c.sad_gas_per_leg
+                c.sad_exit_gas
             );
             let saving = if c.net_saving < 0 {
                 format!("-{}", amt(c.net_saving.unsigned_abs()))

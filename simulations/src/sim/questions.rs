@@ -363,16 +363,17 @@ pub struct VirtualCost {
     pub close_updates: u64,
     /// Gas of the open and the close when everyone cooperates.
     pub happy_gas: u64,
-    /// Gas of the sad exit per ledger leg: ledger close, virtual close, ledger conclude and
-    /// `resolveGuarantee` (the figure measured for one leg, contracts/GAS.md).
-    pub sad_gas_per_leg: u64,
+    /// Gas of the sad exit as measured for one ledger leg: its close, the virtual channel's
+    /// close, its conclude and its `resolveGuarantee` (contracts/GAS.md); the virtual close is
+    /// paid once per channel, the rest once per leg that goes on chain.
+    pub sad_exit_gas: u64,
     /// Fees the pair saved (without minus with) less the opening fees; negative: a loss.
     pub net_saving: i128,
 }
 
 /// Gas of the virtually-funded sad exit measured in `contracts/GAS.md` (ledger close, virtual
 /// close, ledger conclude, `resolveGuarantee`), ETH.
-pub const VIRTUAL_SAD_EXIT_GAS: u64 = 333_163;
+pub const VIRTUAL_SAD_EXIT_GAS: u64 = 338_218;
 
 impl VirtualCost {
     /// The cost of a virtual channel of value `value` over `hubs` hubs, each charging by
@@ -398,7 +399,7 @@ impl VirtualCost {
             open_updates: legs + 1,
             close_updates: legs + 1,
             happy_gas: 0,
-            sad_gas_per_leg: VIRTUAL_SAD_EXIT_GAS,
+            sad_exit_gas: VIRTUAL_SAD_EXIT_GAS,
             net_saving: saved.saturating_sub(i128::try_from(open_fee.0).unwrap_or(i128::MAX)),
         })
     }
