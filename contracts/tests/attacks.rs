@@ -1242,7 +1242,7 @@ async fn a_virtual_state_whose_lock_total_lies_is_refused() {
     f.net.increase_time(WINDOW + 1).await.unwrap();
     f.w.conclude(&ledger, &ls).await.unwrap();
     let vs = ChannelState {
-        locks: vec![k0.clone()],
+        locks: vec![k0],
         is_final: true,
         ..state(&v, 9, [ETH, ETH / 2])
     };
