@@ -1986,14 +1986,8 @@ impl Node {
                     Err(e) => self.refuse(from, seq, ErrorCode::Protocol, e.to_string(), p),
                 }
             }
-            Body::HubPolicy { policy, key } => {
-                if crate::sig::address_of(&key) != from {
-                    let detail = "the announced key is not the sender's".to_string();
-                    return self.refuse(from, seq, ErrorCode::Protocol, detail, p);
-                }
-                self.write(p, Write::Policy { peer: from, policy });
-                self.write(p, Write::NodeKey { node: from, key });
-                true
+            body @ (Body::HubPolicy { .. } | Body::Route { .. } | Body::RouteFailed { .. }) => {
+                self.on_routing_body(now, from, from, seq, body, p)
             }
             Body::Funded { channel_id } => {
                 if self.peer_of(channel_id) != Some(from) {
@@ -2014,62 +2008,11 @@ impl Node {
                 p.out.transmits.extend(table);
                 true
             }
-            Body::Route {
-                channel_id,
-                hashlock,
-                htlc,
-                onion,
-            } => {
-                let owned = self.peer_of(channel_id) == Some(from);
-                let lo = (channel_id, HtlcId(0));
-                let hi = (channel_id, HtlcId(u64::MAX));
-                let waiting = self.book.routes.range(lo..=hi).count();
-                let max = self.config.limits.max_pending_locks;
-                match admit_route(owned, (waiting, max)) {
-                    Ok(()) => {
-                        let layer = self.peel(&onion, hashlock.0);
-                        let route = read_layer(from, hashlock, layer, now);
-                        let key = (channel_id, htlc);
-                        self.write(
-                            p,
-                            Write::Route {
-                                key,
-                                route: Some(route),
-                            },
-                        );
-                        true
-                    }
-                    Err(e) => {
-                        let code = match e {
-                            RouteRefusal::Invalid => ErrorCode::UnknownChannel,
-                            RouteRefusal::TooMany => ErrorCode::RateLimited,
-                        };
-                        self.refuse(from, seq, code, format!("channel {channel_id}: {e}"), p)
-                    }
-                }
-            }
             Body::AnnounceSig {
                 channel_id,
                 sig,
                 policy,
             } => self.on_announce_sig(now, from, seq, (channel_id, sig, *policy), p),
-            Body::RouteFailed {
-                channel_id,
-                htlc,
-                packet,
-            } => {
-                if self.peer_of(channel_id) != Some(from) {
-                    let detail = format!("no channel {channel_id}");
-                    return self.refuse(from, seq, ErrorCode::UnknownChannel, detail, p);
-                }
-                // A failure packet has one size: a bigger one would be stored with the forward.
-                if packet.0.len() != crate::onion::ERROR_LEN {
-                    let detail = format!("a failure packet is {} bytes", crate::onion::ERROR_LEN);
-                    return self.refuse(from, seq, ErrorCode::Protocol, detail, p);
-                }
-                self.on_route_failed((channel_id, htlc), packet, p);
-                true
-            }
             Body::Channel(msg) => self.on_channel_msg(now, from, None, seq, msg, p),
             Body::Relayed { from: party, msg } => {
                 self.on_channel_msg(now, party, Some(from), seq, msg, p)
@@ -2098,7 +2041,7 @@ impl Node {
                     let detail = "no virtual channel of ours with that party over you".into();
                     return self.refuse(from, seq, ErrorCode::UnknownChannel, detail, p);
                 }
-                self.on_body(now, party, seq, *body, p)
+                self.on_routing_body(now, party, from, seq, *body, p)
             }
             Body::HubVirtualPolicy { policy } => {
                 self.write(p, Write::VirtualPolicy { peer: from, policy });
@@ -2528,6 +2471,86 @@ impl Node {
                 p.out.events.push(NodeEvent::PeerStuck { channel_id: id })
             }
             Err(_) => {}
+        }
+    }
+
+    /// A route instruction, failure packet or forwarding policy from `from`, which came over
+    /// `link` (`from` itself, or the hub of our virtual channel with `from`, which relayed it):
+    /// refusals go back over `link`.
+    fn on_routing_body(
+        &mut self,
+        now: Expiry,
+        from: Address,
+        link: Address,
+        seq: u64,
+        body: Body,
+        p: &mut Pending,
+    ) -> bool {
+        match body {
+            Body::HubPolicy { policy, key } => {
+                if crate::sig::address_of(&key) != from {
+                    let detail = "the announced key is not the sender's".to_string();
+                    return self.refuse(link, seq, ErrorCode::Protocol, detail, p);
+                }
+                self.write(p, Write::Policy { peer: from, policy });
+                self.write(p, Write::NodeKey { node: from, key });
+                true
+            }
+            Body::Route {
+                channel_id,
+                hashlock,
+                htlc,
+                onion,
+            } => {
+                let owned = self.peer_of(channel_id) == Some(from);
+                let lo = (channel_id, HtlcId(0));
+                let hi = (channel_id, HtlcId(u64::MAX));
+                let waiting = self.book.routes.range(lo..=hi).count();
+                let max = self.config.limits.max_pending_locks;
+                match admit_route(owned, (waiting, max)) {
+                    Ok(()) => {
+                        let layer = self.peel(&onion, hashlock.0);
+                        let route = read_layer(from, hashlock, layer, now);
+                        let key = (channel_id, htlc);
+                        self.write(
+                            p,
+                            Write::Route {
+                                key,
+                                route: Some(route),
+                            },
+                        );
+                        true
+                    }
+                    Err(e) => {
+                        let code = match e {
+                            RouteRefusal::Invalid => ErrorCode::UnknownChannel,
+                            RouteRefusal::TooMany => ErrorCode::RateLimited,
+                        };
+                        self.refuse(link, seq, code, format!("channel {channel_id}: {e}"), p)
+                    }
+                }
+            }
+            Body::RouteFailed {
+                channel_id,
+                htlc,
+                packet,
+            } => {
+                if self.peer_of(channel_id) != Some(from) {
+                    let detail = format!("no channel {channel_id}");
+                    return self.refuse(link, seq, ErrorCode::UnknownChannel, detail, p);
+                }
+                // A failure packet has one size: a bigger one would be stored with the forward.
+                if packet.0.len() != crate::onion::ERROR_LEN {
+                    let detail = format!("a failure packet is {} bytes", crate::onion::ERROR_LEN);
+                    return self.refuse(link, seq, ErrorCode::Protocol, detail, p);
+                }
+                self.on_route_failed((channel_id, htlc), packet, p);
+                true
+            }
+            _ => {
+                let detail = "not a routing message".to_string();
+                self.refuse(link, seq, ErrorCode::Protocol, detail, p)
+            }
         }
     }
 

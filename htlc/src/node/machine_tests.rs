@@ -2008,6 +2008,13 @@ fn relayed_route_instructions_outside_a_served_virtual_channel_are_refused() {
         },
     );
     assert_eq!(refusal_codes(&out), vec![ErrorCode::Protocol]);
+    // The refusal goes back to the hub that relayed it, not to the party it names.
+    assert!(!out.transmits.is_empty());
+    assert!(
+        out.transmits.iter().all(|(to, _)| *to == hub),
+        "{:?}",
+        out.transmits
+    );
     assert!(!net.nodes[2].book().policies.contains_key(&a));
     net.nodes[1].links.get_mut(&b).unwrap().outbox.sent(seq + 1);
     // To the payee: "relayed" by someone who is not the channel's hub (the payer itself).
