@@ -674,7 +674,8 @@ impl Node {
     /// Tell `peer` our forwarding policy and key, so it may route payments through us (a
     /// party forwarding over its virtual channels announces itself this way).
     pub async fn announce_policy(&self, peer: Address) -> Result<(), NodeError> {
-        self.step_wait(|m| Ok::<_, NodeError>(m.announce_policy(peer)))
+        let now = self.now();
+        self.step_wait(|m| Ok::<_, NodeError>(m.announce_policy(now, peer)))
             .await
     }
 

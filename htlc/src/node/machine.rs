@@ -610,6 +610,9 @@ pub struct Node {
     /// hashlock: each part's channel, HTLC, amount and when it came (in memory: after a
     /// restart `resume` decides the committed parts again and they are held anew).
     parts: BTreeMap<Hashlock, Vec<(ChannelId, HtlcId, Amount, u64)>>,
+    /// The newest signed policy timestamp taken from each virtual channel's party (a relayed
+    /// older one is refused; kept in memory: after a restart an older one may be taken once).
+    party_policy_at: HashMap<Address, u64>,
     /// Onion layers peeled before this step, outside the caller's lock
     /// ([`Node::handle_frames_peeled`]); used by the route instructions they were peeled
     /// from and emptied at the end of the step.
@@ -666,6 +669,7 @@ impl Node {
             reachable: HashMap::new(),
             pending_gossip: BTreeMap::new(),
             parts: BTreeMap::new(),
+            party_policy_at: HashMap::new(),
             prepeeled: Vec::new(),
         }
     }
@@ -1989,6 +1993,10 @@ impl Node {
             body @ (Body::HubPolicy { .. } | Body::Route { .. } | Body::RouteFailed { .. }) => {
                 self.on_routing_body(now, from, from, seq, body, p)
             }
+            Body::PartyPolicy { .. } => {
+                let detail = "a party's policy comes only over the virtual channel's hub".into();
+                self.refuse(from, seq, ErrorCode::Protocol, detail, p)
+            }
             Body::Funded { channel_id } => {
                 if self.peer_of(channel_id) != Some(from) {
                     let detail = format!("no channel {channel_id}");
@@ -2034,7 +2042,9 @@ impl Node {
                     Body::Route { channel_id, .. } | Body::RouteFailed { channel_id, .. } => {
                         self.channels.get(channel_id).is_some_and(over)
                     }
-                    Body::HubPolicy { .. } => self.channels.values().any(over),
+                    Body::PartyPolicy { update, .. } => {
+                        self.channels.get(&update.channel_id).is_some_and(over)
+                    }
                     _ => false,
                 };
                 if !ours {
@@ -2487,6 +2497,36 @@ impl Node {
         p: &mut Pending,
     ) -> bool {
         match body {
+            Body::PartyPolicy { update, key } => {
+                let digest = crate::node::gossip::PolicyUpdate::digest(
+                    update.channel_id,
+                    update.node,
+                    &update.policy,
+                    update.timestamp,
+                );
+                let newest = self.party_policy_at.get(&from).copied().unwrap_or(0);
+                if update.node != from
+                    || crate::sig::address_of(&key) != from
+                    || crate::sig::verify(digest, &update.sig, from).is_err()
+                {
+                    let detail = "a party's policy not signed by that party".to_string();
+                    return self.refuse(link, seq, ErrorCode::Protocol, detail, p);
+                }
+                if update.timestamp <= newest {
+                    let detail = "an older policy of that party".to_string();
+                    return self.refuse(link, seq, ErrorCode::Protocol, detail, p);
+                }
+                self.party_policy_at.insert(from, update.timestamp);
+                self.write(
+                    p,
+                    Write::Policy {
+                        peer: from,
+                        policy: update.policy,
+                    },
+                );
+                self.write(p, Write::NodeKey { node: from, key });
+                true
+            }
             Body::HubPolicy { policy, key } => {
                 if crate::sig::address_of(&key) != from {
                     let detail = "the announced key is not the sender's".to_string();

@@ -1859,7 +1859,7 @@ fn a_payment_routed_over_a_ledger_edge_then_a_virtual_edge_pays_exact_fees() {
         .transfer(net.now, net.up, Amount(20_000))
         .unwrap();
     net.carry(0, out);
-    let out = net.nodes[0].announce_policy(hub);
+    let out = net.nodes[0].announce_policy(net.now, hub);
     net.carry(0, out);
     net.run();
     let up0 = net.balances(1, net.up);
@@ -1967,7 +1967,17 @@ fn relayed_route_instructions_outside_a_served_virtual_channel_are_refused() {
         .unwrap()
         .outbox
         .sent(seq + 1);
-    // A policy to someone the sender has no virtual channel with over us.
+    // A party's policy to someone outside the virtual channel.
+    let signed = |fee: u128, at: u64| {
+        let mut pol = policy();
+        pol.base_fee = Amount(fee);
+        Box::new(crate::node::gossip::PolicyUpdate::sign(
+            v,
+            pol,
+            at,
+            &keys(1),
+        ))
+    };
     let seq = net.nodes[0].links[&hub].outbox.next_send();
     let out = net.nodes[1].handle_frame(
         net.now,
@@ -1976,8 +1986,8 @@ fn relayed_route_instructions_outside_a_served_virtual_channel_are_refused() {
             seq,
             body: Body::RelayRoute {
                 to: Address::repeat_byte(0x99),
-                body: Box::new(Body::HubPolicy {
-                    policy: policy(),
+                body: Box::new(Body::PartyPolicy {
+                    update: signed(10, 5),
                     key: keys(1).public_key(),
                 }),
             },
@@ -1990,39 +2000,65 @@ fn relayed_route_instructions_outside_a_served_virtual_channel_are_refused() {
         .unwrap()
         .outbox
         .sent(seq + 1);
-    // The hub passes on a policy in another node's name: the payee refuses it (the key must
-    // be the party's), and knows no policy of the payer's.
-    let seq = net.nodes[1].links[&b].outbox.next_send();
-    let out = net.nodes[2].handle_frame(
-        net.now,
-        hub,
-        Frame::Msg {
-            seq,
-            body: Body::RelayedRoute {
-                from: a,
-                body: Box::new(Body::HubPolicy {
-                    policy: policy(),
-                    key: keys(9).public_key(),
-                }),
+    // The hub changes the party's policy on its way (a fee of its choosing): the signature no
+    // longer holds and the payee refuses it, back to the hub; a genuine one is taken, and an
+    // older genuine one replayed after it is refused.
+    let mut forged = signed(10, 5);
+    forged.policy.base_fee = Amount(999_999);
+    let genuine_new = signed(20, 6);
+    let genuine_old = signed(10, 5);
+    let expect = [
+        (forged, Some(ErrorCode::Protocol)),
+        (genuine_new, None),
+        (genuine_old, Some(ErrorCode::Protocol)),
+    ];
+    for (update, refused) in expect {
+        let seq = net.nodes[1].links[&b].outbox.next_send();
+        let out = net.nodes[2].handle_frame(
+            net.now,
+            hub,
+            Frame::Msg {
+                seq,
+                body: Body::RelayedRoute {
+                    from: a,
+                    body: Box::new(Body::PartyPolicy {
+                        update,
+                        key: keys(1).public_key(),
+                    }),
+                },
             },
-        },
-    );
-    assert_eq!(refusal_codes(&out), vec![ErrorCode::Protocol]);
-    // The refusal goes back to the hub that relayed it, not to the party it names.
-    assert!(!out.transmits.is_empty());
-    assert!(
-        out.transmits.iter().all(|(to, _)| *to == hub),
-        "{:?}",
-        out.transmits
-    );
-    assert!(!net.nodes[2].book().policies.contains_key(&a));
-    net.nodes[1].links.get_mut(&b).unwrap().outbox.sent(seq + 1);
-    // To the payee: "relayed" by someone who is not the channel's hub (the payer itself).
+        );
+        assert_eq!(refusal_codes(&out), refused.into_iter().collect::<Vec<_>>());
+        // Refusals go back to the hub that relayed it, not to the party it names.
+        assert!(
+            out.transmits.iter().all(|(to, _)| *to == hub),
+            "{:?}",
+            out.transmits
+        );
+        net.nodes[1].links.get_mut(&b).unwrap().outbox.sent(seq + 1);
+        net.carry(2, out);
+    }
+    assert_eq!(net.nodes[2].book().policies[&a].base_fee, Amount(20));
+    // A party's policy sent straight, not over the hub, is refused.
     let out = net.nodes[2].handle_frame(
         net.now,
         a,
         Frame::Msg {
             seq: 1,
+            body: Body::PartyPolicy {
+                update: signed(30, 7),
+                key: keys(1).public_key(),
+            },
+        },
+    );
+    assert_eq!(refusal_codes(&out), vec![ErrorCode::Protocol]);
+    assert_eq!(net.nodes[2].book().policies[&a].base_fee, Amount(20));
+    // To the payee: "relayed" by someone who is not the channel's hub (the payer itself).
+    let out = net.nodes[2].handle_frame(
+        net.now,
+        a,
+        Frame::Msg {
+            seq: 2,
             body: Body::RelayedRoute {
                 from: a,
                 body: Box::new(route(v)),
@@ -2218,7 +2254,7 @@ fn a_party_waits_for_the_virtual_channels_locks_before_closing_it() {
         .transfer(net.now, net.up, Amount(20_000))
         .unwrap();
     net.carry(0, out);
-    let out = net.nodes[0].announce_policy(hub);
+    let out = net.nodes[0].announce_policy(net.now, hub);
     net.carry(0, out);
     net.run();
     let preimage = Preimage([0x78; 32]);

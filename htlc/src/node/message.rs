@@ -185,6 +185,15 @@ pub enum Body {
         /// The message.
         msg: Message,
     },
+    /// A virtual channel's party's forwarding policy for its direction of the channel, signed
+    /// (the hub that relays it cannot change it), with its key: the other party may then route
+    /// through it. Sent only over the hub, inside [`Body::RelayRoute`].
+    PartyPolicy {
+        /// The signed policy; `channel_id` is the virtual channel, `node` the party.
+        update: Box<crate::node::gossip::PolicyUpdate>,
+        /// The party's public key (payers build its layer with it); its address is `node`.
+        key: PublicKey,
+    },
     /// To the hub: pass this route instruction or failure packet (a [`Body::Route`] or
     /// [`Body::RouteFailed`] on a virtual channel) to the channel's other party `to`: an HTLC
     /// inside a virtual channel is one hop of a route (ADR 0026).

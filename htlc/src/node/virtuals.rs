@@ -70,31 +70,45 @@ impl Node {
 
     /// Tell `peer` our forwarding policy and key (as a hub does to the peers whose channels it
     /// accepts): a party that forwards over its virtual channels announces it to the payers
-    /// that may route through it (the virtual channel is then one hop of their routes).
-    pub fn announce_policy(&mut self, peer: Address) -> Output {
+    /// that may route through it (the virtual channel is then one hop of their routes). To the
+    /// other party of a virtual channel without a session of its own with us it goes over the
+    /// channel's hub, signed (dated `now`) so the hub cannot change it.
+    pub fn announce_policy(&mut self, now: Expiry, peer: Address) -> Output {
         let mut p = Pending::default();
-        let body = Body::HubPolicy {
-            policy: self.config.policy,
-            key: self.keys.public_key(),
-        };
-        // The other party of a virtual channel without a session of its own with us hears it
-        // over the channel's hub, as the channel's messages go.
-        let via = self
+        let over = self
             .channels
-            .values()
-            .find(|e| e.peer == peer && e.via.is_some())
-            .and_then(|e| e.via)
+            .iter()
+            .find(|(_, e)| e.peer == peer && e.via.is_some())
+            .and_then(|(id, e)| e.via.map(|hub| (*id, hub)))
             .filter(|_| !self.is_up(peer));
-        match via {
-            Some(hub) => self.send(
-                hub,
-                Body::RelayRoute {
-                    to: peer,
-                    body: Box::new(body),
-                },
-                &mut p,
-            ),
-            None => self.send(peer, body, &mut p),
+        match over {
+            Some((channel, hub)) => {
+                let update = crate::node::gossip::PolicyUpdate::sign(
+                    channel,
+                    self.config.policy,
+                    now.0,
+                    &self.keys,
+                );
+                let body = Body::PartyPolicy {
+                    update: Box::new(update),
+                    key: self.keys.public_key(),
+                };
+                self.send(
+                    hub,
+                    Body::RelayRoute {
+                        to: peer,
+                        body: Box::new(body),
+                    },
+                    &mut p,
+                );
+            }
+            None => {
+                let body = Body::HubPolicy {
+                    policy: self.config.policy,
+                    key: self.keys.public_key(),
+                };
+                self.send(peer, body, &mut p);
+            }
         }
         p.out
     }
@@ -711,7 +725,9 @@ impl Node {
                 self.book.virtuals.get(channel_id).is_some_and(pair)
             }
             // A party tells the other its forwarding policy (it forwards over their channel).
-            Body::HubPolicy { .. } => self.book.virtuals.values().any(pair),
+            Body::PartyPolicy { update, .. } => {
+                self.book.virtuals.get(&update.channel_id).is_some_and(pair)
+            }
             _ => {
                 return Err((
                     ErrorCode::Protocol,
