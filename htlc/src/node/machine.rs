@@ -2353,6 +2353,11 @@ impl Node {
             });
         }
         self.freeze(id, p);
+        // A virtual channel we serve, disputed with a state older than the final one its
+        // parties handed us: we answer with that one (its party may be away).
+        if let Some(intent) = self.challenge_virtual(id, version) {
+            p.out.writes.push(Write::Intent(Box::new(intent)));
+        }
         let Some(e) = self.channels.get(&id) else {
             return;
         };

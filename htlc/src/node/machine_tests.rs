@@ -2239,6 +2239,49 @@ fn the_chains_recorded_outcome_replaces_a_final_state_handed_to_the_hub() {
     assert_eq!(resolutions(&out), vec![recorded.state]);
 }
 
+/// A party registers an old state of the virtual channel while the other is away: the hub,
+/// holding the final state both handed it, challenges with it (once the dispute's version is
+/// older; not for a dispute at the final state itself).
+#[test]
+fn the_hub_challenges_a_stale_virtual_dispute_with_the_final_state_it_holds() {
+    let mut net = Net::new(virtual_config());
+    let (v, _) = net.open_virtual(50_000);
+    let vp = net.nodes[0].channel(v).unwrap().snapshot().params().clone();
+    let state = ChannelState {
+        version: 10,
+        is_final: true,
+        ..ChannelState::opening(v, [Amount(30_000), Amount(20_000)])
+    };
+    let sigs = [
+        sign_state(&vp, &keys(1), &state).unwrap(),
+        sign_state(&vp, &keys(3), &state).unwrap(),
+    ];
+    let fin = SignedState { state, sigs };
+    let mut p = super::Pending::default();
+    net.nodes[0].on_virtual_final(v, fin.clone(), &mut p);
+    let out = net.nodes[0].finish(net.now, p);
+    net.carry(0, out);
+    net.run();
+    let challenges = |out: &Output| -> Vec<SignedState> {
+        out.intents()
+            .filter_map(|i| match i {
+                Intent::Challenge { params, state } if params.id() == v => Some(state.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    let disputed = |version| ChainEvent::Disputed {
+        channel_id: v,
+        version,
+        finalizes_at: NOW.0 + 100,
+    };
+    let out = net.nodes[1].handle_chain(NOW, disputed(0));
+    assert_eq!(challenges(&out), vec![fin.clone()]);
+    net.carry(1, out);
+    let out = net.nodes[1].handle_chain(NOW, disputed(10));
+    assert!(challenges(&out).is_empty());
+}
+
 /// A party does not try to close a virtual channel that still holds a lock (its close would be
 /// dropped at once and come due again, a timer spinning): it waits for the lock to end; the
 /// hub's own deadline (end + margin) stays. Review finding.

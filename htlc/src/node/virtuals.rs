@@ -1090,6 +1090,24 @@ impl Node {
         }
     }
 
+    /// Hub: the challenge of virtual channel `id`'s dispute at `version` by the final state its
+    /// parties handed us, if that is newer (a party that registers an old state while the other
+    /// is away does not settle the channel by it; either way our legs resolve by one outcome,
+    /// but the away party is owed the final state).
+    pub(super) fn challenge_virtual(&self, id: ChannelId, version: u64) -> Option<Intent> {
+        let r = self
+            .book
+            .virtuals
+            .get(&id)
+            // Released on every leg: its dispute no longer matters to anyone's ledger.
+            .filter(|r| r.role == VirtualRole::Hub && r.phase != VirtualPhase::Settled)?;
+        let fin = r.outcome.as_ref().filter(|f| f.state.version > version)?;
+        Some(Intent::Challenge {
+            params: r.terms.params.clone(),
+            state: fin.clone(),
+        })
+    }
+
     /// Hub: the earliest time a held release runs out of patience.
     pub(super) fn next_hold_deadline(&self) -> Option<Expiry> {
         self.book
