@@ -117,6 +117,8 @@ pub struct OutgoingChannel {
     pub in_flight: Amount,
     /// Its maximum in-flight value.
     pub max_in_flight: Amount,
+    /// The latest a lock in it may expire (a virtual channel's end; `u64::MAX` for ledgers).
+    pub latest_expiry: Expiry,
 }
 
 /// The payer's instruction for the next hop (what it asked the hub to offer).
@@ -184,7 +186,9 @@ pub fn decide(
     if next.expiry.0 < now.0.saturating_add(MIN_OUTGOING_EXPIRY_SECS) {
         return Err(FailureReason::ExpiryTooSoon);
     }
-    if next.expiry.0 > now.0.saturating_add(policy.max_expiry_horizon) {
+    if next.expiry.0 > now.0.saturating_add(policy.max_expiry_horizon)
+        || next.expiry > out.latest_expiry
+    {
         return Err(FailureReason::ExpiryTooFar);
     }
     // Rule 10 on the outgoing channel: liquidity, lock slots, in-flight value.
@@ -238,6 +242,7 @@ mod tests {
             max_pending_locks: 10,
             in_flight: Amount(0),
             max_in_flight: Amount(2_000_000),
+            latest_expiry: Expiry(u64::MAX),
         }
     }
 
@@ -309,6 +314,21 @@ mod tests {
         };
         let inc_far = incoming(100_110, far.expiry.0 + 3_600);
         assert_eq!(fail(&inc_far, &far, Some(&ch)), FailureReason::ExpiryTooFar);
+        // Past what the outgoing channel takes (a virtual channel's end), however near.
+        let ends = OutgoingChannel {
+            latest_expiry: Expiry(next.expiry.0 - 1),
+            ..channel(policy())
+        };
+        let inc_ok = incoming(100_110, next.expiry.0 + 3_600);
+        assert_eq!(
+            fail(&inc_ok, &next, Some(&ends)),
+            FailureReason::ExpiryTooFar
+        );
+        let fits = OutgoingChannel {
+            latest_expiry: next.expiry,
+            ..channel(policy())
+        };
+        assert!(decide(&inc_ok, &next, Some(&fits), NOW).is_ok());
         // Below minimum.
         let min = channel(ForwardPolicy {
             min_htlc: Amount(100_001),

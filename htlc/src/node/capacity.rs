@@ -20,6 +20,7 @@ impl Snapshot {
             max_pending_locks: self.limits.max_pending_locks,
             in_flight: st.locks_total().unwrap_or(Amount::MAX),
             max_in_flight: self.limits.max_in_flight,
+            latest_expiry: self.limits.latest_expiry,
         }
     }
 

@@ -2346,3 +2346,56 @@ fn a_party_waits_for_the_virtual_channels_locks_before_closing_it() {
             .is_none_or(|t| t != Expiry(end.0 - margin))
     );
 }
+
+/// Forwarding into a virtual channel a lock that would outlive it fails back as `ExpiryTooFar`
+/// (the payer learns why, and can ask for a shorter final delta), with nothing moved inside.
+#[test]
+fn a_forward_into_a_virtual_channel_past_its_end_fails_as_expiry_too_far() {
+    let mut net = Net::new(virtual_config());
+    let (v, _) = net.open_virtual(50_000);
+    let (a, hub, b) = (net.addr(0), net.addr(1), net.addr(2));
+    let out = net.nodes[0]
+        .transfer(net.now, net.up, Amount(20_000))
+        .unwrap();
+    net.carry(0, out);
+    let out = net.nodes[0].announce_policy(net.now, hub);
+    net.carry(0, out);
+    net.run();
+    let v0 = net.nodes[2].channel(v).unwrap().latest().state.clone();
+    let preimage = Preimage([0x79; 32]);
+    // The payee's lock would expire two hours out; the virtual channel ends in one.
+    let inv = Invoice {
+        payee: b,
+        payee_key: net.nodes[2].public_key(),
+        hub: a,
+        amount: Amount(3_000),
+        hashlock: preimage.hashlock(),
+        expires_at: NOW.0 + 3600,
+        final_expiry_delta: 7200,
+    };
+    let out = net.nodes[2].add_invoice(inv.clone(), preimage).unwrap();
+    net.carry(2, out);
+    let id = B256::repeat_byte(0x5C);
+    let out = net.nodes[1].pay_route(net.now, id, &inv, &[a]).unwrap();
+    net.carry(1, out);
+    net.run();
+    assert_eq!(
+        net.nodes[1].payment(id).unwrap().status,
+        PaymentStatus::Failed {
+            reason: FailureReason::ExpiryTooFar
+        }
+    );
+    assert_eq!(
+        net.nodes[2].channel(v).unwrap().latest().state.balances,
+        v0.balances
+    );
+    assert!(
+        net.nodes[2]
+            .channel(v)
+            .unwrap()
+            .latest()
+            .state
+            .locks
+            .is_empty()
+    );
+}

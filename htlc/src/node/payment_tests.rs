@@ -51,6 +51,7 @@ fn room(policy: ForwardPolicy) -> OutgoingChannel {
         max_pending_locks: 10,
         in_flight: Amount::ZERO,
         max_in_flight: Amount(10_000_000),
+        latest_expiry: Expiry(u64::MAX),
     }
 }
 
