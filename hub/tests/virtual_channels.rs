@@ -453,6 +453,51 @@ async fn the_hub_settles_on_chain_a_virtual_channel_left_open_past_its_end() {
     net.hub.shutdown();
 }
 
+/// `from` tells `to` its forwarding policy; wait (10 s at most) until `to` knows it.
+async fn announce_policy(from: &Node, to: &Node) {
+    from.announce_policy(to.address()).await.unwrap();
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while to.hub_policy(from.address()).unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < until,
+            "{} never heard {}'s policy",
+            to.address(),
+            from.address()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The fee a node with the default forwarding policy charges to forward `amount`.
+fn default_fee(amount: u128) -> u128 {
+    let policy = NodeOptions::default().policy;
+    policy.base_fee.0 + amount * u128::from(policy.fee_ppm) / 1_000_000
+}
+
+/// Wait (30 s at most) for payment `id` to succeed with exactly `fee` paid.
+async fn assert_succeeded(
+    events: &mut tokio::sync::broadcast::Receiver<NodeEvent>,
+    id: alloy::primitives::B256,
+    fee: u128,
+) {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match events.recv().await.unwrap() {
+                NodeEvent::PaymentSucceeded { id: p, fee: f } if p == id => {
+                    assert_eq!(f, Amount(fee));
+                    return;
+                }
+                NodeEvent::PaymentFailed { id: p, reason } if p == id => {
+                    panic!("the payment failed: {reason:?}")
+                }
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("the payment ends");
+}
+
 /// A payment routed over a ledger edge and then a virtual edge (issue 15): the hub pays bob's
 /// invoice through alice, who forwards it over her virtual channel with bob; the route
 /// instruction and the virtual channel's updates go over the hub (alice and bob have no session
@@ -473,15 +518,7 @@ async fn a_payment_routed_over_a_ledger_edge_then_a_virtual_edge_pays_exact_fees
         )
         .await
         .unwrap();
-    net.alice.announce_policy(net.hub.address()).await.unwrap();
-    let until = std::time::Instant::now() + Duration::from_secs(10);
-    while net.hub.hub_policy(net.alice.address()).unwrap().is_none() {
-        assert!(
-            std::time::Instant::now() < until,
-            "the hub never heard alice's policy"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    announce_policy(&net.alice, &net.hub).await;
     let up0 = net
         .alice
         .channel(net.ledger[0])
@@ -498,24 +535,8 @@ async fn a_payment_routed_over_a_ledger_edge_then_a_virtual_edge_pays_exact_fees
     let mut events = net.hub.subscribe();
     let id = alloy::primitives::B256::repeat_byte(0x51);
     net.hub.pay(&inv, id).await.unwrap();
-    let policy = NodeOptions::default().policy;
-    let fee = policy.base_fee.0 + amount * u128::from(policy.fee_ppm) / 1_000_000;
-    tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            match events.recv().await.unwrap() {
-                NodeEvent::PaymentSucceeded { id: p, fee: f } if p == id => {
-                    assert_eq!(f, Amount(fee));
-                    return;
-                }
-                NodeEvent::PaymentFailed { id: p, reason } if p == id => {
-                    panic!("the payment failed: {reason:?}")
-                }
-                _ => {}
-            }
-        }
-    })
-    .await
-    .expect("the payment ends");
+    let fee = default_fee(amount);
+    assert_succeeded(&mut events, id, fee).await;
     // Ledger alice–hub: the hub's side paid alice amount + fee; inside the virtual channel
     // alice paid bob the amount.
     let want_up = [
@@ -558,15 +579,7 @@ async fn a_payment_routed_over_a_virtual_edge_then_a_ledger_edge_pays_exact_fees
         )
         .await
         .unwrap();
-    net.bob.announce_policy(net.alice.address()).await.unwrap();
-    let until = std::time::Instant::now() + Duration::from_secs(10);
-    while net.alice.hub_policy(net.bob.address()).unwrap().is_none() {
-        assert!(
-            std::time::Instant::now() < until,
-            "alice never heard bob's policy"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    announce_policy(&net.bob, &net.alice).await;
     let down0 = net.bob.channel(net.ledger[1]).await.unwrap().state.balances;
     let amount = ETH / 1000;
     let inv = net
@@ -577,24 +590,8 @@ async fn a_payment_routed_over_a_virtual_edge_then_a_ledger_edge_pays_exact_fees
     let mut events = net.alice.subscribe();
     let id = alloy::primitives::B256::repeat_byte(0x52);
     net.alice.pay(&inv, id).await.unwrap();
-    let policy = NodeOptions::default().policy;
-    let fee = policy.base_fee.0 + (amount) * u128::from(policy.fee_ppm) / 1_000_000;
-    tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            match events.recv().await.unwrap() {
-                NodeEvent::PaymentSucceeded { id: p, fee: f } if p == id => {
-                    assert_eq!(f, Amount(fee));
-                    return;
-                }
-                NodeEvent::PaymentFailed { id: p, reason } if p == id => {
-                    panic!("the payment failed: {reason:?}")
-                }
-                _ => {}
-            }
-        }
-    })
-    .await
-    .expect("the payment ends");
+    let fee = default_fee(amount);
+    assert_succeeded(&mut events, id, fee).await;
     // Inside the virtual channel alice paid bob amount + fee; on bob's ledger (bob is its A)
     // bob paid the hub the amount.
     let want_v = [Amount(deposit - amount - fee), Amount(amount + fee)];

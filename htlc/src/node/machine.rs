@@ -2609,19 +2609,29 @@ impl Node {
             }
             _ => None,
         };
-        let via = channel
-            .and_then(|c| self.channels.get(&c))
+        let via = channel.and_then(|c| self.relay_hub(c, peer));
+        self.send_via(via, peer, body, p);
+    }
+
+    /// The hub that carries what we send `peer` about channel `id`: the virtual channel's hub
+    /// while `peer` has no session of its own with us; `None`: straight to `peer`.
+    fn relay_hub(&self, id: ChannelId, peer: Address) -> Option<Address> {
+        self.channels
+            .get(&id)
             .and_then(|e| e.via)
-            .filter(|_| !self.is_up(peer));
+            .filter(|_| !self.is_up(peer))
+    }
+
+    /// Send `body` to `peer`, inside a [`Body::RelayRoute`] over `via` if given.
+    fn send_via(&mut self, via: Option<Address>, peer: Address, body: Body, p: &mut Pending) {
         match via {
-            Some(hub) => self.send(
-                hub,
-                Body::RelayRoute {
+            Some(hub) => {
+                let relayed = Body::RelayRoute {
                     to: peer,
                     body: Box::new(body),
-                },
-                p,
-            ),
+                };
+                self.send(hub, relayed, p);
+            }
             None => self.send(peer, body, p),
         }
     }
@@ -2633,11 +2643,7 @@ impl Node {
             return;
         };
         // A virtual channel's other party reachable directly gets its messages directly.
-        let via = self
-            .channels
-            .get(&id)
-            .and_then(|e| e.via)
-            .filter(|_| !self.is_up(peer));
+        let via = self.relay_hub(id, peer);
         p.touched.insert(id);
         for e in effects {
             match e {

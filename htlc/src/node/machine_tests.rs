@@ -1457,6 +1457,21 @@ fn a_closed_virtual_channel_releases_both_legs_by_its_final_state() {
     assert!(!net.nodes[1].holding(net.up) && !net.nodes[1].holding(net.down));
 }
 
+/// A final state (version 10) of the virtual channel `vp` with `balances`, signed by both its
+/// parties (keys 1 and 3).
+fn cosigned_final(vp: &crate::ChannelParams, balances: [u128; 2]) -> SignedState {
+    let state = ChannelState {
+        version: 10,
+        is_final: true,
+        ..ChannelState::opening(vp.id(), [Amount(balances[0]), Amount(balances[1])])
+    };
+    let sigs = [
+        sign_state(vp, &keys(1), &state).unwrap(),
+        sign_state(vp, &keys(3), &state).unwrap(),
+    ];
+    SignedState { state, sigs }
+}
+
 /// The two parties sign two contradictory final states and each hands the hub the one that
 /// robs it on the other's leg: the hub releases no leg at all (each keeps its guarantee, which
 /// the adjudicator settles by one recorded outcome).
@@ -1465,18 +1480,7 @@ fn contradictory_final_states_release_no_leg() {
     let mut net = Net::new(virtual_config());
     let (v, _) = net.open_virtual(50_000);
     let vp = net.nodes[0].channel(v).unwrap().snapshot().params().clone();
-    let final_state = |balances: [u128; 2]| {
-        let state = ChannelState {
-            version: 10,
-            is_final: true,
-            ..ChannelState::opening(v, [Amount(balances[0]), Amount(balances[1])])
-        };
-        let sigs = [
-            sign_state(&vp, &keys(1), &state).unwrap(),
-            sign_state(&vp, &keys(3), &state).unwrap(),
-        ];
-        SignedState { state, sigs }
-    };
+    let final_state = |balances: [u128; 2]| cosigned_final(&vp, balances);
     // All to the payer (its leg gives it everything back); all to the payee (the hub's leg
     // pays it everything).
     let to_payer = final_state([50_000, 0]);
@@ -1845,6 +1849,39 @@ fn the_hub_takes_a_virtual_channel_left_open_past_its_end_on_chain() {
     assert!(net.nodes[1].poll_timeout().is_none_or(|t| t > due));
 }
 
+impl Net {
+    /// The payer forwards over its virtual channel for the hub: the hub gets money on its side
+    /// of their ledger and hears the payer's policy.
+    fn forwarder_ready(&mut self) {
+        let hub = self.addr(1);
+        let out = self.nodes[0]
+            .transfer(self.now, self.up, Amount(20_000))
+            .unwrap();
+        self.carry(0, out);
+        let out = self.nodes[0].announce_policy(self.now, hub);
+        self.carry(0, out);
+        self.run();
+    }
+
+    /// The payee's invoice of `amount` through the payer (its virtual channel's other party),
+    /// its lock expiring `final_delta` seconds out; the payee knows its preimage.
+    fn invoice_through_payer(&mut self, amount: u128, secret: u8, final_delta: u64) -> Invoice {
+        let preimage = Preimage([secret; 32]);
+        let inv = Invoice {
+            payee: self.addr(2),
+            payee_key: self.nodes[2].public_key(),
+            hub: self.addr(0),
+            amount: Amount(amount),
+            hashlock: preimage.hashlock(),
+            expires_at: NOW.0 + 3600,
+            final_expiry_delta: final_delta,
+        };
+        let out = self.nodes[2].add_invoice(inv.clone(), preimage).unwrap();
+        self.carry(2, out);
+        inv
+    }
+}
+
 /// A route over a ledger edge and then a virtual edge (issue 15): the hub pays the payee's
 /// invoice through the payer, which forwards over its virtual channel with the payee. The
 /// route instruction and the virtual channel's messages go over the hub (the parties have no
@@ -1853,32 +1890,15 @@ fn the_hub_takes_a_virtual_channel_left_open_past_its_end_on_chain() {
 fn a_payment_routed_over_a_ledger_edge_then_a_virtual_edge_pays_exact_fees() {
     let mut net = Net::new(virtual_config());
     let (v, _) = net.open_virtual(50_000);
-    let (a, hub, b) = (net.addr(0), net.addr(1), net.addr(2));
+    let (a, b) = (net.addr(0), net.addr(2));
     // The hub needs money on its side of the ledger with the forwarder, and its policy.
-    let out = net.nodes[0]
-        .transfer(net.now, net.up, Amount(20_000))
-        .unwrap();
-    net.carry(0, out);
-    let out = net.nodes[0].announce_policy(net.now, hub);
-    net.carry(0, out);
-    net.run();
+    net.forwarder_ready();
     let up0 = net.balances(1, net.up);
     let v0 = net.nodes[2].channel(v).unwrap().latest().state.balances;
     // The payee's invoice names the forwarder (its virtual channel's other party) as its hub;
     // its lock must expire within the virtual channel's life (an hour here).
-    let preimage = Preimage([0x77; 32]);
     let amount = 3_000u128;
-    let inv = Invoice {
-        payee: b,
-        payee_key: net.nodes[2].public_key(),
-        hub: a,
-        amount: Amount(amount),
-        hashlock: preimage.hashlock(),
-        expires_at: NOW.0 + 3600,
-        final_expiry_delta: 1800,
-    };
-    let out = net.nodes[2].add_invoice(inv.clone(), preimage).unwrap();
-    net.carry(2, out);
+    let inv = net.invoice_through_payer(amount, 0x77, 1800);
     let id = B256::repeat_byte(0x5A);
     let out = net.nodes[1].pay_route(net.now, id, &inv, &[a]).unwrap();
     net.carry(1, out);
@@ -2169,18 +2189,7 @@ fn the_chains_recorded_outcome_replaces_a_final_state_handed_to_the_hub() {
     let mut net = Net::new(virtual_config());
     let (v, _) = net.open_virtual(50_000);
     let vp = net.nodes[0].channel(v).unwrap().snapshot().params().clone();
-    let final_state = |balances: [u128; 2]| {
-        let state = ChannelState {
-            version: 10,
-            is_final: true,
-            ..ChannelState::opening(v, [Amount(balances[0]), Amount(balances[1])])
-        };
-        let sigs = [
-            sign_state(&vp, &keys(1), &state).unwrap(),
-            sign_state(&vp, &keys(3), &state).unwrap(),
-        ];
-        SignedState { state, sigs }
-    };
+    let final_state = |balances: [u128; 2]| cosigned_final(&vp, balances);
     let handed = final_state([50_000, 0]);
     let recorded = final_state([0, 50_000]);
     let mut p = super::Pending::default();
@@ -2247,16 +2256,7 @@ fn the_hub_challenges_a_stale_virtual_dispute_with_the_final_state_it_holds() {
     let mut net = Net::new(virtual_config());
     let (v, _) = net.open_virtual(50_000);
     let vp = net.nodes[0].channel(v).unwrap().snapshot().params().clone();
-    let state = ChannelState {
-        version: 10,
-        is_final: true,
-        ..ChannelState::opening(v, [Amount(30_000), Amount(20_000)])
-    };
-    let sigs = [
-        sign_state(&vp, &keys(1), &state).unwrap(),
-        sign_state(&vp, &keys(3), &state).unwrap(),
-    ];
-    let fin = SignedState { state, sigs };
+    let fin = cosigned_final(&vp, [30_000, 20_000]);
     let mut p = super::Pending::default();
     net.nodes[0].on_virtual_final(v, fin.clone(), &mut p);
     let out = net.nodes[0].finish(net.now, p);
@@ -2289,29 +2289,12 @@ fn the_hub_challenges_a_stale_virtual_dispute_with_the_final_state_it_holds() {
 fn a_party_waits_for_the_virtual_channels_locks_before_closing_it() {
     let mut net = Net::new(virtual_config());
     let (v, _) = net.open_virtual(50_000);
-    let (a, hub, b) = (net.addr(0), net.addr(1), net.addr(2));
+    let a = net.addr(0);
     // The payee holds the HTLC it is paid with (never reveals): a lock stays in the channel,
     // expiring after the party's closing time (end - margin) and before the end.
     net.nodes[2].config.reveal_preimages = false;
-    let out = net.nodes[0]
-        .transfer(net.now, net.up, Amount(20_000))
-        .unwrap();
-    net.carry(0, out);
-    let out = net.nodes[0].announce_policy(net.now, hub);
-    net.carry(0, out);
-    net.run();
-    let preimage = Preimage([0x78; 32]);
-    let inv = Invoice {
-        payee: b,
-        payee_key: net.nodes[2].public_key(),
-        hub: a,
-        amount: Amount(1_000),
-        hashlock: preimage.hashlock(),
-        expires_at: NOW.0 + 3600,
-        final_expiry_delta: 3300,
-    };
-    let out = net.nodes[2].add_invoice(inv.clone(), preimage).unwrap();
-    net.carry(2, out);
+    net.forwarder_ready();
+    let inv = net.invoice_through_payer(1_000, 0x78, 3300);
     let out = net.nodes[1]
         .pay_route(net.now, B256::repeat_byte(0x5B), &inv, &[a])
         .unwrap();
@@ -2353,28 +2336,10 @@ fn a_party_waits_for_the_virtual_channels_locks_before_closing_it() {
 fn a_forward_into_a_virtual_channel_past_its_end_fails_as_expiry_too_far() {
     let mut net = Net::new(virtual_config());
     let (v, _) = net.open_virtual(50_000);
-    let (a, hub, b) = (net.addr(0), net.addr(1), net.addr(2));
-    let out = net.nodes[0]
-        .transfer(net.now, net.up, Amount(20_000))
-        .unwrap();
-    net.carry(0, out);
-    let out = net.nodes[0].announce_policy(net.now, hub);
-    net.carry(0, out);
-    net.run();
+    let a = net.addr(0);
+    net.forwarder_ready();
     let v0 = net.nodes[2].channel(v).unwrap().latest().state.clone();
-    let preimage = Preimage([0x79; 32]);
-    // The payee's lock would expire two hours out; the virtual channel ends in one.
-    let inv = Invoice {
-        payee: b,
-        payee_key: net.nodes[2].public_key(),
-        hub: a,
-        amount: Amount(3_000),
-        hashlock: preimage.hashlock(),
-        expires_at: NOW.0 + 3600,
-        final_expiry_delta: 7200,
-    };
-    let out = net.nodes[2].add_invoice(inv.clone(), preimage).unwrap();
-    net.carry(2, out);
+    let inv = net.invoice_through_payer(3_000, 0x79, 7200);
     let id = B256::repeat_byte(0x5C);
     let out = net.nodes[1].pay_route(net.now, id, &inv, &[a]).unwrap();
     net.carry(1, out);

@@ -75,41 +75,31 @@ impl Node {
     /// channel's hub, signed (dated `now`) so the hub cannot change it.
     pub fn announce_policy(&mut self, now: Expiry, peer: Address) -> Output {
         let mut p = Pending::default();
-        let over = self
+        let virtual_with_peer = self
             .channels
             .iter()
             .find(|(_, e)| e.peer == peer && e.via.is_some())
-            .and_then(|(id, e)| e.via.map(|hub| (*id, hub)))
-            .filter(|_| !self.is_up(peer));
-        match over {
-            Some((channel, hub)) => {
+            .map(|(id, _)| *id);
+        let over = virtual_with_peer.and_then(|id| self.relay_hub(id, peer).map(|hub| (id, hub)));
+        let body = match over {
+            Some((channel, _)) => {
                 let update = crate::node::gossip::PolicyUpdate::sign(
                     channel,
                     self.config.policy,
                     now.0,
                     &self.keys,
                 );
-                let body = Body::PartyPolicy {
+                Body::PartyPolicy {
                     update: Box::new(update),
                     key: self.keys.public_key(),
-                };
-                self.send(
-                    hub,
-                    Body::RelayRoute {
-                        to: peer,
-                        body: Box::new(body),
-                    },
-                    &mut p,
-                );
+                }
             }
-            None => {
-                let body = Body::HubPolicy {
-                    policy: self.config.policy,
-                    key: self.keys.public_key(),
-                };
-                self.send(peer, body, &mut p);
-            }
-        }
+            None => Body::HubPolicy {
+                policy: self.config.policy,
+                key: self.keys.public_key(),
+            },
+        };
+        self.send_via(over.map(|(_, hub)| hub), peer, body, &mut p);
         p.out
     }
 
