@@ -2364,3 +2364,24 @@ fn a_forward_into_a_virtual_channel_past_its_end_fails_as_expiry_too_far() {
             .is_empty()
     );
 }
+
+/// The acceptor refuses a virtual channel living no longer than its own closing margin (it
+/// would close it at once, and the opener would have paid for nothing): nothing locks on its
+/// ledger and it holds no such channel.
+#[test]
+fn the_acceptor_refuses_a_virtual_channel_within_its_closing_margin() {
+    let mut net = Net::new(virtual_config());
+    // The opener's own margin is short, the payee's the default 600 s.
+    net.nodes[0].config.virtual_end_margin_secs = 10;
+    let (hub, payee) = (net.addr(1), net.addr(2));
+    let out = net.nodes[0].set_virtual_policy(hub, virtual_policy());
+    net.carry(0, out);
+    let out = net.nodes[0]
+        .open_virtual(net.now, hub, payee, Amount(10_000), U256::from(1), 300)
+        .unwrap();
+    net.carry(0, out);
+    net.run();
+    assert!(net.opened(2).is_none() && net.opened(0).is_none());
+    assert_eq!(net.guarantees(2, net.down), 0);
+    assert!(net.nodes[2].virtuals().next().is_none());
+}
