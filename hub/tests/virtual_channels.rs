@@ -658,9 +658,11 @@ async fn contradictory_final_states_cannot_rob_the_hub_end_to_end() {
         net.alice.channel_params(net.ledger[0]).await.unwrap(),
         net.bob.channel_params(net.ledger[1]).await.unwrap(),
     );
-    // Alice first, by F1; then bob, by F2: refused, the outcome is F1.
-    let alice_chain = net.chain.client(2).await.unwrap();
-    let bob_chain = net.chain.client(3).await.unwrap();
+    // Alice first, by F1; then bob, by F2: refused, the outcome is F1. Anyone may submit a
+    // resolution; the colluders send theirs from accounts of their own (alice's and bob's
+    // nodes send from their keys meanwhile, and two senders of one account race for nonces).
+    let alice_chain = net.chain.client(4).await.unwrap();
+    let bob_chain = net.chain.client(5).await.unwrap();
     alice_chain
         .resolve_guarantee(&pa, &la, &vp, &f1, Some(&s1))
         .await
