@@ -92,8 +92,8 @@ pub enum VirtualError {
     /// V's parameters name another chain, adjudicator or asset than the ledger's.
     #[error("virtual channel on another chain, adjudicator or asset than its ledgers")]
     Mismatch,
-    /// V's participants are not the ledgers' peers (A on the first, B on the second), or the
-    /// hub is one of them.
+    /// V's participants are not the ledgers' peers (A on the first, B on the second; another
+    /// hub, neither of them, where the path goes on), or the hub is one of them.
     #[error("virtual channel participants do not match the path")]
     WrongParticipants,
     /// V's value is zero or above the hub's limit.
@@ -178,14 +178,43 @@ pub struct Legs {
     pub fee: Amount,
 }
 
+/// Where a hub stands on a virtual channel's path of hubs (ADR 0026).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Position {
+    /// The ledger toward V's A is with V's A itself (otherwise with the previous hub).
+    pub first: bool,
+    /// The ledger toward V's B is with V's B itself (otherwise with the next hub).
+    pub last: bool,
+}
+
 /// The hub's check of a request to open `terms` from the peer of `ledger_a` to the peer of
-/// `ledger_b`, at chain time `now`: the path, its rules, and the guarantee each leg locks.
+/// `ledger_b`, at chain time `now`, as the only hub of the path: the path, its rules, and the
+/// guarantee each leg locks.
 pub fn admit(
     policy: &VirtualPolicy,
     hub: Address,
     terms: &VirtualTerms,
     ledger_a: &ChannelParams,
     ledger_b: &ChannelParams,
+    now: Expiry,
+) -> Result<Legs, VirtualError> {
+    let only = Position {
+        first: true,
+        last: true,
+    };
+    admit_hop(policy, hub, terms, (ledger_a, ledger_b), only, now)
+}
+
+/// As [`admit`], for a hub at `position` on a path of hubs: a ledger toward a neighbouring
+/// hub has that hub (neither of V's parties) as its other participant, each hub's two
+/// neighbours differ, and every leg locks the same guarantee, oriented by which side stands
+/// for V's A.
+pub fn admit_hop(
+    policy: &VirtualPolicy,
+    hub: Address,
+    terms: &VirtualTerms,
+    (ledger_a, ledger_b): (&ChannelParams, &ChannelParams),
+    position: Position,
     now: Expiry,
 ) -> Result<Legs, VirtualError> {
     let v = &terms.params;
@@ -204,7 +233,21 @@ pub fn admit(
     if a == hub || b == hub || a == b {
         return Err(VirtualError::WrongParticipants);
     }
-    if ledger_a.participant(hub_a.other()) != a || ledger_b.participant(hub_b.other()) != b {
+    let (prev, next) = (
+        ledger_a.participant(hub_a.other()),
+        ledger_b.participant(hub_b.other()),
+    );
+    let party_or_hub = |peer: Address, party: Address, is_party: bool| {
+        if is_party {
+            peer == party
+        } else {
+            peer != a && peer != b
+        }
+    };
+    if prev == next
+        || !party_or_hub(prev, a, position.first)
+        || !party_or_hub(next, b, position.last)
+    {
         return Err(VirtualError::WrongParticipants);
     }
     let value = terms.value()?;
@@ -358,6 +401,46 @@ mod tests {
             prop_assert_eq!(locked_by_hub(&la, &legs.toward_a) + locked_by_hub(&lb, &legs.toward_b), value);
         }
 
+        /// Over a chain of hubs A - H1 - H2 - B, in any participant order on every ledger: each
+        /// hub admits its hop, the parties' legs check, and whatever V's outcome each hub gets
+        /// back exactly V's value over its two legs, A its V balance and B its.
+        #[test]
+        fn every_hub_of_a_chain_gets_back_exactly_its_collateral(
+            a in 0u128..1u128 << 100,
+            b in 0u128..1u128 << 100,
+            moved in any::<u128>(),
+            orders in any::<[bool; 3]>(),
+        ) {
+            prop_assume!(a + b > 0);
+            const H2: u8 = 4;
+            let t = terms(a, b);
+            let pair = |x: u8, y: u8, flip: bool, n| {
+                params(if flip { [addr(y), addr(x)] } else { [addr(x), addr(y)] }, n)
+            };
+            let l1 = pair(A, H, orders[0], 1);
+            let l2 = pair(H, H2, orders[1], 2);
+            let l3 = pair(H2, B, orders[2], 3);
+            let policy = VirtualPolicy { max_value: Amount::MAX, ..VirtualPolicy::default() };
+            let first = Position { first: true, last: false };
+            let last = Position { first: false, last: true };
+            let h1 = admit_hop(&policy, addr(H), &t, (&l1, &l2), first, Expiry(0)).unwrap();
+            let h2 = admit_hop(&policy, addr(H2), &t, (&l2, &l3), last, Expiry(0)).unwrap();
+            // Both hubs of the middle ledger lock the same guarantee on it.
+            prop_assert_eq!(h1.toward_b, h2.toward_a);
+            check_leg(&t, &l1, addr(A), &h1.toward_a).unwrap();
+            check_leg(&t, &l3, addr(B), &h2.toward_b).unwrap();
+            let value = a + b;
+            let va = moved % (value + 1);
+            let fin = ChannelState { is_final: true, ..ChannelState::opening(t.id(), [Amount(va), Amount(value - va)]) };
+            let p1 = release(&h1.toward_a, &fin).unwrap();
+            let p2 = release(&h1.toward_b, &fin).unwrap();
+            let p3 = release(&h2.toward_b, &fin).unwrap();
+            prop_assert_eq!(side_amount(&l1, addr(A), p1), Amount(va));
+            prop_assert_eq!(side_amount(&l3, addr(B), p3), Amount(value - va));
+            prop_assert_eq!(side_amount(&l1, addr(H), p1).0 + side_amount(&l2, addr(H), p2).0, value);
+            prop_assert_eq!(side_amount(&l2, addr(H2), p2).0 + side_amount(&l3, addr(H2), p3).0, value);
+        }
+
         /// A leg proposed with any other guarantee than the admitted one is refused by its peer.
         #[test]
         fn a_peer_refuses_a_leg_that_is_not_the_opening(
@@ -375,6 +458,48 @@ mod tests {
             prop_assume!(bad != good);
             prop_assert_eq!(check_leg(&t, &la, addr(A), &bad), Err(VirtualError::WrongGuarantee));
         }
+    }
+
+    #[test]
+    fn a_hub_of_a_chain_checks_who_its_neighbours_are() {
+        const H2: u8 = 4;
+        let policy = VirtualPolicy::default();
+        let t = terms(600, 0);
+        let now = Expiry(9_000);
+        let (la, _) = ledgers(true, true);
+        let toward_h2 = params([addr(H), addr(H2)], 2);
+        let (first, last, middle, only) = (
+            Position { first: true, last: false },
+            Position { first: false, last: true },
+            Position { first: false, last: false },
+            Position { first: true, last: true },
+        );
+        let ok = admit_hop(&policy, addr(H), &t, (&la, &toward_h2), first, now);
+        assert!(ok.is_ok(), "{ok:?}");
+        for (l, position) in [((&la, &toward_h2), only), ((&la, &toward_h2), middle)] {
+            assert_eq!(
+                admit_hop(&policy, addr(H), &t, l, position, now),
+                Err(VirtualError::WrongParticipants),
+                "{position:?}"
+            );
+        }
+        // A neighbouring "hub" that is V's B, or the same peer on both sides.
+        let (_, lb) = ledgers(true, true);
+        assert_eq!(
+            admit_hop(&policy, addr(H), &t, (&la, &lb), first, now),
+            Err(VirtualError::WrongParticipants)
+        );
+        let back = params([addr(H2), addr(H)], 3);
+        assert_eq!(
+            admit_hop(&policy, addr(H), &t, (&back, &toward_h2), middle, now),
+            Err(VirtualError::WrongParticipants)
+        );
+        let to_b = params([addr(B), addr(H2)], 4);
+        assert!(admit_hop(&policy, addr(H2), &t, (&toward_h2, &to_b), last, now).is_ok());
+        assert_eq!(
+            admit_hop(&policy, addr(H2), &t, (&toward_h2, &to_b), only, now),
+            Err(VirtualError::WrongParticipants)
+        );
     }
 
     #[test]

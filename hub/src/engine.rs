@@ -581,13 +581,34 @@ impl Node {
         deposit: Amount,
         lifetime_secs: u64,
     ) -> Result<ChannelId, NodeError> {
+        self.open_virtual_over(&[hub], peer, deposit, lifetime_secs)
+            .await
+    }
+
+    /// As [`Node::open_virtual`], over the chain of `hubs` (the first our peer, the last
+    /// `peer`'s, each joined to the next by a ledger): every ledger on the path locks the
+    /// guarantee and each hub gets its opening fee, by the rules it announced to us (the
+    /// first hub's with its channel; the others' given by [`Node::set_virtual_policy`]).
+    pub async fn open_virtual_over(
+        &self,
+        hubs: &[Address],
+        peer: Address,
+        deposit: Amount,
+        lifetime_secs: u64,
+    ) -> Result<ChannelId, NodeError> {
+        let Some(&hub) = hubs.first() else {
+            return Err(htlc::node::CommandError::Protocol(
+                htlc::update::ProtocolError::InvalidState("a virtual channel needs a hub"),
+            )
+            .into());
+        };
         if !self.is_connected(hub).await {
             return Err(NodeError::NotConnected(hub));
         }
         let nonce = U256::from(rand::random::<u64>());
         let mut events = self.subscribe();
         let now = self.now();
-        self.step_wait(|m| m.open_virtual(now, hub, peer, deposit, nonce, lifetime_secs))
+        self.step_wait(|m| m.open_virtual_over(now, hubs, peer, deposit, nonce, lifetime_secs))
             .await?;
         let id = self
             .read(|m| {
@@ -623,6 +644,18 @@ impl Node {
                 stage: crate::error::Stage::NotFunded,
             }),
         }
+    }
+
+    /// Take `hub`'s rules for virtual channels (fees and limits) as announced: a hub further
+    /// along a virtual channel's path than our own announces them to its peers only, and an
+    /// opener pays every hub of the path by them.
+    pub async fn set_virtual_policy(
+        &self,
+        hub: Address,
+        policy: htlc::vchan::VirtualPolicy,
+    ) -> Result<(), NodeError> {
+        self.step_wait(|m| Ok::<_, NodeError>(m.set_virtual_policy(hub, policy)))
+            .await
     }
 
     /// The virtual channels we take part in (as a party or as their hub).

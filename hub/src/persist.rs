@@ -166,7 +166,10 @@ pub(crate) fn fill(
 /// (`Guarantee::locks_until`), and channel limits carry the latest expiry a lock may have
 /// (ADR 0026), and a route instruction may be plain (ADR 0029). Schema 2 stores are refused
 /// likewise.
-pub const SCHEMA: u32 = 3;
+///
+/// 4: a virtual channel's record names the hubs after us on its path with their fees
+/// (`VirtualRecord::onward`, chains of hubs, ADR 0026). Schema 3 stores are refused likewise.
+pub const SCHEMA: u32 = 4;
 
 const SCHEMA_KEY: &[u8] = b"schema";
 

@@ -530,6 +530,9 @@ enum Reaction {
     Received(CommittedHtlc),
     /// An HTLC we offered on this channel ended: settle upstream.
     Outcome(ChannelId, HtlcId),
+    /// A hub of a chain: the next hub completed our release of a virtual channel's leg
+    /// toward it; countersign the release we hold toward A (module `virtuals`).
+    ReleaseHeld(ChannelId),
 }
 
 #[derive(Default)]
@@ -2022,17 +2025,34 @@ impl Node {
                 policy,
             } => self.on_announce_sig(now, from, seq, (channel_id, sig, *policy), p),
             Body::Channel(msg) => self.on_channel_msg(now, from, None, seq, msg, p),
+            // A hub of a chain passes the next hub's relayed message on (module `virtuals`).
+            Body::Relayed { from: party, msg } if self.serves_virtual(msg.channel_id()) => {
+                match self.on_relay(from, party, None, msg, p) {
+                    Ok(()) => true,
+                    Err((code, detail)) => self.refuse(from, seq, code, detail, p),
+                }
+            }
             Body::Relayed { from: party, msg } => {
                 self.on_channel_msg(now, party, Some(from), seq, msg, p)
             }
-            Body::Relay { to, msg } => match self.on_relay(from, to, msg, p) {
+            Body::Relay { to, msg } => match self.on_relay(from, from, Some(to), msg, p) {
                 Ok(()) => true,
                 Err((code, detail)) => self.refuse(from, seq, code, detail, p),
             },
-            Body::RelayRoute { to, body } => match self.on_relay_route(from, to, *body, p) {
-                Ok(()) => true,
-                Err((code, detail)) => self.refuse(from, seq, code, detail, p),
-            },
+            Body::RelayRoute { to, body } => {
+                match self.on_relay_route(from, from, Some(to), *body, p) {
+                    Ok(()) => true,
+                    Err((code, detail)) => self.refuse(from, seq, code, detail, p),
+                }
+            }
+            Body::RelayedRoute { from: party, body }
+                if Self::route_body_channel(&body).is_some_and(|c| self.serves_virtual(c)) =>
+            {
+                match self.on_relay_route(from, party, None, *body, p) {
+                    Ok(()) => true,
+                    Err((code, detail)) => self.refuse(from, seq, code, detail, p),
+                }
+            }
             Body::RelayedRoute { from: party, body } => {
                 // Only a route instruction or failure packet on a virtual channel between us
                 // and `party` whose hub is the sender, or `party`'s policy when we have such a
@@ -2057,8 +2077,13 @@ impl Node {
                 self.write(p, Write::VirtualPolicy { peer: from, policy });
                 true
             }
-            Body::VirtualOpen { ledger, terms, sig } => {
-                match self.on_virtual_open(now, from, ledger, *terms, sig, p) {
+            Body::VirtualOpen {
+                ledger,
+                terms,
+                sig,
+                onward,
+            } => {
+                match self.on_virtual_open(now, from, ledger, *terms, sig, onward, p) {
                     Ok(()) => true,
                     Err(detail) => self.refuse(from, seq, ErrorCode::Protocol, detail, p),
                 }
@@ -3198,6 +3223,7 @@ impl Node {
                 match r {
                     Reaction::Received(h) => self.on_received(now, h, &mut p),
                     Reaction::Outcome(ch, id) => self.on_outcome(ch, id, &mut p),
+                    Reaction::ReleaseHeld(id) => self.release_held(now, id, &mut p),
                 }
             }
             // A proposal may drop an offer, whose failure is a reaction again.

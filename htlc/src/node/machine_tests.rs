@@ -1686,6 +1686,7 @@ fn virtual_open_accept_and_close_frames_from_the_wrong_peer_are_refused() {
                     ledger,
                     terms: Box::new(t),
                     sig,
+                    onward: Vec::new(),
                 },
             },
         );

@@ -135,16 +135,20 @@ pub enum Body {
         /// Fees and limits.
         policy: VirtualPolicy,
     },
-    /// To the hub: open virtual channel `terms` (we are its A) over our ledger `ledger` with
-    /// the hub. Our proposal of that ledger's guarantee (and the opening fee) follows in the
-    /// same flight (ADR 0026).
+    /// To a hub: open virtual channel `terms` over our ledger `ledger` with the hub. From V's
+    /// A, or from the previous hub of a chain (which stands for V's A on `ledger`). Our
+    /// proposal of that ledger's guarantee (and the opening fees) follows in the same flight
+    /// (ADR 0026).
     VirtualOpen {
         /// Our ledger with the hub that locks the guarantee.
         ledger: ChannelId,
         /// The virtual channel.
         terms: Box<VirtualTerms>,
-        /// Our signature on its opening state.
+        /// A's signature on its opening state.
         sig: Signature,
+        /// The hubs after the receiver toward B, each with the opening fee A pays it (the
+        /// receiver passes them on with its own leg's guarantee); empty: B is its peer.
+        onward: Vec<(Address, Amount)>,
     },
     /// From the hub to the virtual channel's B: A asks to open `terms`; the hub's proposal of
     /// `ledger`'s guarantee follows in the same flight.
@@ -163,7 +167,8 @@ pub enum Body {
         /// B's signature on the opening state.
         sig: Signature,
     },
-    /// From the hub to A: B accepted; its signature on the opening state.
+    /// From a hub toward A (to A, or to the previous hub of a chain): B accepted; its
+    /// signature on the opening state.
     VirtualAccepted {
         /// The virtual channel.
         channel_id: ChannelId,
@@ -178,7 +183,8 @@ pub enum Body {
         /// The message, signed by us where the protocol signs.
         msg: Message,
     },
-    /// From the hub: a virtual channel's message its other party `from` sent over the hub.
+    /// From a hub: a virtual channel's message its party `from` sent over the hub (to the
+    /// other party, or to the next hub of a chain, which passes it on the same way).
     Relayed {
         /// Who sent it.
         from: Address,
@@ -203,16 +209,18 @@ pub enum Body {
         /// The `Route` or `RouteFailed` body.
         body: Box<Body>,
     },
-    /// From the hub: a virtual channel's route instruction or failure packet its other party
-    /// `from` sent over the hub.
+    /// From a hub: a virtual channel's route instruction or failure packet its party `from`
+    /// sent over the hub (to the other party, or to the next hub of a chain, which passes it
+    /// on the same way).
     RelayedRoute {
         /// Who sent it.
         from: Address,
         /// The `Route` or `RouteFailed` body.
         body: Box<Body>,
     },
-    /// To the hub: a virtual channel's final state, signed by both its parties; our proposal
-    /// releasing our leg's guarantee by it follows (ADR 0026).
+    /// To a hub: a virtual channel's final state, signed by both its parties; our proposal
+    /// releasing our leg's guarantee by it follows (ADR 0026). A hub of a chain passes it on
+    /// to its neighbouring hubs, before it proposes anything by it.
     VirtualClose {
         /// The final state.
         final_state: Box<SignedState>,

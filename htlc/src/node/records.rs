@@ -308,10 +308,10 @@ pub struct VirtualRecord {
     pub terms: VirtualTerms,
     /// Our part.
     pub role: VirtualRole,
-    /// The hub that relays it (ourselves as its hub).
+    /// The hub that relays it to us (our neighbour on its path; ourselves as one of its hubs).
     pub hub: Address,
-    /// The ledgers that lock its guarantee, as we see them: a party's own ledger with the hub;
-    /// the hub's two, toward A then toward B.
+    /// The ledgers that lock its guarantee, as we see them: a party's own ledger with its hub;
+    /// a hub's two, toward A then toward B (with V's party, or the neighbouring hub of a chain).
     pub ledgers: Vec<ChannelId>,
     /// The parties' signatures on its opening state, as far as we hold them.
     pub opening_sigs: [Option<Signature>; 2],
@@ -339,6 +339,9 @@ pub struct VirtualRecord {
     /// end of 0 marks the outcome the adjudicator recorded (the `VirtualOutcome` of the first
     /// resolution), which replaces a final state handed to us and which nothing replaces.
     pub registered: Option<(ChannelState, u64)>,
+    /// Hub: the hubs after us toward B, each with the opening fee A pays it (passed on with
+    /// the guarantee of our leg toward the next one); empty when B is our peer.
+    pub onward: Vec<(Address, Amount)>,
 }
 
 /// The payment records of a node: routes, forwards, invoices, payments, hubs' policies.

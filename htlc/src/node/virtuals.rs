@@ -36,14 +36,9 @@ use crate::vchan::{self, VirtualTerms};
 use crate::{Op, Side};
 use alloy::primitives::{Address, Signature, U256};
 
-/// Whether `r` is a virtual channel we serve as its hub, not failed, between `from` and `to`
-/// (either way round): the only pairs we relay anything between.
-fn serves_pair(r: &VirtualRecord, from: Address, to: Address) -> bool {
-    let [a, b] = r.terms.params.participants;
-    r.role == VirtualRole::Hub
-        && r.phase != VirtualPhase::Failed
-        && ((from == a && to == b) || (from == b && to == a))
-}
+/// The most hubs on one virtual channel's path (each locks the whole value: a longer path
+/// costs its opener more fees and every hub's collateral for the same channel).
+pub const MAX_HUBS: usize = 4;
 
 /// Check that `sig` is `who`'s signature on the opening state of `terms`.
 fn check_opening(terms: &VirtualTerms, sig: &Signature, who: Address) -> Result<(), String> {
@@ -127,6 +122,39 @@ impl Node {
         nonce: U256,
         lifetime_secs: u64,
     ) -> Result<Output, CommandError> {
+        self.open_virtual_over(now, &[hub], peer, deposit, nonce, lifetime_secs)
+    }
+
+    /// As [`Node::open_virtual`], over the chain of `hubs` (the first our peer, each next one
+    /// the previous one's, the last `peer`'s): every ledger on the path locks the guarantee,
+    /// and we pay each hub its opening fee by the rules it announced (all of them on our
+    /// ledger with the first hub, which passes the others' on with its leg).
+    pub fn open_virtual_over(
+        &mut self,
+        now: Expiry,
+        hubs: &[Address],
+        peer: Address,
+        deposit: Amount,
+        nonce: U256,
+        lifetime_secs: u64,
+    ) -> Result<Output, CommandError> {
+        let me = self.address();
+        let Some(&hub) = hubs.first() else {
+            return Err(CommandError::Protocol(ProtocolError::InvalidState(
+                "a virtual channel needs at least one hub",
+            )));
+        };
+        let distinct = hubs.iter().collect::<std::collections::BTreeSet<_>>().len() == hubs.len();
+        if !distinct || hubs.contains(&me) || hubs.contains(&peer) || peer == me {
+            return Err(CommandError::Protocol(ProtocolError::InvalidState(
+                "a virtual channel's hubs are distinct and neither of its parties",
+            )));
+        }
+        if hubs.len() > MAX_HUBS {
+            return Err(CommandError::Protocol(ProtocolError::InvalidState(
+                "too many hubs on a virtual channel's path",
+            )));
+        }
         if deposit.is_zero() {
             return Err(CommandError::ZeroAmount);
         }
@@ -137,14 +165,29 @@ impl Node {
                 margin,
             });
         }
-        let policy = *self
-            .book
-            .virtual_policies
-            .get(&hub)
-            .ok_or(CommandError::NoPolicy(hub))?;
-        let fee = policy
-            .fee(deposit)
+        let mut fees = Vec::with_capacity(hubs.len());
+        for h in hubs {
+            let policy = self
+                .book
+                .virtual_policies
+                .get(h)
+                .ok_or(CommandError::NoPolicy(*h))?;
+            fees.push(
+                policy
+                    .fee(deposit)
+                    .map_err(|_| CommandError::Protocol(ProtocolError::Overflow))?,
+            );
+        }
+        let fee = fees
+            .iter()
+            .try_fold(Amount::ZERO, |acc, f| acc.checked_add(*f))
             .map_err(|_| CommandError::Protocol(ProtocolError::Overflow))?;
+        let onward: Vec<(Address, Amount)> = hubs
+            .iter()
+            .copied()
+            .zip(fees.iter().copied())
+            .skip(1)
+            .collect();
         let need = deposit
             .checked_add(fee)
             .map_err(|_| CommandError::Protocol(ProtocolError::Overflow))?;
@@ -191,16 +234,18 @@ impl Node {
             disputed_until: None,
             concluded_legs: Vec::new(),
             registered: None,
+            onward: Vec::new(),
         };
         self.write_virtual(id, record, &mut p);
-        // The request goes first; our proposal of the ledger's guarantee (and the fee) follows
-        // in the same flight, and the hub agreed to it by then.
+        // The request goes first; our proposal of the ledger's guarantee (and the fees)
+        // follows in the same flight, and the hub agreed to it by then.
         self.send(
             hub,
             Body::VirtualOpen {
                 ledger,
                 terms: Box::new(terms),
                 sig,
+                onward,
             },
             &mut p,
         );
@@ -250,7 +295,10 @@ impl Node {
         }
     }
 
-    /// Hub: A asks to open `terms` over its ledger `ledger` with us.
+    /// Hub: V's A, or the previous hub of a chain, asks to open `terms` over its ledger
+    /// `ledger` with us (standing for V's A on it); `onward` are the hubs after us toward B,
+    /// with the fee A pays each.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn on_virtual_open(
         &mut self,
         now: Expiry,
@@ -258,6 +306,7 @@ impl Node {
         ledger: ChannelId,
         terms: VirtualTerms,
         sig: Signature,
+        onward: Vec<(Address, Amount)>,
         p: &mut Pending,
     ) -> Result<(), String> {
         let policy = self
@@ -268,18 +317,38 @@ impl Node {
         if self.channels.contains_key(&id) || self.book.virtuals.contains_key(&id) {
             return Err(format!("virtual channel {id} exists already"));
         }
-        if terms.params.participants[0] != from {
-            return Err("the opener must be the virtual channel's A".into());
+        if onward.len() >= MAX_HUBS {
+            return Err(format!("more than {MAX_HUBS} hubs on the path"));
+        }
+        let [a, b] = terms.params.participants;
+        let me = self.address();
+        let next = onward.first().map_or(b, |(h, _)| *h);
+        let distinct = onward
+            .iter()
+            .map(|(h, _)| h)
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+            == onward.len();
+        if next == me || !distinct || onward.iter().any(|(h, _)| [me, a, b, from].contains(h)) {
+            return Err("the path of hubs goes round".into());
         }
         let la = self.funded_ledger(ledger, from)?;
-        let b = terms.params.participants[1];
+        // Toward a next hub we also pass on the fees of the hubs after us.
+        let need = onward
+            .iter()
+            .try_fold(terms.opening[0], |acc, (_, f)| acc.checked_add(*f))
+            .map_err(|_| "the fees overflow".to_string())?;
         let lb_id = self
-            .ledger_with(b, terms.opening[0])
-            .ok_or_else(|| format!("no ledger with {b} that can lock {}", terms.opening[0]))?;
+            .ledger_with(next, need)
+            .ok_or_else(|| format!("no ledger with {next} that can lock {need}"))?;
         let lb = self.channels[&lb_id].machine.snapshot().params().clone();
-        let legs = vchan::admit(&policy, self.address(), &terms, &la, &lb, now)
+        let position = vchan::Position {
+            first: from == a,
+            last: onward.is_empty(),
+        };
+        let legs = vchan::admit_hop(&policy, me, &terms, (&la, &lb), position, now)
             .map_err(|e| e.to_string())?;
-        check_opening(&terms, &sig, from)?;
+        check_opening(&terms, &sig, a)?;
         let e = self
             .channels
             .get_mut(&ledger)
@@ -291,7 +360,7 @@ impl Node {
         let record = VirtualRecord {
             terms,
             role: VirtualRole::Hub,
-            hub: self.address(),
+            hub: me,
             ledgers: vec![ledger, lb_id],
             opening_sigs: [Some(sig), None],
             phase: VirtualPhase::Opening,
@@ -302,6 +371,7 @@ impl Node {
             disputed_until: None,
             concluded_legs: Vec::new(),
             registered: None,
+            onward,
         };
         self.write_virtual(id, record, p);
         Ok(())
@@ -394,6 +464,7 @@ impl Node {
             disputed_until: None,
             concluded_legs: Vec::new(),
             registered: None,
+            onward: Vec::new(),
         };
         self.write_virtual(id, record, p);
         self.send(
@@ -407,7 +478,7 @@ impl Node {
         Ok(())
     }
 
-    /// Hub: B accepted `id` with its signature on the opening state: pass it to A.
+    /// The last hub: B accepted `id` with its signature on the opening state: pass it toward A.
     pub(super) fn on_virtual_accept(
         &mut self,
         from: Address,
@@ -415,22 +486,42 @@ impl Node {
         sig: Signature,
         p: &mut Pending,
     ) -> Result<(), String> {
-        let mut r = self
+        let r = self
             .book
             .virtuals
             .get(&id)
-            .filter(|r| r.role == VirtualRole::Hub && r.terms.params.participants[1] == from)
+            .filter(|r| {
+                r.role == VirtualRole::Hub
+                    && r.onward.is_empty()
+                    && r.terms.params.participants[1] == from
+            })
             .cloned()
             .ok_or_else(|| format!("no virtual channel {id} offered to you"))?;
+        self.pass_acceptance(r, sig, p)
+    }
+
+    /// Hub: B's signature on `r`'s opening state came from our side toward B (B itself, or
+    /// the next hub): check it, keep it and pass it toward A (to A, or the previous hub).
+    fn pass_acceptance(
+        &mut self,
+        mut r: VirtualRecord,
+        sig: Signature,
+        p: &mut Pending,
+    ) -> Result<(), String> {
+        let id = r.terms.id();
         if r.opening_sigs[1].is_some() {
             return Err(format!("virtual channel {id} accepted already"));
         }
-        check_opening(&r.terms, &sig, from)?;
+        check_opening(&r.terms, &sig, r.terms.params.participants[1])?;
         r.opening_sigs[1] = Some(sig);
-        let a = r.terms.params.participants[0];
+        let prev = r
+            .ledgers
+            .first()
+            .and_then(|l| self.peer_of(*l))
+            .ok_or_else(|| format!("virtual channel {id}: the ledger toward A is gone"))?;
         self.write_virtual(id, r, p);
         self.send(
-            a,
+            prev,
             Body::VirtualAccepted {
                 channel_id: id,
                 sig,
@@ -440,7 +531,8 @@ impl Node {
         Ok(())
     }
 
-    /// A: B's signature on the opening state, passed on by the hub: the channel exists.
+    /// A: B's signature on the opening state, passed on by our hub: the channel exists. (A hub
+    /// of a chain gets it from the next hub and passes it on.)
     pub(super) fn on_virtual_accepted(
         &mut self,
         now: Expiry,
@@ -449,6 +541,14 @@ impl Node {
         sig: Signature,
         p: &mut Pending,
     ) -> Result<(), String> {
+        // A hub of a chain: the next hub passes B's acceptance toward A.
+        if let Some(r) = self.book.virtuals.get(&id).filter(|r| {
+            r.role == VirtualRole::Hub
+                && !r.onward.is_empty()
+                && r.ledgers.get(1).and_then(|l| self.peer_of(*l)) == Some(from)
+        }) {
+            return self.pass_acceptance(r.clone(), sig, p);
+        }
         let mut r = self
             .book
             .virtuals
@@ -578,9 +678,10 @@ impl Node {
         }
     }
 
-    /// Hub: A's leg locks its guarantee. If A paid the opening fee in the same update, offer
-    /// the channel to B and propose B's leg; otherwise the open stops here (A's leg settles
-    /// back as funded, on chain if A does not release it).
+    /// Hub: our leg toward A locks its guarantee. If the same update paid our opening fee and
+    /// the fees of the hubs after us, offer the channel to B and propose B's leg, or (a chain)
+    /// ask the next hub to open it and propose our leg with it, passing on its fees; otherwise
+    /// the open stops here (the leg settles back as funded, on chain if not released).
     fn hub_leg_a_locked(
         &mut self,
         ledger: ChannelId,
@@ -593,10 +694,17 @@ impl Node {
         if r.phase != VirtualPhase::Opening {
             return;
         }
+        let onward_fees = r
+            .onward
+            .iter()
+            .try_fold(Amount::ZERO, |acc, (_, f)| acc.checked_add(*f))
+            .ok();
         let fee = self
             .config
             .virtual_policy
-            .and_then(|pol| r.terms.value().ok().and_then(|v| pol.fee(v).ok()));
+            .and_then(|pol| r.terms.value().ok().and_then(|v| pol.fee(v).ok()))
+            .zip(onward_fees)
+            .and_then(|(own, onward)| own.checked_add(onward).ok());
         let a_side = self
             .channels
             .get(&ledger)
@@ -626,46 +734,89 @@ impl Node {
             return;
         };
         let g: Guarantee = r.terms.guarantee(hub_side);
-        let b = e.peer;
+        let next = e.peer;
         let Some(sig) = r.opening_sigs[0] else {
             return;
         };
-        // The offer goes first; our proposal of B's leg follows when the step proposes.
-        self.send(
-            b,
-            Body::VirtualOffer {
-                ledger: lb,
-                terms: Box::new(r.terms.clone()),
-                sig,
-            },
-            p,
-        );
+        // The offer (or the request to the next hub) goes first; our proposal of the leg
+        // toward it follows when the step proposes.
+        let (body, next_fee) = match r.onward.split_first() {
+            None => (
+                Body::VirtualOffer {
+                    ledger: lb,
+                    terms: Box::new(r.terms.clone()),
+                    sig,
+                },
+                Amount::ZERO,
+            ),
+            Some(((_, next_fee), rest)) => (
+                Body::VirtualOpen {
+                    ledger: lb,
+                    terms: Box::new(r.terms.clone()),
+                    sig,
+                    onward: rest.to_vec(),
+                },
+                *next_fee,
+            ),
+        };
+        self.send(next, body, p);
         if let Some(e) = self.channels.get_mut(&lb) {
+            if !next_fee.is_zero() {
+                e.machine.transfer(next_fee);
+            }
             e.machine.add_guarantee(g);
         }
         p.to_propose.insert(lb);
     }
 
-    /// Hub: a party of a virtual channel we serve sends one of its messages to the other.
+    /// Hub: where a message of virtual channel `id` from its party `origin`, handed to us by
+    /// `sender` (the party itself, or our neighbouring hub on its side of a chain), goes next:
+    /// our neighbour toward the other party, and that party. `None`: not a virtual channel we
+    /// serve (and not failed) with `origin` on `sender`'s side: the only messages we relay.
+    fn relay_next(
+        &self,
+        id: ChannelId,
+        sender: Address,
+        origin: Address,
+    ) -> Option<(Address, Address)> {
+        let r = self
+            .book
+            .virtuals
+            .get(&id)
+            .filter(|r| r.role == VirtualRole::Hub && r.phase != VirtualPhase::Failed)?;
+        let [a, b] = r.terms.params.participants;
+        let toward_a = self.peer_of(*r.ledgers.first()?)?;
+        let toward_b = self.peer_of(*r.ledgers.get(1)?)?;
+        if origin == a && sender == toward_a {
+            Some((toward_b, b))
+        } else if origin == b && sender == toward_b {
+            Some((toward_a, a))
+        } else {
+            None
+        }
+    }
+
+    /// Hub: a virtual channel's message from its party `origin`, handed to us by `sender` (the
+    /// party, asking for `to`; or the previous hub of a chain): pass it on toward the other
+    /// party.
     pub(super) fn on_relay(
         &mut self,
-        from: Address,
-        to: Address,
+        sender: Address,
+        origin: Address,
+        to: Option<Address>,
         msg: Message,
         p: &mut Pending,
     ) -> Result<(), (ErrorCode, String)> {
         let id = msg.channel_id();
-        let served = self
-            .book
-            .virtuals
-            .get(&id)
-            .is_some_and(|r| serves_pair(r, from, to));
-        if !served {
+        let Some((next, _)) = self
+            .relay_next(id, sender, origin)
+            .filter(|(_, party)| to.is_none_or(|t| t == *party))
+        else {
             return Err((
                 ErrorCode::UnknownChannel,
-                format!("no virtual channel {id} between you and {to}"),
+                format!("no virtual channel {id} of yours over us to that party"),
             ));
-        }
+        };
         // Our collateral is at stake in its guarantee. The adjudicator settles the channel's
         // locks by the guarantee's bound (its end) at the latest, and refuses a state holding
         // a guarantee itself; as a second line we pass on no lock expiring after the channel's
@@ -694,47 +845,55 @@ impl Node {
                 }
             }
         }
-        self.send(to, Body::Relayed { from, msg }, p);
+        self.send(next, Body::Relayed { from: origin, msg }, p);
         Ok(())
     }
 }
 
 impl Node {
-    /// Hub: pass a route instruction or failure packet of a virtual channel we serve from one
-    /// of its parties to the other (it means nothing to us; the party checks it as its peer's).
+    /// The virtual channel a relayed route body is about: a route instruction's or failure
+    /// packet's channel, a party policy's.
+    pub(super) fn route_body_channel(body: &Body) -> Option<ChannelId> {
+        match body {
+            Body::Route { channel_id, .. } | Body::RouteFailed { channel_id, .. } => {
+                Some(*channel_id)
+            }
+            Body::PartyPolicy { update, .. } => Some(update.channel_id),
+            _ => None,
+        }
+    }
+
+    /// Hub: pass a route instruction, failure packet or policy of a virtual channel we serve
+    /// from its party `origin`, handed to us by `sender` (the party, asking for `to`; or the
+    /// previous hub of a chain), on toward the other party (it means nothing to us; the party
+    /// checks it as its peer's).
     pub(super) fn on_relay_route(
         &mut self,
-        from: Address,
-        to: Address,
+        sender: Address,
+        origin: Address,
+        to: Option<Address>,
         body: Body,
         p: &mut Pending,
     ) -> Result<(), (ErrorCode, String)> {
-        let pair = |r: &VirtualRecord| serves_pair(r, from, to);
-        let served = match &body {
-            Body::Route { channel_id, .. } | Body::RouteFailed { channel_id, .. } => {
-                self.book.virtuals.get(channel_id).is_some_and(pair)
-            }
-            // A party tells the other its forwarding policy (it forwards over their channel).
-            Body::PartyPolicy { update, .. } => {
-                self.book.virtuals.get(&update.channel_id).is_some_and(pair)
-            }
-            _ => {
-                return Err((
-                    ErrorCode::Protocol,
-                    "only route instructions, failure packets and policies are relayed".into(),
-                ));
-            }
+        let Some(channel) = Self::route_body_channel(&body) else {
+            return Err((
+                ErrorCode::Protocol,
+                "only route instructions, failure packets and policies are relayed".into(),
+            ));
         };
-        if !served {
+        let Some((next, _)) = self
+            .relay_next(channel, sender, origin)
+            .filter(|(_, party)| to.is_none_or(|t| t == *party))
+        else {
             return Err((
                 ErrorCode::UnknownChannel,
-                format!("no virtual channel between you and {to} over us"),
+                "no virtual channel of yours over us to that party".into(),
             ));
-        }
+        };
         self.send(
-            to,
+            next,
             Body::RelayedRoute {
-                from,
+                from: origin,
                 body: Box::new(body),
             },
             p,
@@ -780,8 +939,12 @@ impl Node {
         p.to_propose.insert(ledger);
     }
 
-    /// Hub: a party hands over the virtual channel's final state. The first one handed over
-    /// is the only one we release any leg by; we agree to each leg's release by it.
+    /// Hub: a party (or a neighbouring hub of a chain) hands over the virtual channel's final
+    /// state. The first one handed over is the only one we release any leg by. We agree to the
+    /// release of each leg our neighbour proposes by it: the leg toward A always, the leg
+    /// toward B only when B is our peer. Toward a next hub we propose the release ourselves,
+    /// once we hold the release of our leg toward A (releases travel toward B, ADR 0026). A
+    /// hub of a chain passes the state on to its neighbouring hubs.
     pub(super) fn on_virtual_close(
         &mut self,
         from: Address,
@@ -789,11 +952,18 @@ impl Node {
         p: &mut Pending,
     ) -> Result<(), String> {
         let id = fin.state.channel_id;
+        let neighbours: Vec<Address> = self
+            .book
+            .virtuals
+            .get(&id)
+            .filter(|r| r.role == VirtualRole::Hub)
+            .map(|r| r.ledgers.iter().filter_map(|l| self.peer_of(*l)).collect())
+            .unwrap_or_default();
         let mut r = self
             .book
             .virtuals
             .get(&id)
-            .filter(|r| r.role == VirtualRole::Hub && r.terms.params.participants.contains(&from))
+            .filter(|_| neighbours.contains(&from))
             .cloned()
             .ok_or_else(|| format!("no virtual channel {id} with you over us"))?;
         if let Some(known) = &r.outcome {
@@ -817,7 +987,11 @@ impl Node {
             .map_err(|e| format!("final state: {e}"))?;
         }
         let mut releases = Vec::new();
-        for ledger in &r.ledgers {
+        for (leg, ledger) in r.ledgers.iter().enumerate() {
+            if leg == 1 && !r.onward.is_empty() {
+                // Ours to propose (`propose_inner_release`), never to countersign.
+                continue;
+            }
             let Some(g) = self.guarantee_on(*ledger, id) else {
                 continue;
             };
@@ -837,10 +1011,45 @@ impl Node {
                 p.touched.insert(ledger);
             }
         }
-        r.outcome = Some(fin);
+        r.outcome = Some(fin.clone());
         r.phase = VirtualPhase::Closed;
-        self.write_virtual(id, r, p);
+        self.write_virtual(id, r.clone(), p);
+        // The neighbouring hubs learn it before anything we propose by it.
+        let [a, b] = r.terms.params.participants;
+        for hub in neighbours {
+            if hub != from && hub != a && hub != b {
+                self.send(
+                    hub,
+                    Body::VirtualClose {
+                        final_state: Box::new(fin.clone()),
+                    },
+                    p,
+                );
+            }
+        }
         Ok(())
+    }
+
+    /// Hub of a chain, not the last: we hold the release of our leg toward A by `r`'s outcome,
+    /// so we propose (sign first) the release of our leg toward the next hub by the same state.
+    /// The next hub countersigns it only with B's side (ADR 0026); until it does, the release
+    /// we hold is never refused (its timeout does not apply), so whenever the next hub
+    /// completes ours we complete the one toward A and both our legs go by one state.
+    fn propose_inner_release(&mut self, r: &VirtualRecord, p: &mut Pending) {
+        let id = r.terms.id();
+        let (Some(fin), Some(&ledger)) = (&r.outcome, r.ledgers.get(1)) else {
+            return;
+        };
+        let Some(g) = self.guarantee_on(ledger, id) else {
+            return;
+        };
+        let Ok([to_a, to_b]) = vchan::release(&g, &fin.state) else {
+            return;
+        };
+        if let Some(e) = self.channels.get_mut(&ledger) {
+            e.machine.remove_guarantee(id, to_a, to_b);
+            p.to_propose.insert(ledger);
+        }
     }
 
     /// The guarantee for `virtual_channel` in `ledger`'s latest co-signed state.
@@ -905,15 +1114,22 @@ impl Node {
         if let Some(slot) = r.held.get_mut(leg) {
             *slot = Some(msg.clone());
         }
-        r.held_since.get_or_insert(now.0);
+        if r.onward.is_empty() {
+            r.held_since.get_or_insert(now.0);
+        } else {
+            // Not the last hub of a chain: our own release toward B goes out now, and what we
+            // hold waits for it without a timeout.
+            self.propose_inner_release(&r, p);
+        }
         self.write_virtual(id, r, p);
         self.release_held(now, id, p);
         true
     }
 
-    /// Hub: once every leg that locks the virtual channel's guarantee has its party's release
-    /// held, countersign them all in this step.
-    fn release_held(&mut self, now: Expiry, id: ChannelId, p: &mut Pending) {
+    /// Hub: once every leg that locks the virtual channel's guarantee has its release held (a
+    /// hub of a chain: once the next hub completed the release we proposed toward it),
+    /// countersign them all in this step.
+    pub(super) fn release_held(&mut self, now: Expiry, id: ChannelId, p: &mut Pending) {
         let Some(mut r) = self.book.virtuals.get(&id).cloned() else {
             return;
         };
@@ -971,6 +1187,11 @@ impl Node {
             let Some(r) = self.book.virtuals.get(&id) else {
                 continue;
             };
+            if r.role == VirtualRole::Hub && r.held.iter().any(Option::is_some) {
+                // A hub of a chain: the next hub completed our release toward it; the one
+                // we hold toward A goes now.
+                p.reactions.push_back(super::Reaction::ReleaseHeld(id));
+            }
             let settled = r
                 .ledgers
                 .iter()

@@ -1,0 +1,259 @@
+//! Virtual channels over a chain of two hubs (ADR 0026) with real QUIC, real RocksDB and a
+//! real chain (anvil): alice — h1 — h2 — bob, the hubs joined by their own ledger. The virtual
+//! channel is opened over the three ledgers, paid inside both ways (its messages relayed by
+//! both hubs), closed by its final state releasing every leg (the releases travelling toward
+//! bob: h1 signs its release toward h2 only while it holds alice's), and every ledger then
+//! paid out on chain to the wei: each hub gets back exactly what it put in plus its fee.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use contracts::Devnet;
+use htlc::vchan::VirtualPolicy;
+use htlc::{Amount, ChannelId};
+use hub::events::NodeEvent;
+use hub::node::{Node, NodeOptions};
+use std::time::Duration;
+
+mod common;
+use common::{TempDir, chain_node, loopback, wait_state};
+
+const ETH: u128 = 1_000_000_000_000_000_000;
+const COLLATERAL: u128 = ETH;
+
+/// Each hub's rules: h1 and h2 charge different fees, so a fee paid to the wrong hub shows.
+fn policy(i: u128) -> VirtualPolicy {
+    VirtualPolicy {
+        open_fee_base: Amount(1_000_000 * i),
+        open_fee_ppm: 1_000 * i as u32,
+        ..VirtualPolicy::default()
+    }
+}
+
+struct Net {
+    _dirs: Vec<TempDir>,
+    _chain: Devnet,
+    alice: Node,
+    hubs: [Node; 2],
+    bob: Node,
+    /// alice–h1, h1–h2, bob–h2 (each opened by the first named, who is its A).
+    ledger: [ChannelId; 3],
+}
+
+async fn node(
+    net: &Devnet,
+    i: usize,
+    dirs: &mut Vec<TempDir>,
+    tune: impl FnOnce(&mut NodeOptions),
+) -> Node {
+    let d = TempDir::new("vchain");
+    let n = chain_node(net, i, &d.0, tune).await;
+    dirs.push(d);
+    n
+}
+
+/// `from` opens a ledger with `to` (listening at `addr`) depositing one ether; `to` adds its
+/// collateral. Both see it funded.
+async fn ledger(from: &Node, to: &Node, addr: std::net::SocketAddr) -> ChannelId {
+    from.connect(addr, Some(to.address())).await.unwrap();
+    let id = from.open_channel(to.address(), Amount(ETH)).await.unwrap();
+    from.fund(id).await.unwrap();
+    for n in [from, to] {
+        wait_state(n, id, |s| s.state.balances[1] == Amount(COLLATERAL)).await;
+    }
+    id
+}
+
+async fn setup() -> Net {
+    let chain = Devnet::start().await.unwrap();
+    let mut dirs = Vec::new();
+    let mut hubs = Vec::new();
+    let mut addrs = Vec::new();
+    for i in [1, 2] {
+        let h = node(&chain, i, &mut dirs, |o| {
+            o.collateral = Amount(COLLATERAL);
+            o.virtual_policy = Some(policy(i as u128));
+        })
+        .await;
+        addrs.push(h.listen(loopback()).unwrap());
+        hubs.push(h);
+    }
+    let alice = node(&chain, 3, &mut dirs, |_| {}).await;
+    let bob = node(&chain, 4, &mut dirs, |_| {}).await;
+    let l1 = ledger(&alice, &hubs[0], addrs[0]).await;
+    let l2 = ledger(&hubs[0], &hubs[1], addrs[1]).await;
+    let l3 = ledger(&bob, &hubs[1], addrs[1]).await;
+    // alice learns h2's rules from its operator (h2 announces them to its own peers only).
+    alice
+        .set_virtual_policy(hubs[1].address(), policy(2))
+        .await
+        .unwrap();
+    let [h1, h2]: [Node; 2] = hubs.try_into().ok().unwrap();
+    Net {
+        _dirs: dirs,
+        _chain: chain,
+        alice,
+        hubs: [h1, h2],
+        bob,
+        ledger: [l1, l2, l3],
+    }
+}
+
+async fn concluded(
+    events: &mut tokio::sync::broadcast::Receiver<NodeEvent>,
+    id: ChannelId,
+) -> [Amount; 2] {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            if let Ok(NodeEvent::Concluded {
+                channel_id,
+                to_a,
+                to_b,
+            }) = events.recv().await
+                && channel_id == id
+            {
+                return [to_a, to_b];
+            }
+        }
+    })
+    .await
+    .expect("the ledger is paid out on chain")
+}
+
+async fn balances(n: &Node, id: ChannelId) -> [Amount; 2] {
+    n.channel(id).await.unwrap().state.balances
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_virtual_channel_over_two_hubs_opens_pays_both_ways_closes_and_pays_out_exactly() {
+    let net = setup().await;
+    let [h1, h2] = &net.hubs;
+    let deposit = 4 * ETH / 10;
+    let fee = |i: u128| 1_000_000 * i + deposit * 1_000 * i / 1_000_000;
+    let (fee1, fee2) = (fee(1), fee(2));
+    let before: Vec<[Amount; 2]> = {
+        let mut v = Vec::new();
+        for (n, id) in [(h1, net.ledger[0]), (h1, net.ledger[1]), (h2, net.ledger[2])] {
+            v.push(balances(n, id).await);
+        }
+        v
+    };
+
+    let v = net
+        .alice
+        .open_virtual_over(
+            &[h1.address(), h2.address()],
+            net.bob.address(),
+            Amount(deposit),
+            3600,
+        )
+        .await
+        .unwrap();
+    // Every ledger of the path locks the same guarantee, seen alike at both its ends.
+    let g = |s: &htlc::SignedState| s.state.guarantees.first().copied();
+    for (n, id) in [
+        (&net.alice, net.ledger[0]),
+        (h1, net.ledger[0]),
+        (h1, net.ledger[1]),
+        (h2, net.ledger[1]),
+        (h2, net.ledger[2]),
+        (&net.bob, net.ledger[2]),
+    ] {
+        wait_state(n, id, |s| g(s).is_some_and(|g| g.virtual_channel == v)).await;
+    }
+    // On the hubs' ledger h1 (its A) stands for the virtual channel's A and locks the deposit.
+    let mid = g(&h1.channel(net.ledger[1]).await.unwrap()).unwrap();
+    assert!(!mid.crossed);
+    assert_eq!((mid.from_a, mid.from_b), (Amount(deposit), Amount::ZERO));
+    // The fees: alice paid both on her ledger; h1 passed h2's on with its leg. The side
+    // standing for the virtual channel's A locks the deposit out of its balance.
+    assert_eq!(
+        balances(h1, net.ledger[0]).await,
+        [
+            Amount(before[0][0].0 - deposit - fee1 - fee2),
+            Amount(before[0][1].0 + fee1 + fee2)
+        ]
+    );
+    assert_eq!(
+        balances(h1, net.ledger[1]).await,
+        [
+            Amount(before[1][0].0 - deposit - fee2),
+            Amount(before[1][1].0 + fee2)
+        ]
+    );
+    for h in [h1, h2] {
+        let view = h.virtual_info();
+        assert_eq!(view.len(), 1, "each hub serves it");
+        assert_eq!(view[0].channel, v);
+    }
+    wait_state(&net.bob, v, |s| s.state.version == 0).await;
+
+    // Payments inside it, both ways, relayed over both hubs (alice and bob never connect).
+    net.alice.transfer(v, Amount(ETH / 10)).await.unwrap();
+    wait_state(&net.bob, v, |s| s.state.balances[1] == Amount(ETH / 10)).await;
+    net.bob.transfer(v, Amount(3 * ETH / 100)).await.unwrap();
+    let (va, vb) = (deposit - ETH / 10 + 3 * ETH / 100, ETH / 10 - 3 * ETH / 100);
+    wait_state(&net.alice, v, |s| {
+        s.state.balances == [Amount(va), Amount(vb)]
+    })
+    .await;
+    assert!(!net.alice.is_connected(net.bob.address()).await);
+    for h in [h1, h2] {
+        assert!(h.channel(v).await.is_none(), "a hub keeps no state of it");
+    }
+
+    // Closed: its final state releases all three legs.
+    net.bob.close(v).await.unwrap();
+    for (n, id) in [
+        (&net.alice, net.ledger[0]),
+        (h1, net.ledger[0]),
+        (h1, net.ledger[1]),
+        (h2, net.ledger[1]),
+        (h2, net.ledger[2]),
+        (&net.bob, net.ledger[2]),
+    ] {
+        wait_state(n, id, |s| s.state.guarantees.is_empty()).await;
+    }
+    let l1 = balances(h1, net.ledger[0]).await;
+    let l2 = balances(h1, net.ledger[1]).await;
+    let l3 = balances(h2, net.ledger[2]).await;
+    assert_eq!(
+        l1,
+        [
+            Amount(before[0][0].0 - deposit - fee1 - fee2 + va),
+            Amount(before[0][1].0 + fee1 + fee2 + vb)
+        ],
+        "alice's ledger: her virtual balance back; h1 the fees and bob's side"
+    );
+    assert_eq!(
+        l2,
+        [
+            Amount(before[1][0].0 - deposit - fee2 + va),
+            Amount(before[1][1].0 + fee2 + vb)
+        ],
+        "the hubs' ledger: h1 stands for alice, h2 for bob"
+    );
+    assert_eq!(
+        l3,
+        [
+            Amount(before[2][0].0 + vb),
+            Amount(before[2][1].0 - deposit + va)
+        ],
+        "bob's ledger: his virtual balance; h2 alice's side"
+    );
+    // Each hub: exactly what it put in, plus its own fee.
+    assert_eq!(l1[1].0 + l2[0].0, before[0][1].0 + before[1][0].0 + fee1);
+    assert_eq!(l2[1].0 + l3[1].0, before[1][1].0 + before[2][1].0 + fee2);
+    for h in [h1, h2] {
+        assert_eq!(h.virtual_info()[0].phase, "settled");
+    }
+
+    // Every ledger closes cooperatively and pays out on chain exactly those balances.
+    let mut ea = net.alice.subscribe();
+    let mut e1 = h1.subscribe();
+    let mut eb = net.bob.subscribe();
+    net.alice.close(net.ledger[0]).await.unwrap();
+    h1.close(net.ledger[1]).await.unwrap();
+    net.bob.close(net.ledger[2]).await.unwrap();
+    assert_eq!(concluded(&mut ea, net.ledger[0]).await, l1);
+    assert_eq!(concluded(&mut e1, net.ledger[1]).await, l2);
+    assert_eq!(concluded(&mut eb, net.ledger[2]).await, l3);
+}
