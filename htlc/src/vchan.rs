@@ -469,10 +469,22 @@ mod tests {
         let (la, _) = ledgers(true, true);
         let toward_h2 = params([addr(H), addr(H2)], 2);
         let (first, last, middle, only) = (
-            Position { first: true, last: false },
-            Position { first: false, last: true },
-            Position { first: false, last: false },
-            Position { first: true, last: true },
+            Position {
+                first: true,
+                last: false,
+            },
+            Position {
+                first: false,
+                last: true,
+            },
+            Position {
+                first: false,
+                last: false,
+            },
+            Position {
+                first: true,
+                last: true,
+            },
         );
         let ok = admit_hop(&policy, addr(H), &t, (&la, &toward_h2), first, now);
         assert!(ok.is_ok(), "{ok:?}");

@@ -131,7 +131,11 @@ async fn a_virtual_channel_over_two_hubs_opens_pays_both_ways_closes_and_pays_ou
     let (fee1, fee2) = (fee(1), fee(2));
     let before: Vec<[Amount; 2]> = {
         let mut v = Vec::new();
-        for (n, id) in [(h1, net.ledger[0]), (h1, net.ledger[1]), (h2, net.ledger[2])] {
+        for (n, id) in [
+            (h1, net.ledger[0]),
+            (h1, net.ledger[1]),
+            (h2, net.ledger[2]),
+        ] {
             v.push(balances(n, id).await);
         }
         v

@@ -2082,12 +2082,10 @@ impl Node {
                 terms,
                 sig,
                 onward,
-            } => {
-                match self.on_virtual_open(now, from, ledger, *terms, sig, onward, p) {
-                    Ok(()) => true,
-                    Err(detail) => self.refuse(from, seq, ErrorCode::Protocol, detail, p),
-                }
-            }
+            } => match self.on_virtual_open(now, from, ledger, *terms, sig, onward, p) {
+                Ok(()) => true,
+                Err(detail) => self.refuse(from, seq, ErrorCode::Protocol, detail, p),
+            },
             Body::VirtualOffer { ledger, terms, sig } => {
                 match self.on_virtual_offer(now, from, ledger, *terms, sig, p) {
                     Ok(()) => true,

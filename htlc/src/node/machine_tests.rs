@@ -2386,3 +2386,283 @@ fn the_acceptor_refuses_a_virtual_channel_within_its_closing_margin() {
     assert_eq!(net.guarantees(2, net.down), 0);
     assert!(net.nodes[2].virtuals().next().is_none());
 }
+
+impl Net {
+    /// A chain of two hubs: the payer (key 1) — hub 1 (key 2) — hub 2 (key 4) — the payee
+    /// (key 3). Nodes 0 payer, 1 hub 1, 2 payee, 3 hub 2 (the parties keep their places);
+    /// `up` payer–hub 1, `down` hub 2–payee; returns the hubs' ledger, hub 1's A.
+    fn chain(config: Config) -> (Net, ChannelId) {
+        let mut nodes: Vec<Node> = [1u8, 2, 3, 4]
+            .iter()
+            .map(|b| Node::new(keys(*b), config.clone()))
+            .collect();
+        let (p_up, h_up) = cosigned(1, 2, 1);
+        let (h1_mid, h2_mid) = cosigned(2, 4, 3);
+        let (h_down, q_down) = cosigned(4, 3, 2);
+        let (up, mid, down) = (p_up.id(), h1_mid.id(), h_down.id());
+        let a = |b: u8| keys(b).address();
+        nodes[0].add_channel(a(2), p_up).unwrap();
+        nodes[1].add_channel(a(1), h_up).unwrap();
+        nodes[1].add_channel(a(4), h1_mid).unwrap();
+        nodes[3].add_channel(a(2), h2_mid).unwrap();
+        nodes[3].add_channel(a(3), h_down).unwrap();
+        nodes[2].add_channel(a(4), q_down).unwrap();
+        let disks = nodes.iter().map(Node::records).collect();
+        let net = Net {
+            nodes,
+            disks,
+            wire: Vec::new(),
+            events: vec![Vec::new(); 4],
+            up,
+            down,
+            now: NOW,
+        };
+        (net, mid)
+    }
+
+    /// The payer opens a virtual channel with the payee over both hubs, depositing `deposit`;
+    /// returns its id and the round each node saw it open.
+    fn open_virtual_chain(&mut self, deposit: u128) -> (ChannelId, [usize; 4]) {
+        let (h1, h2, payee) = (self.addr(1), self.addr(3), self.addr(2));
+        for h in [h1, h2] {
+            let out = self.nodes[0].set_virtual_policy(h, virtual_policy());
+            self.carry(0, out);
+        }
+        let out = self.nodes[0]
+            .open_virtual_over(
+                self.now,
+                &[h1, h2],
+                payee,
+                Amount(deposit),
+                U256::from(1),
+                3600,
+            )
+            .unwrap();
+        self.carry(0, out);
+        let mut seen = [0; 4];
+        for round in 1..=12 {
+            self.round();
+            for (n, s) in seen.iter_mut().enumerate() {
+                if *s == 0 && self.opened(n).is_some() {
+                    *s = round;
+                }
+            }
+        }
+        (self.opened(2).expect("the payee saw it open"), seen)
+    }
+}
+
+/// Over a chain of two hubs: every ledger locks the guarantee, the payer pays both hubs'
+/// fees (hub 1 passes hub 2's on), payments go both ways over both hubs, and the close
+/// releases every leg with the releases travelling toward the payee: at no round does a hub
+/// have one leg released while the other still locks the guarantee without a release it can
+/// complete. Each hub ends with exactly what it put in plus its fee.
+#[test]
+fn a_virtual_channel_over_two_hubs_opens_pays_and_releases_every_leg_toward_the_payee() {
+    let (mut net, mid) = Net::chain(virtual_config());
+    let (v, seen) = net.open_virtual_chain(50_000);
+    // The payee holds its funded leg after three delays (payer → hub 1 → hub 2 → payee), the
+    // payer the payee's signature after six (back over both hubs).
+    assert_eq!(seen[2], 3, "{seen:?}");
+    assert_eq!(seen[0], 6, "{seen:?}");
+    let fee = 100 + 50_000 * 1_000 / 1_000_000;
+    assert_eq!(
+        net.balances(1, net.up),
+        [Amount(FUNDS - 50_000 - 2 * fee), Amount(2 * fee)]
+    );
+    assert_eq!(
+        net.balances(3, mid),
+        [Amount(FUNDS - 50_000 - fee), Amount(fee)]
+    );
+    assert_eq!(
+        net.balances(2, net.down),
+        [Amount(FUNDS - 50_000), Amount::ZERO]
+    );
+    for (n, id) in [
+        (0, net.up),
+        (1, net.up),
+        (1, mid),
+        (3, mid),
+        (3, net.down),
+        (2, net.down),
+    ] {
+        assert_eq!(net.guarantees(n, id), 1, "node {n} channel {id}");
+    }
+    // Payments both ways, relayed by both hubs.
+    let out = net.nodes[0].transfer(net.now, v, Amount(20_000)).unwrap();
+    net.carry(0, out);
+    net.run();
+    let out = net.nodes[2].transfer(net.now, v, Amount(5_000)).unwrap();
+    net.carry(2, out);
+    net.run();
+    for n in [0, 2] {
+        assert_eq!(
+            net.balances(n, v),
+            [Amount(35_000), Amount(15_000)],
+            "node {n}"
+        );
+    }
+    assert!(net.nodes[1].channel(v).is_none() && net.nodes[3].channel(v).is_none());
+
+    // The close, one message delay at a time.
+    let out = net.nodes[2].close(net.now, v).unwrap();
+    net.carry(2, out);
+    for _ in 0..20 {
+        net.round();
+        // Hub 2 (the last) completes both its legs in one step, or neither.
+        assert_eq!(net.guarantees(3, mid), net.guarantees(3, net.down));
+        // Hub 1 has its leg toward hub 2 released only while it holds (or completed) the
+        // payer's release of its other leg.
+        if net.guarantees(1, mid) == 0 {
+            assert!(net.guarantees(1, net.up) == 0 || net.nodes[1].holding(net.up));
+        }
+    }
+    for n in 0..4 {
+        assert!(net.settled(n, v), "node {n} settled");
+    }
+    let up = net.balances(1, net.up);
+    let m = net.balances(3, mid);
+    let down = net.balances(2, net.down);
+    assert_eq!(
+        up,
+        [
+            Amount(FUNDS - 50_000 - 2 * fee + 35_000),
+            Amount(2 * fee + 15_000)
+        ]
+    );
+    assert_eq!(
+        m,
+        [Amount(FUNDS - 50_000 - fee + 35_000), Amount(fee + 15_000)]
+    );
+    assert_eq!(down, [Amount(FUNDS - 50_000 + 35_000), Amount(15_000)]);
+    assert_eq!(
+        up[1].0 + m[0].0,
+        FUNDS + fee,
+        "hub 1: its funds plus its fee"
+    );
+    assert_eq!(
+        m[1].0 + down[0].0,
+        FUNDS + fee,
+        "hub 2: its funds plus its fee"
+    );
+    assert_eq!(net.balances(0, net.up), up);
+    assert_eq!(net.balances(1, mid), m);
+    assert_eq!(net.balances(3, net.down), down);
+    for n in 0..4 {
+        assert_eq!(net.disks[n], net.nodes[n].records(), "node {n}");
+    }
+}
+
+/// Hub 2 tries to have hub 1 release their ledger first (it hands over a co-signed final
+/// state, then proposes that leg's release): hub 1 countersigns no release toward the next
+/// hub, only proposes its own, so nothing is released and no money moves.
+#[test]
+fn the_next_hub_cannot_have_a_hub_release_its_inner_leg_first() {
+    let (mut net, mid) = Net::chain(virtual_config());
+    let (v, _) = net.open_virtual_chain(50_000);
+    let vp = net.nodes[0].channel(v).unwrap().snapshot().params().clone();
+    let fin = cosigned_final(&vp, [0, 50_000]);
+    let before = net.balances(1, mid);
+    let h1 = net.addr(1);
+    let mut p = super::Pending::default();
+    net.nodes[3].send(
+        h1,
+        Body::VirtualClose {
+            final_state: Box::new(fin.clone()),
+        },
+        &mut p,
+    );
+    let g = net.nodes[3]
+        .guarantee_on(mid, v)
+        .expect("the hubs' ledger locks it");
+    let [to_a, to_b] = crate::vchan::release(&g, &fin.state).unwrap();
+    net.nodes[3]
+        .channels
+        .get_mut(&mid)
+        .unwrap()
+        .machine
+        .remove_guarantee(v, to_a, to_b);
+    p.to_propose.insert(mid);
+    let out = net.nodes[3].finish(net.now, p);
+    net.carry(3, out);
+    net.run();
+    // Hub 1 took the final state (it agrees to the payer's release by it) but refused the
+    // release of the leg toward hub 2 outright: it holds nothing of it either.
+    assert_eq!(net.nodes[1].book().virtuals[&v].outcome, Some(fin));
+    assert!(!net.nodes[1].holding(mid));
+    assert!(
+        net.nodes[3]
+            .channel(mid)
+            .unwrap()
+            .snapshot()
+            .pending()
+            .is_none(),
+        "hub 2's proposal was refused"
+    );
+    for n in [1, 3] {
+        assert_eq!(net.guarantees(n, mid), 1, "node {n}");
+    }
+    assert_eq!(net.balances(1, mid), before);
+    assert!(!net.settled(1, v));
+}
+
+/// Only the payer releases (the payee is silent): hub 1 holds the payer's release and
+/// proposes its own toward hub 2, which holds it waiting for the payee's. When hub 2's
+/// patience ends it refuses; hub 1 still holds the payer's release (its own signature on the
+/// inner release is out: hub 2 could still register it), and no leg anywhere is released.
+#[test]
+fn a_hub_of_a_chain_never_lets_go_of_the_release_it_holds_while_its_own_is_out() {
+    let (mut net, mid) = Net::chain(virtual_config());
+    let (v, _) = net.open_virtual_chain(50_000);
+    let vp = net.nodes[0].channel(v).unwrap().snapshot().params().clone();
+    let fin = cosigned_final(&vp, [30_000, 20_000]);
+    let mut p = super::Pending::default();
+    net.nodes[0].on_virtual_final(v, fin, &mut p);
+    let out = net.nodes[0].finish(net.now, p);
+    net.carry(0, out);
+    net.run();
+    assert!(
+        net.nodes[1].holding(net.up),
+        "hub 1 holds the payer's release"
+    );
+    assert!(net.nodes[3].holding(mid), "hub 2 holds hub 1's release");
+    for (n, id) in [
+        (0, net.up),
+        (1, net.up),
+        (1, mid),
+        (3, mid),
+        (3, net.down),
+        (2, net.down),
+    ] {
+        assert_eq!(net.guarantees(n, id), 1, "node {n} channel {id}");
+    }
+    // Hub 1 sets no deadline on what it holds; hub 2 does.
+    assert_eq!(net.nodes[1].next_hold_deadline(), None);
+    let deadline = Expiry(NOW.0 + net.nodes[3].config().virtual_hold_secs);
+    assert_eq!(net.nodes[3].next_hold_deadline(), Some(deadline));
+    net.now = deadline;
+    for n in [1, 3] {
+        let out = net.nodes[n].handle_timeout(net.now);
+        net.carry(n, out);
+    }
+    net.run();
+    assert!(!net.nodes[3].holding(mid), "hub 2 refused");
+    assert!(
+        net.nodes[1].holding(net.up),
+        "hub 1 still holds the payer's release"
+    );
+    for (n, id) in [
+        (0, net.up),
+        (1, net.up),
+        (1, mid),
+        (3, mid),
+        (3, net.down),
+        (2, net.down),
+    ] {
+        assert_eq!(net.guarantees(n, id), 1, "node {n} channel {id}");
+    }
+    for n in 0..4 {
+        assert!(!net.settled(n, v), "node {n}");
+        assert_eq!(net.disks[n], net.nodes[n].records(), "node {n}");
+    }
+}

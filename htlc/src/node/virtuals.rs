@@ -1053,7 +1053,11 @@ impl Node {
     }
 
     /// The guarantee for `virtual_channel` in `ledger`'s latest co-signed state.
-    fn guarantee_on(&self, ledger: ChannelId, virtual_channel: ChannelId) -> Option<Guarantee> {
+    pub(super) fn guarantee_on(
+        &self,
+        ledger: ChannelId,
+        virtual_channel: ChannelId,
+    ) -> Option<Guarantee> {
         self.channels.get(&ledger).and_then(|e| {
             e.machine
                 .latest()
@@ -1096,7 +1100,10 @@ impl Node {
             } => {
                 let r = self.book.virtuals.get(virtual_channel)?;
                 let leg = r.ledgers.iter().position(|l| *l == ledger)?;
-                (r.role == VirtualRole::Hub && r.held.get(leg)?.is_none())
+                // A hub of a chain holds only its leg toward A: toward the next hub it signs
+                // first and never countersigns.
+                let ours_to_hold = leg == 0 || r.onward.is_empty();
+                (r.role == VirtualRole::Hub && ours_to_hold && r.held.get(leg)?.is_none())
                     .then_some((*virtual_channel, leg))
             }
             _ => None,
