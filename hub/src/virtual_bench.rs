@@ -1,12 +1,14 @@
-//! `hub bench-virtual`: what a virtual channel costs over one hub on the real stack (issue 15):
-//! the latency of opening and closing one, and payments inside one per second. Three nodes in
-//! one process (A, the hub, B), each with its own RocksDB synced at every commit, talking QUIC
-//! on loopback; no chain (the ledgers count as funded, as in `hub bench`).
+//! `hub bench-virtual`: what a virtual channel costs on the real stack (issue 15): the latency
+//! of opening and closing one over one hub and over a chain of two, and payments inside one per
+//! second. The nodes run in one process (A, the hub, B; a second hub and its peer C for the
+//! chain), each with its own RocksDB synced at every commit, talking QUIC on loopback; no chain
+//! (the ledgers count as funded, as in `hub bench`).
 //!
-//! An open is timed from A's request until A may pay inside the channel (both legs lock the
-//! guarantee and B signed the opening: four message delays for A, ADR 0026); a close from B's
-//! request until both ledgers, as their peers see them, have released the guarantee by the
-//! final state. Payments go in rounds of `batch` transfers issued together by A; a round ends
+//! An open is timed from A's request until A may pay inside the channel (every leg locks the
+//! guarantee and B signed the opening: four message delays for A over one hub, six over two,
+//! ADR 0026); a close from B's request until the parties' ledgers, as their peers see them,
+//! have released the guarantee by the final state (over two hubs the hubs' own ledger is
+//! released before the first hub completes A's). Payments go in rounds of `batch` transfers issued together by A; a round ends
 //! when A holds B's signature on a state paying all of them, so each payment's latency is at
 //! most its round's, which is what is reported.
 
@@ -59,6 +61,10 @@ pub struct VirtualBenchReport {
     pub open_ms: [f64; 2],
     /// Close latency, milliseconds: p50 and p99.
     pub close_ms: [f64; 2],
+    /// Over a chain of two hubs: open latency, milliseconds, p50 and p99.
+    pub open2_ms: [f64; 2],
+    /// Over a chain of two hubs: close latency, milliseconds, p50 and p99.
+    pub close2_ms: [f64; 2],
     /// One row per batch size.
     pub rows: Vec<VirtualPayRow>,
 }
@@ -149,6 +155,34 @@ pub async fn bench_virtual(o: VirtualBenchOptions) -> Result<VirtualBenchReport,
     opens.sort();
     closes.sort();
 
+    // The same over a chain of two hubs: A — hub — hub 2 — C.
+    let (hub2, c, lc) = second_hub(&net, &o.dir).await?;
+    let mut ec = c.subscribe();
+    let (mut opens2, mut closes2) = (Vec::with_capacity(o.opens), Vec::with_capacity(o.opens));
+    for _ in 0..o.opens {
+        let t0 = Instant::now();
+        let v = a
+            .open_virtual_over(
+                &[net.hub.address(), hub2.address()],
+                c.address(),
+                Amount(1_000_000_000),
+                3600,
+            )
+            .await?;
+        opens2.push(t0.elapsed());
+        a.transfer(v, Amount(1_000)).await?;
+        until(&c, &mut ec, v, |s| s.balances[1] == Amount(1_000)).await?;
+        let t1 = Instant::now();
+        c.close(v).await?;
+        until(&c, &mut ec, lc, released(v)).await?;
+        until(a, &mut ea, la, released(v)).await?;
+        closes2.push(t1.elapsed());
+    }
+    opens2.sort();
+    closes2.sort();
+    c.shutdown();
+    hub2.shutdown();
+
     // Payments inside one channel, in rounds of `batch` transfers.
     let value = Amount(1_000_000_000_000_000_000);
     let v = open(&net, value).await?;
@@ -191,6 +225,50 @@ pub async fn bench_virtual(o: VirtualBenchOptions) -> Result<VirtualBenchReport,
         opens: o.opens,
         open_ms: [percentile_ms(&opens, 0.50), percentile_ms(&opens, 0.99)],
         close_ms: [percentile_ms(&closes, 0.50), percentile_ms(&closes, 0.99)],
+        open2_ms: [percentile_ms(&opens2, 0.50), percentile_ms(&opens2, 0.99)],
+        close2_ms: [percentile_ms(&closes2, 0.50), percentile_ms(&closes2, 0.99)],
         rows,
     })
+}
+
+/// A second hub joined to `net`'s hub by a ledger (opened by the first hub, each side holding
+/// as much as a peer's deposit), and a peer C of it with a ledger of its own; A knows the
+/// second hub's rules. Returns the second hub, C and C's ledger.
+async fn second_hub(
+    net: &LocalNet,
+    dir: &std::path::Path,
+) -> Result<(Node, Node, ChannelId), LocalNetError> {
+    let policy = htlc::vchan::VirtualPolicy::default();
+    let keys = || htlc::sig::Keys::from_signer(&alloy::signers::local::PrivateKeySigner::random());
+    let hub2 = Node::start(
+        keys(),
+        crate::store::Store::open(&dir.join("hub-2"))?,
+        crate::node::NodeOptions {
+            virtual_policy: Some(policy),
+            ..crate::node::NodeOptions::default()
+        },
+    )?;
+    let addr = hub2.listen(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))?;
+    let c = Node::start(
+        keys(),
+        crate::store::Store::open_with(&dir.join("peer-c"), crate::store::Profile::Client)?,
+        crate::node::NodeOptions::default(),
+    )?;
+    let each = Amount(1_000_000_000_000_000_000_000);
+    let twice = Amount(2 * each.0);
+    let mut ledgers = Vec::with_capacity(2);
+    for n in [&net.hub, &c] {
+        n.connect(addr, Some(hub2.address())).await?;
+        let id = n.open_channel(hub2.address(), twice).await?;
+        n.transfer(id, each).await?;
+        ledgers.push(id);
+    }
+    for id in &ledgers {
+        let mut events = hub2.subscribe();
+        until(&hub2, &mut events, *id, |s| s.balances[1] == each).await?;
+    }
+    net.peers[0]
+        .set_virtual_policy(hub2.address(), policy)
+        .await?;
+    Ok((hub2, c, ledgers[1]))
 }

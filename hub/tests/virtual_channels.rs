@@ -715,6 +715,8 @@ async fn the_virtual_bench_workload_opens_closes_and_pays_every_transfer() {
     .unwrap();
     assert_eq!(r.opens, 3);
     assert!(r.open_ms[0] > 0.0 && r.close_ms[0] > 0.0, "{r:?}");
+    // Over two hubs too (each open waits for the payee's signature, each close for every leg).
+    assert!(r.open2_ms[0] > 0.0 && r.close2_ms[0] > 0.0, "{r:?}");
     assert_eq!(r.rows.len(), 2);
     assert!(r.rows.iter().all(|row| row.paid > 0), "{r:?}");
     assert!(

@@ -11,8 +11,16 @@
 //!  |== Relay(V msg) =============>|== Relayed(V msg) ==============>|  V's own update machine
 //! ```
 //!
-//! Who may do what: only a peer with a funded ledger with us asks us (the hub) to open, only as
-//! V's A, only over its own ledger, and only under [`Config::virtual_policy`]; the hub names
+//! Over a chain of hubs (`Node::open_virtual_over`) each hub passes `VirtualOpen` on to the
+//! next once its leg toward A locks the guarantee, relays V's messages only between its two
+//! neighbours on V's path, and the close's releases travel toward B: a hub that is not the
+//! last signs its release toward the next hub only while it holds the one toward A, and the
+//! last hub completes its two at once (ADR 0026, "Chains of hubs", which also says what a
+//! coalition can still do to a hub that is not the last).
+//!
+//! Who may do what: only a peer with a funded ledger with us asks us (the hub) to open, as
+//! V's A or as the previous hub of its path, only over its own ledger, and only under
+//! [`Config::virtual_policy`]; the hub names
 //! the ledger toward B and proposes its guarantee only once A's leg is co-signed. B agrees to
 //! exactly the guarantee that locks V's opening on its ledger with it standing for V's B
 //! ([`vchan::check_leg`]), and to lock at most [`Config::virtual_max_own`] of its own. The hub
@@ -1034,7 +1042,8 @@ impl Node {
     /// so we propose (sign first) the release of our leg toward the next hub by the same state.
     /// The next hub countersigns it only with B's side (ADR 0026); until it does, the release
     /// we hold is never refused (its timeout does not apply), so whenever the next hub
-    /// completes ours we complete the one toward A and both our legs go by one state.
+    /// completes ours off chain we complete the one toward A and both our legs go by one
+    /// state. (A late completion on chain after A's own dispute is the open case of ADR 0026.)
     fn propose_inner_release(&mut self, r: &VirtualRecord, p: &mut Pending) {
         let id = r.terms.id();
         let (Some(fin), Some(&ledger)) = (&r.outcome, r.ledgers.get(1)) else {

@@ -324,7 +324,7 @@ pub async fn bench(a: BenchArgs) -> Result<()> {
 /// `hub bench-virtual`: open/close latency and payments inside a virtual channel.
 pub async fn bench_virtual(a: BenchVirtualArgs) -> Result<()> {
     println!(
-        "virtual channel A ⇄ B over one hub, durable RocksDB (synced group commits), QUIC on loopback, {} cores",
+        "virtual channel A ⇄ B over one hub (and A ⇄ C over two), durable RocksDB (synced group commits), QUIC on loopback, {} cores",
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
     let bar = ProgressBar::new_spinner().with_message(format!(
@@ -347,6 +347,14 @@ pub async fn bench_virtual(a: BenchVirtualArgs) -> Result<()> {
     println!(
         "close (until both legs are released)            p50 {:>7.2} ms  p99 {:>7.2} ms",
         r.close_ms[0], r.close_ms[1]
+    );
+    println!(
+        "open over two hubs (6 message delays)            p50 {:>7.2} ms  p99 {:>7.2} ms",
+        r.open2_ms[0], r.open2_ms[1]
+    );
+    println!(
+        "close over two hubs (all three legs released)    p50 {:>7.2} ms  p99 {:>7.2} ms",
+        r.close2_ms[0], r.close2_ms[1]
     );
     println!(
         "{:>7} {:>9} {:>10} {:>9} {:>9} {:>12}",
