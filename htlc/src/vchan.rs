@@ -111,6 +111,10 @@ pub enum VirtualError {
     /// can wait for V's dispute).
     #[error("virtual channel challenge window too long")]
     Window,
+    /// The hub does not serve virtual channels whose next hop toward B is another hub
+    /// ([`VirtualPolicy::toward_hubs`]).
+    #[error("this hub serves no virtual channel toward another hub")]
+    TowardHubs,
     /// The guarantee proposed for a leg does not lock V's opening with the right orientation.
     #[error("guarantee does not match the virtual channel's opening")]
     WrongGuarantee,
@@ -141,6 +145,11 @@ pub struct VirtualPolicy {
     pub max_lifetime_secs: u64,
     /// Longest challenge window of a virtual channel, seconds.
     pub max_window_secs: u64,
+    /// Serve as a hub of a chain whose next hop toward V's B is another hub. Such a hub signs
+    /// its release toward the next hub first, and until ADR 0026's open case is closed a
+    /// coalition of V's two parties and the next hub can make it lose up to V's value: off
+    /// unless the operator takes that risk (the last hub of a chain takes none).
+    pub toward_hubs: bool,
 }
 
 impl Default for VirtualPolicy {
@@ -151,6 +160,7 @@ impl Default for VirtualPolicy {
             max_value: Amount(100_000_000_000_000_000_000),
             max_lifetime_secs: 30 * 86_400,
             max_window_secs: 86_400,
+            toward_hubs: false,
         }
     }
 }
@@ -249,6 +259,9 @@ pub fn admit_hop(
         || !party_or_hub(next, b, position.last)
     {
         return Err(VirtualError::WrongParticipants);
+    }
+    if !position.last && !policy.toward_hubs {
+        return Err(VirtualError::TowardHubs);
     }
     let value = terms.value()?;
     if value == Amount::ZERO || value > policy.max_value {
@@ -420,7 +433,7 @@ mod tests {
             let l1 = pair(A, H, orders[0], 1);
             let l2 = pair(H, H2, orders[1], 2);
             let l3 = pair(H2, B, orders[2], 3);
-            let policy = VirtualPolicy { max_value: Amount::MAX, ..VirtualPolicy::default() };
+            let policy = VirtualPolicy { max_value: Amount::MAX, toward_hubs: true, ..VirtualPolicy::default() };
             let first = Position { first: true, last: false };
             let last = Position { first: false, last: true };
             let h1 = admit_hop(&policy, addr(H), &t, (&l1, &l2), first, Expiry(0)).unwrap();
@@ -463,7 +476,10 @@ mod tests {
     #[test]
     fn a_hub_of_a_chain_checks_who_its_neighbours_are() {
         const H2: u8 = 4;
-        let policy = VirtualPolicy::default();
+        let policy = VirtualPolicy {
+            toward_hubs: true,
+            ..VirtualPolicy::default()
+        };
         let t = terms(600, 0);
         let now = Expiry(9_000);
         let (la, _) = ledgers(true, true);
@@ -488,6 +504,12 @@ mod tests {
         );
         let ok = admit_hop(&policy, addr(H), &t, (&la, &toward_h2), first, now);
         assert!(ok.is_ok(), "{ok:?}");
+        // Only a hub whose operator chose it serves a next hop that is a hub.
+        let cautious = VirtualPolicy::default();
+        assert_eq!(
+            admit_hop(&cautious, addr(H), &t, (&la, &toward_h2), first, now),
+            Err(VirtualError::TowardHubs)
+        );
         for (l, position) in [((&la, &toward_h2), only), ((&la, &toward_h2), middle)] {
             assert_eq!(
                 admit_hop(&policy, addr(H), &t, l, position, now),

@@ -16,8 +16,12 @@
 //! GET  /gossip               the network map this node believes: announced channels, policies
 //! POST /close                {"channel": "0x…"} → 202; the payout follows on chain
 //! GET  /virtual              every virtual channel we take part in (ADR 0026)
-//! POST /virtual/open         {"hub": "0x…", "peer": "0x…", "deposit": "1000", "lifetime_secs": 86400}
+//! POST /virtual/open         {"hub": "0x…", "peer": "0x…", "deposit": "1000", "lifetime_secs": 86400,
+//!                             "then": ["0x…"]} (further hubs of a chain, optional)
 //!                            → the virtual channel, once it carries payments
+//! POST /virtual/policy       {"hub": "0x…", "open_fee_base": "1000", "open_fee_ppm": 100}: a further
+//!                            hub's opening fees, as it announces them (the first hub's come with
+//!                            its channel)
 //! POST /virtual/pay          {"channel": "0x…", "amount": "10"} → 200 once the payment is co-signed
 //! POST /virtual/close        {"channel": "0x…"} → 202; its final state releases the guarantees
 //! GET  /metrics              Prometheus text exposition
@@ -798,6 +802,23 @@ pub struct VirtualOpenRequest {
     /// How long it lives, seconds (default [`DEFAULT_VIRTUAL_SECS`]).
     #[serde(default)]
     pub lifetime_secs: Option<u64>,
+    /// Further hubs after `hub`, in order toward the peer (a chain of hubs, ADR 0026; each
+    /// one's opening fee must be known: `POST /virtual/policy`). Default: none.
+    #[serde(default)]
+    pub then: Vec<Address>,
+}
+
+/// `POST /virtual/policy`: a hub's opening fees for virtual channels, as it announces them, for
+/// opening over it as a further hub of a chain.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VirtualPolicyRequest {
+    /// The hub.
+    pub hub: Address,
+    /// Its flat opening fee, wei.
+    pub open_fee_base: Wei,
+    /// Its proportional opening fee, millionths of the value.
+    pub open_fee_ppm: u32,
 }
 
 /// `POST /virtual/pay`.
@@ -919,6 +940,7 @@ pub fn router(node: Node) -> Router {
         .route("/close", post(close))
         .route("/virtual", get(virtual_list))
         .route("/virtual/open", post(virtual_open))
+        .route("/virtual/policy", post(virtual_policy))
         .route("/virtual/pay", post(virtual_pay))
         .route("/virtual/close", post(close_virtual))
         .route("/chain", get(chain))
@@ -1109,10 +1131,30 @@ async fn virtual_open(
     JsonBody(r): JsonBody<VirtualOpenRequest>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let lifetime = r.lifetime_secs.unwrap_or(DEFAULT_VIRTUAL_SECS);
+    let hubs: Vec<Address> = std::iter::once(r.hub).chain(r.then).collect();
     let id = n
-        .open_virtual(r.hub, r.peer, Amount(r.deposit.0), lifetime)
+        .open_virtual_over(&hubs, r.peer, Amount(r.deposit.0), lifetime)
         .await?;
     Ok(Json(serde_json::json!({ "channel": id })))
+}
+
+async fn virtual_policy(
+    State(n): State<Node>,
+    JsonBody(r): JsonBody<VirtualPolicyRequest>,
+) -> Result<StatusCode, ApiError> {
+    if r.open_fee_ppm > 1_000_000 {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "open_fee_ppm must be at most 1000000 (100 %)".into(),
+        ));
+    }
+    let policy = htlc::vchan::VirtualPolicy {
+        open_fee_base: Amount(r.open_fee_base.0),
+        open_fee_ppm: r.open_fee_ppm,
+        ..htlc::vchan::VirtualPolicy::default()
+    };
+    n.set_virtual_policy(r.hub, policy).await?;
+    Ok(StatusCode::OK)
 }
 
 async fn virtual_pay(

@@ -73,6 +73,8 @@
 //! max_value = "100000000000000000000" # largest virtual channel, wei (default 100 ETH)
 //! max_lifetime_secs = 2592000    # longest life (default 30 days)
 //! max_window_secs = 86400        # longest challenge window (default 1 day)
+//! toward_hubs = false            # also serve as a hub whose next hop is another hub (a risk:
+//!                                # ADR 0026, "Chains of hubs"; default no)
 //!
 //! # Hubs to connect to at start (a peer lists its hub). Default: none.
 //! [[connect]]
@@ -351,6 +353,10 @@ pub struct VirtualConfig {
     pub max_lifetime_secs: u64,
     /// Longest challenge window of one, seconds.
     pub max_window_secs: u64,
+    /// Serve as a hub of a chain whose next hop is another hub (not the last hub of the
+    /// chain): such a hub can still be robbed by a coalition of the two parties and the next
+    /// hub (ADR 0026, "Chains of hubs"). Default: no.
+    pub toward_hubs: bool,
 }
 
 impl Default for VirtualConfig {
@@ -362,6 +368,7 @@ impl Default for VirtualConfig {
             max_value: d.max_value.0,
             max_lifetime_secs: d.max_lifetime_secs,
             max_window_secs: d.max_window_secs,
+            toward_hubs: d.toward_hubs,
         }
     }
 }
@@ -375,6 +382,7 @@ impl VirtualConfig {
             max_value: htlc::Amount(self.max_value),
             max_lifetime_secs: self.max_lifetime_secs,
             max_window_secs: self.max_window_secs,
+            toward_hubs: self.toward_hubs,
         }
     }
 }

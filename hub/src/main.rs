@@ -265,6 +265,25 @@ enum VirtualCmd {
         /// Its life, seconds.
         #[arg(long, default_value_t = hub::api::DEFAULT_VIRTUAL_SECS)]
         lifetime: u64,
+        /// Further hubs after `--hub`, in order toward the peer (a chain of hubs; give each
+        /// one's fees first with `hub virtual policy`).
+        #[arg(long, value_delimiter = ',')]
+        then: Vec<alloy::primitives::Address>,
+    },
+    /// Record a further hub's opening fees for virtual channels, as it announces them (to open
+    /// over it with `--then`; the first hub's come with its channel).
+    Policy {
+        #[command(flatten)]
+        conn: Conn,
+        /// The hub.
+        #[arg(long)]
+        hub: alloy::primitives::Address,
+        /// Its flat opening fee, wei.
+        #[arg(long)]
+        open_fee_base: u128,
+        /// Its proportional opening fee, millionths of the value.
+        #[arg(long)]
+        open_fee_ppm: u32,
     },
     /// Pay the other party of a virtual channel (one update signed by the two of you; the hub
     /// only passes it on).
@@ -311,6 +330,7 @@ impl Command {
             | Command::Close { conn, .. }
             | Command::Virtual(
                 VirtualCmd::Open { conn, .. }
+                | VirtualCmd::Policy { conn, .. }
                 | VirtualCmd::Pay { conn, .. }
                 | VirtualCmd::List { conn }
                 | VirtualCmd::Close { conn, .. },

@@ -127,7 +127,11 @@ pub async fn bench_virtual(o: VirtualBenchOptions) -> Result<VirtualBenchReport,
         api: None,
         connections: None,
         hub_runtime: None,
-        virtual_policy: Some(htlc::vchan::VirtualPolicy::default()),
+        // The hub is also the first of a chain of two below.
+        virtual_policy: Some(htlc::vchan::VirtualPolicy {
+            toward_hubs: true,
+            ..htlc::vchan::VirtualPolicy::default()
+        }),
     })
     .await?;
     let (a, b) = (&net.peers[0], &net.peers[1]);

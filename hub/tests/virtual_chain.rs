@@ -70,7 +70,11 @@ async fn setup() -> Net {
     for i in [1, 2] {
         let h = node(&chain, i, &mut dirs, |o| {
             o.collateral = Amount(COLLATERAL);
-            o.virtual_policy = Some(policy(i as u128));
+            o.virtual_policy = Some(VirtualPolicy {
+                // h1's next hop is a hub: a position its operator chooses to serve.
+                toward_hubs: i == 1,
+                ..policy(i as u128)
+            });
         })
         .await;
         addrs.push(h.listen(loopback()).unwrap());
@@ -81,11 +85,6 @@ async fn setup() -> Net {
     let l1 = ledger(&alice, &hubs[0], addrs[0]).await;
     let l2 = ledger(&hubs[0], &hubs[1], addrs[1]).await;
     let l3 = ledger(&bob, &hubs[1], addrs[1]).await;
-    // alice learns h2's rules from its operator (h2 announces them to its own peers only).
-    alice
-        .set_virtual_policy(hubs[1].address(), policy(2))
-        .await
-        .unwrap();
     let [h1, h2]: [Node; 2] = hubs.try_into().ok().unwrap();
     Net {
         _dirs: dirs,
@@ -118,6 +117,10 @@ async fn concluded(
     .expect("the ledger is paid out on chain")
 }
 
+fn loopback_tcp() -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
 async fn balances(n: &Node, id: ChannelId) -> [Amount; 2] {
     n.channel(id).await.unwrap().state.balances
 }
@@ -141,16 +144,47 @@ async fn a_virtual_channel_over_two_hubs_opens_pays_both_ways_closes_and_pays_ou
         v
     };
 
-    let v = net
-        .alice
-        .open_virtual_over(
-            &[h1.address(), h2.address()],
-            net.bob.address(),
-            Amount(deposit),
-            3600,
+    // Over alice's HTTP API, as `hub virtual policy` and `hub virtual open --then` do: alice
+    // learns h2's fees from its operator (h2 announces them to its own peers only), then opens.
+    let api = net.alice.serve_api(loopback_tcp()).await.unwrap();
+    let client =
+        hub::api_client::ApiClient::new(api, net.alice.api_token(), Duration::from_secs(60))
+            .unwrap();
+    let open = serde_json::json!({
+        "hub": h1.address(),
+        "then": [h2.address()],
+        "peer": net.bob.address(),
+        "deposit": deposit.to_string(),
+        "lifetime_secs": 3600,
+    });
+    // Before h2's fees are known: refused, nothing locked.
+    let refused = client
+        .post::<serde_json::Value>("/virtual/open", open.clone())
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("policy"), "{refused}");
+    let bad = client
+        .post::<serde_json::Value>(
+            "/virtual/policy",
+            serde_json::json!({"hub": h2.address(), "open_fee_base": "1", "open_fee_ppm": 2_000_000}),
+        )
+        .await
+        .unwrap_err();
+    assert!(bad.to_string().contains("open_fee_ppm"), "{bad}");
+    let p2 = policy(2);
+    let _: serde_json::Value = client
+        .post(
+            "/virtual/policy",
+            serde_json::json!({
+                "hub": h2.address(),
+                "open_fee_base": p2.open_fee_base.0.to_string(),
+                "open_fee_ppm": p2.open_fee_ppm,
+            }),
         )
         .await
         .unwrap();
+    let opened: serde_json::Value = client.post("/virtual/open", open).await.unwrap();
+    let v: ChannelId = serde_json::from_value(opened["channel"].clone()).unwrap();
     // Every ledger of the path locks the same guarantee, seen alike at both its ends.
     let g = |s: &htlc::SignedState| s.state.guarantees.first().copied();
     for (n, id) in [

@@ -1104,6 +1104,7 @@ fn virtual_policy() -> crate::vchan::VirtualPolicy {
         max_value: Amount(FUNDS),
         max_lifetime_secs: 86_400,
         max_window_secs: 86_400,
+        toward_hubs: false,
     }
 }
 
@@ -2396,6 +2397,15 @@ impl Net {
             .iter()
             .map(|b| Node::new(keys(*b), config.clone()))
             .collect();
+        // Hub 1's next hop is a hub: a position its operator must choose to serve.
+        let toward_hubs = Config {
+            virtual_policy: config.virtual_policy.map(|v| crate::vchan::VirtualPolicy {
+                toward_hubs: true,
+                ..v
+            }),
+            ..config.clone()
+        };
+        nodes[1] = Node::new(keys(2), toward_hubs);
         let (p_up, h_up) = cosigned(1, 2, 1);
         let (h1_mid, h2_mid) = cosigned(2, 4, 3);
         let (h_down, q_down) = cosigned(4, 3, 2);
@@ -2665,4 +2675,124 @@ fn a_hub_of_a_chain_never_lets_go_of_the_release_it_holds_while_its_own_is_out()
         assert!(!net.settled(n, v), "node {n}");
         assert_eq!(net.disks[n], net.nodes[n].records(), "node {n}");
     }
+}
+
+/// A hub whose rules do not serve a next hop that is a hub (the default: such a hub takes the
+/// risk of ADR 0026's open case) refuses the open; the payer's guarantee and fees are refused
+/// with it and nothing is locked anywhere.
+#[test]
+fn a_hub_serves_a_next_hop_that_is_a_hub_only_by_its_operators_choice() {
+    let (mut net, mid) = Net::chain(virtual_config());
+    net.nodes[1] = Node::new(keys(2), virtual_config());
+    let (h_up, h_mid) = (cosigned(1, 2, 1).1, cosigned(2, 4, 3).0);
+    net.nodes[1].add_channel(keys(1).address(), h_up).unwrap();
+    net.nodes[1].add_channel(keys(4).address(), h_mid).unwrap();
+    net.disks[1] = net.nodes[1].records();
+    let (h1, h2, payee) = (net.addr(1), net.addr(3), net.addr(2));
+    for h in [h1, h2] {
+        let out = net.nodes[0].set_virtual_policy(h, virtual_policy());
+        net.carry(0, out);
+    }
+    let out = net.nodes[0]
+        .open_virtual_over(
+            net.now,
+            &[h1, h2],
+            payee,
+            Amount(50_000),
+            U256::from(1),
+            3600,
+        )
+        .unwrap();
+    net.carry(0, out);
+    net.run();
+    assert!(net.events[0].iter().any(|e| matches!(
+        e,
+        NodeEvent::RefusedByPeer { peer, .. } if *peer == h1
+    )));
+    assert!(net.nodes[1].book().virtuals.is_empty());
+    for (n, id) in [(0, net.up), (1, net.up), (1, mid), (3, mid)] {
+        assert_eq!(net.guarantees(n, id), 0, "node {n} channel {id}");
+    }
+    assert_eq!(net.balances(0, net.up), [Amount(FUNDS), Amount::ZERO]);
+    assert_eq!(net.balances(1, net.up), [Amount(FUNDS), Amount::ZERO]);
+}
+
+/// Every node of a chain restarts from its disk after every message delay, through the whole
+/// open and close (a crash between any two steps of either): the open completes, every leg
+/// locks and then releases the guarantee, both sides of each ledger agree, and each hub ends
+/// with exactly its funds plus its fee.
+#[test]
+fn a_chain_survives_a_restart_of_every_node_after_every_message_delay() {
+    let (mut net, mid) = Net::chain(virtual_config());
+    let configs: Vec<Config> = net.nodes.iter().map(|n| n.config().clone()).collect();
+    let restart = |net: &mut Net| {
+        for (n, config) in configs.iter().enumerate() {
+            let key = [1u8, 2, 3, 4][n];
+            net.nodes[n] = Node::restore(keys(key), config.clone(), net.disks[n].clone()).unwrap();
+        }
+    };
+    let (h1, h2, payee) = (net.addr(1), net.addr(3), net.addr(2));
+    for h in [h1, h2] {
+        let out = net.nodes[0].set_virtual_policy(h, virtual_policy());
+        net.carry(0, out);
+    }
+    let out = net.nodes[0]
+        .open_virtual_over(
+            net.now,
+            &[h1, h2],
+            payee,
+            Amount(50_000),
+            U256::from(1),
+            3600,
+        )
+        .unwrap();
+    net.carry(0, out);
+    for _ in 0..12 {
+        restart(&mut net);
+        net.round();
+    }
+    let v = net.opened(0).expect("the payer saw it open");
+    for (n, id) in [
+        (0, net.up),
+        (1, net.up),
+        (1, mid),
+        (3, mid),
+        (3, net.down),
+        (2, net.down),
+    ] {
+        assert_eq!(net.guarantees(n, id), 1, "node {n} channel {id}");
+    }
+    let out = net.nodes[0].transfer(net.now, v, Amount(20_000)).unwrap();
+    net.carry(0, out);
+    for _ in 0..8 {
+        restart(&mut net);
+        net.round();
+    }
+    let out = net.nodes[0].close(net.now, v).unwrap();
+    net.carry(0, out);
+    for _ in 0..20 {
+        restart(&mut net);
+        net.round();
+    }
+    for n in 0..4 {
+        assert!(net.settled(n, v), "node {n} settled");
+    }
+    let fee = 100 + 50;
+    let up = net.balances(1, net.up);
+    let m = net.balances(3, mid);
+    let down = net.balances(2, net.down);
+    assert_eq!(net.balances(0, net.up), up);
+    assert_eq!(net.balances(1, mid), m);
+    assert_eq!(net.balances(3, net.down), down);
+    assert_eq!(
+        up[1].0 + m[0].0,
+        FUNDS + fee,
+        "hub 1: its funds plus its fee"
+    );
+    assert_eq!(
+        m[1].0 + down[0].0,
+        FUNDS + fee,
+        "hub 2: its funds plus its fee"
+    );
+    assert_eq!(down[1], Amount(20_000), "the payee's payment");
 }

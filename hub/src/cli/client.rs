@@ -269,6 +269,7 @@ pub async fn run(addr: SocketAddr, token: &str, cmd: Command) -> Result<()> {
             peer,
             deposit,
             lifetime,
+            then,
             ..
         }) => {
             let bar = ProgressBar::new_spinner().with_message(
@@ -283,6 +284,7 @@ pub async fn run(addr: SocketAddr, token: &str, cmd: Command) -> Result<()> {
                         "peer": peer,
                         "deposit": deposit.to_string(),
                         "lifetime_secs": lifetime,
+                        "then": then,
                     }),
                 )
                 .await?;
@@ -291,6 +293,24 @@ pub async fn run(addr: SocketAddr, token: &str, cmd: Command) -> Result<()> {
                 "virtual channel {}",
                 v.get("channel").and_then(|c| c.as_str()).unwrap_or("?")
             );
+        }
+        Command::Virtual(VirtualCmd::Policy {
+            hub,
+            open_fee_base,
+            open_fee_ppm,
+            ..
+        }) => {
+            let _: serde_json::Value = api
+                .post(
+                    "/virtual/policy",
+                    serde_json::json!({
+                        "hub": hub,
+                        "open_fee_base": open_fee_base.to_string(),
+                        "open_fee_ppm": open_fee_ppm,
+                    }),
+                )
+                .await?;
+            println!("hub {hub}: opening fee {open_fee_base} wei + {open_fee_ppm} ppm");
         }
         Command::Virtual(VirtualCmd::Pay {
             channel, amount, ..
