@@ -115,6 +115,17 @@ pub enum VirtualError {
     /// ([`VirtualPolicy::toward_hubs`]).
     #[error("this hub serves no virtual channel toward another hub")]
     TowardHubs,
+    /// Toward a next hub, the ledger's challenge window must end [`CHAIN_REACTION_SECS`]
+    /// before the window of the ledger toward A (seconds).
+    #[error(
+        "the ledger toward the next hub has a challenge window of {toward_next} s; it must be at most the ledger toward A's {toward_a} s less {CHAIN_REACTION_SECS} s"
+    )]
+    ChainWindows {
+        /// The ledger toward A's window.
+        toward_a: u64,
+        /// The ledger toward the next hub's window.
+        toward_next: u64,
+    },
     /// The guarantee proposed for a leg does not lock V's opening with the right orientation.
     #[error("guarantee does not match the virtual channel's opening")]
     WrongGuarantee,
@@ -188,6 +199,16 @@ pub struct Legs {
     pub fee: Amount,
 }
 
+/// How much shorter a hub's ledger toward the next hub of a chain must be in its challenge
+/// window than its ledger toward A, seconds: the time the hub has, once A's ledger is disputed,
+/// to take the next hub's ledger to chain, learn there (final) whether the next hub completed
+/// the release it signed, and answer A's dispute with A's release if it did (ADR 0026).
+///
+/// Derivation: two of rule 12's races one after the other, each noticing, inclusion and
+/// finality ([`crate::forward::MIN_CHALLENGE_DURATION_SECS`], 1,668 s): our close of the next
+/// ledger, then our answer to A's dispute after the next hub's registration is final.
+pub const CHAIN_REACTION_SECS: u64 = 2 * crate::forward::MIN_CHALLENGE_DURATION_SECS;
+
 /// Where a hub stands on a virtual channel's path of hubs (ADR 0026).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Position {
@@ -260,8 +281,17 @@ pub fn admit_hop(
     {
         return Err(VirtualError::WrongParticipants);
     }
-    if !position.last && !policy.toward_hubs {
-        return Err(VirtualError::TowardHubs);
+    if !position.last {
+        if !policy.toward_hubs {
+            return Err(VirtualError::TowardHubs);
+        }
+        let (toward_a, toward_next) = (ledger_a.challenge_duration, ledger_b.challenge_duration);
+        if toward_next.saturating_add(CHAIN_REACTION_SECS) > toward_a {
+            return Err(VirtualError::ChainWindows {
+                toward_a,
+                toward_next,
+            });
+        }
     }
     let value = terms.value()?;
     if value == Amount::ZERO || value > policy.max_value {
@@ -431,7 +461,8 @@ mod tests {
                 params(if flip { [addr(y), addr(x)] } else { [addr(x), addr(y)] }, n)
             };
             let l1 = pair(A, H, orders[0], 1);
-            let l2 = pair(H, H2, orders[1], 2);
+            // The hubs' ledger answers sooner than the party's (`CHAIN_REACTION_SECS`).
+            let l2 = ChannelParams { challenge_duration: 3600 - CHAIN_REACTION_SECS, ..pair(H, H2, orders[1], 2) };
             let l3 = pair(H2, B, orders[2], 3);
             let policy = VirtualPolicy { max_value: Amount::MAX, toward_hubs: true, ..VirtualPolicy::default() };
             let first = Position { first: true, last: false };
@@ -483,7 +514,10 @@ mod tests {
         let t = terms(600, 0);
         let now = Expiry(9_000);
         let (la, _) = ledgers(true, true);
-        let toward_h2 = params([addr(H), addr(H2)], 2);
+        let toward_h2 = ChannelParams {
+            challenge_duration: 3600 - CHAIN_REACTION_SECS,
+            ..params([addr(H), addr(H2)], 2)
+        };
         let (first, last, middle, only) = (
             Position {
                 first: true,
@@ -504,6 +538,18 @@ mod tests {
         );
         let ok = admit_hop(&policy, addr(H), &t, (&la, &toward_h2), first, now);
         assert!(ok.is_ok(), "{ok:?}");
+        // The next hub's ledger must answer a window sooner than the party's.
+        let slow = ChannelParams {
+            challenge_duration: 3601 - CHAIN_REACTION_SECS,
+            ..toward_h2.clone()
+        };
+        assert_eq!(
+            admit_hop(&policy, addr(H), &t, (&la, &slow), first, now),
+            Err(VirtualError::ChainWindows {
+                toward_a: 3600,
+                toward_next: 3601 - CHAIN_REACTION_SECS
+            })
+        );
         // Only a hub whose operator chose it serves a next hop that is a hub.
         let cautious = VirtualPolicy::default();
         assert_eq!(
@@ -523,7 +569,10 @@ mod tests {
             admit_hop(&policy, addr(H), &t, (&la, &lb), first, now),
             Err(VirtualError::WrongParticipants)
         );
-        let back = params([addr(H2), addr(H)], 3);
+        let back = ChannelParams {
+            challenge_duration: 1800,
+            ..params([addr(H2), addr(H)], 3)
+        };
         assert_eq!(
             admit_hop(&policy, addr(H), &t, (&back, &toward_h2), middle, now),
             Err(VirtualError::WrongParticipants)

@@ -51,6 +51,8 @@
 //! close_grace_secs = 120         # wait before paying out a close the peer proposed (default 120)
 //! virtual_end_margin_secs = 600  # a party closes a virtual channel this long before its end; a
 //!                                # hub takes one left open on chain this long after (default 600)
+//! challenge_secs = 3600          # challenge window of the channels this node opens (default 3600;
+//!                                # a hub's ledgers toward other hubs: 3336 less, ADR 0026)
 //! confirmations = 0              # blocks a deposit or dispute must be buried under before it is
 //!                                # believed (default 0: a local chain; 3 or more on a real one)
 //! tx_timeout_secs = 60           # no receipt by then: sent again, same nonce, fees +25 % (default 60)
@@ -250,6 +252,11 @@ pub struct FundingConfig {
     /// A party closes each virtual channel this long before its end (seconds); a hub takes one
     /// its parties left open on chain this long after it (ADR 0026).
     pub virtual_end_margin_secs: u64,
+    /// The challenge window of the channels this node opens, seconds. A hub whose ledgers
+    /// toward other hubs carry virtual channels toward them (`[virtual] toward_hubs`) opens
+    /// those with a window `htlc::vchan::CHAIN_REACTION_SECS` (3,336 s) shorter than its
+    /// peers' ledgers' (ADR 0026).
+    pub challenge_secs: u64,
     /// Blocks a deposit, dispute or payout must be buried under before the node believes it
     /// (a reorganisation up to this deep is never seen).
     pub confirmations: u64,
@@ -272,6 +279,7 @@ impl Default for FundingConfig {
             chain_retry_secs: 5,
             close_grace_secs: 120,
             virtual_end_margin_secs: 600,
+            challenge_secs: 3600,
             confirmations: 0,
             tx_timeout_secs: 60,
             max_fee_gwei: 500,
@@ -570,6 +578,18 @@ impl Config {
             return bad(
                 "funding.virtual_end_margin_secs",
                 "must be between 1 and 604800 (a week)",
+            );
+        }
+        let windows =
+            htlc::forward::MIN_CHALLENGE_DURATION_SECS..=htlc::forward::MAX_CHALLENGE_DURATION_SECS;
+        if !windows.contains(&f.challenge_secs) {
+            return bad(
+                "funding.challenge_secs",
+                &format!(
+                    "must be between {} and {} (what peers accept)",
+                    windows.start(),
+                    windows.end()
+                ),
             );
         }
         if !(1..=3600).contains(&f.chain_retry_secs) {

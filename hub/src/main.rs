@@ -640,6 +640,7 @@ async fn serve(path: PathBuf, tower: bool) -> Result<()> {
         chain_retry: std::time::Duration::from_secs(config.funding.chain_retry_secs),
         close_grace: std::time::Duration::from_secs(config.funding.close_grace_secs),
         virtual_end_margin: std::time::Duration::from_secs(config.funding.virtual_end_margin_secs),
+        challenge_duration: config.funding.challenge_secs,
         chain,
         policy: config.forward_policy(),
         tower: config.tower.as_ref().map(|t| t.max_watched),

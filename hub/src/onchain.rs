@@ -306,6 +306,12 @@ impl Node {
                     channel_id,
                     version: d.version,
                     finalizes_at,
+                    guaranteed: d
+                        .state
+                        .guarantees
+                        .iter()
+                        .map(|g| ChannelId(g.virtualChannelId))
+                        .collect(),
                 }
             }
             AdjudicatorEvents::VirtualOutcome(o) => {

@@ -159,33 +159,43 @@ pub async fn bench_virtual(o: VirtualBenchOptions) -> Result<VirtualBenchReport,
     opens.sort();
     closes.sort();
 
-    // The same over a chain of two hubs: A — hub — hub 2 — C.
-    let (hub2, c, lc) = second_hub(&net, &o.dir).await?;
+    // The same over a chain of two hubs: A2 — hub — hub 2 — C.
+    let chain = second_hub(&net, &o.dir).await?;
+    let (a2, c) = (&chain.a, &chain.c);
+    let mut ea2 = a2.subscribe();
     let mut ec = c.subscribe();
     let (mut opens2, mut closes2) = (Vec::with_capacity(o.opens), Vec::with_capacity(o.opens));
+    let hubs = [net.hub.address(), chain.hub.address()];
     for _ in 0..o.opens {
         let t0 = Instant::now();
-        let v = a
-            .open_virtual_over(
-                &[net.hub.address(), hub2.address()],
-                c.address(),
-                Amount(1_000_000_000),
-                3600,
-            )
-            .await?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let v = loop {
+            // The first hub's rules reach A2 after its channel opened.
+            match a2
+                .open_virtual_over(&hubs, c.address(), Amount(1_000_000_000), 3600)
+                .await
+            {
+                Ok(v) => break v,
+                Err(NodeError::Pay(PayError::NoPolicy(_))) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
         opens2.push(t0.elapsed());
-        a.transfer(v, Amount(1_000)).await?;
-        until(&c, &mut ec, v, |s| s.balances[1] == Amount(1_000)).await?;
+        a2.transfer(v, Amount(1_000)).await?;
+        until(c, &mut ec, v, |s| s.balances[1] == Amount(1_000)).await?;
         let t1 = Instant::now();
         c.close(v).await?;
-        until(&c, &mut ec, lc, released(v)).await?;
-        until(a, &mut ea, la, released(v)).await?;
+        until(c, &mut ec, chain.lc, released(v)).await?;
+        until(a2, &mut ea2, chain.la, released(v)).await?;
         closes2.push(t1.elapsed());
     }
     opens2.sort();
     closes2.sort();
-    c.shutdown();
-    hub2.shutdown();
+    for n in [&chain.a, &chain.hub, &chain.c] {
+        n.shutdown();
+    }
 
     // Payments inside one channel, in rounds of `batch` transfers.
     let value = Amount(1_000_000_000_000_000_000);
@@ -235,44 +245,71 @@ pub async fn bench_virtual(o: VirtualBenchOptions) -> Result<VirtualBenchReport,
     })
 }
 
-/// A second hub joined to `net`'s hub by a ledger (opened by the first hub, each side holding
-/// as much as a peer's deposit), and a peer C of it with a ledger of its own; A knows the
-/// second hub's rules. Returns the second hub, C and C's ledger.
-async fn second_hub(
-    net: &LocalNet,
-    dir: &std::path::Path,
-) -> Result<(Node, Node, ChannelId), LocalNetError> {
+/// The chain of two hubs the bench opens over: A2 — `net`'s hub — hub 2 — C.
+struct Chain {
+    /// The payer (its ledger with the first hub has the longer window a chain needs).
+    a: Node,
+    /// The second hub.
+    hub: Node,
+    /// Its peer, the payee.
+    c: Node,
+    /// A2's ledger.
+    la: ChannelId,
+    /// C's ledger.
+    lc: ChannelId,
+}
+
+/// A second hub joined to `net`'s hub by a ledger with the shortest window a node accepts
+/// (opened by the second hub), a peer C of it, and a payer A2 of the first hub whose ledger's
+/// window is longer by [`htlc::vchan::CHAIN_REACTION_SECS`] (as the first hub of a chain
+/// requires, ADR 0026); every side holds as much as a peer's deposit, and A2 knows the second
+/// hub's rules.
+async fn second_hub(net: &LocalNet, dir: &std::path::Path) -> Result<Chain, LocalNetError> {
     let policy = htlc::vchan::VirtualPolicy::default();
     let keys = || htlc::sig::Keys::from_signer(&alloy::signers::local::PrivateKeySigner::random());
-    let hub2 = Node::start(
-        keys(),
-        crate::store::Store::open(&dir.join("hub-2"))?,
+    let mid_window = htlc::forward::MIN_CHALLENGE_DURATION_SECS;
+    let start = |name: &str, o: crate::node::NodeOptions| -> Result<Node, LocalNetError> {
+        let store = crate::store::Store::open(&dir.join(name))?;
+        Ok(Node::start(keys(), store, o)?)
+    };
+    let hub2 = start(
+        "hub-2",
         crate::node::NodeOptions {
             virtual_policy: Some(policy),
+            challenge_duration: mid_window,
             ..crate::node::NodeOptions::default()
         },
     )?;
     let addr = hub2.listen(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))?;
-    let c = Node::start(
-        keys(),
-        crate::store::Store::open_with(&dir.join("peer-c"), crate::store::Profile::Client)?,
-        crate::node::NodeOptions::default(),
+    let c = start("peer-c", crate::node::NodeOptions::default())?;
+    let a = start(
+        "peer-a2",
+        crate::node::NodeOptions {
+            challenge_duration: mid_window + htlc::vchan::CHAIN_REACTION_SECS,
+            ..crate::node::NodeOptions::default()
+        },
     )?;
     let each = Amount(1_000_000_000_000_000_000_000);
     let twice = Amount(2 * each.0);
-    let mut ledgers = Vec::with_capacity(2);
-    for n in [&net.hub, &c] {
-        n.connect(addr, Some(hub2.address())).await?;
-        let id = n.open_channel(hub2.address(), twice).await?;
+    let mut ledgers = Vec::with_capacity(3);
+    for (n, to, to_addr) in [
+        (&hub2, &net.hub, net.hub_addr),
+        (&c, &hub2, addr),
+        (&a, &net.hub, net.hub_addr),
+    ] {
+        n.connect(to_addr, Some(to.address())).await?;
+        let id = n.open_channel(to.address(), twice).await?;
         n.transfer(id, each).await?;
+        let mut events = to.subscribe();
+        until(to, &mut events, id, |s| s.balances[1] == each).await?;
         ledgers.push(id);
     }
-    for id in &ledgers {
-        let mut events = hub2.subscribe();
-        until(&hub2, &mut events, *id, |s| s.balances[1] == each).await?;
-    }
-    net.peers[0]
-        .set_virtual_policy(hub2.address(), policy)
-        .await?;
-    Ok((hub2, c, ledgers[1]))
+    a.set_virtual_policy(hub2.address(), policy).await?;
+    Ok(Chain {
+        a,
+        hub: hub2,
+        c,
+        la: ledgers[2],
+        lc: ledgers[1],
+    })
 }

@@ -18,6 +18,8 @@ use common::{TempDir, chain_node, loopback, wait_state};
 
 const ETH: u128 = 1_000_000_000_000_000_000;
 const COLLATERAL: u128 = ETH;
+/// The hubs' ledger's challenge window: the shortest a node accepts.
+const MID_WINDOW: u64 = htlc::forward::MIN_CHALLENGE_DURATION_SECS;
 
 /// Each hub's rules: h1 and h2 charge different fees, so a fee paid to the wrong hub shows.
 fn policy(i: u128) -> VirtualPolicy {
@@ -75,12 +77,18 @@ async fn setup() -> Net {
                 toward_hubs: i == 1,
                 ..policy(i as u128)
             });
+            // h1 opens the hubs' ledger with a window shorter than alice's by the time it
+            // needs to answer her dispute (ADR 0026).
+            o.challenge_duration = MID_WINDOW;
         })
         .await;
         addrs.push(h.listen(loopback()).unwrap());
         hubs.push(h);
     }
-    let alice = node(&chain, 3, &mut dirs, |_| {}).await;
+    let alice = node(&chain, 3, &mut dirs, |o| {
+        o.challenge_duration = MID_WINDOW + htlc::vchan::CHAIN_REACTION_SECS;
+    })
+    .await;
     let bob = node(&chain, 4, &mut dirs, |_| {}).await;
     let l1 = ledger(&alice, &hubs[0], addrs[0]).await;
     let l2 = ledger(&hubs[0], &hubs[1], addrs[1]).await;

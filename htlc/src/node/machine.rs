@@ -295,6 +295,9 @@ pub enum ChainEvent {
         version: u64,
         /// When its challenge window ends (chain time, unix seconds).
         finalizes_at: u64,
+        /// The virtual channels whose guarantees the registered state holds (a ledger's: a
+        /// hub of a chain tells by it whether the next hub registered the release it signed).
+        guaranteed: Vec<ChannelId>,
     },
     /// The channel was paid out.
     Concluded {
@@ -1182,7 +1185,14 @@ impl Node {
                 channel_id,
                 version,
                 finalizes_at,
-            } => self.disputed(channel_id, version, finalizes_at, &mut p),
+                guaranteed,
+            } => self.disputed(
+                now,
+                channel_id,
+                (version, finalizes_at),
+                &guaranteed,
+                &mut p,
+            ),
             ChainEvent::Concluded {
                 channel_id,
                 version,
@@ -2363,7 +2373,14 @@ impl Node {
     /// state is the one to pay out, so every preimage we hold for the peer's locks in it goes
     /// to the registry now (nothing settles them off chain any more), and its conclusion is
     /// written for the end of the window.
-    fn disputed(&mut self, id: ChannelId, version: u64, finalizes_at: u64, p: &mut Pending) {
+    fn disputed(
+        &mut self,
+        now: Expiry,
+        id: ChannelId,
+        (version, finalizes_at): (u64, u64),
+        guaranteed: &[ChannelId],
+        p: &mut Pending,
+    ) {
         // A client's channel we watch: answered with the state it handed us (rule 8).
         if let Some(w) = self.book.watched.get(&id)
             && let Some(intent) = tower::answer(w, version)
@@ -2381,6 +2398,8 @@ impl Node {
         if let Some(intent) = self.challenge_virtual(id, version) {
             p.out.writes.push(Write::Intent(Box::new(intent)));
         }
+        // A leg of a virtual channel whose close we hold as a hub of a chain (ADR 0026).
+        self.on_leg_disputed(now, id, version, guaranteed, p);
         let Some(e) = self.channels.get(&id) else {
             return;
         };

@@ -565,6 +565,7 @@ fn a_stale_close_is_challenged_and_a_disputed_channel_takes_no_payment() {
             channel_id: net.up,
             version: 0,
             finalizes_at: NOW.0 + 100,
+            guaranteed: Vec::new(),
         },
     );
     assert!(out.events.contains(&NodeEvent::Challenged {
@@ -583,6 +584,7 @@ fn a_stale_close_is_challenged_and_a_disputed_channel_takes_no_payment() {
             channel_id: net.up,
             version: 1,
             finalizes_at: NOW.0 + 200,
+            guaranteed: Vec::new(),
         },
     );
     let intents: Vec<_> = out.intents().collect();
@@ -596,6 +598,7 @@ fn a_stale_close_is_challenged_and_a_disputed_channel_takes_no_payment() {
             channel_id: net.up,
             version: 1,
             finalizes_at: NOW.0 + 200,
+            guaranteed: Vec::new(),
         },
     );
     let intents: Vec<_> = out.intents().collect();
@@ -781,6 +784,7 @@ fn a_claim_the_peer_does_not_settle_is_reported_once_at_its_on_chain_deadline() 
             channel_id: net.up,
             version,
             finalizes_at: ends,
+            guaranteed: Vec::new(),
         },
     );
     assert!(matches!(
@@ -2276,6 +2280,7 @@ fn the_hub_challenges_a_stale_virtual_dispute_with_the_final_state_it_holds() {
         channel_id: v,
         version,
         finalizes_at: NOW.0 + 100,
+        guaranteed: Vec::new(),
     };
     let out = net.nodes[1].handle_chain(NOW, disputed(0));
     assert_eq!(challenges(&out), vec![fin.clone()]);
@@ -2388,6 +2393,38 @@ fn the_acceptor_refuses_a_virtual_channel_within_its_closing_margin() {
     assert!(net.nodes[2].virtuals().next().is_none());
 }
 
+/// As [`cosigned`], with a challenge window of `window` seconds.
+fn cosigned_window(a: u8, b: u8, nonce: u64, window: u64) -> (Channel, Channel) {
+    let (ka, kb) = (keys(a), keys(b));
+    let p = crate::ChannelParams {
+        challenge_duration: window,
+        ..params(&ka, &kb, nonce)
+    };
+    let state = ChannelState::opening(p.id(), [Amount(FUNDS), Amount::ZERO]);
+    let sigs = [
+        sign_state(&p, &ka, &state).unwrap(),
+        sign_state(&p, &kb, &state).unwrap(),
+    ];
+    let s = SignedState { state, sigs };
+    (
+        Channel::from_cosigned(p.clone(), ka, Limits::default(), s.clone()).unwrap(),
+        Channel::from_cosigned(p, kb, Limits::default(), s).unwrap(),
+    )
+}
+
+/// The hubs' ledger of [`Net::chain`] (hub 1, key 2, is A; hub 2 key 4): the shortest window
+/// a node accepts.
+fn cosigned_mid() -> (Channel, Channel) {
+    cosigned_window(2, 4, 3, crate::forward::MIN_CHALLENGE_DURATION_SECS)
+}
+
+/// The payer's ledger of [`Net::chain`] (payer key 1, hub 1 key 2): a window longer than the
+/// hubs' ledger's by `CHAIN_REACTION_SECS`, as a hub that is not the last of a chain requires.
+fn cosigned_up() -> (Channel, Channel) {
+    let window = crate::forward::MIN_CHALLENGE_DURATION_SECS + crate::vchan::CHAIN_REACTION_SECS;
+    cosigned_window(1, 2, 1, window)
+}
+
 impl Net {
     /// A chain of two hubs: the payer (key 1) — hub 1 (key 2) — hub 2 (key 4) — the payee
     /// (key 3). Nodes 0 payer, 1 hub 1, 2 payee, 3 hub 2 (the parties keep their places);
@@ -2406,8 +2443,8 @@ impl Net {
             ..config.clone()
         };
         nodes[1] = Node::new(keys(2), toward_hubs);
-        let (p_up, h_up) = cosigned(1, 2, 1);
-        let (h1_mid, h2_mid) = cosigned(2, 4, 3);
+        let (p_up, h_up) = cosigned_up();
+        let (h1_mid, h2_mid) = cosigned_mid();
         let (h_down, q_down) = cosigned(4, 3, 2);
         let (up, mid, down) = (p_up.id(), h1_mid.id(), h_down.id());
         let a = |b: u8| keys(b).address();
@@ -2684,7 +2721,7 @@ fn a_hub_of_a_chain_never_lets_go_of_the_release_it_holds_while_its_own_is_out()
 fn a_hub_serves_a_next_hop_that_is_a_hub_only_by_its_operators_choice() {
     let (mut net, mid) = Net::chain(virtual_config());
     net.nodes[1] = Node::new(keys(2), virtual_config());
-    let (h_up, h_mid) = (cosigned(1, 2, 1).1, cosigned(2, 4, 3).0);
+    let (h_up, h_mid) = (cosigned_up().1, cosigned_mid().0);
     net.nodes[1].add_channel(keys(1).address(), h_up).unwrap();
     net.nodes[1].add_channel(keys(4).address(), h_mid).unwrap();
     net.disks[1] = net.nodes[1].records();
@@ -2795,4 +2832,181 @@ fn a_chain_survives_a_restart_of_every_node_after_every_message_delay() {
         "hub 2: its funds plus its fee"
     );
     assert_eq!(down[1], Amount(20_000), "the payee's payment");
+}
+
+/// The intents in `out`.
+fn intents(out: &Output) -> Vec<Intent> {
+    out.writes
+        .iter()
+        .filter_map(|w| match w {
+            Write::Intent(i) => Some((**i).clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+impl Net {
+    /// Over [`Net::chain`]: the virtual channel open, the payer alone hands over the final
+    /// state `[30_000, 20_000]` and proposes its release (the payee is silent). Hub 1 holds it
+    /// and has signed its release toward hub 2, which holds that. Returns the channel and the
+    /// payer's ledger's latest co-signed version.
+    fn chain_close_held_at_hub_1(&mut self, mid: ChannelId) -> (ChannelId, u64) {
+        let (v, _) = self.open_virtual_chain(50_000);
+        let vp = self.nodes[0]
+            .channel(v)
+            .unwrap()
+            .snapshot()
+            .params()
+            .clone();
+        let fin = cosigned_final(&vp, [30_000, 20_000]);
+        let mut p = super::Pending::default();
+        self.nodes[0].on_virtual_final(v, fin, &mut p);
+        let out = self.nodes[0].finish(self.now, p);
+        self.carry(0, out);
+        self.run();
+        assert!(self.nodes[1].holding(self.up) && self.nodes[3].holding(mid));
+        let u = self.nodes[1]
+            .channel(self.up)
+            .unwrap()
+            .latest()
+            .state
+            .version;
+        (v, u)
+    }
+}
+
+/// The payer disputes its ledger on chain while hub 1 holds its release and hub 2 holds hub 1's
+/// own release of their ledger (the coalition of ADR 0026). Hub 1 takes the hubs' ledger to
+/// chain at once; when hub 2 answers there with the release hub 1 signed, hub 1 answers the
+/// payer's dispute with the payer's release, countersigned: both its legs end by the same
+/// final state.
+#[test]
+fn a_first_hub_answers_a_dispute_of_the_payers_ledger_by_the_release_it_holds_when_the_next_hub_completes_on_chain()
+ {
+    let (mut net, mid) = Net::chain(virtual_config());
+    let (v, u) = net.chain_close_held_at_hub_1(mid);
+    let disputed = |channel_id, version, guaranteed| ChainEvent::Disputed {
+        channel_id,
+        version,
+        finalizes_at: NOW.0 + 3600,
+        guaranteed,
+    };
+    let out = net.nodes[1].handle_chain(net.now, disputed(net.up, u, vec![v]));
+    net.carry(1, out.clone());
+    let closes: Vec<ChannelId> = intents(&out)
+        .iter()
+        .filter_map(|i| match i {
+            Intent::Close { params, .. } => Some(params.id()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(closes, vec![mid], "hub 1 takes the hubs' ledger to chain");
+    // Hub 2 answers with hub 1's signed release (the next version, without the guarantee).
+    let m = net.nodes[1].channel(mid).unwrap().latest().state.version;
+    let out = net.nodes[1].handle_chain(net.now, disputed(mid, m + 1, Vec::new()));
+    net.carry(1, out.clone());
+    let answer = intents(&out)
+        .into_iter()
+        .find_map(|i| match i {
+            Intent::Challenge { params, state } if params.id() == net.up => Some(state),
+            _ => None,
+        })
+        .expect("hub 1 answers the payer's dispute");
+    assert_eq!(answer.state.version, u + 1);
+    assert!(answer.state.guarantees.is_empty());
+    let fee = 100 + 50;
+    assert_eq!(
+        answer.state.balances,
+        [
+            Amount(FUNDS - 50_000 - 2 * fee + 30_000),
+            Amount(2 * fee + 20_000)
+        ],
+        "released by the final state: the payer's 30,000 back, the payee's 20,000 to hub 1"
+    );
+    // Signed by both (the adjudicator checks the same digest).
+    let up = net.nodes[1]
+        .channel(net.up)
+        .unwrap()
+        .snapshot()
+        .params()
+        .clone();
+    let digest = crate::eip712::DomainSeparator::new(&up)
+        .digest(&answer.state)
+        .unwrap();
+    for (side, k) in [(0, 1u8), (1, 2)] {
+        crate::sig::verify(digest, &answer.sigs[side], keys(k).address()).unwrap();
+    }
+    assert!(!net.nodes[1].holding(net.up));
+}
+
+/// The same dispute, but hub 2 does not register hub 1's release (it lets the hubs' ledger
+/// conclude as it was): hub 1 never completes the payer's release, so both its legs keep the
+/// guarantee and settle on chain by one recorded outcome.
+#[test]
+fn a_first_hub_completes_nothing_when_the_next_hub_lets_the_release_lapse() {
+    let (mut net, mid) = Net::chain(virtual_config());
+    let (v, u) = net.chain_close_held_at_hub_1(mid);
+    let m = net.nodes[1].channel(mid).unwrap().latest().state.version;
+    let mut all = Vec::new();
+    for (channel_id, version) in [(net.up, u), (mid, m)] {
+        let out = net.nodes[1].handle_chain(
+            net.now,
+            ChainEvent::Disputed {
+                channel_id,
+                version,
+                finalizes_at: NOW.0 + 3600,
+                guaranteed: vec![v],
+            },
+        );
+        all.extend(intents(&out));
+        net.carry(1, out);
+    }
+    net.run();
+    assert!(
+        !all.iter()
+            .any(|i| matches!(i, Intent::Challenge { params, .. } if params.id() == net.up)),
+        "{all:?}"
+    );
+    assert!(net.nodes[1].holding(net.up));
+    for (n, id) in [(0, net.up), (1, net.up), (1, mid), (3, mid)] {
+        assert_eq!(net.guarantees(n, id), 1, "node {n} channel {id}");
+    }
+}
+
+/// Over one hub: the payer's release is held, then the payer disputes its ledger on chain,
+/// then the payee's release arrives. The hub completes neither: the disputed ledger could
+/// conclude still holding the guarantee and be settled by an outcome the parties choose,
+/// while the other would be released by the final state. Both legs keep the guarantee.
+#[test]
+fn a_hub_completes_no_release_while_a_leg_is_disputed() {
+    let mut net = Net::new(virtual_config());
+    let (v, _) = net.open_virtual(50_000);
+    let vp = net.nodes[0].channel(v).unwrap().snapshot().params().clone();
+    let fin = cosigned_final(&vp, [30_000, 20_000]);
+    let mut p = super::Pending::default();
+    net.nodes[0].on_virtual_final(v, fin.clone(), &mut p);
+    let out = net.nodes[0].finish(net.now, p);
+    net.carry(0, out);
+    net.run();
+    assert!(net.nodes[1].holding(net.up));
+    let u = net.nodes[1].channel(net.up).unwrap().latest().state.version;
+    let out = net.nodes[1].handle_chain(
+        net.now,
+        ChainEvent::Disputed {
+            channel_id: net.up,
+            version: u,
+            finalizes_at: NOW.0 + 3600,
+            guaranteed: vec![v],
+        },
+    );
+    net.carry(1, out);
+    let mut p = super::Pending::default();
+    net.nodes[2].on_virtual_final(v, fin, &mut p);
+    let out = net.nodes[2].finish(net.now, p);
+    net.carry(2, out);
+    net.run();
+    for (n, id) in [(0, net.up), (1, net.up), (1, net.down), (2, net.down)] {
+        assert_eq!(net.guarantees(n, id), 1, "node {n} channel {id}");
+    }
+    assert!(!net.settled(1, v));
 }

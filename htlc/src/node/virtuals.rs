@@ -1157,6 +1157,18 @@ impl Node {
         if !complete {
             return;
         }
+        // A leg disputed on chain may conclude still holding the guarantee, settled by an
+        // outcome its parties choose: then no leg is released off chain (every leg settles on
+        // chain by one recorded outcome). A hub of a chain completes on chain instead, when
+        // the next hub registers the release it signed (`on_leg_disputed`).
+        let disputed = r.ledgers.iter().any(|l| {
+            self.channels
+                .get(l)
+                .is_some_and(|e| e.machine.snapshot().frozen())
+        });
+        if disputed {
+            return;
+        }
         // Every release is checked again against its ledger as it stands: all are
         // countersigned, or none (a leg released alone could be robbed on the other, ADR 0026).
         let all_accept = r.ledgers.iter().zip(&r.held).all(|(l, h)| {
@@ -1186,6 +1198,97 @@ impl Node {
             }
             // What we kept from proposing while holding goes out now.
             p.to_propose.insert(ledger);
+        }
+    }
+
+    /// Hub of a chain, not the last (ADR 0026): `ledger`, a leg of a virtual channel whose
+    /// close we are in (we hold the release toward A and signed ours toward the next hub), is
+    /// disputed on chain at `version` with a state guaranteeing `guaranteed`.
+    ///
+    /// - The leg toward A: its party may let it conclude still holding the guarantee while the
+    ///   next hub keeps our signed release to complete late. We take the leg toward the next
+    ///   hub to chain at once, so the next hub must answer (register our release) within that
+    ///   ledger's window, which ends [`vchan::CHAIN_REACTION_SECS`] before the party's
+    ///   (checked at the open).
+    /// - The leg toward the next hub, registered without the guarantee at our latest version or
+    ///   later: that is the release we signed (the only state of ours without it), so that leg
+    ///   ends by the final state. We complete the leg toward A by the same state: we
+    ///   countersign the release we hold, and if that leg is disputed we answer with it.
+    pub(super) fn on_leg_disputed(
+        &mut self,
+        now: Expiry,
+        ledger: ChannelId,
+        version: u64,
+        guaranteed: &[ChannelId],
+        p: &mut Pending,
+    ) {
+        let ours: Vec<(ChannelId, VirtualRecord)> = self
+            .book
+            .virtuals
+            .iter()
+            .filter(|(_, r)| {
+                r.role == VirtualRole::Hub
+                    && !r.onward.is_empty()
+                    && r.held.first().is_some_and(Option::is_some)
+                    && r.ledgers.contains(&ledger)
+            })
+            .map(|(id, r)| (*id, r.clone()))
+            .collect();
+        for (id, mut r) in ours {
+            let (Some(&up), Some(&next)) = (r.ledgers.first(), r.ledgers.get(1)) else {
+                continue;
+            };
+            if self.guarantee_on(next, id).is_none() {
+                // The next hub completed off chain; nothing is out.
+                continue;
+            }
+            if ledger == up {
+                let Some(e) = self.channels.get(&next) else {
+                    continue;
+                };
+                let s = e.machine.snapshot();
+                if !s.frozen() {
+                    let intent = Intent::Close {
+                        params: s.params().clone(),
+                        state: s.latest().clone(),
+                    };
+                    p.out.writes.push(Write::Intent(Box::new(intent)));
+                }
+                continue;
+            }
+            let latest = self
+                .channels
+                .get(&next)
+                .map_or(u64::MAX, |e| e.machine.latest().state.version);
+            if guaranteed.contains(&id) || version < latest {
+                continue;
+            }
+            // The next hub registered the release we signed: complete ours toward A.
+            let Some(Some(msg)) = r.held.first_mut().map(Option::take) else {
+                continue;
+            };
+            self.write_virtual(id, r, p);
+            let Some(e) = self.channels.get_mut(&up) else {
+                continue;
+            };
+            match e.machine.handle(msg, now) {
+                Ok(effects) => {
+                    let s = e.machine.snapshot();
+                    let answer = s.frozen().then(|| Intent::Challenge {
+                        params: s.params().clone(),
+                        state: s.latest().clone(),
+                    });
+                    self.carry(up, effects, p);
+                    if let Some(intent) = answer {
+                        p.out.writes.push(Write::Intent(Box::new(intent)));
+                    }
+                }
+                Err(_) => {
+                    // Nothing changed on that ledger since we held it (we propose nothing on
+                    // it and its party waits for us), so this does not happen.
+                }
+            }
+            p.to_propose.insert(up);
         }
     }
 
