@@ -94,7 +94,7 @@ pub(crate) fn fill(
     for w in writes {
         match w {
             Write::Channel { id } => {
-                if let Some(rec) = machine.channel_record(*id) {
+                if let Some(rec) = machine.channel_record_ref(*id) {
                     batch.put(Cf::Channels, id.0.as_slice(), &rec)?;
                 }
             }

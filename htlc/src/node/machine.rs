@@ -774,6 +774,23 @@ impl Node {
         })
     }
 
+    /// The record of channel `id` borrowed, to encode without a copy (encodes as
+    /// [`Node::channel_record`]'s).
+    pub fn channel_record_ref(
+        &self,
+        id: ChannelId,
+    ) -> Option<crate::node::records::ChannelRecordRef<'_>> {
+        self.channels
+            .get(&id)
+            .map(|e| crate::node::records::ChannelRecordRef {
+                peer: e.peer,
+                funded: e.funded,
+                concluded: e.concluded,
+                opened_at: e.opened_at,
+                snapshot: e.machine.snapshot(),
+            })
+    }
+
     /// Our message `seq` to `peer`, if it is not acknowledged yet (to write for a
     /// [`Write::Sent`]).
     pub fn unacked(&self, peer: Address, seq: u64) -> Option<&Body> {

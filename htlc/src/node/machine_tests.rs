@@ -3010,3 +3010,26 @@ fn a_hub_completes_no_release_while_a_leg_is_disputed() {
     }
     assert!(!net.settled(1, v));
 }
+
+/// The borrowed record the store writes at every step encodes exactly as the owned one (and
+/// decodes back to it), with a proposal out and operations queued behind it.
+#[test]
+fn a_borrowed_channel_record_encodes_as_the_owned_one() {
+    let mut net = Net::new(config());
+    for amount in [10, 20, 30] {
+        let out = net.nodes[0]
+            .transfer(net.now, net.up, Amount(amount))
+            .unwrap();
+        net.carry(0, out);
+    }
+    assert!(
+        net.nodes[0].channel(net.up).unwrap().queued() > 0,
+        "operations wait behind the proposal"
+    );
+    let owned = net.nodes[0].channel_record(net.up).unwrap();
+    let borrowed = net.nodes[0].channel_record_ref(net.up).unwrap();
+    let bytes = postcard::to_stdvec(&borrowed).unwrap();
+    assert_eq!(bytes, postcard::to_stdvec(&owned).unwrap());
+    let back: crate::node::records::ChannelRecord = postcard::from_bytes(&bytes).unwrap();
+    assert_eq!(back, owned);
+}

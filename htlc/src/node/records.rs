@@ -41,6 +41,23 @@ pub struct ChannelRecord {
     pub snapshot: Snapshot,
 }
 
+/// A channel's record borrowed from the machine: encoded exactly as [`ChannelRecord`] (same
+/// fields, same order), so the store writes it at every step without copying the channel's
+/// state (its queue of operations grows while a proposal is out).
+#[derive(Debug, Serialize)]
+pub struct ChannelRecordRef<'a> {
+    /// As [`ChannelRecord::peer`].
+    pub peer: Address,
+    /// As [`ChannelRecord::funded`].
+    pub funded: bool,
+    /// As [`ChannelRecord::concluded`].
+    pub concluded: bool,
+    /// As [`ChannelRecord::opened_at`].
+    pub opened_at: u64,
+    /// As [`ChannelRecord::snapshot`].
+    pub snapshot: &'a Snapshot,
+}
+
 impl ChannelRecord {
     /// Whether we proposed the channel and the peer has not countersigned its opening yet.
     pub fn awaiting_acceptance(&self) -> bool {
