@@ -357,6 +357,29 @@ impl Channel {
         limits: Limits,
         latest: SignedState,
     ) -> Result<Self, ProtocolError> {
+        Self::from_cosigned_checking(params, keys, limits, latest, true)
+    }
+
+    /// As [`Channel::from_cosigned`], where `latest`'s signature for our side is one we made
+    /// on this very state ourselves (just now, or kept in our own records): only the
+    /// counterparty's is verified (a signature recovery less, a virtual channel's open is
+    /// about a tenth faster).
+    pub fn from_cosigned_by_us(
+        params: ChannelParams,
+        keys: Keys,
+        limits: Limits,
+        latest: SignedState,
+    ) -> Result<Self, ProtocolError> {
+        Self::from_cosigned_checking(params, keys, limits, latest, false)
+    }
+
+    fn from_cosigned_checking(
+        params: ChannelParams,
+        keys: Keys,
+        limits: Limits,
+        latest: SignedState,
+        check_ours: bool,
+    ) -> Result<Self, ProtocolError> {
         let me = params
             .side_of(keys.address())
             .ok_or(ProtocolError::InvalidState("our key is not a participant"))?;
@@ -373,6 +396,9 @@ impl Channel {
             .digest(&latest.state)
             .map_err(|_| ProtocolError::Overflow)?;
         for side in [Side::A, Side::B] {
+            if side == me && !check_ours {
+                continue;
+            }
             verify(digest, &latest.sigs[side.index()], params.participant(side))
                 .map_err(ProtocolError::BadSignature)?;
         }

@@ -963,3 +963,40 @@ fn a_proposal_refused_as_a_conflict_is_never_countersigned_later() {
         [Amount(1_000 - 5 + 7), Amount(1_000 + 5 - 7)]
     );
 }
+
+/// Built from a co-signed opening with our own signature vouched for, a channel still checks
+/// the counterparty's: a forged or misplaced one is refused; only our own side is taken on
+/// our word (`from_cosigned` checks both).
+#[test]
+fn a_channel_from_a_state_we_signed_still_checks_the_counterpartys_signature() {
+    let (ka, kb) = (keys(0xA1), keys(0xB2));
+    let p = params(&ka, &kb);
+    let state = htlc::ChannelState::opening(p.id(), [Amount(10), Amount(0)]);
+    let ours = htlc::update::sign_state(&p, &ka, &state).unwrap();
+    let theirs = htlc::update::sign_state(&p, &kb, &state).unwrap();
+    let stranger = htlc::update::sign_state(&p, &keys(0xC3), &state).unwrap();
+    let build = |by_us: bool, sigs| {
+        let s = htlc::SignedState {
+            state: state.clone(),
+            sigs,
+        };
+        if by_us {
+            htlc::Channel::from_cosigned_by_us(p.clone(), ka.clone(), Limits::default(), s)
+        } else {
+            htlc::Channel::from_cosigned(p.clone(), ka.clone(), Limits::default(), s)
+        }
+    };
+    assert!(build(true, [ours, theirs]).is_ok());
+    for sigs in [[ours, stranger], [ours, ours]] {
+        assert!(matches!(
+            build(true, sigs),
+            Err(ProtocolError::BadSignature(_))
+        ));
+    }
+    // Our side is not re-checked by `from_cosigned_by_us`; `from_cosigned` checks it.
+    assert!(build(true, [stranger, theirs]).is_ok());
+    assert!(matches!(
+        build(false, [stranger, theirs]),
+        Err(ProtocolError::BadSignature(_))
+    ));
+}

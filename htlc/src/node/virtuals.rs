@@ -427,7 +427,7 @@ impl Node {
         vchan::check_leg(&terms, &lp, me, &g).map_err(|e| e.to_string())?;
         let ours = sign_state(&terms.params, &self.keys, &terms.opening_state())
             .map_err(|e| e.to_string())?;
-        let machine = Channel::from_cosigned(
+        let machine = Channel::from_cosigned_by_us(
             terms.params.clone(),
             self.keys.clone(),
             terms.limits(self.config.limits),
@@ -568,7 +568,7 @@ impl Node {
             return Err(format!("virtual channel {id} accepted already"));
         }
         let ours = r.opening_sigs[0].ok_or("our opening signature is missing")?;
-        let machine = Channel::from_cosigned(
+        let machine = Channel::from_cosigned_by_us(
             r.terms.params.clone(),
             self.keys.clone(),
             r.terms.limits(self.config.limits),
