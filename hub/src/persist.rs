@@ -21,6 +21,7 @@
 //! | `locks` | `watch/‹channel›` | [`Watched`] (a watchtower's) |
 //! | `locks` | `virtual/‹channel›` | [`VirtualRecord`] (ADR 0026) |
 //! | `meta` | `vpolicy‹peer›` | the virtual-channel rules that hub announced |
+//! | `meta` | `partypolicyat‹peer›` | the date of the newest signed policy that virtual channel's party sent over its hub |
 
 use crate::store::{Batch, Cf, Store, StoreError};
 use crate::wire::{self, Frame};
@@ -132,6 +133,9 @@ pub(crate) fn fill(
             Write::Payment { record } => batch.put(Cf::Locks, &pay_key(record.id), &**record)?,
             Write::Policy { peer, policy } => {
                 batch.put(Cf::Meta, &meta_key("policy", *peer), policy)?
+            }
+            Write::PartyPolicyAt { peer, timestamp } => {
+                batch.put(Cf::Meta, &meta_key("partypolicyat", *peer), timestamp)?
             }
             Write::NodeKey { node, key } => {
                 batch.put(Cf::Meta, &meta_key("nodekey", *node), key)?
@@ -270,6 +274,11 @@ pub(crate) fn load(store: &Store) -> Result<Records, StoreError> {
             r.book.policies.insert(Address::from(a), policy);
         }
     }
+    for (k, at) in store.scan::<u64>(Cf::Meta, b"partypolicyat")? {
+        if let Some(a) = tail::<20>(&k, 13) {
+            r.book.party_policy_at.insert(Address::from(a), at);
+        }
+    }
     for (k, c) in store.scan::<GossipChannel>(Cf::Meta, b"gossip/")? {
         if let Some(id) = tail::<32>(&k, 7) {
             r.book.gossip.insert(ChannelId(id.into()), c);
@@ -319,4 +328,45 @@ pub(crate) fn load(store: &Store) -> Result<Records, StoreError> {
         }
     }
     Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The date of a party's newest policy is read back from the store as it was written, so
+    /// an older signed policy is still refused after a restart.
+    #[test]
+    fn a_partys_newest_policy_date_survives_a_restart() {
+        let dir = std::env::temp_dir().join(format!(
+            "vhub-persist-{}-{}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let party = Address::repeat_byte(7);
+        {
+            let store = Store::open(&dir).unwrap();
+            let keys = htlc::sig::Keys::from_bytes([3; 32]).unwrap();
+            let machine = Machine::new(keys, htlc::node::Config::default());
+            let mut batch = Batch::new();
+            let writes = [
+                Write::PartyPolicyAt {
+                    peer: party,
+                    timestamp: 5,
+                },
+                Write::PartyPolicyAt {
+                    peer: party,
+                    timestamp: 6,
+                },
+            ];
+            fill(&mut batch, &writes, &machine).unwrap();
+            store.commit_blocking(batch).unwrap();
+        }
+        let store = Store::open(&dir).unwrap();
+        let records = load(&store).unwrap();
+        assert_eq!(records.book.party_policy_at.get(&party), Some(&6));
+        drop(store);
+        std::fs::remove_dir_all(dir).ok();
+    }
 }

@@ -616,9 +616,6 @@ pub struct Node {
     /// hashlock: each part's channel, HTLC, amount and when it came (in memory: after a
     /// restart `resume` decides the committed parts again and they are held anew).
     parts: BTreeMap<Hashlock, Vec<(ChannelId, HtlcId, Amount, u64)>>,
-    /// The newest signed policy timestamp taken from each virtual channel's party (a relayed
-    /// older one is refused; kept in memory: after a restart an older one may be taken once).
-    party_policy_at: HashMap<Address, u64>,
     /// Onion layers peeled before this step, outside the caller's lock
     /// ([`Node::handle_frames_peeled`]); used by the route instructions they were peeled
     /// from and emptied at the end of the step.
@@ -675,7 +672,6 @@ impl Node {
             reachable: HashMap::new(),
             pending_gossip: BTreeMap::new(),
             parts: BTreeMap::new(),
-            party_policy_at: HashMap::new(),
             prepeeled: Vec::new(),
         }
     }
@@ -2568,7 +2564,7 @@ impl Node {
                     &update.policy,
                     update.timestamp,
                 );
-                let newest = self.party_policy_at.get(&from).copied().unwrap_or(0);
+                let newest = self.book.party_policy_at.get(&from).copied().unwrap_or(0);
                 if update.node != from
                     || crate::sig::address_of(&key) != from
                     || crate::sig::verify(digest, &update.sig, from).is_err()
@@ -2580,7 +2576,13 @@ impl Node {
                     let detail = "an older policy of that party".to_string();
                     return self.refuse(link, seq, ErrorCode::Protocol, detail, p);
                 }
-                self.party_policy_at.insert(from, update.timestamp);
+                self.write(
+                    p,
+                    Write::PartyPolicyAt {
+                        peer: from,
+                        timestamp: update.timestamp,
+                    },
+                );
                 self.write(
                     p,
                     Write::Policy {

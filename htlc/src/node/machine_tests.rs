@@ -2065,6 +2065,28 @@ fn relayed_route_instructions_outside_a_served_virtual_channel_are_refused() {
         net.carry(2, out);
     }
     assert_eq!(net.nodes[2].book().policies[&a].base_fee, Amount(20));
+    // After a restart the older one is still refused (the newest date is on disk).
+    let config = net.nodes[2].config().clone();
+    net.nodes[2] = Node::restore(keys(3), config, net.disks[2].clone()).unwrap();
+    let seq = net.nodes[1].links[&b].outbox.next_send();
+    let out = net.nodes[2].handle_frame(
+        net.now,
+        hub,
+        Frame::Msg {
+            seq,
+            body: Body::RelayedRoute {
+                from: a,
+                body: Box::new(Body::PartyPolicy {
+                    update: signed(10, 5),
+                    key: keys(1).public_key(),
+                }),
+            },
+        },
+    );
+    assert_eq!(refusal_codes(&out), vec![ErrorCode::Protocol]);
+    net.nodes[1].links.get_mut(&b).unwrap().outbox.sent(seq + 1);
+    net.carry(2, out);
+    assert_eq!(net.nodes[2].book().policies[&a].base_fee, Amount(20));
     // A party's policy sent straight, not over the hub, is refused.
     let out = net.nodes[2].handle_frame(
         net.now,

@@ -290,6 +290,14 @@ pub enum Write {
         /// Its rules.
         policy: VirtualPolicy,
     },
+    /// The date of the newest signed policy a virtual channel's party sent us over its hub
+    /// (an older one is refused, also after a restart).
+    PartyPolicyAt {
+        /// The party.
+        peer: Address,
+        /// The policy's date (unix seconds).
+        timestamp: u64,
+    },
 }
 
 /// Our part in a virtual channel.
@@ -384,6 +392,8 @@ pub struct Book {
     pub watched: BTreeMap<ChannelId, crate::node::tower::Watched>,
     /// Virtual channels we take part in.
     pub virtuals: BTreeMap<ChannelId, VirtualRecord>,
+    /// The date of the newest signed policy of each virtual channel's party we took.
+    pub party_policy_at: BTreeMap<Address, u64>,
     /// Rules for virtual channels hubs announced to us.
     pub virtual_policies: BTreeMap<Address, VirtualPolicy>,
 }
@@ -436,6 +446,9 @@ impl Book {
             },
             Write::Virtual { id, record } => {
                 self.virtuals.insert(*id, (**record).clone());
+            }
+            Write::PartyPolicyAt { peer, timestamp } => {
+                self.party_policy_at.insert(*peer, *timestamp);
             }
             Write::VirtualPolicy { peer, policy } => {
                 self.virtual_policies.insert(*peer, *policy);
