@@ -536,6 +536,9 @@ enum Reaction {
     /// A hub of a chain: the next hub completed our release of a virtual channel's leg
     /// toward it; countersign the release we hold toward A (module `virtuals`).
     ReleaseHeld(ChannelId),
+    /// A hub of a chain: our release of virtual channel `.1`'s leg on ledger `.0` was refused
+    /// and a later state is co-signed there; let go of the release we hold toward A.
+    InnerReleaseDead(ChannelId, ChannelId),
 }
 
 #[derive(Default)]
@@ -2807,6 +2810,14 @@ impl Node {
                         p,
                     );
                 }
+                if let Op::RemoveGuarantee {
+                    virtual_channel, ..
+                } = &op
+                {
+                    // Refused, and no longer completable (a later state is co-signed).
+                    p.reactions
+                        .push_back(Reaction::InnerReleaseDead(id, *virtual_channel));
+                }
                 p.out.events.push(NodeEvent::OpDropped {
                     channel_id: id,
                     op,
@@ -3260,6 +3271,9 @@ impl Node {
                     Reaction::Received(h) => self.on_received(now, h, &mut p),
                     Reaction::Outcome(ch, id) => self.on_outcome(ch, id, &mut p),
                     Reaction::ReleaseHeld(id) => self.release_held(now, id, &mut p),
+                    Reaction::InnerReleaseDead(ledger, id) => {
+                        self.inner_release_dead(now, ledger, id, &mut p)
+                    }
                 }
             }
             // A proposal may drop an offer, whose failure is a reaction again.

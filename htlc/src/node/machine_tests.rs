@@ -2677,8 +2677,10 @@ fn the_next_hub_cannot_have_a_hub_release_its_inner_leg_first() {
 
 /// Only the payer releases (the payee is silent): hub 1 holds the payer's release and
 /// proposes its own toward hub 2, which holds it waiting for the payee's. When hub 2's
-/// patience ends it refuses; hub 1 still holds the payer's release (its own signature on the
-/// inner release is out: hub 2 could still register it), and no leg anywhere is released.
+/// patience ends it refuses. Hub 1 still holds the payer's release as long as its own
+/// signature on the inner release could be completed (until a later state of their ledger is
+/// co-signed); then it lets go too, and the payer's ledger is free. No leg anywhere is
+/// released off chain: the channel settles on chain by one recorded outcome.
 #[test]
 fn a_hub_of_a_chain_never_lets_go_of_the_release_it_holds_while_its_own_is_out() {
     let (mut net, mid) = Net::chain(virtual_config());
@@ -2695,16 +2697,23 @@ fn a_hub_of_a_chain_never_lets_go_of_the_release_it_holds_while_its_own_is_out()
         "hub 1 holds the payer's release"
     );
     assert!(net.nodes[3].holding(mid), "hub 2 holds hub 1's release");
-    for (n, id) in [
-        (0, net.up),
-        (1, net.up),
-        (1, mid),
-        (3, mid),
-        (3, net.down),
-        (2, net.down),
-    ] {
-        assert_eq!(net.guarantees(n, id), 1, "node {n} channel {id}");
-    }
+    let all_locked = |net: &Net| {
+        for (n, id) in [
+            (0, net.up),
+            (1, net.up),
+            (1, mid),
+            (3, mid),
+            (3, net.down),
+            (2, net.down),
+        ] {
+            assert_eq!(net.guarantees(n, id), 1, "node {n} channel {id}");
+        }
+    };
+    all_locked(&net);
+    let released_at = match &net.nodes[3].book().virtuals[&v].held[0] {
+        Some(Message::Propose { version, .. }) => *version,
+        other => panic!("hub 2 holds {other:?}"),
+    };
     // Hub 1 sets no deadline on what it holds; hub 2 does.
     assert_eq!(net.nodes[1].next_hold_deadline(), None);
     let deadline = Expiry(NOW.0 + net.nodes[3].config().virtual_hold_secs);
@@ -2714,22 +2723,34 @@ fn a_hub_of_a_chain_never_lets_go_of_the_release_it_holds_while_its_own_is_out()
         let out = net.nodes[n].handle_timeout(net.now);
         net.carry(n, out);
     }
-    net.run();
+    // One message delay at a time: hub 1 lets go only once a state of their ledger later
+    // than its release is co-signed.
+    for _ in 0..20 {
+        net.round();
+        let later = net.nodes[1].channel(mid).unwrap().latest().state.version > released_at;
+        if !later {
+            assert!(
+                net.nodes[1].holding(net.up),
+                "hub 1 holds the payer's release while its own can be completed"
+            );
+        }
+    }
     assert!(!net.nodes[3].holding(mid), "hub 2 refused");
     assert!(
-        net.nodes[1].holding(net.up),
-        "hub 1 still holds the payer's release"
+        net.nodes[1].channel(mid).unwrap().latest().state.version > released_at,
+        "a later state of the hubs' ledger is co-signed"
     );
-    for (n, id) in [
-        (0, net.up),
-        (1, net.up),
-        (1, mid),
-        (3, mid),
-        (3, net.down),
-        (2, net.down),
-    ] {
-        assert_eq!(net.guarantees(n, id), 1, "node {n} channel {id}");
-    }
+    assert!(!net.nodes[1].holding(net.up), "then hub 1 let go");
+    assert!(
+        net.nodes[0]
+            .channel(net.up)
+            .unwrap()
+            .snapshot()
+            .pending()
+            .is_none(),
+        "the payer's ledger is free"
+    );
+    all_locked(&net);
     for n in 0..4 {
         assert!(!net.settled(n, v), "node {n}");
         assert_eq!(net.disks[n], net.nodes[n].records(), "node {n}");

@@ -1292,6 +1292,55 @@ impl Node {
         }
     }
 
+    /// Hub of a chain, not the last: our release of `id`'s leg on `ledger` (toward the next
+    /// hub) was refused, and a later state is co-signed there, so the next hub can no longer
+    /// complete it (the update machine reports a refused operation dead only then). We let go
+    /// of the release we held toward A, refused and the agreement withdrawn, as the last hub
+    /// did of its own: no leg is released off chain, A's ledger is free again, and the channel
+    /// settles on chain by one recorded outcome (ADR 0026).
+    pub(super) fn inner_release_dead(
+        &mut self,
+        now: Expiry,
+        ledger: ChannelId,
+        id: ChannelId,
+        p: &mut Pending,
+    ) {
+        let Some(mut r) = self.book.virtuals.get(&id).cloned() else {
+            return;
+        };
+        if r.role != VirtualRole::Hub || r.onward.is_empty() || r.ledgers.get(1) != Some(&ledger) {
+            return;
+        }
+        let (Some(&up), Some(fin)) = (r.ledgers.first(), r.outcome.clone()) else {
+            return;
+        };
+        let Some(Some(msg)) = r.held.first_mut().map(Option::take) else {
+            return;
+        };
+        self.write_virtual(id, r, p);
+        let Some(g) = self.guarantee_on(up, id) else {
+            return;
+        };
+        let Ok([to_a, to_b]) = vchan::release(&g, &fin.state) else {
+            return;
+        };
+        let op = Op::RemoveGuarantee {
+            virtual_channel: id,
+            to_a,
+            to_b,
+        };
+        let Some(e) = self.channels.get_mut(&up) else {
+            return;
+        };
+        e.machine.withdraw_agreement(&op);
+        p.touched.insert(up);
+        if let Ok(effects) = e.machine.handle(msg, now) {
+            // Refused now that we no longer agree: A's ledger is free.
+            self.carry(up, effects, p);
+        }
+        p.to_propose.insert(up);
+    }
+
     /// A ledger's release of a virtual channel's guarantee is co-signed: our leg (every leg,
     /// for its hub) is settled.
     pub(super) fn on_release_committed(&mut self, ops: &[Op], p: &mut Pending) {
