@@ -315,7 +315,7 @@ impl ChainClient {
         call: SolCallBuilder<P, C>,
     ) -> Result<TxOutcome, ChainError> {
         let policy = self.tx_policy();
-        let gas = call.estimate_gas().await?;
+        let gas = gas_limit(call.estimate_gas().await?);
         // The count of mined transactions (not the pool's): a stuck one of ours is replaced.
         let nonce = self
             .provider
@@ -817,5 +817,27 @@ impl ChainClient {
     /// A watcher of the adjudicator's and registry's events from `from_block` on.
     pub fn events(&self, from_block: u64) -> EventWatcher {
         EventWatcher::new(self.provider.clone(), self.deployment, from_block)
+    }
+}
+
+/// The gas limit sent for a call estimated at `estimate`: a quarter more, and at least 30,000
+/// more. The estimate is exact for the chain as it stood; a transaction mined after another
+/// that changed the state it reads (a dispute registered meanwhile, a slot first written) can
+/// need more, and one sent with the bare estimate then fails out of gas although it would
+/// have succeeded. Only the gas used is paid.
+pub fn gas_limit(estimate: u64) -> u64 {
+    estimate.saturating_add((estimate / 4).max(30_000))
+}
+
+#[cfg(test)]
+mod gas_tests {
+    use super::gas_limit;
+
+    #[test]
+    fn the_limit_leaves_room_above_the_estimate() {
+        assert_eq!(gas_limit(100_000), 130_000);
+        assert_eq!(gas_limit(200_000), 250_000);
+        assert_eq!(gas_limit(21_000), 51_000);
+        assert_eq!(gas_limit(u64::MAX), u64::MAX);
     }
 }

@@ -2216,6 +2216,13 @@ impl Node {
         if via.is_none() && self.hold_release(now, id, &msg, p) {
             return true;
         }
+        // While we hold the peer's release on this ledger we take no other proposal of it
+        // there: it could be the same release again (countersigned alone), or an update that
+        // makes the held one stale (ADR 0026).
+        if via.is_none() && matches!(msg, Message::Propose { .. }) && self.holding(id) {
+            let detail = format!("channel {id}: your release is held; nothing else meanwhile");
+            return self.refuse(link, seq, ErrorCode::Protocol, detail, p);
+        }
         let Some(e) = self.channels.get_mut(&id) else {
             return true;
         };

@@ -3076,3 +3076,232 @@ fn a_borrowed_channel_record_encodes_as_the_owned_one() {
     let back: crate::node::records::ChannelRecord = postcard::from_bytes(&bytes).unwrap();
     assert_eq!(back, owned);
 }
+
+/// The payer's release is held by the hub (the payee's has not come). The payer sends the
+/// same release again in a new frame: the hub does not take it (its machine would
+/// countersign it, releasing the payer's leg alone); any other proposal there is refused
+/// the same way, so none can make the held release stale.
+#[test]
+fn a_hub_takes_nothing_else_on_a_ledger_whose_release_it_holds() {
+    let mut net = Net::new(virtual_config());
+    let (v, _) = net.open_virtual(50_000);
+    let vp = net.nodes[0].channel(v).unwrap().snapshot().params().clone();
+    let fin = cosigned_final(&vp, [30_000, 20_000]);
+    let mut p = super::Pending::default();
+    net.nodes[0].on_virtual_final(v, fin, &mut p);
+    let out = net.nodes[0].finish(net.now, p);
+    net.carry(0, out);
+    net.run();
+    assert!(net.nodes[1].holding(net.up));
+    let held = net.nodes[1].book().virtuals[&v].held[0].clone().unwrap();
+    let (payer, hub) = (net.addr(0), net.addr(1));
+    for msg in [held.clone(), held] {
+        let seq = net.nodes[0].links[&hub].outbox.next_send();
+        let out = net.nodes[1].handle_frame(
+            net.now,
+            payer,
+            Frame::Msg {
+                seq,
+                body: Body::Channel(msg),
+            },
+        );
+        assert_eq!(refusal_codes(&out), vec![ErrorCode::Protocol]);
+        net.nodes[0]
+            .links
+            .get_mut(&hub)
+            .unwrap()
+            .outbox
+            .sent(seq + 1);
+        net.carry(1, out);
+    }
+    assert_eq!(
+        net.guarantees(1, net.up),
+        1,
+        "the payer's leg is not released"
+    );
+    assert_eq!(net.guarantees(1, net.down), 1);
+    assert!(net.nodes[1].holding(net.up));
+    assert!(!net.settled(1, v));
+}
+
+/// Over a chain: the payer disputes its ledger after hub 1 holds its release and signed its
+/// own toward hub 2; before hub 1's close of their ledger lands, hub 2 completes that release
+/// off chain (the payee's release came). Hub 1 then answers the payer's dispute with the
+/// payer's release: both its legs end by the final state.
+#[test]
+fn a_first_hub_answers_the_payers_dispute_when_the_next_hub_completes_off_chain() {
+    let (mut net, mid) = Net::chain(virtual_config());
+    let (v, u) = net.chain_close_held_at_hub_1(mid);
+    let out = net.nodes[1].handle_chain(
+        net.now,
+        ChainEvent::Disputed {
+            channel_id: net.up,
+            version: u,
+            finalizes_at: NOW.0 + 3600,
+            guaranteed: vec![v],
+        },
+    );
+    net.carry(1, out);
+    // The payee's release arrives: hub 2 completes both of its legs.
+    let vp = net.nodes[0].channel(v).unwrap().snapshot().params().clone();
+    let fin = cosigned_final(&vp, [30_000, 20_000]);
+    let mut p = super::Pending::default();
+    net.nodes[2].on_virtual_final(v, fin, &mut p);
+    let out = net.nodes[2].finish(net.now, p);
+    net.carry(2, out);
+    let mut answers = Vec::new();
+    for _ in 0..10 {
+        for (from, to, f) in std::mem::take(&mut net.wire) {
+            let from = net.addr(from);
+            let out = net.nodes[to].handle_frame(net.now, from, f);
+            if to == 1 {
+                answers.extend(intents(&out));
+            }
+            net.carry(to, out);
+        }
+    }
+    assert_eq!(
+        net.guarantees(1, mid),
+        0,
+        "hub 2 completed the hubs' ledger"
+    );
+    let answer = answers
+        .iter()
+        .find_map(|i| match i {
+            Intent::Challenge { params, state } if params.id() == net.up => Some(state.clone()),
+            _ => None,
+        })
+        .expect("hub 1 answers the payer's dispute with the payer's release");
+    assert_eq!(answer.state.version, u + 1);
+    assert!(answer.state.guarantees.is_empty());
+}
+
+/// Over a chain: the payer's ledger is disputed before its release reaches hub 1. Hub 1 then
+/// signs nothing toward hub 2 (its release there would be an option past the payer's
+/// window): it holds the payer's release under the hold's deadline, and every leg keeps the
+/// guarantee, settled on chain by one outcome.
+#[test]
+fn a_first_hub_signs_no_release_toward_the_next_hub_while_a_leg_is_disputed() {
+    let (mut net, mid) = Net::chain(virtual_config());
+    let (v, _) = net.open_virtual_chain(50_000);
+    let u = net.nodes[1].channel(net.up).unwrap().latest().state.version;
+    let out = net.nodes[1].handle_chain(
+        net.now,
+        ChainEvent::Disputed {
+            channel_id: net.up,
+            version: u,
+            finalizes_at: NOW.0 + 3600,
+            guaranteed: vec![v],
+        },
+    );
+    net.carry(1, out);
+    let vp = net.nodes[0].channel(v).unwrap().snapshot().params().clone();
+    let fin = cosigned_final(&vp, [30_000, 20_000]);
+    let mut p = super::Pending::default();
+    net.nodes[0].on_virtual_final(v, fin, &mut p);
+    let out = net.nodes[0].finish(net.now, p);
+    net.carry(0, out);
+    net.run();
+    assert!(
+        !net.nodes[3].holding(mid),
+        "hub 1 proposed nothing to hub 2"
+    );
+    assert!(
+        net.nodes[1]
+            .channel(mid)
+            .unwrap()
+            .snapshot()
+            .pending()
+            .is_none()
+    );
+    assert!(net.nodes[1].next_hold_deadline().is_some());
+    for (n, id) in [(1, net.up), (1, mid), (3, mid)] {
+        assert_eq!(net.guarantees(n, id), 1, "node {n} channel {id}");
+    }
+}
+
+/// A final state handed over before every leg locks the guarantee is refused: a leg without
+/// the guarantee yet is not a released one, and the others released alone could be robbed on
+/// it once it locks.
+#[test]
+fn a_hub_takes_no_final_state_before_the_virtual_channel_is_open() {
+    let mut net = Net::new(virtual_config());
+    let (hub, payee) = (net.addr(1), net.addr(2));
+    let out = net.nodes[0].set_virtual_policy(hub, virtual_policy());
+    net.carry(0, out);
+    let out = net.nodes[0]
+        .open_virtual(net.now, hub, payee, Amount(50_000), U256::from(1), 3600)
+        .unwrap();
+    net.carry(0, out);
+    net.round(); // the hub takes the payer's leg and offers the channel to the payee
+    let v = *net.nodes[1].book().virtuals.keys().next().unwrap();
+    let vp = net.nodes[1].book().virtuals[&v].terms.params.clone();
+    let mut p = super::Pending::default();
+    net.nodes[0].send(
+        hub,
+        Body::VirtualClose {
+            final_state: Box::new(cosigned_final(&vp, [0, 50_000])),
+        },
+        &mut p,
+    );
+    let out = net.nodes[0].finish(net.now, p);
+    net.carry(0, out);
+    net.round();
+    assert!(net.events[1].iter().any(|e| matches!(
+        e,
+        NodeEvent::Refused {
+            code: ErrorCode::Protocol,
+            ..
+        }
+    )));
+    assert_eq!(net.nodes[1].book().virtuals[&v].outcome, None);
+}
+
+/// A payer asks to open two virtual channels and adds both guarantees in one update that pays
+/// only one opening fee: the hub counts the fees of every guarantee the update adds, so
+/// neither channel goes on (no guarantee toward the payee, nothing of the hub's locked).
+#[test]
+fn one_fee_never_pays_for_two_opens() {
+    let mut net = Net::new(virtual_config());
+    let (hub, payee) = (net.addr(1), net.addr(2));
+    let out = net.nodes[0].set_virtual_policy(hub, virtual_policy());
+    net.carry(0, out);
+    // A transfer goes out first, so both opens queue behind it and ride one update.
+    let out = net.nodes[0].transfer(net.now, net.up, Amount(1)).unwrap();
+    net.carry(0, out);
+    for nonce in [1u64, 2] {
+        let out = net.nodes[0]
+            .open_virtual(net.now, hub, payee, Amount(50_000), U256::from(nonce), 3600)
+            .unwrap();
+        net.carry(0, out);
+    }
+    // The payer drops the second fee from its queue.
+    let e = net.nodes[0].channels.get_mut(&net.up).unwrap();
+    let mut snap = e.machine.snapshot().clone();
+    let second_fee = snap
+        .queue
+        .iter()
+        .enumerate()
+        .filter(|(_, q)| matches!(q.op, crate::Op::Transfer { .. }))
+        .map(|(i, _)| i)
+        .nth(1)
+        .expect("two fees queued");
+    snap.queue.remove(second_fee);
+    e.machine = Channel::restore(snap, keys(1)).unwrap();
+    net.run();
+    let up = net.nodes[1].channel(net.up).unwrap().latest().state.clone();
+    assert_eq!(
+        up.guarantees.len(),
+        2,
+        "both guarantees were added in one update"
+    );
+    for r in net.nodes[1].book().virtuals.values() {
+        assert_eq!(r.phase, crate::node::records::VirtualPhase::Failed);
+    }
+    assert_eq!(
+        net.guarantees(1, net.down),
+        0,
+        "nothing offered to the payee"
+    );
+    assert_eq!(net.balances(1, net.down), [Amount(FUNDS), Amount::ZERO]);
+}

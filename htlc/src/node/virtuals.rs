@@ -702,17 +702,33 @@ impl Node {
         if r.phase != VirtualPhase::Opening {
             return;
         }
-        let onward_fees = r
-            .onward
+        // What this update must pay: our fee and the onward fees of every virtual channel
+        // whose guarantee toward us it adds (one transfer never pays for two opens).
+        let due = |r: &VirtualRecord| {
+            let onward = r
+                .onward
+                .iter()
+                .try_fold(Amount::ZERO, |acc, (_, f)| acc.checked_add(*f))
+                .ok()?;
+            let own = self
+                .config
+                .virtual_policy
+                .and_then(|pol| r.terms.value().ok().and_then(|v| pol.fee(v).ok()))?;
+            own.checked_add(onward).ok()
+        };
+        let fee = ops
             .iter()
-            .try_fold(Amount::ZERO, |acc, (_, f)| acc.checked_add(*f))
-            .ok();
-        let fee = self
-            .config
-            .virtual_policy
-            .and_then(|pol| r.terms.value().ok().and_then(|v| pol.fee(v).ok()))
-            .zip(onward_fees)
-            .and_then(|(own, onward)| own.checked_add(onward).ok());
+            .filter_map(|o| match o {
+                Op::AddGuarantee(g) => self.book.virtuals.get(&g.virtual_channel),
+                _ => None,
+            })
+            .filter(|o| {
+                // Every open this update adds (one refused for it just before counts too).
+                o.role == VirtualRole::Hub
+                    && matches!(o.phase, VirtualPhase::Opening | VirtualPhase::Failed)
+                    && o.ledgers.first() == Some(&ledger)
+            })
+            .try_fold(Amount::ZERO, |acc, o| acc.checked_add(due(o)?).ok());
         let a_side = self
             .channels
             .get(&ledger)
@@ -764,7 +780,10 @@ impl Node {
                     sig,
                     onward: rest.to_vec(),
                 },
-                *next_fee,
+                // The next hub's fee and those it passes on in turn.
+                rest.iter()
+                    .try_fold(*next_fee, |acc, (_, f)| acc.checked_add(*f))
+                    .unwrap_or(Amount::MAX),
             ),
         };
         self.send(next, body, p);
@@ -983,6 +1002,11 @@ impl Node {
                 ))
             };
         }
+        // Only once every leg of ours locks the guarantee: a leg without it yet is not a
+        // released one, and releasing the others alone could be robbed on it (ADR 0026).
+        if r.phase != VirtualPhase::Open {
+            return Err(format!("virtual channel {id} is not open"));
+        }
         let digest = DomainSeparator::new(&r.terms.params)
             .digest(&fin.state)
             .map_err(|_| "overflow".to_string())?;
@@ -1130,7 +1154,15 @@ impl Node {
         if let Some(slot) = r.held.get_mut(leg) {
             *slot = Some(msg.clone());
         }
-        if r.onward.is_empty() {
+        let disputed = r.ledgers.iter().any(|l| {
+            self.channels
+                .get(l)
+                .is_some_and(|e| e.machine.snapshot().frozen())
+        });
+        if r.onward.is_empty() || disputed {
+            // The last hub, or a leg already disputed (then we sign nothing toward the next
+            // hub: the legs settle on chain by one outcome): held until the other side's
+            // release comes, or refused after the hold's patience.
             r.held_since.get_or_insert(now.0);
         } else {
             // Not the last hub of a chain: our own release toward B goes out now, and what we
@@ -1149,6 +1181,37 @@ impl Node {
         let Some(mut r) = self.book.virtuals.get(&id).cloned() else {
             return;
         };
+        let frozen = |l: &ChannelId| {
+            self.channels
+                .get(l)
+                .is_some_and(|e| e.machine.snapshot().frozen())
+        };
+        if !r.onward.is_empty() {
+            // A hub of a chain, not the last: A's leg goes once our release toward the next
+            // hub is co-signed (the next hub completed it), whatever else is disputed.
+            let Some(&next) = r.ledgers.get(1) else {
+                return;
+            };
+            if r.held.first().is_none_or(Option::is_none) || self.guarantee_on(next, id).is_some() {
+                return;
+            }
+            if frozen(&next) {
+                // Completed off chain while that ledger is disputed: it counts there only once
+                // registered. We register it; A's leg follows when the chain shows it
+                // (`on_leg_disputed`), within A's ledger's longer window.
+                if let Some(e) = self.channels.get(&next) {
+                    let s = e.machine.snapshot();
+                    let intent = Intent::Challenge {
+                        params: s.params().clone(),
+                        state: s.latest().clone(),
+                    };
+                    p.out.writes.push(Write::Intent(Box::new(intent)));
+                }
+                return;
+            }
+            self.complete_toward_a(now, id, p);
+            return;
+        }
         let complete = r
             .ledgers
             .iter()
@@ -1161,12 +1224,7 @@ impl Node {
         // outcome its parties choose: then no leg is released off chain (every leg settles on
         // chain by one recorded outcome). A hub of a chain completes on chain instead, when
         // the next hub registers the release it signed (`on_leg_disputed`).
-        let disputed = r.ledgers.iter().any(|l| {
-            self.channels
-                .get(l)
-                .is_some_and(|e| e.machine.snapshot().frozen())
-        });
-        if disputed {
+        if r.ledgers.iter().any(frozen) {
             return;
         }
         // Every release is checked again against its ledger as it stands: all are
@@ -1234,15 +1292,18 @@ impl Node {
             })
             .map(|(id, r)| (*id, r.clone()))
             .collect();
-        for (id, mut r) in ours {
+        for (id, r) in ours {
             let (Some(&up), Some(&next)) = (r.ledgers.first(), r.ledgers.get(1)) else {
                 continue;
             };
-            if self.guarantee_on(next, id).is_none() {
-                // The next hub completed off chain; nothing is out.
-                continue;
-            }
+            let inner_out = self.guarantee_on(next, id).is_some();
             if ledger == up {
+                if !inner_out {
+                    // The next hub completed our release off chain: A's leg goes by the same
+                    // state now, answering A's dispute with it.
+                    self.complete_toward_a(now, id, p);
+                    continue;
+                }
                 let Some(e) = self.channels.get(&next) else {
                     continue;
                 };
@@ -1263,33 +1324,49 @@ impl Node {
             if guaranteed.contains(&id) || version < latest {
                 continue;
             }
-            // The next hub registered the release we signed: complete ours toward A.
-            let Some(Some(msg)) = r.held.first_mut().map(Option::take) else {
-                continue;
-            };
-            self.write_virtual(id, r, p);
-            let Some(e) = self.channels.get_mut(&up) else {
-                continue;
-            };
-            match e.machine.handle(msg, now) {
-                Ok(effects) => {
-                    let s = e.machine.snapshot();
-                    let answer = s.frozen().then(|| Intent::Challenge {
-                        params: s.params().clone(),
-                        state: s.latest().clone(),
-                    });
-                    self.carry(up, effects, p);
-                    if let Some(intent) = answer {
-                        p.out.writes.push(Write::Intent(Box::new(intent)));
-                    }
-                }
-                Err(_) => {
-                    // Nothing changed on that ledger since we held it (we propose nothing on
-                    // it and its party waits for us), so this does not happen.
-                }
-            }
-            p.to_propose.insert(up);
+            // The chain shows the next ledger released at our latest version or later: the
+            // release we signed. Complete ours toward A.
+            self.complete_toward_a(now, id, p);
         }
+    }
+
+    /// Hub of a chain, not the last: our release toward the next hub takes effect (co-signed
+    /// off chain, or registered on chain), so we complete the release of our leg toward A we
+    /// hold: countersigned, and if that leg is disputed, answered on chain with it.
+    fn complete_toward_a(&mut self, now: Expiry, id: ChannelId, p: &mut Pending) {
+        let Some(mut r) = self.book.virtuals.get(&id).cloned() else {
+            return;
+        };
+        let Some(&up) = r.ledgers.first() else {
+            return;
+        };
+        let Some(Some(msg)) = r.held.first().cloned() else {
+            return;
+        };
+        let Some(e) = self.channels.get_mut(&up) else {
+            return;
+        };
+        let Ok(effects) = e.machine.handle(msg, now) else {
+            // Nothing changed on that ledger since we held it (we take nothing else of its
+            // party there and propose nothing), so this does not happen; the release stays
+            // held.
+            return;
+        };
+        let s = e.machine.snapshot();
+        let answer = s.frozen().then(|| Intent::Challenge {
+            params: s.params().clone(),
+            state: s.latest().clone(),
+        });
+        if let Some(slot) = r.held.first_mut() {
+            *slot = None;
+        }
+        r.held_since = None;
+        self.write_virtual(id, r, p);
+        self.carry(up, effects, p);
+        if let Some(intent) = answer {
+            p.out.writes.push(Write::Intent(Box::new(intent)));
+        }
+        p.to_propose.insert(up);
     }
 
     /// Hub of a chain, not the last: our release of `id`'s leg on `ledger` (toward the next
@@ -1314,10 +1391,9 @@ impl Node {
         let (Some(&up), Some(fin)) = (r.ledgers.first(), r.outcome.clone()) else {
             return;
         };
-        let Some(Some(msg)) = r.held.first_mut().map(Option::take) else {
+        let Some(Some(msg)) = r.held.first().cloned() else {
             return;
         };
-        self.write_virtual(id, r, p);
         let Some(g) = self.guarantee_on(up, id) else {
             return;
         };
@@ -1329,6 +1405,10 @@ impl Node {
             to_a,
             to_b,
         };
+        if let Some(slot) = r.held.first_mut() {
+            *slot = None;
+        }
+        self.write_virtual(id, r, p);
         let Some(e) = self.channels.get_mut(&up) else {
             return;
         };
