@@ -157,9 +157,10 @@ pub struct VirtualPolicy {
     /// Longest challenge window of a virtual channel, seconds.
     pub max_window_secs: u64,
     /// Serve as a hub of a chain whose next hop toward V's B is another hub. Such a hub signs
-    /// its release toward the next hub first, and until ADR 0026's open case is closed a
-    /// coalition of V's two parties and the next hub can make it lose up to V's value: off
-    /// unless the operator takes that risk (the last hub of a chain takes none).
+    /// its release toward the next hub first, so it takes on a duty: to answer a dispute of
+    /// its ledger toward A within [`CHAIN_REACTION_SECS`] (ADR 0026), with its ledgers toward
+    /// other hubs opened with a window that much shorter. Off unless the operator chooses it
+    /// (the last hub of a chain needs nothing).
     pub toward_hubs: bool,
 }
 

@@ -3305,3 +3305,44 @@ fn one_fee_never_pays_for_two_opens() {
     );
     assert_eq!(net.balances(1, net.down), [Amount(FUNDS), Amount::ZERO]);
 }
+
+/// The payee never answers the offer: the open stays unfinished, with the payer's leg locking
+/// the guarantee. At the channel's end plus the margin the hub takes its ledgers on chain like
+/// any it still guarantees (the guarantee settles back as funded), so an open left unfinished
+/// pins nothing of the hub's beyond the channel's life.
+#[test]
+fn the_hub_takes_an_unfinished_open_on_chain_at_its_end() {
+    let mut net = Net::new(virtual_config());
+    let (hub, payee) = (net.addr(1), net.addr(2));
+    let out = net.nodes[0].set_virtual_policy(hub, virtual_policy());
+    net.carry(0, out);
+    let out = net.nodes[0]
+        .open_virtual(net.now, hub, payee, Amount(50_000), U256::from(1), 3600)
+        .unwrap();
+    net.carry(0, out);
+    for _ in 0..6 {
+        net.round();
+        // The payee is silent.
+        net.wire.retain(|(_, to, _)| *to != 2);
+    }
+    let (v, r) = net.nodes[1]
+        .virtuals()
+        .next()
+        .map(|(v, r)| (*v, r.clone()))
+        .unwrap();
+    assert_eq!(r.phase, crate::node::records::VirtualPhase::Opening);
+    assert_eq!(net.guarantees(1, net.up), 1, "the payer's leg locks it");
+    let due = Expiry(r.terms.expires_at.0 + net.nodes[1].config().virtual_end_margin_secs);
+    assert_eq!(net.nodes[1].poll_timeout(), Some(due));
+    let out = net.nodes[1].handle_timeout(due);
+    let closed: Vec<ChannelId> = intents(&out)
+        .iter()
+        .filter_map(|i| match i {
+            Intent::Close { params, .. } => Some(params.id()),
+            _ => None,
+        })
+        .collect();
+    // The payee's ledger too: the hub's signed proposal of the guarantee there is out, and
+    // the payee could still complete it.
+    assert_eq!(closed, vec![net.up, net.down], "{v}");
+}

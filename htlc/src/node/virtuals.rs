@@ -1067,7 +1067,8 @@ impl Node {
     /// The next hub countersigns it only with B's side (ADR 0026); until it does, the release
     /// we hold is never refused (its timeout does not apply), so whenever the next hub
     /// completes ours off chain we complete the one toward A and both our legs go by one
-    /// state. (A late completion on chain after A's own dispute is the open case of ADR 0026.)
+    /// state; a completion on chain, after a dispute of either leg, is answered by
+    /// `on_leg_disputed`.
     fn propose_inner_release(&mut self, r: &VirtualRecord, p: &mut Pending) {
         let id = r.terms.id();
         let (Some(fin), Some(&ledger)) = (&r.outcome, r.ledgers.get(1)) else {
@@ -1462,7 +1463,15 @@ impl Node {
     fn virtual_end_due(&self, id: ChannelId, r: &VirtualRecord) -> Option<Expiry> {
         let margin = self.config.virtual_end_margin_secs;
         match (r.role, r.phase) {
-            (VirtualRole::Hub, VirtualPhase::Open | VirtualPhase::Closed) => {
+            // Also an open never completed (or refused after a leg locked): a guarantee of
+            // ours it left must not outlive the channel's end.
+            (
+                VirtualRole::Hub,
+                VirtualPhase::Opening
+                | VirtualPhase::Failed
+                | VirtualPhase::Open
+                | VirtualPhase::Closed,
+            ) => {
                 let pending = r.ledgers.iter().any(|l| {
                     self.channels.get(l).is_some_and(|e| {
                         let s = e.machine.snapshot();
