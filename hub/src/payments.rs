@@ -119,6 +119,16 @@ impl Node {
         Ok(self.read(|m| m.book().policies.get(&hub).copied()))
     }
 
+    /// The router graph this node searches to pay `invoice`: its own channels (a virtual one
+    /// as an edge of its own kind), the announced channels it believes, and the invoice's last
+    /// hop. For diagnostics: which edges a payment could take.
+    pub fn route_graph(
+        &self,
+        invoice: &Invoice,
+    ) -> Result<router::ChannelGraph, crate::routing::RoutingError> {
+        self.read(|m| crate::routing::graph_for(m, invoice))
+    }
+
     /// Pay `invoice` through its hub, as payment `id`. Returns once the HTLC is offered; the
     /// outcome arrives as [`crate::events::NodeEvent::PaymentSucceeded`] /
     /// [`crate::events::NodeEvent::PaymentFailed`] and in [`Node::payment`]. Paying an id

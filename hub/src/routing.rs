@@ -45,11 +45,17 @@ pub fn graph_for(m: &Machine, invoice: &Invoice) -> Result<ChannelGraph, Routing
         let Some((id, available)) = m.best_channel_to(peer, None) else {
             continue;
         };
+        // A virtual channel of ours is an edge of its own kind (ADR 0026).
+        let kind = if m.virtuals().any(|(v, _)| *v == id) {
+            ChannelKind::Virtual
+        } else {
+            ChannelKind::Ledger
+        };
         add(
             &mut g,
             Channel {
                 id,
-                kind: ChannelKind::Ledger,
+                kind,
                 node_a: me,
                 node_b: peer,
                 capacity: available,

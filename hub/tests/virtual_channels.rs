@@ -587,6 +587,14 @@ async fn a_payment_routed_over_a_virtual_edge_then_a_ledger_edge_pays_exact_fees
         .create_invoice(Amount(amount), 3600, net.bob.address())
         .await
         .unwrap();
+    // In alice's router graph the virtual channel is an edge of its own kind, beside her
+    // ledger with the hub.
+    let g = net.alice.route_graph(&inv).unwrap();
+    assert_eq!(g.channel(&v).unwrap().kind, router::ChannelKind::Virtual);
+    assert_eq!(
+        g.channel(&net.ledger[0]).unwrap().kind,
+        router::ChannelKind::Ledger
+    );
     let mut events = net.alice.subscribe();
     let id = alloy::primitives::B256::repeat_byte(0x52);
     net.alice.pay(&inv, id).await.unwrap();
