@@ -673,6 +673,21 @@ mod tests {
         assert_eq!(c.adjudicator, None);
     }
 
+    /// A hub that serves virtual channels toward other hubs says so, and opens its ledgers
+    /// with the window it is given.
+    #[test]
+    fn a_hub_of_chains_is_configured() {
+        let c = Config::parse(
+            "key_file = \"k\"\n[funding]\nchallenge_secs = 1668\n[virtual]\ntoward_hubs = true",
+        )
+        .unwrap();
+        assert_eq!(c.funding.challenge_secs, 1668);
+        assert!(c.virtual_channels.unwrap().policy().toward_hubs);
+        let plain = Config::parse("key_file = \"k\"\n[virtual]").unwrap();
+        assert!(!plain.virtual_channels.unwrap().policy().toward_hubs);
+        assert_eq!(plain.funding.challenge_secs, 3600);
+    }
+
     #[test]
     fn doc_example_parses() {
         let doc = include_str!("config.rs");
@@ -733,6 +748,10 @@ mod tests {
             (
                 "key_file = \"k\"\n[funding]\nmax_fee_gwei = 0",
                 "max_fee_gwei",
+            ),
+            (
+                "key_file = \"k\"\n[funding]\nchallenge_secs = 60",
+                "challenge_secs",
             ),
         ] {
             let e = Config::parse(text).unwrap_err().to_string();
