@@ -9,12 +9,11 @@
 use contracts::Devnet;
 use htlc::vchan::VirtualPolicy;
 use htlc::{Amount, ChannelId};
-use hub::events::NodeEvent;
 use hub::node::{Node, NodeOptions};
 use std::time::Duration;
 
 mod common;
-use common::{TempDir, chain_node, loopback, wait_state};
+use common::{TempDir, chain_node, concluded, loopback, wait_state};
 
 const ETH: u128 = 1_000_000_000_000_000_000;
 const COLLATERAL: u128 = ETH;
@@ -102,27 +101,6 @@ async fn setup() -> Net {
         bob,
         ledger: [l1, l2, l3],
     }
-}
-
-async fn concluded(
-    events: &mut tokio::sync::broadcast::Receiver<NodeEvent>,
-    id: ChannelId,
-) -> [Amount; 2] {
-    tokio::time::timeout(Duration::from_secs(60), async {
-        loop {
-            if let Ok(NodeEvent::Concluded {
-                channel_id,
-                to_a,
-                to_b,
-            }) = events.recv().await
-                && channel_id == id
-            {
-                return [to_a, to_b];
-            }
-        }
-    })
-    .await
-    .expect("the ledger is paid out on chain")
 }
 
 fn loopback_tcp() -> std::net::SocketAddr {

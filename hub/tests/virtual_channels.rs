@@ -13,7 +13,7 @@ use hub::node::{Node, NodeOptions};
 use std::time::Duration;
 
 mod common;
-use common::{TempDir, chain_node, loopback, payouts, wait_state};
+use common::{TempDir, chain_node, concluded, loopback, payouts, wait_state};
 
 const ETH: u128 = 1_000_000_000_000_000_000;
 const COLLATERAL: u128 = ETH;
@@ -110,27 +110,6 @@ impl Net {
         }
         v
     }
-}
-
-async fn concluded(
-    events: &mut tokio::sync::broadcast::Receiver<NodeEvent>,
-    id: ChannelId,
-) -> [Amount; 2] {
-    tokio::time::timeout(Duration::from_secs(60), async {
-        loop {
-            if let Ok(NodeEvent::Concluded {
-                channel_id,
-                to_a,
-                to_b,
-            }) = events.recv().await
-                && channel_id == id
-            {
-                return [to_a, to_b];
-            }
-        }
-    })
-    .await
-    .expect("the ledger is paid out on chain")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

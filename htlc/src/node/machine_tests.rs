@@ -1130,6 +1130,21 @@ impl Net {
         }
     }
 
+    /// Run `rounds` message delays; the round each node first saw a virtual channel open
+    /// (0: never).
+    fn open_rounds<const N: usize>(&mut self, rounds: usize) -> [usize; N] {
+        let mut seen = [0; N];
+        for round in 1..=rounds {
+            self.round();
+            for (n, s) in seen.iter_mut().enumerate() {
+                if *s == 0 && self.opened(n).is_some() {
+                    *s = round;
+                }
+            }
+        }
+        seen
+    }
+
     fn opened(&self, n: usize) -> Option<ChannelId> {
         self.events[n].iter().find_map(|e| match e {
             NodeEvent::VirtualOpened { channel_id, .. } => Some(*channel_id),
@@ -1147,15 +1162,7 @@ impl Net {
             .open_virtual(self.now, hub, payee, Amount(deposit), U256::from(1), 3600)
             .unwrap();
         self.carry(0, out);
-        let mut seen = [0; 3];
-        for round in 1..=10 {
-            self.round();
-            for (n, s) in seen.iter_mut().enumerate() {
-                if *s == 0 && self.opened(n).is_some() {
-                    *s = round;
-                }
-            }
-        }
+        let seen = self.open_rounds(10);
         (self.opened(2).expect("the payee saw it open"), seen)
     }
 }
@@ -2489,6 +2496,18 @@ impl Net {
         (net, mid)
     }
 
+    /// Every (node, ledger) of [`Net::chain`], each ledger seen from both its ends.
+    fn chain_legs(&self, mid: ChannelId) -> [(usize, ChannelId); 6] {
+        [
+            (0, self.up),
+            (1, self.up),
+            (1, mid),
+            (3, mid),
+            (3, self.down),
+            (2, self.down),
+        ]
+    }
+
     /// The payer opens a virtual channel with the payee over both hubs, depositing `deposit`;
     /// returns its id and the round each node saw it open.
     fn open_virtual_chain(&mut self, deposit: u128) -> (ChannelId, [usize; 4]) {
@@ -2508,15 +2527,7 @@ impl Net {
             )
             .unwrap();
         self.carry(0, out);
-        let mut seen = [0; 4];
-        for round in 1..=12 {
-            self.round();
-            for (n, s) in seen.iter_mut().enumerate() {
-                if *s == 0 && self.opened(n).is_some() {
-                    *s = round;
-                }
-            }
-        }
+        let seen = self.open_rounds(12);
         (self.opened(2).expect("the payee saw it open"), seen)
     }
 }
@@ -2547,14 +2558,7 @@ fn a_virtual_channel_over_two_hubs_opens_pays_and_releases_every_leg_toward_the_
         net.balances(2, net.down),
         [Amount(FUNDS - 50_000), Amount::ZERO]
     );
-    for (n, id) in [
-        (0, net.up),
-        (1, net.up),
-        (1, mid),
-        (3, mid),
-        (3, net.down),
-        (2, net.down),
-    ] {
+    for (n, id) in net.chain_legs(mid) {
         assert_eq!(net.guarantees(n, id), 1, "node {n} channel {id}");
     }
     // Payments both ways, relayed by both hubs.
@@ -2698,14 +2702,7 @@ fn a_hub_of_a_chain_never_lets_go_of_the_release_it_holds_while_its_own_is_out()
     );
     assert!(net.nodes[3].holding(mid), "hub 2 holds hub 1's release");
     let all_locked = |net: &Net| {
-        for (n, id) in [
-            (0, net.up),
-            (1, net.up),
-            (1, mid),
-            (3, mid),
-            (3, net.down),
-            (2, net.down),
-        ] {
+        for (n, id) in net.chain_legs(mid) {
             assert_eq!(net.guarantees(n, id), 1, "node {n} channel {id}");
         }
     };
@@ -2832,14 +2829,7 @@ fn a_chain_survives_a_restart_of_every_node_after_every_message_delay() {
         net.round();
     }
     let v = net.opened(0).expect("the payer saw it open");
-    for (n, id) in [
-        (0, net.up),
-        (1, net.up),
-        (1, mid),
-        (3, mid),
-        (3, net.down),
-        (2, net.down),
-    ] {
+    for (n, id) in net.chain_legs(mid) {
         assert_eq!(net.guarantees(n, id), 1, "node {n} channel {id}");
     }
     let out = net.nodes[0].transfer(net.now, v, Amount(20_000)).unwrap();

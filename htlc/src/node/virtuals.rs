@@ -1155,11 +1155,7 @@ impl Node {
         if let Some(slot) = r.held.get_mut(leg) {
             *slot = Some(msg.clone());
         }
-        let disputed = r.ledgers.iter().any(|l| {
-            self.channels
-                .get(l)
-                .is_some_and(|e| e.machine.snapshot().frozen())
-        });
+        let disputed = r.ledgers.iter().any(|l| self.is_disputed(*l));
         if r.onward.is_empty() || disputed {
             // The last hub, or a leg already disputed (then we sign nothing toward the next
             // hub: the legs settle on chain by one outcome): held until the other side's
@@ -1182,11 +1178,6 @@ impl Node {
         let Some(mut r) = self.book.virtuals.get(&id).cloned() else {
             return;
         };
-        let frozen = |l: &ChannelId| {
-            self.channels
-                .get(l)
-                .is_some_and(|e| e.machine.snapshot().frozen())
-        };
         if !r.onward.is_empty() {
             // A hub of a chain, not the last: A's leg goes once our release toward the next
             // hub is co-signed (the next hub completed it), whatever else is disputed.
@@ -1196,18 +1187,11 @@ impl Node {
             if r.held.first().is_none_or(Option::is_none) || self.guarantee_on(next, id).is_some() {
                 return;
             }
-            if frozen(&next) {
+            if self.is_disputed(next) {
                 // Completed off chain while that ledger is disputed: it counts there only once
                 // registered. We register it; A's leg follows when the chain shows it
                 // (`on_leg_disputed`), within A's ledger's longer window.
-                if let Some(e) = self.channels.get(&next) {
-                    let s = e.machine.snapshot();
-                    let intent = Intent::Challenge {
-                        params: s.params().clone(),
-                        state: s.latest().clone(),
-                    };
-                    p.out.writes.push(Write::Intent(Box::new(intent)));
-                }
+                self.answer_dispute(next, p);
                 return;
             }
             self.complete_toward_a(now, id, p);
@@ -1225,7 +1209,7 @@ impl Node {
         // outcome its parties choose: then no leg is released off chain (every leg settles on
         // chain by one recorded outcome). A hub of a chain completes on chain instead, when
         // the next hub registers the release it signed (`on_leg_disputed`).
-        if r.ledgers.iter().any(frozen) {
+        if r.ledgers.iter().any(|l| self.is_disputed(*l)) {
             return;
         }
         // Every release is checked again against its ledger as it stands: all are
@@ -1353,21 +1337,36 @@ impl Node {
             // held.
             return;
         };
-        let s = e.machine.snapshot();
-        let answer = s.frozen().then(|| Intent::Challenge {
-            params: s.params().clone(),
-            state: s.latest().clone(),
-        });
         if let Some(slot) = r.held.first_mut() {
             *slot = None;
         }
         r.held_since = None;
         self.write_virtual(id, r, p);
         self.carry(up, effects, p);
-        if let Some(intent) = answer {
-            p.out.writes.push(Write::Intent(Box::new(intent)));
+        if self.is_disputed(up) {
+            self.answer_dispute(up, p);
         }
         p.to_propose.insert(up);
+    }
+
+    /// Whether `ledger` is disputed on chain (its machine frozen).
+    fn is_disputed(&self, ledger: ChannelId) -> bool {
+        self.channels
+            .get(&ledger)
+            .is_some_and(|e| e.machine.snapshot().frozen())
+    }
+
+    /// Answer the dispute of `ledger` with our latest co-signed state (a release just
+    /// completed there).
+    fn answer_dispute(&self, ledger: ChannelId, p: &mut Pending) {
+        if let Some(e) = self.channels.get(&ledger) {
+            let s = e.machine.snapshot();
+            let intent = Intent::Challenge {
+                params: s.params().clone(),
+                state: s.latest().clone(),
+            };
+            p.out.writes.push(Write::Intent(Box::new(intent)));
+        }
     }
 
     /// Hub of a chain, not the last: our release of `id`'s leg on `ledger` (toward the next

@@ -241,3 +241,26 @@ pub async fn restart_hub(cfg: &Path) -> HubProc {
         .await
         .unwrap()
 }
+
+/// Wait (60 s at most) for channel `id`'s payout on chain among `events`: what it paid to A
+/// and to B.
+pub async fn concluded(
+    events: &mut tokio::sync::broadcast::Receiver<NodeEvent>,
+    id: ChannelId,
+) -> [htlc::Amount; 2] {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            if let Ok(NodeEvent::Concluded {
+                channel_id,
+                to_a,
+                to_b,
+            }) = events.recv().await
+                && channel_id == id
+            {
+                return [to_a, to_b];
+            }
+        }
+    })
+    .await
+    .expect("the ledger is paid out on chain")
+}
