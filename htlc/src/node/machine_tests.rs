@@ -3336,3 +3336,70 @@ fn the_hub_takes_an_unfinished_open_on_chain_at_its_end() {
     // the payee could still complete it.
     assert_eq!(closed, vec![net.up, net.down], "{v}");
 }
+
+/// Frames a peer sends a hub of a chain when it should not: an open whose path of hubs goes
+/// round (the same hub twice), and a message "relayed" by someone who is not the channel's
+/// neighbour on that side (the payee claiming to pass on the payer's message). Each is
+/// refused; nothing is recorded or locked.
+#[test]
+fn a_hub_of_a_chain_refuses_round_paths_and_relays_from_the_wrong_side() {
+    let (mut net, mid) = Net::chain(virtual_config());
+    let (payer, h1, payee, h2) = (net.addr(0), net.addr(1), net.addr(2), net.addr(3));
+    // An open over h1 whose onward path names h2 twice.
+    let vparams = crate::ChannelParams {
+        participants: [payer, payee],
+        nonce: U256::from(77),
+        ..params(&keys(1), &keys(3), 0)
+    };
+    let terms = crate::vchan::VirtualTerms {
+        params: vparams.clone(),
+        opening: [Amount(10), Amount::ZERO],
+        expires_at: Expiry(NOW.0 + 3600),
+    };
+    let sig = sign_state(&vparams, &keys(1), &terms.opening_state()).unwrap();
+    let mut p = super::Pending::default();
+    net.nodes[0].send(
+        h1,
+        Body::VirtualOpen {
+            ledger: net.up,
+            terms: Box::new(terms),
+            sig,
+            onward: vec![(h2, Amount(1)), (h2, Amount(1))],
+        },
+        &mut p,
+    );
+    let out = net.nodes[0].finish(net.now, p);
+    net.carry(0, out);
+    net.run();
+    assert!(net.events[1].iter().any(|e| matches!(
+        e,
+        NodeEvent::Refused { peer, code: ErrorCode::Protocol } if *peer == payer
+    )));
+    assert!(net.nodes[1].book().virtuals.is_empty());
+    // A real chain channel, then a "relay" of the payer's message to hub 2 from the payee.
+    let (v, _) = net.open_virtual_chain(50_000);
+    let before = net.events[3].len();
+    let mut p = super::Pending::default();
+    net.nodes[2].send(
+        h2,
+        Body::Relayed {
+            from: payer,
+            msg: Message::Accept {
+                channel_id: v,
+                version: 99,
+                sig: keys(3).sign_digest(B256::repeat_byte(1)),
+            },
+        },
+        &mut p,
+    );
+    let out = net.nodes[2].finish(net.now, p);
+    net.carry(2, out);
+    net.run();
+    assert!(net.events[3][before..].iter().any(|e| matches!(
+        e,
+        NodeEvent::Refused { peer, code: ErrorCode::UnknownChannel } if *peer == payee
+    )));
+    for (n, id) in net.chain_legs(mid) {
+        assert_eq!(net.guarantees(n, id), 1, "node {n} channel {id}");
+    }
+}
