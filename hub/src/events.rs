@@ -30,6 +30,14 @@ pub enum NodeEvent {
         /// Our ledger closed on chain.
         ledger: ChannelId,
     },
+    /// Hub of a chain: the next hub neither completed nor refused our release of the leg we
+    /// share in time; our `ledger` with it goes on chain (ADR 0026).
+    VirtualReleaseStalled {
+        /// The virtual channel.
+        channel_id: ChannelId,
+        /// Our ledger with the next hub, closed on chain.
+        ledger: ChannelId,
+    },
     /// A new co-signed state of a channel.
     Committed {
         /// The channel.
@@ -172,6 +180,9 @@ impl NodeEvent {
             D::VirtualOpened { channel_id, peer } => NodeEvent::VirtualOpened { channel_id, peer },
             D::VirtualExpired { channel_id, ledger } => {
                 NodeEvent::VirtualExpired { channel_id, ledger }
+            }
+            D::VirtualReleaseStalled { channel_id, ledger } => {
+                NodeEvent::VirtualReleaseStalled { channel_id, ledger }
             }
             D::Committed {
                 channel_id,

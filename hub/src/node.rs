@@ -185,6 +185,7 @@ impl NodeOptions {
             virtual_policy: self.virtual_policy,
             virtual_max_own: self.virtual_max_own,
             virtual_hold_secs: VIRTUAL_HOLD_SECS,
+            virtual_chain_patience_secs: VIRTUAL_CHAIN_PATIENCE_SECS,
             virtual_end_margin_secs: self.virtual_end_margin.as_secs(),
             announce: self.announce,
             forward_only_to_reachable: true,
@@ -200,6 +201,10 @@ pub const MAX_DURABLE_BACKLOG: u64 = 1024;
 
 /// Seconds a hub holds one party's release of a virtual channel's leg waiting for the other's.
 pub const VIRTUAL_HOLD_SECS: u64 = 60;
+
+/// Seconds a hub of a chain waits for the next hub to complete or refuse its release of their
+/// shared leg before taking that ledger to chain (ten of the next hub's holds).
+pub const VIRTUAL_CHAIN_PATIENCE_SECS: u64 = 600;
 
 /// Seconds a route instruction waits for its HTLC before it is deleted (the payer sends the
 /// HTLC right after it; rule 10: a peer cannot pile them up).

@@ -210,6 +210,15 @@ pub enum NodeEvent {
         /// Our ledger going on chain.
         ledger: ChannelId,
     },
+    /// Hub of a chain: the next hub neither completed nor refused our release of the leg we
+    /// share within [`Config::virtual_chain_patience_secs`]; we took `ledger`, that leg, to
+    /// chain (A's release stays held until it ends there).
+    VirtualReleaseStalled {
+        /// The virtual channel.
+        channel_id: ChannelId,
+        /// Our ledger with the next hub, going on chain.
+        ledger: ChannelId,
+    },
     /// An operation we queued on a channel will never take effect.
     OpDropped {
         /// Which channel.
@@ -374,6 +383,10 @@ pub struct Config {
     /// Hub: seconds a party's release of a virtual channel's leg is held waiting for the other
     /// party's; then every release of it is refused (it settles on chain).
     pub virtual_hold_secs: u64,
+    /// Hub of a chain, not the last: seconds we wait, holding A's release, for the next hub to
+    /// complete or refuse our own release toward it; then we take our ledger with that hub to
+    /// chain (ADR 0026). Longer than the next hub's own hold ([`Config::virtual_hold_secs`]).
+    pub virtual_chain_patience_secs: u64,
     /// A party: seconds before a virtual channel's end at which we close it (its final state,
     /// then the release of both legs). Hub: seconds after the end at which a channel its
     /// parties have not closed goes on chain: we close our ledgers that still lock its
@@ -418,6 +431,7 @@ impl Default for Config {
             virtual_policy: None,
             virtual_max_own: Amount::ZERO,
             virtual_hold_secs: 60,
+            virtual_chain_patience_secs: 600,
             virtual_end_margin_secs: 600,
             announce: false,
             forward_only_to_reachable: false,
@@ -1247,7 +1261,7 @@ impl Node {
                 channel_id,
                 state,
                 finalizes_at,
-            } => self.on_virtual_registered(channel_id, *state, finalizes_at, &mut p),
+            } => self.on_virtual_registered(now, channel_id, *state, finalizes_at, &mut p),
             ChainEvent::PayoutDeferred { to, asset } => {
                 // Ours: withdraw it (to the configured address, or back to us).
                 if to == self.address() {

@@ -2711,10 +2711,12 @@ fn a_hub_of_a_chain_never_lets_go_of_the_release_it_holds_while_its_own_is_out()
         Some(Message::Propose { version, .. }) => *version,
         other => panic!("hub 2 holds {other:?}"),
     };
-    // Hub 1 sets no deadline on what it holds; hub 2 does.
-    assert_eq!(net.nodes[1].next_hold_deadline(), None);
+    // Hub 2's hold ends (in a refusal) well before hub 1's patience with hub 2.
     let deadline = Expiry(NOW.0 + net.nodes[3].config().virtual_hold_secs);
     assert_eq!(net.nodes[3].next_hold_deadline(), Some(deadline));
+    let patience = Expiry(NOW.0 + net.nodes[1].config().virtual_chain_patience_secs);
+    assert!(patience > deadline);
+    assert_eq!(net.nodes[1].next_hold_deadline(), Some(patience));
     net.now = deadline;
     for n in [1, 3] {
         let out = net.nodes[n].handle_timeout(net.now);
@@ -3402,4 +3404,227 @@ fn a_hub_of_a_chain_refuses_round_paths_and_relays_from_the_wrong_side() {
     for (n, id) in net.chain_legs(mid) {
         assert_eq!(net.guarantees(n, id), 1, "node {n} channel {id}");
     }
+}
+
+impl Net {
+    /// Drop every frame to or from node `n` (it is silent: it neither completes nor refuses).
+    fn silence(&mut self, n: usize) {
+        self.wire.retain(|(from, to, _)| *from != n && *to != n);
+    }
+
+    /// Node `n`'s ledger `id` is paid out on chain in its latest co-signed state.
+    fn conclude_latest(&mut self, n: usize, id: ChannelId) -> Output {
+        let latest = self.nodes[n].channel(id).unwrap().latest().state.clone();
+        self.nodes[n].handle_chain(
+            self.now,
+            ChainEvent::Concluded {
+                channel_id: id,
+                version: latest.version,
+                to_a: latest.balances[0],
+                to_b: latest.balances[1],
+            },
+        )
+    }
+}
+
+/// The virtual channel states the resolutions among `out`'s intents settle by.
+fn resolutions(out: &Output) -> Vec<ChannelState> {
+    out.intents()
+        .filter_map(|i| match i {
+            Intent::ResolveGuarantee(r) => Some(r.virt_state.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Hub 2 goes silent holding hub 1's release (it neither completes nor refuses it), so the
+/// payer's release waits at hub 1. At the end of its patience with hub 2 (not before) hub 1
+/// takes their ledger to chain; it concludes there still holding the guarantee, hub 1 resolves
+/// it by the final state it holds, and once the chain records that outcome hub 1 countersigns
+/// the payer's release: the payer's ledger is free and released by the same state.
+#[test]
+fn a_hub_of_a_chain_takes_a_silent_next_hub_to_chain_and_completes_by_the_recorded_outcome() {
+    let (mut net, mid) = Net::chain(virtual_config());
+    let (v, _) = net.chain_close_held_at_hub_1(mid);
+    let fin = net.nodes[1].book().virtuals[&v].outcome.clone().unwrap();
+    let deadline = NOW.0 + net.nodes[1].config().virtual_chain_patience_secs;
+    assert_eq!(net.nodes[1].next_hold_deadline(), Some(Expiry(deadline)));
+    let closes = |out: &Output| -> Vec<ChannelId> {
+        intents(out)
+            .iter()
+            .filter_map(|i| match i {
+                Intent::Close { params, .. } => Some(params.id()),
+                _ => None,
+            })
+            .collect()
+    };
+    // A second early: nothing.
+    net.now = Expiry(deadline - 1);
+    let out = net.nodes[1].handle_timeout(net.now);
+    assert!(closes(&out).is_empty());
+    net.carry(1, out);
+    net.now = Expiry(deadline);
+    let out = net.nodes[1].handle_timeout(net.now);
+    assert_eq!(
+        closes(&out),
+        vec![mid],
+        "hub 1 takes the hubs' ledger to chain"
+    );
+    assert!(out.events.contains(&NodeEvent::VirtualReleaseStalled {
+        channel_id: v,
+        ledger: mid
+    }));
+    net.carry(1, out);
+    net.silence(3);
+    assert!(
+        net.nodes[1].holding(net.up),
+        "its own release is out: the payer's is kept"
+    );
+    assert_eq!(net.nodes[1].next_hold_deadline(), None, "once");
+    // The ledger concludes still holding the guarantee: resolved by the final state.
+    let m = net.nodes[1].channel(mid).unwrap().latest().state.version;
+    let out = net.nodes[1].handle_chain(
+        net.now,
+        ChainEvent::Disputed {
+            channel_id: mid,
+            version: m,
+            finalizes_at: net.now.0 + 1800,
+            guaranteed: vec![v],
+        },
+    );
+    net.carry(1, out);
+    let out = net.conclude_latest(1, mid);
+    assert_eq!(resolutions(&out), vec![fin.state.clone()]);
+    net.carry(1, out);
+    assert!(
+        net.nodes[1].holding(net.up),
+        "not before the chain records it"
+    );
+    let out = net.nodes[1].handle_chain(
+        net.now,
+        ChainEvent::Registered {
+            channel_id: v,
+            state: Box::new(fin.state.clone()),
+            finalizes_at: 0,
+        },
+    );
+    net.carry(1, out);
+    net.silence(3);
+    net.run();
+    assert!(!net.nodes[1].holding(net.up));
+    for n in [0, 1] {
+        assert_eq!(net.guarantees(n, net.up), 0, "node {n}");
+    }
+    assert!(
+        net.nodes[0]
+            .channel(net.up)
+            .unwrap()
+            .snapshot()
+            .pending()
+            .is_none()
+    );
+    let fee = 100 + 50;
+    assert_eq!(
+        net.balances(0, net.up),
+        [
+            Amount(FUNDS - 50_000 - 2 * fee + 30_000),
+            Amount(2 * fee + 20_000)
+        ],
+        "released by the final state"
+    );
+    assert_eq!(net.disks[1], net.nodes[1].records());
+}
+
+/// The same silence, but the chain records another final state the parties also signed (the
+/// coalition of ADR 0026 resolved first elsewhere): hub 1's leg toward hub 2 is resolved by it,
+/// so hub 1 refuses the payer's release by the state it was handed. The payer's ledger is free
+/// and keeps the guarantee, to be resolved by the recorded state too.
+#[test]
+fn a_hub_of_a_chain_refuses_the_held_release_when_the_chain_records_another_outcome() {
+    let (mut net, mid) = Net::chain(virtual_config());
+    let (v, _) = net.chain_close_held_at_hub_1(mid);
+    let vp = net.nodes[0].channel(v).unwrap().snapshot().params().clone();
+    let other = cosigned_final(&vp, [0, 50_000]);
+    net.now = Expiry(NOW.0 + net.nodes[1].config().virtual_chain_patience_secs);
+    let out = net.nodes[1].handle_timeout(net.now);
+    net.carry(1, out);
+    net.silence(3);
+    let out = net.conclude_latest(1, mid);
+    net.carry(1, out);
+    let before = net.balances(0, net.up);
+    let out = net.nodes[1].handle_chain(
+        net.now,
+        ChainEvent::Registered {
+            channel_id: v,
+            state: Box::new(other.state.clone()),
+            finalizes_at: 0,
+        },
+    );
+    assert_eq!(
+        resolutions(&out),
+        vec![other.state.clone()],
+        "hub 1's concluded leg"
+    );
+    net.carry(1, out);
+    net.silence(3);
+    net.run();
+    assert!(!net.nodes[1].holding(net.up));
+    assert!(
+        net.nodes[0]
+            .channel(net.up)
+            .unwrap()
+            .snapshot()
+            .pending()
+            .is_none(),
+        "the payer's release was refused: its ledger is free"
+    );
+    for n in [0, 1] {
+        assert_eq!(net.guarantees(n, net.up), 1, "node {n}");
+    }
+    assert_eq!(net.balances(0, net.up), before);
+    assert_eq!(net.disks[1], net.nodes[1].records());
+}
+
+/// Over one hub: the payer's release is held and the payee is silent; the payee's ledger
+/// concludes on chain still holding the guarantee and the chain records the final state as the
+/// outcome. No leg can be resolved by another state now, so the hub countersigns the payer's
+/// release at once instead of waiting for its hold to lapse.
+#[test]
+fn a_hub_countersigns_a_held_release_by_the_outcome_the_chain_recorded() {
+    let mut net = Net::new(virtual_config());
+    let (v, _) = net.open_virtual(50_000);
+    let vp = net.nodes[0].channel(v).unwrap().snapshot().params().clone();
+    let fin = cosigned_final(&vp, [30_000, 20_000]);
+    let mut p = super::Pending::default();
+    net.nodes[0].on_virtual_final(v, fin.clone(), &mut p);
+    let out = net.nodes[0].finish(net.now, p);
+    net.carry(0, out);
+    net.run();
+    assert!(net.nodes[1].holding(net.up));
+    let out = net.conclude_latest(1, net.down);
+    assert_eq!(resolutions(&out), vec![fin.state.clone()]);
+    net.carry(1, out);
+    net.silence(2);
+    net.run();
+    assert!(
+        net.nodes[1].holding(net.up),
+        "not before the chain records it"
+    );
+    let out = net.nodes[1].handle_chain(
+        net.now,
+        ChainEvent::Registered {
+            channel_id: v,
+            state: Box::new(fin.state.clone()),
+            finalizes_at: 0,
+        },
+    );
+    net.carry(1, out);
+    net.silence(2);
+    net.run();
+    assert!(!net.nodes[1].holding(net.up));
+    for n in [0, 1] {
+        assert_eq!(net.guarantees(n, net.up), 0, "node {n}");
+    }
+    assert_eq!(net.nodes[1].next_hold_deadline(), None);
+    assert_eq!(net.disks[1], net.nodes[1].records());
 }

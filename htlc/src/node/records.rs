@@ -351,7 +351,9 @@ pub struct VirtualRecord {
     pub held: Vec<Option<Message>>,
     /// Hub: when the first of them was held (unix seconds); past
     /// [`super::Config::virtual_hold_secs`] every release is refused and no leg is released
-    /// off chain.
+    /// off chain. A hub of a chain whose own release toward the next hub is out refuses
+    /// nothing: past [`super::Config::virtual_chain_patience_secs`] it takes that ledger to
+    /// chain instead.
     pub held_since: Option<u64>,
     /// A party: our ledger's state concluded on chain while it held this channel's guarantee
     /// (the guarantee is then resolved on chain by the channel's outcome).

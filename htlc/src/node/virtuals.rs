@@ -1163,7 +1163,11 @@ impl Node {
             r.held_since.get_or_insert(now.0);
         } else {
             // Not the last hub of a chain: our own release toward B goes out now, and what we
-            // hold waits for it without a timeout.
+            // hold waits for it. It is never refused while ours can be completed; if the next
+            // hub neither completes nor refuses ours within
+            // [`super::Config::virtual_chain_patience_secs`], we take their ledger to chain
+            // (`expire_holds`).
+            r.held_since.get_or_insert(now.0);
             self.propose_inner_release(&r, p);
         }
         self.write_virtual(id, r, p);
@@ -1289,17 +1293,7 @@ impl Node {
                     self.complete_toward_a(now, id, p);
                     continue;
                 }
-                let Some(e) = self.channels.get(&next) else {
-                    continue;
-                };
-                let s = e.machine.snapshot();
-                if !s.frozen() {
-                    let intent = Intent::Close {
-                        params: s.params().clone(),
-                        state: s.latest().clone(),
-                    };
-                    p.out.writes.push(Write::Intent(Box::new(intent)));
-                }
+                self.take_to_chain(next, p);
                 continue;
             }
             let latest = self
@@ -1369,6 +1363,47 @@ impl Node {
         }
     }
 
+    /// Take `ledger` to chain with our latest co-signed state, unless it is there already. The
+    /// machine is not frozen: a release the peer completes meanwhile is still taken, and we
+    /// register it when the chain shows the dispute (a dispute below our latest version is
+    /// challenged).
+    fn take_to_chain(&self, ledger: ChannelId, p: &mut Pending) {
+        let Some(e) = self.channels.get(&ledger) else {
+            return;
+        };
+        let s = e.machine.snapshot();
+        if !s.frozen() && !e.concluded {
+            let intent = Intent::Close {
+                params: s.params().clone(),
+                state: s.latest().clone(),
+            };
+            p.out.writes.push(Write::Intent(Box::new(intent)));
+        }
+    }
+
+    /// Hub of a chain, not the last: whether the release of `r`'s leg toward the next hub we
+    /// signed (or queued to sign) can still be completed by that hub: it is proposed, or
+    /// waiting to be proposed again after a refusal (the update machine drops it, and reports
+    /// it dead, only once a later state is co-signed), and the ledger is not paid out.
+    pub(super) fn inner_release_out(&self, r: &VirtualRecord) -> bool {
+        let id = r.terms.id();
+        let releases = |op: &Op| matches!(op, Op::RemoveGuarantee { virtual_channel, .. } if *virtual_channel == id);
+        !r.onward.is_empty()
+            && r.ledgers
+                .get(1)
+                .and_then(|l| self.channels.get(l))
+                .is_some_and(|e| {
+                    // A ledger paid out on chain completes nothing more.
+                    if e.concluded {
+                        return false;
+                    }
+                    let s = e.machine.snapshot();
+                    s.pending()
+                        .is_some_and(|q| q.ops.iter().any(|o| releases(&o.op)))
+                        || s.queue().iter().any(|o| releases(&o.op))
+                })
+    }
+
     /// Hub of a chain, not the last: our release of `id`'s leg on `ledger` (toward the next
     /// hub) was refused, and a later state is co-signed there, so the next hub can no longer
     /// complete it (the update machine reports a refused operation dead only then). We let go
@@ -1408,6 +1443,7 @@ impl Node {
         if let Some(slot) = r.held.first_mut() {
             *slot = None;
         }
+        r.held_since = None;
         self.write_virtual(id, r, p);
         let Some(e) = self.channels.get_mut(&up) else {
             return;
@@ -1575,71 +1611,168 @@ impl Node {
         })
     }
 
+    /// Hub: when the hold of `r`'s releases runs out of patience: a party's release held
+    /// waiting for the other's, [`super::Config::virtual_hold_secs`]; a hub of a chain holding
+    /// A's release while its own toward the next hub is out,
+    /// [`super::Config::virtual_chain_patience_secs`] (the next hub's own hold, which ends in
+    /// a refusal, should end first).
+    fn hold_deadline(&self, r: &VirtualRecord) -> Option<u64> {
+        let patience = if self.inner_release_out(r) {
+            self.config.virtual_chain_patience_secs
+        } else {
+            self.config.virtual_hold_secs
+        };
+        r.held_since.map(|t| t.saturating_add(patience))
+    }
+
     /// Hub: the earliest time a held release runs out of patience.
     pub(super) fn next_hold_deadline(&self) -> Option<Expiry> {
         self.book
             .virtuals
             .values()
-            .filter_map(|r| r.held_since)
+            .filter_map(|r| self.hold_deadline(r))
             .min()
-            .map(|t| Expiry(t.saturating_add(self.config.virtual_hold_secs)))
+            .map(Expiry)
     }
 
-    /// Hub: a party's release held longer than [`super::Config::virtual_hold_secs`] while the
-    /// other party never sent its own: refuse every held release and take back the agreements
-    /// to the others, so no leg is ever released alone. The parties' ledgers are free again;
-    /// the legs keep their guarantees, settled on chain by one recorded outcome (ADR 0026).
+    /// Hub: releases held past their patience ([`Node::hold_deadline`]).
+    ///
+    /// - A party's release held while the other party never sent its own: refuse every held
+    ///   release and take back the agreements to the others, so no leg is ever released alone
+    ///   ([`Node::let_go_holds`]).
+    /// - A hub of a chain whose release toward the next hub is still out: that hub neither
+    ///   completed nor refused it, and we cannot refuse A's (our signature is out). We take
+    ///   the hubs' ledger to chain: the next hub registers our release within that ledger's
+    ///   window (then A's leg goes by the same state, `on_leg_disputed`), or the ledger
+    ///   concludes still holding the guarantee and is resolved by the final state we hold
+    ///   (then A's leg goes by the outcome the chain records, `on_virtual_registered`). A's
+    ///   ledger is not held beyond that.
     pub(super) fn expire_holds(&mut self, now: Expiry, p: &mut Pending) {
         let due: Vec<ChannelId> = self
             .book
             .virtuals
             .iter()
-            .filter(|(_, r)| {
-                r.held_since
-                    .is_some_and(|t| t.saturating_add(self.config.virtual_hold_secs) <= now.0)
-            })
+            .filter(|(_, r)| self.hold_deadline(r).is_some_and(|t| t <= now.0))
             .map(|(id, _)| *id)
             .collect();
         for id in due {
             let Some(mut r) = self.book.virtuals.get(&id).cloned() else {
                 continue;
             };
-            let Some(fin) = r.outcome.clone() else {
+            if self.inner_release_out(&r) {
+                let next = r.ledgers.get(1).copied();
+                r.held_since = None;
+                self.write_virtual(id, r, p);
+                if let Some(next) = next {
+                    self.take_to_chain(next, p);
+                    p.out.events.push(NodeEvent::VirtualReleaseStalled {
+                        channel_id: id,
+                        ledger: next,
+                    });
+                }
+                continue;
+            }
+            self.let_go_holds(now, id, p);
+        }
+    }
+
+    /// Hub: refuse every release of `id` we hold and take back our agreement to the releases
+    /// not yet proposed, so no leg is released off chain: the parties' ledgers are free again
+    /// and the legs keep their guarantees, settled on chain by one recorded outcome (ADR 0026).
+    fn let_go_holds(&mut self, now: Expiry, id: ChannelId, p: &mut Pending) {
+        let Some(mut r) = self.book.virtuals.get(&id).cloned() else {
+            return;
+        };
+        let Some(fin) = r.outcome.clone() else {
+            return;
+        };
+        let held: Vec<(ChannelId, Option<Message>)> = r
+            .ledgers
+            .iter()
+            .zip(r.held.iter_mut())
+            .map(|(l, h)| (*l, h.take()))
+            .collect();
+        r.held_since = None;
+        self.write_virtual(id, r, p);
+        for (ledger, msg) in held {
+            let Some(g) = self.guarantee_on(ledger, id) else {
                 continue;
             };
-            let held: Vec<(ChannelId, Option<Message>)> = r
-                .ledgers
-                .iter()
-                .zip(r.held.iter_mut())
-                .map(|(l, h)| (*l, h.take()))
-                .collect();
-            r.held_since = None;
-            self.write_virtual(id, r, p);
-            for (ledger, msg) in held {
-                let Some(g) = self.guarantee_on(ledger, id) else {
-                    continue;
-                };
-                let Ok([to_a, to_b]) = vchan::release(&g, &fin.state) else {
-                    continue;
-                };
-                let op = Op::RemoveGuarantee {
-                    virtual_channel: id,
-                    to_a,
-                    to_b,
-                };
-                let Some(e) = self.channels.get_mut(&ledger) else {
-                    continue;
-                };
-                e.machine.withdraw_agreement(&op);
-                p.touched.insert(ledger);
-                if let Some(msg) = msg
-                    && let Ok(effects) = e.machine.handle(msg, now)
-                {
-                    // Refused now that we no longer agree: the party's ledger is free.
-                    self.carry(ledger, effects, p);
-                }
-                p.to_propose.insert(ledger);
+            let Ok([to_a, to_b]) = vchan::release(&g, &fin.state) else {
+                continue;
+            };
+            let op = Op::RemoveGuarantee {
+                virtual_channel: id,
+                to_a,
+                to_b,
+            };
+            let Some(e) = self.channels.get_mut(&ledger) else {
+                continue;
+            };
+            e.machine.withdraw_agreement(&op);
+            p.touched.insert(ledger);
+            if let Some(msg) = msg
+                && let Ok(effects) = e.machine.handle(msg, now)
+            {
+                // Refused now that we no longer agree: the party's ledger is free.
+                self.carry(ledger, effects, p);
             }
+            p.to_propose.insert(ledger);
+        }
+    }
+
+    /// Hub: the chain recorded `recorded` as `id`'s outcome (the first resolution of one of
+    /// its guarantees). Every leg still locking the guarantee can now be resolved by that
+    /// state only, so the releases we hold no longer need to go all at once:
+    ///
+    /// - by the recorded state (the final state handed to us): each is countersigned now, on
+    ///   a ledger not concluded (answered on chain if disputed); every leg ends by it, off
+    ///   chain or on;
+    /// - by another state: each is refused ([`Node::let_go_holds`]) and the legs are resolved
+    ///   by the recorded one; but a hub of a chain whose own release toward the next hub is
+    ///   out keeps A's until that release is completed (then A's goes by it too) or dead.
+    fn settle_holds(
+        &mut self,
+        now: Expiry,
+        id: ChannelId,
+        recorded: &crate::ChannelState,
+        p: &mut Pending,
+    ) {
+        let Some(mut r) = self.book.virtuals.get(&id).cloned() else {
+            return;
+        };
+        if r.role != VirtualRole::Hub || r.held.iter().all(Option::is_none) {
+            return;
+        }
+        if r.outcome.as_ref().is_none_or(|f| f.state != *recorded) {
+            if !self.inner_release_out(&r) {
+                self.let_go_holds(now, id, p);
+            }
+            return;
+        }
+        let held: Vec<(ChannelId, Message)> = r
+            .ledgers
+            .iter()
+            .zip(r.held.iter_mut())
+            .filter_map(|(l, h)| h.take().map(|m| (*l, m)))
+            .collect();
+        r.held_since = None;
+        self.write_virtual(id, r, p);
+        for (ledger, msg) in held {
+            let Some(e) = self.channels.get_mut(&ledger) else {
+                continue;
+            };
+            if e.concluded {
+                // Paid out already: resolved on chain by the recorded state.
+                continue;
+            }
+            if let Ok(effects) = e.machine.handle(msg, now) {
+                self.carry(ledger, effects, p);
+            }
+            if self.is_disputed(ledger) {
+                self.answer_dispute(ledger, p);
+            }
+            p.to_propose.insert(ledger);
         }
     }
 }
@@ -1821,6 +1954,7 @@ impl Node {
     /// the intent).
     pub(super) fn on_virtual_registered(
         &mut self,
+        now: Expiry,
         id: ChannelId,
         state: crate::ChannelState,
         finalizes_at: u64,
@@ -1848,6 +1982,13 @@ impl Node {
             // A final state was handed to us (every leg resolves by it unless the chain
             // records another), or this dispute state is known already.
             return;
+        }
+        if recorded {
+            self.settle_holds(now, id, &state, p);
+            let Some(fresh) = self.book.virtuals.get(&id).cloned() else {
+                return;
+            };
+            r = fresh;
         }
         r.registered = Some((state.clone(), finalizes_at));
         let legs: Vec<(ChannelId, crate::ChannelState)> = r
