@@ -173,7 +173,10 @@ pub(crate) fn fill(
 ///
 /// 4: a virtual channel's record names the hubs after us on its path with their fees
 /// (`VirtualRecord::onward`, chains of hubs, ADR 0026). Schema 3 stores are refused likewise.
-pub const SCHEMA: u32 = 4;
+///
+/// 5: a believed announcement may be a virtual channel's (`GossipChannel::virtual_until`, and
+/// the gossip frame that carries it). Schema 4 stores are refused likewise.
+pub const SCHEMA: u32 = 5;
 
 const SCHEMA_KEY: &[u8] = b"schema";
 

@@ -29,8 +29,9 @@ pub enum RoutingError {
 }
 
 /// The router graph of `m` for paying `invoice`: our channels (what we can send on each), the
-/// announced channels we believe (a direction without a policy, or disabled, is not used), and
-/// the invoice's hub to its payee under that hub's policy.
+/// announced channels we believe, ledgers and virtual channels between hubs (a direction
+/// without a policy, or disabled, is not used), and the invoice's hub to its payee under that
+/// hub's policy.
 pub fn graph_for(m: &Machine, invoice: &Invoice) -> Result<ChannelGraph, RoutingError> {
     let me = m.address();
     let mut g = ChannelGraph::new();
@@ -74,11 +75,17 @@ pub fn graph_for(m: &Machine, invoice: &Invoice) -> Result<ChannelGraph, Routing
                 .as_ref()
                 .map_or_else(disabled, |u| Policy::from(u.policy))
         };
+        // An announced virtual channel between two hubs is an edge of its own kind too.
+        let kind = if c.virtual_until.is_some() {
+            ChannelKind::Virtual
+        } else {
+            ChannelKind::Ledger
+        };
         add(
             &mut g,
             Channel {
                 id: *id,
-                kind: ChannelKind::Ledger,
+                kind,
                 node_a: a,
                 node_b: b,
                 capacity: c.capacity,

@@ -13,6 +13,14 @@
 //! - Entries whose both directions were not refreshed for [`STALE_SECS`] are pruned; a hub
 //!   refreshes its own every [`REFRESH_SECS`].
 //!
+//! - A virtual channel between two announcing nodes (hubs joined over a third, ADR 0026) is
+//!   announced too ([`GossipMsg::AnnounceVirtual`]): both parties sign
+//!   [`virtual_announcement_digest`], which binds its capacity and its end. No chain read can
+//!   show it (it is funded by guarantees, not by the adjudicator's holdings), so a node
+//!   believes one only when both parties are nodes it already believes on chain (each a
+//!   participant of a believed ledger announcement, or its own peer), at most
+//!   [`MAX_VIRTUAL_PER_NODE`] per party, and only until its end.
+//!
 //! Everything here is a pure check; the node decides when to ask the chain, store and relay
 //! (ADR 0027).
 
@@ -40,6 +48,10 @@ pub const MAX_PENDING: usize = 1_000;
 /// The most of them one peer may have waiting (each costs us a chain read; a peer can sign
 /// announcements of channels between keys of its own that were never funded).
 pub const MAX_PENDING_PER_PEER: usize = 16;
+
+/// The most virtual channels of one node a node believes (a party's keys back no on-chain
+/// funds for them: this bounds what one funded node can add to everyone's graph).
+pub const MAX_VIRTUAL_PER_NODE: usize = 16;
 
 /// A hub-to-hub channel, signed by both participants.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,6 +88,10 @@ pub struct GossipChannel {
     pub capacity: Amount,
     /// A's and B's latest policies.
     pub policies: [Option<PolicyUpdate>; 2],
+    /// A virtual channel's end (chain time, seconds): it is believed until then, its
+    /// capacity as both parties signed it ([`virtual_announcement_digest`]). `None`: a
+    /// ledger, its capacity read on chain.
+    pub virtual_until: Option<u64>,
 }
 
 impl GossipChannel {
@@ -98,6 +114,16 @@ pub enum GossipMsg {
     Announce(Box<Announcement>),
     /// A policy update.
     Policy(Box<PolicyUpdate>),
+    /// A virtual channel between two announcing nodes: its announcement's signatures are over
+    /// [`virtual_announcement_digest`] of these figures.
+    AnnounceVirtual {
+        /// The parameters and both parties' signatures.
+        ann: Box<Announcement>,
+        /// Its value, as both parties signed it.
+        capacity: Amount,
+        /// Its end (chain time, seconds).
+        until: u64,
+    },
 }
 
 /// Why a gossip message is not believed.
@@ -121,6 +147,9 @@ pub enum GossipError {
     /// An update too soon after the last accepted one.
     #[error("rate limited")]
     RateLimited,
+    /// A virtual channel past its end.
+    #[error("virtual channel past its end")]
+    Ended,
 }
 
 /// The digest each participant signs to announce channel `params`.
@@ -134,6 +163,20 @@ pub fn announcement_digest(params: &ChannelParams) -> B256 {
     )
 }
 
+/// The digest each party signs to announce virtual channel `params` of value `capacity`,
+/// ending at `until` (a relay can change neither).
+pub fn virtual_announcement_digest(params: &ChannelParams, capacity: Amount, until: u64) -> B256 {
+    keccak256(
+        [
+            b"vhub virtual channel announcement".as_slice(),
+            params.id().0.as_slice(),
+            &capacity.0.to_be_bytes(),
+            &until.to_be_bytes(),
+        ]
+        .concat(),
+    )
+}
+
 impl Announcement {
     /// Our signature for announcing `params` (the peer's comes in its `AnnounceSig`).
     pub fn sign(params: &ChannelParams, keys: &Keys) -> Signature {
@@ -142,12 +185,39 @@ impl Announcement {
 
     /// Check both signatures against the participants; returns their public keys.
     pub fn check(&self) -> Result<[PublicKey; 2], GossipError> {
-        let d = announcement_digest(&self.params);
+        self.check_digest(announcement_digest(&self.params))
+    }
+
+    /// Check both signatures of a virtual channel's announcement of `capacity` until `until`;
+    /// returns the parties' public keys.
+    pub fn check_virtual(
+        &self,
+        capacity: Amount,
+        until: u64,
+    ) -> Result<[PublicKey; 2], GossipError> {
+        self.check_digest(virtual_announcement_digest(&self.params, capacity, until))
+    }
+
+    fn check_digest(&self, d: B256) -> Result<[PublicKey; 2], GossipError> {
         let mut keys = Vec::with_capacity(2);
         for (sig, who) in self.sigs.iter().zip(self.params.participants) {
             keys.push(crate::sig::recover_key(d, sig, who)?);
         }
         Ok([keys[0], keys[1]])
+    }
+}
+
+impl GossipChannel {
+    /// What relays it: its announcement, as a ledger's or a virtual channel's.
+    pub fn announce_msg(&self) -> GossipMsg {
+        match self.virtual_until {
+            Some(until) => GossipMsg::AnnounceVirtual {
+                ann: Box::new(self.ann.clone()),
+                capacity: self.capacity,
+                until,
+            },
+            None => GossipMsg::Announce(Box::new(self.ann.clone())),
+        }
     }
 }
 
@@ -239,6 +309,7 @@ mod tests {
                 keys: ks,
                 capacity: Amount(10),
                 policies: [None, None],
+                virtual_until: None,
             },
             a,
             b,
@@ -262,6 +333,28 @@ mod tests {
         other.params.nonce = alloy::primitives::U256::from(2);
         assert!(other.check().is_err());
         let _ = a;
+    }
+
+    #[test]
+    fn a_virtual_announcement_binds_its_capacity_and_end() {
+        let (a, b) = (keys(1), keys(2));
+        let p = params(&a, &b, 7);
+        let d = virtual_announcement_digest(&p, Amount(500), 9_000);
+        let ann = Announcement {
+            sigs: [a.sign_digest(d), b.sign_digest(d)],
+            params: p,
+        };
+        assert_eq!(
+            ann.check_virtual(Amount(500), 9_000),
+            Ok([a.public_key(), b.public_key()])
+        );
+        // A relay that raises the capacity or moves the end breaks both signatures.
+        assert!(ann.check_virtual(Amount(501), 9_000).is_err());
+        assert!(ann.check_virtual(Amount(500), 9_001).is_err());
+        // Nor does it pass as a ledger's announcement, or a ledger's as a virtual channel's.
+        assert!(ann.check().is_err());
+        let (c, _, _) = channel();
+        assert!(c.ann.check_virtual(Amount(10), 9_000).is_err());
     }
 
     #[test]

@@ -22,10 +22,12 @@ use crate::Amount;
 use crate::ids::{ChannelId, Expiry};
 use crate::node::gossip::{
     Announcement, GossipChannel, GossipMsg, MAX_PENDING, MAX_PENDING_PER_PEER,
-    MIN_UPDATE_INTERVAL_SECS, PolicyUpdate, REFRESH_SECS, STALE_SECS,
+    MAX_VIRTUAL_PER_NODE, MIN_UPDATE_INTERVAL_SECS, PolicyUpdate, REFRESH_SECS, STALE_SECS,
+    virtual_announcement_digest,
 };
 use crate::node::message::{Body, ErrorCode, Frame};
 use crate::node::records::Write;
+use crate::node::records::{VirtualPhase, VirtualRole};
 use crate::sig::recover_key;
 use crate::state::ChannelParams;
 use alloy::primitives::{Address, Signature};
@@ -33,7 +35,9 @@ use std::collections::BTreeSet;
 
 impl Node {
     /// Our own funded channel `id` may be announced: send the peer our signature of it and our
-    /// policy for it (once the peer's come back, both of us hold the announcement).
+    /// policy for it (once the peer's come back, both of us hold the announcement). A virtual
+    /// channel of ours (open, we a party) is announced the same way, its signature binding its
+    /// value and end, over its hub unless we have a session with the other party.
     pub(super) fn announce_own(&mut self, now: Expiry, id: ChannelId, p: &mut Pending) {
         if !self.config.announce {
             return;
@@ -41,13 +45,23 @@ impl Node {
         let Some(e) = self.channels.get(&id) else {
             return;
         };
-        if !e.funded || e.concluded || e.via.is_some() || self.book.gossip.contains_key(&id) {
+        if !e.funded || e.concluded || self.book.gossip.contains_key(&id) {
             return;
         }
-        let (peer, params) = (e.peer, e.machine.snapshot().params().clone());
-        let sig = Announcement::sign(&params, &self.keys);
+        let (peer, params, virt) = (e.peer, e.machine.snapshot().params().clone(), e.via);
+        let (sig, via) = match virt {
+            None => (Announcement::sign(&params, &self.keys), None),
+            Some(_) => {
+                let Some((capacity, until)) = self.virtual_ad(id) else {
+                    return;
+                };
+                let d = virtual_announcement_digest(&params, capacity, until);
+                (self.keys.sign_digest(d), self.relay_hub(id, peer))
+            }
+        };
         let policy = PolicyUpdate::sign(id, self.config.policy, now.0, &self.keys);
-        self.send(
+        self.send_via(
+            via,
             peer,
             Body::AnnounceSig {
                 channel_id: id,
@@ -58,6 +72,16 @@ impl Node {
         );
     }
 
+    /// A virtual channel of ours we may announce (open, we one of its parties): its value and
+    /// end, the figures both parties sign.
+    fn virtual_ad(&self, id: ChannelId) -> Option<(Amount, u64)> {
+        let r = self.book.virtuals.get(&id)?;
+        if r.role == VirtualRole::Hub || r.phase != VirtualPhase::Open {
+            return None;
+        }
+        Some((r.terms.value().ok()?, r.terms.expires_at.0))
+    }
+
     /// Announce our funded channel `id` (channels opened on chain are announced when seen
     /// funded; this is for channels added co-signed, without an opening).
     pub fn announce_channel(&mut self, now: Expiry, id: ChannelId) -> super::Output {
@@ -66,41 +90,62 @@ impl Node {
         self.finish(now, p)
     }
 
-    /// The peer's signature announcing our channel `id`. Returns false if refused.
+    /// The peer's signature announcing our channel `id`, received on `link` (the peer itself;
+    /// for a virtual channel, its hub relaying it). Returns false if refused.
     pub(super) fn on_announce_sig(
         &mut self,
         now: Expiry,
-        from: Address,
+        (from, link): (Address, Address),
         seq: u64,
         (id, sig, theirs): (ChannelId, Signature, PolicyUpdate),
         p: &mut Pending,
     ) -> bool {
-        let Some(e) = self.channels.get(&id).filter(|e| e.peer == from) else {
+        let Some(e) = self
+            .channels
+            .get(&id)
+            .filter(|e| e.peer == from && (link == from || e.via == Some(link)))
+        else {
             let detail = format!("no channel {id}");
-            return self.refuse(from, seq, ErrorCode::UnknownChannel, detail, p);
+            return self.refuse(link, seq, ErrorCode::UnknownChannel, detail, p);
         };
         if !self.config.announce || !e.funded || e.concluded || self.book.gossip.contains_key(&id) {
             // We do not announce (a client), or already did: nothing to do.
             return true;
         }
+        let virt = e.via.is_some();
         let s = e.machine.snapshot();
         let params = s.params().clone();
-        let digest = crate::node::gossip::announcement_digest(&params);
-        if let Err(err) = recover_key(digest, &sig, from) {
-            return self.refuse(from, seq, ErrorCode::Protocol, err.to_string(), p);
-        }
-        let ours = Announcement::sign(&params, &self.keys);
         let me = s.me().index();
+        let ad = if virt {
+            // Not open (or we are its hub): nothing to announce.
+            let Some(ad) = self.virtual_ad(id) else {
+                return true;
+            };
+            Some(ad)
+        } else {
+            None
+        };
+        let digest = match ad {
+            Some((capacity, until)) => virtual_announcement_digest(&params, capacity, until),
+            None => crate::node::gossip::announcement_digest(&params),
+        };
+        if let Err(err) = recover_key(digest, &sig, from) {
+            return self.refuse(link, seq, ErrorCode::Protocol, err.to_string(), p);
+        }
         let mut sigs = [sig; 2];
-        sigs[me] = ours;
+        sigs[me] = self.keys.sign_digest(digest);
         let ann = Announcement { params, sigs };
-        let Ok(keys) = ann.check() else {
+        let checked = match ad {
+            Some((capacity, until)) => ann.check_virtual(capacity, until),
+            None => ann.check(),
+        };
+        let Ok(keys) = checked else {
             return true;
         };
-        let capacity = if self.config.on_chain {
-            s.holdings()
-        } else {
-            Amount::MAX
+        let capacity = match ad {
+            Some((capacity, _)) => capacity,
+            None if self.config.on_chain => s.holdings(),
+            None => Amount::MAX,
         };
         let our_sig = ann.sigs[me];
         let ours = PolicyUpdate::sign(id, self.config.policy, now.0, &self.keys);
@@ -109,6 +154,7 @@ impl Node {
             keys,
             capacity,
             policies: [None, None],
+            virtual_until: ad.map(|(_, until)| until),
         };
         record.policies[me] = Some(ours.clone());
         // The peer's policy for its direction, checked like any update.
@@ -118,6 +164,7 @@ impl Node {
         if let Some((side, u)) = &theirs {
             record.policies[*side] = Some(u.clone());
         }
+        let announce = record.announce_msg();
         self.write(
             p,
             Write::Gossip {
@@ -125,14 +172,16 @@ impl Node {
                 record: Some(Box::new(record)),
             },
         );
-        self.relay(GossipMsg::Announce(Box::new(ann)), None, p);
+        self.relay(announce, None, p);
         self.relay(GossipMsg::Policy(Box::new(ours.clone())), None, p);
         if let Some((_, u)) = theirs {
             self.relay(GossipMsg::Policy(Box::new(u)), None, p);
         }
         // Ours again: the peer may have had ours before it saw the channel funded, and ignored
         // it then (one that has the announcement already ignores this one).
-        self.send(
+        let via = if virt { self.relay_hub(id, from) } else { None };
+        self.send_via(
+            via,
             from,
             Body::AnnounceSig {
                 channel_id: id,
@@ -142,6 +191,21 @@ impl Node {
             p,
         );
         true
+    }
+
+    /// Whether `node` is one whose funds we have seen on chain: ourselves, a peer of a funded
+    /// ledger of ours, or a participant of a ledger announcement we believe.
+    fn known_on_chain(&self, node: Address) -> bool {
+        node == self.address()
+            || self
+                .channels
+                .values()
+                .any(|e| e.peer == node && e.funded && e.via.is_none())
+            || self
+                .book
+                .gossip
+                .values()
+                .any(|c| c.virtual_until.is_none() && c.ann.params.participants.contains(&node))
     }
 
     /// A gossip frame from `from`: believe, stash or drop it (never refused with a write: gossip
@@ -180,6 +244,7 @@ impl Node {
                     keys,
                     capacity: Amount::ZERO,
                     policies: [None, None],
+                    virtual_until: None,
                 };
                 if self.config.on_chain {
                     // Believed once the chain shows the adjudicator holding funds for it.
@@ -196,12 +261,53 @@ impl Node {
                     );
                 }
             }
+            GossipMsg::AnnounceVirtual {
+                ann,
+                capacity,
+                until,
+            } => {
+                // No chain read shows a virtual channel: believed only between nodes whose
+                // funds we have seen on chain, a bounded number per node, until its end.
+                let id = ann.params.id();
+                let parties = ann.params.participants;
+                let virtual_of = |node: Address| {
+                    self.book
+                        .gossip
+                        .values()
+                        .filter(|c| {
+                            c.virtual_until.is_some() && c.ann.params.participants.contains(&node)
+                        })
+                        .count()
+                };
+                if self.book.gossip.contains_key(&id)
+                    || self.channels.contains_key(&id)
+                    || until <= now.0
+                    || !parties.iter().all(|n| self.known_on_chain(*n))
+                    || parties
+                        .iter()
+                        .any(|n| virtual_of(*n) >= MAX_VIRTUAL_PER_NODE)
+                {
+                    return;
+                }
+                let Ok(keys) = ann.check_virtual(capacity, until) else {
+                    return;
+                };
+                let record = GossipChannel {
+                    ann: *ann,
+                    keys,
+                    capacity,
+                    policies: [None, None],
+                    virtual_until: Some(until),
+                };
+                self.believe(now, record, p);
+            }
             GossipMsg::Policy(u) => {
                 let id = u.channel_id;
                 if let Some(c) = self.book.gossip.get(&id)
                     && let Ok(side) = u.check(c, now.0)
                 {
                     let mut c = c.clone();
+                    let ledger = c.virtual_until.is_none();
                     c.policies[side] = Some((*u).clone());
                     self.write(
                         p,
@@ -212,7 +318,7 @@ impl Node {
                     );
                     // Each accepted update has the chain looked at again: a channel paid out
                     // since is pruned, a grown one gets its new capacity.
-                    if self.config.on_chain && !self.channels.contains_key(&id) {
+                    if self.config.on_chain && !self.channels.contains_key(&id) && ledger {
                         p.out.queries.push(id);
                     }
                     self.relay(GossipMsg::Policy(u), Some(from), p);
@@ -238,6 +344,7 @@ impl Node {
             // current.
             if let Some(c) = self.book.gossip.get(&id)
                 && c.capacity != held
+                && c.virtual_until.is_none()
             {
                 let record = (!held.is_zero()).then(|| {
                     Box::new(GossipChannel {
@@ -271,7 +378,7 @@ impl Node {
                 record.policies[side] = Some(u);
             }
         }
-        self.relay(GossipMsg::Announce(Box::new(record.ann.clone())), None, p);
+        self.relay(record.announce_msg(), None, p);
         for u in record.policies.iter().flatten() {
             self.relay(GossipMsg::Policy(Box::new(u.clone())), None, p);
         }
@@ -310,10 +417,7 @@ impl Node {
         }
         let mut out = Vec::new();
         for c in self.book.gossip.values() {
-            out.push((
-                peer,
-                Frame::Gossip(Box::new(GossipMsg::Announce(Box::new(c.ann.clone())))),
-            ));
+            out.push((peer, Frame::Gossip(Box::new(c.announce_msg()))));
             for u in c.policies.iter().flatten() {
                 out.push((
                     peer,
@@ -331,10 +435,22 @@ impl Node {
         let mut writes = Vec::new();
         let mut relays = Vec::new();
         for (id, c) in &self.book.gossip {
+            if c.virtual_until.is_some_and(|until| until <= now.0) {
+                // A virtual channel past its end carries nothing more.
+                writes.push((*id, None));
+                continue;
+            }
             let side = c.ann.params.participants.iter().position(|x| *x == me);
             match side {
                 Some(side) => {
-                    let closed = self.channels.get(id).is_none_or(|e| e.concluded);
+                    let closed = if c.virtual_until.is_some() {
+                        self.book
+                            .virtuals
+                            .get(id)
+                            .is_none_or(|r| r.phase != VirtualPhase::Open)
+                    } else {
+                        self.channels.get(id).is_none_or(|e| e.concluded)
+                    };
                     let held = c.policies[side].as_ref();
                     let due = held.is_none_or(|u| {
                         u.timestamp.saturating_add(REFRESH_SECS) <= now.0

@@ -553,6 +553,9 @@ enum Reaction {
     /// A hub of a chain: our release of virtual channel `.1`'s leg on ledger `.0` was refused
     /// and a later state is co-signed there; let go of the release we hold toward A.
     InnerReleaseDead(ChannelId, ChannelId),
+    /// A virtual channel of ours (a party) opened: announce it if we announce (module
+    /// `gossip_steps`).
+    AnnounceVirtual(ChannelId),
 }
 
 #[derive(Default)]
@@ -2063,7 +2066,7 @@ impl Node {
                 channel_id,
                 sig,
                 policy,
-            } => self.on_announce_sig(now, from, seq, (channel_id, sig, *policy), p),
+            } => self.on_announce_sig(now, (from, from), seq, (channel_id, sig, *policy), p),
             Body::Channel(msg) => self.on_channel_msg(now, from, None, seq, msg, p),
             // A hub of a chain passes the next hub's relayed message on (module `virtuals`).
             Body::Relayed { from: party, msg } if self.serves_virtual(msg.channel_id()) => {
@@ -2105,11 +2108,28 @@ impl Node {
                     Body::PartyPolicy { update, .. } => {
                         self.channels.get(&update.channel_id).is_some_and(over)
                     }
+                    Body::AnnounceSig { channel_id, .. } => {
+                        self.channels.get(channel_id).is_some_and(over)
+                    }
                     _ => false,
                 };
                 if !ours {
                     let detail = "no virtual channel of ours with that party over you".into();
                     return self.refuse(from, seq, ErrorCode::UnknownChannel, detail, p);
+                }
+                if let Body::AnnounceSig {
+                    channel_id,
+                    sig,
+                    policy,
+                } = *body
+                {
+                    return self.on_announce_sig(
+                        now,
+                        (party, from),
+                        seq,
+                        (channel_id, sig, *policy),
+                        p,
+                    );
                 }
                 self.on_routing_body(now, party, from, seq, *body, p)
             }
@@ -3292,6 +3312,7 @@ impl Node {
                     Reaction::Received(h) => self.on_received(now, h, &mut p),
                     Reaction::Outcome(ch, id) => self.on_outcome(ch, id, &mut p),
                     Reaction::ReleaseHeld(id) => self.release_held(now, id, &mut p),
+                    Reaction::AnnounceVirtual(id) => self.announce_own(now, id, &mut p),
                     Reaction::InnerReleaseDead(ledger, id) => {
                         self.inner_release_dead(now, ledger, id, &mut p)
                     }

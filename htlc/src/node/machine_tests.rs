@@ -3628,3 +3628,160 @@ fn a_hub_countersigns_a_held_release_by_the_outcome_the_chain_recorded() {
     assert_eq!(net.nodes[1].next_hold_deadline(), None);
     assert_eq!(net.disks[1], net.nodes[1].records());
 }
+
+/// A virtual channel between two announcing nodes (ADR 0026, ADR 0028): once open, its parties
+/// exchange signatures over the hub binding its value and end, and both believe it, a virtual
+/// edge; the hub, told by them, believes it too. A third node believes it only from a peer,
+/// only once both parties are nodes it has seen funds of (its own peer, or a participant of a
+/// ledger announcement it believes), never with another capacity or end than the parties
+/// signed, never past its end (pruned then), and at most `MAX_VIRTUAL_PER_NODE` per party. A
+/// policy update for it costs no chain read (the chain shows nothing for it).
+#[test]
+fn a_virtual_channel_between_announcing_nodes_is_believed_only_as_its_parties_signed_it() {
+    use crate::node::gossip::{
+        Announcement, GossipMsg, MAX_VIRTUAL_PER_NODE, PolicyUpdate, virtual_announcement_digest,
+    };
+    let announcing = Config {
+        announce: true,
+        ..virtual_config()
+    };
+    let mut net = Net::new(announcing.clone());
+    let (v, _) = net.open_virtual(50_000);
+    net.run();
+    let until = net.nodes[0].book().virtuals[&v].terms.expires_at.0;
+    for n in [0, 2, 1] {
+        let c = net.nodes[n]
+            .book()
+            .gossip
+            .get(&v)
+            .unwrap_or_else(|| panic!("node {n} believes the virtual channel"));
+        assert_eq!(c.virtual_until, Some(until), "node {n}");
+        assert_eq!(c.capacity, Amount(50_000), "node {n}");
+        assert_eq!(c.keys, [keys(1).public_key(), keys(3).public_key()]);
+        assert!(
+            c.policies.iter().all(Option::is_some),
+            "node {n}: both directions' policies"
+        );
+    }
+    let c = net.nodes[0].book().gossip[&v].clone();
+    let GossipMsg::AnnounceVirtual {
+        ann,
+        capacity,
+        until: signed_until,
+    } = c.announce_msg()
+    else {
+        panic!("a virtual channel's announcement");
+    };
+    assert_eq!((capacity, signed_until), (Amount(50_000), until));
+
+    // An observer (key 5) on chain, with a funded ledger to the payer only.
+    let mut x = Node::new(
+        keys(5),
+        Config {
+            on_chain: true,
+            ..announcing
+        },
+    );
+    let (xc, _) = cosigned(5, 1, 77);
+    x.add_channel(net.addr(0), xc).unwrap();
+    let now = net.now;
+    let virt = |ann: &Announcement, capacity: Amount, until: u64| {
+        Frame::Gossip(Box::new(GossipMsg::AnnounceVirtual {
+            ann: Box::new(ann.clone()),
+            capacity,
+            until,
+        }))
+    };
+    // A stranger's gossip is dropped; so is one naming a party it has seen no funds of (the
+    // payee), and nothing is written or asked of the chain.
+    for from in [keys(9).address(), net.addr(0)] {
+        let out = x.handle_frame(now, from, virt(&ann, capacity, until));
+        assert!(out.writes.is_empty() && out.queries.is_empty(), "{from}");
+    }
+    assert!(x.book().gossip.is_empty());
+    // It comes to believe the hub–payee ledger (announced, then funded on chain).
+    let down = net.nodes[1]
+        .channel(net.down)
+        .unwrap()
+        .snapshot()
+        .params()
+        .clone();
+    let ledger = Announcement {
+        sigs: [
+            Announcement::sign(&down, &keys(2)),
+            Announcement::sign(&down, &keys(3)),
+        ],
+        params: down.clone(),
+    };
+    let out = x.handle_frame(
+        now,
+        net.addr(0),
+        Frame::Gossip(Box::new(GossipMsg::Announce(Box::new(ledger)))),
+    );
+    assert_eq!(out.queries, vec![down.id()]);
+    let out = x.handle_chain(
+        now,
+        ChainEvent::Holdings {
+            channel_id: down.id(),
+            held: Amount(FUNDS),
+            deposited: [Amount(FUNDS), Amount::ZERO],
+        },
+    );
+    assert!(!out.writes.is_empty());
+    assert!(x.book().gossip.contains_key(&down.id()));
+    // With a fresh policy (a ledger nobody updates goes stale).
+    let hub_policy = PolicyUpdate::sign(down.id(), ForwardPolicy::default(), until, &keys(2));
+    let _ = x.handle_frame(
+        Expiry(until),
+        net.addr(0),
+        Frame::Gossip(Box::new(GossipMsg::Policy(Box::new(hub_policy)))),
+    );
+    assert!(x.book().gossip[&down.id()].policies[0].is_some());
+    // Now both parties are known: a forged capacity or end is not believed, nor one past its
+    // end; the one the parties signed is.
+    for (cap, end) in [(Amount(50_001), until), (capacity, until + 1)] {
+        let out = x.handle_frame(now, net.addr(0), virt(&ann, cap, end));
+        assert!(out.writes.is_empty(), "{cap:?} {end}");
+    }
+    let out = x.handle_frame(Expiry(until), net.addr(0), virt(&ann, capacity, until));
+    assert!(out.writes.is_empty(), "past its end");
+    let out = x.handle_frame(now, net.addr(0), virt(&ann, capacity, until));
+    assert!(
+        out.queries.is_empty(),
+        "no chain read for a virtual channel"
+    );
+    assert_eq!(x.book().gossip[&v].virtual_until, Some(until));
+    // A policy update for it is taken without a chain read.
+    let u = PolicyUpdate::sign(v, ForwardPolicy::default(), now.0 + 20, &keys(3));
+    let out = x.handle_frame(
+        now,
+        net.addr(0),
+        Frame::Gossip(Box::new(GossipMsg::Policy(Box::new(u.clone())))),
+    );
+    assert_eq!(x.book().gossip[&v].policies[1], Some(u));
+    assert!(out.queries.is_empty());
+    // At most MAX_VIRTUAL_PER_NODE of one party: the payer's further ones are dropped.
+    let (a, b) = (keys(1), keys(3));
+    for nonce in 0..MAX_VIRTUAL_PER_NODE as u64 {
+        let p = params(&a, &b, 1_000 + nonce);
+        let d = virtual_announcement_digest(&p, Amount(1), until);
+        let ann = Announcement {
+            sigs: [a.sign_digest(d), b.sign_digest(d)],
+            params: p,
+        };
+        let _ = x.handle_frame(now, net.addr(0), virt(&ann, Amount(1), until));
+    }
+    let virtuals = |x: &Node| {
+        x.book()
+            .gossip
+            .values()
+            .filter(|c| c.virtual_until.is_some())
+            .count()
+    };
+    assert_eq!(virtuals(&x), MAX_VIRTUAL_PER_NODE);
+    // Pruned at its end, with every other virtual channel ending then; the ledger stays.
+    let out = x.handle_timeout(Expiry(until));
+    assert!(!out.writes.is_empty());
+    assert_eq!(virtuals(&x), 0);
+    assert!(x.book().gossip.contains_key(&down.id()));
+}

@@ -603,6 +603,7 @@ impl Node {
                 channel_id: id,
                 peer,
             });
+            p.reactions.push_back(super::Reaction::AnnounceVirtual(id));
         }
         Ok(())
     }
@@ -680,6 +681,7 @@ impl Node {
                             channel_id: id,
                             peer,
                         });
+                        p.reactions.push_back(super::Reaction::AnnounceVirtual(id));
                     }
                 }
             }
@@ -879,13 +881,15 @@ impl Node {
 
 impl Node {
     /// The virtual channel a relayed route body is about: a route instruction's or failure
-    /// packet's channel, a party policy's.
+    /// packet's channel, a party policy's, a party's announcement signature's.
     pub(super) fn route_body_channel(body: &Body) -> Option<ChannelId> {
         match body {
             Body::Route { channel_id, .. } | Body::RouteFailed { channel_id, .. } => {
                 Some(*channel_id)
             }
             Body::PartyPolicy { update, .. } => Some(update.channel_id),
+            // A party's signature announcing the channel (module `gossip_steps`).
+            Body::AnnounceSig { channel_id, .. } => Some(*channel_id),
             _ => None,
         }
     }
