@@ -668,3 +668,125 @@ async fn forged_gossip_is_ignored_and_a_policy_update_reaches_a_client_two_hubs_
         "hub 3 earned exactly its new fee"
     );
 }
+
+/// A virtual channel between two hubs, learned from gossip (ADR 0026, ADR 0028): hub 1 opens
+/// one with hub 3 over hub 2 (which serves virtual channels), and both announce it. The payer,
+/// a client of hub 1, comes to believe it as a virtual edge beside the two hub-to-hub ledgers,
+/// and its router takes it: the payment goes payer → hub 1 → (virtual) → hub 3 → payee, each of
+/// hubs 1 and 3 earning exactly its fee, hub 2 forwarding nothing (only the channel's messages
+/// cross it) and its ledgers unmoved by the payment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payment_crosses_a_virtual_channel_between_hubs_learned_from_gossip() {
+    let net = Devnet::start().await.unwrap();
+    let mut dirs = Vec::new();
+    let mut hubs = Vec::new();
+    let mut addrs = Vec::new();
+    for i in 1..=3usize {
+        let d = TempDir::new("multihub");
+        let h = chain_node(&net, i, &d.0, |o| {
+            o.collateral = Amount(ETH);
+            o.policy = policy(i as u128);
+            o.announce = true;
+            if i == 2 {
+                o.virtual_policy = Some(htlc::vchan::VirtualPolicy::default());
+            }
+        })
+        .await;
+        dirs.push(d);
+        addrs.push(h.listen(loopback()).unwrap());
+        hubs.push(h);
+    }
+    let payer = node(&net, 4, &mut dirs, None).await;
+    let payee = node(&net, 5, &mut dirs, None).await;
+    let _up = channel(&payer, &hubs[0], addrs[0]).await;
+    let l12 = channel(&hubs[0], &hubs[1], addrs[1]).await;
+    let l23 = channel(&hubs[1], &hubs[2], addrs[2]).await;
+    let down = channel(&payee, &hubs[2], addrs[2]).await;
+    learn(
+        &payer,
+        &[l12, l23],
+        "the payer to learn the hub-to-hub ledgers",
+    )
+    .await;
+
+    let deposit = ETH / 2;
+    let v = hubs[0]
+        .open_virtual(
+            hubs[1].address(),
+            hubs[2].address(),
+            Amount(deposit),
+            86_400,
+        )
+        .await
+        .unwrap();
+    learn(
+        &payer,
+        &[l12, l23, v],
+        "the payer to learn the hubs' virtual channel",
+    )
+    .await;
+    let c = &payer.gossip()[&v];
+    assert!(c.virtual_until.is_some(), "announced as a virtual channel");
+    assert_eq!(
+        c.capacity,
+        Amount(deposit),
+        "its value, as both hubs signed it"
+    );
+    assert_eq!(
+        c.ann.params.participants,
+        [hubs[0].address(), hubs[2].address()]
+    );
+    let l12_before = hubs[0].channel(l12).await.unwrap().state.balances;
+    let l23_before = hubs[1].channel(l23).await.unwrap().state.balances;
+
+    let amount = 1_000_000_000u128;
+    let invoice = payee
+        .create_invoice(Amount(amount), 3600, hubs[2].address())
+        .await
+        .unwrap();
+    let mut ev = payer.subscribe();
+    let id = alloy::primitives::B256::repeat_byte(7);
+    let rec = payer.pay(&invoice, id).await.unwrap();
+    assert_eq!(
+        rec.path,
+        vec![hubs[0].address(), hubs[2].address(), payee.address()],
+        "the router took the virtual edge (two hubs' fees, not three)"
+    );
+    wait_for(
+        &mut ev,
+        |e| matches!(e, NodeEvent::PaymentSucceeded { id: p, .. } if *p == id),
+    )
+    .await;
+    let fee3 = policy(3).fee(Amount(amount)).unwrap().0;
+    let fee1 = policy(1).fee(Amount(amount + fee3)).unwrap().0;
+    assert_eq!(
+        payer.payment(id).unwrap().unwrap().fee(),
+        Amount(fee1 + fee3)
+    );
+    // Inside the virtual channel hub 1 paid hub 3 what hub 3 forwarded plus its fee.
+    wait_state(&hubs[0], v, |s| s.state.locks.is_empty()).await;
+    assert_eq!(
+        hubs[0].channel(v).await.unwrap().state.balances,
+        [Amount(deposit - amount - fee3), Amount(amount + fee3)]
+    );
+    wait_state(&payee, down, |s| s.state.locks.is_empty()).await;
+    assert_eq!(
+        payee.channel(down).await.unwrap().state.balances,
+        [Amount(ETH + amount), Amount(ETH - amount)]
+    );
+    for (h, fee) in [(&hubs[0], fee1), (&hubs[2], fee3)] {
+        until("the hub's forward to settle", || {
+            h.fees_earned().unwrap() == (Amount(fee), 1)
+        })
+        .await;
+    }
+    assert_eq!(hubs[1].fees_earned().unwrap(), (Amount::ZERO, 0));
+    assert_eq!(
+        hubs[0].channel(l12).await.unwrap().state.balances,
+        l12_before
+    );
+    assert_eq!(
+        hubs[1].channel(l23).await.unwrap().state.balances,
+        l23_before
+    );
+}
