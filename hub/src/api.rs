@@ -727,10 +727,15 @@ pub struct GossipInfo {
     pub id: ChannelId,
     /// Its participants A and B.
     pub nodes: [Address; 2],
-    /// What the adjudicator held for it when checked.
+    /// What the adjudicator held for it when checked (a virtual channel: its value, as both
+    /// parties signed it).
     pub capacity: Wei,
     /// A's and B's forwarding policies (for their outgoing direction), once heard.
     pub policies: [Option<PolicyInfo>; 2],
+    /// A virtual channel between two hubs: its end (chain time, unix seconds); absent for a
+    /// ledger.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub virtual_until: Option<u64>,
 }
 
 /// One direction's forwarding policy, as gossiped.
@@ -763,6 +768,7 @@ impl From<&htlc::node::gossip::GossipChannel> for GossipInfo {
                     timestamp: u.timestamp,
                 })
             }),
+            virtual_until: g.virtual_until,
         }
     }
 }

@@ -3784,4 +3784,19 @@ fn a_virtual_channel_between_announcing_nodes_is_believed_only_as_its_parties_si
     assert!(!out.writes.is_empty());
     assert_eq!(virtuals(&x), 0);
     assert!(x.book().gossip.contains_key(&down.id()));
+
+    // Once the channel is closed, each party tells the network: its direction disabled.
+    let out = net.nodes[2].close(net.now, v).unwrap();
+    net.carry(2, out);
+    net.run();
+    assert!(net.settled(0, v) && net.settled(2, v));
+    for n in [0, 2] {
+        let out = net.nodes[n].handle_timeout(Expiry(net.now.0 + 1));
+        let disabled = out.transmits.iter().any(|(to, f)| {
+            *to == net.addr(1)
+                && matches!(f, Frame::Gossip(g) if matches!(&**g,
+                    GossipMsg::Policy(u) if u.channel_id == v && !u.policy.enabled))
+        });
+        assert!(disabled, "node {n} disables its direction");
+    }
 }

@@ -222,8 +222,12 @@ pub async fn run(addr: SocketAddr, token: &str, cmd: Command) -> Result<()> {
                     Some(_) => "disabled".to_string(),
                     None => "no policy heard".to_string(),
                 };
+                let kind = match c.virtual_until {
+                    Some(until) => format!("virtual until {until}"),
+                    None => "ledger".to_string(),
+                };
                 println!(
-                    "{}  {} ⇄ {}  capacity {}  A→B {}  B→A {}",
+                    "{}  {} ⇄ {}  {kind}  capacity {}  A→B {}  B→A {}",
                     c.id,
                     c.nodes[0],
                     c.nodes[1],
