@@ -499,6 +499,38 @@ impl Node {
         })
     }
 
+    /// The virtual-channel gauges, read from the node's records now.
+    fn virtual_gauges(&self) -> crate::metrics::VirtualGauges {
+        use htlc::node::records::{VirtualPhase, VirtualRole};
+        self.read(|m| {
+            let mut by: std::collections::BTreeMap<(String, String), i64> = Default::default();
+            let mut g = crate::metrics::VirtualGauges::default();
+            let mut served = Amount::ZERO;
+            for (_, r) in m.virtuals() {
+                let key = (
+                    format!("{:?}", r.role).to_lowercase(),
+                    format!("{:?}", r.phase).to_lowercase(),
+                );
+                *by.entry(key).or_default() += 1;
+                if r.role == VirtualRole::Hub {
+                    if !matches!(r.phase, VirtualPhase::Settled | VirtualPhase::Failed) {
+                        served = Amount(
+                            served
+                                .0
+                                .saturating_add(r.terms.value().map_or(u128::MAX, |v| v.0)),
+                        );
+                    }
+                    if r.held.iter().any(Option::is_some) {
+                        g.held += 1;
+                    }
+                }
+            }
+            g.by_role_phase = by.into_iter().map(|((r, p), n)| (r, p, n)).collect();
+            g.served_ether = crate::metrics::ether(served);
+            g
+        })
+    }
+
     /// The Prometheus exposition, with per-channel gauges read now.
     pub async fn metrics_text(&self) -> String {
         let m = &self.inner.metrics;
@@ -526,6 +558,7 @@ impl Node {
                 c.in_flight.as_ref().map(|t| t.max_fee.0),
             );
         }
+        m.observe_virtual(&self.virtual_gauges());
         let st = self.inner.store.stats();
         m.sync_store(
             st.batches.load(std::sync::atomic::Ordering::Relaxed),

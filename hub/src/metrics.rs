@@ -49,7 +49,25 @@ pub struct Metrics {
     store_batches: IntCounter,
     store_syncs: IntCounter,
     updates: IntCounter,
+    virtual_channels: IntGaugeVec,
+    virtual_served: prometheus::Gauge,
+    virtual_held: prometheus::IntGauge,
+    virtual_opened: IntCounter,
+    virtual_expired: IntCounter,
+    virtual_stalled: IntCounter,
     started: std::sync::Mutex<HashMap<B256, Instant>>,
+}
+
+/// What the virtual-channel gauges show, read from the node's records at a scrape.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct VirtualGauges {
+    /// Virtual channels by (role, phase) label pair.
+    pub by_role_phase: Vec<(String, String, i64)>,
+    /// Hub: the value of the virtual channels we serve that are not settled or failed (what
+    /// our collateral stands for), ether.
+    pub served_ether: f64,
+    /// Hub: virtual channels with a party's release held (waiting for the other side's).
+    pub held: i64,
 }
 
 /// A metric could not be created or registered (a programming error, reported, not hidden).
@@ -128,7 +146,44 @@ impl Metrics {
             "Highest fee per gas offered for the transaction waiting to be mined (0: none)",
         )?;
         r.register(Box::new(in_flight_fee.clone()))?;
+        let virtual_channels = IntGaugeVec::new(
+            Opts::new(
+                "virtual_channels",
+                "Virtual channels we take part in, by our role and their phase",
+            ),
+            &["role", "phase"],
+        )?;
+        r.register(Box::new(virtual_channels.clone()))?;
+        let virtual_served = prometheus::Gauge::new(
+            "virtual_value_served_ether",
+            "Hub: value of the virtual channels we serve not yet settled, ether (what our \
+             collateral stands for)",
+        )?;
+        r.register(Box::new(virtual_served.clone()))?;
+        let virtual_held = int_gauge(
+            "virtual_releases_held",
+            "Hub: virtual channels with a party's release held, waiting for the other side's",
+        )?;
         Ok(Metrics {
+            virtual_channels,
+            virtual_served,
+            virtual_held,
+            virtual_opened: counter(
+                r,
+                "virtual_opened_total",
+                "Virtual channels seen open (as a party or as a hub)",
+            )?,
+            virtual_expired: counter(
+                r,
+                "virtual_expired_total",
+                "Hub: ledgers taken to chain because a virtual channel outlived its end",
+            )?,
+            virtual_stalled: counter(
+                r,
+                "virtual_release_stalled_total",
+                "Hub of a chain: ledgers taken to chain because the next hub neither completed \
+                 nor refused our release",
+            )?,
             intents,
             disputed,
             watched,
@@ -211,6 +266,9 @@ impl Metrics {
             NodeEvent::ChainReorganised { .. } => self.reorgs.inc(),
             NodeEvent::IntentDropped { .. } => self.intents_dropped.inc(),
             NodeEvent::Challenged { .. } => self.challenges.inc(),
+            NodeEvent::VirtualOpened { .. } => self.virtual_opened.inc(),
+            NodeEvent::VirtualExpired { .. } => self.virtual_expired.inc(),
+            NodeEvent::VirtualReleaseStalled { .. } => self.virtual_stalled.inc(),
             _ => {}
         }
     }
@@ -237,6 +295,18 @@ impl Metrics {
         // u128 wei to f64 gwei rounds to the nearest representable value; a gauge needs no more.
         self.in_flight_fee
             .set(in_flight_max_fee.map_or(0.0, |f| f as f64 / 1e9));
+    }
+
+    /// Set the virtual-channel gauges.
+    pub fn observe_virtual(&self, g: &VirtualGauges) {
+        self.virtual_channels.reset();
+        for (role, phase, n) in &g.by_role_phase {
+            self.virtual_channels
+                .with_label_values(&[role.as_str(), phase.as_str()])
+                .set(*n);
+        }
+        self.virtual_served.set(g.served_ether);
+        self.virtual_held.set(g.held);
     }
 
     /// Co-signed states committed so far.

@@ -127,6 +127,12 @@ async fn a_virtual_channel_opened_used_and_closed_over_a_hub_pays_out_exactly_on
     assert_eq!(hub_view.len(), 1);
     assert_eq!(hub_view[0].channel, v);
     assert_eq!(hub_view[0].ledgers, net.ledger.to_vec());
+    // The operator sees it in the hub's metrics: one open, its value served.
+    let m = net.hub.metrics_text().await;
+    assert_eq!(virtual_gauge(&m, "hub", "open"), Some(1), "{m}");
+    assert!(m.contains("vhub_virtual_value_served_ether 0.4\n"), "{m}");
+    assert!(m.contains("vhub_virtual_opened_total 1\n"), "{m}");
+    assert!(m.contains("vhub_virtual_releases_held 0\n"), "{m}");
     let g = |s: &htlc::SignedState| s.state.guarantees.first().copied();
     wait_state(&net.hub, net.ledger[1], |s| g(s).is_some()).await;
     let leg_b = g(&net.bob.channel(net.ledger[1]).await.unwrap()).unwrap();
@@ -174,6 +180,10 @@ async fn a_virtual_channel_opened_used_and_closed_over_a_hub_pays_out_exactly_on
     );
     assert_eq!(down, [Amount(ETH + vb), Amount(COLLATERAL - deposit + va)]);
     assert!(net.hub.virtual_info()[0].phase == "settled");
+    let m = net.hub.metrics_text().await;
+    assert_eq!(virtual_gauge(&m, "hub", "settled"), Some(1), "{m}");
+    assert_eq!(virtual_gauge(&m, "hub", "open"), None, "{m}");
+    assert!(m.contains("vhub_virtual_value_served_ether 0\n"), "{m}");
 
     // The ledgers close cooperatively and pay out on chain exactly those balances.
     let mut ea = net.alice.subscribe();
@@ -184,6 +194,16 @@ async fn a_virtual_channel_opened_used_and_closed_over_a_hub_pays_out_exactly_on
     assert_eq!(concluded(&mut eb, net.ledger[1]).await, down);
     // The hub got back its collateral on both, plus the fee.
     assert_eq!(up[1].0 + down[1].0, 2 * COLLATERAL + fee);
+}
+
+/// The `vhub_virtual_channels` gauge for `role` and `phase` in a metrics exposition.
+fn virtual_gauge(metrics: &str, role: &str, phase: &str) -> Option<i64> {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("vhub_virtual_channels{"))
+        .filter(|l| l.contains(&format!("role=\"{role}\"")))
+        .find(|l| l.contains(&format!("phase=\"{phase}\"")))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
 /// Wait (60 s at most) until `f` holds for what the chain shows of channel `id`.
