@@ -22,8 +22,9 @@ pub enum NodeEvent {
         /// The other party (its A, for its hub).
         peer: Address,
     },
-    /// Hub: a virtual channel outlived its end without its parties closing it; our `ledger`
-    /// that locks its guarantee goes on chain to settle it there (ADR 0026).
+    /// A virtual channel outlived its end without being settled (the hub: its parties did not
+    /// close it; a party: the hub did not settle it); our `ledger` that locks its guarantee
+    /// goes on chain to settle it there (ADR 0026).
     VirtualExpired {
         /// The virtual channel.
         channel_id: ChannelId,

@@ -202,8 +202,10 @@ pub enum NodeEvent {
         /// The virtual channel.
         channel_id: ChannelId,
     },
-    /// Hub: a virtual channel outlived its end (and the margin) without being closed by its
-    /// parties: we closed `ledger`, which locks its guarantee, on chain to settle it there.
+    /// A virtual channel outlived its end without being settled: we closed `ledger`, which
+    /// still locks its guarantee, on chain to settle it there (the hub after the margin, its
+    /// parties not having closed it; a party after twice the margin, the hub not having
+    /// settled it).
     VirtualExpired {
         /// The virtual channel.
         channel_id: ChannelId,

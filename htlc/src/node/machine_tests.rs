@@ -3800,3 +3800,57 @@ fn a_virtual_channel_between_announcing_nodes_is_believed_only_as_its_parties_si
         assert!(disabled, "node {n} disables its direction");
     }
 }
+
+/// The hub goes silent while a virtual channel is open: the payer's close before the end gets
+/// nowhere. The hub's turn to settle it (the margin after the end) passes; then the payer takes
+/// its own ledger, which still locks the guarantee, on chain itself (twice the margin after
+/// the end), and the chain settles the channel: a hub that is gone or holds back never keeps a
+/// party's money past the end.
+#[test]
+fn a_party_takes_its_ledger_on_chain_when_the_hub_leaves_a_virtual_channel_past_its_end() {
+    let mut net = Net::new(virtual_config());
+    let (v, _) = net.open_virtual(50_000);
+    net.silence(1);
+    let end = net.nodes[0].book().virtuals[&v].terms.expires_at.0;
+    let margin = net.nodes[0].config().virtual_end_margin_secs;
+    let closes = |out: &Output| -> Vec<ChannelId> {
+        intents(out)
+            .iter()
+            .filter_map(|i| match i {
+                Intent::Close { params, .. } => Some(params.id()),
+                _ => None,
+            })
+            .collect()
+    };
+    // Its close before the end goes out, and nowhere.
+    net.now = Expiry(end - margin);
+    let out = net.nodes[0].handle_timeout(net.now);
+    assert!(closes(&out).is_empty());
+    net.carry(0, out);
+    net.silence(1);
+    assert_eq!(
+        net.nodes[0].poll_timeout(),
+        Some(Expiry(end + 2 * margin)),
+        "next: after the hub's turn"
+    );
+    // The hub's turn: the party still waits.
+    net.now = Expiry(end + margin);
+    let out = net.nodes[0].handle_timeout(net.now);
+    assert!(closes(&out).is_empty());
+    net.carry(0, out);
+    // Then its ledger goes on chain, once.
+    net.now = Expiry(end + 2 * margin);
+    let out = net.nodes[0].handle_timeout(net.now);
+    assert_eq!(closes(&out), vec![net.up]);
+    assert!(out.events.contains(&NodeEvent::VirtualExpired {
+        channel_id: v,
+        ledger: net.up
+    }));
+    net.carry(0, out);
+    let out = net.nodes[0].handle_timeout(Expiry(net.now.0 + 1));
+    assert!(closes(&out).is_empty(), "once");
+    assert_eq!(net.disks[0], net.nodes[0].records());
+    // The payee, which never closed, does the same with its own ledger.
+    let out = net.nodes[2].handle_timeout(net.now);
+    assert_eq!(closes(&out), vec![net.down]);
+}

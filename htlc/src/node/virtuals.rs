@@ -1498,9 +1498,12 @@ impl Node {
     /// What the end of virtual channel `r`'s life asks of us, and from when: a party closes it
     /// [`super::Config::virtual_end_margin_secs`] before its end unless it is closing already;
     /// the hub takes it on chain as long after its end unless every ledger of ours that
-    /// locks its guarantee is on chain already. `None`: nothing to do.
+    /// locks its guarantee is on chain already; and a party whose ledger still locks the
+    /// guarantee twice the margin after the end (the hub did not settle it: gone, or holding
+    /// back) takes that ledger on chain itself. `None`: nothing to do.
     fn virtual_end_due(&self, id: ChannelId, r: &VirtualRecord) -> Option<Expiry> {
         let margin = self.config.virtual_end_margin_secs;
+        let end = r.terms.expires_at.0;
         match (r.role, r.phase) {
             // Also an open never completed (or refused after a leg locked): a guarantee of
             // ours it left must not outlive the channel's end.
@@ -1511,22 +1514,13 @@ impl Node {
                 | VirtualPhase::Open
                 | VirtualPhase::Closed,
             ) => {
-                let pending = r.ledgers.iter().any(|l| {
-                    self.channels.get(l).is_some_and(|e| {
-                        let s = e.machine.snapshot();
-                        e.funded
-                            && !e.concluded
-                            && !s.frozen()
-                            && s.latest()
-                                .state
-                                .guarantees
-                                .iter()
-                                .any(|g| g.virtual_channel == id)
-                    })
-                });
-                pending.then(|| Expiry(r.terms.expires_at.0.saturating_add(margin)))
+                let pending = r.ledgers.iter().any(|l| self.locks_on_chain_able(*l, id));
+                pending.then(|| Expiry(end.saturating_add(margin)))
             }
-            (VirtualRole::Opener | VirtualRole::Acceptor, VirtualPhase::Open) => {
+            (
+                VirtualRole::Opener | VirtualRole::Acceptor,
+                VirtualPhase::Open | VirtualPhase::Closed,
+            ) => {
                 let e = self.channels.get(&id)?;
                 let s = e.machine.snapshot();
                 let closing = s.latest().state.is_final
@@ -1536,11 +1530,36 @@ impl Node {
                 // A close waits for the channel's locks to end (each expires by its end and is
                 // then taken out, which brings this back): proposed with a lock in, it would be
                 // dropped and due again at once.
-                let due = r.terms.expires_at.0.saturating_sub(margin);
-                (!closing && e.funded && s.latest().state.locks.is_empty()).then_some(Expiry(due))
+                if r.phase == VirtualPhase::Open
+                    && !closing
+                    && e.funded
+                    && s.latest().state.locks.is_empty()
+                {
+                    return Some(Expiry(end.saturating_sub(margin)));
+                }
+                r.ledgers
+                    .first()
+                    .filter(|l| self.locks_on_chain_able(**l, id))
+                    .map(|_| Expiry(end.saturating_add(margin.saturating_mul(2))))
             }
             _ => None,
         }
+    }
+
+    /// Whether our ledger `ledger` still locks virtual channel `id`'s guarantee in its latest
+    /// co-signed state, and could be taken on chain (funded, not disputed or paid out).
+    fn locks_on_chain_able(&self, ledger: ChannelId, id: ChannelId) -> bool {
+        self.channels.get(&ledger).is_some_and(|e| {
+            let s = e.machine.snapshot();
+            e.funded
+                && !e.concluded
+                && !s.frozen()
+                && s.latest()
+                    .state
+                    .guarantees
+                    .iter()
+                    .any(|g| g.virtual_channel == id)
+        })
     }
 
     /// The earliest [`Self::virtual_end_due`].
@@ -1556,17 +1575,25 @@ impl Node {
     /// close (the final state, then its leg's release, as `close` does); the hub, its parties
     /// having left it open past its end, closes on chain each of its ledgers still locking the
     /// guarantee (as `force_close` does), and the chain's outcome settles it (ADR 0026: the
-    /// hub's collateral is never held beyond a channel's end and its margin).
+    /// hub's collateral is never held beyond a channel's end and its margin); a party whose
+    /// ledger still locks the guarantee after the hub's turn does the same with its ledger (a
+    /// hub that is gone, or holds back, never keeps a party's money past the end either).
     pub(super) fn end_virtuals(&mut self, now: Expiry, p: &mut Pending) {
-        let due: Vec<(ChannelId, VirtualRole, Vec<ChannelId>)> = self
+        let due: Vec<(ChannelId, Vec<ChannelId>, bool)> = self
             .book
             .virtuals
             .iter()
             .filter(|(id, r)| self.virtual_end_due(**id, r).is_some_and(|t| t <= now))
-            .map(|(id, r)| (*id, r.role, r.ledgers.clone()))
+            .map(|(id, r)| {
+                // A party's turn for its ledger comes after the hub's (see `virtual_end_due`).
+                let margin = self.config.virtual_end_margin_secs.saturating_mul(2);
+                let ledger_turn = r.role == VirtualRole::Hub
+                    || r.terms.expires_at.0.saturating_add(margin) <= now.0;
+                (*id, r.ledgers.clone(), ledger_turn)
+            })
             .collect();
-        for (id, role, ledgers) in due {
-            if role != VirtualRole::Hub {
+        for (id, ledgers, ledger_turn) in due {
+            if !ledger_turn {
                 if let Some(e) = self.channels.get_mut(&id) {
                     e.machine.close();
                     p.to_propose.insert(id);
@@ -1574,6 +1601,8 @@ impl Node {
                 }
                 continue;
             }
+            // The hub after the end; a party after the hub's turn (`virtual_end_due`): our
+            // ledger(s) still locking the guarantee go on chain, and the chain settles it.
             for ledger in ledgers {
                 let Some(e) = self.channels.get_mut(&ledger) else {
                     continue;
