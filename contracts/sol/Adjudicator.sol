@@ -164,6 +164,11 @@ contract Adjudicator {
     error VirtualOutcomeMismatch(bytes32 recorded);
     /// @notice A virtual channel's state may not itself hold guarantees.
     error NestedGuarantees();
+    /// @notice resolveGuaranteeWithheld() before `locksUntil + WITHHELD_GRACE`.
+    error WithheldGraceOpen(uint256 from);
+    /// @notice resolveGuaranteeWithheld() for a virtual state without locks (resolveGuarantee
+    /// takes it whole).
+    error NoLocksWithheld();
     /// @notice A nested call into the adjudicator.
     error Reentrant();
     /// @notice claim() with nothing owed.
@@ -190,6 +195,11 @@ contract Adjudicator {
     /// guarantees: the state and every one of its locks, whole, so every other ledger holding a
     /// guarantee for it can be resolved by the same (ADR 0026).
     event VirtualOutcome(bytes32 indexed virtualChannelId, State state, Lock[] locks);
+    /// @notice A virtual channel's outcome was recorded without its locks, which nobody
+    /// supplied within `WITHHELD_GRACE` of the guarantees' `locksUntil`: its balances stand and
+    /// its locked total goes, on every ledger, to the side that is not one of its parties (the
+    /// hub's); see resolveGuaranteeWithheld().
+    event LocksWithheld(bytes32 indexed virtualChannelId, State state);
     /// @notice A guarantee was split between the ledger channel's participants.
     event GuaranteeResolved(
         bytes32 indexed channelId, bytes32 indexed virtualChannelId, uint256 index, uint256 toA, uint256 toB
@@ -216,6 +226,11 @@ contract Adjudicator {
     uint256 private constant HALF_ORDER = 0x7fffffffffffffffffffffffffffffff5d576e7357a4501ddfe92f46681b20a0;
     /// @dev Longest accepted challenge window (~34,800 years): keeps the window end in uint48.
     uint64 public constant MAX_CHALLENGE_DURATION = 2 ** 40;
+    /// @notice Time after a guarantee's `locksUntil` from which its virtual channel's registered
+    /// state may be resolved without its locks (resolveGuaranteeWithheld): long enough for an
+    /// honest party, online, to conclude its own ledger (nodes accept windows of 30 days at
+    /// most) and resolve it with the locks it holds.
+    uint64 public constant WITHHELD_GRACE = 64 days;
 
     /// @notice The registry whose reveal times settle HTLC locks.
     SecretRegistry public immutable registry;
@@ -232,7 +247,8 @@ contract Adjudicator {
     /// @notice Guarantees already paid out, by channel id and index in the concluded state.
     mapping(bytes32 channelId => mapping(uint256 index => bool)) public guaranteeResolved;
     /// @notice The state (EIP-712 struct hash) that settles the guarantees of a virtual channel,
-    /// fixed when the first of them is resolved.
+    /// fixed when the first of them is resolved (by resolveGuaranteeWithheld: that hash tagged,
+    /// `_withheldTag`, so the two ways never mix).
     mapping(bytes32 virtualChannelId => bytes32 stateHash) public virtualOutcomes;
     /// @notice Payouts that could not be delivered, by asset and owner.
     mapping(address asset => mapping(address owner => uint256)) public unclaimed;
@@ -447,7 +463,70 @@ contract Adjudicator {
         bool first = _settleVirtual(vid, virt, virtState, virtSigs);
         uint256 virtA = _virtualOutcomeA(virtState, virtLocks, g.locksUntil);
         if (first) emit VirtualOutcome(vid, virtState, virtLocks);
+        _payGuarantee(cid, ch, ledger, g, index, vid, virtA);
+    }
 
+    /// @notice Split guarantee `index` of the concluded ledger state by its virtual channel's
+    /// finalized dispute state `virtState` when nobody supplied that state's locks: from
+    /// `locksUntil + WITHHELD_GRACE`, the state's balances stand and its `locksTotal` goes to the
+    /// ledger side that is not one of the virtual channel's parties (the hub's; between two
+    /// hubs, the side standing for its A). Its parties, who alone hold the locks, could
+    /// otherwise keep a hub's guarantee locked for ever; an honest party resolves with the locks
+    /// long before (then this is refused). The first such resolution records the outcome for
+    /// every ledger (`LocksWithheld`); a normal resolution after it is refused, and this one
+    /// after a normal one.
+    function resolveGuaranteeWithheld(
+        Params calldata ledger,
+        State calldata ledgerState,
+        uint256 index,
+        Params calldata virt,
+        State calldata virtState
+    ) external nonReentrant {
+        bytes32 cid = _checkedChannelId(ledger, ledgerState);
+        Channel memory ch = channels[cid];
+        if (!ch.concluded) revert NotConcluded();
+        if (fingerprints[cid] != _hashState(ledgerState)) revert StateMismatch();
+        if (index >= ledgerState.guarantees.length) revert GuaranteeIndexOutOfRange(index);
+        Guarantee calldata g = ledgerState.guarantees[index];
+        bytes32 vid = channelId(virt);
+        if (vid != g.virtualChannelId || virtState.channelId != vid) revert GuaranteeMismatch();
+        if (guaranteeResolved[cid][index]) revert GuaranteeAlreadyResolved();
+        uint256 from = uint256(g.locksUntil) + WITHHELD_GRACE;
+        if (block.timestamp < from) revert WithheldGraceOpen(from);
+        if (virtState.locksTotal == 0) revert NoLocksWithheld();
+        if (virtState.guarantees.length != 0) revert NestedGuarantees();
+        bytes32 stateHash = _hashState(virtState);
+        bytes32 tagged = _withheldTag(stateHash);
+        bytes32 recorded = virtualOutcomes[vid];
+        if (recorded == bytes32(0)) {
+            // Only the state of the channel's finalized dispute: a co-signed final state is
+            // resolved whole by whoever holds it (its locks are in it).
+            Channel memory vch = channels[vid];
+            if (vch.finalizesAt == 0 || block.timestamp < vch.finalizesAt || fingerprints[vid] != stateHash) {
+                revert StateMismatch();
+            }
+            virtualOutcomes[vid] = tagged;
+            emit LocksWithheld(vid, virtState);
+        } else if (recorded != tagged) {
+            revert VirtualOutcomeMismatch(recorded);
+        }
+        uint256 virtA = virtState.balanceA;
+        address standsForA = g.crossed ? ledger.participantB : ledger.participantA;
+        if (standsForA != virt.participantA) virtA = _add(virtA, virtState.locksTotal);
+        _payGuarantee(cid, ch, ledger, g, index, vid, virtA);
+    }
+
+    /// @dev Pay guarantee `index` of the concluded ledger `cid` out by the virtual channel's A
+    /// total `virtA` (ADR 0011), each side capped by what the ledger still holds.
+    function _payGuarantee(
+        bytes32 cid,
+        Channel memory ch,
+        Params calldata ledger,
+        Guarantee calldata g,
+        uint256 index,
+        bytes32 vid,
+        uint256 virtA
+    ) private {
         (uint256 toA, uint256 toB) = _splitGuarantee(g, virtA);
         uint256 held = ch.holdings;
         if (toA > held) toA = held;
@@ -580,6 +659,12 @@ contract Adjudicator {
         }
         virtualOutcomes[vid] = stateHash;
         return true;
+    }
+
+    /// @dev The outcome hash resolveGuaranteeWithheld() records for `stateHash` (never a state's
+    /// own hash, so a normal resolution cannot match it, nor it a normal one's).
+    function _withheldTag(bytes32 stateHash) private pure returns (bytes32) {
+        return keccak256(abi.encode(stateHash, "locks withheld"));
     }
 
     /// @dev What the virtual channel's A side ends with: its balance plus every lock that settles

@@ -678,6 +678,37 @@ impl ChainClient {
         .await
     }
 
+    /// Split the guarantee the concluded `ledger_state` holds for the virtual channel
+    /// `virt_params` by its finalized dispute state `virt_state`, as the `Disputed` event showed
+    /// it (its locks' root and total, not the locks), when nobody supplied its locks: from the
+    /// guarantee's `locks_until` plus the adjudicator's `WITHHELD_GRACE`, the state's balances
+    /// stand and its locked total goes to the ledger side that is not one of its parties
+    /// (ADR 0026).
+    pub async fn resolve_guarantee_withheld(
+        &self,
+        ledger_params: &ChannelParams,
+        ledger_state: &ChannelState,
+        virt_params: &ChannelParams,
+        virt_state: &Adjudicator::State,
+    ) -> Result<TxOutcome, ChainError> {
+        let (lp, ls) = self.onchain_state(ledger_params, ledger_state)?;
+        let vp = self.onchain_params(virt_params)?;
+        let vid = virt_params.id();
+        let index = ledger_state
+            .guarantees
+            .iter()
+            .position(|g| g.virtual_channel == vid)
+            .ok_or(ChainError::NoSuchGuarantee(vid))?;
+        self.send(self.adjudicator().resolveGuaranteeWithheld(
+            lp,
+            ls,
+            U256::from(index),
+            vp,
+            virt_state.clone(),
+        ))
+        .await
+    }
+
     /// Start the dispute of a virtual channel from its guarantee in `ledger_state`, the ledger
     /// state registered on chain (disputed or concluded): the virtual channel's opening as the
     /// guarantee funded it, which any co-signed state of it with a higher version replaces by

@@ -1212,6 +1212,120 @@ async fn far_future_virtual_locks_settle_at_the_guarantees_bound() {
     assert_eq!(f.balance(Address::ZERO, h).await, h0 + u(5 * ETH / 4));
 }
 
+/// A virtual channel's parties (colluding) register a state with locks on chain and never
+/// supply the locks, which only they hold: no guarantee for it could ever be resolved, and the
+/// hub's would stay locked for ever. From the guarantees' `locksUntil` plus `WITHHELD_GRACE`
+/// (not before) the hub resolves by the registered state without its locks: its balances stand
+/// and the locked total goes to the hub on both legs. That records the outcome for every
+/// ledger: a resolution with the locks after it is refused. The hub gets back more than it put
+/// in; the parties lose what they locked.
+#[tokio::test]
+async fn a_withheld_lock_set_cannot_freeze_the_hubs_guarantee() {
+    let f = Fixture::new().await;
+    let c_keys = Keys::from_signer(&f.net.signer(4).unwrap().clone());
+    let c_client = f.net.client(4).await.unwrap();
+    let (a, h, c) = (f.a.address(), f.b.address(), c_keys.address());
+    let l1 =
+        f.w.channel_params([a, h], Address::ZERO, WINDOW, U256::from(1));
+    let l2 =
+        f.w.channel_params([h, c], Address::ZERO, WINDOW, U256::from(2));
+    let v =
+        f.w.channel_params([a, c], Address::ZERO, WINDOW, U256::from(3));
+    f.fund(&l1, 5 * ETH, 5 * ETH).await;
+    f.b.client
+        .deposit(&l2, Amount(0), Amount(5 * ETH))
+        .await
+        .unwrap();
+    c_client
+        .deposit(&l2, Amount(5 * ETH), Amount(5 * ETH))
+        .await
+        .unwrap();
+    let bound = f.now().await + 3 * WINDOW;
+    // V is worth 3: A's 2 (locked by A in L1, by the hub in L2) and C's 1 (the hub's in L1,
+    // C's in L2); both ledgers stand for V's A on their A side.
+    let g = Guarantee {
+        locks_until: htlc::Expiry(bound),
+        ..guarantee(v.id(), 2 * ETH, ETH)
+    };
+    let l1_state = ChannelState {
+        guarantees: vec![g],
+        ..state(&l1, 10, [3 * ETH, 4 * ETH])
+    };
+    let l2_state = ChannelState {
+        guarantees: vec![g],
+        ..state(&l2, 10, [3 * ETH, 4 * ETH])
+    };
+    f.w.close(&l1, &l1_state, &f.sign(&l1, &l1_state))
+        .await
+        .unwrap();
+    f.w.close(
+        &l2,
+        &l2_state,
+        &sign_with([&f.b.keys, &c_keys], &l2, &l2_state),
+    )
+    .await
+    .unwrap();
+    // The colluders register V at 1 each and two locks of 0.5, and keep the locks to
+    // themselves.
+    let far = bound + 30 * 86_400;
+    let (k0, _) = lock(0, ETH / 2, far, Side::A, 1);
+    let (k1, _) = lock(1, ETH / 2, far, Side::B, 2);
+    let vs = ChannelState {
+        locks: vec![k0, k1],
+        ..state(&v, 9, [ETH, ETH])
+    };
+    f.w.close(&v, &vs, &sign_with([&f.a.keys, &c_keys], &v, &vs))
+        .await
+        .unwrap();
+    // What the chain shows of it: the root and the total, not the locks.
+    let shown = convert::state(&vs).unwrap();
+    let ours = ChannelState {
+        locks: Vec::new(),
+        ..vs.clone()
+    };
+    assert_ne!(convert::state(&ours).unwrap().locksRoot, shown.locksRoot);
+    f.net.increase_time(WINDOW + 1).await.unwrap();
+    f.w.conclude(&l1, &l1_state).await.unwrap();
+    f.w.conclude(&l2, &l2_state).await.unwrap();
+    // Not before the grace.
+    let grace = 64 * 86_400;
+    assert_reverts::<WithheldGraceOpen>(
+        f.w.resolve_guarantee_withheld(&l2, &l2_state, &v, &shown)
+            .await,
+    );
+    f.net.increase_time(3 * WINDOW + grace).await.unwrap();
+    // A state with no locks has nothing withheld: resolved whole the normal way.
+    let lock_free = convert::state(&ours).unwrap();
+    assert_reverts::<NoLocksWithheld>(
+        f.w.resolve_guarantee_withheld(&l2, &l2_state, &v, &lock_free)
+            .await,
+    );
+    let (a0, h0, c0) = (
+        f.balance(Address::ZERO, a).await,
+        f.balance(Address::ZERO, h).await,
+        f.balance(Address::ZERO, c).await,
+    );
+    f.w.resolve_guarantee_withheld(&l2, &l2_state, &v, &shown)
+        .await
+        .unwrap();
+    // L2: the hub (standing for V's A) gets A's 1 and the locked 1; C its 1.
+    assert_eq!(f.balance(Address::ZERO, h).await, h0 + u(2 * ETH));
+    assert_eq!(f.balance(Address::ZERO, c).await, c0 + u(ETH));
+    // The outcome is recorded: the locks, produced now, are refused.
+    assert_reverts::<VirtualOutcomeMismatch>(
+        f.w.resolve_guarantee(&l1, &l1_state, &v, &vs, None).await,
+    );
+    f.w.resolve_guarantee_withheld(&l1, &l1_state, &v, &shown)
+        .await
+        .unwrap();
+    // L1: A (V's A itself) gets its 1; the hub (standing for V's C) C's 1 and the locked 1.
+    assert_eq!(f.balance(Address::ZERO, a).await, a0 + u(ETH));
+    assert_eq!(f.balance(Address::ZERO, h).await, h0 + u(4 * ETH));
+    // The hub put in 3 (1 in L1, 2 in L2) and got 4; both ledgers are empty.
+    assert_eq!(f.w.holdings(l1.id()).await.unwrap(), Amount(0));
+    assert_eq!(f.w.holdings(l2.id()).await.unwrap(), Amount(0));
+}
+
 /// A virtual channel's parties sign a final state whose `locksTotal` disagrees with its locks
 /// (no honest node signs one, and a hub could not reproduce its hash to resolve its other
 /// legs by it): the adjudicator refuses to record it; the same state with the true total

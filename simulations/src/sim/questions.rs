@@ -373,7 +373,7 @@ pub struct VirtualCost {
 
 /// Gas of the virtually-funded sad exit measured in `contracts/GAS.md` (ledger close, virtual
 /// close, ledger conclude, `resolveGuarantee`), ETH.
-pub const VIRTUAL_SAD_EXIT_GAS: u64 = 338_218;
+pub const VIRTUAL_SAD_EXIT_GAS: u64 = 338_206;
 
 impl VirtualCost {
     /// The cost of a virtual channel of value `value` over `hubs` hubs, each charging by
