@@ -105,11 +105,89 @@ pub fn resolved_virtual_state(
     (s.locks_root() == state.locksRoot && U256::from(total.0) == state.locksTotal).then_some(s)
 }
 
+/// A virtual channel's state as a `Disputed` or `LocksWithheld` event shows it when it holds
+/// locks the event does not list: the state without them, and their root and total. `None` if
+/// it holds no locks (it reads whole: [`resolved_virtual_state`]), holds guarantees, or an
+/// amount does not fit the core's types.
+pub fn withheld_virtual_state(
+    state: &Adjudicator::State,
+) -> Option<(ChannelState, htlc::node::chain::WithheldLocks)> {
+    let amount = |x: U256| u128::try_from(x).ok().map(htlc::Amount);
+    if !state.guarantees.is_empty() || state.locksTotal.is_zero() {
+        return None;
+    }
+    let s = ChannelState {
+        channel_id: htlc::ChannelId(state.channelId),
+        version: state.version,
+        balances: [amount(state.balanceA)?, amount(state.balanceB)?],
+        locks: Vec::new(),
+        guarantees: Vec::new(),
+        is_final: state.isFinal,
+    };
+    let locks = htlc::node::chain::WithheldLocks {
+        root: state.locksRoot,
+        total: amount(state.locksTotal)?,
+    };
+    Some((s, locks))
+}
+
+/// The ABI form of `s` with withheld `locks` (their root and total in place of its own, which
+/// has none): the state as the chain registered it.
+pub fn withheld_state(
+    s: &ChannelState,
+    locks: &htlc::node::chain::WithheldLocks,
+) -> Result<Adjudicator::State, AmountOverflow> {
+    let mut out = state(s)?;
+    out.locksRoot = locks.root;
+    out.locksTotal = U256::from(locks.total.0);
+    Ok(out)
+}
+
 /// The ABI form of a signature: `r`, `s` and `v` ∈ {27, 28}.
 pub fn sig(s: &Signature) -> Adjudicator::Sig {
     Adjudicator::Sig {
         r: B256::from(s.r().to_be_bytes::<32>()),
         s: B256::from(s.s().to_be_bytes::<32>()),
         v: if s.v() { 28 } else { 27 },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloy::primitives::B256;
+
+    /// A state with locks, as the chain shows it (root and total), reads back without them and
+    /// converts back to exactly what the chain registered; a lock-free one is not "withheld".
+    #[test]
+    fn a_withheld_virtual_state_round_trips_to_the_registered_one() {
+        let id = htlc::ChannelId(B256::repeat_byte(3));
+        let lock = |n: u64, sender| Lock {
+            id: htlc::HtlcId(n),
+            amount: htlc::Amount(100 + u128::from(n)),
+            hashlock: htlc::Hashlock(B256::repeat_byte(n as u8)),
+            expiry: htlc::Expiry(1_000 + n),
+            sender,
+        };
+        let full = ChannelState {
+            version: 9,
+            locks: vec![lock(0, Side::A), lock(1, Side::B)],
+            ..ChannelState::opening(id, [htlc::Amount(5), htlc::Amount(7)])
+        };
+        let shown = state(&full).unwrap();
+        let (read, locks) = withheld_virtual_state(&shown).unwrap();
+        assert!(read.locks.is_empty());
+        assert_eq!((read.version, read.balances), (9, full.balances));
+        assert_eq!(locks.total, htlc::Amount(201));
+        assert_eq!(locks.root, full.locks_root());
+        assert_eq!(withheld_state(&read, &locks).unwrap(), shown);
+        // Whole without locks: read by `resolved_virtual_state`, not here.
+        let plain = state(&ChannelState {
+            locks: Vec::new(),
+            ..full
+        })
+        .unwrap();
+        assert!(withheld_virtual_state(&plain).is_none());
+        assert!(resolved_virtual_state(&plain, &[]).is_some());
     }
 }

@@ -1287,8 +1287,12 @@ async fn a_withheld_lock_set_cannot_freeze_the_hubs_guarantee() {
     f.net.increase_time(WINDOW + 1).await.unwrap();
     f.w.conclude(&l1, &l1_state).await.unwrap();
     f.w.conclude(&l2, &l2_state).await.unwrap();
-    // Not before the grace.
-    let grace = 64 * 86_400;
+    // Not before the grace, the one the nodes wait for.
+    let grace = htlc::vchan::WITHHELD_GRACE_SECS;
+    assert_eq!(
+        f.w.adjudicator().WITHHELD_GRACE().call().await.unwrap(),
+        grace
+    );
     assert_reverts::<WithheldGraceOpen>(
         f.w.resolve_guarantee_withheld(&l2, &l2_state, &v, &shown)
             .await,

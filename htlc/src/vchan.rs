@@ -210,6 +210,15 @@ pub struct Legs {
 /// ledger, then our answer to A's dispute after the next hub's registration is final.
 pub const CHAIN_REACTION_SECS: u64 = 2 * crate::forward::MIN_CHALLENGE_DURATION_SECS;
 
+/// The adjudicator's `WITHHELD_GRACE`: from a guarantee's `locks_until` plus this, a virtual
+/// state registered with locks nobody supplied is resolved without them (its locked total to
+/// the hub's side). Two of the longest ledger windows a node accepts
+/// ([`crate::forward::MAX_CHALLENGE_DURATION_SECS`]) and four days: time for an honest party to
+/// conclude its own ledger and resolve with the locks it holds (ADR 0026).
+pub const WITHHELD_GRACE_SECS: u64 = 64 * 86_400;
+const _: () =
+    assert!(WITHHELD_GRACE_SECS >= 2 * crate::forward::MAX_CHALLENGE_DURATION_SECS + 4 * 86_400);
+
 /// Where a hub stands on a virtual channel's path of hubs (ADR 0026).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Position {

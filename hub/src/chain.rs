@@ -450,17 +450,25 @@ async fn send(client: &ChainClient, intent: &Intent) -> Result<(), ChainError> {
                 .dispute_virtual(&d.ledger, &d.ledger_state, &d.virt)
                 .await
         }
-        Intent::ResolveGuarantee(r) => {
-            client
-                .resolve_guarantee(
-                    &r.ledger,
-                    &r.ledger_state,
-                    &r.virt,
-                    &r.virt_state,
-                    r.sigs.as_ref(),
-                )
-                .await
-        }
+        Intent::ResolveGuarantee(r) => match &r.withheld {
+            Some(locks) => {
+                let shown = contracts::convert::withheld_state(&r.virt_state, locks)?;
+                client
+                    .resolve_guarantee_withheld(&r.ledger, &r.ledger_state, &r.virt, &shown)
+                    .await
+            }
+            None => {
+                client
+                    .resolve_guarantee(
+                        &r.ledger,
+                        &r.ledger_state,
+                        &r.virt,
+                        &r.virt_state,
+                        r.sigs.as_ref(),
+                    )
+                    .await
+            }
+        },
     };
     let outcome = r?;
     info!(tx = %outcome.tx_hash, gas = outcome.gas_used, "transaction mined");

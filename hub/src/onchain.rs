@@ -301,6 +301,21 @@ impl Node {
                     };
                     self.step_wait(|m| Ok::<_, NodeError>(m.handle_chain(now, registered)))
                         .await?;
+                } else if self.read(|m| m.serves_virtual(channel_id))
+                    && let Some((state, locks)) =
+                        contracts::convert::withheld_virtual_state(&d.state)
+                            .filter(|(s, _)| s.channel_id == channel_id)
+                {
+                    // Registered with locks the event does not list (only the parties hold
+                    // them): resolved without them after the grace unless they show them.
+                    let registered = ChainEvent::RegisteredWithheld {
+                        channel_id,
+                        state: Box::new(state),
+                        locks,
+                        finalizes_at,
+                    };
+                    self.step_wait(|m| Ok::<_, NodeError>(m.handle_chain(now, registered)))
+                        .await?;
                 }
                 ChainEvent::Disputed {
                     channel_id,
@@ -331,6 +346,26 @@ impl Node {
                 ChainEvent::Registered {
                     channel_id: vid,
                     state: Box::new(state),
+                    finalizes_at: 0,
+                }
+            }
+            AdjudicatorEvents::LocksWithheld(o) => {
+                // A virtual channel of ours had its outcome recorded without its locks: every
+                // leg still to resolve goes the same way.
+                let vid = ChannelId(o.virtualChannelId);
+                if !self.read(|m| m.book().virtuals.contains_key(&vid)) {
+                    return Ok(());
+                }
+                let Some((state, locks)) = contracts::convert::withheld_virtual_state(&o.state)
+                    .filter(|(s, _)| s.channel_id == vid)
+                else {
+                    warn!(channel = %vid, "a virtual channel's withheld outcome does not read");
+                    return Ok(());
+                };
+                ChainEvent::RegisteredWithheld {
+                    channel_id: vid,
+                    state: Box::new(state),
+                    locks,
                     finalizes_at: 0,
                 }
             }

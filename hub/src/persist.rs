@@ -176,7 +176,11 @@ pub(crate) fn fill(
 ///
 /// 5: a believed announcement may be a virtual channel's (`GossipChannel::virtual_until`, and
 /// the gossip frame that carries it). Schema 4 stores are refused likewise.
-pub const SCHEMA: u32 = 5;
+///
+/// 6: a virtual channel's record and a resolution intent may carry the root and total of
+/// locks the chain showed without them (`VirtualRecord::withheld`, `Resolution::withheld`).
+/// Schema 5 stores are refused likewise.
+pub const SCHEMA: u32 = 6;
 
 const SCHEMA_KEY: &[u8] = b"schema";
 

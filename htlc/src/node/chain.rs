@@ -177,6 +177,20 @@ pub struct Resolution {
     pub sigs: Option<[alloy::primitives::Signature; 2]>,
     /// Not sent before the chain's clock reaches this (unix seconds).
     pub not_before: u64,
+    /// The outcome's locks are not known to us (`virt_state` carries none): resolved by the
+    /// adjudicator's `resolveGuaranteeWithheld` with the root and total the chain showed,
+    /// once the grace after the guarantee's `locks_until` is over (ADR 0026).
+    pub withheld: Option<WithheldLocks>,
+}
+
+/// The locks of a virtual channel's state registered on chain, as the chain shows them: their
+/// root and total, not the locks themselves (only its parties hold those).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WithheldLocks {
+    /// The locks' Merkle root (ADR 0002).
+    pub root: alloy::primitives::B256,
+    /// Their total.
+    pub total: crate::Amount,
 }
 
 /// What [`Intent::DisputeVirtual`] sends.

@@ -298,6 +298,19 @@ pub enum ChainEvent {
         /// When its challenge window ends (chain time, unix seconds).
         finalizes_at: u64,
     },
+    /// A virtual channel's state with locks was registered on chain (its dispute; with
+    /// `finalizes_at` 0, the outcome `resolveGuaranteeWithheld` recorded), shown without them:
+    /// `state` carries no locks, `locks` their root and total.
+    RegisteredWithheld {
+        /// Which virtual channel.
+        channel_id: ChannelId,
+        /// The state registered, without its locks.
+        state: Box<crate::ChannelState>,
+        /// Its locks' root and total.
+        locks: crate::node::chain::WithheldLocks,
+        /// When its challenge window ends (chain time, unix seconds); 0: recorded.
+        finalizes_at: u64,
+    },
     /// A close was registered with `version` (or a challenge replaced it).
     Disputed {
         /// Which channel.
@@ -1267,6 +1280,12 @@ impl Node {
                 state,
                 finalizes_at,
             } => self.on_virtual_registered(now, channel_id, *state, finalizes_at, &mut p),
+            ChainEvent::RegisteredWithheld {
+                channel_id,
+                state,
+                locks,
+                finalizes_at,
+            } => self.on_virtual_withheld(channel_id, *state, locks, finalizes_at, &mut p),
             ChainEvent::PayoutDeferred { to, asset } => {
                 // Ours: withdraw it (to the configured address, or back to us).
                 if to == self.address() {

@@ -3854,3 +3854,113 @@ fn a_party_takes_its_ledger_on_chain_when_the_hub_leaves_a_virtual_channel_past_
     let out = net.nodes[2].handle_timeout(net.now);
     assert_eq!(closes(&out), vec![net.down]);
 }
+
+/// V's parties register a state with locks on chain and show the locks to nobody: the hub
+/// (which never holds V's locks) resolves each of its concluded legs without them, through the
+/// adjudicator's `resolveGuaranteeWithheld`, not before the window's end and the guarantee's
+/// `locks_until` plus the grace. An outcome recorded with the locks replaces that; and a party
+/// whose ledger concludes after an outcome recorded without them follows it.
+#[test]
+fn a_hub_resolves_its_legs_without_the_locks_nobody_shows_after_the_grace() {
+    use crate::node::chain::WithheldLocks;
+    let mut net = Net::new(virtual_config());
+    let (v, _) = net.open_virtual(50_000);
+    let until = net.nodes[1].book().virtuals[&v].terms.expires_at.0;
+    let grace_end = until + crate::vchan::WITHHELD_GRACE_SECS;
+    let withheld_of = |out: &Output| -> Vec<(ChannelId, Option<WithheldLocks>, u64, u64)> {
+        out.intents()
+            .filter_map(|i| match i {
+                Intent::ResolveGuarantee(r) => Some((
+                    r.ledger.id(),
+                    r.withheld,
+                    r.not_before,
+                    r.virt_state.version,
+                )),
+                _ => None,
+            })
+            .collect()
+    };
+    let shown = ChannelState {
+        version: 9,
+        ..ChannelState::opening(v, [Amount(20_000), Amount(20_000)])
+    };
+    let locks = WithheldLocks {
+        root: B256::repeat_byte(7),
+        total: Amount(10_000),
+    };
+    let out = net.conclude_latest(1, net.down);
+    net.carry(1, out);
+    let out = net.nodes[1].handle_chain(
+        net.now,
+        ChainEvent::RegisteredWithheld {
+            channel_id: v,
+            state: Box::new(shown.clone()),
+            locks,
+            finalizes_at: NOW.0 + 3600,
+        },
+    );
+    assert_eq!(
+        withheld_of(&out),
+        vec![(net.down, Some(locks), grace_end, 9)],
+        "after the grace, without the locks"
+    );
+    net.carry(1, out);
+    // The other leg concludes later: the same way.
+    let out = net.conclude_latest(1, net.up);
+    assert_eq!(withheld_of(&out), vec![(net.up, Some(locks), grace_end, 9)]);
+    net.carry(1, out);
+    assert_eq!(net.disks[1], net.nodes[1].records());
+    // A party shown it before an outcome is recorded writes nothing (it holds its locks).
+    let out = net.nodes[0].handle_chain(
+        net.now,
+        ChainEvent::RegisteredWithheld {
+            channel_id: v,
+            state: Box::new(shown.clone()),
+            locks,
+            finalizes_at: NOW.0 + 3600,
+        },
+    );
+    assert!(out.writes.is_empty());
+    // An outcome recorded with its locks replaces it: both legs by that state, whole.
+    let k = crate::Lock {
+        id: crate::HtlcId(0),
+        amount: Amount(10_000),
+        hashlock: Hashlock(B256::repeat_byte(1)),
+        expiry: Expiry(NOW.0 + 100),
+        sender: crate::Side::A,
+    };
+    let whole = ChannelState {
+        locks: vec![k],
+        ..shown.clone()
+    };
+    let out = net.nodes[1].handle_chain(
+        net.now,
+        ChainEvent::Registered {
+            channel_id: v,
+            state: Box::new(whole.clone()),
+            finalizes_at: 0,
+        },
+    );
+    let got = withheld_of(&out);
+    assert_eq!(got.len(), 2);
+    assert!(
+        got.iter()
+            .all(|(_, w, _, version)| w.is_none() && *version == 9)
+    );
+    net.carry(1, out);
+    assert_eq!(net.nodes[1].book().virtuals[&v].withheld, None);
+
+    // Recorded without its locks: a party whose ledger concludes then follows it at once.
+    let out = net.nodes[0].handle_chain(
+        net.now,
+        ChainEvent::RegisteredWithheld {
+            channel_id: v,
+            state: Box::new(shown),
+            locks,
+            finalizes_at: 0,
+        },
+    );
+    net.carry(0, out);
+    let out = net.conclude_latest(0, net.up);
+    assert_eq!(withheld_of(&out), vec![(net.up, Some(locks), grace_end, 9)]);
+}

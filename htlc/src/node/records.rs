@@ -366,6 +366,10 @@ pub struct VirtualRecord {
     /// end of 0 marks the outcome the adjudicator recorded (the `VirtualOutcome` of the first
     /// resolution), which replaces a final state handed to us and which nothing replaces.
     pub registered: Option<(ChannelState, u64)>,
+    /// Hub (or a party, once recorded so): the state in `registered` was shown without its
+    /// locks, these being their root and total; resolved by `resolveGuaranteeWithheld` after
+    /// its grace unless someone records the outcome with the locks first (ADR 0026).
+    pub withheld: Option<crate::node::chain::WithheldLocks>,
     /// Hub: the hubs after us toward B, each with the opening fee A pays it (passed on with
     /// the guarantee of our leg toward the next one); empty when B is our peer.
     pub onward: Vec<(Address, Amount)>,

@@ -242,6 +242,7 @@ impl Node {
             disputed_until: None,
             concluded_legs: Vec::new(),
             registered: None,
+            withheld: None,
             onward: Vec::new(),
         };
         self.write_virtual(id, record, &mut p);
@@ -379,6 +380,7 @@ impl Node {
             disputed_until: None,
             concluded_legs: Vec::new(),
             registered: None,
+            withheld: None,
             onward,
         };
         self.write_virtual(id, record, p);
@@ -472,6 +474,7 @@ impl Node {
             disputed_until: None,
             concluded_legs: Vec::new(),
             registered: None,
+            withheld: None,
             onward: Vec::new(),
         };
         self.write_virtual(id, record, p);
@@ -1849,8 +1852,12 @@ impl Node {
             let vparams = v.machine.snapshot().params().clone();
             r.ledger_concluded = Some(state.clone());
             let until = r.disputed_until;
+            let withheld = r.withheld.zip(r.registered.clone());
             self.write_virtual(vid, r, p);
-            if latest.state.is_final {
+            if let Some((locks, (st, 0))) = withheld {
+                // The outcome was recorded without its locks: ours would be refused now.
+                self.withheld_intent(&lp, state, &vparams, st, locks, 0, p);
+            } else if latest.state.is_final {
                 self.resolve_intent(&lp, state, &vparams, latest.state, Some(latest.sigs), 0, p);
             } else if let Some(until) = until {
                 self.resolve_intent(&lp, state, &vparams, latest.state, None, until, p);
@@ -1929,6 +1936,7 @@ impl Node {
             virt_state,
             sigs,
             not_before: not_before.max(last_lock),
+            withheld: None,
         }));
         p.out.writes.push(Write::Intent(Box::new(intent)));
     }
@@ -1964,8 +1972,15 @@ impl Node {
         let vparams = r.terms.params.clone();
         let outcome = r.outcome.clone();
         let registered = r.registered.clone();
+        let withheld = r.withheld;
         self.write_virtual(id, r, p);
-        if let Some((st, 0)) = registered {
+        if let (Some(locks), Some((st, until))) = (withheld, &registered)
+            && (*until == 0 || outcome.is_none())
+        {
+            // Registered with locks nobody showed us: resolved without them after the grace,
+            // unless the outcome is recorded with them first (then this is replaced).
+            self.withheld_intent(lp, state, &vparams, st.clone(), locks, *until, p);
+        } else if let Some((st, 0)) = registered {
             // The chain recorded the outcome already: only it resolves this leg.
             self.resolve_intent(lp, state, &vparams, st, None, 0, p);
         } else if let Some(fin) = outcome {
@@ -2024,6 +2039,7 @@ impl Node {
             r = fresh;
         }
         r.registered = Some((state.clone(), finalizes_at));
+        r.withheld = None;
         let legs: Vec<(ChannelId, crate::ChannelState)> = r
             .ledgers
             .iter()
@@ -2042,5 +2058,101 @@ impl Node {
             };
             self.resolve_intent(&lp, &ls, &vparams, state.clone(), None, finalizes_at, p);
         }
+    }
+}
+
+impl Node {
+    /// A virtual channel's state with locks registered on chain, shown without them
+    /// (`finalizes_at` 0: recorded so by `resolveGuaranteeWithheld`). Its hub, which never
+    /// holds V's locks, resolves every concluded leg without them after the grace; a party
+    /// whose concluded ledger is still to resolve follows a recorded one (its locks would be
+    /// refused now). A state shown whole (with its locks, or none) replaces this.
+    pub(super) fn on_virtual_withheld(
+        &mut self,
+        id: ChannelId,
+        state: crate::ChannelState,
+        locks: crate::node::chain::WithheldLocks,
+        finalizes_at: u64,
+        p: &mut Pending,
+    ) {
+        let Some(mut r) = self.book.virtuals.get(&id).cloned() else {
+            return;
+        };
+        let recorded = finalizes_at == 0;
+        if r.registered.as_ref().is_some_and(|(_, f)| *f == 0) {
+            // An outcome is recorded already: nothing replaces it.
+            return;
+        }
+        if r.role != VirtualRole::Hub && !recorded {
+            // A party knows its own locks: its resolution carries them.
+            return;
+        }
+        r.registered = Some((state.clone(), finalizes_at));
+        r.withheld = Some(locks);
+        let vparams = r.terms.params.clone();
+        let legs: Vec<(ChannelId, crate::ChannelState)> = if r.role == VirtualRole::Hub {
+            r.ledgers
+                .iter()
+                .zip(&r.concluded_legs)
+                .filter_map(|(l, s)| s.clone().map(|s| (*l, s)))
+                .collect()
+        } else {
+            r.ledgers
+                .first()
+                .copied()
+                .zip(r.ledger_concluded.clone())
+                .into_iter()
+                .collect()
+        };
+        let hub_with_final = r.role == VirtualRole::Hub && r.outcome.is_some() && !recorded;
+        self.write_virtual(id, r, p);
+        if hub_with_final {
+            // We hold the final state both parties signed: it replaces this dispute
+            // (`challenge_virtual`), and our legs resolve by it.
+            return;
+        }
+        for (ledger, ls) in legs {
+            let Some(lp) = self
+                .channels
+                .get(&ledger)
+                .map(|e| e.machine.snapshot().params().clone())
+            else {
+                continue;
+            };
+            self.withheld_intent(&lp, &ls, &vparams, state.clone(), locks, finalizes_at, p);
+        }
+    }
+
+    /// Write the intent resolving `virt`'s guarantee in `ledger_state` by `virt_state` without
+    /// its locks (`resolveGuaranteeWithheld`), sent once the chain's clock passes the window
+    /// end `until` and the guarantee's `locks_until` plus the adjudicator's grace.
+    #[allow(clippy::too_many_arguments)]
+    fn withheld_intent(
+        &mut self,
+        ledger: &ChannelParams,
+        ledger_state: &crate::ChannelState,
+        virt: &ChannelParams,
+        virt_state: crate::ChannelState,
+        locks: crate::node::chain::WithheldLocks,
+        until: u64,
+        p: &mut Pending,
+    ) {
+        let grace_end = ledger_state
+            .guarantees
+            .iter()
+            .find(|g| g.virtual_channel == virt_state.channel_id)
+            .map_or(u64::MAX, |g| {
+                g.locks_until.0.saturating_add(vchan::WITHHELD_GRACE_SECS)
+            });
+        let intent = Intent::ResolveGuarantee(Box::new(Resolution {
+            ledger: ledger.clone(),
+            ledger_state: ledger_state.clone(),
+            virt: virt.clone(),
+            virt_state,
+            sigs: None,
+            not_before: until.max(grace_end),
+            withheld: Some(locks),
+        }));
+        p.out.writes.push(Write::Intent(Box::new(intent)));
     }
 }
