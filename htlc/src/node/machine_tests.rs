@@ -3964,3 +3964,90 @@ fn a_hub_resolves_its_legs_without_the_locks_nobody_shows_after_the_grace() {
     let out = net.conclude_latest(0, net.up);
     assert_eq!(withheld_of(&out), vec![(net.up, Some(locks), grace_end, 9)]);
 }
+
+/// The parties hand the hub a final state (version 10), then register a later state of theirs
+/// on chain (version 11): the hub cannot replace it with the final one, and once its window
+/// ends the adjudicator takes only the registered state. So the hub's concluded leg is
+/// resolved by the registered state (after its window), whole or, shown without its locks,
+/// the withheld way; never by the final state, which the chain would refuse for ever.
+#[test]
+fn a_hub_resolves_by_a_later_registered_state_than_the_final_one_it_holds() {
+    let mut net = Net::new(virtual_config());
+    let (v, _) = net.open_virtual(50_000);
+    let vp = net.nodes[0].channel(v).unwrap().snapshot().params().clone();
+    let fin = cosigned_final(&vp, [30_000, 20_000]);
+    let mut p = super::Pending::default();
+    net.nodes[0].on_virtual_final(v, fin.clone(), &mut p);
+    let out = net.nodes[0].finish(net.now, p);
+    net.carry(0, out);
+    net.run();
+    assert_eq!(net.nodes[1].book().virtuals[&v].outcome, Some(fin.clone()));
+    let out = net.conclude_latest(1, net.down);
+    assert_eq!(resolutions(&out), vec![fin.state.clone()]);
+    net.carry(1, out);
+    // An older registration is replaced by the final state: nothing new.
+    let older = ChannelState {
+        version: 9,
+        ..ChannelState::opening(v, [Amount(10_000), Amount(40_000)])
+    };
+    let out = net.nodes[1].handle_chain(
+        net.now,
+        ChainEvent::Registered {
+            channel_id: v,
+            state: Box::new(older),
+            finalizes_at: NOW.0 + 3600,
+        },
+    );
+    assert!(resolutions(&out).is_empty());
+    net.carry(1, out);
+    // A later one wins on chain: the leg goes by it.
+    let later = ChannelState {
+        version: 11,
+        ..ChannelState::opening(v, [Amount(0), Amount(50_000)])
+    };
+    let out = net.nodes[1].handle_chain(
+        net.now,
+        ChainEvent::Registered {
+            channel_id: v,
+            state: Box::new(later.clone()),
+            finalizes_at: NOW.0 + 3600,
+        },
+    );
+    assert_eq!(resolutions(&out), vec![later.clone()]);
+    net.carry(1, out);
+    // And so does a leg concluding after it.
+    let out = net.conclude_latest(1, net.up);
+    assert_eq!(resolutions(&out), vec![later]);
+    net.carry(1, out);
+    // The same, shown without its locks: the withheld way, on both legs.
+    let locks = crate::node::chain::WithheldLocks {
+        root: B256::repeat_byte(9),
+        total: Amount(5_000),
+    };
+    let locked = ChannelState {
+        version: 12,
+        ..ChannelState::opening(v, [Amount(0), Amount(45_000)])
+    };
+    let out = net.nodes[1].handle_chain(
+        net.now,
+        ChainEvent::RegisteredWithheld {
+            channel_id: v,
+            state: Box::new(locked.clone()),
+            locks,
+            finalizes_at: NOW.0 + 7200,
+        },
+    );
+    let withheld: Vec<_> = out
+        .intents()
+        .filter_map(|i| match i {
+            Intent::ResolveGuarantee(r) => Some((r.virt_state.clone(), r.withheld)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        withheld,
+        vec![(locked.clone(), Some(locks)), (locked, Some(locks))]
+    );
+    net.carry(1, out);
+    assert_eq!(net.disks[1], net.nodes[1].records());
+}

@@ -1974,19 +1974,24 @@ impl Node {
         let registered = r.registered.clone();
         let withheld = r.withheld;
         self.write_virtual(id, r, p);
-        if let (Some(locks), Some((st, until))) = (withheld, &registered)
-            && (*until == 0 || outcome.is_none())
-        {
-            // Registered with locks nobody showed us: resolved without them after the grace,
-            // unless the outcome is recorded with them first (then this is replaced).
-            self.withheld_intent(lp, state, &vparams, st.clone(), locks, *until, p);
-        } else if let Some((st, 0)) = registered {
-            // The chain recorded the outcome already: only it resolves this leg.
-            self.resolve_intent(lp, state, &vparams, st, None, 0, p);
+        // The registered state settles the leg when the chain recorded it, or when no final
+        // state handed to us can replace it (none, or an older one: the parties signed past
+        // it, and once its window ends the adjudicator takes only the registered state).
+        let by_registered = registered.as_ref().is_some_and(|(st, until)| {
+            *until == 0
+                || outcome
+                    .as_ref()
+                    .is_none_or(|f| f.state.version < st.version)
+        });
+        if let (true, Some((st, until))) = (by_registered, registered.clone()) {
+            match withheld {
+                // Registered with locks nobody showed us: resolved without them after the
+                // grace, unless the outcome is recorded with them first (which replaces it).
+                Some(locks) => self.withheld_intent(lp, state, &vparams, st, locks, until, p),
+                None => self.resolve_intent(lp, state, &vparams, st, None, until, p),
+            }
         } else if let Some(fin) = outcome {
             self.resolve_intent(lp, state, &vparams, fin.state, Some(fin.sigs), 0, p);
-        } else if let Some((st, until)) = registered {
-            self.resolve_intent(lp, state, &vparams, st, None, until, p);
         } else {
             let intent = Intent::DisputeVirtual(Box::new(VirtualDispute {
                 ledger: lp.clone(),
@@ -2024,11 +2029,15 @@ impl Node {
         if r.registered.as_ref().is_some_and(|(_, f)| *f == 0) {
             return;
         }
-        if !recorded
-            && (r.outcome.is_some() || r.registered.as_ref().is_some_and(|(s, _)| *s == state))
+        let final_replaces = r
+            .outcome
+            .as_ref()
+            .is_some_and(|f| f.state.version >= state.version);
+        if !recorded && (final_replaces || r.registered.as_ref().is_some_and(|(s, _)| *s == state))
         {
-            // A final state was handed to us (every leg resolves by it unless the chain
-            // records another), or this dispute state is known already.
+            // A final state was handed to us that replaces this dispute (we challenge with it,
+            // and every leg resolves by it unless the chain records another), or this dispute
+            // state is known already.
             return;
         }
         if recorded {
@@ -2104,11 +2113,15 @@ impl Node {
                 .into_iter()
                 .collect()
         };
-        let hub_with_final = r.role == VirtualRole::Hub && r.outcome.is_some() && !recorded;
+        let hub_with_final = r.role == VirtualRole::Hub
+            && r.outcome
+                .as_ref()
+                .is_some_and(|f| f.state.version >= state.version)
+            && !recorded;
         self.write_virtual(id, r, p);
         if hub_with_final {
-            // We hold the final state both parties signed: it replaces this dispute
-            // (`challenge_virtual`), and our legs resolve by it.
+            // We hold a final state both parties signed, as new or newer: it replaces this
+            // dispute (`challenge_virtual`), and our legs resolve by it.
             return;
         }
         for (ledger, ls) in legs {
