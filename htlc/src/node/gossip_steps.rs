@@ -281,8 +281,8 @@ impl Node {
                 };
                 if self.book.gossip.contains_key(&id)
                     || self.channels.contains_key(&id)
+                    || self.pending_gossip.contains_key(&id)
                     || until <= now.0
-                    || !parties.iter().all(|n| self.known_on_chain(*n))
                     || parties
                         .iter()
                         .any(|n| virtual_of(*n) >= MAX_VIRTUAL_PER_NODE)
@@ -299,7 +299,21 @@ impl Node {
                     policies: [None, None],
                     virtual_until: Some(until),
                 };
-                self.believe(now, record, p);
+                let from_peer = self
+                    .pending_gossip
+                    .values()
+                    .filter(|(by, _)| *by == from)
+                    .count();
+                if parties.iter().all(|n| self.known_on_chain(*n)) {
+                    self.believe(now, record, p);
+                } else if self.pending_gossip.len() < MAX_PENDING
+                    && from_peer < MAX_PENDING_PER_PEER
+                {
+                    // Its parties' ledgers may still be on their way (a table handed over in
+                    // one go, in no particular order): it waits for them, in memory, and is
+                    // believed once they are (`believe`).
+                    self.pending_gossip.insert(id, (from, record));
+                }
             }
             GossipMsg::Policy(u) => {
                 let id = u.channel_id;
@@ -369,8 +383,48 @@ impl Node {
         );
     }
 
-    /// Keep `record` (its stashed policies checked again) and relay it.
-    fn believe(&mut self, now: Expiry, mut record: GossipChannel, p: &mut Pending) {
+    /// Keep `record` (its stashed policies checked again) and relay it; a ledger believed may
+    /// make waiting virtual channels' parties known, which are then believed too.
+    fn believe(&mut self, now: Expiry, record: GossipChannel, p: &mut Pending) {
+        let ledger = record.virtual_until.is_none();
+        self.keep(now, record, p);
+        if !ledger {
+            return;
+        }
+        let ready: Vec<ChannelId> = self
+            .pending_gossip
+            .iter()
+            .filter(|(_, (_, c))| {
+                c.virtual_until.is_some()
+                    && c.ann
+                        .params
+                        .participants
+                        .iter()
+                        .all(|n| self.known_on_chain(*n))
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ready {
+            let Some((_, v)) = self.pending_gossip.remove(&id) else {
+                continue;
+            };
+            let full = |n: &Address| {
+                self.book
+                    .gossip
+                    .values()
+                    .filter(|c| c.virtual_until.is_some() && c.ann.params.participants.contains(n))
+                    .count()
+                    >= MAX_VIRTUAL_PER_NODE
+            };
+            let live = v.virtual_until.is_some_and(|u| u > now.0);
+            if live && !v.ann.params.participants.iter().any(full) {
+                self.keep(now, v, p);
+            }
+        }
+    }
+
+    /// Write `record` (its stashed policies checked again) and relay it.
+    fn keep(&mut self, now: Expiry, mut record: GossipChannel, p: &mut Pending) {
         let id = record.ann.params.id();
         let stashed = std::mem::take(&mut record.policies);
         for u in stashed.into_iter().flatten() {

@@ -3692,14 +3692,33 @@ fn a_virtual_channel_between_announcing_nodes_is_believed_only_as_its_parties_si
             until,
         }))
     };
-    // A stranger's gossip is dropped; so is one naming a party it has seen no funds of (the
-    // payee), and nothing is written or asked of the chain.
-    for from in [keys(9).address(), net.addr(0)] {
-        let out = x.handle_frame(now, from, virt(&ann, capacity, until));
-        assert!(out.writes.is_empty() && out.queries.is_empty(), "{from}");
+    // A stranger's gossip is dropped.
+    let out = x.handle_frame(now, keys(9).address(), virt(&ann, capacity, until));
+    assert!(out.writes.is_empty() && out.queries.is_empty());
+    // From its peer, before it has seen the payee's funds: a forged capacity or end is dropped,
+    // and so is a channel already ended; the one the parties signed waits for its parties'
+    // ledgers (in memory: no write, no chain read).
+    let (a, b) = (keys(1), keys(3));
+    let ended = {
+        let p = params(&a, &b, 999);
+        let d = virtual_announcement_digest(&p, Amount(1), now.0);
+        Announcement {
+            sigs: [a.sign_digest(d), b.sign_digest(d)],
+            params: p,
+        }
+    };
+    for frame in [
+        virt(&ann, Amount(50_001), until),
+        virt(&ann, capacity, until + 1),
+        virt(&ended, Amount(1), now.0),
+        virt(&ann, capacity, until),
+    ] {
+        let out = x.handle_frame(now, net.addr(0), frame);
+        assert!(out.writes.is_empty() && out.queries.is_empty());
     }
     assert!(x.book().gossip.is_empty());
-    // It comes to believe the hub–payee ledger (announced, then funded on chain).
+    // It comes to believe the hub–payee ledger (announced, then funded on chain), and with it
+    // the virtual channel that waited, as its parties signed it (not a forged figure).
     let down = net.nodes[1]
         .channel(net.down)
         .unwrap()
@@ -3729,6 +3748,9 @@ fn a_virtual_channel_between_announcing_nodes_is_believed_only_as_its_parties_si
     );
     assert!(!out.writes.is_empty());
     assert!(x.book().gossip.contains_key(&down.id()));
+    let c = &x.book().gossip[&v];
+    assert_eq!((c.capacity, c.virtual_until), (capacity, Some(until)));
+    assert!(!x.book().gossip.contains_key(&ended.params.id()));
     // With a fresh policy (a ledger nobody updates goes stale).
     let hub_policy = PolicyUpdate::sign(down.id(), ForwardPolicy::default(), until, &keys(2));
     let _ = x.handle_frame(
@@ -3737,20 +3759,6 @@ fn a_virtual_channel_between_announcing_nodes_is_believed_only_as_its_parties_si
         Frame::Gossip(Box::new(GossipMsg::Policy(Box::new(hub_policy)))),
     );
     assert!(x.book().gossip[&down.id()].policies[0].is_some());
-    // Now both parties are known: a forged capacity or end is not believed, nor one past its
-    // end; the one the parties signed is.
-    for (cap, end) in [(Amount(50_001), until), (capacity, until + 1)] {
-        let out = x.handle_frame(now, net.addr(0), virt(&ann, cap, end));
-        assert!(out.writes.is_empty(), "{cap:?} {end}");
-    }
-    let out = x.handle_frame(Expiry(until), net.addr(0), virt(&ann, capacity, until));
-    assert!(out.writes.is_empty(), "past its end");
-    let out = x.handle_frame(now, net.addr(0), virt(&ann, capacity, until));
-    assert!(
-        out.queries.is_empty(),
-        "no chain read for a virtual channel"
-    );
-    assert_eq!(x.book().gossip[&v].virtual_until, Some(until));
     // A policy update for it is taken without a chain read.
     let u = PolicyUpdate::sign(v, ForwardPolicy::default(), now.0 + 20, &keys(3));
     let out = x.handle_frame(
@@ -3761,7 +3769,6 @@ fn a_virtual_channel_between_announcing_nodes_is_believed_only_as_its_parties_si
     assert_eq!(x.book().gossip[&v].policies[1], Some(u));
     assert!(out.queries.is_empty());
     // At most MAX_VIRTUAL_PER_NODE of one party: the payer's further ones are dropped.
-    let (a, b) = (keys(1), keys(3));
     for nonce in 0..MAX_VIRTUAL_PER_NODE as u64 {
         let p = params(&a, &b, 1_000 + nonce);
         let d = virtual_announcement_digest(&p, Amount(1), until);
