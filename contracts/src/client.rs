@@ -656,12 +656,7 @@ impl ChainClient {
     ) -> Result<TxOutcome, ChainError> {
         let (lp, ls) = self.onchain_state(ledger_params, ledger_state)?;
         let (vp, vs) = self.onchain_state(virt_params, virt_state)?;
-        let vid = virt_params.id();
-        let index = ledger_state
-            .guarantees
-            .iter()
-            .position(|g| g.virtual_channel == vid)
-            .ok_or(ChainError::NoSuchGuarantee(vid))?;
+        let index = guarantee_index(ledger_state, virt_params.id())?;
         let sigs = virt_sigs
             .map(|s| s.iter().map(convert::sig).collect())
             .unwrap_or_default();
@@ -693,12 +688,7 @@ impl ChainClient {
     ) -> Result<TxOutcome, ChainError> {
         let (lp, ls) = self.onchain_state(ledger_params, ledger_state)?;
         let vp = self.onchain_params(virt_params)?;
-        let vid = virt_params.id();
-        let index = ledger_state
-            .guarantees
-            .iter()
-            .position(|g| g.virtual_channel == vid)
-            .ok_or(ChainError::NoSuchGuarantee(vid))?;
+        let index = guarantee_index(ledger_state, virt_params.id())?;
         self.send(self.adjudicator().resolveGuaranteeWithheld(
             lp,
             ls,
@@ -721,12 +711,7 @@ impl ChainClient {
     ) -> Result<TxOutcome, ChainError> {
         let (lp, ls) = self.onchain_state(ledger_params, ledger_state)?;
         let vp = self.onchain_params(virt_params)?;
-        let vid = virt_params.id();
-        let index = ledger_state
-            .guarantees
-            .iter()
-            .position(|g| g.virtual_channel == vid)
-            .ok_or(ChainError::NoSuchGuarantee(vid))?;
+        let index = guarantee_index(ledger_state, virt_params.id())?;
         self.send(
             self.adjudicator()
                 .disputeVirtual(lp, ls, U256::from(index), vp),
@@ -858,6 +843,16 @@ impl ChainClient {
 /// have succeeded. Only the gas used is paid.
 pub fn gas_limit(estimate: u64) -> u64 {
     estimate.saturating_add((estimate / 4).max(30_000))
+}
+
+/// The index of `vid`'s guarantee in `ledger_state` (what the adjudicator's guarantee calls
+/// take).
+fn guarantee_index(ledger_state: &ChannelState, vid: htlc::ChannelId) -> Result<usize, ChainError> {
+    ledger_state
+        .guarantees
+        .iter()
+        .position(|g| g.virtual_channel == vid)
+        .ok_or(ChainError::NoSuchGuarantee(vid))
 }
 
 #[cfg(test)]

@@ -2928,14 +2928,11 @@ fn a_first_hub_answers_a_dispute_of_the_payers_ledger_by_the_release_it_holds_wh
     };
     let out = net.nodes[1].handle_chain(net.now, disputed(net.up, u, vec![v]));
     net.carry(1, out.clone());
-    let closes: Vec<ChannelId> = intents(&out)
-        .iter()
-        .filter_map(|i| match i {
-            Intent::Close { params, .. } => Some(params.id()),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(closes, vec![mid], "hub 1 takes the hubs' ledger to chain");
+    assert_eq!(
+        closes(&out),
+        vec![mid],
+        "hub 1 takes the hubs' ledger to chain"
+    );
     // Hub 2 answers with hub 1's signed release (the next version, without the guarantee).
     let m = net.nodes[1].channel(mid).unwrap().latest().state.version;
     let out = net.nodes[1].handle_chain(net.now, disputed(mid, m + 1, Vec::new()));
@@ -3449,15 +3446,6 @@ fn a_hub_of_a_chain_takes_a_silent_next_hub_to_chain_and_completes_by_the_record
     let fin = net.nodes[1].book().virtuals[&v].outcome.clone().unwrap();
     let deadline = NOW.0 + net.nodes[1].config().virtual_chain_patience_secs;
     assert_eq!(net.nodes[1].next_hold_deadline(), Some(Expiry(deadline)));
-    let closes = |out: &Output| -> Vec<ChannelId> {
-        intents(out)
-            .iter()
-            .filter_map(|i| match i {
-                Intent::Close { params, .. } => Some(params.id()),
-                _ => None,
-            })
-            .collect()
-    };
     // A second early: nothing.
     net.now = Expiry(deadline - 1);
     let out = net.nodes[1].handle_timeout(net.now);
@@ -3820,15 +3808,6 @@ fn a_party_takes_its_ledger_on_chain_when_the_hub_leaves_a_virtual_channel_past_
     net.silence(1);
     let end = net.nodes[0].book().virtuals[&v].terms.expires_at.0;
     let margin = net.nodes[0].config().virtual_end_margin_secs;
-    let closes = |out: &Output| -> Vec<ChannelId> {
-        intents(out)
-            .iter()
-            .filter_map(|i| match i {
-                Intent::Close { params, .. } => Some(params.id()),
-                _ => None,
-            })
-            .collect()
-    };
     // Its close before the end goes out, and nowhere.
     net.now = Expiry(end - margin);
     let out = net.nodes[0].handle_timeout(net.now);
@@ -4057,4 +4036,15 @@ fn a_hub_resolves_by_a_later_registered_state_than_the_final_one_it_holds() {
     );
     net.carry(1, out);
     assert_eq!(net.disks[1], net.nodes[1].records());
+}
+
+/// The channels `out` takes to chain with a close.
+fn closes(out: &Output) -> Vec<ChannelId> {
+    intents(out)
+        .iter()
+        .filter_map(|i| match i {
+            Intent::Close { params, .. } => Some(params.id()),
+            _ => None,
+        })
+        .collect()
 }

@@ -1186,7 +1186,7 @@ impl Node {
     /// hub of a chain: once the next hub completed the release we proposed toward it),
     /// countersign them all in this step.
     pub(super) fn release_held(&mut self, now: Expiry, id: ChannelId, p: &mut Pending) {
-        let Some(mut r) = self.book.virtuals.get(&id).cloned() else {
+        let Some(r) = self.book.virtuals.get(&id).cloned() else {
             return;
         };
         if !r.onward.is_empty() {
@@ -1235,6 +1235,20 @@ impl Node {
             // the legs keep their guarantees, settled on chain by one recorded outcome.
             return;
         }
+        self.countersign_holds(now, id, r, p);
+    }
+
+    /// Hub: countersign every release of `r` (virtual channel `id`) we hold, at once: on a
+    /// ledger paid out already nothing is signed (the chain settles it), on a disputed one our
+    /// countersigned release answers the dispute, and what we kept from proposing while
+    /// holding goes out now.
+    fn countersign_holds(
+        &mut self,
+        now: Expiry,
+        id: ChannelId,
+        mut r: VirtualRecord,
+        p: &mut Pending,
+    ) {
         let held: Vec<(ChannelId, Message)> = r
             .ledgers
             .iter()
@@ -1247,10 +1261,15 @@ impl Node {
             let Some(e) = self.channels.get_mut(&ledger) else {
                 continue;
             };
+            if e.concluded {
+                continue;
+            }
             if let Ok(effects) = e.machine.handle(msg, now) {
                 self.carry(ledger, effects, p);
             }
-            // What we kept from proposing while holding goes out now.
+            if self.is_disputed(ledger) {
+                self.answer_dispute(ledger, p);
+            }
             p.to_propose.insert(ledger);
         }
     }
@@ -1774,7 +1793,7 @@ impl Node {
         recorded: &crate::ChannelState,
         p: &mut Pending,
     ) {
-        let Some(mut r) = self.book.virtuals.get(&id).cloned() else {
+        let Some(r) = self.book.virtuals.get(&id).cloned() else {
             return;
         };
         if r.role != VirtualRole::Hub || r.held.iter().all(Option::is_none) {
@@ -1786,30 +1805,7 @@ impl Node {
             }
             return;
         }
-        let held: Vec<(ChannelId, Message)> = r
-            .ledgers
-            .iter()
-            .zip(r.held.iter_mut())
-            .filter_map(|(l, h)| h.take().map(|m| (*l, m)))
-            .collect();
-        r.held_since = None;
-        self.write_virtual(id, r, p);
-        for (ledger, msg) in held {
-            let Some(e) = self.channels.get_mut(&ledger) else {
-                continue;
-            };
-            if e.concluded {
-                // Paid out already: resolved on chain by the recorded state.
-                continue;
-            }
-            if let Ok(effects) = e.machine.handle(msg, now) {
-                self.carry(ledger, effects, p);
-            }
-            if self.is_disputed(ledger) {
-                self.answer_dispute(ledger, p);
-            }
-            p.to_propose.insert(ledger);
-        }
+        self.countersign_holds(now, id, r, p);
     }
 }
 
