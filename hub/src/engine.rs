@@ -241,8 +241,19 @@ impl Node {
                 mpsc::channel::<Vec<u8>>(WRITE_QUEUE.saturating_add(backlog).min(1 << 20));
             let tx = Writer::new(sender, conn.clone());
             let writer = tokio::spawn(async move {
+                // Frames queued together leave in one write of the stream (one wake-up of the
+                // connection, and as few packets as they fit in), in their order.
+                let mut out = Vec::with_capacity(WRITE_COALESCE);
                 while let Some(bytes) = rx.recv().await {
-                    if send.write_all(&bytes).await.is_err() {
+                    out.clear();
+                    out.extend_from_slice(&bytes);
+                    while out.len() < WRITE_COALESCE {
+                        match rx.try_recv() {
+                            Ok(more) => out.extend_from_slice(&more),
+                            Err(_) => break,
+                        }
+                    }
+                    if send.write_all(&out).await.is_err() {
                         break;
                     }
                 }
@@ -361,18 +372,25 @@ impl Node {
     async fn read_frames(
         self,
         peer: Address,
-        mut recv: quinn::RecvStream,
+        recv: quinn::RecvStream,
         tx: Writer,
         out: mpsc::Sender<Frame>,
     ) {
+        // Frames that arrived together are read from the buffer, not from the connection
+        // one by one (two reads per frame otherwise, each taking the connection's lock).
+        let mut recv = tokio::io::BufReader::with_capacity(READ_BUFFER, recv);
         let rate = NonZeroU32::new(self.inner.opts.frames_per_second).unwrap_or(NonZeroU32::MIN);
         let limiter = governor::RateLimiter::direct(governor::Quota::per_second(rate));
         let stranger_until = tokio::time::Instant::now() + STRANGER_SESSION;
+        // A peer with a channel stays known for the session (no look at the machine per
+        // frame once it has one).
+        let mut known = false;
         loop {
             // Back pressure: a peer that sends too fast is read more slowly, and strangers
             // share one budget, however many keys they make.
             limiter.until_ready().await;
-            let stranger = !self.has_channel(peer);
+            known = known || self.has_channel(peer);
+            let stranger = !known;
             if stranger {
                 self.inner.strangers.until_ready().await;
             }
@@ -750,3 +768,11 @@ const MAX_FRAMES_PER_STEP: usize = 256;
 
 /// Steps of one session queued to the disk before its next frames wait for them.
 const MAX_STEPS_IN_FLIGHT: usize = 4;
+
+/// Bytes of queued frames a session's writer gathers into one write of its stream, at most
+/// (more wait for the next write; a frame larger than this is written alone).
+const WRITE_COALESCE: usize = 64 * 1024;
+
+/// Bytes a session's reader takes from its stream at a time (the frames in them are then
+/// read from memory). QUIC's flow control bounds what a peer can have in flight anyway.
+const READ_BUFFER: usize = 64 * 1024;

@@ -10,7 +10,6 @@
 use crate::api::Wei;
 use crate::clock::Clock;
 use crate::error::NodeError;
-use crate::events::NodeEvent;
 use crate::node::{Node, NodeOptions};
 use crate::payments::PaymentStatus;
 use crate::store::Store;
@@ -21,7 +20,6 @@ use htlc::{Amount, ChannelId, FailureReason};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use tokio::sync::broadcast;
 
 /// Dev accounts of the devnet used by a local network on chain: 1 is the hub, 2.. the peers.
 const DEV_ACCOUNTS: usize = 10;
@@ -246,13 +244,12 @@ impl LocalNet {
             (Some(a), Some(b)) => (a, b),
             _ => return Err(LocalNetError::Invalid("no such peer".into())),
         };
-        let mut events = payer.subscribe();
         let invoice = payee
             .create_invoice(amount, 3600, self.hub.address())
             .await?;
         let id = B256::from(invoice.hashlock.0);
         payer.pay(&invoice, id).await?;
-        wait_payment(payer, &mut events, id, PAYMENT_TIMEOUT).await
+        wait_payment(payer, id, PAYMENT_TIMEOUT).await
     }
 
     /// Total of every balance and lock on the peers' side of their channels plus the hub's
@@ -293,44 +290,20 @@ impl Drop for LocalNet {
     }
 }
 
-/// Wait for payment `id` of `payer` to end, from its events (or its record, should the event
-/// stream lag behind).
+/// Wait for payment `id` of `payer` to end, at most `timeout`.
 pub async fn wait_payment(
     payer: &Node,
-    events: &mut broadcast::Receiver<NodeEvent>,
     id: B256,
     timeout: Duration,
 ) -> Result<PayOutcome, LocalNetError> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let ev = tokio::time::timeout_at(deadline, events.recv()).await;
-        match ev {
-            Err(_) => return Err(LocalNetError::Timeout("a payment")),
-            Ok(Ok(NodeEvent::PaymentSucceeded { id: p, fee })) if p == id => {
-                return Ok(PayOutcome::Paid { fee });
-            }
-            Ok(Ok(NodeEvent::PaymentFailed { id: p, reason })) if p == id => {
-                return Ok(PayOutcome::Failed(reason));
-            }
-            Ok(Err(broadcast::error::RecvError::Lagged(_))) => {
-                if let Some(rec) = payer.payment(id)? {
-                    match rec.status {
-                        PaymentStatus::Pending => {}
-                        PaymentStatus::Succeeded { .. } => {
-                            return Ok(PayOutcome::Paid { fee: rec.fee() });
-                        }
-                        PaymentStatus::Failed { reason } => {
-                            return Ok(PayOutcome::Failed(Some(reason)));
-                        }
-                        PaymentStatus::Expired => return Ok(PayOutcome::Failed(None)),
-                    }
-                }
-            }
-            Ok(Err(broadcast::error::RecvError::Closed)) => {
-                return Err(LocalNetError::Invalid("the payer stopped".into()));
-            }
-            Ok(Ok(_)) => {}
-        }
+    let Some(rec) = payer.wait_settled(id, timeout).await? else {
+        return Err(LocalNetError::Invalid("no such payment".into()));
+    };
+    match rec.status {
+        PaymentStatus::Pending => Err(LocalNetError::Timeout("a payment")),
+        PaymentStatus::Succeeded { .. } => Ok(PayOutcome::Paid { fee: rec.fee() }),
+        PaymentStatus::Failed { reason } => Ok(PayOutcome::Failed(Some(reason))),
+        PaymentStatus::Expired => Ok(PayOutcome::Failed(None)),
     }
 }
 

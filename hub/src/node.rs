@@ -16,13 +16,14 @@ use crate::events::NodeEvent;
 use crate::session::Sessions;
 use crate::store::Store;
 use crate::wire;
-use alloy::primitives::Address;
+use alloy::primitives::{Address, B256};
 use htlc::ops::Limits;
 use htlc::sig::Keys;
 use htlc::{Amount, ChannelId, ChannelParams, SignedState};
+use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, oneshot};
 use tracing::info;
 
 /// Engine settings.
@@ -224,12 +225,13 @@ pub(crate) struct Inner {
     /// Every peer's live session writer.
     pub(crate) sessions: Sessions,
     pub(crate) events: broadcast::Sender<NodeEvent>,
+    /// Who waits for which of our payments to end ([`Node::wait_settled`]): woken by the
+    /// payment's outcome event, so a waiter does not read every other event of the node.
+    pub(crate) settling: std::sync::Mutex<HashMap<B256, Vec<oneshot::Sender<()>>>>,
     /// Sends chain intents one at a time (with a chain only).
     pub(crate) submitter: Option<crate::chain::Submitter>,
     /// Wakes the chain task: an intent was stored.
     pub(crate) chain_kick: tokio::sync::Notify,
-    /// Wakes the timer task: a step set an earlier timeout.
-    pub(crate) timer_kick: tokio::sync::Notify,
     /// Frames read from strangers, all together (`NodeOptions::stranger_frames_per_second`).
     pub(crate) strangers: governor::DefaultDirectRateLimiter,
     /// Set by [`Node::shutdown`]: background tasks end.
@@ -277,7 +279,7 @@ impl Node {
                 endpoints: std::sync::Mutex::new(Vec::new()),
                 submitter,
                 chain_kick: tokio::sync::Notify::new(),
-                timer_kick: tokio::sync::Notify::new(),
+                settling: std::sync::Mutex::new(HashMap::new()),
                 strangers: governor::RateLimiter::direct(governor::Quota::per_second(
                     NonZeroU32::new(node_stranger_rate).unwrap_or(NonZeroU32::MIN),
                 )),
@@ -401,8 +403,21 @@ impl Inner {
     /// Tell the application (and the metrics) what happened.
     pub(crate) fn emit(&self, ev: NodeEvent) {
         self.metrics.on_event(&ev);
+        if let NodeEvent::PaymentSucceeded { id, .. } | NodeEvent::PaymentFailed { id, .. } = &ev {
+            let woken = self.settling().remove(id);
+            for w in woken.into_iter().flatten() {
+                let _ = w.send(());
+            }
+        }
         // No subscriber is not an error: events are also in the store and the logs.
         let _ = self.events.send(ev);
+    }
+
+    /// The waiters for our payments' outcomes.
+    pub(crate) fn settling(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<B256, Vec<oneshot::Sender<()>>>> {
+        self.settling.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 

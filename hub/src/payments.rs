@@ -69,6 +69,31 @@ impl Node {
         Ok(self.read(|m| m.payment(id).cloned()))
     }
 
+    /// Wait until our payment `id` ends (succeeds, fails or expires), at most `wait`, and
+    /// return its record as it then stands: still pending if the wait ran out, `None` for a
+    /// payment we never made. Woken by the payment's own outcome, not by every event.
+    pub async fn wait_settled(
+        &self,
+        id: B256,
+        wait: std::time::Duration,
+    ) -> Result<Option<PaymentRecord>, NodeError> {
+        // Declared before the receiver, so dropped after it: it then finds the closed sender.
+        let _unregister = Unwait {
+            inner: &self.inner,
+            id,
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.inner.settling().entry(id).or_default().push(tx);
+        // Registered first, then read: an outcome told in between is already in the record.
+        let pending = self
+            .payment(id)?
+            .is_some_and(|r| r.status == PaymentStatus::Pending);
+        if pending {
+            let _ = tokio::time::timeout(wait, rx).await;
+        }
+        self.payment(id)
+    }
+
     /// Every payment we made, in id order.
     pub fn payments(&self) -> Result<Vec<PaymentRecord>, NodeError> {
         Ok(self.read(|m| m.book().payments.values().cloned().collect()))
@@ -176,33 +201,14 @@ impl Node {
             let hubs = self
                 .read(|m| crate::routing::choose_hubs(m, invoice, &excluded))
                 .map_err(|e| PayError::NoRoute(e.to_string()))?;
-            let mut events = self.subscribe();
             self.step(|m| m.pay_route(now, aid, invoice, &hubs))?
                 .wait()
                 .await?;
             self.paid(aid)?;
-            // Its outcome is told as an event once durable; the record is read after it (or at
-            // the deadline, or if events were missed).
-            let settled = |n: &Node| {
-                n.payment(aid)
-                    .ok()
-                    .flatten()
-                    .is_some_and(|r| r.status != PaymentStatus::Pending)
-            };
-            let _ = tokio::time::timeout(wait, async {
-                while !settled(self) {
-                    match events.recv().await {
-                        Ok(
-                            crate::events::NodeEvent::PaymentSucceeded { id, .. }
-                            | crate::events::NodeEvent::PaymentFailed { id, .. },
-                        ) if id == aid => break,
-                        Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                        Err(_) => break,
-                    }
-                }
-            })
-            .await;
-            let rec = self.payment(aid)?.ok_or(NodeError::Stopped)?;
+            let rec = self
+                .wait_settled(aid, wait)
+                .await?
+                .ok_or(NodeError::Stopped)?;
             let retry = match (&rec.status, rec.failed_at) {
                 (PaymentStatus::Failed { .. }, Some((node, reason)))
                     if crate::routing::worth_another_route(reason) && node != invoice.payee =>
@@ -327,5 +333,23 @@ impl Node {
                 }
             }
         });
+    }
+}
+
+/// Takes a payment's waiters that are gone (ended, timed out, or dropped) off the list.
+struct Unwait<'a> {
+    inner: &'a crate::node::Inner,
+    id: B256,
+}
+
+impl Drop for Unwait<'_> {
+    fn drop(&mut self) {
+        let mut settling = self.inner.settling();
+        if let Some(waiters) = settling.get_mut(&self.id) {
+            waiters.retain(|w| !w.is_closed());
+            if waiters.is_empty() {
+                settling.remove(&self.id);
+            }
+        }
     }
 }

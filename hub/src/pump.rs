@@ -100,7 +100,6 @@ impl Carry {
         if self.intents {
             inner.chain_kick.notify_one();
         }
-        inner.timer_kick.notify_one();
         let _ = self.reply.send(Ok(()));
         drop(inner);
         if let Some(rt) = &self.runtime {

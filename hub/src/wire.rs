@@ -14,6 +14,7 @@
 
 use alloy::primitives::{Address, Signature};
 use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// Version byte of every frame this code writes and the only one it reads.
 pub const WIRE_VERSION: u8 = 1;
@@ -167,22 +168,26 @@ pub fn decode(buf: &[u8], max: usize) -> Result<Frame, WireError> {
     decode_payload(payload)
 }
 
-/// Read one frame from a QUIC stream. `Ok(None)` when the stream ended cleanly between frames.
-pub async fn read_frame(
-    recv: &mut quinn::RecvStream,
+/// Read one frame from a stream (a QUIC stream, or a buffered reader around one: a session
+/// reads through a buffer, so that the frames that arrived together cost one read of the
+/// connection, not two per frame). `Ok(None)` when the stream ended cleanly between frames.
+pub async fn read_frame<R: AsyncRead + Unpin>(
+    recv: &mut R,
     max: usize,
 ) -> Result<Option<Frame>, WireError> {
+    let io = |e: std::io::Error| WireError::Io(e.to_string());
     let mut prefix = [0u8; 4];
-    match recv.read_exact(&mut prefix).await {
-        Ok(()) => {}
-        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
-        Err(e) => return Err(WireError::Io(e.to_string())),
+    // Zero bytes before a frame starts is the clean end; an end inside a frame is not.
+    let first = recv.read(&mut prefix).await.map_err(io)?;
+    if first == 0 {
+        return Ok(None);
+    }
+    if let Some(rest) = prefix.get_mut(first..) {
+        recv.read_exact(rest).await.map_err(io)?;
     }
     let len = check_len(prefix, max)?;
     let mut payload = vec![0u8; len];
-    recv.read_exact(&mut payload)
-        .await
-        .map_err(|e| WireError::Io(e.to_string()))?;
+    recv.read_exact(&mut payload).await.map_err(io)?;
     decode_payload(&payload).map(Some)
 }
 

@@ -235,11 +235,8 @@ async fn pay(
         .await
         .unwrap();
     let payer = &net.peers[from];
-    let mut events = payer.subscribe();
     payer.pay(&inv, id).await.unwrap();
-    let out = wait_payment(payer, &mut events, id, PAYMENT_TIMEOUT)
-        .await
-        .unwrap();
+    let out = wait_payment(payer, id, PAYMENT_TIMEOUT).await.unwrap();
     (inv, out)
 }
 
@@ -363,7 +360,6 @@ async fn every_endpoint_reports_exactly_what_the_payments_did() {
         .unwrap();
     let now = net.peers[1].now().0;
     let short = fee(failed_amount) - 1;
-    let mut events = net.peers[1].subscribe();
     net.peers[1]
         .pay_planned(
             &failed_inv,
@@ -380,7 +376,7 @@ async fn every_endpoint_reports_exactly_what_the_payments_did() {
         .await
         .unwrap();
     assert_eq!(
-        wait_payment(&net.peers[1], &mut events, failed_id, PAYMENT_TIMEOUT)
+        wait_payment(&net.peers[1], failed_id, PAYMENT_TIMEOUT)
             .await
             .unwrap(),
         PayOutcome::Failed(Some(FailureReason::FeeInsufficient))
@@ -1397,4 +1393,67 @@ async fn the_dashboard_shows_what_the_api_says() {
             .unwrap();
     }
     net.shutdown();
+}
+
+/// Several waiters on one payment are each woken by its outcome (not by reading every event of
+/// the node), a wait on a payment the node never made answers at once, and a wait that runs
+/// out leaves the payment as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_on_a_payment_are_woken_by_its_outcome() {
+    let net = start_net(2).await;
+    let (payer, payee) = (&net.peers[0], &net.peers[1]);
+    assert_eq!(
+        payer
+            .wait_settled(B256::repeat_byte(7), PAYMENT_TIMEOUT)
+            .await
+            .unwrap(),
+        None,
+        "a payment we never made has nothing to wait for"
+    );
+    let inv = payee
+        .create_invoice(Amount(50_000), 3600, net.hub.address())
+        .await
+        .unwrap();
+    let id = B256::from(inv.hashlock.0);
+    payer.pay(&inv, id).await.unwrap();
+    let started = Instant::now();
+    let waiters: Vec<_> = (0..3)
+        .map(|_| {
+            let payer = payer.clone();
+            tokio::spawn(async move { payer.wait_settled(id, PAYMENT_TIMEOUT).await })
+        })
+        .collect();
+    for w in waiters {
+        let rec = w.await.unwrap().unwrap().expect("the payment's record");
+        assert!(
+            matches!(rec.status, hub::payments::PaymentStatus::Succeeded { .. }),
+            "{:?}",
+            rec.status
+        );
+    }
+    assert!(
+        started.elapsed() < PAYMENT_TIMEOUT,
+        "woken by the outcome, not by the deadline"
+    );
+    // A second payment, waited for no time at all: the wait runs out before the outcome or
+    // answers with it, and the payment completes all the same.
+    let inv2 = payee
+        .create_invoice(Amount(50_000), 3600, net.hub.address())
+        .await
+        .unwrap();
+    let id2 = B256::from(inv2.hashlock.0);
+    payer.pay(&inv2, id2).await.unwrap();
+    let early = payer
+        .wait_settled(id2, Duration::ZERO)
+        .await
+        .unwrap()
+        .expect("the payment's record");
+    assert_eq!(early.id, id2);
+    assert_eq!(early.fee(), Amount(fee(50_000)));
+    assert_eq!(
+        wait_payment(payer, id2, PAYMENT_TIMEOUT).await.unwrap(),
+        PayOutcome::Paid {
+            fee: Amount(fee(50_000))
+        }
+    );
 }
