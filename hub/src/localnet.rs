@@ -350,6 +350,9 @@ pub struct BenchReport {
     pub machine_busy: f64,
     /// Synced writes (fsyncs) of the hub's store per payment.
     pub syncs_per_payment: f64,
+    /// Synced writes of every node's store together (the hub's, the payers' and payees')
+    /// per payment: what durability costs the three nodes of each payment.
+    pub all_syncs_per_payment: f64,
     /// Store batches the hub committed per synced write (group commit).
     pub batches_per_sync: f64,
     /// Frames the flooding strangers sent during the measured part (0 without a flood).
@@ -531,6 +534,13 @@ async fn bench_on(
     let stats = net.hub.inner.store.stats();
     let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
     let m0 = net.hub.step_micros();
+    let all_syncs = || {
+        std::iter::once(&net.hub)
+            .chain(&net.peers)
+            .map(|n| load(&n.inner.store.stats().syncs))
+            .sum::<u64>()
+    };
+    let all0 = all_syncs();
     let (u0, b0, s0, w0) = (
         net.hub.metrics().updates(),
         load(&stats.batches),
@@ -557,6 +567,7 @@ async fn bench_on(
     let store_growth = store_entries(&net.hub.inner.store) as i64 - entries0 as i64;
     let rss_growth_kib = rss_kib_now as i64 - rss0 as i64;
     let m1 = net.hub.step_micros();
+    let all1 = all_syncs();
     let (u1, b1, s1, w1) = (
         net.hub.metrics().updates(),
         load(&stats.batches),
@@ -597,6 +608,11 @@ async fn bench_on(
         machine_busy: (m1 - m0) as f64 / (secs * 1e6).max(1.0),
         syncs_per_payment: if paid > 0 {
             (s1 - s0) as f64 / paid as f64
+        } else {
+            0.0
+        },
+        all_syncs_per_payment: if paid > 0 {
+            (all1 - all0) as f64 / paid as f64
         } else {
             0.0
         },

@@ -537,4 +537,10 @@ async fn the_bench_workload_with_payments_in_flight_pays_every_one() {
         r.hub_cpu_us_per_payment > 0.0 && r.hub_cpu_us_per_payment < r.cpu_us_per_payment,
         "the hub's threads are some of the process's: {r:?}"
     );
+    // Every payment syncs at its payer and payee too, so all nodes together sync more than
+    // the hub alone.
+    assert!(
+        r.syncs_per_payment > 0.0 && r.all_syncs_per_payment > r.syncs_per_payment,
+        "the hub's syncs are some of all nodes': {r:?}"
+    );
 }

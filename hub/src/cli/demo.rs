@@ -247,7 +247,7 @@ pub async fn bench(a: BenchArgs) -> Result<()> {
         );
     }
     println!(
-        "{:>7} {:>9} {:>9} {:>7} {:>10} {:>9} {:>9} {:>12} {:>10} {:>14} {:>12} {:>13} {:>11} {:>12} {:>8} {:>12} {:>12} {:>10}",
+        "{:>7} {:>9} {:>9} {:>7} {:>10} {:>9} {:>9} {:>12} {:>10} {:>14} {:>14} {:>12} {:>13} {:>11} {:>12} {:>8} {:>12} {:>12} {:>10}",
         "payers",
         "in flight",
         "paid",
@@ -257,6 +257,7 @@ pub async fn bench(a: BenchArgs) -> Result<()> {
         "p99 ms",
         "updates/pay",
         "fsyncs/pay",
+        "all fsyncs/pay",
         "batches/fsync",
         "writer busy",
         "machine busy",
@@ -296,7 +297,7 @@ pub async fn bench(a: BenchArgs) -> Result<()> {
                 );
             }
             println!(
-                "{:>7} {:>9} {:>9} {:>7} {:>10.0} {:>9.2} {:>9.2} {:>12.2} {:>10.2} {:>14.1} {:>11.0}% {:>12.0}% {:>11.0} {:>12.0} {:>8.2} {:>12} {:>12} {:>10.0}",
+                "{:>7} {:>9} {:>9} {:>7} {:>10.0} {:>9.2} {:>9.2} {:>12.2} {:>10.2} {:>14.2} {:>14.1} {:>11.0}% {:>12.0}% {:>11.0} {:>12.0} {:>8.2} {:>12} {:>12} {:>10.0}",
                 r.payers,
                 r.in_flight,
                 r.paid,
@@ -306,6 +307,7 @@ pub async fn bench(a: BenchArgs) -> Result<()> {
                 r.p99_ms,
                 r.updates_per_payment,
                 r.syncs_per_payment,
+                r.all_syncs_per_payment,
                 r.batches_per_sync,
                 r.writer_busy * 100.0,
                 r.machine_busy * 100.0,
