@@ -85,6 +85,21 @@ fn outbox_key(peer: Address, seq: u64) -> Vec<u8> {
     k
 }
 
+/// Whether a step's writes may reach the disk without a sync of their own
+/// ([`Batch::without_sync`]): only invoices handed out and not yet paid, with nothing sent.
+/// Losing such an invoice in a crash fails a payment of it back (the payee no longer knows
+/// its hashlock: nobody loses money, rule 2 covers states, not invoices); whatever acts on it
+/// (the claim, which also marks it paid) is a later step, synced, whose sync makes the
+/// invoice durable with it since the log is written in order.
+pub(crate) fn needs_no_sync(out: &htlc::node::Output) -> bool {
+    out.transmits.is_empty()
+        && !out.writes.is_empty()
+        && out
+            .writes
+            .iter()
+            .all(|w| matches!(w, Write::Invoice { record, .. } if !record.paid))
+}
+
 /// Add the writes of the machine's latest step to `batch`. Channel records and message
 /// bodies are read from `machine` as it stands after the step (the writes carry no copies).
 pub(crate) fn fill(
@@ -375,5 +390,50 @@ mod tests {
         assert_eq!(records.book.party_policy_at.get(&party), Some(&6));
         drop(store);
         std::fs::remove_dir_all(dir).ok();
+    }
+
+    /// Only a step that hands out unpaid invoices and sends nothing may skip its own sync: an
+    /// invoice marked paid, any other record, or a frame to send needs the sync (rule 2).
+    #[test]
+    fn only_unpaid_invoices_with_nothing_sent_skip_their_sync() {
+        let keys = htlc::sig::Keys::from_bytes([3; 32]).unwrap();
+        let preimage = htlc::Preimage([9; 32]);
+        let invoice = |paid: bool| Write::Invoice {
+            hashlock: preimage.hashlock(),
+            record: Box::new(InvoiceRecord {
+                invoice: htlc::node::invoice::Invoice {
+                    payee: keys.address(),
+                    payee_key: keys.public_key(),
+                    hub: Address::repeat_byte(1),
+                    amount: htlc::Amount(5),
+                    hashlock: preimage.hashlock(),
+                    expires_at: 100,
+                    final_expiry_delta: 10,
+                },
+                preimage,
+                paid,
+            }),
+        };
+        let out = |writes: Vec<Write>, transmits| htlc::node::Output {
+            writes,
+            transmits,
+            ..Default::default()
+        };
+        let peer = Address::repeat_byte(2);
+        assert!(needs_no_sync(&out(vec![invoice(false)], vec![])));
+        assert!(needs_no_sync(&out(vec![invoice(false), invoice(false)], vec![])));
+        assert!(!needs_no_sync(&out(vec![], vec![])), "nothing to write");
+        assert!(!needs_no_sync(&out(vec![invoice(true)], vec![])), "a claim");
+        assert!(!needs_no_sync(&out(
+            vec![
+                invoice(false),
+                Write::Received { peer, seq: 1 }
+            ],
+            vec![]
+        )));
+        assert!(!needs_no_sync(&out(
+            vec![invoice(false)],
+            vec![(peer, htlc::node::Frame::Ack { seq: 1 })]
+        )));
     }
 }

@@ -192,7 +192,11 @@ impl Node {
         let mut m = self.inner.machine.lock().unwrap_or_else(|p| p.into_inner());
         let held = std::time::Instant::now();
         let out = f(&mut m)?;
-        let mut batch = extra;
+        let mut batch = if extra.is_empty() && crate::persist::needs_no_sync(&out) {
+            extra.without_sync()
+        } else {
+            extra
+        };
         let filled = crate::persist::fill(&mut batch, &out.writes, &m);
         let frames: Vec<(Address, Vec<u8>)> = out
             .transmits

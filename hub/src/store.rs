@@ -87,6 +87,8 @@ pub enum StoreError {
 #[derive(Default, Debug)]
 pub struct Batch {
     items: Vec<(Cf, Vec<u8>, Option<Vec<u8>>)>,
+    /// Written without a sync of its own (see [`Batch::without_sync`]).
+    unsynced: bool,
 }
 
 impl Batch {
@@ -121,6 +123,21 @@ impl Batch {
     pub fn len(&self) -> usize {
         self.items.len()
     }
+
+    /// Let the writer commit this batch without syncing for it: it is written in its turn
+    /// (so before every batch queued after it) and becomes durable with the next synced write,
+    /// which the log makes durable in order. Only for writes whose loss in a crash is
+    /// harmless, such as an invoice nobody has paid yet (its payment then fails back); never
+    /// for anything rule 2 covers. A group that holds any other batch is synced as usual.
+    pub fn without_sync(mut self) -> Self {
+        self.unsynced = true;
+        self
+    }
+
+    /// Whether the batch may be written without a sync of its own.
+    pub fn is_unsynced(&self) -> bool {
+        self.unsynced
+    }
 }
 
 /// Counters of the writer, for metrics.
@@ -130,7 +147,9 @@ pub struct StoreStats {
     pub batches: AtomicU64,
     /// Synced RocksDB writes (each may carry many batches).
     pub syncs: AtomicU64,
-    /// Total time spent in synced writes, microseconds.
+    /// RocksDB writes left unsynced because every batch in them allowed it.
+    pub unsynced: AtomicU64,
+    /// Total time spent in the writer's writes (synced or not), microseconds.
     pub sync_micros: AtomicU64,
     /// Latency of each synced write (registered by the node's metrics).
     pub sync_seconds: prometheus::Histogram,
@@ -149,6 +168,7 @@ impl StoreStats {
         Ok(StoreStats {
             batches: AtomicU64::new(0),
             syncs: AtomicU64::new(0),
+            unsynced: AtomicU64::new(0),
             sync_micros: AtomicU64::new(0),
             sync_seconds,
         })
@@ -426,8 +446,10 @@ fn fill<'a>(
 }
 
 fn writer_loop(db: Arc<rocksdb::DB>, rx: &mpsc::Receiver<Job>, stats: &StoreStats) {
-    let mut wo = rocksdb::WriteOptions::default();
-    wo.set_sync(true);
+    let mut synced = rocksdb::WriteOptions::default();
+    synced.set_sync(true);
+    let mut unsynced = rocksdb::WriteOptions::default();
+    unsynced.set_sync(false);
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
         while jobs.len() < MAX_GROUP {
@@ -438,19 +460,29 @@ fn writer_loop(db: Arc<rocksdb::DB>, rx: &mpsc::Receiver<Job>, stats: &StoreStat
         }
         let mut wb = rocksdb::WriteBatch::default();
         let missing = fill(&db, &mut wb, jobs.iter().map(|j| &j.batch));
+        // One batch that needs a sync syncs the whole group.
+        let sync = jobs
+            .iter()
+            .any(|j| !j.batch.is_unsynced() && !j.batch.is_empty());
+        let written = missing.is_none() && !wb.is_empty();
         let start = Instant::now();
         let result = match missing {
             Some(name) => Err(format!("no column family {name}")),
             // Only barriers: nothing to write or sync.
             None if wb.is_empty() => Ok(()),
-            None => db.write_opt(wb, &wo).map_err(|e| e.to_string()),
+            None if sync => db.write_opt(wb, &synced).map_err(|e| e.to_string()),
+            None => db.write_opt(wb, &unsynced).map_err(|e| e.to_string()),
         };
         let took = start.elapsed();
         stats
             .sync_micros
             .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
-        stats.sync_seconds.observe(took.as_secs_f64());
-        stats.syncs.fetch_add(1, Ordering::Relaxed);
+        if sync || !written {
+            stats.sync_seconds.observe(took.as_secs_f64());
+            stats.syncs.fetch_add(1, Ordering::Relaxed);
+        } else {
+            stats.unsynced.fetch_add(1, Ordering::Relaxed);
+        }
         stats
             .batches
             .fetch_add(jobs.len() as u64, Ordering::Relaxed);
@@ -475,6 +507,34 @@ mod tests {
         ));
         std::fs::create_dir_all(&d).unwrap();
         d
+    }
+
+    /// A batch that allows it is written without a sync of its own, readable at once and
+    /// counted apart; an ordinary batch after it is synced (and makes it durable with it).
+    #[test]
+    fn a_batch_without_sync_is_written_in_turn_and_not_synced() {
+        let dir = tmp();
+        let s = Store::open(&dir).unwrap();
+        let mut b = Batch::new();
+        b.put(Cf::Locks, b"invoice/x", &7u64).unwrap();
+        let b = b.without_sync();
+        assert!(b.is_unsynced());
+        s.commit_blocking(b).unwrap();
+        let st = s.stats();
+        assert_eq!(st.syncs.load(Ordering::Relaxed), 0);
+        assert_eq!(st.unsynced.load(Ordering::Relaxed), 1);
+        assert_eq!(s.get::<u64>(Cf::Locks, b"invoice/x").unwrap(), Some(7));
+        let mut b = Batch::new();
+        b.put(Cf::Channels, b"c", &1u64).unwrap();
+        s.commit_blocking(b).unwrap();
+        assert_eq!(st.syncs.load(Ordering::Relaxed), 1);
+        assert_eq!(st.unsynced.load(Ordering::Relaxed), 1);
+        drop(s);
+        let s = Store::open(&dir).unwrap();
+        assert_eq!(s.get::<u64>(Cf::Locks, b"invoice/x").unwrap(), Some(7));
+        assert_eq!(s.get::<u64>(Cf::Channels, b"c").unwrap(), Some(1));
+        drop(s);
+        std::fs::remove_dir_all(dir).ok();
     }
 
     /// A group of batches writing the same keys lands as their writes in order would: the last
