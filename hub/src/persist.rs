@@ -421,14 +421,14 @@ mod tests {
         };
         let peer = Address::repeat_byte(2);
         assert!(needs_no_sync(&out(vec![invoice(false)], vec![])));
-        assert!(needs_no_sync(&out(vec![invoice(false), invoice(false)], vec![])));
+        assert!(needs_no_sync(&out(
+            vec![invoice(false), invoice(false)],
+            vec![]
+        )));
         assert!(!needs_no_sync(&out(vec![], vec![])), "nothing to write");
         assert!(!needs_no_sync(&out(vec![invoice(true)], vec![])), "a claim");
         assert!(!needs_no_sync(&out(
-            vec![
-                invoice(false),
-                Write::Received { peer, seq: 1 }
-            ],
+            vec![invoice(false), Write::Received { peer, seq: 1 }],
             vec![]
         )));
         assert!(!needs_no_sync(&out(
