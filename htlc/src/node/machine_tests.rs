@@ -4048,3 +4048,117 @@ fn closes(out: &Output) -> Vec<ChannelId> {
         })
         .collect()
 }
+
+/// A virtual channel's `AnnounceSig` that its party did not sign is refused by the other
+/// party, which then does not believe the channel: A's signature is replaced on its way to the
+/// hub, first by the hub's signature, then by A's own over other figures (as a relaying hub
+/// could try). And one handed to the party by a node that is not the channel's hub is refused
+/// as not its channel. The honest direction still works: A believes the channel with B's
+/// signature, so the refusals come from the forgeries, not from the set-up.
+#[test]
+fn a_virtual_channels_announce_sig_its_party_did_not_sign_is_refused() {
+    let mut net = Net::new(Config {
+        announce: true,
+        ..virtual_config()
+    });
+    let (hub, payee, payer) = (net.addr(1), net.addr(2), net.addr(0));
+    let out = net.nodes[0].set_virtual_policy(hub, virtual_policy());
+    net.carry(0, out);
+    let out = net.nodes[0]
+        .open_virtual(net.now, hub, payee, Amount(50_000), U256::from(1), 3600)
+        .unwrap();
+    net.carry(0, out);
+    let mut forged = 0;
+    for _ in 0..20 {
+        for (from, _, f) in &mut net.wire {
+            if *from != 0 {
+                continue;
+            }
+            if let Frame::Msg {
+                body: Body::RelayRoute { to, body },
+                ..
+            } = f
+                && *to == payee
+                && let Body::AnnounceSig { sig, .. } = &mut **body
+            {
+                // The hub's key, then A's own over another digest.
+                let signer = if forged == 0 { keys(2) } else { keys(1) };
+                *sig = signer.sign_digest(B256::repeat_byte(0x5a));
+                forged += 1;
+            }
+        }
+        net.round();
+    }
+    let v = net.opened(2).expect("the payee saw it open");
+    assert!(
+        forged >= 2,
+        "both of A's signatures went through the hub: {forged}"
+    );
+    assert!(
+        net.nodes[0].book().gossip.contains_key(&v),
+        "A believes the channel by B's signature"
+    );
+    assert!(
+        !net.nodes[2].book().gossip.contains_key(&v),
+        "B believes no announcement A did not sign"
+    );
+    let refusals = net.events[1]
+        .iter()
+        .filter(|e| {
+            matches!(e, NodeEvent::RefusedByPeer { peer, code: ErrorCode::Protocol, .. }
+                if *peer == payee)
+        })
+        .count();
+    assert_eq!(
+        refusals, forged,
+        "B refused each forged signature to the hub"
+    );
+
+    // A stranger to the channel (here a node that is not its hub: A itself, as if it were a
+    // hub) hands B a valid-looking relayed signature: not B's channel over that node.
+    let real = net.nodes[2].book().virtuals[&v].clone();
+    let sig = keys(1).sign_digest(crate::node::gossip::virtual_announcement_digest(
+        &real.terms.params,
+        real.terms.value().unwrap(),
+        real.terms.expires_at.0,
+    ));
+    let policy = crate::node::gossip::PolicyUpdate::sign(v, policy(), net.now.0, &keys(1));
+    let out = net.nodes[2].handle_frame(
+        net.now,
+        payer,
+        Frame::Msg {
+            seq: 1,
+            body: Body::RelayedRoute {
+                from: payer,
+                body: Box::new(Body::AnnounceSig {
+                    channel_id: v,
+                    sig,
+                    policy: Box::new(policy),
+                }),
+            },
+        },
+    );
+    assert!(
+        out.transmits.iter().any(|(to, f)| *to == payer
+            && matches!(
+                f,
+                Frame::Msg {
+                    body: Body::Refused {
+                        code: ErrorCode::UnknownChannel,
+                        ..
+                    },
+                    ..
+                }
+            )),
+        "{:?}",
+        out.transmits
+    );
+    assert!(
+        out.writes
+            .iter()
+            .all(|w| matches!(w, Write::Received { .. } | Write::Sent { .. })),
+        "only the link's numbering is written: {:?}",
+        out.writes
+    );
+    assert!(!net.nodes[2].book().gossip.contains_key(&v));
+}
