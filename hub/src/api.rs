@@ -563,6 +563,7 @@ impl Node {
         m.sync_store(
             st.batches.load(std::sync::atomic::Ordering::Relaxed),
             st.syncs.load(std::sync::atomic::Ordering::Relaxed),
+            st.unsynced.load(std::sync::atomic::Ordering::Relaxed),
         );
         m.render()
     }

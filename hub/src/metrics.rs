@@ -48,6 +48,7 @@ pub struct Metrics {
     challenges: IntCounter,
     store_batches: IntCounter,
     store_syncs: IntCounter,
+    store_unsynced: IntCounter,
     updates: IntCounter,
     virtual_channels: IntGaugeVec,
     virtual_served: prometheus::Gauge,
@@ -216,6 +217,11 @@ impl Metrics {
             fees: counter(r, "fees_earned_wei_total", "Forwarding fees earned, wei")?,
             store_batches: counter(r, "store_batches_total", "Batches committed to the store")?,
             store_syncs: counter(r, "store_syncs_total", "Synced writes (group commits)")?,
+            store_unsynced: counter(
+                r,
+                "store_unsynced_writes_total",
+                "Writes left unsynced: groups of invoices not yet paid only (ADR 0030)",
+            )?,
             updates: counter(
                 r,
                 "updates_committed_total",
@@ -315,11 +321,13 @@ impl Metrics {
     }
 
     /// Bring the store counters up to the store's own figures.
-    pub fn sync_store(&self, batches: u64, syncs: u64) {
+    pub fn sync_store(&self, batches: u64, syncs: u64, unsynced: u64) {
         self.store_batches
             .inc_by(batches.saturating_sub(self.store_batches.get()));
         self.store_syncs
             .inc_by(syncs.saturating_sub(self.store_syncs.get()));
+        self.store_unsynced
+            .inc_by(unsynced.saturating_sub(self.store_unsynced.get()));
     }
 
     /// The text exposition of every metric.

@@ -534,10 +534,27 @@ async fn every_endpoint_reports_exactly_what_the_payments_did() {
     );
     assert!(metric(&m, "vhub_store_write_seconds_sum") > 0.0);
     assert!(metric(&m, "vhub_store_batches_total") >= syncs);
+    assert_eq!(
+        metric(&m, "vhub_store_unsynced_writes_total"),
+        0.0,
+        "the hub made no invoice: every write of it was synced"
+    );
 
-    // /metrics of the peers: their own payments.
+    // /metrics of the peers: their own payments; the write latency covers synced writes
+    // only (a payee's invoice may be written unsynced, ADR 0030).
     for (i, api) in peers.iter().enumerate() {
         let m = api.metrics().await;
+        assert_eq!(
+            metric(&m, "vhub_store_write_seconds_count"),
+            metric(&m, "vhub_store_syncs_total"),
+            "peer {i}"
+        );
+        assert!(
+            metric(&m, "vhub_store_batches_total")
+                >= metric(&m, "vhub_store_syncs_total")
+                    + metric(&m, "vhub_store_unsynced_writes_total"),
+            "peer {i}"
+        );
         let attempted = made[i].len() + usize::from(i == 1);
         assert_eq!(
             metric(&m, "vhub_payments_attempted_total"),
