@@ -347,22 +347,6 @@ impl Store {
         }
     }
 
-    /// Write a batch atomically but without waiting for a sync: only for writes whose loss in
-    /// a crash is harmless, such as deleting outbox frames the peer acknowledged (a lost delete
-    /// re-sends a frame the peer recognises as a duplicate). Never for anything rule 2 covers.
-    pub fn write_unsynced(&self, batch: Batch) -> Result<(), StoreError> {
-        if batch.is_empty() {
-            return Ok(());
-        }
-        let mut wb = rocksdb::WriteBatch::default();
-        if let Some(name) = fill(&self.db, &mut wb, std::iter::once(&batch)) {
-            return Err(StoreError::Write(format!("no column family {name}")));
-        }
-        let mut wo = rocksdb::WriteOptions::default();
-        wo.set_sync(false);
-        Ok(self.db.write_opt(wb, &wo)?)
-    }
-
     fn cf(&self, cf: Cf) -> Result<&rocksdb::ColumnFamily, StoreError> {
         self.db
             .cf_handle(cf.name())

@@ -1427,12 +1427,17 @@ async fn waiters_on_a_payment_are_woken_by_its_outcome() {
         None,
         "a payment we never made has nothing to wait for"
     );
-    let inv = payee
-        .create_invoice(Amount(50_000), 3600, net.hub.address())
-        .await
-        .unwrap();
-    let id = B256::from(inv.hashlock.0);
-    payer.pay(&inv, id).await.unwrap();
+    // A fresh invoice of the payee, paid by the payer (not waited for): the payment's id.
+    let start_payment = || async {
+        let inv = payee
+            .create_invoice(Amount(50_000), 3600, net.hub.address())
+            .await
+            .unwrap();
+        let id = B256::from(inv.hashlock.0);
+        payer.pay(&inv, id).await.unwrap();
+        id
+    };
+    let id = start_payment().await;
     let started = Instant::now();
     let waiters: Vec<_> = (0..3)
         .map(|_| {
@@ -1454,12 +1459,7 @@ async fn waiters_on_a_payment_are_woken_by_its_outcome() {
     );
     // A second payment, waited for no time at all: the wait runs out before the outcome or
     // answers with it, and the payment completes all the same.
-    let inv2 = payee
-        .create_invoice(Amount(50_000), 3600, net.hub.address())
-        .await
-        .unwrap();
-    let id2 = B256::from(inv2.hashlock.0);
-    payer.pay(&inv2, id2).await.unwrap();
+    let id2 = start_payment().await;
     let early = payer
         .wait_settled(id2, Duration::ZERO)
         .await

@@ -92,6 +92,15 @@ impl Net {
         self.nodes[n].address()
     }
 
+    /// Node `n`'s own step on virtual channel `v`'s co-signed final state: hand it over (a
+    /// party proposes the release of its leg by it).
+    fn hand_final(&mut self, n: usize, v: ChannelId, fin: SignedState) {
+        let mut p = super::Pending::default();
+        self.nodes[n].on_virtual_final(v, fin, &mut p);
+        let out = self.nodes[n].finish(self.now, p);
+        self.carry(n, out);
+    }
+
     fn carry(&mut self, n: usize, out: Output) {
         self.disks[n].apply_all(&out.writes, &self.nodes[n]);
         for (to, f) in out.transmits {
@@ -1500,10 +1509,7 @@ fn contradictory_final_states_release_no_leg() {
     for (n, fin) in [(0usize, to_payer), (2, to_payee)] {
         // Each party's own step on "its" co-signed final state: hand it over, propose the
         // release of its leg by it.
-        let mut p = super::Pending::default();
-        net.nodes[n].on_virtual_final(v, fin, &mut p);
-        let out = net.nodes[n].finish(net.now, p);
-        net.carry(n, out);
+        net.hand_final(n, v, fin);
     }
     net.run();
     // The hub refused the second final state and the release by it; it holds the first
@@ -2227,10 +2233,7 @@ fn the_chains_recorded_outcome_replaces_a_final_state_handed_to_the_hub() {
     let final_state = |balances: [u128; 2]| cosigned_final(&vp, balances);
     let handed = final_state([50_000, 0]);
     let recorded = final_state([0, 50_000]);
-    let mut p = super::Pending::default();
-    net.nodes[0].on_virtual_final(v, handed.clone(), &mut p);
-    let out = net.nodes[0].finish(net.now, p);
-    net.carry(0, out);
+    net.hand_final(0, v, handed.clone());
     net.run();
     let resolutions = |out: &Output| -> Vec<ChannelState> {
         out.intents()
@@ -2292,10 +2295,7 @@ fn the_hub_challenges_a_stale_virtual_dispute_with_the_final_state_it_holds() {
     let (v, _) = net.open_virtual(50_000);
     let vp = net.nodes[0].channel(v).unwrap().snapshot().params().clone();
     let fin = cosigned_final(&vp, [30_000, 20_000]);
-    let mut p = super::Pending::default();
-    net.nodes[0].on_virtual_final(v, fin.clone(), &mut p);
-    let out = net.nodes[0].finish(net.now, p);
-    net.carry(0, out);
+    net.hand_final(0, v, fin.clone());
     net.run();
     let challenges = |out: &Output| -> Vec<SignedState> {
         out.intents()
@@ -2691,10 +2691,7 @@ fn a_hub_of_a_chain_never_lets_go_of_the_release_it_holds_while_its_own_is_out()
     let (v, _) = net.open_virtual_chain(50_000);
     let vp = net.nodes[0].channel(v).unwrap().snapshot().params().clone();
     let fin = cosigned_final(&vp, [30_000, 20_000]);
-    let mut p = super::Pending::default();
-    net.nodes[0].on_virtual_final(v, fin, &mut p);
-    let out = net.nodes[0].finish(net.now, p);
-    net.carry(0, out);
+    net.hand_final(0, v, fin);
     net.run();
     assert!(
         net.nodes[1].holding(net.up),
@@ -2894,10 +2891,7 @@ impl Net {
             .params()
             .clone();
         let fin = cosigned_final(&vp, [30_000, 20_000]);
-        let mut p = super::Pending::default();
-        self.nodes[0].on_virtual_final(v, fin, &mut p);
-        let out = self.nodes[0].finish(self.now, p);
-        self.carry(0, out);
+        self.hand_final(0, v, fin);
         self.run();
         assert!(self.nodes[1].holding(self.up) && self.nodes[3].holding(mid));
         let u = self.nodes[1]
@@ -3015,10 +3009,7 @@ fn a_hub_completes_no_release_while_a_leg_is_disputed() {
     let (v, _) = net.open_virtual(50_000);
     let vp = net.nodes[0].channel(v).unwrap().snapshot().params().clone();
     let fin = cosigned_final(&vp, [30_000, 20_000]);
-    let mut p = super::Pending::default();
-    net.nodes[0].on_virtual_final(v, fin.clone(), &mut p);
-    let out = net.nodes[0].finish(net.now, p);
-    net.carry(0, out);
+    net.hand_final(0, v, fin.clone());
     net.run();
     assert!(net.nodes[1].holding(net.up));
     let u = net.nodes[1].channel(net.up).unwrap().latest().state.version;
@@ -3032,10 +3023,7 @@ fn a_hub_completes_no_release_while_a_leg_is_disputed() {
         },
     );
     net.carry(1, out);
-    let mut p = super::Pending::default();
-    net.nodes[2].on_virtual_final(v, fin, &mut p);
-    let out = net.nodes[2].finish(net.now, p);
-    net.carry(2, out);
+    net.hand_final(2, v, fin);
     net.run();
     for (n, id) in [(0, net.up), (1, net.up), (1, net.down), (2, net.down)] {
         assert_eq!(net.guarantees(n, id), 1, "node {n} channel {id}");
@@ -3076,10 +3064,7 @@ fn a_hub_takes_nothing_else_on_a_ledger_whose_release_it_holds() {
     let (v, _) = net.open_virtual(50_000);
     let vp = net.nodes[0].channel(v).unwrap().snapshot().params().clone();
     let fin = cosigned_final(&vp, [30_000, 20_000]);
-    let mut p = super::Pending::default();
-    net.nodes[0].on_virtual_final(v, fin, &mut p);
-    let out = net.nodes[0].finish(net.now, p);
-    net.carry(0, out);
+    net.hand_final(0, v, fin);
     net.run();
     assert!(net.nodes[1].holding(net.up));
     let held = net.nodes[1].book().virtuals[&v].held[0].clone().unwrap();
@@ -3134,10 +3119,7 @@ fn a_first_hub_answers_the_payers_dispute_when_the_next_hub_completes_off_chain(
     // The payee's release arrives: hub 2 completes both of its legs.
     let vp = net.nodes[0].channel(v).unwrap().snapshot().params().clone();
     let fin = cosigned_final(&vp, [30_000, 20_000]);
-    let mut p = super::Pending::default();
-    net.nodes[2].on_virtual_final(v, fin, &mut p);
-    let out = net.nodes[2].finish(net.now, p);
-    net.carry(2, out);
+    net.hand_final(2, v, fin);
     let mut answers = Vec::new();
     for _ in 0..10 {
         for (from, to, f) in std::mem::take(&mut net.wire) {
@@ -3186,10 +3168,7 @@ fn a_first_hub_signs_no_release_toward_the_next_hub_while_a_leg_is_disputed() {
     net.carry(1, out);
     let vp = net.nodes[0].channel(v).unwrap().snapshot().params().clone();
     let fin = cosigned_final(&vp, [30_000, 20_000]);
-    let mut p = super::Pending::default();
-    net.nodes[0].on_virtual_final(v, fin, &mut p);
-    let out = net.nodes[0].finish(net.now, p);
-    net.carry(0, out);
+    net.hand_final(0, v, fin);
     net.run();
     assert!(
         !net.nodes[3].holding(mid),
@@ -3583,10 +3562,7 @@ fn a_hub_countersigns_a_held_release_by_the_outcome_the_chain_recorded() {
     let (v, _) = net.open_virtual(50_000);
     let vp = net.nodes[0].channel(v).unwrap().snapshot().params().clone();
     let fin = cosigned_final(&vp, [30_000, 20_000]);
-    let mut p = super::Pending::default();
-    net.nodes[0].on_virtual_final(v, fin.clone(), &mut p);
-    let out = net.nodes[0].finish(net.now, p);
-    net.carry(0, out);
+    net.hand_final(0, v, fin.clone());
     net.run();
     assert!(net.nodes[1].holding(net.up));
     let out = net.conclude_latest(1, net.down);
@@ -3962,10 +3938,7 @@ fn a_hub_resolves_by_a_later_registered_state_than_the_final_one_it_holds() {
     let (v, _) = net.open_virtual(50_000);
     let vp = net.nodes[0].channel(v).unwrap().snapshot().params().clone();
     let fin = cosigned_final(&vp, [30_000, 20_000]);
-    let mut p = super::Pending::default();
-    net.nodes[0].on_virtual_final(v, fin.clone(), &mut p);
-    let out = net.nodes[0].finish(net.now, p);
-    net.carry(0, out);
+    net.hand_final(0, v, fin.clone());
     net.run();
     assert_eq!(net.nodes[1].book().virtuals[&v].outcome, Some(fin.clone()));
     let out = net.conclude_latest(1, net.down);
